@@ -1,0 +1,70 @@
+"""The application factory: config → extensions → blueprints → CLI → signal handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flask import Flask, render_template
+from flask_migrate import Migrate
+
+import config as settings
+from core.auth import bp as auth_bp
+from core.auth import login_manager
+from core.db import db, init_db
+from core.money import Money
+from core.security import csrf
+from membership import admin as membership_admin
+from membership import cli as membership_cli
+from membership import views as membership_views
+from membership.services import admit_paid_application
+from payments import admin as payments_admin
+from payments.providers import init_providers
+from payments.signals import order_paid
+from payments.views import fake_cashier, webhooks
+
+migrate = Migrate()
+
+
+def create_app(config: Mapping[str, object] | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_mapping(settings.from_environment(app.instance_path))
+    if config:
+        app.config.from_mapping(config)
+
+    init_db(app)
+    migrate.init_app(app, db, directory=str(app.root_path + "/migrations"))
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    init_providers(app)
+
+    app.register_blueprint(membership_views.bp)
+    app.register_blueprint(membership_admin.bp)
+    app.register_blueprint(payments_admin.bp)
+    app.register_blueprint(webhooks)
+    app.register_blueprint(fake_cashier)
+    app.register_blueprint(auth_bp)
+
+    app.cli.add_command(membership_cli.seed_demo_command)
+
+    order_paid.connect(admit_paid_application)
+
+    app.add_template_filter(lambda amount, currency: str(Money(amount, currency)), "money")
+    _register_error_pages(app)
+    return app
+
+
+def _register_error_pages(app: Flask) -> None:
+    messages = {
+        400: ("请求有误", "Bad request"),
+        403: ("没有权限", "Forbidden"),
+        404: ("页面不存在", "Page not found"),
+        405: ("不支持的操作", "Method not allowed"),
+        413: ("内容太大", "Too large"),
+        500: ("服务器出错了，请稍后再试", "Something went wrong, please try again later"),
+    }
+    for code, (zh, en) in messages.items():
+
+        def handler(error, code=code, zh=zh, en=en):
+            return render_template("errors/error.html", code=code, zh=zh, en=en), code
+
+        app.register_error_handler(code, handler)

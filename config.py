@@ -1,0 +1,60 @@
+"""Settings, read from the environment once, when the app is created.
+
+Every setting has a default that lets the product run on a fresh machine: a SQLite file in
+the instance folder, the ``fake`` payment provider, a generated secret key kept in the
+instance folder. Production sets ``DATABASE_URL`` and ``SECRET_KEY``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def _secret_key(instance_path: Path) -> str:
+    """SECRET_KEY from the environment, else one generated once and kept on disk.
+
+    Keeping it on disk means signed member links and sessions survive a restart of the
+    demo; production must set SECRET_KEY (the same on every machine).
+    """
+    if key := os.environ.get("SECRET_KEY"):
+        return key
+    path = instance_path / "secret_key"
+    if not path.exists():
+        instance_path.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _database_url(instance_path: Path) -> str:
+    url = os.environ.get("DATABASE_URL") or f"sqlite:///{instance_path / 'qunmen.sqlite3'}"
+    # Heroku-style URLs name the old driver; we use psycopg 3.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+def from_environment(instance_path: str | Path) -> dict[str, object]:
+    """The app's configuration mapping, built from the process environment."""
+    instance_path = Path(instance_path)
+    return {
+        "SECRET_KEY": _secret_key(instance_path),
+        "SQLALCHEMY_DATABASE_URI": _database_url(instance_path),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # Payment providers offered on the join page, in order. ``fake`` is the default so
+        # the product runs with no keys; real providers join when their keys are set.
+        "PAYMENT_PROVIDERS": os.environ.get("PAYMENT_PROVIDERS", "fake").split(","),
+        # Signs the fake provider's notifications; derived from SECRET_KEY when unset.
+        "FAKE_PROVIDER_SECRET": os.environ.get("FAKE_PROVIDER_SECRET"),
+        # Unpaid orders stop accepting payment after this many minutes.
+        "ORDER_TTL_MINUTES": int(os.environ.get("ORDER_TTL_MINUTES", "30")),
+        # Uploaded group QR images larger than this are refused.
+        "MAX_CONTENT_LENGTH": int(os.environ.get("MAX_CONTENT_LENGTH", str(2 * 1024 * 1024))),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": os.environ.get("SESSION_COOKIE_SECURE", "0") == "1",
+        "WTF_CSRF_TIME_LIMIT": None,
+    }

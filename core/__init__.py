@@ -1,0 +1,1 @@
+"""Shared plumbing: database base, money, clock, audit log, security. No business rules."""

@@ -1,0 +1,55 @@
+"""The audit log: one append-only entry for every state change an admin, a member, a
+prospect or a webhook makes. Written in the same transaction as the change it describes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.clock import utcnow
+from core.db import UTCDateTime, db
+
+
+class AuditEntry(db.Model):
+    __tablename__ = "audit_entries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    #: Who did it: ``staff:<id>``, ``member:<id>``, ``prospect``, ``webhook:<provider>``,
+    #: ``cli`` or ``system``.
+    actor: Mapped[str] = mapped_column(sa.String(64))
+    #: What happened, ``<noun>.<verb>``: ``order.created``, ``payment.confirmed`` …
+    action: Mapped[str] = mapped_column(sa.String(64), index=True)
+    #: The row it happened to: table name and primary key.
+    target_type: Mapped[str] = mapped_column(sa.String(64))
+    target_id: Mapped[int | None]
+    #: Details worth keeping; never secrets.
+    data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+
+    __table_args__ = (sa.Index(None, "target_type", "target_id"),)
+
+
+def record(
+    action: str,
+    target: db.Model,
+    *,
+    actor: str,
+    data: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> AuditEntry:
+    """Append an audit entry for ``action`` on ``target`` (flushed, not committed)."""
+    if target.id is None:
+        db.session.flush()
+    entry = AuditEntry(
+        created_at=now or utcnow(),
+        actor=actor,
+        action=action,
+        target_type=target.__tablename__,
+        target_id=target.id,
+        data=data or {},
+    )
+    db.session.add(entry)
+    return entry

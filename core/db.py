@@ -1,0 +1,86 @@
+"""The database handle, the model base and the column types every package shares.
+
+``db`` is bound to the app in ``create_app``. Services flush but never commit: the request
+(or CLI command) that called them commits once, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import DateTime, Engine, MetaData, event
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import TypeDecorator
+
+#: Constraint names are stable across databases so migrations can drop them by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+class UTCDateTime(TypeDecorator):
+    """An aware UTC datetime on every database.
+
+    Naive datetimes are refused on the way in (a naive time is a bug: whose clock?). SQLite
+    has no time zones, so values are stored as naive UTC there and made aware on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware UTC time")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _serialise_sqlite_writers(engine: Engine) -> None:
+    """Make SQLite transactions start with ``BEGIN IMMEDIATE``.
+
+    pysqlite otherwise begins lazily at the first write, so two requests that read and then
+    write (a member number, a seat in a group) can deadlock and fail with "database is
+    locked" instead of waiting. Taking the write lock at BEGIN makes them queue behind the
+    busy timeout; it also makes SAVEPOINTs behave, which the test suite relies on.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def init_db(app: Flask) -> None:
+    db.init_app(app)
+    with app.app_context():
+        for engine in db.engines.values():
+            if engine.dialect.name == "sqlite":
+                _serialise_sqlite_writers(engine)

@@ -1,0 +1,46 @@
+"""Tokens and signatures: unguessable ids, signed links, constant-time comparison."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any
+
+from flask import current_app
+from flask_wtf.csrf import CSRFProtect
+from itsdangerous import BadSignature, URLSafeSerializer
+
+
+def new_token(nbytes: int = 24) -> str:
+    """An unguessable URL-safe token (``nbytes`` of randomness)."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def same_secret(a: str | bytes, b: str | bytes) -> bool:
+    """Compare two secrets in constant time."""
+    if isinstance(a, str):
+        a = a.encode()
+    if isinstance(b, str):
+        b = b.encode()
+    return hmac.compare_digest(a, b)
+
+
+def _serializer(purpose: str) -> URLSafeSerializer:
+    return URLSafeSerializer(current_app.config["SECRET_KEY"], salt=f"qunmen.{purpose}")
+
+
+def sign(purpose: str, value: Any) -> str:
+    """A URL-safe signed form of ``value``, valid only for ``purpose``."""
+    return _serializer(purpose).dumps(value)
+
+
+def unsign(purpose: str, token: str) -> Any | None:
+    """The value signed by :func:`sign` for ``purpose``, or None when the token is bad."""
+    try:
+        return _serializer(purpose).loads(token)
+    except BadSignature:
+        return None
+
+
+#: CSRF protection for every form; webhook endpoints are exempted where they are defined.
+csrf = CSRFProtect()

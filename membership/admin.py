@@ -1,0 +1,245 @@
+"""Admin pages for communities, tiers, groups and members."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+
+from core import audit
+from core.clock import utcnow
+from core.db import db
+from membership.forms import CommunityForm, GroupForm, TierForm
+from membership.models import (
+    LIVE_INVITATION_STATUSES,
+    Community,
+    Group,
+    Invitation,
+    InvitationStatus,
+    Member,
+    Tier,
+    TierAudience,
+    TierKind,
+)
+from membership.services import place_waiting_invitations
+
+bp = Blueprint("membership_admin", __name__, url_prefix="/admin")
+
+PAGE_SIZE = 50
+
+#: Image types a group QR may be, by their first bytes (the file name proves nothing).
+_IMAGE_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "image/png",
+    b"\xff\xd8\xff": "image/jpeg",
+}
+
+
+def sniff_image(data: bytes) -> str | None:
+    """The MIME type of a PNG, JPEG or WebP image, or None for anything else."""
+    for signature, mime in _IMAGE_SIGNATURES.items():
+        if data.startswith(signature):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+@bp.before_request
+@login_required
+def _staff_only() -> None:
+    """Every page here is for logged-in staff."""
+
+
+def _get(model, ident: int):
+    row = db.session.get(model, ident)
+    if row is None:
+        abort(404)
+    return row
+
+
+def _changes(obj, form, fields: list[str]) -> dict[str, str]:
+    """Copy ``fields`` from the form to ``obj``; the ones that changed, for the audit log."""
+    changed = {}
+    for name in fields:
+        value = getattr(form, name).data
+        if getattr(obj, name) != value:
+            changed[name] = str(value)
+            setattr(obj, name, value)
+    return changed
+
+
+@bp.get("/")
+def dashboard():
+    communities = db.session.scalars(sa.select(Community).order_by(Community.id)).all()
+    waiting = dict(
+        db.session.execute(
+            sa.select(Member.community_id, sa.func.count())
+            .join(Invitation, Invitation.member_id == Member.id)
+            .where(Invitation.status == InvitationStatus.WAITING)
+            .group_by(Member.community_id)
+        ).all()
+    )
+    members = dict(
+        db.session.execute(
+            sa.select(Member.community_id, sa.func.count()).group_by(Member.community_id)
+        ).all()
+    )
+    return render_template(
+        "admin/dashboard.html", communities=communities, waiting=waiting, members=members
+    )
+
+
+@bp.route("/communities/new", methods=["GET", "POST"])
+@bp.route("/communities/<int:community_id>/edit", methods=["GET", "POST"])
+def community_form(community_id: int | None = None):
+    community = _get(Community, community_id) if community_id else None
+    form = CommunityForm(obj=community)
+    if form.validate_on_submit():
+        taken = db.session.scalar(
+            sa.select(Community.id).where(
+                Community.slug == form.slug.data, Community.id != (community_id or 0)
+            )
+        )
+        if taken:
+            form.slug.errors.append("链接名已被使用 · Slug already taken")
+        else:
+            now = utcnow()
+            if community is None:
+                community = Community(created_at=now)
+                db.session.add(community)
+            changed = _changes(
+                community,
+                form,
+                ["name", "slug", "pitch", "rules", "currency", "time_zone", "member_number_pattern"],
+            )
+            audit.record(
+                "community.saved", community, actor=current_user.actor, data=changed, now=now
+            )
+            db.session.commit()
+            flash("已保存 · Saved", "ok")
+            return redirect(url_for(".community", community_id=community.id))
+    return render_template("admin/community_form.html", form=form, community=community)
+
+
+@bp.get("/communities/<int:community_id>")
+def community(community_id: int):
+    community = _get(Community, community_id)
+    seats = dict(
+        db.session.execute(
+            sa.select(Invitation.group_id, sa.func.count())
+            .join(Group, Group.id == Invitation.group_id)
+            .where(
+                Group.community_id == community.id,
+                Invitation.status.in_(LIVE_INVITATION_STATUSES),
+            )
+            .group_by(Invitation.group_id)
+        ).all()
+    )
+    waiting = db.session.scalars(
+        sa.select(Invitation)
+        .join(Member)
+        .where(Member.community_id == community.id, Invitation.status == InvitationStatus.WAITING)
+        .order_by(Invitation.id)
+    ).all()
+    return render_template(
+        "admin/community.html", community=community, seats=seats, waiting=waiting
+    )
+
+
+@bp.route("/communities/<int:community_id>/tiers/new", methods=["GET", "POST"])
+@bp.route("/tiers/<int:tier_id>/edit", methods=["GET", "POST"])
+def tier_form(community_id: int | None = None, tier_id: int | None = None):
+    tier = _get(Tier, tier_id) if tier_id else None
+    community = tier.community if tier else _get(Community, community_id)
+    form = TierForm(obj=tier)
+    if tier is not None and request.method == "GET":
+        form.price.data = tier.price_money.major_str()
+        form.groups.data = [g.id for g in tier.groups]
+    form.groups.choices = [(g.id, g.name) for g in community.groups]
+    if form.validate_on_submit():
+        try:
+            price = form.price_in(community.currency)
+        except ValueError:
+            form.price.errors.append("价格格式不正确，例如 99 或 99.00 · Enter a price like 99.00")
+            price = None
+        kind = TierKind(form.kind.data)
+        if price is not None and (kind is TierKind.FREE) != (price.amount == 0):
+            form.price.errors.append(
+                "免费档价格为0，付费档价格大于0 · Free tiers cost 0, paid tiers more than 0"
+            )
+            price = None
+        code_taken = db.session.scalar(
+            sa.select(Tier.id).where(
+                Tier.community_id == community.id,
+                Tier.code == form.code.data,
+                Tier.id != (tier_id or 0),
+            )
+        )
+        if code_taken:
+            form.code.errors.append("代号已被使用 · Code already taken")
+        if price is not None and not code_taken:
+            now = utcnow()
+            if tier is None:
+                tier = Tier(community=community)
+                db.session.add(tier)
+            form.kind.data = kind
+            form.audience.data = TierAudience(form.audience.data)
+            form.sort_order.data = form.sort_order.data or 0
+            changed = _changes(
+                tier,
+                form,
+                ["code", "name", "includes", "kind", "duration_days", "audience", "active",
+                 "sort_order"],
+            )
+            if (tier.price, tier.currency) != (price.amount, price.currency):
+                changed["price"] = str(price)
+            tier.price, tier.currency = price.amount, price.currency
+            tier.groups = [g for g in community.groups if g.id in set(form.groups.data or [])]
+            audit.record("tier.saved", tier, actor=current_user.actor, data=changed, now=now)
+            place_waiting_invitations(community, actor=current_user.actor, now=now)
+            db.session.commit()
+            flash("已保存 · Saved", "ok")
+            return redirect(url_for(".community", community_id=community.id))
+    return render_template("admin/tier_form.html", form=form, community=community, tier=tier)
+
+
+@bp.route("/communities/<int:community_id>/groups/new", methods=["GET", "POST"])
+@bp.route("/groups/<int:group_id>/edit", methods=["GET", "POST"])
+def group_form(community_id: int | None = None, group_id: int | None = None):
+    group = _get(Group, group_id) if group_id else None
+    community = group.community if group else _get(Community, community_id)
+    form = GroupForm(obj=group)
+    if form.validate_on_submit():
+        upload = form.qr_image.data
+        image = upload.read() if upload else None
+        mime = sniff_image(image) if image else None
+        if image and mime is None:
+            form.qr_image.errors.append("不是有效的图片 · Not a PNG, JPEG or WebP image")
+        else:
+            now = utcnow()
+            if group is None:
+                group = Group(community=community, created_at=now)
+                db.session.add(group)
+            changed = _changes(group, form, ["name", "platform", "capacity", "join_link"])
+            if image:
+                group.qr_image, group.qr_mime = image, mime
+                changed["qr_image"] = f"{len(image)} bytes"
+            audit.record("group.saved", group, actor=current_user.actor, data=changed, now=now)
+            placed = place_waiting_invitations(community, actor=current_user.actor, now=now)
+            db.session.commit()
+            flash(f"已保存，{placed} 位等待中的成员获得邀请 · Saved; {placed} waiting placed", "ok")
+            return redirect(url_for(".community", community_id=community.id))
+    return render_template("admin/group_form.html", form=form, community=community, group=group)
+
+
+@bp.get("/communities/<int:community_id>/members")
+def members(community_id: int):
+    community = _get(Community, community_id)
+    page = db.paginate(
+        sa.select(Member)
+        .where(Member.community_id == community.id)
+        .order_by(Member.number.is_(None), Member.number, Member.id),
+        page=max(request.args.get("page", 1, type=int), 1),
+        per_page=PAGE_SIZE,
+    )
+    return render_template("admin/members.html", community=community, page=page)

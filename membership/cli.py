@@ -1,0 +1,80 @@
+"""Command-line tasks for communities."""
+
+from __future__ import annotations
+
+import io
+
+import click
+import qrcode
+import sqlalchemy as sa
+from qrcode.image.pure import PyPNGImage
+
+from core import audit
+from core.clock import utcnow
+from core.db import db
+from membership.models import Community, Group, Tier, TierAudience, TierKind
+
+DEMO_SLUG = "demo"
+
+
+def _qr_png(text: str) -> bytes:
+    buffer = io.BytesIO()
+    qrcode.make(text, image_factory=PyPNGImage, box_size=8, border=2).save(buffer)
+    return buffer.getvalue()
+
+
+def seed_demo_community() -> Community:
+    """The demo community, created once: a free lobby, a ¥99 main tier, a ¥9 re-entry tier
+    and two WeChat groups with QR images. Running it again changes nothing."""
+    community = db.session.scalar(sa.select(Community).where(Community.slug == DEMO_SLUG))
+    if community is not None:
+        return community
+    now = utcnow()
+    community = Community(
+        name="群门读书会",
+        slug=DEMO_SLUG,
+        pitch="每周一次共读分享，按入群顺序编号，老成员专享福利与课程折扣。\n"
+        "A weekly reading circle: members numbered in join order, perks for veterans.",
+        rules="1. 友善交流，不发广告。\n2. 每月至少参与一次分享。\n3. 不外传群内资料。",
+        currency="CNY",
+        time_zone="Asia/Shanghai",
+        member_number_pattern="####",
+        created_at=now,
+    )
+    lobby_group = Group(
+        community=community, name="大厅群 · Lobby", platform="wechat", capacity=500,
+        qr_image=_qr_png("群门演示 Qunmen demo: 大厅群 lobby"), qr_mime="image/png", created_at=now,
+    )
+    main_group = Group(
+        community=community, name="正式一群 · Main 1", platform="wechat", capacity=500,
+        qr_image=_qr_png("群门演示 Qunmen demo: 正式一群 main 1"), qr_mime="image/png",
+        created_at=now,
+    )
+    tiers = [
+        Tier(
+            community=community, code="lobby", name="大厅 · Lobby", kind=TierKind.FREE,
+            price=0, currency="CNY", sort_order=0, groups=[lobby_group],
+            includes="免费进入大厅群\n了解社群，等待审核",
+        ),
+        Tier(
+            community=community, code="main", name="正式成员 · Member", kind=TierKind.PAID,
+            price=9900, currency="CNY", sort_order=1, groups=[main_group],
+            includes="正式群成员编号\n每周共读分享\n老成员福利与课程折扣",
+        ),
+        Tier(
+            community=community, code="reentry", name="回归 · Re-entry", kind=TierKind.PAID,
+            price=900, currency="CNY", sort_order=2, audience=TierAudience.RETURNING,
+            groups=[main_group], includes="清退后回归，保留原编号",
+        ),
+    ]
+    db.session.add_all([community, lobby_group, main_group, *tiers])
+    audit.record("community.seeded", community, actor="cli", now=now)
+    return community
+
+
+@click.command("seed-demo")
+def seed_demo_command() -> None:
+    """Create the demo community (once) and print its join page path."""
+    community = seed_demo_community()
+    db.session.commit()
+    click.echo(f"Demo community ready: /join/{community.slug}")

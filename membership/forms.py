@@ -1,0 +1,209 @@
+"""The forms prospects and admins fill in. Messages are Chinese first, English second."""
+
+from __future__ import annotations
+
+import re
+
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileAllowed, FileField, FileSize
+from wtforms import (
+    BooleanField,
+    HiddenField,
+    IntegerField,
+    RadioField,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.validators import (
+    DataRequired,
+    Email,
+    InputRequired,
+    Length,
+    NumberRange,
+    Optional,
+    Regexp,
+    URL,
+    ValidationError,
+)
+
+from core.money import CURRENCIES, Money
+from membership.models import NUMBER_PATTERN, ContactKind, TierAudience, TierKind
+from membership.platforms import PLATFORMS
+
+REQUIRED = "必填 · Required"
+
+
+def _strip(value: str | None) -> str | None:
+    return value.strip() if isinstance(value, str) else value
+
+
+#: How each kind of contact must look.
+CONTACT_RULES: dict[ContactKind, tuple[re.Pattern[str], str]] = {
+    ContactKind.WECHAT: (
+        re.compile(r"[A-Za-z][-_A-Za-z0-9]{5,19}", re.ASCII),
+        "微信号为6–20位，以字母开头，可含字母、数字、-、_ · "
+        "A WeChat ID has 6–20 letters, digits, - or _, starting with a letter",
+    ),
+    ContactKind.PHONE: (
+        re.compile(r"(\+?86)?1[3-9][0-9]{9}|\+[1-9][0-9]{6,14}", re.ASCII),
+        "请填写11位手机号，或带国家区号的号码 · "
+        "Enter an 11-digit mobile number, or a number with its country code",
+    ),
+}
+
+
+class JoinForm(FlaskForm):
+    display_name = StringField(
+        "群昵称 · Display name",
+        filters=[_strip],
+        validators=[DataRequired(REQUIRED), Length(max=40, message="最多40个字 · At most 40")],
+    )
+    contact_kind = RadioField(
+        "联系方式 · Contact",
+        choices=[
+            (ContactKind.WECHAT.value, "微信号 · WeChat ID"),
+            (ContactKind.PHONE.value, "手机号 · Phone"),
+            (ContactKind.EMAIL.value, "邮箱 · E-mail"),
+        ],
+        default=ContactKind.WECHAT.value,
+        validators=[InputRequired(REQUIRED)],
+    )
+    contact_value = StringField(
+        "联系方式 · Contact",
+        filters=[_strip],
+        validators=[DataRequired(REQUIRED), Length(max=254, message="太长了 · Too long")],
+    )
+    accept_rules = BooleanField(
+        "我已阅读并同意群规 · I accept the rules",
+        validators=[DataRequired("请阅读并同意群规 · Please accept the rules")],
+    )
+    provider = RadioField("支付方式 · Pay with", validators=[InputRequired(REQUIRED)])
+    submission_key = HiddenField(
+        validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")]
+    )
+
+    def validate_contact_value(self, field: StringField) -> None:
+        kind = self.contact_kind.data
+        if kind == ContactKind.EMAIL:
+            Email("邮箱格式不正确 · Not a valid e-mail address")(self, field)
+        elif kind in CONTACT_RULES:
+            pattern, message = CONTACT_RULES[ContactKind(kind)]
+            if not pattern.fullmatch(field.data or ""):
+                raise ValidationError(message)
+
+
+class PayAgainForm(FlaskForm):
+    """Pay an application's open order again, after a failure or a cancel."""
+
+    provider = RadioField("支付方式 · Pay with", validators=[InputRequired(REQUIRED)])
+
+
+class CommunityForm(FlaskForm):
+    name = StringField(
+        "社群名称 · Name", filters=[_strip], validators=[DataRequired(REQUIRED), Length(max=60)]
+    )
+    slug = StringField(
+        "链接名 · Slug (/join/…)",
+        filters=[_strip],
+        validators=[
+            DataRequired(REQUIRED),
+            Regexp(
+                r"^[a-z0-9][a-z0-9-]{1,39}$",
+                message="2–40位小写字母、数字或- · 2–40 lowercase letters, digits or -",
+            ),
+        ],
+    )
+    pitch = TextAreaField("介绍 · Pitch", validators=[Length(max=4000)])
+    rules = TextAreaField("群规 · Rules", validators=[Length(max=8000)])
+    currency = SelectField("币种 · Currency", choices=sorted(CURRENCIES))
+    time_zone = StringField(
+        "时区 · Time zone", default="Asia/Shanghai", validators=[DataRequired(REQUIRED)]
+    )
+    member_number_pattern = StringField(
+        "编号格式 · Member number pattern",
+        default="####",
+        validators=[
+            DataRequired(REQUIRED),
+            Regexp(
+                NUMBER_PATTERN.pattern,
+                message="一段 # 表示数字位数，例如 #### 或 LS-## · One run of #, e.g. #### or LS-##",
+            ),
+        ],
+    )
+
+    def validate_time_zone(self, field: StringField) -> None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(field.data)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValidationError("未知时区 · Unknown time zone") from error
+
+
+class TierForm(FlaskForm):
+    code = StringField(
+        "代号 · Code",
+        filters=[_strip],
+        validators=[
+            DataRequired(REQUIRED),
+            Regexp(r"^[a-z0-9][a-z0-9-]{0,39}$", message="小写字母、数字或- · a-z, 0-9 or -"),
+        ],
+    )
+    name = StringField(
+        "名称 · Name", filters=[_strip], validators=[DataRequired(REQUIRED), Length(max=60)]
+    )
+    includes = TextAreaField("包含内容（每行一条）· Includes, one per line", validators=[Length(max=4000)])
+    kind = SelectField(
+        "类型 · Kind",
+        choices=[(TierKind.PAID.value, "付费 · Paid"), (TierKind.FREE.value, "免费 · Free")],
+    )
+    price = StringField("价格（元）· Price", filters=[_strip], default="0")
+    duration_days = IntegerField(
+        "有效天数（空=永久）· Days (empty = lifetime)",
+        validators=[Optional(), NumberRange(min=1, max=36500)],
+    )
+    audience = SelectField(
+        "面向 · For",
+        choices=[
+            (TierAudience.EVERYONE.value, "所有人 · Everyone"),
+            (TierAudience.RETURNING.value, "回归老成员 · Returning members"),
+        ],
+    )
+    active = BooleanField("开放报名 · Open", default=True)
+    sort_order = IntegerField("排序 · Order", default=0, validators=[Optional()])
+    groups = SelectMultipleField("邀请进入的群 · Groups", coerce=int)
+
+    def price_in(self, currency: str) -> Money:
+        """The price typed, in ``currency``; raises ValueError if it is not an amount."""
+        return Money.parse_major(self.price.data or "", currency)
+
+
+class GroupForm(FlaskForm):
+    name = StringField(
+        "群名称 · Name", filters=[_strip], validators=[DataRequired(REQUIRED), Length(max=60)]
+    )
+    platform = SelectField(
+        "平台 · Platform", choices=[(p.key, p.label) for p in PLATFORMS.values()]
+    )
+    capacity = IntegerField(
+        "容量 · Capacity", validators=[InputRequired(REQUIRED), NumberRange(min=0, max=200_000)]
+    )
+    join_link = StringField(
+        "入群链接 · Join link",
+        filters=[_strip],
+        validators=[Optional(), URL(message="链接格式不正确 · Not a link"), Length(max=500)],
+    )
+    qr_image = FileField(
+        "群二维码图片 · QR image",
+        validators=[
+            FileAllowed(["png", "jpg", "jpeg", "webp"], "仅限图片 · Images only"),
+            FileSize(max_size=2 * 1024 * 1024, message="最大2MB · At most 2 MB"),
+        ],
+    )
+
+    def validate_capacity(self, field: IntegerField) -> None:
+        limit = PLATFORMS[self.platform.data].max_members if self.platform.data in PLATFORMS else 0
+        if field.data is not None and field.data > limit:
+            raise ValidationError(f"该平台一个群最多 {limit} 人 · At most {limit} on this platform")

@@ -1,0 +1,270 @@
+"""Communities and their tiers and groups; people who apply, become members, hold
+memberships of tiers and invitations to groups."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from core.db import UTCDateTime, db
+from core.money import Money
+
+#: A member-number pattern: literal text around one run of ``#``, one ``#`` per digit of
+#: zero padding. ``####`` → ``0042``; ``LS-##`` → ``LS-07``.
+NUMBER_PATTERN = re.compile(r"^([^#]{0,10})(#{1,8})([^#]{0,10})$")
+
+
+def format_member_number(pattern: str, number: int) -> str:
+    prefix, hashes, suffix = NUMBER_PATTERN.fullmatch(pattern).groups()
+    return f"{prefix}{number:0{len(hashes)}d}{suffix}"
+
+
+class Community(db.Model):
+    __tablename__ = "communities"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(60))
+    #: The join page lives at ``/join/<slug>``.
+    slug: Mapped[str] = mapped_column(sa.String(40), unique=True)
+    #: What the join page says to prospects.
+    pitch: Mapped[str] = mapped_column(sa.Text, default="")
+    #: The rules every applicant accepts.
+    rules: Mapped[str] = mapped_column(sa.Text, default="")
+    currency: Mapped[str] = mapped_column(sa.String(3), default="CNY")
+    #: IANA name; times are shown in it.
+    time_zone: Mapped[str] = mapped_column(sa.String(40), default="Asia/Shanghai")
+    #: See :data:`NUMBER_PATTERN`.
+    member_number_pattern: Mapped[str] = mapped_column(sa.String(30), default="####")
+    #: The last member number given out; numbers are never reused.
+    last_member_number: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    tiers: Mapped[list[Tier]] = relationship(
+        back_populates="community", order_by="(Tier.sort_order, Tier.id)"
+    )
+    groups: Mapped[list[Group]] = relationship(
+        back_populates="community", order_by="Group.id"
+    )
+
+
+class TierKind(StrEnum):
+    FREE = "free"
+    PAID = "paid"
+
+
+class TierAudience(StrEnum):
+    EVERYONE = "everyone"  #: listed on the join page
+    RETURNING = "returning"  #: only for former members, once they have identified themselves
+
+
+#: Which groups a tier's members are invited to, tried in ``position`` order.
+tier_groups = sa.Table(
+    "tier_groups",
+    db.metadata,
+    sa.Column("tier_id", sa.ForeignKey("tiers.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("group_id", sa.ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class Tier(db.Model):
+    __tablename__ = "tiers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), index=True)
+    #: In URLs: ``/join/<community>/<code>``.
+    code: Mapped[str] = mapped_column(sa.String(40))
+    name: Mapped[str] = mapped_column(sa.String(60))
+    #: What the tier includes, one point per line.
+    includes: Mapped[str] = mapped_column(sa.Text, default="")
+    kind: Mapped[TierKind] = mapped_column(
+        sa.Enum(TierKind, native_enum=False, length=16, validate_strings=True)
+    )
+    #: Minor units of ``currency``; 0 for a free tier.
+    price: Mapped[int] = mapped_column(default=0)
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    #: None: lifetime membership.
+    duration_days: Mapped[int | None]
+    audience: Mapped[TierAudience] = mapped_column(
+        sa.Enum(TierAudience, native_enum=False, length=16, validate_strings=True),
+        default=TierAudience.EVERYONE,
+    )
+    active: Mapped[bool] = mapped_column(default=True)
+    sort_order: Mapped[int] = mapped_column(default=0)
+
+    community: Mapped[Community] = relationship(back_populates="tiers")
+    groups: Mapped[list[Group]] = relationship(secondary=tier_groups, order_by="Group.id")
+
+    __table_args__ = (
+        sa.UniqueConstraint("community_id", "code"),
+        sa.CheckConstraint("price >= 0", name="price_not_negative"),
+        sa.CheckConstraint("(kind = 'free') = (price = 0)", name="free_means_zero"),
+    )
+
+    @property
+    def price_money(self) -> Money:
+        return Money(self.price, self.currency)
+
+    @property
+    def include_lines(self) -> list[str]:
+        return [line.strip() for line in self.includes.splitlines() if line.strip()]
+
+
+class Group(db.Model):
+    """A chat group members are invited to."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(60))
+    #: A key of :data:`membership.platforms.PLATFORMS`.
+    platform: Mapped[str] = mapped_column(sa.String(20))
+    #: Most live invitations the group takes.
+    capacity: Mapped[int]
+    #: How to join: an invite link, and/or the group's QR image.
+    join_link: Mapped[str | None] = mapped_column(sa.String(500))
+    qr_image: Mapped[bytes | None] = mapped_column(sa.LargeBinary, deferred=True)
+    qr_mime: Mapped[str | None] = mapped_column(sa.String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    community: Mapped[Community] = relationship(back_populates="groups")
+
+    __table_args__ = (sa.CheckConstraint("capacity >= 0", name="capacity_not_negative"),)
+
+
+class ContactKind(StrEnum):
+    WECHAT = "wechat"
+    PHONE = "phone"
+    EMAIL = "email"
+
+
+class Member(db.Model):
+    """A person admitted to a community. Numbered from their first paid membership on."""
+
+    __tablename__ = "members"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), index=True)
+    display_name: Mapped[str] = mapped_column(sa.String(40))
+    contact_kind: Mapped[ContactKind] = mapped_column(
+        sa.Enum(ContactKind, native_enum=False, length=16, validate_strings=True)
+    )
+    contact_value: Mapped[str] = mapped_column(sa.String(254))
+    #: In join order, per community; never reused. None until a paid membership.
+    number: Mapped[int | None]
+    #: ``number`` in the community's pattern when it was given, e.g. ``0042``.
+    number_label: Mapped[str | None] = mapped_column(sa.String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    community: Mapped[Community] = relationship()
+    memberships: Mapped[list[Membership]] = relationship(
+        back_populates="member", order_by="Membership.id"
+    )
+    invitations: Mapped[list[Invitation]] = relationship(
+        back_populates="member", order_by="Invitation.id"
+    )
+
+    __table_args__ = (sa.UniqueConstraint("community_id", "number"),)
+
+
+class MembershipStatus(StrEnum):
+    ACTIVE = "active"
+
+
+class Membership(db.Model):
+    """A member's right to a tier for a while (or for life)."""
+
+    __tablename__ = "memberships"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    tier_id: Mapped[int] = mapped_column(sa.ForeignKey("tiers.id"), index=True)
+    status: Mapped[MembershipStatus] = mapped_column(
+        sa.Enum(MembershipStatus, native_enum=False, length=16, validate_strings=True)
+    )
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: None: for life.
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The order that paid for it; None for a free tier.
+    order_id: Mapped[int | None] = mapped_column(sa.ForeignKey("orders.id"), unique=True)
+
+    member: Mapped[Member] = relationship(back_populates="memberships")
+    tier: Mapped[Tier] = relationship()
+
+
+class ApplicationStatus(StrEnum):
+    AWAITING_PAYMENT = "awaiting_payment"
+    ADMITTED = "admitted"
+
+
+class Application(db.Model):
+    """A prospect's request to join a tier: who they are and, for a paid tier, the order."""
+
+    __tablename__ = "applications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: Unguessable; the applicant's own status page.
+    public_id: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    #: From the join form; a second submission of the same form finds this application.
+    submission_key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), index=True)
+    tier_id: Mapped[int] = mapped_column(sa.ForeignKey("tiers.id"))
+    display_name: Mapped[str] = mapped_column(sa.String(40))
+    contact_kind: Mapped[ContactKind] = mapped_column(
+        sa.Enum(ContactKind, native_enum=False, length=16, validate_strings=True)
+    )
+    contact_value: Mapped[str] = mapped_column(sa.String(254))
+    rules_accepted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[ApplicationStatus] = mapped_column(
+        sa.Enum(ApplicationStatus, native_enum=False, length=24, validate_strings=True)
+    )
+    order_id: Mapped[int | None] = mapped_column(sa.ForeignKey("orders.id"), unique=True)
+    member_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    community: Mapped[Community] = relationship()
+    tier: Mapped[Tier] = relationship()
+    member: Mapped[Member | None] = relationship()
+
+
+class InvitationStatus(StrEnum):
+    WAITING = "waiting"  #: every group of the tier is full; admins must add room
+    ISSUED = "issued"  #: the holder may join the group
+    JOINED = "joined"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+#: Invitations that hold a seat in their group.
+LIVE_INVITATION_STATUSES = (InvitationStatus.ISSUED, InvitationStatus.JOINED)
+
+
+class Invitation(db.Model):
+    """One member's right to one group, for one membership."""
+
+    __tablename__ = "invitations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: Unguessable; the only key to the group's QR image or link.
+    token: Mapped[str] = mapped_column(sa.String(48), unique=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    membership_id: Mapped[int] = mapped_column(sa.ForeignKey("memberships.id"), index=True)
+    #: None while waiting for room.
+    group_id: Mapped[int | None] = mapped_column(sa.ForeignKey("groups.id"), index=True)
+    status: Mapped[InvitationStatus] = mapped_column(
+        sa.Enum(InvitationStatus, native_enum=False, length=16, validate_strings=True)
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    member: Mapped[Member] = relationship(back_populates="invitations")
+    membership: Mapped[Membership] = relationship()
+    group: Mapped[Group | None] = relationship()
+
+    @property
+    def is_valid(self) -> bool:
+        return self.status in LIVE_INVITATION_STATUSES and self.group is not None

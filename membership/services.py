@@ -1,0 +1,226 @@
+"""Joining a community: applications, admission, member numbers and group invitations.
+
+Functions here flush but never commit; the request or command that calls them commits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from core import audit
+from core.clock import utcnow
+from core.db import db
+from core.security import new_token
+from membership.models import (
+    LIVE_INVITATION_STATUSES,
+    Application,
+    ApplicationStatus,
+    Community,
+    ContactKind,
+    Group,
+    Invitation,
+    InvitationStatus,
+    Member,
+    Membership,
+    MembershipStatus,
+    Tier,
+    TierAudience,
+    TierKind,
+    format_member_number,
+    tier_groups,
+)
+from payments.models import Order
+from payments.services import create_order
+
+
+class JoinRefused(Exception):
+    """The prospect cannot join this tier now; the message says why, Chinese first."""
+
+
+def check_tier_open(tier: Tier) -> None:
+    """Raise :class:`JoinRefused` unless prospects may join ``tier`` from the join page."""
+    if not tier.active:
+        raise JoinRefused("该档位已停止报名 · This tier is closed to new members")
+    if tier.audience is not TierAudience.EVERYONE:
+        raise JoinRefused(
+            "该档位仅限回归的老成员，请先登录 · This tier is for returning members only"
+        )
+
+
+def submit_application(
+    tier: Tier,
+    *,
+    display_name: str,
+    contact_kind: ContactKind,
+    contact_value: str,
+    submission_key: str,
+    now: datetime | None = None,
+) -> Application:
+    """Record a prospect's application to ``tier`` (flushed).
+
+    A paid tier gets an order at the tier's price, to be paid next; a free tier admits the
+    prospect at once. The same ``submission_key`` (one rendering of the join form) always
+    gives back the first application, so a form sent twice makes one order.
+    """
+    now = now or utcnow()
+    existing = db.session.scalar(
+        sa.select(Application).where(Application.submission_key == submission_key)
+    )
+    if existing is not None:
+        return existing
+    check_tier_open(tier)
+    application = Application(
+        public_id=new_token(16),
+        submission_key=submission_key,
+        community_id=tier.community_id,
+        tier=tier,
+        display_name=display_name,
+        contact_kind=contact_kind,
+        contact_value=contact_value,
+        rules_accepted_at=now,
+        status=ApplicationStatus.AWAITING_PAYMENT,
+        created_at=now,
+    )
+    if tier.kind is TierKind.PAID:
+        order = create_order(
+            tier.price_money, f"{tier.community.name} · {tier.name}", actor="prospect", now=now
+        )
+        db.session.flush()
+        application.order_id = order.id
+    db.session.add(application)
+    audit.record(
+        "application.submitted", application, actor="prospect", data={"tier": tier.code}, now=now
+    )
+    if tier.kind is TierKind.FREE:
+        admit(application, actor="prospect", now=now)
+    return application
+
+
+def admit_paid_application(order: Order, *, now: datetime) -> None:
+    """``order_paid`` receiver: the application this order paid for becomes a member."""
+    application = db.session.scalar(sa.select(Application).where(Application.order_id == order.id))
+    if application is not None and application.status is ApplicationStatus.AWAITING_PAYMENT:
+        admit(application, actor="system", now=now)
+
+
+def admit(application: Application, *, actor: str, now: datetime) -> Member:
+    """Make the applicant a member of the tier: a member (numbered for a paid tier), a
+    membership and an invitation to the first of the tier's groups with room."""
+    tier = application.tier
+    member = Member(
+        community_id=application.community_id,
+        display_name=application.display_name,
+        contact_kind=application.contact_kind,
+        contact_value=application.contact_value,
+        created_at=now,
+    )
+    if tier.kind is TierKind.PAID:
+        member.number, member.number_label = allocate_member_number(application.community_id)
+    db.session.add(member)
+    membership = Membership(
+        member=member,
+        tier=tier,
+        status=MembershipStatus.ACTIVE,
+        starts_at=now,
+        ends_at=now + timedelta(days=tier.duration_days) if tier.duration_days else None,
+        order_id=application.order_id,
+    )
+    db.session.add(membership)
+    application.status = ApplicationStatus.ADMITTED
+    application.member = member
+    audit.record(
+        "member.admitted",
+        member,
+        actor=actor,
+        data={"tier": tier.code, "number": member.number_label, "application": application.id},
+        now=now,
+    )
+    issue_invitation(membership, actor=actor, now=now)
+    return member
+
+
+def allocate_member_number(community_id: int) -> tuple[int, str]:
+    """The community's next member number and its label.
+
+    One UPDATE … RETURNING: the row stays locked until the transaction ends, so concurrent
+    admissions queue and get consecutive numbers; a rollback gives the number back, so
+    there are no gaps.
+    """
+    number, pattern = db.session.execute(
+        sa.update(Community)
+        .where(Community.id == community_id)
+        .values(last_member_number=Community.last_member_number + 1)
+        .returning(Community.last_member_number, Community.member_number_pattern)
+    ).one()
+    return number, format_member_number(pattern, number)
+
+
+def _seats_taken(group_ids: list[int]) -> dict[int, int]:
+    rows = db.session.execute(
+        sa.select(Invitation.group_id, sa.func.count())
+        .where(Invitation.group_id.in_(group_ids), Invitation.status.in_(LIVE_INVITATION_STATUSES))
+        .group_by(Invitation.group_id)
+    )
+    return dict(rows.all())
+
+
+def _first_group_with_room(tier_id: int) -> Group | None:
+    """The first of the tier's groups with a free seat, its row locked while we take it."""
+    groups = db.session.scalars(
+        sa.select(Group)
+        .join(tier_groups, tier_groups.c.group_id == Group.id)
+        .where(tier_groups.c.tier_id == tier_id)
+        .order_by(Group.id)
+        .with_for_update(of=Group)
+    ).all()
+    taken = _seats_taken([g.id for g in groups])
+    return next((g for g in groups if taken.get(g.id, 0) < g.capacity), None)
+
+
+def issue_invitation(membership: Membership, *, actor: str, now: datetime) -> Invitation:
+    """An invitation for the membership's member to the first of its tier's groups with
+    room; when every group is full the invitation waits for admins to add room."""
+    group = _first_group_with_room(membership.tier_id)
+    invitation = Invitation(
+        token=new_token(24),
+        member=membership.member,
+        membership=membership,
+        group=group,
+        status=InvitationStatus.ISSUED if group else InvitationStatus.WAITING,
+        created_at=now,
+        issued_at=now if group else None,
+    )
+    db.session.add(invitation)
+    audit.record(
+        f"invitation.{invitation.status}",
+        invitation,
+        actor=actor,
+        data={"group": group.name if group else None},
+        now=now,
+    )
+    return invitation
+
+
+def place_waiting_invitations(community: Community, *, actor: str, now: datetime) -> int:
+    """Give waiting invitations a seat where one has opened, oldest first. Returns how
+    many were placed."""
+    waiting = db.session.scalars(
+        sa.select(Invitation)
+        .join(Member)
+        .where(Member.community_id == community.id, Invitation.status == InvitationStatus.WAITING)
+        .order_by(Invitation.id)
+    ).all()
+    placed = 0
+    for invitation in waiting:
+        group = _first_group_with_room(invitation.membership.tier_id)
+        if group is None:
+            continue
+        invitation.group = group
+        invitation.status = InvitationStatus.ISSUED
+        invitation.issued_at = now
+        db.session.flush()
+        audit.record("invitation.issued", invitation, actor=actor, data={"group": group.name}, now=now)
+        placed += 1
+    return placed
