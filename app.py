@@ -10,6 +10,7 @@ from flask_migrate import Migrate
 import config as settings
 from core.auth import bp as auth_bp
 from core.auth import login_manager
+from core.clock import local_time
 from core.db import db, init_db
 from core.money import Money
 from core.security import csrf
@@ -49,6 +50,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     order_paid.connect(admit_paid_application)
 
     app.add_template_filter(lambda amount, currency: str(Money(amount, currency)), "money")
+    app.add_template_filter(local_time, "localtime")
     _register_error_pages(app)
     return app
 

@@ -84,9 +84,15 @@ class LoginForm(FlaskForm):
 
 def _safe_next(target: str | None) -> str:
     """Only same-site paths are followed after login (no open redirect)."""
-    if target and target.startswith("/") and not target.startswith("//"):
-        if not urlsplit(target).netloc:
-            return target
+    # Browsers read "/\\host" like "//host": refuse backslashes outright.
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and not urlsplit(target).netloc
+    ):
+        return target
     return url_for("membership_admin.dashboard")
 
 

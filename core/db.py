@@ -7,16 +7,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import Enum
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, Engine, MetaData, event
+from sqlalchemy import Enum as EnumType
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
 #: Constraint names are stable across databases so migrations can drop them by name.
 NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
@@ -53,6 +55,19 @@ class UTCDateTime(TypeDecorator):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def enum_column(enum: type[Enum], length: int = 16) -> EnumType:
+    """A column type that stores an enum's values (``"paid"``), not its names, as a plain
+    string: readable in SQL and in check constraints, and new members need no migration
+    beyond a longer ``length``."""
+    return EnumType(
+        enum,
+        native_enum=False,
+        length=length,
+        validate_strings=True,
+        values_callable=lambda members: [member.value for member in members],
+    )
 
 
 def _serialise_sqlite_writers(engine: Engine) -> None:

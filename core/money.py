@@ -78,4 +78,6 @@ class Money:
         if match is None:
             raise ValueError(f"not an amount in {currency}: {text!r}")
         minor = (match.group(2) or "") if exponent else ""
-        return cls(int(match.group(1)) * 10**exponent + int(minor.ljust(exponent, "0") or 0), currency)
+        return cls(
+            int(match.group(1)) * 10**exponent + int(minor.ljust(exponent, "0") or 0), currency
+        )

@@ -110,7 +110,15 @@ def community_form(community_id: int | None = None):
             changed = _changes(
                 community,
                 form,
-                ["name", "slug", "pitch", "rules", "currency", "time_zone", "member_number_pattern"],
+                [
+                    "name",
+                    "slug",
+                    "pitch",
+                    "rules",
+                    "currency",
+                    "time_zone",
+                    "member_number_pattern",
+                ],
             )
             audit.record(
                 "community.saved", community, actor=current_user.actor, data=changed, now=now
@@ -188,8 +196,16 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
             changed = _changes(
                 tier,
                 form,
-                ["code", "name", "includes", "kind", "duration_days", "audience", "active",
-                 "sort_order"],
+                [
+                    "code",
+                    "name",
+                    "includes",
+                    "kind",
+                    "duration_days",
+                    "audience",
+                    "active",
+                    "sort_order",
+                ],
             )
             if (tier.price, tier.currency) != (price.amount, price.currency):
                 changed["price"] = str(price)

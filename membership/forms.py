@@ -17,6 +17,7 @@ from wtforms import (
     TextAreaField,
 )
 from wtforms.validators import (
+    URL,
     DataRequired,
     Email,
     InputRequired,
@@ -24,7 +25,6 @@ from wtforms.validators import (
     NumberRange,
     Optional,
     Regexp,
-    URL,
     ValidationError,
 )
 
@@ -80,9 +80,7 @@ class JoinForm(FlaskForm):
         validators=[DataRequired("请阅读并同意群规 · Please accept the rules")],
     )
     provider = RadioField("支付方式 · Pay with", validators=[InputRequired(REQUIRED)])
-    submission_key = HiddenField(
-        validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")]
-    )
+    submission_key = HiddenField(validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")])
 
     def validate_contact_value(self, field: StringField) -> None:
         kind = self.contact_kind.data
@@ -128,7 +126,8 @@ class CommunityForm(FlaskForm):
             DataRequired(REQUIRED),
             Regexp(
                 NUMBER_PATTERN.pattern,
-                message="一段 # 表示数字位数，例如 #### 或 LS-## · One run of #, e.g. #### or LS-##",
+                message="一段 # 表示数字位数，例如 #### 或 LS-## · "
+                "One run of #, e.g. #### or LS-##",
             ),
         ],
     )
@@ -154,7 +153,9 @@ class TierForm(FlaskForm):
     name = StringField(
         "名称 · Name", filters=[_strip], validators=[DataRequired(REQUIRED), Length(max=60)]
     )
-    includes = TextAreaField("包含内容（每行一条）· Includes, one per line", validators=[Length(max=4000)])
+    includes = TextAreaField(
+        "包含内容（每行一条）· Includes, one per line", validators=[Length(max=4000)]
+    )
     kind = SelectField(
         "类型 · Kind",
         choices=[(TierKind.PAID.value, "付费 · Paid"), (TierKind.FREE.value, "免费 · Free")],

@@ -10,7 +10,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from core.db import UTCDateTime, db
+from core.db import UTCDateTime, db, enum_column
 from core.money import Money
 
 #: A member-number pattern: literal text around one run of ``#``, one ``#`` per digit of
@@ -46,9 +46,7 @@ class Community(db.Model):
     tiers: Mapped[list[Tier]] = relationship(
         back_populates="community", order_by="(Tier.sort_order, Tier.id)"
     )
-    groups: Mapped[list[Group]] = relationship(
-        back_populates="community", order_by="Group.id"
-    )
+    groups: Mapped[list[Group]] = relationship(back_populates="community", order_by="Group.id")
 
 
 class TierKind(StrEnum):
@@ -80,16 +78,14 @@ class Tier(db.Model):
     name: Mapped[str] = mapped_column(sa.String(60))
     #: What the tier includes, one point per line.
     includes: Mapped[str] = mapped_column(sa.Text, default="")
-    kind: Mapped[TierKind] = mapped_column(
-        sa.Enum(TierKind, native_enum=False, length=16, validate_strings=True)
-    )
+    kind: Mapped[TierKind] = mapped_column(enum_column(TierKind))
     #: Minor units of ``currency``; 0 for a free tier.
     price: Mapped[int] = mapped_column(default=0)
     currency: Mapped[str] = mapped_column(sa.String(3))
     #: None: lifetime membership.
     duration_days: Mapped[int | None]
     audience: Mapped[TierAudience] = mapped_column(
-        sa.Enum(TierAudience, native_enum=False, length=16, validate_strings=True),
+        enum_column(TierAudience),
         default=TierAudience.EVERYONE,
     )
     active: Mapped[bool] = mapped_column(default=True)
@@ -150,9 +146,7 @@ class Member(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), index=True)
     display_name: Mapped[str] = mapped_column(sa.String(40))
-    contact_kind: Mapped[ContactKind] = mapped_column(
-        sa.Enum(ContactKind, native_enum=False, length=16, validate_strings=True)
-    )
+    contact_kind: Mapped[ContactKind] = mapped_column(enum_column(ContactKind))
     contact_value: Mapped[str] = mapped_column(sa.String(254))
     #: In join order, per community; never reused. None until a paid membership.
     number: Mapped[int | None]
@@ -183,9 +177,7 @@ class Membership(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
     tier_id: Mapped[int] = mapped_column(sa.ForeignKey("tiers.id"), index=True)
-    status: Mapped[MembershipStatus] = mapped_column(
-        sa.Enum(MembershipStatus, native_enum=False, length=16, validate_strings=True)
-    )
+    status: Mapped[MembershipStatus] = mapped_column(enum_column(MembershipStatus))
     starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: None: for life.
     ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -214,14 +206,10 @@ class Application(db.Model):
     community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), index=True)
     tier_id: Mapped[int] = mapped_column(sa.ForeignKey("tiers.id"))
     display_name: Mapped[str] = mapped_column(sa.String(40))
-    contact_kind: Mapped[ContactKind] = mapped_column(
-        sa.Enum(ContactKind, native_enum=False, length=16, validate_strings=True)
-    )
+    contact_kind: Mapped[ContactKind] = mapped_column(enum_column(ContactKind))
     contact_value: Mapped[str] = mapped_column(sa.String(254))
     rules_accepted_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    status: Mapped[ApplicationStatus] = mapped_column(
-        sa.Enum(ApplicationStatus, native_enum=False, length=24, validate_strings=True)
-    )
+    status: Mapped[ApplicationStatus] = mapped_column(enum_column(ApplicationStatus, 24))
     order_id: Mapped[int | None] = mapped_column(sa.ForeignKey("orders.id"), unique=True)
     member_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -255,9 +243,7 @@ class Invitation(db.Model):
     membership_id: Mapped[int] = mapped_column(sa.ForeignKey("memberships.id"), index=True)
     #: None while waiting for room.
     group_id: Mapped[int | None] = mapped_column(sa.ForeignKey("groups.id"), index=True)
-    status: Mapped[InvitationStatus] = mapped_column(
-        sa.Enum(InvitationStatus, native_enum=False, length=16, validate_strings=True)
-    )
+    status: Mapped[InvitationStatus] = mapped_column(enum_column(InvitationStatus))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

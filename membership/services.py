@@ -221,6 +221,8 @@ def place_waiting_invitations(community: Community, *, actor: str, now: datetime
         invitation.status = InvitationStatus.ISSUED
         invitation.issued_at = now
         db.session.flush()
-        audit.record("invitation.issued", invitation, actor=actor, data={"group": group.name}, now=now)
+        audit.record(
+            "invitation.issued", invitation, actor=actor, data={"group": group.name}, now=now
+        )
         placed += 1
     return placed

@@ -5,6 +5,7 @@ Mobile first, no JavaScript needed. One commit per request, after the services r
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from flask import (
     Blueprint,
     Response,
@@ -14,7 +15,6 @@ from flask import (
     session,
     url_for,
 )
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from core.db import db
@@ -29,6 +29,7 @@ from membership.models import (
     Member,
     Tier,
     TierAudience,
+    TierKind,
 )
 from membership.services import JoinRefused, check_tier_open, submit_application
 from payments.models import Order, OrderStatus
@@ -67,9 +68,12 @@ def _offer_providers(form: JoinForm | PayAgainForm) -> None:
         form.provider.data = form.provider.choices[0][0]
 
 
-def _join_form() -> JoinForm:
+def _join_form(tier: Tier) -> JoinForm:
     form = JoinForm()
-    _offer_providers(form)
+    if tier.kind is TierKind.FREE:
+        del form.provider  # nothing to pay
+    else:
+        _offer_providers(form)
     if not form.submission_key.data:
         form.submission_key.data = new_token(24)
     return form
@@ -89,7 +93,7 @@ def join(slug: str, tier_code: str):
         return render_template(
             "join/closed.html", community=community, tier=tier, reason=str(refusal)
         ), 403
-    form = _join_form()
+    form = _join_form(tier)
     if not form.validate_on_submit():
         status = 422 if form.is_submitted() else 200
         return render_template("join/form.html", community=community, tier=tier, form=form), status
@@ -110,10 +114,10 @@ def join(slug: str, tier_code: str):
         )
         if application is None:
             raise
-    return _continue(application, form.provider.data)
+    return _continue(application, form.provider.data if "provider" in form else None)
 
 
-def _continue(application: Application, provider_name: str) -> Response:
+def _continue(application: Application, provider_name: str | None) -> Response:
     """Send the applicant on: to the provider if their order awaits payment, else to
     their status page."""
     status_url = url_for(

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from core.db import UTCDateTime, db
+from core.db import UTCDateTime, db, enum_column
 from core.money import Money
 
 
@@ -51,7 +51,7 @@ class Order(db.Model):
     #: Shown to the payer at the provider (WeChat Pay's ``body``: at most 128 bytes).
     description: Mapped[str] = mapped_column(sa.String(120))
     status: Mapped[OrderStatus] = mapped_column(
-        sa.Enum(OrderStatus, native_enum=False, length=16, validate_strings=True),
+        enum_column(OrderStatus),
         default=OrderStatus.OPEN,
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -59,9 +59,7 @@ class Order(db.Model):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    payments: Mapped[list[Payment]] = relationship(
-        back_populates="order", order_by="Payment.id"
-    )
+    payments: Mapped[list[Payment]] = relationship(back_populates="order", order_by="Payment.id")
 
     @property
     def price(self) -> Money:
@@ -85,7 +83,7 @@ class Payment(db.Model):
     amount: Mapped[int]
     currency: Mapped[str] = mapped_column(sa.String(3))
     status: Mapped[PaymentStatus] = mapped_column(
-        sa.Enum(PaymentStatus, native_enum=False, length=16, validate_strings=True),
+        enum_column(PaymentStatus),
         default=PaymentStatus.CREATED,
     )
     #: Where the provider sends the payer back after paying, or after giving up.
@@ -128,7 +126,7 @@ class WebhookEvent(db.Model):
     headers: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     body: Mapped[bytes] = mapped_column(sa.LargeBinary)
     status: Mapped[InboxStatus] = mapped_column(
-        sa.Enum(InboxStatus, native_enum=False, length=16, validate_strings=True),
+        enum_column(InboxStatus),
         default=InboxStatus.RECEIVED,
     )
     #: The provider's id for the event, once the signature has been verified.

@@ -53,8 +53,10 @@ def cashier(payment_public_id: str):
     form = CashierForm()
     if payment.status is PaymentStatus.CREATED and form.validate_on_submit():
         outcome = (
-            Outcome.SUCCEEDED if form.pay.data
-            else Outcome.FAILED if form.fail.data
+            Outcome.SUCCEEDED
+            if form.pay.data
+            else Outcome.FAILED
+            if form.fail.data
             else Outcome.CANCELLED
         )
         body, headers = provider.build_notification(
@@ -68,5 +70,7 @@ def cashier(payment_public_id: str):
         if result.http_status >= 500:
             flash("通知商户失败，请重试 · Could not notify the shop, please try again", "error")
         else:
-            return redirect(payment.cancel_url if outcome is Outcome.CANCELLED else payment.return_url)
+            return redirect(
+                payment.cancel_url if outcome is Outcome.CANCELLED else payment.return_url
+            )
     return render_template("payments/fake_cashier.html", payment=payment, form=form)

@@ -52,7 +52,12 @@ class FakeProvider(PaymentProvider):
         return f"t={timestamp},v1={mac.hexdigest()}"
 
     def build_notification(
-        self, payment: Payment, outcome: Outcome, *, event_id: str, transaction_id: str,
+        self,
+        payment: Payment,
+        outcome: Outcome,
+        *,
+        event_id: str,
+        transaction_id: str,
         now: datetime,
     ) -> tuple[bytes, dict[str, str]]:
         """The body and headers the fake provider's server sends for ``payment``."""
