@@ -1,0 +1,101 @@
+"""What tests do the way a person or a provider would: fill in forms, pay at the cashier,
+send signed notifications."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from core.clock import utcnow
+from core.db import db
+from core.security import new_token
+from payments.models import Payment
+from payments.providers import Outcome, get_provider
+
+PROSPECT = {
+    "display_name": "读书人小王",
+    "contact_kind": "wechat",
+    "contact_value": "wang_reader88",
+    "accept_rules": "y",
+    "provider": "fake",
+}
+
+
+def count(model) -> int:
+    """How many rows ``model`` has (app context needed)."""
+    return db.session.scalar(sa.select(sa.func.count()).select_from(model))
+
+
+def hidden_value(html: str, name: str) -> str:
+    """The value of the hidden input ``name`` in a rendered page."""
+    match = re.search(rf'name="{name}" type="hidden" value="([^"]*)"', html) or re.search(
+        rf'type="hidden" name="{name}" value="([^"]*)"', html
+    )
+    assert match, f"no hidden field {name!r} in the page"
+    return match.group(1)
+
+
+def csrf_token(client: FlaskClient, url: str) -> str:
+    """The CSRF token of the form on the page at ``url`` (CSRF stays on in tests)."""
+    return hidden_value(client.get(url).get_data(as_text=True), "csrf_token")
+
+
+def open_join_form(client: FlaskClient, tier: str = "main", slug: str = "demo") -> dict[str, str]:
+    """Open the join form; the hidden fields a browser would send back with it."""
+    response = client.get(f"/join/{slug}/{tier}")
+    assert response.status_code == 200, response.status_code
+    html = response.get_data(as_text=True)
+    return {
+        "csrf_token": hidden_value(html, "csrf_token"),
+        "submission_key": hidden_value(html, "submission_key"),
+    }
+
+
+def submit_join(
+    client: FlaskClient, tier: str = "main", slug: str = "demo", **fields: str | None
+) -> TestResponse:
+    """Open the join form and send it with ``PROSPECT``'s answers, changed by ``fields``
+    (a value of None leaves the field out)."""
+    data = {**open_join_form(client, tier, slug), **PROSPECT, **fields}
+    return client.post(
+        f"/join/{slug}/{tier}", data={k: v for k, v in data.items() if v is not None}
+    )
+
+
+def cashier_action(client: FlaskClient, cashier_url: str, action: str = "pay") -> TestResponse:
+    """Press a button on the fake provider's cashier page: pay, fail or cancel."""
+    token = csrf_token(client, cashier_url)
+    return client.post(cashier_url, data={"csrf_token": token, action: "y"})
+
+
+def join_and_pay(client: FlaskClient, tier: str = "main", **fields: str) -> str:
+    """The whole journey for one prospect; returns the status page's path."""
+    response = submit_join(client, tier, **fields)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    cashier_url = response.location
+    assert cashier_url.startswith("/fake-pay/")
+    response = cashier_action(client, cashier_url, "pay")
+    assert response.status_code == 302
+    return response.location
+
+
+def signed_notification(
+    payment: Payment,
+    outcome: Outcome = Outcome.SUCCEEDED,
+    *,
+    event_id: str | None = None,
+    now: datetime | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """A notification about ``payment`` as the fake provider's server signs it (app
+    context needed)."""
+    return get_provider("fake").build_notification(
+        payment,
+        outcome,
+        event_id=event_id or f"evt_{new_token(12)}",
+        transaction_id=f"fake_{new_token(12)}",
+        now=now or utcnow(),
+    )

@@ -1,0 +1,215 @@
+"""The prospect's journey on the H5 pages, with the fake provider, and its bad inputs."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from core.db import db
+from membership.models import Application, Invitation, InvitationStatus, Member, Tier
+from payments.models import LedgerEntry, Order, OrderStatus, Payment, PaymentStatus
+from tests.helpers import (
+    PROSPECT,
+    cashier_action,
+    count,
+    csrf_token,
+    join_and_pay,
+    open_join_form,
+    submit_join,
+)
+
+
+def test_join_page_lists_tiers_with_yuan_prices(client, demo):
+    html = client.get("/join/demo").get_data(as_text=True)
+    assert "群门读书会" in html
+    assert "¥99.00" in html
+    assert "免费" in html
+    assert "每周共读分享" in html  # what the tier includes
+    assert "¥9.00" not in html  # re-entry is for returning members only
+
+
+def test_paid_journey_ends_with_number_and_group_qr(app, client, demo):
+    status_path = join_and_pay(client, "main")
+    html = client.get(status_path).get_data(as_text=True)
+    assert 'id="member-number">0001<' in html
+    with app.app_context():
+        invitation = db.session.scalars(sa.select(Invitation)).one()
+        assert invitation.status is InvitationStatus.ISSUED
+        assert invitation.group.name == "正式一群 · Main 1"
+    assert f"/invitations/{invitation.token}/qr" in html
+
+    qr = client.get(f"/invitations/{invitation.token}/qr")
+    assert qr.status_code == 200
+    assert qr.mimetype == "image/png"
+    assert qr.data.startswith(b"\x89PNG")
+    assert "no-store" in qr.headers["Cache-Control"]
+
+    with app.app_context():
+        order = db.session.scalars(sa.select(Order)).one()
+        assert order.status is OrderStatus.PAID
+        assert order.payments[0].status is PaymentStatus.CONFIRMED
+        ledger = db.session.scalars(sa.select(LedgerEntry)).one()
+        assert (ledger.kind, ledger.amount, ledger.currency) == ("payment", 9900, "CNY")
+
+
+def test_member_link_opens_me_in_another_browser(app, client, demo):
+    status_path = join_and_pay(client, "main")
+    html = client.get(status_path).get_data(as_text=True)
+    link = html.split('id="member-link">', 1)[1].split("<", 1)[0]
+    assert link.startswith("http://qunmen.test/me/link/")
+
+    other_browser = app.test_client()
+    assert other_browser.get("/me").status_code == 401
+    response = other_browser.get(link.removeprefix("http://qunmen.test"))
+    assert response.status_code == 302
+    page = other_browser.get("/me").get_data(as_text=True)
+    assert 'id="member-number">0001<' in page
+    assert "/invitations/" in page
+
+
+def test_tampered_member_link_is_refused(client, demo):
+    status_path = join_and_pay(client, "main")
+    html = client.get(status_path).get_data(as_text=True)
+    link = html.split('id="member-link">', 1)[1].split("<", 1)[0]
+    assert client.get(link[:-2] + "xx").status_code == 404
+
+
+def test_members_are_numbered_in_payment_order(app, demo):
+    paths = [join_and_pay(app.test_client(), "main") for _ in range(3)]
+    with app.app_context():
+        numbers = db.session.scalars(sa.select(Member.number_label).order_by(Member.id)).all()
+    assert numbers == ["0001", "0002", "0003"]
+    assert len(set(paths)) == 3
+
+
+def test_free_lobby_admits_at_once_without_a_number(app, client, demo):
+    response = submit_join(client, "lobby", provider=None)
+    assert response.status_code == 302
+    assert "/status/" in response.location
+    with app.app_context():
+        member = db.session.scalars(sa.select(Member)).one()
+        assert member.number is None
+        assert member.invitations[0].group.name == "大厅群 · Lobby"
+        assert count(Order) == 0
+
+
+def test_unknown_community_or_tier_is_a_chinese_404(client, demo):
+    for path in ("/join/nope", "/join/demo/nope", "/join/nope/main"):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert "页面不存在" in response.get_data(as_text=True)
+
+
+def test_inactive_tier_says_it_is_closed(app, client, demo):
+    opened_before = open_join_form(client)
+    with app.app_context():
+        db.session.scalar(sa.select(Tier).where(Tier.code == "main")).active = False
+        db.session.commit()
+    response = client.get("/join/demo/main")
+    assert response.status_code == 403
+    assert "该档位已停止报名" in response.get_data(as_text=True)
+    # A form opened before the tier closed is refused as well.
+    response = client.post("/join/demo/main", data={**opened_before, **PROSPECT})
+    assert response.status_code == 403
+    with app.app_context():
+        assert count(Order) == 0
+
+
+def test_returning_only_tier_is_not_open_to_prospects(client, demo):
+    response = client.get("/join/demo/reentry")
+    assert response.status_code == 403
+    assert "仅限回归的老成员" in response.get_data(as_text=True)
+
+
+def test_bad_fields_rerender_with_errors_and_create_nothing(app, client, demo):
+    cases = {
+        "display_name": ({"display_name": "  "}, "必填"),
+        "wechat id": ({"contact_value": "12"}, "微信号为6–20位"),
+        "phone": ({"contact_kind": "phone", "contact_value": "12345"}, "11位手机号"),
+        "email": ({"contact_kind": "email", "contact_value": "not-mail"}, "邮箱格式不正确"),
+        "rules": ({"accept_rules": None}, "请阅读并同意群规"),
+        "contact kind": ({"contact_kind": "fax"}, "Not a valid choice"),
+        "provider": ({"provider": "paypal"}, "Not a valid choice"),
+        "too long": ({"display_name": "长" * 41}, "最多40个字"),
+    }
+    for name, (fields, message) in cases.items():
+        response = submit_join(client, "main", **fields)
+        html = response.get_data(as_text=True)
+        assert response.status_code == 422, name
+        assert message in html, name
+        assert "请修改下面标红的内容" in html, name
+    with app.app_context():
+        assert count(Application) == 0
+        assert count(Order) == 0
+
+
+def test_join_form_without_csrf_token_is_refused(app, client, demo):
+    data = {**open_join_form(client), **PROSPECT}
+    del data["csrf_token"]
+    response = client.post("/join/demo/main", data=data)
+    assert response.status_code == 400
+    with app.app_context():
+        assert count(Order) == 0
+
+
+def test_double_submit_makes_one_order(app, client, demo):
+    data = {**open_join_form(client), **PROSPECT}
+    first = client.post("/join/demo/main", data=data)
+    second = client.post("/join/demo/main", data=data)
+    assert first.status_code == second.status_code == 302
+    assert first.location == second.location  # the same payment at the cashier
+    with app.app_context():
+        assert count(Application) == 1
+        assert count(Order) == 1
+        assert count(Payment) == 1
+
+
+def test_failed_payment_can_be_retried(app, client, demo):
+    response = submit_join(client, "main")
+    cashier_url = response.location
+    status_path = cashier_action(client, cashier_url, "fail").location
+    html = client.get(status_path).get_data(as_text=True)
+    assert "支付失败" in html
+    with app.app_context():
+        assert count(Member) == 0
+
+    token = html.split('name="csrf_token" type="hidden" value="', 1)[1].split('"', 1)[0]
+    retry = client.post(f"{status_path}/pay", data={"csrf_token": token, "provider": "fake"})
+    assert retry.status_code == 302
+    assert retry.location != cashier_url  # a new payment attempt
+    cashier_action(client, retry.location, "pay")
+    assert 'id="member-number">0001<' in client.get(status_path).get_data(as_text=True)
+    with app.app_context():
+        statuses = db.session.scalars(sa.select(Payment.status).order_by(Payment.id)).all()
+    assert statuses == [PaymentStatus.FAILED, PaymentStatus.CONFIRMED]
+
+
+def test_cancel_at_the_cashier_returns_to_a_retry(app, client, demo):
+    cashier_url = submit_join(client, "main").location
+    token = csrf_token(client, cashier_url)
+    status_path = cashier_action(client, cashier_url, "cancel").location
+    html = client.get(status_path).get_data(as_text=True)
+    assert "支付已取消" in html
+    assert "重新支付" in html
+    # A finished payment cannot be paid any more, even from a page opened before.
+    late = client.post(cashier_url, data={"csrf_token": token, "pay": "y"})
+    assert late.status_code == 200
+    assert "这笔支付已结束" in late.get_data(as_text=True)
+    with app.app_context():
+        assert count(Member) == 0
+
+
+def test_pending_payment_status_page_refreshes_itself(app, client, demo):
+    submit_join(client, "main")
+    with app.app_context():
+        application = db.session.scalars(sa.select(Application)).one()
+    html = client.get(f"/join/demo/status/{application.public_id}").get_data(as_text=True)
+    assert '<meta http-equiv="refresh"' in html
+    assert "正在确认支付结果" in html
+
+
+def test_status_page_of_another_community_is_404(app, client, demo):
+    submit_join(client, "main")
+    with app.app_context():
+        application = db.session.scalars(sa.select(Application)).one()
+    assert client.get(f"/join/other/status/{application.public_id}").status_code == 404
+    assert client.get("/join/demo/status/not-a-real-id").status_code == 404
