@@ -7,6 +7,7 @@ import io
 import click
 import qrcode
 import sqlalchemy as sa
+from flask.cli import with_appcontext
 from qrcode.image.pure import PyPNGImage
 
 from core import audit
@@ -101,6 +102,7 @@ def seed_demo_community() -> Community:
 
 
 @click.command("seed-demo")
+@with_appcontext
 def seed_demo_command() -> None:
     """Create the demo community (once) and print its join page path."""
     community = seed_demo_community()
