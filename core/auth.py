@@ -120,7 +120,7 @@ def logout():
 @bp.cli.command("create-admin")
 @click.option("--email", prompt=True)
 @click.option("--name", prompt=True)
-@click.password_option()
+@click.password_option(envvar="ADMIN_PASSWORD", help="Prompted for unless ADMIN_PASSWORD is set.")
 def create_admin_command(email: str, name: str, password: str) -> None:
     """Create a staff account with the owner role (the first admin)."""
     if len(password) < 8:
