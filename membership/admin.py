@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
+from wtforms import SelectChoice
 
 from core import audit
 from core.clock import utcnow
@@ -163,7 +164,7 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
     if tier is not None and request.method == "GET":
         form.price.data = tier.price_money.major_str()
         form.groups.data = [g.id for g in tier.groups]
-    form.groups.choices = [(g.id, g.name) for g in community.groups]
+    form.groups.choices = [SelectChoice(g.id, g.name) for g in community.groups]
     if form.validate_on_submit():
         try:
             price = form.price_in(community.currency)

@@ -11,6 +11,7 @@ from wtforms import (
     HiddenField,
     IntegerField,
     RadioField,
+    SelectChoice,
     SelectField,
     SelectMultipleField,
     StringField,
@@ -63,9 +64,9 @@ class JoinForm(FlaskForm):
     contact_kind = RadioField(
         "联系方式 · Contact",
         choices=[
-            (ContactKind.WECHAT.value, "微信号 · WeChat ID"),
-            (ContactKind.PHONE.value, "手机号 · Phone"),
-            (ContactKind.EMAIL.value, "邮箱 · E-mail"),
+            SelectChoice(ContactKind.WECHAT.value, "微信号 · WeChat ID"),
+            SelectChoice(ContactKind.PHONE.value, "手机号 · Phone"),
+            SelectChoice(ContactKind.EMAIL.value, "邮箱 · E-mail"),
         ],
         default=ContactKind.WECHAT.value,
         validators=[InputRequired(REQUIRED)],
@@ -158,7 +159,10 @@ class TierForm(FlaskForm):
     )
     kind = SelectField(
         "类型 · Kind",
-        choices=[(TierKind.PAID.value, "付费 · Paid"), (TierKind.FREE.value, "免费 · Free")],
+        choices=[
+            SelectChoice(TierKind.PAID.value, "付费 · Paid"),
+            SelectChoice(TierKind.FREE.value, "免费 · Free"),
+        ],
     )
     price = StringField("价格（元）· Price", filters=[_strip], default="0")
     duration_days = IntegerField(
@@ -168,8 +172,8 @@ class TierForm(FlaskForm):
     audience = SelectField(
         "面向 · For",
         choices=[
-            (TierAudience.EVERYONE.value, "所有人 · Everyone"),
-            (TierAudience.RETURNING.value, "回归老成员 · Returning members"),
+            SelectChoice(TierAudience.EVERYONE.value, "所有人 · Everyone"),
+            SelectChoice(TierAudience.RETURNING.value, "回归老成员 · Returning members"),
         ],
     )
     active = BooleanField("开放报名 · Open", default=True)
@@ -186,7 +190,7 @@ class GroupForm(FlaskForm):
         "群名称 · Name", filters=[_strip], validators=[DataRequired(REQUIRED), Length(max=60)]
     )
     platform = SelectField(
-        "平台 · Platform", choices=[(p.key, p.label) for p in PLATFORMS.values()]
+        "平台 · Platform", choices=[SelectChoice(p.key, p.label) for p in PLATFORMS.values()]
     )
     capacity = IntegerField(
         "容量 · Capacity", validators=[InputRequired(REQUIRED), NumberRange(min=0, max=200_000)]

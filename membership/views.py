@@ -16,6 +16,7 @@ from flask import (
     url_for,
 )
 from sqlalchemy.exc import IntegrityError
+from wtforms import SelectChoice
 
 from core.db import db
 from core.security import new_token, sign, unsign
@@ -63,9 +64,9 @@ def community_page(slug: str):
 
 def _offer_providers(form: JoinForm | PayAgainForm) -> None:
     """Fill the form's provider choice with the enabled providers, the first preselected."""
-    form.provider.choices = [(p.name, p.label) for p in enabled_providers().values()]
+    form.provider.choices = [SelectChoice(p.name, p.label) for p in enabled_providers().values()]
     if form.provider.data is None and form.provider.choices:
-        form.provider.data = form.provider.choices[0][0]
+        form.provider.data = form.provider.choices[0].value
 
 
 def _join_form(tier: Tier) -> JoinForm:
