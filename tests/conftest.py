@@ -54,6 +54,13 @@ def reset_schema(app: Flask) -> None:
         flask_migrate.upgrade()
 
 
+def dispose_engines(app: Flask) -> None:
+    """Close the app's pooled connections (open ones would warn at exit)."""
+    with app.app_context():
+        for engine in db.engines.values():
+            engine.dispose()
+
+
 @contextmanager
 def fresh_database(tmp_path) -> Iterator[Flask]:
     """An app on a database of its own that commits for real: a new SQLite file, or a new
@@ -61,8 +68,11 @@ def fresh_database(tmp_path) -> Iterator[Flask]:
     base = os.environ.get("TEST_DATABASE_URL")
     if base is None:
         app = create_app(app_config(f"sqlite:///{tmp_path / 'committing.sqlite3'}"))
-        reset_schema(app)
-        yield app
+        try:
+            reset_schema(app)
+            yield app
+        finally:
+            dispose_engines(app)
         return
     name = f"qunmen_{uuid.uuid4().hex[:12]}"
     admin_engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
@@ -74,16 +84,14 @@ def fresh_database(tmp_path) -> Iterator[Flask]:
         reset_schema(app)
         yield app
     finally:
-        with app.app_context():
-            for engine in db.engines.values():
-                engine.dispose()
+        dispose_engines(app)
         with admin_engine.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
         admin_engine.dispose()
 
 
 @pytest.fixture(scope="session")
-def app(tmp_path_factory) -> Flask:
+def app(tmp_path_factory) -> Iterator[Flask]:
     url = os.environ.get("TEST_DATABASE_URL") or (
         f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
     )
@@ -93,7 +101,8 @@ def app(tmp_path_factory) -> Flask:
     # transaction instead, so the rollback at the end undoes them.
     with app.app_context():
         db.session.configure(join_transaction_mode="create_savepoint")
-    return app
+    yield app
+    dispose_engines(app)
 
 
 @pytest.fixture(autouse=True)

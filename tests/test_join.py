@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import sqlalchemy as sa
 
 from core.db import db
@@ -213,3 +215,33 @@ def test_status_page_of_another_community_is_404(app, client, demo):
         application = db.session.scalars(sa.select(Application)).one()
     assert client.get(f"/join/other/status/{application.public_id}").status_code == 404
     assert client.get("/join/demo/status/not-a-real-id").status_code == 404
+
+
+def _expire_order(app) -> None:
+    with app.app_context():
+        order = db.session.scalars(sa.select(Order)).one()
+        order.expires_at = order.created_at - timedelta(seconds=1)
+        db.session.commit()
+
+
+def test_expired_order_takes_no_new_payment(app, client, demo):
+    cashier_url = submit_join(client, "main").location
+    status_path = cashier_action(client, cashier_url, "cancel").location
+    _expire_order(app)
+    token = csrf_token(client, status_path)
+    response = client.post(f"{status_path}/pay", data={"csrf_token": token, "provider": "fake"})
+    assert response.location == status_path
+    html = client.get(status_path).get_data(as_text=True)
+    assert "订单已过期" in html
+    assert "/join/demo/main" in html  # start again
+    with app.app_context():
+        assert db.session.scalars(sa.select(Order.status)).one() is OrderStatus.EXPIRED
+        assert count(Payment) == 1
+
+
+def test_payment_confirmed_after_expiry_still_counts(app, client, demo):
+    """The money moved: the payer is admitted even though the order had expired."""
+    cashier_url = submit_join(client, "main").location
+    _expire_order(app)
+    status_path = cashier_action(client, cashier_url, "pay").location
+    assert 'id="member-number">0001<' in client.get(status_path).get_data(as_text=True)
