@@ -12,7 +12,6 @@ from core.clock import utcnow
 from core.db import db
 from membership.forms import CommunityForm, GroupForm, TierForm
 from membership.models import (
-    LIVE_INVITATION_STATUSES,
     Community,
     Group,
     Invitation,
@@ -22,7 +21,7 @@ from membership.models import (
     TierAudience,
     TierKind,
 )
-from membership.services import place_waiting_invitations
+from membership.services import place_waiting_invitations, seats_taken, waiting_invitations
 
 bp = Blueprint("membership_admin", __name__, url_prefix="/admin")
 
@@ -133,23 +132,8 @@ def community_form(community_id: int | None = None):
 @bp.get("/communities/<int:community_id>")
 def community(community_id: int):
     community = _get(Community, community_id)
-    seats = dict(
-        db.session.execute(
-            sa.select(Invitation.group_id, sa.func.count())
-            .join(Group, Group.id == Invitation.group_id)
-            .where(
-                Group.community_id == community.id,
-                Invitation.status.in_(LIVE_INVITATION_STATUSES),
-            )
-            .group_by(Invitation.group_id)
-        ).all()
-    )
-    waiting = db.session.scalars(
-        sa.select(Invitation)
-        .join(Member)
-        .where(Member.community_id == community.id, Invitation.status == InvitationStatus.WAITING)
-        .order_by(Invitation.id)
-    ).all()
+    seats = seats_taken([group.id for group in community.groups])
+    waiting = waiting_invitations(community.id)
     return render_template(
         "admin/community.html", community=community, seats=seats, waiting=waiting
     )

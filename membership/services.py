@@ -157,7 +157,8 @@ def allocate_member_number(community_id: int) -> tuple[int, str]:
     return number, format_member_number(pattern, number)
 
 
-def _seats_taken(group_ids: list[int]) -> dict[int, int]:
+def seats_taken(group_ids: list[int]) -> dict[int, int]:
+    """Live invitations per group: the seats taken. Groups with none are left out."""
     rows = db.session.execute(
         sa.select(Invitation.group_id, sa.func.count())
         .where(Invitation.group_id.in_(group_ids), Invitation.status.in_(LIVE_INVITATION_STATUSES))
@@ -175,7 +176,7 @@ def _first_group_with_room(tier_id: int) -> Group | None:
         .order_by(Group.id)
         .with_for_update(of=Group)
     ).all()
-    taken = _seats_taken([g.id for g in groups])
+    taken = seats_taken([g.id for g in groups])
     return next((g for g in groups if taken.get(g.id, 0) < g.capacity), None)
 
 
@@ -203,17 +204,26 @@ def issue_invitation(membership: Membership, *, actor: str, now: datetime) -> In
     return invitation
 
 
+def waiting_invitations(community_id: int) -> list[Invitation]:
+    """The community's invitations waiting for a seat, oldest first."""
+    return list(
+        db.session.scalars(
+            sa.select(Invitation)
+            .join(Member)
+            .where(
+                Member.community_id == community_id,
+                Invitation.status == InvitationStatus.WAITING,
+            )
+            .order_by(Invitation.id)
+        )
+    )
+
+
 def place_waiting_invitations(community: Community, *, actor: str, now: datetime) -> int:
     """Give waiting invitations a seat where one has opened, oldest first. Returns how
     many were placed."""
-    waiting = db.session.scalars(
-        sa.select(Invitation)
-        .join(Member)
-        .where(Member.community_id == community.id, Invitation.status == InvitationStatus.WAITING)
-        .order_by(Invitation.id)
-    ).all()
     placed = 0
-    for invitation in waiting:
+    for invitation in waiting_invitations(community.id):
         group = _first_group_with_room(invitation.membership.tier_id)
         if group is None:
             continue

@@ -26,11 +26,9 @@ from core.auth import StaffUser, create_staff_user
 from core.db import db
 from membership.cli import seed_demo_community
 from membership.models import Community
-from tests.helpers import csrf_token
+from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, log_in
 
 SECRET_KEY = "test-secret-key-not-for-production"
-ADMIN_EMAIL = "owner@example.com"
-ADMIN_PASSWORD = "correct horse battery"
 
 
 def app_config(database_url: str) -> dict[str, object]:
@@ -168,10 +166,5 @@ def admin(app: Flask) -> StaffUser:
 
 @pytest.fixture
 def logged_in(client: FlaskClient, admin: StaffUser) -> FlaskClient:
-    token = csrf_token(client, "/admin/login")
-    response = client.post(
-        "/admin/login",
-        data={"csrf_token": token, "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
-    )
-    assert response.status_code == 302
+    assert log_in(client).status_code == 302
     return client

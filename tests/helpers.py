@@ -16,6 +16,9 @@ from core.security import new_token
 from payments.models import Payment
 from payments.providers import Outcome, get_provider
 
+ADMIN_EMAIL = "owner@example.com"
+ADMIN_PASSWORD = "correct horse battery"
+
 PROSPECT = {
     "display_name": "读书人小王",
     "contact_kind": "wechat",
@@ -42,6 +45,18 @@ def hidden_value(html: str, name: str) -> str:
 def csrf_token(client: FlaskClient, url: str) -> str:
     """The CSRF token of the form on the page at ``url`` (CSRF stays on in tests)."""
     return hidden_value(client.get(url).get_data(as_text=True), "csrf_token")
+
+
+def submit_form(client: FlaskClient, url: str, data: dict, **kwargs) -> TestResponse:
+    """Open the form at ``url`` and send ``data`` with the page's CSRF token."""
+    return client.post(url, data={"csrf_token": csrf_token(client, url), **data}, **kwargs)
+
+
+def log_in(
+    client: FlaskClient, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD, **kwargs
+) -> TestResponse:
+    """Log in on the admin login page."""
+    return submit_form(client, "/admin/login", {"email": email, "password": password}, **kwargs)
 
 
 def open_join_form(client: FlaskClient, tier: str = "main", slug: str = "demo") -> dict[str, str]:

@@ -12,8 +12,7 @@ from core.auth import StaffUser
 from core.db import db
 from membership.cli import _qr_png
 from membership.models import Community, Group, Tier, TierKind
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
-from tests.helpers import count, csrf_token, join_and_pay
+from tests.helpers import ADMIN_PASSWORD, count, join_and_pay, log_in, submit_form
 
 ADMIN_PAGES = [
     "/admin/",
@@ -32,10 +31,7 @@ def test_admin_pages_need_a_login(client, path):
 
 
 def test_wrong_password_is_refused(client, admin):
-    token = csrf_token(client, "/admin/login")
-    response = client.post(
-        "/admin/login", data={"csrf_token": token, "email": ADMIN_EMAIL, "password": "nope-nope"}
-    )
+    response = log_in(client, password="nope-nope")
     assert response.status_code == 200
     assert "邮箱或密码不正确" in response.get_data(as_text=True)
     assert client.get("/admin/").status_code == 302
@@ -45,22 +41,13 @@ def test_disabled_admin_cannot_log_in(app, client, admin):
     with app.app_context():
         db.session.get(StaffUser, admin.id).active = False
         db.session.commit()
-    token = csrf_token(client, "/admin/login")
-    client.post(
-        "/admin/login",
-        data={"csrf_token": token, "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
-    )
+    log_in(client)
     assert client.get("/admin/").status_code == 302
 
 
 @pytest.mark.parametrize("target", ["//evil.example/", "/\\evil.example", "https://evil.example/"])
 def test_login_never_redirects_off_site(client, admin, target):
-    token = csrf_token(client, "/admin/login")
-    response = client.post(
-        "/admin/login",
-        query_string={"next": target},
-        data={"csrf_token": token, "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
-    )
+    response = log_in(client, query_string={"next": target})
     assert response.status_code == 302
     assert response.location == "/admin/"
 
@@ -88,7 +75,6 @@ def test_logout_needs_a_post_with_csrf(logged_in):
 def _create_community(client, **overrides):
     url = "/admin/communities/new"
     data = {
-        "csrf_token": csrf_token(client, url),
         "name": "周末跑团",
         "slug": "weekend-run",
         "pitch": "一起跑步",
@@ -98,7 +84,7 @@ def _create_community(client, **overrides):
         "member_number_pattern": "RUN-###",
         **overrides,
     }
-    return client.post(url, data=data)
+    return submit_form(client, url, data)
 
 
 def test_create_community_tier_and_group_then_join(app, logged_in):
@@ -110,10 +96,10 @@ def test_create_community_tier_and_group_then_join(app, logged_in):
 
     png = _qr_png("weekend run group")
     url = f"/admin/communities/{community_id}/groups/new"
-    response = logged_in.post(
+    response = submit_form(
+        logged_in,
         url,
-        data={
-            "csrf_token": csrf_token(logged_in, url),
+        {
             "name": "跑团一群",
             "platform": "wechat",
             "capacity": "200",
@@ -128,10 +114,10 @@ def test_create_community_tier_and_group_then_join(app, logged_in):
         group_id = group.id
 
     url = f"/admin/communities/{community_id}/tiers/new"
-    response = logged_in.post(
+    response = submit_form(
+        logged_in,
         url,
-        data={
-            "csrf_token": csrf_token(logged_in, url),
+        {
             "code": "season",
             "name": "季度跑友",
             "includes": "每周约跑\n装备折扣",
@@ -194,7 +180,6 @@ def test_community_slug_must_be_unique(app, logged_in, demo):
 def _tier_form(client, community_id, **overrides):
     url = f"/admin/communities/{community_id}/tiers/new"
     data = {
-        "csrf_token": csrf_token(client, url),
         "code": "vip",
         "name": "VIP",
         "kind": "paid",
@@ -203,7 +188,7 @@ def _tier_form(client, community_id, **overrides):
         "sort_order": "5",
         **overrides,
     }
-    return client.post(url, data=data)
+    return submit_form(client, url, data)
 
 
 @pytest.mark.parametrize(
@@ -228,10 +213,10 @@ def test_bad_tier_form_is_refused(app, logged_in, demo, overrides, message):
 
 def test_group_qr_must_be_an_image(app, logged_in, demo):
     url = f"/admin/communities/{demo.id}/groups/new"
-    response = logged_in.post(
+    response = submit_form(
+        logged_in,
         url,
-        data={
-            "csrf_token": csrf_token(logged_in, url),
+        {
             "name": "假图片",
             "platform": "wechat",
             "capacity": "100",
@@ -247,10 +232,10 @@ def test_group_qr_must_be_an_image(app, logged_in, demo):
 
 def test_group_capacity_is_capped_by_the_platform(app, logged_in, demo):
     url = f"/admin/communities/{demo.id}/groups/new"
-    response = logged_in.post(
+    response = submit_form(
+        logged_in,
         url,
-        data={
-            "csrf_token": csrf_token(logged_in, url),
+        {
             "name": "超大群",
             "platform": "wechat",
             "capacity": "501",

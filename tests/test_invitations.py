@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from core.db import db
 from membership.models import Community, Group, Invitation, InvitationStatus, Member, Tier
-from tests.helpers import csrf_token, join_and_pay
+from tests.helpers import join_and_pay, submit_form
 
 
 def _token(app) -> str:
@@ -84,10 +84,10 @@ def test_a_new_group_places_waiting_invitations(app, demo, logged_in):
     with app.app_context():
         community_id = db.session.scalar(sa.select(Community.id))
     url = f"/admin/communities/{community_id}/groups/new"
-    response = logged_in.post(
+    response = submit_form(
+        logged_in,
         url,
-        data={
-            "csrf_token": csrf_token(logged_in, url),
+        {
             "name": "正式二群 · Main 2",
             "platform": "wechat",
             "capacity": "500",
@@ -103,7 +103,6 @@ def test_a_new_group_places_waiting_invitations(app, demo, logged_in):
         tier_id, group_ids = tier.id, [g.id for g in tier.groups] + [new_group.id]
     url = f"/admin/tiers/{tier_id}/edit"
     form = {
-        "csrf_token": csrf_token(logged_in, url),
         "code": "main",
         "name": "正式成员 · Member",
         "kind": "paid",
@@ -113,7 +112,7 @@ def test_a_new_group_places_waiting_invitations(app, demo, logged_in):
         "sort_order": "1",
         "groups": [str(i) for i in group_ids],
     }
-    assert logged_in.post(url, data=form).status_code == 302
+    assert submit_form(logged_in, url, form).status_code == 302
     with app.app_context():
         invitation = db.session.scalars(sa.select(Invitation)).one()
         assert invitation.status is InvitationStatus.ISSUED
