@@ -12,7 +12,6 @@ from core.auth import bp as auth_bp
 from core.auth import login_manager
 from core.clock import local_time
 from core.db import db, init_db
-from core.money import Money
 from core.security import csrf
 from membership import admin as membership_admin
 from membership import cli as membership_cli
@@ -49,7 +48,6 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
 
     order_paid.connect(admit_paid_application)
 
-    app.add_template_filter(lambda amount, currency: str(Money(amount, currency)), "money")
     app.add_template_filter(local_time, "localtime")
     _register_error_pages(app)
     return app
