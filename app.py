@@ -16,11 +16,15 @@ from core.security import csrf
 from membership import admin as membership_admin
 from membership import cli as membership_cli
 from membership import views as membership_views
-from membership.services import admit_paid_application
+from membership.services import (
+    admit_paid_application,
+    restore_paid_access,
+    withdraw_paid_access,
+)
 from payments import admin as payments_admin
 from payments.providers import init_providers
-from payments.signals import order_paid
-from payments.views import fake_cashier, webhooks
+from payments.signals import access_restored, access_withdrawn, order_paid
+from payments.views import fake_cashier, webhooks, wechatpay
 
 migrate = Migrate()
 
@@ -42,11 +46,14 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.register_blueprint(payments_admin.bp)
     app.register_blueprint(webhooks)
     app.register_blueprint(fake_cashier)
+    app.register_blueprint(wechatpay)
     app.register_blueprint(auth_bp)
 
     app.cli.add_command(membership_cli.seed_demo_command)
 
     order_paid.connect(admit_paid_application)
+    access_withdrawn.connect(withdraw_paid_access)
+    access_restored.connect(restore_paid_access)
 
     app.add_template_filter(local_time, "localtime")
     _register_error_pages(app)

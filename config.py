@@ -44,11 +44,23 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         "SECRET_KEY": _secret_key(instance_path),
         "SQLALCHEMY_DATABASE_URI": _database_url(instance_path),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
-        # Payment providers offered on the join page, in order. ``fake`` is the default so
-        # the product runs with no keys; real providers join when their keys are set.
-        "PAYMENT_PROVIDERS": os.environ.get("PAYMENT_PROVIDERS", "fake").split(","),
+        # Payment providers offered on the join page, in order. Empty: every real provider
+        # whose keys are set, and ``fake`` when none is (so the product runs with no keys).
+        "PAYMENT_PROVIDERS": os.environ.get("PAYMENT_PROVIDERS", "").split(","),
         # Signs the fake provider's notifications; derived from SECRET_KEY when unset.
         "FAKE_PROVIDER_SECRET": os.environ.get("FAKE_PROVIDER_SECRET"),
+        "STRIPE_SECRET_KEY": os.environ.get("STRIPE_SECRET_KEY"),
+        "STRIPE_WEBHOOK_SECRET": os.environ.get("STRIPE_WEBHOOK_SECRET"),
+        "STRIPE_API_BASE": os.environ.get("STRIPE_API_BASE"),
+        "WECHATPAY_APP_ID": os.environ.get("WECHATPAY_APP_ID"),
+        "WECHATPAY_APP_SECRET": os.environ.get("WECHATPAY_APP_SECRET"),
+        "WECHATPAY_MCH_ID": os.environ.get("WECHATPAY_MCH_ID"),
+        "WECHATPAY_API_KEY": os.environ.get("WECHATPAY_API_KEY"),
+        "WECHATPAY_MCH_CERT": os.environ.get("WECHATPAY_MCH_CERT"),
+        "WECHATPAY_MCH_KEY": os.environ.get("WECHATPAY_MCH_KEY"),
+        "WECHATPAY_API_BASE": os.environ.get("WECHATPAY_API_BASE"),
+        # WeChat's official-account API (the OAuth that gives a payer's openid).
+        "WECHAT_API_BASE": os.environ.get("WECHAT_API_BASE"),
         # Unpaid orders stop accepting payment after this many minutes.
         "ORDER_TTL_MINUTES": int(os.environ.get("ORDER_TTL_MINUTES", "30")),
         # Uploaded group QR images larger than this are refused.

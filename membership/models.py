@@ -167,6 +167,8 @@ class Member(db.Model):
 
 class MembershipStatus(StrEnum):
     ACTIVE = "active"
+    SUSPENDED = "suspended"  #: its payment is disputed; access back if the dispute is won
+    ENDED = "ended"  #: refunded, or the dispute was lost
 
 
 class Membership(db.Model):

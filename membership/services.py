@@ -141,6 +141,49 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     return member
 
 
+#: How a withdrawal of money ends a membership, by the reason ``access_withdrawn`` gives.
+_WITHDRAWN_STATUS = {
+    "refunded": MembershipStatus.ENDED,
+    "disputed": MembershipStatus.SUSPENDED,
+    "dispute_lost": MembershipStatus.ENDED,
+}
+
+
+def withdraw_paid_access(order: Order, *, now: datetime, reason: str) -> None:
+    """``access_withdrawn`` receiver: the membership the order paid for is suspended or
+    ended and its invitations revoked. Idempotent."""
+    membership = db.session.scalar(sa.select(Membership).where(Membership.order_id == order.id))
+    if membership is None:
+        return
+    status = _WITHDRAWN_STATUS[reason]
+    if membership.status is status:
+        return
+    membership.status = status
+    audit.record(
+        f"membership.{status}", membership, actor="system", data={"reason": reason}, now=now
+    )
+    for invitation in membership.member.invitations:
+        if invitation.membership_id == membership.id and invitation.status in (
+            *LIVE_INVITATION_STATUSES,
+            InvitationStatus.WAITING,
+        ):
+            invitation.status = InvitationStatus.REVOKED
+            audit.record(
+                "invitation.revoked", invitation, actor="system", data={"reason": reason}, now=now
+            )
+
+
+def restore_paid_access(order: Order, *, now: datetime) -> None:
+    """``access_restored`` receiver: a suspended membership is active again, with a new
+    invitation (the old one's seat may have gone to someone else)."""
+    membership = db.session.scalar(sa.select(Membership).where(Membership.order_id == order.id))
+    if membership is None or membership.status is not MembershipStatus.SUSPENDED:
+        return
+    membership.status = MembershipStatus.ACTIVE
+    audit.record("membership.restored", membership, actor="system", now=now)
+    issue_invitation(membership, actor="system", now=now)
+
+
 def allocate_member_number(community_id: int) -> tuple[int, str]:
     """The community's next member number and its label.
 

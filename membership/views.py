@@ -35,7 +35,7 @@ from membership.models import (
 from membership.services import JoinRefused, check_tier_open, submit_application
 from payments.models import Order, OrderStatus
 from payments.providers import enabled_providers
-from payments.services import PaymentError, start_payment
+from payments.views import send_to_provider
 
 bp = Blueprint("membership", __name__)
 
@@ -122,24 +122,20 @@ def _continue(application: Application, provider_name: str | None) -> Response:
     """Send the applicant on: to the provider if their order awaits payment, else to
     their status page."""
     status_url = url_for(
-        "membership.status", slug=application.community.slug, public_id=application.public_id
+        "membership.status",
+        slug=application.community.slug,
+        public_id=application.public_id,
+        _external=True,
     )
     if application.status is not ApplicationStatus.AWAITING_PAYMENT:
         return redirect(status_url)
-    order = db.session.get(Order, application.order_id)
-    try:
-        _payment, provider_url = start_payment(
-            order,
-            provider_name,
-            return_url=status_url,
-            cancel_url=status_url,
-            actor="prospect",
-        )
-    except PaymentError:
-        db.session.commit()  # an order found expired is recorded as such
-        return redirect(status_url)
-    db.session.commit()
-    return redirect(provider_url)
+    return send_to_provider(
+        db.session.get(Order, application.order_id),
+        provider_name,
+        return_url=status_url,
+        cancel_url=status_url,
+        actor="prospect",
+    )
 
 
 def _application(slug: str, public_id: str) -> Application:

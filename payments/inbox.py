@@ -33,10 +33,16 @@ class InboxResult:
     message: str
 
     @property
+    def accepted(self) -> bool:
+        """Whether the provider should consider the delivery done."""
+        return self.http_status == 200
+
+    @property
     def http_status(self) -> int:
         return {
             InboxStatus.PROCESSED: 200,
             InboxStatus.DUPLICATE: 200,
+            InboxStatus.IGNORED: 200,
             InboxStatus.REJECTED: 400,
         }.get(self.status, 500)
 
@@ -56,6 +62,25 @@ def receive(
     db.session.add(event)
     db.session.commit()
     return process(event, now=now)
+
+
+def refuse(
+    provider_name: str, headers: Mapping[str, str], detail: str, *, now: datetime | None = None
+) -> InboxResult:
+    """Record a delivery refused before its body was read (too large), for admins to see."""
+    now = now or utcnow()
+    event = WebhookEvent(
+        provider=provider_name,
+        received_at=now,
+        headers={k: v for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS},
+        body=b"",
+        status=InboxStatus.REJECTED,
+        detail=detail,
+        processed_at=now,
+    )
+    db.session.add(event)
+    db.session.commit()
+    return InboxResult(InboxStatus.REJECTED, detail)
 
 
 def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
@@ -84,8 +109,11 @@ def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
         return _finish(event.id, InboxStatus.DUPLICATE, f"applied as event {applied_before}", now)
     try:
         payment, changed = apply_notification(notification, event.provider, now=now)
-        event.payment_id = payment.id
-        event.status = InboxStatus.PROCESSED if changed else InboxStatus.DUPLICATE
+        event.payment_id = payment.id if payment else None
+        if payment is None:
+            event.status = InboxStatus.IGNORED
+        else:
+            event.status = InboxStatus.PROCESSED if changed else InboxStatus.DUPLICATE
         event.processed_at = now
         db.session.commit()
     except PaymentMismatch as error:
@@ -104,6 +132,24 @@ def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
             event_id=notification.event_id,
         )
     return InboxResult(event.status, "ok")
+
+
+def failed_events() -> list[WebhookEvent]:
+    """Deliveries that failed on our side and were not applied since, oldest first."""
+    return list(
+        db.session.scalars(
+            sa.select(WebhookEvent)
+            .where(WebhookEvent.status == InboxStatus.FAILED)
+            .order_by(WebhookEvent.id)
+        )
+    )
+
+
+def replay(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
+    """Process a failed delivery again, verified as of when it was received. Commits."""
+    if event.status is not InboxStatus.FAILED:
+        return InboxResult(event.status, "not a failed event")
+    return process(event, now=now)
 
 
 def _finish(

@@ -20,6 +20,7 @@ class OrderStatus(StrEnum):
     OPEN = "open"  #: waiting for payment
     PAID = "paid"  #: confirmed payments cover the amount
     EXPIRED = "expired"  #: not paid in time; a late payment still makes it paid
+    REFUNDED = "refunded"  #: was paid; refunds or lost disputes took the money back
 
 
 class PaymentStatus(StrEnum):
@@ -27,12 +28,26 @@ class PaymentStatus(StrEnum):
     CONFIRMED = "confirmed"  #: the provider confirmed the money moved
     FAILED = "failed"  #: the provider says it did not, and will not
     CANCELLED = "cancelled"  #: the payer gave up at the provider
+    EXPIRED = "expired"  #: the provider closed the attempt unpaid
+
+
+class RefundStatus(StrEnum):
+    REQUESTED = "requested"  #: asked of the provider, no final answer yet
+    SUCCEEDED = "succeeded"  #: the money went back
+    FAILED = "failed"  #: the provider refused or could not
+
+
+class DisputeStatus(StrEnum):
+    OPEN = "open"  #: the payer's bank took the money back pending a decision
+    WON = "won"  #: decided for us: the money came back
+    LOST = "lost"  #: decided for the payer
 
 
 class InboxStatus(StrEnum):
     RECEIVED = "received"  #: stored, not yet processed
     PROCESSED = "processed"  #: verified and applied
     DUPLICATE = "duplicate"  #: verified; an earlier delivery of the same event was applied
+    IGNORED = "ignored"  #: verified; an event we do not act on
     REJECTED = "rejected"  #: failed verification or did not match our records: no change
     FAILED = "failed"  #: our side failed while applying it; the provider retries, or replay
 
@@ -93,16 +108,92 @@ class Payment(db.Model):
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: The provider's words when it failed.
     failure_reason: Mapped[str | None] = mapped_column(sa.String(200))
+    #: How the payer pays at the provider: ``cashier`` (fake), ``checkout`` (Stripe),
+    #: ``jsapi``, ``mweb`` or ``native`` (WeChat Pay).
+    method: Mapped[str] = mapped_column(sa.String(20), default="cashier")
+    #: What the payer's next step needs (a QR code's content, JSAPI parameters, a URL),
+    #: kept so that a reload does not ask the provider again. Never secrets.
+    provider_data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
 
     order: Mapped[Order] = relationship(back_populates="payments")
+    refunds: Mapped[list[Refund]] = relationship(back_populates="payment", order_by="Refund.id")
+    disputes: Mapped[list[Dispute]] = relationship(back_populates="payment", order_by="Dispute.id")
+
+    @property
+    def money(self) -> Money:
+        return Money(self.amount, self.currency)
+
+    def refunded_total(self) -> int:
+        """Minor units refunded so far (succeeded refunds only)."""
+        return sum(r.amount for r in self.refunds if r.status is RefundStatus.SUCCEEDED)
+
+    def withheld_total(self) -> int:
+        """Minor units taken back by disputes that are open or lost."""
+        return sum(d.amount for d in self.disputes if d.status is not DisputeStatus.WON)
+
+    def kept_total(self) -> int:
+        """What we still hold of this payment: confirmed, less refunds and disputes."""
+        if self.status is not PaymentStatus.CONFIRMED:
+            return 0
+        return self.amount - self.refunded_total() - self.withheld_total()
+
+
+class Refund(db.Model):
+    """One attempt to give back some or all of a confirmed payment."""
+
+    __tablename__ = "refunds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: Unguessable; our reference at the provider (WeChat's out_refund_no).
+    public_id: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    payment_id: Mapped[int] = mapped_column(sa.ForeignKey("payments.id"), index=True)
+    amount: Mapped[int]
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    status: Mapped[RefundStatus] = mapped_column(enum_column(RefundStatus))
+    #: Why, as the admin gave it or the provider reported it.
+    reason: Mapped[str] = mapped_column(sa.String(200), default="")
+    #: A partial refund ends access only when the admin asked for it; a full one always.
+    revoke_access: Mapped[bool] = mapped_column(default=False)
+    #: ``staff:<id>``, or ``webhook:<provider>`` for refunds made at the provider.
+    requested_by: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failure_reason: Mapped[str | None] = mapped_column(sa.String(200))
+
+    payment: Mapped[Payment] = relationship(back_populates="refunds")
+
+    __table_args__ = (sa.CheckConstraint("amount > 0", name="amount_positive"),)
 
     @property
     def money(self) -> Money:
         return Money(self.amount, self.currency)
 
 
+class Dispute(db.Model):
+    """A chargeback: the payer's bank pulled a payment back pending a decision."""
+
+    __tablename__ = "disputes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    payment_id: Mapped[int] = mapped_column(sa.ForeignKey("payments.id"), index=True)
+    provider: Mapped[str] = mapped_column(sa.String(20))
+    #: The provider's id for the dispute.
+    external_id: Mapped[str] = mapped_column(sa.String(128))
+    amount: Mapped[int]
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    status: Mapped[DisputeStatus] = mapped_column(enum_column(DisputeStatus))
+    reason: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    payment: Mapped[Payment] = relationship(back_populates="disputes")
+
+    __table_args__ = (sa.UniqueConstraint("provider", "external_id"),)
+
+
 class ProviderReference(db.Model):
-    """How a provider names one of our payments (transaction id, session id …)."""
+    """How a provider names one of our payments, or a refund of it: transaction id,
+    checkout session, payment intent, refund id … Every external id maps through here."""
 
     __tablename__ = "provider_references"
 
@@ -110,6 +201,8 @@ class ProviderReference(db.Model):
     provider: Mapped[str] = mapped_column(sa.String(20))
     external_id: Mapped[str] = mapped_column(sa.String(128))
     payment_id: Mapped[int] = mapped_column(sa.ForeignKey("payments.id"), index=True)
+    #: Set when the id names a refund of the payment.
+    refund_id: Mapped[int | None] = mapped_column(sa.ForeignKey("refunds.id"))
 
     __table_args__ = (sa.UniqueConstraint("provider", "external_id"),)
 
@@ -146,13 +239,16 @@ class LedgerEntry(db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    #: ``payment`` for money in; refunds, fees and disputes come with real providers.
+    #: ``payment`` (in), ``refund`` (out), ``dispute`` (out, pending a decision),
+    #: ``dispute_won`` (back in).
     kind: Mapped[str] = mapped_column(sa.String(20))
     #: Signed minor units: money in is positive, money out negative.
     amount: Mapped[int]
     currency: Mapped[str] = mapped_column(sa.String(3))
     order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id"), index=True)
     payment_id: Mapped[int] = mapped_column(sa.ForeignKey("payments.id"), index=True)
+    refund_id: Mapped[int | None] = mapped_column(sa.ForeignKey("refunds.id"))
+    dispute_id: Mapped[int | None] = mapped_column(sa.ForeignKey("disputes.id"))
     provider: Mapped[str] = mapped_column(sa.String(20))
     #: The provider's transaction id, for reconciliation.
     provider_transaction_id: Mapped[str | None] = mapped_column(sa.String(128))

@@ -1,8 +1,10 @@
 """The payment state machine. Functions here flush but never commit; the caller commits.
 
-An order is paid when its confirmed payments cover its amount. Confirming a payment locks
-its row and its order's row, returns early when already confirmed, appends the ledger
-entry and, on the order's first transition to paid, sends ``order_paid``.
+An order is paid when its confirmed payments cover its amount. Every change to a payment
+locks its row and then its order's row, returns early when the change was made before,
+appends the ledger entries and announces what the other packages must react to (see
+:mod:`payments.signals`). Calls to providers happen outside these functions, between
+commits, so no database lock is held while a provider answers.
 """
 
 from __future__ import annotations
@@ -18,15 +20,27 @@ from core.db import db
 from core.money import Money
 from core.security import new_token
 from payments.models import (
+    Dispute,
+    DisputeStatus,
     LedgerEntry,
     Order,
     OrderStatus,
     Payment,
     PaymentStatus,
     ProviderReference,
+    Refund,
+    RefundStatus,
 )
-from payments.providers import Notification, Outcome, get_provider
-from payments.signals import order_paid
+from payments.providers import (
+    EventKind,
+    Notification,
+    Payer,
+    PaymentStart,
+    ProviderError,
+    RefundResult,
+    get_provider,
+)
+from payments.signals import access_restored, access_withdrawn, order_paid
 
 
 class PaymentError(Exception):
@@ -67,61 +81,125 @@ def start_payment(
     order: Order,
     provider_name: str,
     *,
+    payer: Payer,
     return_url: str,
     cancel_url: str,
     actor: str,
     now: datetime | None = None,
-) -> tuple[Payment, str]:
-    """A payment attempt for the whole of ``order`` and the URL to send the payer to.
+) -> Payment:
+    """The payment attempt for the whole of ``order`` through ``provider_name``.
 
-    Asking again for the same order and provider while an attempt is still waiting gives
-    that attempt back, so a double click never opens two payments.
+    Asking again while an attempt by the same provider and method is still waiting gives
+    that attempt back, so a double click never opens two payments. A new attempt is not yet
+    registered with the provider: commit, then call :func:`register_with_provider`.
     """
     now = now or utcnow()
     provider = get_provider(provider_name)
     if provider is None:
         raise PaymentError(f"payment provider {provider_name!r} is not offered")
-    if order.status is OrderStatus.PAID:
+    if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
         raise OrderClosed("订单已支付 · This order is paid already")
     if order.expires_at <= now:
         if order.status is OrderStatus.OPEN:
             order.status = OrderStatus.EXPIRED
             audit.record("order.expired", order, actor=actor, now=now)
         raise OrderClosed("订单已过期，请重新下单 · This order has expired, please start again")
+    method = provider.method_for(payer)
     waiting = next(
         (
             p
             for p in order.payments
-            if p.provider == provider_name and p.status is PaymentStatus.CREATED
+            if p.provider == provider_name
+            and p.method == method
+            and p.status is PaymentStatus.CREATED
         ),
         None,
     )
     if waiting is not None:
-        return waiting, provider.start_payment(waiting)
+        return waiting
     payment = Payment(
         public_id=new_token(16),
         order=order,
         provider=provider_name,
+        method=method,
         amount=order.amount,
         currency=order.currency,
         status=PaymentStatus.CREATED,
         return_url=return_url,
         cancel_url=cancel_url,
+        provider_data={},
         created_at=now,
     )
     db.session.add(payment)
-    audit.record("payment.started", payment, actor=actor, data={"provider": provider_name}, now=now)
-    return payment, provider.start_payment(payment)
+    audit.record(
+        "payment.started",
+        payment,
+        actor=actor,
+        data={"provider": provider_name, "method": method},
+        now=now,
+    )
+    return payment
 
 
-def _lock_payment(public_id: str) -> Payment | None:
+def register_with_provider(payment: Payment, payer: Payer, *, actor: str) -> str:
+    """Where to send the payer for ``payment``: asks the provider the first time, and
+    keeps its answer on the payment. Call between commits: the provider is called with
+    no transaction open. Raises :class:`ProviderError`."""
+    if payment.provider_data.get("url"):
+        return payment.provider_data["url"]
+    db.session.commit()
+    provider = get_provider(payment.provider)
+    try:
+        start: PaymentStart = provider.start_payment(payment, payer)
+    except ProviderError as error:
+        locked = _lock_payment(payment.public_id)
+        if locked.status is PaymentStatus.CREATED:
+            locked.status = PaymentStatus.FAILED
+            locked.failure_reason = str(error)[:200]
+            audit.record("payment.start_failed", locked, actor=actor, data={"error": str(error)})
+        db.session.commit()
+        raise
+    locked = _lock_payment(payment.public_id)
+    locked.method = start.method
+    locked.provider_data = {**start.provider_data, "url": start.url}
+    for external_id in start.external_ids:
+        _reference(locked, external_id)
+    db.session.commit()
+    return start.url
+
+
+def _reference(payment: Payment, external_id: str, refund: Refund | None = None) -> None:
+    """Map a provider id to ``payment`` (and ``refund``), once."""
+    known = db.session.scalar(
+        sa.select(ProviderReference).where(
+            ProviderReference.provider == payment.provider,
+            ProviderReference.external_id == external_id,
+        )
+    )
+    if known is None:
+        db.session.add(
+            ProviderReference(
+                provider=payment.provider,
+                external_id=external_id,
+                payment_id=payment.id,
+                refund_id=refund.id if refund else None,
+            )
+        )
+
+
+def _lock_payment(public_id: str | None) -> Payment | None:
     """The payment and its order, both locked for update until the transaction ends.
 
     Payment first, then order: every path takes them in this order, so two deliveries for
     the same order queue instead of deadlocking.
     """
+    if public_id is None:
+        return None
     payment = db.session.scalar(
-        sa.select(Payment).where(Payment.public_id == public_id).with_for_update()
+        sa.select(Payment)
+        .where(Payment.public_id == public_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     if payment is not None:
         db.session.scalar(
@@ -133,35 +211,88 @@ def _lock_payment(public_id: str) -> Payment | None:
     return payment
 
 
+def _resolve_payment(notification: Notification, provider_name: str) -> Payment | None:
+    """The payment a notification is about, locked: by our reference, else by the
+    provider's id through the references table, else by asking the provider."""
+    public_id = notification.payment_public_id
+    external_id = notification.payment_external_id
+    if public_id is None and external_id:
+        public_id = db.session.scalar(
+            sa.select(Payment.public_id)
+            .join(ProviderReference, ProviderReference.payment_id == Payment.id)
+            .where(
+                ProviderReference.provider == provider_name,
+                ProviderReference.external_id == external_id,
+            )
+        )
+        if public_id is None:
+            public_id = get_provider(provider_name).lookup_payment_public_id(external_id)
+    payment = _lock_payment(public_id)
+    if payment is None or payment.provider != provider_name:
+        return None
+    return payment
+
+
+def _check_money(reported: Money | None, expected: Money, what: str) -> None:
+    if reported != expected:
+        shown = f"{reported.amount} {reported.currency}" if reported else "nothing"
+        raise PaymentMismatch(
+            f"{what}: {shown} does not match our {expected.amount} {expected.currency}"
+        )
+
+
 def apply_notification(
     notification: Notification, provider_name: str, *, now: datetime | None = None
-) -> tuple[Payment, bool]:
-    """Apply a verified notification to our payment. Returns the payment and whether its
-    state changed (False for a redelivery). Raises :class:`PaymentMismatch` when it does not
-    match our records."""
+) -> tuple[Payment | None, bool]:
+    """Apply a verified notification. Returns the payment (None for an ignored event) and
+    whether anything changed (False for a redelivery). Raises :class:`PaymentMismatch`
+    when it does not match our records."""
     now = now or utcnow()
-    payment = _lock_payment(notification.payment_public_id)
-    if payment is None or payment.provider != provider_name:
+    kind = notification.kind
+    if kind is EventKind.IGNORED:
+        return None, False
+    payment = _resolve_payment(notification, provider_name)
+    if payment is None:
         raise PaymentMismatch("unknown payment")
-    if notification.amount != payment.money:
-        raise PaymentMismatch(
-            f"amount {notification.amount.amount} {notification.amount.currency} does not "
-            f"match the payment's {payment.amount} {payment.currency}"
-        )
     actor = f"webhook:{provider_name}"
-    if notification.outcome is Outcome.SUCCEEDED:
-        return payment, confirm_payment(payment, notification.external_id, actor=actor, now=now)
-    if payment.status is not PaymentStatus.CREATED:
-        # A failure or cancel after any other outcome changes nothing: money that was
-        # confirmed stays confirmed.
-        return payment, False
-    if notification.outcome is Outcome.FAILED:
-        payment.status = PaymentStatus.FAILED
-        payment.failure_reason = (notification.reason or "")[:200] or None
+    if kind is EventKind.PAYMENT_SUCCEEDED:
+        _check_money(notification.amount, payment.money, "amount paid")
+        changed = confirm_payment(payment, notification.payment_external_id, actor=actor, now=now)
+        return payment, changed
+    if kind in (EventKind.PAYMENT_FAILED, EventKind.PAYMENT_CANCELLED, EventKind.PAYMENT_EXPIRED):
+        return payment, _end_attempt(payment, kind, notification.reason, actor=actor, now=now)
+    # Refunds and disputes happen only to money that moved: one arriving before the
+    # payment's own event proves the payment succeeded.
+    confirmed_now = False
+    if payment.status is not PaymentStatus.CONFIRMED:
+        _check_money(notification.payment_amount, payment.money, "payment amount")
+        confirmed_now = confirm_payment(
+            payment, notification.payment_external_id, actor=actor, now=now
+        )
+    if kind is EventKind.REFUND_SUCCEEDED:
+        changed = _apply_refund(payment, notification, actor=actor, now=now)
+    elif kind is EventKind.REFUND_FAILED:
+        changed = _fail_refund(payment, notification, actor=actor, now=now)
     else:
-        payment.status = PaymentStatus.CANCELLED
+        changed = _apply_dispute(payment, notification, actor=actor, now=now)
+    return payment, changed or confirmed_now
+
+
+def _end_attempt(
+    payment: Payment, kind: EventKind, reason: str | None, *, actor: str, now: datetime
+) -> bool:
+    """A failure, cancel or expiry: only a waiting attempt can end this way. Money that
+    was confirmed stays confirmed."""
+    if payment.status is not PaymentStatus.CREATED:
+        return False
+    payment.status = {
+        EventKind.PAYMENT_FAILED: PaymentStatus.FAILED,
+        EventKind.PAYMENT_CANCELLED: PaymentStatus.CANCELLED,
+        EventKind.PAYMENT_EXPIRED: PaymentStatus.EXPIRED,
+    }[kind]
+    payment.failure_reason = (reason or "")[:200] or None
     audit.record(f"payment.{payment.status}", payment, actor=actor, now=now)
-    return payment, True
+    return True
 
 
 def confirm_payment(
@@ -177,28 +308,13 @@ def confirm_payment(
     payment.status = PaymentStatus.CONFIRMED
     payment.confirmed_at = now
     if external_id:
-        db.session.add(
-            ProviderReference(
-                provider=payment.provider, external_id=external_id, payment_id=payment.id
-            )
-        )
-    db.session.add(
-        LedgerEntry(
-            created_at=now,
-            kind="payment",
-            amount=payment.amount,
-            currency=payment.currency,
-            order_id=payment.order_id,
-            payment_id=payment.id,
-            provider=payment.provider,
-            provider_transaction_id=external_id,
-        )
-    )
+        _reference(payment, external_id)
+    _ledger(payment, "payment", payment.amount, now=now, transaction_id=external_id)
     audit.record(
         "payment.confirmed", payment, actor=actor, data={"amount": str(payment.money)}, now=now
     )
     order = payment.order
-    if order.status is OrderStatus.PAID:
+    if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
         # Paid twice: the money is kept in the ledger and shown to admins for a refund.
         audit.record("order.paid_again", order, actor=actor, data={"payment": payment.id}, now=now)
         return True
@@ -208,3 +324,310 @@ def confirm_payment(
         audit.record("order.paid", order, actor=actor, now=now)
         order_paid.send(order, now=now)
     return True
+
+
+def _ledger(
+    payment: Payment,
+    kind: str,
+    amount: int,
+    *,
+    now: datetime,
+    transaction_id: str | None = None,
+    refund: Refund | None = None,
+    dispute: Dispute | None = None,
+) -> None:
+    db.session.add(
+        LedgerEntry(
+            created_at=now,
+            kind=kind,
+            amount=amount,
+            currency=payment.currency,
+            order_id=payment.order_id,
+            payment_id=payment.id,
+            refund_id=refund.id if refund else None,
+            dispute_id=dispute.id if dispute else None,
+            provider=payment.provider,
+            provider_transaction_id=transaction_id,
+        )
+    )
+
+
+# Refunds -------------------------------------------------------------------------------
+
+
+def request_refund(
+    payment: Payment,
+    amount: Money,
+    *,
+    reason: str,
+    revoke_access: bool,
+    actor: str,
+    now: datetime | None = None,
+) -> Refund:
+    """A refund of ``amount`` of a confirmed payment, to be asked of the provider after
+    the commit (see :func:`send_refund`). Raises :class:`PaymentError` if the payment
+    cannot give that much back."""
+    now = now or utcnow()
+    payment = _lock_payment(payment.public_id)
+    if payment.status is not PaymentStatus.CONFIRMED:
+        raise PaymentError("只有已确认的支付可以退款 · Only confirmed payments can be refunded")
+    if amount.currency != payment.currency or amount.amount <= 0:
+        raise PaymentError("退款金额不正确 · Not a valid refund amount")
+    pending = sum(r.amount for r in payment.refunds if r.status is RefundStatus.REQUESTED)
+    if amount.amount > payment.kept_total() - pending:
+        raise PaymentError(
+            f"最多可退 {Money(payment.kept_total() - pending, payment.currency)} · "
+            "More than is left to refund"
+        )
+    refund = Refund(
+        public_id=new_token(16),
+        payment=payment,
+        amount=amount.amount,
+        currency=amount.currency,
+        status=RefundStatus.REQUESTED,
+        reason=reason[:200],
+        revoke_access=revoke_access,
+        requested_by=actor,
+        created_at=now,
+    )
+    db.session.add(refund)
+    audit.record(
+        "refund.requested",
+        refund,
+        actor=actor,
+        data={"amount": str(amount), "payment": payment.id, "revoke_access": revoke_access},
+        now=now,
+    )
+    return refund
+
+
+def send_refund(refund: Refund, *, actor: str, now: datetime | None = None) -> Refund:
+    """Ask the provider for a requested refund and record its first answer. Commits
+    before calling the provider and after."""
+    now = now or utcnow()
+    db.session.commit()
+    provider = get_provider(refund.payment.provider)
+    try:
+        if provider is None:
+            raise ProviderError(f"payment provider {refund.payment.provider!r} is not enabled")
+        result = provider.request_refund(refund, _transaction_id(refund.payment))
+    except ProviderError as error:
+        result = RefundResult(external_id=None, succeeded=False, reason=str(error))
+    payment = _lock_payment(refund.payment.public_id)
+    refund = db.session.get(Refund, refund.id)
+    if result.external_id:
+        _reference(payment, result.external_id, refund)
+    if refund.status is RefundStatus.REQUESTED:
+        if result.succeeded:
+            _succeed_refund(refund, result.external_id, actor=actor, now=now)
+        elif result.succeeded is False:
+            refund.status = RefundStatus.FAILED
+            refund.failure_reason = (result.reason or "")[:200] or None
+            refund.completed_at = now
+            audit.record("refund.failed", refund, actor=actor, data={"reason": result.reason})
+    db.session.commit()
+    return refund
+
+
+def _transaction_id(payment: Payment) -> str | None:
+    """The provider's id for the confirmed payment, as the ledger recorded it."""
+    return db.session.scalar(
+        sa.select(LedgerEntry.provider_transaction_id).where(
+            LedgerEntry.payment_id == payment.id, LedgerEntry.kind == "payment"
+        )
+    )
+
+
+def _find_refund(payment: Payment, notification: Notification) -> Refund | None:
+    for refund in payment.refunds:
+        if notification.refund_public_id and refund.public_id == notification.refund_public_id:
+            return refund
+    if notification.refund_external_id:
+        refund_id = db.session.scalar(
+            sa.select(ProviderReference.refund_id).where(
+                ProviderReference.provider == payment.provider,
+                ProviderReference.external_id == notification.refund_external_id,
+            )
+        )
+        return db.session.get(Refund, refund_id) if refund_id else None
+    return None
+
+
+def _apply_refund(
+    payment: Payment, notification: Notification, *, actor: str, now: datetime
+) -> bool:
+    """Record refunds the provider reports as done: one refund, or a running total."""
+    if notification.refunded_total is not None:
+        total = notification.refunded_total
+        if total.currency != payment.currency or total.amount > payment.amount:
+            raise PaymentMismatch(f"refunded total {total.amount} {total.currency}")
+        missing = total.amount - payment.refunded_total()
+        if missing <= 0:
+            return False
+        for refund in payment.refunds:
+            if refund.status is RefundStatus.REQUESTED and refund.amount <= missing:
+                _succeed_refund(refund, None, actor=actor, now=now)
+                missing -= refund.amount
+        if missing > 0:
+            _succeed_refund(
+                _refund_made_at_provider(payment, missing, actor=actor, now=now),
+                notification.refund_external_id,
+                actor=actor,
+                now=now,
+            )
+        return True
+    refund = _find_refund(payment, notification)
+    if refund is None:
+        if notification.amount is None:
+            raise PaymentMismatch("refund without an amount")
+        refund = _refund_made_at_provider(payment, notification.amount.amount, actor=actor, now=now)
+    if refund.status is RefundStatus.SUCCEEDED:
+        return False
+    _check_money(notification.amount, refund.money, "refund amount")
+    if payment.refunded_total() + refund.amount > payment.amount:
+        raise PaymentMismatch("refunds would exceed the payment")
+    _succeed_refund(refund, notification.refund_external_id, actor=actor, now=now)
+    return True
+
+
+def _refund_made_at_provider(payment: Payment, amount: int, *, actor: str, now: datetime) -> Refund:
+    """A refund we learn of from the provider (made in its dashboard)."""
+    refund = Refund(
+        public_id=new_token(16),
+        payment=payment,
+        amount=amount,
+        currency=payment.currency,
+        status=RefundStatus.REQUESTED,
+        reason="在支付平台发起 · Made at the provider",
+        revoke_access=False,
+        requested_by=actor,
+        created_at=now,
+    )
+    db.session.add(refund)
+    db.session.flush()
+    return refund
+
+
+def _succeed_refund(refund: Refund, external_id: str | None, *, actor: str, now: datetime) -> None:
+    """The money went back: ledger entry, audit, and access withdrawn when the payment is
+    refunded in full or the admin asked for it."""
+    payment = refund.payment
+    refund.status = RefundStatus.SUCCEEDED
+    refund.completed_at = now
+    db.session.flush()
+    if external_id:
+        _reference(payment, external_id, refund)
+    _ledger(payment, "refund", -refund.amount, now=now, transaction_id=external_id, refund=refund)
+    audit.record(
+        "refund.succeeded", refund, actor=actor, data={"amount": str(refund.money)}, now=now
+    )
+    order = payment.order
+    refunded = sum(p.refunded_total() for p in order.payments)
+    if refunded >= order.confirmed_total().amount and order.status is OrderStatus.PAID:
+        order.status = OrderStatus.REFUNDED
+        audit.record("order.refunded", order, actor=actor, now=now)
+    if payment.refunded_total() >= payment.amount or refund.revoke_access:
+        access_withdrawn.send(order, now=now, reason="refunded")
+
+
+def _fail_refund(
+    payment: Payment, notification: Notification, *, actor: str, now: datetime
+) -> bool:
+    refund = _find_refund(payment, notification)
+    if refund is None or refund.status is not RefundStatus.REQUESTED:
+        return False
+    refund.status = RefundStatus.FAILED
+    refund.completed_at = now
+    refund.failure_reason = (notification.reason or "")[:200] or None
+    audit.record(
+        "refund.failed", refund, actor=actor, data={"reason": notification.reason}, now=now
+    )
+    return True
+
+
+# Disputes ------------------------------------------------------------------------------
+
+
+def _apply_dispute(
+    payment: Payment, notification: Notification, *, actor: str, now: datetime
+) -> bool:
+    """Open or close a chargeback. Events may come in any order: a dispute first heard of
+    as won or lost is recorded as such, and a late "opened" then changes nothing."""
+    if notification.amount is None or notification.amount.currency != payment.currency:
+        raise PaymentMismatch("dispute amount")
+    if not notification.dispute_external_id:
+        raise PaymentMismatch("dispute without an id")
+    dispute = db.session.scalar(
+        sa.select(Dispute).where(
+            Dispute.provider == payment.provider,
+            Dispute.external_id == notification.dispute_external_id,
+        )
+    )
+    status = {
+        EventKind.DISPUTE_OPENED: DisputeStatus.OPEN,
+        EventKind.DISPUTE_WON: DisputeStatus.WON,
+        EventKind.DISPUTE_LOST: DisputeStatus.LOST,
+    }[notification.kind]
+    order = payment.order
+    if dispute is None:
+        dispute = Dispute(
+            payment=payment,
+            provider=payment.provider,
+            external_id=notification.dispute_external_id,
+            amount=notification.amount.amount,
+            currency=payment.currency,
+            status=status,
+            reason=(notification.reason or "")[:200],
+            created_at=now,
+            closed_at=None if status is DisputeStatus.OPEN else now,
+        )
+        db.session.add(dispute)
+        db.session.flush()
+        audit.record(f"dispute.{status}", dispute, actor=actor, now=now)
+        if status is not DisputeStatus.WON:
+            _ledger(payment, "dispute", -dispute.amount, now=now, dispute=dispute)
+            access_withdrawn.send(
+                order,
+                now=now,
+                reason="disputed" if status is DisputeStatus.OPEN else "dispute_lost",
+            )
+        return True
+    if dispute.status is not DisputeStatus.OPEN or status is DisputeStatus.OPEN:
+        return False
+    dispute.status = status
+    dispute.closed_at = now
+    audit.record(f"dispute.{status}", dispute, actor=actor, now=now)
+    if status is DisputeStatus.WON:
+        _ledger(payment, "dispute_won", dispute.amount, now=now, dispute=dispute)
+        if sum(p.kept_total() for p in order.payments) >= order.amount:
+            access_restored.send(order, now=now)
+    else:
+        access_withdrawn.send(order, now=now, reason="dispute_lost")
+    return True
+
+
+# Payments that were never notified -------------------------------------------------------
+
+
+def settle_from_provider(payment: Payment, *, now: datetime | None = None) -> bool:
+    """Ask the provider about a waiting payment and apply its answer; close it at the
+    provider when its order expired unpaid. Commits. Returns whether anything changed."""
+    now = now or utcnow()
+    provider = get_provider(payment.provider)
+    if provider is None or payment.status is not PaymentStatus.CREATED:
+        return False
+    db.session.commit()
+    answer = provider.query_payment(payment, now=now)
+    if answer is None and payment.order.expires_at <= now:
+        provider.close_payment(payment)
+        answer = Notification(
+            event_id=f"closed:{payment.public_id}",
+            kind=EventKind.PAYMENT_EXPIRED,
+            payment_public_id=payment.public_id,
+            reason="订单超时未支付 · Not paid in time",
+        )
+    if answer is None:
+        return False
+    _payment, changed = apply_notification(answer, payment.provider, now=now)
+    db.session.commit()
+    return changed

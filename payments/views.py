@@ -1,22 +1,89 @@
-"""Provider-facing endpoints: the webhook inbox's door, and the fake provider's cashier."""
+"""Payer- and provider-facing endpoints: sending a payer to their provider, the webhook
+inbox's door, the fake provider's cashier and the WeChat Pay pages (QR code, JSAPI)."""
 
 from __future__ import annotations
 
+import io
+
+import qrcode
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_wtf import FlaskForm
+from qrcode.image.svg import SvgPathImage
 from wtforms import SubmitField
 
 from core.clock import utcnow
 from core.db import db
-from core.security import csrf, new_token
+from core.security import csrf, new_token, sign, unsign
 from payments import inbox
-from payments.models import InboxStatus, Payment, PaymentStatus
-from payments.providers import Outcome, get_provider
+from payments.models import Order, Payment, PaymentStatus
+from payments.providers import EventKind, Payer, ProviderError, get_provider
 from payments.providers.fake import FakeProvider
+from payments.providers.wechatpay import WeChatPayProvider
+from payments.services import PaymentError, register_with_provider, start_payment
 
-#: Notifications are small; anything larger is refused before it is read.
+#: Notifications are small; anything larger is refused unread.
 MAX_NOTIFICATION_BYTES = 1024 * 1024
+#: Where the payer's WeChat openid is kept between the OAuth redirect and the payment.
+OPENID_SESSION_KEY = "wechat_openid"
+
+
+def current_payer() -> Payer:
+    return Payer(
+        user_agent=request.user_agent.string or "",
+        client_ip=request.remote_addr or "127.0.0.1",
+        wechat_openid=session.get(OPENID_SESSION_KEY),
+    )
+
+
+def send_to_provider(
+    order: Order, provider_name: str | None, *, return_url: str, cancel_url: str, actor: str
+) -> Response:
+    """Send the payer on to pay ``order``: to the provider's page, through WeChat's OAuth
+    first when a JSAPI payment needs their openid. Commits. On a refusal the payer goes
+    back to ``return_url`` with a message; nothing is charged."""
+    payer = current_payer()
+    try:
+        payment = start_payment(
+            order,
+            provider_name or "",
+            payer=payer,
+            return_url=return_url,
+            cancel_url=cancel_url,
+            actor=actor,
+        )
+    except PaymentError as refusal:
+        db.session.commit()  # an order found expired is recorded as such
+        flash(str(refusal), "error")
+        return redirect(return_url)
+    if payment.method == "jsapi" and not payer.wechat_openid:
+        db.session.commit()
+        provider: WeChatPayProvider = get_provider(payment.provider)
+        oauth = provider.oauth(
+            url_for("wechatpay.oauth_return", _external=True),
+            sign("wechat-oauth", payment.public_id),
+        )
+        return redirect(oauth.authorize_url)
+    try:
+        return redirect(register_with_provider(payment, payer, actor=actor))
+    except ProviderError:
+        flash(
+            "支付渠道暂时不可用，请稍后重试或换一种方式 · The payment service is unavailable; "
+            "please try again or pick another way to pay",
+            "error",
+        )
+        return redirect(return_url)
+
 
 webhooks = Blueprint("webhooks", __name__)
 
@@ -27,10 +94,16 @@ def receive(provider_name: str):
     provider = get_provider(provider_name)
     if provider is None:
         abort(404)
-    request.max_content_length = MAX_NOTIFICATION_BYTES
-    result = inbox.receive(provider_name, request.get_data(cache=False), dict(request.headers))
-    accepted = result.status in (InboxStatus.PROCESSED, InboxStatus.DUPLICATE)
-    return provider.acknowledge(accepted, result.message, result.http_status)
+    headers = dict(request.headers)
+    if (request.content_length or 0) > MAX_NOTIFICATION_BYTES:
+        result = inbox.refuse(provider_name, headers, "body over 1 MB")
+        return provider.acknowledge(False, result.message, 413)
+    body = request.stream.read(MAX_NOTIFICATION_BYTES + 1)
+    if len(body) > MAX_NOTIFICATION_BYTES:
+        result = inbox.refuse(provider_name, headers, "body over 1 MB")
+        return provider.acknowledge(False, result.message, 413)
+    result = inbox.receive(provider_name, body, headers)
+    return provider.acknowledge(result.accepted, result.message, result.http_status)
 
 
 fake_cashier = Blueprint("fake_cashier", __name__)
@@ -42,26 +115,30 @@ class CashierForm(FlaskForm):
     cancel = SubmitField("取消支付 · Cancel")
 
 
+def _payment(public_id: str, provider_name: str) -> Payment:
+    payment = db.session.scalar(sa.select(Payment).where(Payment.public_id == public_id))
+    if get_provider(provider_name) is None or payment is None or payment.provider != provider_name:
+        abort(404)
+    return payment
+
+
 @fake_cashier.route("/fake-pay/<payment_public_id>", methods=["GET", "POST"])
 def cashier(payment_public_id: str):
     """The fake provider's payment page. Paying sends a signed notification to the inbox,
     as the provider's server would, then returns the payer to us."""
-    provider = get_provider(FakeProvider.name)
-    payment = db.session.scalar(sa.select(Payment).where(Payment.public_id == payment_public_id))
-    if provider is None or payment is None:
-        abort(404)
+    payment = _payment(payment_public_id, FakeProvider.name)
     form = CashierForm()
     if payment.status is PaymentStatus.CREATED and form.validate_on_submit():
-        outcome = (
-            Outcome.SUCCEEDED
+        kind = (
+            EventKind.PAYMENT_SUCCEEDED
             if form.pay.data
-            else Outcome.FAILED
+            else EventKind.PAYMENT_FAILED
             if form.fail.data
-            else Outcome.CANCELLED
+            else EventKind.PAYMENT_CANCELLED
         )
-        body, headers = provider.build_notification(
+        body, headers = get_provider(FakeProvider.name).build_notification(
             payment,
-            outcome,
+            kind,
             event_id=f"evt_{new_token(12)}",
             transaction_id=f"fake_{new_token(12)}",
             now=utcnow(),
@@ -70,7 +147,58 @@ def cashier(payment_public_id: str):
         if result.http_status >= 500:
             flash("通知商户失败，请重试 · Could not notify the shop, please try again", "error")
         else:
-            return redirect(
-                payment.cancel_url if outcome is Outcome.CANCELLED else payment.return_url
-            )
+            cancelled = kind is EventKind.PAYMENT_CANCELLED
+            return redirect(payment.cancel_url if cancelled else payment.return_url)
     return render_template("payments/fake_cashier.html", payment=payment, form=form)
+
+
+wechatpay = Blueprint("wechatpay", __name__, url_prefix="/pay/wechat")
+
+
+@wechatpay.get("/oauth-return")
+def oauth_return():
+    """WeChat sends the payer back here with a code for their openid; the JSAPI payment
+    they started is registered and they go on to pay."""
+    public_id = unsign("wechat-oauth", request.args.get("state", ""))
+    code = request.args.get("code", "")
+    if not isinstance(public_id, str) or not code:
+        abort(400)
+    payment = _payment(public_id, WeChatPayProvider.name)
+    provider: WeChatPayProvider = get_provider(WeChatPayProvider.name)
+    try:
+        openid = provider.openid_from_code(url_for(".oauth_return", _external=True), code)
+    except ProviderError:
+        flash("微信授权失败，请重试 · WeChat authorisation failed, please try again", "error")
+        return redirect(payment.return_url)
+    session[OPENID_SESSION_KEY] = openid
+    try:
+        return redirect(register_with_provider(payment, current_payer(), actor="prospect"))
+    except ProviderError:
+        flash(
+            "微信支付暂时不可用，请稍后重试 · WeChat Pay is unavailable, try again later", "error"
+        )
+        return redirect(payment.return_url)
+
+
+@wechatpay.get("/<payment_public_id>")
+def pay(payment_public_id: str):
+    """The payer's next step for a Native (QR code) or JSAPI payment."""
+    payment = _payment(payment_public_id, WeChatPayProvider.name)
+    if payment.status is not PaymentStatus.CREATED:
+        return redirect(payment.return_url)
+    return render_template("payments/wechatpay.html", payment=payment)
+
+
+@wechatpay.get("/<payment_public_id>/qr.svg")
+def qr(payment_public_id: str):
+    """The Native payment's QR code, drawn here: the code URL never leaves for a third
+    party's QR service."""
+    payment = _payment(payment_public_id, WeChatPayProvider.name)
+    code_url = payment.provider_data.get("code_url")
+    if not code_url or payment.status is not PaymentStatus.CREATED:
+        abort(404)
+    buffer = io.BytesIO()
+    qrcode.make(code_url, image_factory=SvgPathImage, box_size=10, border=2).save(buffer)
+    response = Response(buffer.getvalue(), mimetype="image/svg+xml")
+    response.headers["Cache-Control"] = "private, no-store"
+    return response

@@ -14,7 +14,7 @@ from core.clock import utcnow
 from core.db import db
 from core.security import new_token
 from payments.models import Payment
-from payments.providers import Outcome, get_provider
+from payments.providers import EventKind, get_provider
 
 ADMIN_EMAIL = "owner@example.com"
 ADMIN_PASSWORD = "correct horse battery"
@@ -100,7 +100,7 @@ def join_and_pay(client: FlaskClient, tier: str = "main", **fields: str) -> str:
 
 def signed_notification(
     payment: Payment,
-    outcome: Outcome = Outcome.SUCCEEDED,
+    kind: EventKind = EventKind.PAYMENT_SUCCEEDED,
     *,
     event_id: str | None = None,
     now: datetime | None = None,
@@ -109,7 +109,7 @@ def signed_notification(
     context needed)."""
     return get_provider("fake").build_notification(
         payment,
-        outcome,
+        kind,
         event_id=event_id or f"evt_{new_token(12)}",
         transaction_id=f"fake_{new_token(12)}",
         now=now or utcnow(),

@@ -15,6 +15,7 @@ from membership.models import ContactKind, Invitation, InvitationStatus, Member,
 from membership.services import submit_application
 from payments import inbox
 from payments.models import InboxStatus, LedgerEntry, Order, OrderStatus
+from payments.providers import Payer
 from payments.services import start_payment
 from tests.conftest import fresh_database
 from tests.helpers import count, signed_notification
@@ -38,8 +39,8 @@ def test_parallel_confirmations_get_numbers_1_to_100(tmp_path):
                     submission_key=new_token(24),
                 )
                 order = db.session.get(Order, application.order_id)
-                payment, _url = start_payment(
-                    order, "fake", return_url="/", cancel_url="/", actor="prospect"
+                payment = start_payment(
+                    order, "fake", payer=Payer(), return_url="/", cancel_url="/", actor="prospect"
                 )
                 payments.append(payment)
             db.session.commit()

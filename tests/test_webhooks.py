@@ -22,7 +22,7 @@ from payments.models import (
     PaymentStatus,
     WebhookEvent,
 )
-from payments.providers import Outcome
+from payments.providers import EventKind
 from payments.providers.fake import FakeProvider
 from tests.helpers import count, signed_notification, submit_join
 
@@ -35,10 +35,10 @@ def payment_id(app, client, demo) -> int:
         return db.session.scalars(sa.select(Payment.id)).one()
 
 
-def notify(app, client, payment_id, outcome=Outcome.SUCCEEDED, *, tamper=None, **kwargs):
+def notify(app, client, payment_id, kind=EventKind.PAYMENT_SUCCEEDED, *, tamper=None, **kwargs):
     """Build a signed notification for the payment, optionally tamper with it, post it."""
     with app.app_context():
-        body, headers = signed_notification(db.session.get(Payment, payment_id), outcome, **kwargs)
+        body, headers = signed_notification(db.session.get(Payment, payment_id), kind, **kwargs)
     if tamper:
         body, headers = tamper(body, dict(headers))
     return client.post("/webhooks/fake", data=body, headers=headers)
@@ -170,16 +170,16 @@ def test_second_success_for_a_paid_order_adds_no_member(app, client, payment_id)
 
 
 def test_failure_after_success_keeps_the_money(app, client, payment_id):
-    notify(app, client, payment_id, Outcome.SUCCEEDED)
+    notify(app, client, payment_id, EventKind.PAYMENT_SUCCEEDED)
     after_success = state(app)
-    assert notify(app, client, payment_id, Outcome.FAILED).status_code == 200
+    assert notify(app, client, payment_id, EventKind.PAYMENT_FAILED).status_code == 200
     assert state(app) == after_success
 
 
 def test_success_after_a_failure_still_admits(app, client, payment_id):
     """Providers deliver out of order: the money that moved counts."""
-    notify(app, client, payment_id, Outcome.FAILED)
-    notify(app, client, payment_id, Outcome.SUCCEEDED)
+    notify(app, client, payment_id, EventKind.PAYMENT_FAILED)
+    notify(app, client, payment_id, EventKind.PAYMENT_SUCCEEDED)
     with app.app_context():
         assert db.session.get(Payment, payment_id).status is PaymentStatus.CONFIRMED
         assert count(Member) == 1
@@ -216,13 +216,20 @@ def test_unknown_provider_is_404(client):
     assert client.post("/webhooks/paypal", data=b"{}").status_code == 404
 
 
-def test_oversized_notification_is_refused(app, client, payment_id):
+def test_oversized_notification_is_refused_and_recorded(app, client, payment_id):
+    before = state(app)
     response = client.post(
         "/webhooks/fake", data=b"x" * (1024 * 1024 + 1), headers={"Content-Type": "text/plain"}
     )
     assert response.status_code == 413
+    assert state(app) == before
     with app.app_context():
-        assert count(WebhookEvent) == 0
+        event = db.session.scalars(sa.select(WebhookEvent)).one()
+        assert (event.status, event.detail, event.body) == (
+            InboxStatus.REJECTED,
+            "body over 1 MB",
+            b"",
+        )
 
 
 def test_ledger_entries_cannot_be_changed(app, client, payment_id):

@@ -1,18 +1,19 @@
 """The provider interface and the one registry of providers.
 
-A provider starts a payment (tells us where to send the payer) and turns a notification
-request into a verified :class:`Notification`, or refuses it. Providers never touch the
-database: the inbox and the payment services do.
+A provider starts a payment (tells us where to send the payer), turns a notification
+request into a verified :class:`Notification` or refuses it, asks for a refund, and
+answers questions about a payment's state. Providers never touch the database: the inbox
+and the payment services do.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from flask import Flask, current_app, jsonify
 
@@ -21,13 +22,24 @@ from core.money import Money
 if TYPE_CHECKING:
     from flask import Response
 
-    from payments.models import Payment
+    from payments.models import Payment, Refund
 
 
-class Outcome(StrEnum):
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+class EventKind(StrEnum):
+    """What a verified notification says happened."""
+
+    PAYMENT_SUCCEEDED = "payment_succeeded"
+    PAYMENT_FAILED = "payment_failed"
+    PAYMENT_CANCELLED = "payment_cancelled"
+    PAYMENT_EXPIRED = "payment_expired"
+    REFUND_SUCCEEDED = "refund_succeeded"
+    REFUND_FAILED = "refund_failed"
+    DISPUTE_OPENED = "dispute_opened"
+    DISPUTE_WON = "dispute_won"
+    DISPUTE_LOST = "dispute_lost"
+    #: Genuine, but nothing for us to do (an event type we do not act on, a checkout
+    #: completed with its payment still pending …). Answered with success.
+    IGNORED = "ignored"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,15 +47,74 @@ class Notification:
     """A verified statement from a provider about one of our payments."""
 
     event_id: str  #: the provider's id for this event; the same on every redelivery
-    outcome: Outcome
-    payment_public_id: str  #: our reference, as we gave it to the provider
-    amount: Money  #: what the provider says moved
-    external_id: str | None  #: the provider's transaction id
-    reason: str | None = None  #: the provider's words for a failure
+    kind: EventKind
+    #: Our reference for the payment, when the event carries it.
+    payment_public_id: str | None = None
+    #: The provider's id for the payment (transaction id, payment intent …).
+    payment_external_id: str | None = None
+    #: Payment events: what moved. Refund events: the refund's amount. Disputes: the
+    #: disputed amount.
+    amount: Money | None = None
+    #: Refund and dispute events: the whole payment's amount, which proves the payment
+    #: succeeded when its own event has not arrived yet.
+    payment_amount: Money | None = None
+    #: Refund events: our reference for the refund and the provider's.
+    refund_public_id: str | None = None
+    refund_external_id: str | None = None
+    #: Refund events from providers that report a running total (Stripe's
+    #: ``amount_refunded``) instead of each refund.
+    refunded_total: Money | None = None
+    #: Dispute events: the provider's id for the dispute.
+    dispute_external_id: str | None = None
+    #: The provider's words (a failure's reason, a dispute's reason).
+    reason: str | None = None
 
 
 class InvalidNotification(Exception):
     """The request is not a genuine, well-formed notification: refuse it, change nothing."""
+
+
+class ProviderError(Exception):
+    """The provider refused a call or could not be reached; the message is for admins."""
+
+
+@dataclass(frozen=True, slots=True)
+class Payer:
+    """What a provider may need to know of the person paying, taken from their request."""
+
+    user_agent: str = ""
+    client_ip: str = "127.0.0.1"
+    #: The payer's WeChat openid under our official account, once OAuth gave it.
+    wechat_openid: str | None = None
+
+    @property
+    def in_wechat(self) -> bool:
+        return "MicroMessenger" in self.user_agent
+
+    @property
+    def on_phone(self) -> bool:
+        return any(word in self.user_agent for word in ("Mobile", "Android", "iPhone"))
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentStart:
+    """Where to send the payer, and what to keep on the payment for the next step."""
+
+    url: str
+    method: str
+    provider_data: dict[str, Any] = field(default_factory=dict)
+    #: Provider ids known from the start (a checkout session id …).
+    external_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    """The provider's first answer to a refund request."""
+
+    external_id: str | None
+    #: True: done already; False: refused; None: the provider will notify us.
+    succeeded: bool | None
+    reason: str | None = None
 
 
 class PaymentProvider(ABC):
@@ -53,12 +124,16 @@ class PaymentProvider(ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, config: Mapping[str, object]) -> PaymentProvider:
-        """The provider as the app's settings configure it."""
+    def from_config(cls, config: Mapping[str, Any]) -> PaymentProvider | None:
+        """The provider as the app's settings configure it; None when it is not."""
+
+    def method_for(self, payer: Payer) -> str:
+        """How ``payer`` will pay with this provider (one method unless overridden)."""
+        return "default"
 
     @abstractmethod
-    def start_payment(self, payment: Payment) -> str:
-        """Register ``payment`` with the provider; return the URL to send the payer to."""
+    def start_payment(self, payment: Payment, payer: Payer) -> PaymentStart:
+        """Register ``payment`` with the provider. Raises :class:`ProviderError`."""
 
     @abstractmethod
     def parse_notification(
@@ -69,6 +144,24 @@ class PaymentProvider(ABC):
         Raises :class:`InvalidNotification` for anything forged, stale or malformed.
         """
 
+    @abstractmethod
+    def request_refund(self, refund: Refund, transaction_id: str | None) -> RefundResult:
+        """Ask the provider to refund part or all of the payment it knows as
+        ``transaction_id``. Raises :class:`ProviderError`."""
+
+    @abstractmethod
+    def query_payment(self, payment: Payment, *, now: datetime) -> Notification | None:
+        """Ask the provider what became of ``payment``: a notification-like answer, or
+        None while it is still pending. Raises :class:`ProviderError`."""
+
+    def close_payment(self, payment: Payment) -> None:  # noqa: B027 (optional hook)
+        """Tell the provider an unpaid attempt will not be paid. Raises ProviderError."""
+
+    def lookup_payment_public_id(self, external_id: str) -> str | None:
+        """Our reference for the payment the provider calls ``external_id``, asked of the
+        provider when an event names a payment we have not heard of yet."""
+        return None
+
     def acknowledge(self, accepted: bool, message: str, status: int) -> Response:
         """The answer the provider expects; a non-2xx makes it deliver again."""
         response = jsonify({"received": accepted, "message": message})
@@ -76,17 +169,34 @@ class PaymentProvider(ABC):
         return response
 
 
-def init_providers(app: Flask) -> None:
-    """Build the providers named in ``PAYMENT_PROVIDERS`` for this app."""
+def _provider_classes() -> dict[str, type[PaymentProvider]]:
     from payments.providers.fake import FakeProvider
+    from payments.providers.stripe import StripeProvider
+    from payments.providers.wechatpay import WeChatPayProvider
 
-    available: dict[str, type[PaymentProvider]] = {FakeProvider.name: FakeProvider}
-    enabled: dict[str, PaymentProvider] = {}
-    for name in app.config["PAYMENT_PROVIDERS"]:
-        name = name.strip()
-        if name not in available:
+    return {cls.name: cls for cls in (WeChatPayProvider, StripeProvider, FakeProvider)}
+
+
+def init_providers(app: Flask) -> None:
+    """Build the providers for this app.
+
+    ``PAYMENT_PROVIDERS`` names them in order; when it is empty, every real provider whose
+    keys are configured is offered, and ``fake`` only when none is.
+    """
+    classes = _provider_classes()
+    wanted = [name.strip() for name in app.config["PAYMENT_PROVIDERS"] if name.strip()]
+    for name in wanted:
+        if name not in classes:
             raise RuntimeError(f"unknown payment provider {name!r} in PAYMENT_PROVIDERS")
-        enabled[name] = available[name].from_config(app.config)
+    enabled: dict[str, PaymentProvider] = {}
+    for name in wanted or [n for n in classes if n != "fake"]:
+        provider = classes[name].from_config(app.config)
+        if provider is None and wanted:
+            raise RuntimeError(f"payment provider {name!r} is enabled but not configured")
+        if provider is not None:
+            enabled[name] = provider
+    if not enabled:
+        enabled["fake"] = classes["fake"].from_config(app.config)
     app.extensions["qunmen.payment_providers"] = enabled
 
 
@@ -95,5 +205,5 @@ def enabled_providers() -> dict[str, PaymentProvider]:
     return current_app.extensions["qunmen.payment_providers"]
 
 
-def get_provider(name: str) -> PaymentProvider | None:
-    return enabled_providers().get(name)
+def get_provider(name: str | None) -> PaymentProvider | None:
+    return enabled_providers().get(name) if name else None

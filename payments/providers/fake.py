@@ -19,8 +19,23 @@ from flask import url_for
 
 from core.money import CURRENCIES, Money
 from core.security import same_secret
-from payments.models import Payment
-from payments.providers import InvalidNotification, Notification, Outcome, PaymentProvider
+from payments.models import Payment, Refund
+from payments.providers import (
+    EventKind,
+    InvalidNotification,
+    Notification,
+    Payer,
+    PaymentProvider,
+    PaymentStart,
+    RefundResult,
+)
+
+#: The events the fake provider's cashier can send, by the ``type`` they carry.
+EVENT_TYPES = {
+    "payment.succeeded": EventKind.PAYMENT_SUCCEEDED,
+    "payment.failed": EventKind.PAYMENT_FAILED,
+    "payment.cancelled": EventKind.PAYMENT_CANCELLED,
+}
 
 SIGNATURE_HEADER = "Fake-Signature"
 TOLERANCE_SECONDS = 300
@@ -43,8 +58,22 @@ class FakeProvider(PaymentProvider):
             ).hexdigest()
         return cls(str(secret))
 
-    def start_payment(self, payment: Payment) -> str:
-        return url_for("fake_cashier.cashier", payment_public_id=payment.public_id)
+    def method_for(self, payer: Payer) -> str:
+        return "cashier"
+
+    def start_payment(self, payment: Payment, payer: Payer) -> PaymentStart:
+        return PaymentStart(
+            url=url_for("fake_cashier.cashier", payment_public_id=payment.public_id),
+            method="cashier",
+        )
+
+    def request_refund(self, refund: Refund, transaction_id: str | None) -> RefundResult:
+        """The fake provider refunds at once, as card refunds at Stripe often do."""
+        return RefundResult(external_id=f"fake_refund_{refund.public_id}", succeeded=True)
+
+    def query_payment(self, payment: Payment, *, now: datetime) -> Notification | None:
+        """Nothing is paid at the fake provider but through its cashier, which notifies."""
+        return None
 
     def sign(self, body: bytes, timestamp: int) -> str:
         """The signature header value for ``body`` sent at ``timestamp``."""
@@ -54,7 +83,7 @@ class FakeProvider(PaymentProvider):
     def build_notification(
         self,
         payment: Payment,
-        outcome: Outcome,
+        kind: EventKind,
         *,
         event_id: str,
         transaction_id: str,
@@ -64,7 +93,7 @@ class FakeProvider(PaymentProvider):
         body = json.dumps(
             {
                 "id": event_id,
-                "type": f"payment.{outcome}",
+                "type": next(t for t, k in EVENT_TYPES.items() if k is kind),
                 "created": int(now.timestamp()),
                 "data": {
                     "out_trade_no": payment.public_id,
@@ -88,7 +117,7 @@ class FakeProvider(PaymentProvider):
         try:
             event = json.loads(body)
             data = event["data"]
-            outcome = Outcome(str(event["type"]).removeprefix("payment."))
+            kind = EVENT_TYPES[event["type"]]
             amount, currency = data["amount"], data["currency"]
             fields = (event["id"], data["out_trade_no"], data["transaction_id"], currency)
             if not all(isinstance(value, str) and value for value in fields):
@@ -99,11 +128,11 @@ class FakeProvider(PaymentProvider):
             raise InvalidNotification(f"malformed notification: {error}") from error
         return Notification(
             event_id=event["id"],
-            outcome=outcome,
+            kind=kind,
             payment_public_id=data["out_trade_no"],
+            payment_external_id=data["transaction_id"],
             amount=Money(amount, currency),
-            external_id=data["transaction_id"],
-            reason="模拟失败 · simulated failure" if outcome is Outcome.FAILED else None,
+            reason="模拟失败 · simulated failure" if kind is EventKind.PAYMENT_FAILED else None,
         )
 
     def _verify(self, body: bytes, headers: Mapping[str, str], received_at: datetime) -> None:
