@@ -14,10 +14,16 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import flask_migrate
 import pytest
 import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -26,20 +32,77 @@ from core.auth import StaffUser, create_staff_user
 from core.db import db
 from membership.cli import seed_demo_community
 from membership.models import Community
+from tests import fake_apis
 from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, log_in
 
 SECRET_KEY = "test-secret-key-not-for-production"
 
 
-def app_config(database_url: str) -> dict[str, object]:
+def merchant_certificate(folder: Path) -> tuple[str, str]:
+    """A self-signed certificate and key, standing in for the WeChat Pay merchant's."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, fake_apis.WECHAT_MCH_ID)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "apiclient_cert.pem", folder / "apiclient_key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+def app_config(database_url: str, apis: fake_apis.FakeAPIs, certs: tuple[str, str]):
+    """The test app's settings: every provider on, the real ones pointed at the fakes."""
     return {
         "TESTING": True,
         "SECRET_KEY": SECRET_KEY,
         "SQLALCHEMY_DATABASE_URI": database_url,
-        "PAYMENT_PROVIDERS": ["fake"],
+        "PAYMENT_PROVIDERS": ["fake", "wechatpay", "stripe"],
         "FAKE_PROVIDER_SECRET": None,
         "SERVER_NAME": "qunmen.test",
+        "STRIPE_SECRET_KEY": fake_apis.STRIPE_SECRET_KEY,
+        "STRIPE_WEBHOOK_SECRET": fake_apis.STRIPE_WEBHOOK_SECRET,
+        "STRIPE_API_BASE": apis.base_url,
+        "WECHATPAY_APP_ID": fake_apis.WECHAT_APP_ID,
+        "WECHATPAY_APP_SECRET": fake_apis.WECHAT_APP_SECRET,
+        "WECHATPAY_MCH_ID": fake_apis.WECHAT_MCH_ID,
+        "WECHATPAY_API_KEY": fake_apis.WECHAT_API_KEY,
+        "WECHATPAY_MCH_CERT": certs[0],
+        "WECHATPAY_MCH_KEY": certs[1],
+        "WECHATPAY_API_BASE": apis.base_url,
+        "WECHAT_API_BASE": apis.base_url,
     }
+
+
+@pytest.fixture(scope="session")
+def _api_server(tmp_path_factory):
+    state, server = fake_apis.start()
+    certs = merchant_certificate(tmp_path_factory.mktemp("merchant"))
+    yield state, certs
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def apis(_api_server) -> fake_apis.FakeAPIs:
+    """The fake Stripe and WeChat Pay APIs, emptied for each test."""
+    state, _certs = _api_server
+    state.reset()
+    return state
 
 
 def reset_schema(app: Flask) -> None:
@@ -60,12 +123,12 @@ def dispose_engines(app: Flask) -> None:
 
 
 @contextmanager
-def fresh_database(tmp_path) -> Iterator[Flask]:
+def fresh_database(tmp_path, api_server) -> Iterator[Flask]:
     """An app on a database of its own that commits for real: a new SQLite file, or a new
     database on the PostgreSQL server of ``TEST_DATABASE_URL``."""
     base = os.environ.get("TEST_DATABASE_URL")
     if base is None:
-        app = create_app(app_config(f"sqlite:///{tmp_path / 'committing.sqlite3'}"))
+        app = create_app(app_config(f"sqlite:///{tmp_path / 'committing.sqlite3'}", *api_server))
         try:
             reset_schema(app)
             yield app
@@ -77,7 +140,7 @@ def fresh_database(tmp_path) -> Iterator[Flask]:
     with admin_engine.connect() as connection:
         connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
     url = sa.make_url(base).set(database=name)
-    app = create_app(app_config(url.render_as_string(hide_password=False)))
+    app = create_app(app_config(url.render_as_string(hide_password=False), *api_server))
     try:
         reset_schema(app)
         yield app
@@ -89,11 +152,11 @@ def fresh_database(tmp_path) -> Iterator[Flask]:
 
 
 @pytest.fixture(scope="session")
-def app(tmp_path_factory) -> Iterator[Flask]:
+def app(tmp_path_factory, _api_server) -> Iterator[Flask]:
     url = os.environ.get("TEST_DATABASE_URL") or (
         f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
     )
-    app = create_app(app_config(url))
+    app = create_app(app_config(url, *_api_server))
     reset_schema(app)
     # Code under test commits; in tests those commits end savepoints of the test's
     # transaction instead, so the rollback at the end undoes them.

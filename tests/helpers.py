@@ -3,11 +3,16 @@ send signed notifications."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from datetime import datetime
 
 import sqlalchemy as sa
+import stripe
 from flask.testing import FlaskClient
+from wechatpy.crypto import RefundCrypto, WeChatRefundCrypto
+from wechatpy.pay.utils import calculate_signature, dict_to_xml
 from werkzeug.test import TestResponse
 
 from core.clock import utcnow
@@ -15,6 +20,7 @@ from core.db import db
 from core.security import new_token
 from payments.models import Payment
 from payments.providers import EventKind, get_provider
+from tests import fake_apis
 
 ADMIN_EMAIL = "owner@example.com"
 ADMIN_PASSWORD = "correct horse battery"
@@ -114,3 +120,129 @@ def signed_notification(
         transaction_id=f"fake_{new_token(12)}",
         now=now or utcnow(),
     )
+
+
+def stripe_delivery(
+    event_type: str,
+    obj: dict,
+    *,
+    event_id: str | None = None,
+    secret: str = fake_apis.STRIPE_WEBHOOK_SECRET,
+    timestamp: int | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """A Stripe event as Stripe sends it, signed with stripe's own scheme."""
+    payload = json.dumps(
+        {
+            "id": event_id or f"evt_{new_token(12)}",
+            "object": "event",
+            "type": event_type,
+            "api_version": "2025-09-30.clover",
+            "created": int(time.time()),
+            "data": {"object": obj},
+        }
+    )
+    header = stripe.WebhookSignature.generate_signature_header(
+        payload, secret, timestamp=timestamp or int(time.time())
+    )
+    return payload.encode(), {"Content-Type": "application/json", "Stripe-Signature": header}
+
+
+def checkout_session(payment: Payment, **fields) -> dict:
+    """The Checkout Session object Stripe reports for ``payment``."""
+    return {
+        "id": payment.provider_data.get("session", "cs_test_unknown"),
+        "object": "checkout.session",
+        "payment_status": "paid",
+        "status": "complete",
+        "amount_total": payment.amount,
+        "currency": payment.currency.lower(),
+        "payment_intent": f"pi_{payment.public_id}",
+        "metadata": {"order": payment.order.public_id, "payment": payment.public_id},
+        **fields,
+    }
+
+
+def charge(payment: Payment, **fields) -> dict:
+    """A Charge object of ``payment``'s payment intent."""
+    return {
+        "id": f"ch_{payment.public_id}",
+        "object": "charge",
+        "amount": payment.amount,
+        "amount_refunded": 0,
+        "currency": payment.currency.lower(),
+        "payment_intent": f"pi_{payment.public_id}",
+        "paid": True,
+        **fields,
+    }
+
+
+def dispute(payment: Payment, status: str = "needs_response", **fields) -> dict:
+    return {
+        "id": f"dp_{payment.public_id}",
+        "object": "dispute",
+        "amount": payment.amount,
+        "currency": payment.currency.lower(),
+        "charge": f"ch_{payment.public_id}",
+        "payment_intent": f"pi_{payment.public_id}",
+        "reason": "fraudulent",
+        "status": status,
+        **fields,
+    }
+
+
+def wechat_notification(
+    fields: dict[str, str], *, key: str = fake_apis.WECHAT_API_KEY, sign: str | None = None
+) -> bytes:
+    """A WeChat Pay notification body, signed with wechatpy's own function."""
+    data = {
+        "appid": fake_apis.WECHAT_APP_ID,
+        "mch_id": fake_apis.WECHAT_MCH_ID,
+        "nonce_str": new_token(12),
+        "return_code": "SUCCESS",
+        **fields,
+    }
+    return dict_to_xml(data, sign or calculate_signature(data, key)).encode()
+
+
+def wechat_paid(payment: Payment, **fields: str) -> bytes:
+    """WeChat Pay's notification that ``payment`` was paid."""
+    return wechat_notification(
+        {
+            "result_code": "SUCCESS",
+            "out_trade_no": payment.public_id,
+            "transaction_id": f"4200{payment.id:020d}",
+            "total_fee": str(payment.amount),
+            "fee_type": payment.currency,
+            "trade_type": "NATIVE",
+            "openid": fake_apis.WECHAT_OPENID,
+            "time_end": "20261125120000",
+            **fields,
+        }
+    )
+
+
+def wechat_refunded(
+    payment: Payment, refund_fee: int, out_refund_no: str, *, status: str = "SUCCESS"
+) -> bytes:
+    """WeChat Pay's refund result: ``req_info`` encrypted as WeChat Pay does."""
+    inner = {
+        "out_trade_no": payment.public_id,
+        "transaction_id": f"4200{payment.id:020d}",
+        "out_refund_no": out_refund_no,
+        "refund_id": f"5000{payment.id:010d}{refund_fee}",
+        "total_fee": str(payment.amount),
+        "refund_fee": str(refund_fee),
+        "settlement_refund_fee": str(refund_fee),
+        "refund_status": status,
+    }
+    plain = "<root>" + "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in inner.items()) + "</root>"
+    key = WeChatRefundCrypto(fake_apis.WECHAT_API_KEY).key
+    req_info = RefundCrypto(key).encrypt(plain).decode()
+    data = {
+        "return_code": "SUCCESS",
+        "appid": fake_apis.WECHAT_APP_ID,
+        "mch_id": fake_apis.WECHAT_MCH_ID,
+        "nonce_str": new_token(12),
+        "req_info": req_info,
+    }
+    return dict_to_xml(data).encode()

@@ -24,8 +24,8 @@ PAYERS = 100
 
 
 @pytest.mark.committing
-def test_parallel_confirmations_get_numbers_1_to_100(tmp_path):
-    with fresh_database(tmp_path) as app:
+def test_parallel_confirmations_get_numbers_1_to_100(tmp_path, _api_server):
+    with fresh_database(tmp_path, _api_server) as app:
         with app.app_context():
             community = seed_demo_community()
             tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))

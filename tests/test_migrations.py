@@ -24,8 +24,8 @@ def test_models_match_the_migrations(app):
 
 
 @pytest.mark.committing
-def test_downgrade_to_nothing_and_back(tmp_path):
-    with fresh_database(tmp_path) as app, app.app_context():
+def test_downgrade_to_nothing_and_back(tmp_path, _api_server):
+    with fresh_database(tmp_path, _api_server) as app, app.app_context():
         flask_migrate.downgrade(revision="base")
         tables = set(sa.inspect(db.session.connection()).get_table_names())
         assert tables <= {"alembic_version"}

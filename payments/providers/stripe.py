@@ -123,8 +123,14 @@ class StripeProvider(PaymentProvider):
                 sent = int(signature.split("t=", 1)[1].split(",", 1)[0])
                 if abs(received_at.timestamp() - sent) > TOLERANCE_SECONDS:
                     raise InvalidNotification("signature timestamp outside the tolerance")
-            return self._read_event(event)
-        except (stripe.SignatureVerificationError, ValueError, KeyError, TypeError) as error:
+            return self._read_event(event.to_dict())
+        except (
+            stripe.SignatureVerificationError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,  # stripe reading a body that is JSON but not an object
+        ) as error:
             raise InvalidNotification(f"Stripe: {error}") from error
 
     def _read_event(self, event: Any) -> Notification:
@@ -179,13 +185,13 @@ class StripeProvider(PaymentProvider):
             intent = self._client.v1.payment_intents.retrieve(external_id)
         except stripe.StripeError as error:
             raise ProviderError(f"Stripe: {error}") from error
-        return (intent.get("metadata") or {}).get("payment")
+        return (intent.to_dict().get("metadata") or {}).get("payment")
 
     def request_refund(self, refund: Refund, transaction_id: str | None) -> RefundResult:
         if not transaction_id:
             raise ProviderError("Stripe: the payment intent of this payment is not known")
         try:
-            result = self._client.v1.refunds.create(
+            refund_object = self._client.v1.refunds.create(
                 params={
                     "payment_intent": transaction_id,
                     "amount": refund.amount,
@@ -195,6 +201,7 @@ class StripeProvider(PaymentProvider):
             )
         except stripe.StripeError as error:
             raise ProviderError(f"Stripe: {error.user_message or error}") from error
+        result = refund_object.to_dict()
         succeeded = {"succeeded": True, "failed": False, "canceled": False}.get(result["status"])
         return RefundResult(
             external_id=result["id"], succeeded=succeeded, reason=result.get("failure_reason")
@@ -205,7 +212,7 @@ class StripeProvider(PaymentProvider):
         if not session_id:
             return None
         try:
-            session = self._client.v1.checkout.sessions.retrieve(session_id)
+            session = self._client.v1.checkout.sessions.retrieve(session_id).to_dict()
         except stripe.StripeError as error:
             raise ProviderError(f"Stripe: {error}") from error
         common = {

@@ -1,0 +1,220 @@
+"""A local stand-in for the Stripe and WeChat Pay APIs, on a loopback port.
+
+The providers' SDKs talk to it through the API-base settings, so their real request and
+signing code runs. It checks what WeChat Pay would check (the request's signature) and
+signs its answers with the merchant key, as WeChat Pay does; it records every request for
+the tests to inspect. No test reaches the internet.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import xmltodict
+from wechatpy.pay.utils import calculate_signature, dict_to_xml
+
+WECHAT_APP_ID = "wx0123456789abcdef"
+WECHAT_APP_SECRET = "test-app-secret"
+WECHAT_MCH_ID = "1900000109"
+WECHAT_API_KEY = "0123456789abcdef0123456789abcdef"
+WECHAT_OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
+STRIPE_SECRET_KEY = "sk_test_qunmen"
+STRIPE_WEBHOOK_SECRET = "whsec_test_qunmen"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    data: dict[str, Any]
+
+
+@dataclass
+class FakeAPIs:
+    """What the fake server knows: requests received, and state the tests can set."""
+
+    requests: list[Recorded] = field(default_factory=list)
+    #: WeChat order query answers, by out_trade_no: trade_state and more fields.
+    wechat_orders: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Stripe checkout sessions, by id.
+    stripe_sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Stripe refund status to answer with.
+    stripe_refund_status: str = "succeeded"
+    base_url: str = ""
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.wechat_orders.clear()
+        self.stripe_sessions.clear()
+        self.stripe_refund_status = "succeeded"
+
+    def last(self, path_prefix: str) -> Recorded:
+        return next(r for r in reversed(self.requests) if r.path.startswith(path_prefix))
+
+
+def _wechat_answer(fields: dict[str, str]) -> bytes:
+    data = {
+        "return_code": "SUCCESS",
+        "result_code": "SUCCESS",
+        "appid": WECHAT_APP_ID,
+        "mch_id": WECHAT_MCH_ID,
+        "nonce_str": "fakeapinonce",
+        **fields,
+    }
+    return dict_to_xml(data, calculate_signature(data, WECHAT_API_KEY)).encode()
+
+
+def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, obj: dict[str, Any], status: int = 200) -> None:
+            self._send(status, json.dumps(obj).encode(), "application/json")
+
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            query = dict(parse_qsl(url.query))
+            state.requests.append(Recorded("GET", url.path, dict(self.headers), query))
+            if url.path == "/sns/oauth2/access_token":
+                if query.get("secret") != WECHAT_APP_SECRET or query.get("code") != "good-code":
+                    return self._json({"errcode": 40029, "errmsg": "invalid code"})
+                return self._json(
+                    {
+                        "access_token": "token",
+                        "expires_in": 7200,
+                        "refresh_token": "refresh",
+                        "openid": WECHAT_OPENID,
+                        "scope": "snsapi_base",
+                    }
+                )
+            if url.path.startswith("/v1/checkout/sessions/"):
+                session = state.stripe_sessions.get(url.path.rsplit("/", 1)[1])
+                if session is None:
+                    return self._json({"error": {"message": "No such session"}}, 404)
+                return self._json(session)
+            if url.path.startswith("/v1/payment_intents/"):
+                intent_id = url.path.rsplit("/", 1)[1]
+                for session in state.stripe_sessions.values():
+                    # Stripe makes the intent when the payer pays; here it is named after
+                    # our payment, as the tests' events name it.
+                    if intent_id == f"pi_{session['metadata']['payment']}":
+                        return self._json(
+                            {
+                                "id": intent_id,
+                                "object": "payment_intent",
+                                "metadata": session["metadata"],
+                            }
+                        )
+                return self._json({"error": {"message": "No such payment_intent"}}, 404)
+            return self._json({"error": {"message": "not found"}}, 404)
+
+        def do_POST(self) -> None:
+            url = urlsplit(self.path)
+            body = self._body()
+            if url.path.startswith("/v1/"):
+                return self._stripe(url.path, dict(parse_qsl(body.decode())))
+            return self._wechat(url.path, body)
+
+        def _stripe(self, path: str, form: dict[str, str]) -> None:
+            state.requests.append(Recorded("POST", path, dict(self.headers), form))
+            if self.headers.get("Authorization") != f"Bearer {STRIPE_SECRET_KEY}":
+                return self._json({"error": {"message": "Invalid API Key"}}, 401)
+            if path == "/v1/checkout/sessions":
+                session_id = f"cs_test_{len(state.stripe_sessions) + 1:04d}"
+                session = {
+                    "id": session_id,
+                    "object": "checkout.session",
+                    "url": f"https://checkout.stripe.test/c/pay/{session_id}",
+                    "status": "open",
+                    "payment_status": "unpaid",
+                    "amount_total": int(form["line_items[0][price_data][unit_amount]"]),
+                    "currency": form["line_items[0][price_data][currency]"],
+                    "client_reference_id": form["client_reference_id"],
+                    "metadata": {
+                        "order": form["metadata[order]"],
+                        "payment": form["metadata[payment]"],
+                    },
+                    "payment_intent": None,
+                }
+                state.stripe_sessions[session_id] = session
+                return self._json(session)
+            if path.startswith("/v1/checkout/sessions/") and path.endswith("/expire"):
+                session = state.stripe_sessions[path.split("/")[4]]
+                session["status"] = "expired"
+                return self._json(session)
+            if path == "/v1/refunds":
+                refund_id = f"re_test_{len(state.requests):04d}"
+                return self._json(
+                    {
+                        "id": refund_id,
+                        "object": "refund",
+                        "amount": int(form["amount"]),
+                        "payment_intent": form["payment_intent"],
+                        "status": state.stripe_refund_status,
+                    }
+                )
+            return self._json({"error": {"message": "not found"}}, 404)
+
+        def _wechat(self, path: str, body: bytes) -> None:
+            data = dict(xmltodict.parse(body)["xml"])
+            state.requests.append(Recorded("POST", path, dict(self.headers), data))
+            sign = data.pop("sign", None)
+            if sign != calculate_signature(data, WECHAT_API_KEY):
+                answer = {"return_code": "FAIL", "return_msg": "签名错误"}
+                return self._send(200, dict_to_xml(answer).encode(), "text/xml")
+            if path == "/pay/unifiedorder":
+                fields = {"trade_type": data["trade_type"], "prepay_id": "wx2016prepay0001"}
+                if data["trade_type"] == "NATIVE":
+                    fields["code_url"] = f"weixin://wxpay/bizpayurl?pr={data['out_trade_no']}"
+                if data["trade_type"] == "MWEB":
+                    fields["mweb_url"] = (
+                        "https://wx.tenpay.test/cgi-bin/mmpayweb-bin/checkmweb?prepay_id=wx2016prepay0001"
+                    )
+                return self._send(200, _wechat_answer(fields), "text/xml")
+            if path == "/pay/orderquery":
+                fields = state.wechat_orders.get(data["out_trade_no"], {"trade_state": "NOTPAY"})
+                return self._send(
+                    200,
+                    _wechat_answer({"out_trade_no": data["out_trade_no"], **fields}),
+                    "text/xml",
+                )
+            if path == "/pay/closeorder":
+                return self._send(200, _wechat_answer({}), "text/xml")
+            if path == "/secapi/pay/refund":
+                fields = {
+                    "out_trade_no": data["out_trade_no"],
+                    "out_refund_no": data["out_refund_no"],
+                    "refund_id": f"50000{len(state.requests):08d}",
+                    "refund_fee": data["refund_fee"],
+                    "total_fee": data["total_fee"],
+                }
+                return self._send(200, _wechat_answer(fields), "text/xml")
+            return self._send(404, b"not found", "text/plain")
+
+    return Handler
+
+
+def start() -> tuple[FakeAPIs, ThreadingHTTPServer]:
+    state = FakeAPIs()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server.daemon_threads = True
+    state.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return state, server
