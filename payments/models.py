@@ -137,6 +137,9 @@ class Payment(db.Model):
             return 0
         return self.amount - self.refunded_total() - self.withheld_total()
 
+    def kept(self) -> Money:
+        return Money(self.kept_total(), self.currency)
+
 
 class Refund(db.Model):
     """One attempt to give back some or all of a confirmed payment."""
@@ -189,6 +192,10 @@ class Dispute(db.Model):
     payment: Mapped[Payment] = relationship(back_populates="disputes")
 
     __table_args__ = (sa.UniqueConstraint("provider", "external_id"),)
+
+    @property
+    def money(self) -> Money:
+        return Money(self.amount, self.currency)
 
 
 class ProviderReference(db.Model):

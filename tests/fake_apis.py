@@ -174,7 +174,7 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
 
         def _wechat(self, path: str, body: bytes) -> None:
             data = dict(xmltodict.parse(body)["xml"])
-            state.requests.append(Recorded("POST", path, dict(self.headers), data))
+            state.requests.append(Recorded("POST", path, dict(self.headers), dict(data)))
             sign = data.pop("sign", None)
             if sign != calculate_signature(data, WECHAT_API_KEY):
                 answer = {"return_code": "FAIL", "return_msg": "签名错误"}

@@ -193,7 +193,8 @@ def dispute(payment: Payment, status: str = "needs_response", **fields) -> dict:
 def wechat_notification(
     fields: dict[str, str], *, key: str = fake_apis.WECHAT_API_KEY, sign: str | None = None
 ) -> bytes:
-    """A WeChat Pay notification body, signed with wechatpy's own function."""
+    """A WeChat Pay notification body, signed with wechatpy's own function (``sign`` given
+    instead, or ``""`` for none)."""
     data = {
         "appid": fake_apis.WECHAT_APP_ID,
         "mch_id": fake_apis.WECHAT_MCH_ID,
@@ -201,7 +202,8 @@ def wechat_notification(
         "return_code": "SUCCESS",
         **fields,
     }
-    return dict_to_xml(data, sign or calculate_signature(data, key)).encode()
+    signature = calculate_signature(data, key) if sign is None else sign
+    return dict_to_xml(data, signature or None).encode()
 
 
 def wechat_paid(payment: Payment, **fields: str) -> bytes:

@@ -44,7 +44,7 @@ from payments.providers import (
 TIMEOUT_SECONDS = 10
 #: Any markup declaration but CDATA: DOCTYPE, ENTITY, comments.
 _DECLARATION = re.compile(rb"<!(?!\[CDATA\[)")
-#: Time as WeChat Pay writes it, in China Standard Time.
+#: WeChat Pay reads times in China Standard Time.
 _CHINA = ZoneInfo("Asia/Shanghai")
 
 # wechatpy writes its signing string (which contains the API key) at DEBUG.
@@ -159,7 +159,7 @@ class WeChatPayProvider(PaymentProvider):
         if method == "native":
             extra["product_id"] = payment.public_id
         if method == "mweb":
-            extra["scene_info"] = '{"h5_info":{"type":"Wap","wap_name":"Qunmen"}}'
+            extra["scene_info"] = {"h5_info": {"type": "Wap", "wap_name": "Qunmen"}}
         result = self._call(
             self._client.order.create,
             trade_type=method.upper(),
@@ -170,7 +170,7 @@ class WeChatPayProvider(PaymentProvider):
             client_ip=payer.client_ip,
             user_id=payer.wechat_openid if method == "jsapi" else None,
             out_trade_no=payment.public_id,
-            time_expire=order.expires_at.astimezone(_CHINA).strftime("%Y%m%d%H%M%S"),
+            time_expire=order.expires_at.astimezone(_CHINA),
             **extra,
         )
         own_page = url_for("wechatpay.pay", payment_public_id=payment.public_id)
