@@ -22,6 +22,7 @@ from membership.services import (
     withdraw_paid_access,
 )
 from payments import admin as payments_admin
+from payments.cli import payments_cli
 from payments.providers import init_providers
 from payments.signals import access_restored, access_withdrawn, order_paid
 from payments.views import fake_cashier, webhooks, wechatpay
@@ -50,6 +51,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.register_blueprint(auth_bp)
 
     app.cli.add_command(membership_cli.seed_demo_command)
+    app.cli.add_command(payments_cli)
 
     order_paid.connect(admit_paid_application)
     access_withdrawn.connect(withdraw_paid_access)

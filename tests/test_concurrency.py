@@ -6,19 +6,42 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 import sqlalchemy as sa
+from werkzeug.serving import make_server
 
 from core.db import db
 from core.security import new_token
 from membership.cli import seed_demo_community
-from membership.models import ContactKind, Invitation, InvitationStatus, Member, Tier
+from membership.models import (
+    ContactKind,
+    Invitation,
+    InvitationStatus,
+    Member,
+    Membership,
+    Tier,
+)
 from membership.services import submit_application
 from payments import inbox
-from payments.models import InboxStatus, LedgerEntry, Order, OrderStatus
+from payments.models import (
+    InboxStatus,
+    LedgerEntry,
+    Order,
+    OrderStatus,
+    Payment,
+    PaymentStatus,
+    WebhookEvent,
+)
 from payments.providers import Payer
 from payments.services import start_payment
 from tests.conftest import fresh_database
-from tests.helpers import count, signed_notification
+from tests.helpers import (
+    checkout_session,
+    count,
+    signed_notification,
+    stripe_delivery,
+    wechat_paid,
+)
 
 PAYERS = 100
 
@@ -63,10 +86,84 @@ def test_parallel_confirmations_get_numbers_1_to_100(tmp_path, _api_server):
                 sa.select(Member.number).where(Member.community_id == community_id)
             ).all()
             assert sorted(numbers) == list(range(1, PAYERS + 1))
-            labels = db.session.scalars(sa.select(Member.number_label)).all()
+            labels = db.session.scalars(sa.select(Member.number_label).order_by(Member.id)).all()
             assert len(set(labels)) == PAYERS
             assert count(LedgerEntry) == PAYERS
-            paid = db.session.scalars(sa.select(Order.status)).all()
+            paid = db.session.scalars(sa.select(Order.status).order_by(Order.id)).all()
             assert paid == [OrderStatus.PAID] * PAYERS
-            issued = db.session.scalars(sa.select(Invitation.status)).all()
+            issued = db.session.scalars(sa.select(Invitation.status).order_by(Invitation.id)).all()
             assert issued == [InvitationStatus.ISSUED] * PAYERS
+
+
+def _serve(app):
+    """The app on a real loopback HTTP server, one thread per connection."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
+
+
+def _post_all(url: str, body: bytes, headers: dict[str, str], times: int) -> list[int]:
+    """``times`` deliveries of the same body at once, each on its own connection."""
+    start = threading.Barrier(times)
+
+    def post(_):
+        start.wait()
+        return requests.post(
+            url, data=body, headers={**headers, "Host": "qunmen.test"}, timeout=60
+        ).status_code
+
+    with ThreadPoolExecutor(max_workers=times) as pool:
+        return list(pool.map(post, range(times)))
+
+
+def _one_paid_payment(app, provider: str):
+    with app.app_context():
+        seed_demo_community()
+        tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+        application = submit_application(
+            tier,
+            display_name="并发",
+            contact_kind=ContactKind.WECHAT,
+            contact_value="wx_parallel",
+            submission_key=new_token(24),
+        )
+        payment = start_payment(
+            db.session.get(Order, application.order_id),
+            provider,
+            payer=Payer(),
+            return_url="http://qunmen.test/",
+            cancel_url="http://qunmen.test/",
+            actor="prospect",
+        )
+        db.session.commit()
+        if provider == "stripe":
+            return stripe_delivery(
+                "checkout.session.completed", checkout_session(payment), event_id="evt_fifty"
+            )
+        return wechat_paid(payment), {"Content-Type": "text/xml"}
+
+
+@pytest.mark.committing
+@pytest.mark.parametrize("provider", ["stripe", "wechatpay"])
+def test_fifty_concurrent_deliveries_of_one_event(tmp_path, _api_server, provider):
+    """The same event 50 times at once on parallel connections: every delivery answered
+    success, and one confirmed payment, membership, number, invitation, ledger entry."""
+    with fresh_database(tmp_path, _api_server) as app:
+        body, headers = _one_paid_payment(app, provider)
+        server, base = _serve(app)
+        try:
+            statuses = _post_all(f"{base}/webhooks/{provider}", body, headers, 50)
+        finally:
+            server.shutdown()
+        assert statuses == [200] * 50
+        with app.app_context():
+            assert db.session.scalars(sa.select(Payment.status).order_by(Payment.id)).all() == [
+                PaymentStatus.CONFIRMED
+            ]
+            assert db.session.scalars(sa.select(Member.number)).all() == [1]
+            assert count(Membership) == 1
+            assert count(Invitation) == 1
+            assert count(LedgerEntry) == 1
+            inbox_statuses = db.session.scalars(sa.select(WebhookEvent.status)).all()
+            assert sorted(inbox_statuses).count(InboxStatus.PROCESSED) == 1
+            assert len(inbox_statuses) == 50

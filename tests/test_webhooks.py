@@ -48,8 +48,12 @@ def state(app) -> dict[str, object]:
     """Everything a notification may change."""
     with app.app_context():
         return {
-            "payments": db.session.execute(sa.select(Payment.id, Payment.status)).all(),
-            "orders": db.session.execute(sa.select(Order.id, Order.status)).all(),
+            "payments": db.session.execute(
+                sa.select(Payment.id, Payment.status).order_by(Payment.id)
+            ).all(),
+            "orders": db.session.execute(
+                sa.select(Order.id, Order.status).order_by(Order.id)
+            ).all(),
             "members": count(Member),
             "invitations": count(Invitation),
             "ledger": count(LedgerEntry),

@@ -65,13 +65,21 @@ def notify(app, client, build=wechat_paid, **fields):
 def snapshot(app) -> dict:
     with app.app_context():
         return {
-            "payment": db.session.scalars(sa.select(Payment.status)).all(),
-            "order": db.session.scalars(sa.select(Order.status)).all(),
-            "members": db.session.scalars(sa.select(Member.number_label)).all(),
-            "memberships": db.session.scalars(sa.select(Membership.status)).all(),
-            "invitations": db.session.scalars(sa.select(Invitation.status)).all(),
-            "ledger": db.session.execute(sa.select(LedgerEntry.kind, LedgerEntry.amount)).all(),
-            "refunds": db.session.execute(sa.select(Refund.amount, Refund.status)).all(),
+            "payment": db.session.scalars(sa.select(Payment.status).order_by(Payment.id)).all(),
+            "order": db.session.scalars(sa.select(Order.status).order_by(Order.id)).all(),
+            "members": db.session.scalars(sa.select(Member.number_label).order_by(Member.id)).all(),
+            "memberships": db.session.scalars(
+                sa.select(Membership.status).order_by(Membership.id)
+            ).all(),
+            "invitations": db.session.scalars(
+                sa.select(Invitation.status).order_by(Invitation.id)
+            ).all(),
+            "ledger": db.session.execute(
+                sa.select(LedgerEntry.kind, LedgerEntry.amount).order_by(LedgerEntry.id)
+            ).all(),
+            "refunds": db.session.execute(
+                sa.select(Refund.amount, Refund.status).order_by(Refund.id)
+            ).all(),
         }
 
 

@@ -1,0 +1,92 @@
+"""``flask payments …``: the webhook inbox's failures, and payments no notification
+settled."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+import click
+import sqlalchemy as sa
+from flask.cli import AppGroup
+
+from core.clock import utcnow
+from core.db import db
+from payments import inbox
+from payments.models import Payment, PaymentStatus, WebhookEvent
+from payments.providers import ProviderError
+from payments.services import settle_from_provider
+
+log = logging.getLogger(__name__)
+
+payments_cli = AppGroup("payments", help="Payments: failed webhooks, unsettled payments.")
+
+
+@payments_cli.command("failed")
+def failed_command() -> None:
+    """List webhook deliveries that failed on our side."""
+    events = inbox.failed_events()
+    for event in events:
+        click.echo(
+            f"{event.id}\t{event.provider}\t{event.received_at:%Y-%m-%d %H:%M:%S}Z\t"
+            f"{event.event_id or '-'}\t{event.detail or ''}"
+        )
+    click.echo(f"{len(events)} failed")
+
+
+@payments_cli.command("replay")
+@click.argument("event_ids", nargs=-1, type=int)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every failed delivery.")
+def replay_command(event_ids: tuple[int, ...], replay_all: bool) -> None:
+    """Process failed deliveries again (by inbox id, or --all)."""
+    if not event_ids and not replay_all:
+        raise click.UsageError("give inbox ids, or --all")
+    events = (
+        inbox.failed_events()
+        if replay_all
+        else [db.session.get(WebhookEvent, i) for i in event_ids]
+    )
+    for event in events:
+        if event is None:
+            raise click.ClickException("no such inbox event")
+        result = inbox.replay(event)
+        click.echo(f"{event.id}\t{result.status}\t{result.message}")
+
+
+def settle_once(older_than_minutes: int) -> tuple[int, int]:
+    """Ask providers about payments still waiting after ``older_than_minutes``, and close
+    those whose orders expired. Returns (changed, errors)."""
+    cutoff = utcnow() - timedelta(minutes=older_than_minutes)
+    waiting = db.session.scalars(
+        sa.select(Payment.id).where(
+            Payment.status == PaymentStatus.CREATED, Payment.created_at <= cutoff
+        )
+    ).all()
+    changed = errors = 0
+    for payment_id in waiting:
+        payment = db.session.get(Payment, payment_id)
+        try:
+            changed += settle_from_provider(payment)
+        except ProviderError as error:
+            db.session.rollback()
+            errors += 1
+            log.warning("could not settle payment %s: %s", payment_id, error)
+    return changed, errors
+
+
+@payments_cli.command("settle")
+@click.option("--older-than", default=2, show_default=True, help="Minutes a payment waited.")
+@click.option("--every", type=int, help="Run again every N seconds, until stopped.")
+def settle_command(older_than: int, every: int | None) -> None:
+    """Query providers for payments whose notification never came; close the unpaid
+    ones whose orders expired. Run it on a schedule (cron, or --every)."""
+    while True:
+        changed, errors = settle_once(older_than)
+        click.echo(f"{changed} settled, {errors} errors")
+        if not every:
+            if errors:
+                raise SystemExit(1)
+            return
+        db.session.remove()
+        time.sleep(every)

@@ -1,0 +1,201 @@
+"""Running payments: failed deliveries replayed, payments no notification settled,
+refunds from the admin page through Stripe."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
+
+import membership.services
+from core.db import db
+from membership.models import Member, Membership, MembershipStatus
+from payments import inbox
+from payments.models import (
+    InboxStatus,
+    LedgerEntry,
+    Order,
+    Payment,
+    PaymentStatus,
+    Refund,
+    RefundStatus,
+    WebhookEvent,
+)
+from tests.helpers import (
+    checkout_session,
+    count,
+    signed_notification,
+    stripe_delivery,
+    submit_form,
+    submit_join,
+    wechat_paid,
+)
+
+
+def _payment(app):
+    with app.app_context():
+        return db.session.scalars(sa.select(Payment)).one()
+
+
+@pytest.fixture
+def broken_admission(monkeypatch):
+    """The database fails once in the middle of admitting a payer."""
+    calls = {"n": 0}
+    original = membership.services.issue_invitation
+
+    def fail_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("INSERT INTO invitations", {}, Exception("disk I/O error"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(membership.services, "issue_invitation", fail_once)
+    return calls
+
+
+def _nothing_written(app):
+    with app.app_context():
+        assert db.session.scalars(sa.select(Payment.status)).one() is PaymentStatus.CREATED
+        assert db.session.scalars(sa.select(Order.status)).one() == "open"
+        assert count(Member) == 0
+        assert count(LedgerEntry) == 0
+
+
+def test_database_error_mid_way_answers_fail_and_writes_nothing(
+    app, client, demo, apis, broken_admission
+):
+    submit_join(client, "main", provider="wechatpay")
+    with app.app_context():
+        body = wechat_paid(db.session.scalars(sa.select(Payment)).one())
+    first = client.post("/webhooks/wechatpay", data=body)
+    assert first.status_code == 500
+    assert b"FAIL" in first.data
+    _nothing_written(app)
+    # WeChat Pay delivers again: this time it goes through.
+    second = client.post("/webhooks/wechatpay", data=body)
+    assert second.status_code == 200
+    assert b"SUCCESS" in second.data
+    with app.app_context():
+        assert db.session.scalars(sa.select(Member.number_label)).all() == ["0001"]
+        statuses = db.session.scalars(sa.select(WebhookEvent.status).order_by(WebhookEvent.id))
+        assert list(statuses) == [InboxStatus.FAILED, InboxStatus.PROCESSED]
+
+
+def test_failed_delivery_is_replayed_from_the_cli(app, client, demo, runner, broken_admission):
+    submit_join(client, "main")
+    with app.app_context():
+        body, headers = signed_notification(db.session.scalars(sa.select(Payment)).one())
+    assert client.post("/webhooks/fake", data=body, headers=headers).status_code == 500
+    _nothing_written(app)
+    listed = runner.invoke(args=["payments", "failed"])
+    assert "1 failed" in listed.output
+    assert "disk I/O error" in listed.output
+    result = runner.invoke(args=["payments", "replay", "--all"])
+    assert result.exit_code == 0, result.output
+    assert "processed" in result.output
+    with app.app_context():
+        assert db.session.scalars(sa.select(Member.number_label)).all() == ["0001"]
+        assert inbox.failed_events() == []
+    assert runner.invoke(args=["payments", "replay"]).exit_code != 0
+
+
+def test_settle_confirms_a_payment_whose_notification_never_came(app, client, demo, apis, runner):
+    submit_join(client, "main", provider="wechatpay")
+    payment = _payment(app)
+    apis.wechat_orders[payment.public_id] = {
+        "trade_state": "SUCCESS",
+        "transaction_id": "4200000000000000000042",
+        "total_fee": "9900",
+        "fee_type": "CNY",
+    }
+    result = runner.invoke(args=["payments", "settle", "--older-than", "0"])
+    assert result.exit_code == 0, result.output
+    assert "1 settled" in result.output
+    with app.app_context():
+        assert db.session.scalars(sa.select(Member.number_label)).all() == ["0001"]
+    # The notification arriving late changes nothing more.
+    with app.app_context():
+        body = wechat_paid(
+            db.session.scalars(sa.select(Payment)).one(), transaction_id="4200000000000000000042"
+        )
+    assert client.post("/webhooks/wechatpay", data=body).status_code == 200
+    with app.app_context():
+        assert count(LedgerEntry) == 1
+
+
+def test_settle_closes_unpaid_payments_of_expired_orders(app, client, demo, apis, runner):
+    submit_join(client, "main", provider="wechatpay")
+    with app.app_context():
+        order = db.session.scalars(sa.select(Order)).one()
+        order.expires_at = order.created_at - timedelta(seconds=1)
+        db.session.commit()
+    result = runner.invoke(args=["payments", "settle", "--older-than", "0"])
+    assert result.exit_code == 0, result.output
+    assert any(r.path == "/pay/closeorder" for r in apis.requests)
+    with app.app_context():
+        assert db.session.scalars(sa.select(Payment.status)).one() is PaymentStatus.EXPIRED
+
+
+def test_settle_leaves_pending_payments_alone(app, client, demo, apis, runner):
+    submit_join(client, "main", provider="wechatpay")
+    result = runner.invoke(args=["payments", "settle", "--older-than", "0"])
+    assert "0 settled" in result.output
+    assert _payment(app).status is PaymentStatus.CREATED
+
+
+def _stripe_paid(app, client):
+    submit_join(client, "main", provider="stripe")
+    with app.app_context():
+        payment = db.session.scalars(sa.select(Payment)).one()
+        body, headers = stripe_delivery("checkout.session.completed", checkout_session(payment))
+    assert client.post("/webhooks/stripe", data=body, headers=headers).status_code == 200
+    return payment.id
+
+
+def test_stripe_refund_from_the_admin_page(app, client, demo, apis, logged_in):
+    payment_id = _stripe_paid(app, client)
+    url = f"/admin/payments/payments/{payment_id}/refund"
+    response = submit_form(logged_in, url, {"amount": "99", "reason": "重复购买"})
+    assert response.status_code == 302
+    request = apis.last("/v1/refunds")
+    assert request.data["amount"] == "9900"
+    assert request.data["payment_intent"].startswith("pi_")
+    with app.app_context():
+        refund = db.session.scalars(sa.select(Refund)).one()
+        assert refund.status is RefundStatus.SUCCEEDED
+        assert request.headers["Idempotency-Key"] == f"refund-{refund.public_id}"
+        assert db.session.scalars(sa.select(Membership.status)).one() is MembershipStatus.ENDED
+    assert "已退款" in logged_in.get(url).get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("amount", "message"),
+    [
+        ("100", "最多可退"),
+        ("0", "退款金额不正确"),
+        ("9.999", "金额格式不正确"),
+        ("abc", "金额格式不正确"),
+    ],
+)
+def test_refund_form_refuses_bad_amounts(app, client, demo, apis, logged_in, amount, message):
+    payment_id = _stripe_paid(app, client)
+    url = f"/admin/payments/payments/{payment_id}/refund"
+    response = submit_form(logged_in, url, {"amount": amount, "reason": "x"})
+    assert response.status_code == 200
+    assert message in response.get_data(as_text=True)
+    with app.app_context():
+        assert count(Refund) == 0
+    assert not any(r.path == "/v1/refunds" for r in apis.requests)
+
+
+def test_refund_the_provider_refuses_is_recorded_as_failed(app, client, demo, apis, logged_in):
+    payment_id = _stripe_paid(app, client)
+    apis.stripe_refund_status = "failed"
+    url = f"/admin/payments/payments/{payment_id}/refund"
+    submit_form(logged_in, url, {"amount": "99", "reason": "x"})
+    with app.app_context():
+        assert db.session.scalars(sa.select(Refund.status)).one() is RefundStatus.FAILED
+        assert db.session.scalars(sa.select(Membership.status)).one() is MembershipStatus.ACTIVE
+    assert "退款失败" in logged_in.get(url).get_data(as_text=True)
