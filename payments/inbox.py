@@ -1,9 +1,11 @@
 """The webhook inbox: every provider notification comes in here, the same way.
 
-Store the raw request and commit it, so that nothing received is lost; verify it; skip it
-when the same event was applied before; apply it to the payment under row locks; commit;
-then answer. A refused request changes nothing but its own inbox row. A failure on our side
-rolls back, is recorded, and answers 5xx so the provider delivers again.
+Each delivery is stored raw; verified; skipped when the same event was applied before;
+applied to the payment under row locks; and committed together with its inbox row, before
+the provider gets its answer. One transaction on the usual path: the raw row and the state
+it caused are committed at once. When applying fails, the transaction is rolled back and
+the raw delivery is stored alone, marked rejected (4xx) or failed (5xx, so the provider
+delivers again, or an admin replays it). Nothing received is lost, nothing is half-written.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy import inspect
 
 from core.clock import utcnow
 from core.db import db
@@ -60,7 +63,6 @@ def receive(
         status=InboxStatus.RECEIVED,
     )
     db.session.add(event)
-    db.session.commit()
     return process(event, now=now)
 
 
@@ -88,13 +90,13 @@ def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
     now = now or utcnow()
     provider = get_provider(event.provider)
     if provider is None:
-        return _finish(event.id, InboxStatus.REJECTED, "provider not enabled", now)
+        return _finish(event, InboxStatus.REJECTED, "provider not enabled", now)
     try:
         notification = provider.parse_notification(
             event.body, event.headers, received_at=event.received_at
         )
     except InvalidNotification as error:
-        return _finish(event.id, InboxStatus.REJECTED, str(error), now)
+        return _finish(event, InboxStatus.REJECTED, str(error), now)
 
     event.event_id = notification.event_id
     applied_before = db.session.scalar(
@@ -106,7 +108,7 @@ def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
         )
     )
     if applied_before:
-        return _finish(event.id, InboxStatus.DUPLICATE, f"applied as event {applied_before}", now)
+        return _finish(event, InboxStatus.DUPLICATE, f"applied as event {applied_before}", now)
     try:
         payment, changed = apply_notification(notification, event.provider, now=now)
         event.payment_id = payment.id if payment else None
@@ -117,20 +119,11 @@ def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
         event.processed_at = now
         db.session.commit()
     except PaymentMismatch as error:
-        db.session.rollback()
-        return _finish(
-            event.id, InboxStatus.REJECTED, str(error), now, event_id=notification.event_id
-        )
+        return _finish(_rolled_back(event), InboxStatus.REJECTED, str(error), now)
     except Exception as error:
-        db.session.rollback()
-        log.exception("webhook event %s from %s failed", event.id, event.provider)
-        return _finish(
-            event.id,
-            InboxStatus.FAILED,
-            f"{type(error).__name__}: {error}",
-            now,
-            event_id=notification.event_id,
-        )
+        log.exception("webhook event %s from %s failed", notification.event_id, event.provider)
+        detail = f"{type(error).__name__}: {error}"
+        return _finish(_rolled_back(event), InboxStatus.FAILED, detail, now)
     return InboxResult(event.status, "ok")
 
 
@@ -152,15 +145,30 @@ def replay(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
     return process(event, now=now)
 
 
-def _finish(
-    row_id: int, status: InboxStatus, detail: str, now: datetime, *, event_id: str | None = None
-) -> InboxResult:
-    """Record how a delivery ended, in a transaction of its own, and the answer to give."""
-    event = db.session.get(WebhookEvent, row_id)
+def _rolled_back(event: WebhookEvent) -> WebhookEvent:
+    """Roll back what applying ``event`` changed; the delivery itself, to be stored alone
+    (a new row if it had not been committed before, else its committed row)."""
+    fields = {
+        "provider": event.provider,
+        "received_at": event.received_at,
+        "headers": event.headers,
+        "body": event.body,
+        "event_id": event.event_id,
+    }
+    persisted_id = inspect(event).identity[0] if inspect(event).has_identity else None
+    db.session.rollback()
+    stored = db.session.get(WebhookEvent, persisted_id) if persisted_id else None
+    if stored is None:
+        stored = WebhookEvent(**fields)
+        db.session.add(stored)
+    stored.event_id = fields["event_id"]
+    return stored
+
+
+def _finish(event: WebhookEvent, status: InboxStatus, detail: str, now: datetime) -> InboxResult:
+    """Record how a delivery ended, commit, and give the answer."""
     event.status = status
     event.detail = detail[:2000]
-    if event_id is not None:
-        event.event_id = event_id
     event.processed_at = now
     db.session.commit()
     return InboxResult(status, detail)

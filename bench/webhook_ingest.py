@@ -1,0 +1,240 @@
+"""Webhook ingest under load: signed Stripe events and WeChat Pay notifications, each
+confirming a fresh payment, against a bare Flask endpoint doing one INSERT.
+
+Both apps run side by side on 2 gunicorn workers; the load comes from separate client
+processes on loopback. Prints events per second, the ratio to the bare endpoint, and
+latency percentiles. Run through bench/run (it sets up the databases):
+
+    bench/run webhook_ingest --events 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import flask_migrate
+import requests
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app import create_app  # noqa: E402
+from bench.bare import bare_metadata  # noqa: E402
+from core.db import db  # noqa: E402
+from core.security import new_token  # noqa: E402
+from membership.cli import seed_demo_community  # noqa: E402
+from membership.models import ContactKind, Group, Tier  # noqa: E402
+from membership.services import submit_application  # noqa: E402
+from payments.models import Order  # noqa: E402
+from payments.providers import Payer  # noqa: E402
+from payments.services import start_payment  # noqa: E402
+from tests import fake_apis  # noqa: E402
+from tests.helpers import checkout_session, stripe_delivery, wechat_paid  # noqa: E402
+
+SETTINGS = {
+    "SECRET_KEY": "bench-secret-key",
+    "PAYMENT_PROVIDERS": "stripe,wechatpay",
+    "STRIPE_SECRET_KEY": fake_apis.STRIPE_SECRET_KEY,
+    "STRIPE_WEBHOOK_SECRET": fake_apis.STRIPE_WEBHOOK_SECRET,
+    "WECHATPAY_APP_ID": fake_apis.WECHAT_APP_ID,
+    "WECHATPAY_MCH_ID": fake_apis.WECHAT_MCH_ID,
+    "WECHATPAY_API_KEY": fake_apis.WECHAT_API_KEY,
+    "SERVER_NAME": "qunmen.test",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def database(kind: str, scratch: Path):
+    """A new, empty database URL: a SQLite file, or a database on TEST_DATABASE_URL."""
+    if kind == "sqlite":
+        yield f"sqlite:///{scratch / 'bench.sqlite3'}"
+        return
+    base = os.environ["TEST_DATABASE_URL"]
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield sa.make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def prepare(url: str, events: int) -> dict[str, list[tuple[bytes, dict[str, str]]]]:
+    """Migrate, seed, open ``events`` payments per provider; their signed deliveries."""
+    os.environ.update(SETTINGS)
+    os.environ["DATABASE_URL"] = url
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url})
+    deliveries: dict[str, list] = {"stripe": [], "wechatpay": []}
+    with app.app_context():
+        flask_migrate.upgrade(directory=str(ROOT / "migrations"))
+        seed_demo_community()
+        group = db.session.scalar(sa.select(Group).where(Group.name == "正式一群 · Main 1"))
+        group.platform, group.capacity = "telegram", 200_000  # room for everyone
+        tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+        for provider in deliveries:
+            for i in range(events):
+                application = submit_application(
+                    tier,
+                    display_name=f"压测{i}",
+                    contact_kind=ContactKind.WECHAT,
+                    contact_value=f"wx_bench{i:06d}",
+                    submission_key=new_token(24),
+                )
+                payment = start_payment(
+                    db.session.get(Order, application.order_id),
+                    provider,
+                    payer=Payer(),
+                    return_url="http://qunmen.test/",
+                    cancel_url="http://qunmen.test/",
+                    actor="bench",
+                )
+                db.session.flush()
+                if provider == "stripe":
+                    deliveries[provider].append(
+                        stripe_delivery("checkout.session.completed", checkout_session(payment))
+                    )
+                else:
+                    deliveries[provider].append(
+                        (wechat_paid(payment), {"Content-Type": "text/xml"})
+                    )
+        db.session.commit()
+        bare_metadata.create_all(db.engine)
+        for engine in db.engines.values():
+            engine.dispose()
+    return deliveries
+
+
+@contextmanager
+def gunicorn(app_spec: str, url: str):
+    port = free_port()
+    env = {**os.environ, **SETTINGS, "DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(  # noqa: S603 (our interpreter, our arguments)
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            app_spec,
+        ],
+        env=env,
+        cwd=ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            requests.get(base + "/healthz-probe", timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    try:
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _send(args) -> list[tuple[float, int]]:
+    url, batch = args
+    session = requests.Session()
+    results = []
+    for body, headers in batch:
+        start = time.perf_counter()
+        status = session.post(
+            url, data=body, headers={**headers, "Host": "qunmen.test"}, timeout=30
+        ).status_code
+        results.append((time.perf_counter() - start, status))
+    return results
+
+
+def load(url: str, deliveries: list, clients: int) -> dict[str, float]:
+    """Post every delivery from ``clients`` processes at once; rate and latencies."""
+    batches = [(url, deliveries[i::clients]) for i in range(clients)]
+    with ProcessPoolExecutor(max_workers=clients) as pool:
+        start = time.perf_counter()
+        results = [r for batch in pool.map(_send, batches) for r in batch]
+        elapsed = time.perf_counter() - start
+    latencies = sorted(r[0] for r in results)
+    return {
+        "rate": len(results) / elapsed,
+        "errors": sum(1 for _, status in results if status != 200),
+        "p50": statistics.median(latencies) * 1000,
+        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "max": latencies[-1] * 1000,
+    }
+
+
+def run(kind: str, events: int, clients: int) -> list[tuple[str, dict[str, float]]]:
+    with tempfile.TemporaryDirectory() as scratch, database(kind, Path(scratch)) as url:
+        deliveries = prepare(url, events)
+        bare_body = [
+            (body, {"Content-Type": "application/json"}) for body, _ in deliveries["stripe"]
+        ]
+        rows = []
+        with gunicorn("bench.bare:create_app()", url) as base:
+            rows.append(("bare INSERT endpoint", load(f"{base}/ingest", bare_body, clients)))
+        with gunicorn("app:create_app()", url) as base:
+            stripe_url, wechat_url = f"{base}/webhooks/stripe", f"{base}/webhooks/wechatpay"
+            rows.append(("Stripe, fresh payments", load(stripe_url, deliveries["stripe"], clients)))
+            rows.append(("Stripe, duplicates", load(stripe_url, deliveries["stripe"], clients)))
+            rows.append(
+                ("WeChat Pay, fresh payments", load(wechat_url, deliveries["wechatpay"], clients))
+            )
+            rows.append(
+                ("WeChat Pay, duplicates", load(wechat_url, deliveries["wechatpay"], clients))
+            )
+        return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
+    args = parser.parse_args()
+    kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
+    print(
+        f"webhook ingest: {args.events} events per scenario, {args.clients} client "
+        f"processes, gunicorn -w 2 (sync), {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'database':10} {'scenario':28} {'events/s':>9} {'vs bare':>8} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'max ms':>8} {'errors':>6}"
+    )
+    for kind in kinds:
+        rows = run(kind, args.events, args.clients)
+        bare = rows[0][1]["rate"]
+        for name, r in rows:
+            print(
+                f"{kind:10} {name:28} {r['rate']:9.1f} {r['rate'] / bare:8.2f} "
+                f"{r['p50']:8.1f} {r['p99']:8.1f} {r['max']:8.1f} {r['errors']:6d}"
+            )
+
+
+if __name__ == "__main__":
+    main()
