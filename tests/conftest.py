@@ -123,12 +123,14 @@ def dispose_engines(app: Flask) -> None:
 
 
 @contextmanager
-def fresh_database(tmp_path, api_server) -> Iterator[Flask]:
+def fresh_database(tmp_path, api_server, **overrides) -> Iterator[Flask]:
     """An app on a database of its own that commits for real: a new SQLite file, or a new
-    database on the PostgreSQL server of ``TEST_DATABASE_URL``."""
+    database on the PostgreSQL server of ``TEST_DATABASE_URL``. ``overrides`` change
+    settings."""
     base = os.environ.get("TEST_DATABASE_URL")
     if base is None:
-        app = create_app(app_config(f"sqlite:///{tmp_path / 'committing.sqlite3'}", *api_server))
+        sqlite_url = f"sqlite:///{tmp_path / 'committing.sqlite3'}"
+        app = create_app(app_config(sqlite_url, *api_server) | overrides)
         try:
             reset_schema(app)
             yield app
@@ -140,7 +142,7 @@ def fresh_database(tmp_path, api_server) -> Iterator[Flask]:
     with admin_engine.connect() as connection:
         connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
     url = sa.make_url(base).set(database=name)
-    app = create_app(app_config(url.render_as_string(hide_password=False), *api_server))
+    app = create_app(app_config(url.render_as_string(hide_password=False), *api_server) | overrides)
     try:
         reset_schema(app)
         yield app

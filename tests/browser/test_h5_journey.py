@@ -1,0 +1,142 @@
+"""The H5 journey in a real headless Chromium (Debian's), at a phone's size with WeChat's
+user agent: join page, form errors, the fake cashier, the member page with its QR code.
+A screenshot of each step goes to test-output/screenshots/."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+from werkzeug.serving import make_server
+
+from core.db import db
+from membership.cli import seed_demo_community
+from tests.conftest import fresh_database
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
+WECHAT_UA = (
+    "Mozilla/5.0 (Linux; Android 13; Pixel 7) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/116.0 Mobile Safari/537.36 MicroMessenger/8.0.47.2560(0x28002F35) "
+    "WeChat/arm64 NetType/WIFI Language/zh_CN"
+)
+#: Chromium's own calls home are refused on this closed network; keep it quiet.
+CHROMIUM_ARGS = [
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def live_server(tmp_path, _api_server):
+    """The app, with the demo community and only the fake provider, on a loopback port."""
+    with fresh_database(tmp_path, _api_server, SERVER_NAME=None, PAYMENT_PROVIDERS=["fake"]) as app:
+        with app.app_context():
+            seed_demo_community()
+            db.session.commit()
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}"
+        finally:
+            server.shutdown()
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: bin/test installs Debian's chromium package")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def phone(browser) -> Page:
+    context = browser.new_context(
+        viewport={"width": 360, "height": 640},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+        user_agent=WECHAT_UA,
+        locale="zh-CN",
+    )
+    return context.new_page()
+
+
+def shot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+
+
+def fits_the_screen(page: Page) -> bool:
+    """No sideways scrolling at 360 px."""
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+@pytest.mark.committing
+def test_join_journey_on_a_phone(live_server, browser):
+    page = phone(browser)
+    page.goto(f"{live_server}/join/demo")
+    expect(page.locator("h1")).to_have_text("群门读书会")
+    expect(page.locator("#tier-main .price")).to_have_text("¥99.00")
+    assert fits_the_screen(page)
+    shot(page, "01-join-page")
+
+    page.locator("#tier-main a.button").click()
+    expect(page.locator("h1")).to_have_text("正式成员 · Member")
+    shot(page, "02-join-form")
+
+    page.get_by_role("button", name="去支付 ¥99.00 · Pay").click()
+    expect(page.locator("[role=alert]")).to_contain_text("请修改下面标红的内容")
+    expect(page.locator("#display_name-errors")).to_contain_text("必填")
+    expect(page.locator("#accept_rules-errors")).to_contain_text("请阅读并同意群规")
+    assert fits_the_screen(page)
+    shot(page, "03-form-errors")
+
+    page.fill("#display_name", "读书人小王")
+    page.fill("#contact_value", "wang_reader88")
+    page.check("#accept_rules")
+    page.get_by_role("button", name="去支付 ¥99.00 · Pay").click()
+    expect(page.locator(".price")).to_have_text("¥99.00")
+    shot(page, "04-fake-cashier")
+
+    page.get_by_role("button", name="确认支付 · Pay").click()
+    expect(page.locator("#member-number")).to_have_text("0001")
+    qr = page.locator("img.qr")
+    expect(qr).to_be_visible()
+    assert qr.evaluate("img => img.complete && img.naturalWidth > 0")
+    assert fits_the_screen(page)
+    shot(page, "05-member-number-and-qr")
+
+    member_link = page.locator("#member-link").inner_text().strip()
+    other = phone(browser)
+    other.goto(f"{live_server}/me")
+    expect(other.locator("h1")).to_contain_text("请用你的专属链接打开")
+    other.goto(member_link)
+    expect(other.locator("#member-number")).to_have_text("0001")
+    expect(other.locator("img.qr")).to_be_visible()
+    shot(other, "06-member-page")
+
+
+@pytest.mark.committing
+def test_failed_payment_and_retry_on_a_phone(live_server, browser):
+    page = phone(browser)
+    page.goto(f"{live_server}/join/demo/main")
+    page.fill("#display_name", "小李")
+    page.check("#contact_kind-1")  # phone
+    page.fill("#contact_value", "13800138000")
+    page.check("#accept_rules")
+    page.get_by_role("button", name="去支付 ¥99.00 · Pay").click()
+    page.get_by_role("button", name="模拟失败 · Simulate a failure").click()
+    expect(page.locator("[role=alert]")).to_contain_text("支付失败")
+    shot(page, "07-payment-failed")
+    page.get_by_role("button", name="重新支付 · Pay again ¥99.00").click()
+    page.get_by_role("button", name="确认支付 · Pay").click()
+    expect(page.locator("#member-number")).to_have_text("0001")
