@@ -113,9 +113,10 @@ def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
         payment, changed = apply_notification(notification, event.provider, now=now)
         event.payment_id = payment.id if payment else None
         if payment is None:
-            event.status = InboxStatus.IGNORED
+            status = InboxStatus.IGNORED
         else:
-            event.status = InboxStatus.PROCESSED if changed else InboxStatus.DUPLICATE
+            status = InboxStatus.PROCESSED if changed else InboxStatus.DUPLICATE
+        event.status = status
         event.processed_at = now
         db.session.commit()
     except PaymentMismatch as error:
@@ -124,7 +125,8 @@ def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
         log.exception("webhook event %s from %s failed", notification.event_id, event.provider)
         detail = f"{type(error).__name__}: {error}"
         return _finish(_rolled_back(event), InboxStatus.FAILED, detail, now)
-    return InboxResult(event.status, "ok")
+    # Not event.status: reading it after the commit would load the row again.
+    return InboxResult(status, "ok")
 
 
 def failed_events() -> list[WebhookEvent]:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core import audit
 from core.clock import utcnow
@@ -202,12 +203,14 @@ def _lock_payment(public_id: str | None) -> Payment | None:
         .execution_options(populate_existing=True)
     )
     if payment is not None:
-        db.session.scalar(
+        order = db.session.scalar(
             sa.select(Order)
             .where(Order.id == payment.order_id)
             .with_for_update()
             .execution_options(populate_existing=True)
         )
+        # Held by the payment, so the session's weak identity map keeps it loaded.
+        set_committed_value(payment, "order", order)
     return payment
 
 
