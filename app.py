@@ -6,12 +6,15 @@ from collections.abc import Mapping
 
 from flask import Flask, render_template
 from flask_migrate import Migrate
+from sqlalchemy.exc import OperationalError
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config as settings
 from core.auth import bp as auth_bp
 from core.auth import login_manager
 from core.clock import local_time
 from core.db import db, init_db
+from core.observability import init_observability
 from core.security import csrf
 from membership import admin as membership_admin
 from membership import cli as membership_cli
@@ -36,6 +39,9 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     if config:
         app.config.from_mapping(config)
 
+    if proxies := app.config["TRUSTED_PROXIES"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
+    init_observability(app)
     init_db(app)
     migrate.init_app(app, db, directory=str(app.root_path + "/migrations"))
     login_manager.init_app(app)
@@ -70,6 +76,7 @@ def _register_error_pages(app: Flask) -> None:
         405: ("不支持的操作", "Method not allowed"),
         413: ("内容太大", "Too large"),
         500: ("服务器出错了，请稍后再试", "Something went wrong, please try again later"),
+        503: ("服务暂时不可用，请稍后再试", "Temporarily unavailable, please try again shortly"),
     }
     for code, (zh, en) in messages.items():
 
@@ -77,3 +84,12 @@ def _register_error_pages(app: Flask) -> None:
             return render_template("errors/error.html", code=code, zh=zh, en=en), code
 
         app.register_error_handler(code, handler)
+
+    @app.errorhandler(OperationalError)
+    def database_unreachable(error):
+        """The database is down or unreachable: a friendly page, and a 503 so that
+        clients and load balancers retry."""
+        app.logger.error("database unreachable: %s", error.orig)
+        db.session.rollback()
+        zh, en = messages[503]
+        return render_template("errors/error.html", code=503, zh=zh, en=en), 503

@@ -65,6 +65,11 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         "ORDER_TTL_MINUTES": int(os.environ.get("ORDER_TTL_MINUTES", "30")),
         # Uploaded group QR images larger than this are refused.
         "MAX_CONTENT_LENGTH": int(os.environ.get("MAX_CONTENT_LENGTH", str(2 * 1024 * 1024))),
+        # How many reverse proxies in front of the app set X-Forwarded-For/-Proto/-Host.
+        "TRUSTED_PROXIES": int(os.environ.get("TRUSTED_PROXIES", "0")),
+        # "json": one JSON object per log line, with the request id; "text" for a terminal.
+        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "json"),
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": os.environ.get("SESSION_COOKIE_SECURE", "0") == "1",

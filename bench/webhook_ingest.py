@@ -128,12 +128,21 @@ def prepare(url: str, events: int) -> dict[str, list[tuple[bytes, dict[str, str]
 @contextmanager
 def gunicorn(app_spec: str, url: str):
     port = free_port()
-    env = {**os.environ, **SETTINGS, "DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        **SETTINGS,
+        "DATABASE_URL": url,
+        "PYTHONPATH": str(ROOT),
+        "ACCESS_LOG": "/dev/null",
+        "LOG_LEVEL": "warning",
+    }
     process = subprocess.Popen(  # noqa: S603 (our interpreter, our arguments)
         [
             sys.executable,
             "-m",
             "gunicorn",
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
             "-w",
             "2",
             "-b",
@@ -220,7 +229,7 @@ def main() -> None:
     kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
     print(
         f"webhook ingest: {args.events} events per scenario, {args.clients} client "
-        f"processes, gunicorn -w 2 (sync), {os.cpu_count()} CPUs"
+        f"processes, gunicorn -c gunicorn.conf.py -w 2, {os.cpu_count()} CPUs"
     )
     print(
         f"{'database':10} {'scenario':28} {'events/s':>9} {'vs bare':>8} {'p50 ms':>8} "

@@ -169,6 +169,8 @@ def _rolled_back(event: WebhookEvent) -> WebhookEvent:
 
 def _finish(event: WebhookEvent, status: InboxStatus, detail: str, now: datetime) -> InboxResult:
     """Record how a delivery ended, commit, and give the answer."""
+    if status is InboxStatus.REJECTED:
+        log.warning("webhook from %s refused: %s", event.provider, detail)
     event.status = status
     event.detail = detail[:2000]
     event.processed_at = now

@@ -4,6 +4,7 @@ inbox's door, the fake provider's cashier and the WeChat Pay pages (QR code, JSA
 from __future__ import annotations
 
 import io
+import logging
 
 import qrcode
 import sqlalchemy as sa
@@ -20,6 +21,7 @@ from flask import (
 )
 from flask_wtf import FlaskForm
 from qrcode.image.svg import SvgPathImage
+from sqlalchemy.exc import OperationalError
 from wtforms import SubmitField
 
 from core.clock import utcnow
@@ -31,6 +33,8 @@ from payments.providers import EventKind, Payer, ProviderError, get_provider
 from payments.providers.fake import FakeProvider
 from payments.providers.wechatpay import WeChatPayProvider
 from payments.services import PaymentError, register_with_provider, start_payment
+
+log = logging.getLogger(__name__)
 
 #: Notifications are small; anything larger is refused unread.
 MAX_NOTIFICATION_BYTES = 1024 * 1024
@@ -102,7 +106,13 @@ def receive(provider_name: str):
     if len(body) > MAX_NOTIFICATION_BYTES:
         result = inbox.refuse(provider_name, headers, "body over 1 MB")
         return provider.acknowledge(False, result.message, 413)
-    result = inbox.receive(provider_name, body, headers)
+    try:
+        result = inbox.receive(provider_name, body, headers)
+    except OperationalError:
+        # The database is unreachable: nothing was stored; the provider must deliver again.
+        log.exception("webhook from %s not stored: database unreachable", provider_name)
+        db.session.rollback()
+        return provider.acknowledge(False, "database unavailable", 503)
     return provider.acknowledge(result.accepted, result.message, result.http_status)
 
 
