@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config as settings
+from core import outbox  # noqa: F401 (its model is part of the schema)
 from core.auth import bp as auth_bp
 from core.auth import login_manager
 from core.clock import local_time
@@ -57,6 +58,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.register_blueprint(auth_bp)
 
     app.cli.add_command(membership_cli.seed_demo_command)
+    app.cli.add_command(membership_cli.expire_memberships_command)
     app.cli.add_command(payments_cli)
 
     order_paid.connect(admit_paid_application)

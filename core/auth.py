@@ -6,7 +6,6 @@ Passwords are hashed with Werkzeug's scrypt; sessions go through Flask-Login.
 from __future__ import annotations
 
 from datetime import datetime
-from urllib.parse import urlsplit
 
 import click
 import sqlalchemy as sa
@@ -21,6 +20,7 @@ from wtforms.validators import DataRequired, Email, Length
 from core import audit
 from core.clock import utcnow
 from core.db import UTCDateTime, db
+from core.security import same_site_path
 
 login_manager = LoginManager()
 login_manager.login_view = "auth.login"
@@ -82,20 +82,6 @@ class LoginForm(FlaskForm):
     password = PasswordField("密码 · Password", validators=[DataRequired(), Length(max=200)])
 
 
-def _safe_next(target: str | None) -> str:
-    """Only same-site paths are followed after login (no open redirect)."""
-    # Browsers read "/\\host" like "//host": refuse backslashes outright.
-    if (
-        target
-        and target.startswith("/")
-        and not target.startswith("//")
-        and "\\" not in target
-        and not urlsplit(target).netloc
-    ):
-        return target
-    return url_for("membership_admin.dashboard")
-
-
 @bp.route("/admin/login", methods=["GET", "POST"])
 def login():
     form = LoginForm()
@@ -105,7 +91,8 @@ def login():
         )
         if user and user.active and user.check_password(form.password.data):
             login_user(user)
-            return redirect(_safe_next(request.args.get("next")))
+            target = same_site_path(request.args.get("next"))
+            return redirect(target or url_for("membership_admin.dashboard"))
         flash("邮箱或密码不正确 · Wrong e-mail or password", "error")
     return render_template("auth/login.html", form=form)
 

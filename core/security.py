@@ -5,10 +5,25 @@ from __future__ import annotations
 import hmac
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import current_app
 from flask_wtf.csrf import CSRFProtect
 from itsdangerous import BadSignature, URLSafeSerializer
+
+
+def same_site_path(target: str | None) -> str | None:
+    """``target`` if it is a path on this site, else None: never an open redirect.
+    Browsers read "/\\host" like "//host", so backslashes are refused outright."""
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and not urlsplit(target).netloc
+    ):
+        return target
+    return None
 
 
 def new_token(nbytes: int = 24) -> str:

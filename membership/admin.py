@@ -1,6 +1,9 @@
-"""Admin pages for communities, tiers, groups and members."""
+"""Admin pages for communities, tiers, groups and members, activity and purges."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, time
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -10,13 +13,21 @@ from wtforms import SelectChoice
 from core import audit
 from core.clock import utcnow
 from core.db import db
-from membership.forms import CommunityForm, GroupForm, TierForm
+from membership.forms import ActivityForm, CommunityForm, GroupForm, PurgeForm, TierForm
+from membership.lifecycle import (
+    PurgeRefused,
+    identifiers_from_csv,
+    mark_active,
+    purge_candidates,
+    run_purge,
+)
 from membership.models import (
     Community,
     Group,
     Invitation,
     InvitationStatus,
     Member,
+    Purge,
     Tier,
     TierAudience,
     TierKind,
@@ -244,3 +255,55 @@ def members(community_id: int):
         per_page=PAGE_SIZE,
     )
     return render_template("admin/members.html", community=community, page=page)
+
+
+@bp.route("/communities/<int:community_id>/activity", methods=["GET", "POST"])
+def activity(community_id: int):
+    """Mark members active, by hand or from a CSV, before a purge."""
+    community = _get(Community, community_id)
+    form = ActivityForm()
+    result = None
+    if form.validate_on_submit():
+        identifiers = [line.strip() for line in (form.identifiers.data or "").splitlines()]
+        if form.csv_file.data:
+            identifiers += identifiers_from_csv(form.csv_file.data.read())
+        identifiers = [i for i in identifiers if i]
+        marked, unmatched = mark_active(community, identifiers, actor=current_user.actor)
+        db.session.commit()
+        result = {"marked": marked, "unmatched": unmatched}
+    return render_template("admin/activity.html", community=community, form=form, result=result)
+
+
+def _local_midnight(community: Community, day) -> datetime:
+    """The start of ``day`` in the community's time zone, as aware UTC."""
+    return datetime.combine(day, time(), ZoneInfo(community.time_zone)).astimezone(UTC)
+
+
+@bp.route("/communities/<int:community_id>/purge", methods=["GET", "POST"])
+def purge(community_id: int):
+    """Preview, then run, a purge of members not active since a date."""
+    community = _get(Community, community_id)
+    form = PurgeForm(
+        request.form if request.method == "POST" else request.args,
+        meta={"csrf": request.method == "POST"},
+    )
+    candidates = None
+    if form.inactive_since.data and form.validate():
+        inactive_since = _local_midnight(community, form.inactive_since.data)
+        if request.method == "POST":
+            try:
+                done = run_purge(community, inactive_since, actor=current_user.actor)
+            except PurgeRefused as refusal:
+                db.session.rollback()
+                flash(str(refusal), "error")
+            else:
+                db.session.commit()
+                flash(f"已清退 {done.purged_count} 位成员 · {done.purged_count} purged", "ok")
+            return redirect(url_for(".purge", community_id=community.id))
+        candidates = purge_candidates(community, inactive_since)
+    purges = db.session.scalars(
+        sa.select(Purge).where(Purge.community_id == community.id).order_by(Purge.id.desc())
+    ).all()
+    return render_template(
+        "admin/purge.html", community=community, form=form, candidates=candidates, purges=purges
+    )

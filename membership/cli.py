@@ -13,6 +13,7 @@ from qrcode.image.pure import PyPNGImage
 from core import audit
 from core.clock import utcnow
 from core.db import db
+from membership.lifecycle import expire_memberships
 from membership.models import Community, Group, Tier, TierAudience, TierKind
 
 DEMO_SLUG = "demo"
@@ -108,3 +109,12 @@ def seed_demo_command() -> None:
     community = seed_demo_community()
     db.session.commit()
     click.echo(f"Demo community ready: /join/{community.slug}")
+
+
+@click.command("expire-memberships")
+@with_appcontext
+def expire_memberships_command() -> None:
+    """End memberships whose term ran out and revoke their invitations (run daily)."""
+    count = expire_memberships()
+    db.session.commit()
+    click.echo(f"{count} memberships expired")

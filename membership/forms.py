@@ -8,6 +8,7 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileSize
 from wtforms import (
     BooleanField,
+    DateField,
     HiddenField,
     IntegerField,
     RadioField,
@@ -212,3 +213,55 @@ class GroupForm(FlaskForm):
         limit = PLATFORMS[self.platform.data].max_members if self.platform.data in PLATFORMS else 0
         if field.data is not None and field.data > limit:
             raise ValidationError(f"该平台一个群最多 {limit} 人 · At most {limit} on this platform")
+
+
+class MemberLoginForm(FlaskForm):
+    """A member asks for a one-time code at their phone number or e-mail address."""
+
+    contact_kind = RadioField(
+        "联系方式 · Contact",
+        choices=[
+            SelectChoice(ContactKind.PHONE.value, "手机号 · Phone"),
+            SelectChoice(ContactKind.EMAIL.value, "邮箱 · E-mail"),
+        ],
+        default=ContactKind.PHONE.value,
+        validators=[InputRequired(REQUIRED)],
+    )
+    contact_value = StringField(
+        "加入时填写的手机号或邮箱 · The phone or e-mail you joined with",
+        filters=[_strip],
+        validators=[DataRequired(REQUIRED), Length(max=254, message="太长了 · Too long")],
+    )
+
+    validate_contact_value = JoinForm.validate_contact_value
+
+
+class LoginCodeForm(FlaskForm):
+    code = StringField(
+        "验证码 · Code",
+        filters=[_strip],
+        validators=[
+            DataRequired(REQUIRED),
+            Regexp(r"^[0-9]{6}$", message="6位数字 · Six digits"),
+        ],
+    )
+
+
+class ActivityForm(FlaskForm):
+    """Members seen taking part: numbers or nicknames, typed or in a CSV's first column."""
+
+    identifiers = TextAreaField(
+        "成员编号或昵称，每行一个 · Member numbers or nicknames, one per line",
+        validators=[Length(max=200_000)],
+    )
+    csv_file = FileField(
+        "或上传CSV（第一列）· Or a CSV file (first column)",
+        validators=[FileAllowed(["csv", "txt"], "仅限CSV · CSV only")],
+    )
+
+
+class PurgeForm(FlaskForm):
+    inactive_since = DateField(
+        "清退此日期之后未活跃的成员 · Purge members not active since",
+        validators=[InputRequired(REQUIRED)],
+    )

@@ -153,6 +153,8 @@ class Member(db.Model):
     #: ``number`` in the community's pattern when it was given, e.g. ``0042``.
     number_label: Mapped[str | None] = mapped_column(sa.String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: When admins last saw them take part; a purge ends members not active since a date.
+    last_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     community: Mapped[Community] = relationship()
     memberships: Mapped[list[Membership]] = relationship(
@@ -162,13 +164,37 @@ class Member(db.Model):
         back_populates="member", order_by="Invitation.id"
     )
 
-    __table_args__ = (sa.UniqueConstraint("community_id", "number"),)
+    __table_args__ = (
+        sa.UniqueConstraint("community_id", "number"),
+        sa.Index(None, "community_id", "contact_kind", "contact_value"),
+    )
+
+    def current_membership(self) -> Membership | None:
+        return next((m for m in self.memberships if m.status in CURRENT_MEMBERSHIP_STATUSES), None)
+
+    @property
+    def may_reenter(self) -> bool:
+        """A numbered member whose access lapsed (expired or purged) and who holds none
+        now: they may come back at the re-entry price."""
+        return (
+            self.number is not None
+            and self.current_membership() is None
+            and any(m.status in LAPSED_MEMBERSHIP_STATUSES for m in self.memberships)
+        )
 
 
 class MembershipStatus(StrEnum):
     ACTIVE = "active"
     SUSPENDED = "suspended"  #: its payment is disputed; access back if the dispute is won
     ENDED = "ended"  #: refunded, or the dispute was lost
+    EXPIRED = "expired"  #: its days ran out
+    PURGED = "purged"  #: ended by a purge of inactive members
+
+
+#: Memberships after which a member may come back at a re-entry price.
+LAPSED_MEMBERSHIP_STATUSES = (MembershipStatus.EXPIRED, MembershipStatus.PURGED)
+#: Memberships that are still the member's (access now, or pending a dispute).
+CURRENT_MEMBERSHIP_STATUSES = (MembershipStatus.ACTIVE, MembershipStatus.SUSPENDED)
 
 
 class Membership(db.Model):
@@ -256,3 +282,43 @@ class Invitation(db.Model):
     @property
     def is_valid(self) -> bool:
         return self.status in LIVE_INVITATION_STATUSES and self.group is not None
+
+
+class LoginCode(db.Model):
+    """A one-time code sent to a member's contact to log in to their page."""
+
+    __tablename__ = "login_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: Unguessable; names the pending login in its URL.
+    public_id: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"))
+    #: None when nobody has that contact: the code can never succeed, and the asker is
+    #: not told whether the contact belongs to a member.
+    member_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"))
+    contact_kind: Mapped[ContactKind] = mapped_column(enum_column(ContactKind))
+    contact_value: Mapped[str] = mapped_column(sa.String(254))
+    #: HMAC of the code under the app's secret key; the code itself is never stored.
+    code_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(default=0)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (sa.Index(None, "contact_kind", "contact_value", "created_at"),)
+
+
+class Purge(db.Model):
+    """One purge of inactive members ("大清洗"): who ran it, the cut-off, how many."""
+
+    __tablename__ = "purges"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"))
+    #: Members not active since this time lost their access.
+    inactive_since: Mapped[datetime] = mapped_column(UTCDateTime)
+    run_by: Mapped[str] = mapped_column(sa.String(64))
+    run_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    purged_count: Mapped[int]
+
+    __table_args__ = (sa.UniqueConstraint("community_id", "inactive_since"),)

@@ -39,30 +39,81 @@ class JoinRefused(Exception):
     """The prospect cannot join this tier now; the message says why, Chinese first."""
 
 
-def check_tier_open(tier: Tier) -> None:
-    """Raise :class:`JoinRefused` unless prospects may join ``tier`` from the join page."""
+class AlreadyAMember(JoinRefused):
+    """The contact given belongs to a member: they must log in first, so one person is
+    never two members of one community."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "该联系方式已是本社群成员，请先登录 · This contact belongs to a member: "
+            "please log in first"
+        )
+
+
+def normalise_contact(kind: ContactKind, value: str) -> str:
+    """One spelling per contact, so that the same person is found again: e-mail and WeChat
+    IDs in lower case, mainland phone numbers without the +86."""
+    value = value.strip()
+    if kind is ContactKind.PHONE:
+        value = value.replace(" ", "").replace("-", "")
+        for prefix in ("+86", "86"):
+            if value.startswith(prefix) and len(value) == len(prefix) + 11:
+                return value.removeprefix(prefix)
+        return value
+    return value.lower()
+
+
+def find_member(community_id: int, kind: ContactKind, value: str) -> Member | None:
+    return db.session.scalar(
+        sa.select(Member).where(
+            Member.community_id == community_id,
+            Member.contact_kind == kind,
+            Member.contact_value == normalise_contact(kind, value),
+        )
+    )
+
+
+def check_tier_open(tier: Tier, member: Member | None = None) -> None:
+    """Raise :class:`JoinRefused` unless ``tier`` takes this applicant now: anyone from the
+    join page, or, for a re-entry tier, a logged-in member whose access lapsed."""
     if not tier.active:
         raise JoinRefused("该档位已停止报名 · This tier is closed to new members")
-    if tier.audience is not TierAudience.EVERYONE:
-        raise JoinRefused(
-            "该档位仅限回归的老成员，请先登录 · This tier is for returning members only"
-        )
+    if member is not None and member.community_id != tier.community_id:
+        member = None
+    if tier.audience is TierAudience.RETURNING:
+        if member is None:
+            raise JoinRefused(
+                "该档位仅限回归的老成员，请先登录 · This tier is for returning members: "
+                "please log in first"
+            )
+        if not member.may_reenter:
+            raise JoinRefused(
+                "回归价仅限曾被清退或到期的老成员 · The re-entry price is for former members "
+                "whose access was purged or ran out"
+            )
+    if member is not None:
+        current = member.current_membership()
+        if current is not None and current.tier_id == tier.id:
+            raise JoinRefused("你已是该档位成员 · You are a member of this tier already")
 
 
 def submit_application(
     tier: Tier,
     *,
     display_name: str,
-    contact_kind: ContactKind,
-    contact_value: str,
+    contact_kind: ContactKind | None,
+    contact_value: str | None,
     submission_key: str,
+    member: Member | None = None,
     now: datetime | None = None,
 ) -> Application:
-    """Record a prospect's application to ``tier`` (flushed).
+    """Record an application to ``tier`` (flushed), by a prospect or by a logged-in
+    ``member`` (whose contact and number it keeps).
 
     A paid tier gets an order at the tier's price, to be paid next; a free tier admits the
-    prospect at once. The same ``submission_key`` (one rendering of the join form) always
-    gives back the first application, so a form sent twice makes one order.
+    applicant at once. The same ``submission_key`` (one rendering of the join form) always
+    gives back the first application, so a form sent twice makes one order. A prospect
+    giving a member's contact is refused with :class:`AlreadyAMember`.
     """
     now = now or utcnow()
     existing = db.session.scalar(
@@ -70,7 +121,13 @@ def submit_application(
     )
     if existing is not None:
         return existing
-    check_tier_open(tier)
+    check_tier_open(tier, member)
+    if member is None:
+        contact_value = normalise_contact(contact_kind, contact_value)
+        if find_member(tier.community_id, contact_kind, contact_value) is not None:
+            raise AlreadyAMember()
+    else:
+        contact_kind, contact_value = member.contact_kind, member.contact_value
     application = Application(
         public_id=new_token(16),
         submission_key=submission_key,
@@ -81,20 +138,22 @@ def submit_application(
         contact_value=contact_value,
         rules_accepted_at=now,
         status=ApplicationStatus.AWAITING_PAYMENT,
+        member=member,
         created_at=now,
     )
+    actor = f"member:{member.id}" if member else "prospect"
     if tier.kind is TierKind.PAID:
         order = create_order(
-            tier.price_money, f"{tier.community.name} · {tier.name}", actor="prospect", now=now
+            tier.price_money, f"{tier.community.name} · {tier.name}", actor=actor, now=now
         )
         db.session.flush()
         application.order_id = order.id
     db.session.add(application)
     audit.record(
-        "application.submitted", application, actor="prospect", data={"tier": tier.code}, now=now
+        "application.submitted", application, actor=actor, data={"tier": tier.code}, now=now
     )
     if tier.kind is TierKind.FREE:
-        admit(application, actor="prospect", now=now)
+        admit(application, actor=actor, now=now)
     return application
 
 
@@ -106,19 +165,22 @@ def admit_paid_application(order: Order, *, now: datetime) -> None:
 
 
 def admit(application: Application, *, actor: str, now: datetime) -> Member:
-    """Make the applicant a member of the tier: a member (numbered for a paid tier), a
-    membership and an invitation to the first of the tier's groups with room."""
+    """Give the applicant a membership of the tier and an invitation to the first of its
+    groups with room. A newcomer becomes a member; a returning member keeps their record
+    and number. A member's first paid tier gives them the next number."""
     tier = application.tier
-    member = Member(
-        community_id=application.community_id,
-        display_name=application.display_name,
-        contact_kind=application.contact_kind,
-        contact_value=application.contact_value,
-        created_at=now,
-    )
-    if tier.kind is TierKind.PAID:
+    member = application.member
+    if member is None:
+        member = Member(
+            community_id=application.community_id,
+            display_name=application.display_name,
+            contact_kind=application.contact_kind,
+            contact_value=application.contact_value,
+            created_at=now,
+        )
+        db.session.add(member)
+    if tier.kind is TierKind.PAID and member.number is None:
         member.number, member.number_label = allocate_member_number(application.community_id)
-    db.session.add(member)
     membership = Membership(
         member=member,
         tier=tier,
@@ -149,19 +211,15 @@ _WITHDRAWN_STATUS = {
 }
 
 
-def withdraw_paid_access(order: Order, *, now: datetime, reason: str) -> None:
-    """``access_withdrawn`` receiver: the membership the order paid for is suspended or
-    ended and its invitations revoked. Idempotent."""
-    membership = db.session.scalar(sa.select(Membership).where(Membership.order_id == order.id))
-    if membership is None:
-        return
-    status = _WITHDRAWN_STATUS[reason]
+def end_membership(
+    membership: Membership, status: MembershipStatus, *, reason: str, actor: str, now: datetime
+) -> bool:
+    """Stop a membership's access: its status changes and its invitations are revoked.
+    Returns False when it already had that status."""
     if membership.status is status:
-        return
+        return False
     membership.status = status
-    audit.record(
-        f"membership.{status}", membership, actor="system", data={"reason": reason}, now=now
-    )
+    audit.record(f"membership.{status}", membership, actor=actor, data={"reason": reason}, now=now)
     for invitation in membership.member.invitations:
         if invitation.membership_id == membership.id and invitation.status in (
             *LIVE_INVITATION_STATUSES,
@@ -169,8 +227,19 @@ def withdraw_paid_access(order: Order, *, now: datetime, reason: str) -> None:
         ):
             invitation.status = InvitationStatus.REVOKED
             audit.record(
-                "invitation.revoked", invitation, actor="system", data={"reason": reason}, now=now
+                "invitation.revoked", invitation, actor=actor, data={"reason": reason}, now=now
             )
+    return True
+
+
+def withdraw_paid_access(order: Order, *, now: datetime, reason: str) -> None:
+    """``access_withdrawn`` receiver: the membership the order paid for is suspended or
+    ended and its invitations revoked. Idempotent."""
+    membership = db.session.scalar(sa.select(Membership).where(Membership.order_id == order.id))
+    if membership is not None:
+        end_membership(
+            membership, _WITHDRAWN_STATUS[reason], reason=reason, actor="system", now=now
+        )
 
 
 def restore_paid_access(order: Order, *, now: datetime) -> None:
@@ -226,7 +295,7 @@ def _first_group_with_room(tier_id: int) -> Group | None:
 def issue_invitation(membership: Membership, *, actor: str, now: datetime) -> Invitation:
     """An invitation for the membership's member to the first of its tier's groups with
     room; when every group is full the invitation waits for admins to add room."""
-    group = _first_group_with_room(membership.tier_id)
+    group = _first_group_with_room(membership.tier.id)  # tier_id is unset until a flush
     invitation = Invitation(
         token=new_token(24),
         member=membership.member,

@@ -12,27 +12,36 @@ from flask import (
     abort,
     redirect,
     render_template,
+    request,
     session,
     url_for,
 )
 from sqlalchemy.exc import IntegrityError
 from wtforms import SelectChoice
 
+from core import outbox
 from core.db import db
-from core.security import new_token, sign, unsign
-from membership.forms import JoinForm, PayAgainForm
+from core.security import new_token, same_site_path, sign, unsign
+from membership.forms import JoinForm, LoginCodeForm, MemberLoginForm, PayAgainForm
+from membership.login import LoginRefused, request_code, verify_code
 from membership.models import (
     Application,
     ApplicationStatus,
     Community,
     ContactKind,
     Invitation,
+    LoginCode,
     Member,
     Tier,
     TierAudience,
     TierKind,
 )
-from membership.services import JoinRefused, check_tier_open, submit_application
+from membership.services import (
+    AlreadyAMember,
+    JoinRefused,
+    check_tier_open,
+    submit_application,
+)
 from payments.models import Order, OrderStatus
 from payments.providers import enabled_providers
 from payments.views import send_to_provider
@@ -50,15 +59,34 @@ def _community(slug: str) -> Community:
     return community
 
 
-def _listed_tiers(community: Community) -> list[Tier]:
-    return [t for t in community.tiers if t.active and t.audience is TierAudience.EVERYONE]
+def logged_in_member(community: Community | None = None) -> Member | None:
+    """The member this browser is logged in as (of ``community``, when given)."""
+    member_id = session.get(MEMBER_SESSION_KEY)
+    member = db.session.get(Member, member_id) if isinstance(member_id, int) else None
+    if member is None or (community is not None and member.community_id != community.id):
+        return None
+    return member
+
+
+def _listed_tiers(community: Community, member: Member | None) -> list[Tier]:
+    """Tiers offered on the join page: re-entry tiers only to members who may re-enter."""
+    returning = member is not None and member.may_reenter
+    return [
+        t
+        for t in community.tiers
+        if t.active and (t.audience is TierAudience.EVERYONE or returning)
+    ]
 
 
 @bp.get("/join/<slug>")
 def community_page(slug: str):
     community = _community(slug)
+    member = logged_in_member(community)
     return render_template(
-        "join/community.html", community=community, tiers=_listed_tiers(community)
+        "join/community.html",
+        community=community,
+        tiers=_listed_tiers(community, member),
+        member=member,
     )
 
 
@@ -69,8 +97,13 @@ def _offer_providers(form: JoinForm | PayAgainForm) -> None:
         form.provider.data = form.provider.choices[0].value
 
 
-def _join_form(tier: Tier) -> JoinForm:
+def _join_form(tier: Tier, member: Member | None) -> JoinForm:
     form = JoinForm()
+    if member is not None:
+        # A member joins as themselves: their contact is known and verified.
+        del form.contact_kind, form.contact_value
+        if not form.is_submitted():
+            form.display_name.data = member.display_name
     if tier.kind is TierKind.FREE:
         del form.provider  # nothing to pay
     else:
@@ -88,25 +121,40 @@ def join(slug: str, tier_code: str):
     )
     if tier is None:
         abort(404)
+    member = logged_in_member(community)
     try:
-        check_tier_open(tier)
+        check_tier_open(tier, member)
     except JoinRefused as refusal:
         return render_template(
-            "join/closed.html", community=community, tier=tier, reason=str(refusal)
+            "join/closed.html", community=community, tier=tier, reason=str(refusal), member=member
         ), 403
-    form = _join_form(tier)
+    form = _join_form(tier, member)
     if not form.validate_on_submit():
         status = 422 if form.is_submitted() else 200
-        return render_template("join/form.html", community=community, tier=tier, form=form), status
+        return render_template(
+            "join/form.html", community=community, tier=tier, form=form, member=member
+        ), status
     try:
         application = submit_application(
             tier,
             display_name=form.display_name.data,
-            contact_kind=ContactKind(form.contact_kind.data),
-            contact_value=form.contact_value.data,
+            contact_kind=ContactKind(form.contact_kind.data) if member is None else None,
+            contact_value=form.contact_value.data if member is None else None,
             submission_key=form.submission_key.data,
+            member=member,
         )
         db.session.commit()
+    except JoinRefused as refusal:
+        db.session.rollback()
+        (form.display_name if member else form.contact_value).errors.append(str(refusal))
+        return render_template(
+            "join/form.html",
+            community=community,
+            tier=tier,
+            form=form,
+            member=member,
+            login_needed=isinstance(refusal, AlreadyAMember),
+        ), 422
     except IntegrityError:
         # The same form, sent twice at once: the other request made the application.
         db.session.rollback()
@@ -198,8 +246,7 @@ def member_link(token: str):
 
 @bp.get("/me")
 def me():
-    member_id = session.get(MEMBER_SESSION_KEY)
-    member = db.session.get(Member, member_id) if isinstance(member_id, int) else None
+    member = logged_in_member()
     if member is None:
         return render_template("me/anonymous.html"), 401
     return render_template("me/member.html", member=member, community=member.community)
@@ -229,3 +276,65 @@ def invitation_qr(token: str):
     response.headers["Cache-Control"] = "private, no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+@bp.route("/join/<slug>/login", methods=["GET", "POST"])
+def login(slug: str):
+    """A member asks for a one-time code; it goes to their contact (the log in the demo)."""
+    community = _community(slug)
+    form = MemberLoginForm()
+    if form.validate_on_submit():
+        try:
+            pending, message_id = request_code(
+                community, ContactKind(form.contact_kind.data), form.contact_value.data
+            )
+            db.session.commit()
+        except LoginRefused as refusal:
+            db.session.rollback()
+            form.contact_value.errors.append(str(refusal))
+        else:
+            if message_id is not None:
+                outbox.deliver(message_id)
+            return redirect(
+                url_for(
+                    ".login_code",
+                    slug=slug,
+                    public_id=pending.public_id,
+                    next=request.args.get("next"),
+                )
+            )
+    status = 422 if form.errors else 200
+    return render_template("join/login.html", community=community, form=form), status
+
+
+@bp.route("/join/<slug>/login/<public_id>", methods=["GET", "POST"])
+def login_code(slug: str, public_id: str):
+    community = _community(slug)
+    pending = db.session.scalar(
+        sa.select(LoginCode).where(
+            LoginCode.public_id == public_id, LoginCode.community_id == community.id
+        )
+    )
+    if pending is None:
+        abort(404)
+    form = LoginCodeForm()
+    if form.validate_on_submit():
+        try:
+            member = verify_code(pending, form.code.data)
+        except LoginRefused as refusal:
+            form.code.errors.append(str(refusal))
+        else:
+            session[MEMBER_SESSION_KEY] = member.id
+            db.session.commit()
+            return redirect(same_site_path(request.args.get("next")) or url_for(".me"))
+        db.session.commit()  # the wrong try counts
+    status = 422 if form.errors else 200
+    return render_template(
+        "join/login_code.html", community=community, form=form, pending=pending
+    ), status
+
+
+@bp.post("/me/logout")
+def logout():
+    session.pop(MEMBER_SESSION_KEY, None)
+    return redirect(url_for(".me"))

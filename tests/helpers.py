@@ -80,7 +80,9 @@ def submit_join(
     client: FlaskClient, tier: str = "main", slug: str = "demo", **fields: str | None
 ) -> TestResponse:
     """Open the join form and send it with ``PROSPECT``'s answers, changed by ``fields``
-    (a value of None leaves the field out)."""
+    (a value of None leaves the field out). Each call is a different person (a WeChat ID of
+    their own) unless ``contact_value`` is given."""
+    fields.setdefault("contact_value", f"wx{new_token(9)}")
     data = {**open_join_form(client, tier, slug), **PROSPECT, **fields}
     return client.post(
         f"/join/{slug}/{tier}", data={k: v for k, v in data.items() if v is not None}
