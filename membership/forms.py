@@ -90,7 +90,10 @@ class JoinForm(FlaskForm):
             Email("邮箱格式不正确 · Not a valid e-mail address")(self, field)
         elif kind in CONTACT_RULES:
             pattern, message = CONTACT_RULES[ContactKind(kind)]
-            if not pattern.fullmatch(field.data or ""):
+            value = field.data or ""
+            if kind == ContactKind.PHONE:
+                value = value.replace(" ", "").replace("-", "")  # as people type them
+            if not pattern.fullmatch(value):
                 raise ValidationError(message)
 
 

@@ -1,0 +1,274 @@
+"""Member login, one person one member, activity, purges, re-entry and expiry.
+Time-dependent behaviour runs on a controlled clock (``now=``), never by sleeping."""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from core.clock import utcnow
+from core.db import db
+from core.outbox import OutboxMessage
+from membership.lifecycle import (
+    PurgeRefused,
+    expire_memberships,
+    mark_active,
+    purge_candidates,
+    run_purge,
+)
+from membership.login import LoginRefused, request_code, verify_code
+from membership.models import (
+    Application,
+    Community,
+    ContactKind,
+    Invitation,
+    InvitationStatus,
+    LoginCode,
+    Member,
+    Membership,
+    MembershipStatus,
+    Purge,
+    Tier,
+)
+from tests.helpers import count, csrf_token, join_and_pay, submit_form, submit_join
+
+PHONE = "13800138000"
+
+
+def join_with_phone(client, tier="main", phone=PHONE):
+    return join_and_pay(client, tier, contact_kind="phone", contact_value=phone)
+
+
+def latest_code(app) -> str:
+    with app.app_context():
+        body = (
+            db.session.scalars(sa.select(OutboxMessage).order_by(OutboxMessage.id.desc()))
+            .first()
+            .body
+        )
+    return re.search(r"\b(\d{6})\b", body).group(1)
+
+
+def log_in_member(app, client, phone=PHONE, next_path=None):
+    response = submit_form(
+        client,
+        "/join/demo/login" + (f"?next={next_path}" if next_path else ""),
+        {"contact_kind": "phone", "contact_value": phone},
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)
+    code_page = response.location
+    return submit_form(client, code_page, {"code": latest_code(app)})
+
+
+def purge_everyone(app):
+    with app.app_context():
+        community = db.session.scalar(sa.select(Community))
+        purge = run_purge(community, utcnow() + timedelta(days=1), actor="test")
+        db.session.commit()
+        return purge.purged_count
+
+
+def test_member_logs_in_with_a_code(app, demo):
+    join_with_phone(app.test_client())
+    browser = app.test_client()
+    response = log_in_member(app, browser)
+    assert response.status_code == 302
+    assert response.location == "/me"
+    page = browser.get("/me").get_data(as_text=True)
+    assert 'id="member-number">0001<' in page
+    with app.app_context():
+        message = db.session.scalars(sa.select(OutboxMessage)).one()
+        assert (message.channel, message.recipient, message.status) == ("phone", PHONE, "sent")
+        assert db.session.scalars(sa.select(LoginCode)).one().code_hash != latest_code(app)
+
+
+def test_code_reused_expired_wrong_or_guessed_is_refused(app, demo):
+    join_with_phone(app.test_client())
+    with app.app_context():
+        community = db.session.scalar(sa.select(Community))
+        now = utcnow()
+        pending, _ = request_code(community, ContactKind.PHONE, PHONE, now=now)
+        code = re.search(r"\d{6}", db.session.get(OutboxMessage, _).body).group(0)
+        with pytest.raises(LoginRefused, match="已过期"):
+            verify_code(pending, code, now=now + timedelta(minutes=11))
+        member = verify_code(pending, code, now=now + timedelta(minutes=1))
+        assert member.number_label == "0001"
+        with pytest.raises(LoginRefused, match="已使用"):
+            verify_code(pending, code, now=now + timedelta(minutes=2))
+
+        guessed, message_id = request_code(community, ContactKind.PHONE, PHONE, now=now)
+        right = re.search(r"\d{6}", db.session.get(OutboxMessage, message_id).body).group(0)
+        wrong = f"{(int(right) + 1) % 10**6:06d}"
+        for _attempt in range(5):
+            with pytest.raises(LoginRefused, match="不正确"):
+                verify_code(guessed, wrong, now=now)
+        with pytest.raises(LoginRefused, match="尝试次数过多"):
+            verify_code(guessed, right, now=now)
+
+
+def test_codes_are_rate_limited_per_contact(app, demo):
+    join_with_phone(app.test_client())
+    with app.app_context():
+        community = db.session.scalar(sa.select(Community))
+        now = utcnow()
+        for minute in range(3):
+            request_code(community, ContactKind.PHONE, PHONE, now=now + timedelta(minutes=minute))
+        with pytest.raises(LoginRefused, match="请求过于频繁"):
+            request_code(community, ContactKind.PHONE, PHONE, now=now + timedelta(minutes=5))
+        request_code(community, ContactKind.PHONE, PHONE, now=now + timedelta(minutes=16))
+
+
+def test_a_stranger_is_not_told_and_cannot_log_in(app, client, demo):
+    response = submit_form(
+        client, "/join/demo/login", {"contact_kind": "phone", "contact_value": "13900139000"}
+    )
+    assert response.status_code == 302
+    page = client.get(response.location).get_data(as_text=True)
+    assert "如果 13900139000 属于本社群成员" in page
+    with app.app_context():
+        assert count(OutboxMessage) == 0
+    for guess in ("000000", "123456"):
+        refused = submit_form(client, response.location, {"code": guess})
+        assert "验证码不正确" in refused.get_data(as_text=True)
+    assert client.get("/me").status_code == 401
+
+
+def test_a_members_contact_cannot_join_again_without_logging_in(app, client, demo):
+    join_with_phone(app.test_client())
+    response = submit_join(client, "main", contact_kind="phone", contact_value="+86 138 0013 8000")
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert "该联系方式已是本社群成员，请先登录" in html
+    assert "/join/demo/login" in html
+    with app.app_context():
+        assert count(Application) == 1
+        assert count(Member) == 1
+
+
+def test_purged_member_comes_back_at_the_reentry_price_keeping_the_number(app, demo):
+    first = app.test_client()
+    status_path = join_with_phone(first)
+    join_and_pay(app.test_client(), "main")  # 0002, someone else
+    with app.app_context():
+        old_token = db.session.scalars(sa.select(Invitation.token).order_by(Invitation.id)).first()
+    assert purge_everyone(app) == 2
+    assert first.get(f"/invitations/{old_token}").status_code == 404
+    assert "/invitations/" not in first.get(status_path).get_data(as_text=True)
+
+    browser = app.test_client()
+    assert browser.get("/join/demo/reentry").status_code == 403
+    log_in_member(app, browser)
+    join_page = browser.get("/join/demo").get_data(as_text=True)
+    assert "¥9.00" in join_page
+    assert "你可以按回归价重新加入" in join_page
+    status = join_and_pay(browser, "reentry")
+    assert 'id="member-number">0001<' in browser.get(status).get_data(as_text=True)
+    with app.app_context():
+        member = db.session.scalar(sa.select(Member).where(Member.number == 1))
+        statuses = [m.status for m in member.memberships]
+        assert statuses == [MembershipStatus.PURGED, MembershipStatus.ACTIVE]
+        assert member.memberships[1].tier.code == "reentry"
+        assert db.session.scalar(sa.select(Community.last_member_number)) == 2
+        assert count(Member) == 2
+    # Back in: the re-entry price is not offered again.
+    assert browser.get("/join/demo/reentry").status_code == 403
+
+
+def test_reentry_price_is_refused_to_those_who_were_never_purged(app, demo):
+    browser = app.test_client()
+    refused = browser.get("/join/demo/reentry")
+    assert refused.status_code == 403
+    assert "请先登录" in refused.get_data(as_text=True)
+    # A paid, active member.
+    join_with_phone(app.test_client())
+    log_in_member(app, browser)
+    active = browser.get("/join/demo/reentry")
+    assert active.status_code == 403
+    assert "回归价仅限曾被清退或到期的老成员" in active.get_data(as_text=True)
+    # A lobby member (free, never numbered) whose lobby access was purged.
+    lobby = app.test_client()
+    join_and_pay_lobby = submit_join(
+        lobby, "lobby", provider=None, contact_kind="phone", contact_value="13700137000"
+    )
+    assert join_and_pay_lobby.status_code == 302
+    purge_everyone(app)
+    guest = app.test_client()
+    log_in_member(app, guest, phone="13700137000")
+    assert guest.get("/join/demo/reentry").status_code == 403
+    with app.app_context():
+        assert count(Application) == 2
+
+
+def test_purge_preview_run_and_run_again(app, demo, logged_in):
+    join_with_phone(app.test_client())
+    join_and_pay(app.test_client(), "main", display_name="活跃的小张")
+    with app.app_context():
+        community_id = db.session.scalar(sa.select(Community.id))
+    url = f"/admin/communities/{community_id}/activity"
+    marked = submit_form(
+        logged_in,
+        url,
+        {"identifiers": "", "csv_file": (io.BytesIO("编号\n0002\n9999\n".encode()), "a.csv")},
+        content_type="multipart/form-data",
+    ).get_data(as_text=True)
+    assert "已标记 1 位成员为活跃" in marked
+    assert "9999" in marked
+
+    # Dates are days in the community's time zone (Asia/Shanghai): a cut-off three days
+    # ahead catches everyone, even the member marked active just now.
+    later = (utcnow() + timedelta(days=3)).date().isoformat()
+    purge_url = f"/admin/communities/{community_id}/purge"
+    preview = logged_in.get(purge_url, query_string={"inactive_since": later}).get_data(
+        as_text=True
+    )
+    assert "将被清退 · Will be purged (2)" in preview
+    yesterday = (utcnow() - timedelta(days=1)).date().isoformat()
+    preview = logged_in.get(purge_url, query_string={"inactive_since": yesterday}).get_data(
+        as_text=True
+    )
+    assert "将被清退 · Will be purged (0)" in preview
+
+    data = {"csrf_token": csrf_token(logged_in, purge_url), "inactive_since": later}
+    assert logged_in.post(purge_url, data=data).status_code == 302
+    again = logged_in.post(purge_url, data=data)
+    assert "这次清退已经执行过" in logged_in.get(again.location).get_data(as_text=True)
+    with app.app_context():
+        assert count(Purge) == 1
+        statuses = db.session.scalars(sa.select(Membership.status)).all()
+        assert statuses == [MembershipStatus.PURGED, MembershipStatus.PURGED]
+
+
+def test_marked_members_survive_a_purge(app, demo):
+    join_with_phone(app.test_client())
+    join_and_pay(app.test_client(), "main", display_name="活跃的小张")
+    with app.app_context():
+        community = db.session.scalar(sa.select(Community))
+        now = utcnow()
+        mark_active(community, ["活跃的小张"], actor="test", now=now + timedelta(days=10))
+        cutoff = now + timedelta(days=5)
+        assert [m.member.display_name for m in purge_candidates(community, cutoff)] == [
+            "读书人小王"
+        ]
+        assert run_purge(community, cutoff, actor="test", now=now).purged_count == 1
+        with pytest.raises(PurgeRefused):
+            run_purge(community, cutoff, actor="test", now=now)
+
+
+def test_memberships_with_a_term_expire_on_time(app, demo, runner):
+    with app.app_context():
+        tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+        tier.duration_days = 30
+        db.session.commit()
+    join_with_phone(app.test_client())
+    with app.app_context():
+        ends_at = db.session.scalar(sa.select(Membership.ends_at))
+        assert expire_memberships(now=ends_at - timedelta(seconds=1)) == 0
+        assert expire_memberships(now=ends_at) == 1
+        db.session.commit()
+        assert db.session.scalar(sa.select(Invitation.status)) is InvitationStatus.REVOKED
+        assert db.session.scalar(sa.select(Member)).may_reenter
+    assert "0 memberships expired" in runner.invoke(args=["expire-memberships"]).output
