@@ -10,10 +10,18 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 from wtforms import SelectChoice
 
-from core import audit
+from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
-from membership.forms import ActivityForm, CommunityForm, GroupForm, PurgeForm, TierForm
+from membership.forms import (
+    ActivityForm,
+    CommunityForm,
+    GroupForm,
+    PurgeForm,
+    QuestionForm,
+    ReviewForm,
+    TierForm,
+)
 from membership.lifecycle import (
     PurgeRefused,
     identifiers_from_csv,
@@ -22,16 +30,21 @@ from membership.lifecycle import (
     run_purge,
 )
 from membership.models import (
+    Application,
+    ApplicationStatus,
     Community,
     Group,
     Invitation,
     InvitationStatus,
     Member,
     Purge,
+    QuestionKind,
+    ScreeningQuestion,
     Tier,
     TierAudience,
     TierKind,
 )
+from membership.screening import ScreeningRefused, approve, reject
 from membership.services import place_waiting_invitations, seats_taken, waiting_invitations
 
 bp = Blueprint("membership_admin", __name__, url_prefix="/admin")
@@ -201,6 +214,8 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
                     "audience",
                     "active",
                     "sort_order",
+                    "requires_screening",
+                    "is_lobby",
                 ],
             )
             if (tier.price, tier.currency) != (price.amount, price.currency):
@@ -306,4 +321,89 @@ def purge(community_id: int):
     ).all()
     return render_template(
         "admin/purge.html", community=community, form=form, candidates=candidates, purges=purges
+    )
+
+
+@bp.route("/communities/<int:community_id>/questions", methods=["GET", "POST"])
+def questions(community_id: int):
+    """The screening questions: add one; switch one off or on."""
+    community = _get(Community, community_id)
+    form = QuestionForm()
+    if form.validate_on_submit():
+        question = ScreeningQuestion(
+            community=community,
+            position=len(community.questions),
+            prompt=form.prompt.data,
+            kind=QuestionKind(form.kind.data),
+            choices=form.choices.data or "",
+            required=form.required.data,
+        )
+        db.session.add(question)
+        audit.record(
+            "question.created", question, actor=current_user.actor, data={"prompt": question.prompt}
+        )
+        db.session.commit()
+        flash("已添加 · Added", "ok")
+        return redirect(url_for(".questions", community_id=community.id))
+    return render_template("admin/questions.html", community=community, form=form)
+
+
+@bp.post("/questions/<int:question_id>/toggle")
+def toggle_question(question_id: int):
+    question = _get(ScreeningQuestion, question_id)
+    question.active = not question.active
+    audit.record(
+        "question.toggled", question, actor=current_user.actor, data={"active": question.active}
+    )
+    db.session.commit()
+    return redirect(url_for(".questions", community_id=question.community_id))
+
+
+@bp.route("/communities/<int:community_id>/applications", methods=["GET", "POST"])
+def applications(community_id: int):
+    """The screening queue: answers in full; approve or reject one or many at once."""
+    community = _get(Community, community_id)
+    form = ReviewForm()
+    if form.validate_on_submit():
+        action = request.form.get("action")
+        chosen = [int(i) for i in request.form.getlist("application") if i.isdigit()]
+        pending = db.session.scalars(
+            sa.select(Application).where(
+                Application.id.in_(chosen), Application.community_id == community.id
+            )
+        ).all()
+        messages = []
+        try:
+            for application in pending:
+                if action == "approve":
+                    messages.append(approve(application, actor=current_user.actor))
+                elif action == "reject":
+                    messages.append(
+                        reject(application, form.reason.data or "", actor=current_user.actor)
+                    )
+                else:
+                    abort(400)
+        except ScreeningRefused as refusal:
+            db.session.rollback()
+            flash(str(refusal), "error")
+        else:
+            db.session.commit()
+            for message_id in messages:
+                outbox.deliver(message_id)
+            flash(f"已处理 {len(messages)} 份申请 · {len(messages)} reviewed", "ok")
+        return redirect(url_for(".applications", community_id=community.id))
+    queue = db.session.scalars(
+        sa.select(Application)
+        .where(
+            Application.community_id == community.id,
+            Application.status == ApplicationStatus.PENDING_REVIEW,
+        )
+        .order_by(Application.id)
+    ).all()
+    return render_template(
+        "admin/applications.html",
+        community=community,
+        queue=queue,
+        form=form,
+        questions={str(q.id): q.prompt for q in community.questions},
     )

@@ -67,6 +67,7 @@ def seed_demo_community() -> Community:
             code="lobby",
             name="大厅 · Lobby",
             kind=TierKind.FREE,
+            is_lobby=True,
             price=0,
             currency="CNY",
             sort_order=0,

@@ -29,9 +29,17 @@ from wtforms.validators import (
     Regexp,
     ValidationError,
 )
+from wtforms.widgets import CheckboxInput, ListWidget
 
 from core.money import CURRENCIES, Money
-from membership.models import NUMBER_PATTERN, ContactKind, TierAudience, TierKind
+from membership.models import (
+    NUMBER_PATTERN,
+    ContactKind,
+    QuestionKind,
+    ScreeningQuestion,
+    TierAudience,
+    TierKind,
+)
 from membership.platforms import PLATFORMS
 
 REQUIRED = "必填 · Required"
@@ -137,6 +145,12 @@ class CommunityForm(FlaskForm):
         ],
     )
 
+    pay_link_days = IntegerField(
+        "审核通过后付款链接有效天数 · Days an approved applicant's pay link works",
+        default=7,
+        validators=[InputRequired(REQUIRED), NumberRange(min=1, max=90)],
+    )
+
     def validate_time_zone(self, field: StringField) -> None:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -182,6 +196,8 @@ class TierForm(FlaskForm):
     )
     active = BooleanField("开放报名 · Open", default=True)
     sort_order = IntegerField("排序 · Order", default=0, validators=[Optional()])
+    requires_screening = BooleanField("需回答问题并审核 · Applicants are screened")
+    is_lobby = BooleanField("大厅（审核期间先进此群）· The lobby screened applicants wait in")
     groups = SelectMultipleField("邀请进入的群 · Groups", coerce=int)
 
     def price_in(self, currency: str) -> Money:
@@ -268,3 +284,57 @@ class PurgeForm(FlaskForm):
         "清退此日期之后未活跃的成员 · Purge members not active since",
         validators=[InputRequired(REQUIRED)],
     )
+
+
+def with_questions(form_class: type[FlaskForm], questions: list[ScreeningQuestion]):
+    """``form_class`` with one field per screening question, named ``q_<id>``."""
+    fields = {}
+    for question in questions:
+        needed = [DataRequired(REQUIRED)] if question.required else [Optional()]
+        choices = [SelectChoice(choice, choice) for choice in question.choice_list]
+        if question.kind is QuestionKind.TEXT:
+            field = TextAreaField(question.prompt, validators=[*needed, Length(max=2000)])
+        elif question.kind is QuestionKind.SINGLE:
+            single_needed = [InputRequired(REQUIRED)] if question.required else [Optional()]
+            field = RadioField(question.prompt, choices=choices, validators=single_needed)
+        else:
+            field = SelectMultipleField(
+                question.prompt,
+                choices=choices,
+                validators=needed,
+                widget=ListWidget(prefix_label=False),
+                option_widget=CheckboxInput(),
+            )
+        fields[f"q_{question.id}"] = field
+    return type(f"{form_class.__name__}WithQuestions", (form_class,), fields)
+
+
+def answers_of(form: FlaskForm, questions: list[ScreeningQuestion]) -> dict[str, object]:
+    return {str(q.id): form[f"q_{q.id}"].data for q in questions}
+
+
+class QuestionForm(FlaskForm):
+    prompt = StringField(
+        "问题 · Question", filters=[_strip], validators=[DataRequired(REQUIRED), Length(max=300)]
+    )
+    kind = SelectField(
+        "类型 · Kind",
+        choices=[
+            SelectChoice(QuestionKind.TEXT.value, "文字 · Text"),
+            SelectChoice(QuestionKind.SINGLE.value, "单选 · One choice"),
+            SelectChoice(QuestionKind.MULTIPLE.value, "多选 · Several choices"),
+        ],
+    )
+    choices = TextAreaField("选项，每行一个 · Choices, one per line", validators=[Length(max=4000)])
+    required = BooleanField("必答 · Required", default=True)
+
+    def validate_choices(self, field: TextAreaField) -> None:
+        lines = [line for line in (field.data or "").splitlines() if line.strip()]
+        if self.kind.data != QuestionKind.TEXT and len(lines) < 2:
+            raise ValidationError("选择题至少两个选项 · A choice question needs two choices")
+
+
+class ReviewForm(FlaskForm):
+    """Approve or reject one or more applications."""
+
+    reason = StringField("拒绝原因（拒绝时必填）· Reason, to reject", validators=[Length(max=300)])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -41,12 +42,26 @@ class Community(db.Model):
     member_number_pattern: Mapped[str] = mapped_column(sa.String(30), default="####")
     #: The last member number given out; numbers are never reused.
     last_member_number: Mapped[int] = mapped_column(default=0)
+    #: Days an approved applicant's personal pay link stays valid.
+    pay_link_days: Mapped[int] = mapped_column(default=7)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     tiers: Mapped[list[Tier]] = relationship(
         back_populates="community", order_by="(Tier.sort_order, Tier.id)"
     )
     groups: Mapped[list[Group]] = relationship(back_populates="community", order_by="Group.id")
+    questions: Mapped[list[ScreeningQuestion]] = relationship(
+        back_populates="community", order_by="(ScreeningQuestion.position, ScreeningQuestion.id)"
+    )
+
+    @property
+    def lobby_tier(self) -> Tier | None:
+        """The free tier prospects wait in while they are screened, if there is one."""
+        return next((t for t in self.tiers if t.is_lobby and t.active), None)
+
+    @property
+    def active_questions(self) -> list[ScreeningQuestion]:
+        return [q for q in self.questions if q.active]
 
 
 class TierKind(StrEnum):
@@ -90,6 +105,10 @@ class Tier(db.Model):
     )
     active: Mapped[bool] = mapped_column(default=True)
     sort_order: Mapped[int] = mapped_column(default=0)
+    #: Applicants answer the community's questions and wait for an admin's approval.
+    requires_screening: Mapped[bool] = mapped_column(default=False)
+    #: The free lobby: screened applicants are invited to its group while they wait.
+    is_lobby: Mapped[bool] = mapped_column(default=False)
 
     community: Mapped[Community] = relationship(back_populates="tiers")
     groups: Mapped[list[Group]] = relationship(secondary=tier_groups, order_by="Group.id")
@@ -217,6 +236,9 @@ class Membership(db.Model):
 
 
 class ApplicationStatus(StrEnum):
+    PENDING_REVIEW = "pending_review"  #: answers in, waiting for an admin
+    APPROVED = "approved"  #: may pay through their personal link until it expires
+    REJECTED = "rejected"
     AWAITING_PAYMENT = "awaiting_payment"
     ADMITTED = "admitted"
 
@@ -241,6 +263,15 @@ class Application(db.Model):
     order_id: Mapped[int | None] = mapped_column(sa.ForeignKey("orders.id"), unique=True)
     member_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Screening answers by question id (as text): a string, or a list for multiple choice.
+    answers: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reviewed_by: Mapped[str | None] = mapped_column(sa.String(64))
+    #: Why it was rejected, as the applicant is told.
+    review_reason: Mapped[str | None] = mapped_column(sa.String(300))
+    #: The approved applicant's personal pay link, and until when it works.
+    pay_token: Mapped[str | None] = mapped_column(sa.String(48), unique=True)
+    pay_link_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     community: Mapped[Community] = relationship()
     tier: Mapped[Tier] = relationship()
@@ -322,3 +353,31 @@ class Purge(db.Model):
     purged_count: Mapped[int]
 
     __table_args__ = (sa.UniqueConstraint("community_id", "inactive_since"),)
+
+
+class QuestionKind(StrEnum):
+    TEXT = "text"
+    SINGLE = "single"  #: one of the choices
+    MULTIPLE = "multiple"  #: any of the choices
+
+
+class ScreeningQuestion(db.Model):
+    """A question prospects answer when they apply to a tier that requires screening."""
+
+    __tablename__ = "screening_questions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), index=True)
+    position: Mapped[int] = mapped_column(default=0)
+    prompt: Mapped[str] = mapped_column(sa.String(300))
+    kind: Mapped[QuestionKind] = mapped_column(enum_column(QuestionKind))
+    #: For choice questions: one choice per line.
+    choices: Mapped[str] = mapped_column(sa.Text, default="")
+    required: Mapped[bool] = mapped_column(default=True)
+    active: Mapped[bool] = mapped_column(default=True)
+
+    community: Mapped[Community] = relationship(back_populates="questions")
+
+    @property
+    def choice_list(self) -> list[str]:
+        return [line.strip() for line in self.choices.splitlines() if line.strip()]

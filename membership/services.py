@@ -6,6 +6,7 @@ Functions here flush but never commit; the request or command that calls them co
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -14,6 +15,7 @@ from core.clock import utcnow
 from core.db import db
 from core.security import new_token
 from membership.models import (
+    CURRENT_MEMBERSHIP_STATUSES,
     LIVE_INVITATION_STATUSES,
     Application,
     ApplicationStatus,
@@ -105,15 +107,18 @@ def submit_application(
     contact_value: str | None,
     submission_key: str,
     member: Member | None = None,
+    answers: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> Application:
     """Record an application to ``tier`` (flushed), by a prospect or by a logged-in
     ``member`` (whose contact and number it keeps).
 
-    A paid tier gets an order at the tier's price, to be paid next; a free tier admits the
-    applicant at once. The same ``submission_key`` (one rendering of the join form) always
-    gives back the first application, so a form sent twice makes one order. A prospect
-    giving a member's contact is refused with :class:`AlreadyAMember`.
+    A tier that requires screening keeps the application (and its ``answers``) for an
+    admin's review, and invites the applicant to the community's lobby meanwhile. Otherwise
+    a paid tier gets an order at the tier's price, to be paid next, and a free tier admits
+    the applicant at once. The same ``submission_key`` (one rendering of the join form)
+    always gives back the first application, so a form sent twice makes one order. A
+    prospect giving a member's contact is refused with :class:`AlreadyAMember`.
     """
     now = now or utcnow()
     existing = db.session.scalar(
@@ -142,6 +147,15 @@ def submit_application(
         created_at=now,
     )
     actor = f"member:{member.id}" if member else "prospect"
+    if tier.requires_screening:
+        application.status = ApplicationStatus.PENDING_REVIEW
+        application.answers = answers or {}
+        db.session.add(application)
+        audit.record(
+            "application.submitted", application, actor=actor, data={"tier": tier.code}, now=now
+        )
+        application.member = _wait_in_lobby(application, now=now) or member
+        return application
     if tier.kind is TierKind.PAID:
         order = create_order(
             tier.price_money, f"{tier.community.name} · {tier.name}", actor=actor, now=now
@@ -155,6 +169,35 @@ def submit_application(
     if tier.kind is TierKind.FREE:
         admit(application, actor=actor, now=now)
     return application
+
+
+def _wait_in_lobby(application: Application, *, now: datetime) -> Member | None:
+    """Admit an applicant under review to the community's lobby tier, unless they are in
+    it already. Returns the member (None when there is no lobby)."""
+    lobby = application.community.lobby_tier
+    member = application.member
+    if lobby is None:
+        return member
+    if member is not None and any(
+        m.tier_id == lobby.id and m.status in CURRENT_MEMBERSHIP_STATUSES
+        for m in member.memberships
+    ):
+        return member
+    lobby_application = Application(
+        public_id=new_token(16),
+        submission_key=new_token(24),
+        community_id=application.community_id,
+        tier=lobby,
+        display_name=application.display_name,
+        contact_kind=application.contact_kind,
+        contact_value=application.contact_value,
+        rules_accepted_at=now,
+        status=ApplicationStatus.AWAITING_PAYMENT,
+        member=member,
+        created_at=now,
+    )
+    db.session.add(lobby_application)
+    return admit(lobby_application, actor="system", now=now)
 
 
 def admit_paid_application(order: Order, *, now: datetime) -> None:

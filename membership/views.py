@@ -10,6 +10,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    flash,
     redirect,
     render_template,
     request,
@@ -20,9 +21,17 @@ from sqlalchemy.exc import IntegrityError
 from wtforms import SelectChoice
 
 from core import outbox
+from core.clock import utcnow
 from core.db import db
 from core.security import new_token, same_site_path, sign, unsign
-from membership.forms import JoinForm, LoginCodeForm, MemberLoginForm, PayAgainForm
+from membership.forms import (
+    JoinForm,
+    LoginCodeForm,
+    MemberLoginForm,
+    PayAgainForm,
+    answers_of,
+    with_questions,
+)
 from membership.login import LoginRefused, request_code, verify_code
 from membership.models import (
     Application,
@@ -36,6 +45,7 @@ from membership.models import (
     TierAudience,
     TierKind,
 )
+from membership.screening import ScreeningRefused, apply_again, order_for_pay_link
 from membership.services import (
     AlreadyAMember,
     JoinRefused,
@@ -98,7 +108,10 @@ def _offer_providers(form: JoinForm | PayAgainForm) -> None:
 
 
 def _join_form(tier: Tier, member: Member | None) -> JoinForm:
-    form = JoinForm()
+    form_class = JoinForm
+    if tier.requires_screening:
+        form_class = with_questions(JoinForm, tier.community.active_questions)
+    form = form_class()
     if member is not None:
         # A member joins as themselves: their contact is known and verified.
         del form.contact_kind, form.contact_value
@@ -142,6 +155,9 @@ def join(slug: str, tier_code: str):
             contact_value=form.contact_value.data if member is None else None,
             submission_key=form.submission_key.data,
             member=member,
+            answers=answers_of(form, community.active_questions)
+            if tier.requires_screening
+            else None,
         )
         db.session.commit()
     except JoinRefused as refusal:
@@ -338,3 +354,59 @@ def login_code(slug: str, public_id: str):
 def logout():
     session.pop(MEMBER_SESSION_KEY, None)
     return redirect(url_for(".me"))
+
+
+@bp.route("/join/<slug>/pay/<token>", methods=["GET", "POST"])
+def pay_link(slug: str, token: str):
+    """An approved applicant's personal pay link."""
+    community = _community(slug)
+    application = db.session.scalar(
+        sa.select(Application).where(
+            Application.pay_token == token, Application.community_id == community.id
+        )
+    )
+    if application is None:
+        abort(404)
+    member = logged_in_member(community)
+    form = PayAgainForm()
+    _offer_providers(form)
+    refusal = None
+    try:
+        order = order_for_pay_link(application, member)
+    except ScreeningRefused as error:
+        db.session.rollback()
+        refusal, order = str(error), None
+    if order is not None and form.validate_on_submit():
+        db.session.commit()
+        return _continue(application, form.provider.data)
+    db.session.rollback()
+    expired = application.pay_link_expires_at <= utcnow() and order is None
+    return render_template(
+        "join/pay_link.html",
+        community=community,
+        application=application,
+        form=form,
+        refusal=refusal,
+        expired=expired,
+        member=member,
+    ), (200 if refusal is None else 403)
+
+
+@bp.post("/join/<slug>/pay/<token>/again")
+def apply_again_view(slug: str, token: str):
+    community = _community(slug)
+    application = db.session.scalar(
+        sa.select(Application).where(
+            Application.pay_token == token, Application.community_id == community.id
+        )
+    )
+    if application is None or application.member != logged_in_member(community):
+        abort(404)
+    try:
+        again = apply_again(application)
+    except ScreeningRefused as refusal:
+        db.session.rollback()
+        flash(str(refusal), "error")
+        return redirect(url_for(".pay_link", slug=slug, token=token))
+    db.session.commit()
+    return redirect(url_for(".status", slug=slug, public_id=again.public_id))

@@ -82,6 +82,7 @@ def _create_community(client, **overrides):
         "currency": "CNY",
         "time_zone": "Asia/Shanghai",
         "member_number_pattern": "RUN-###",
+        "pay_link_days": "7",
         **overrides,
     }
     return submit_form(client, url, data)

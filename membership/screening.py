@@ -1,0 +1,139 @@
+"""Lobby screening ("登堂入室"): admins review applications to tiers that require it,
+approve them with a personal pay link or reject them with a reason. Functions flush but
+never commit; messages to applicants leave through the outbox after the commit."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from flask import url_for
+
+from core import audit, outbox
+from core.clock import utcnow
+from core.db import db
+from core.security import new_token
+from membership.models import Application, ApplicationStatus, Member
+from payments.models import Order
+from payments.services import create_order
+
+
+class ScreeningRefused(Exception):
+    """The message says why, Chinese first; nothing changed."""
+
+
+def _tell(application: Application, subject: str, body: str, *, now: datetime) -> int:
+    return outbox.enqueue(
+        application.contact_kind.value, application.contact_value, subject, body, now=now
+    ).id
+
+
+def _pending(application: Application) -> None:
+    if application.status is not ApplicationStatus.PENDING_REVIEW:
+        raise ScreeningRefused("该申请已处理过 · This application was reviewed already")
+
+
+def approve(application: Application, *, actor: str, now: datetime | None = None) -> int:
+    """Approve: the applicant gets a personal pay link valid for the community's number of
+    days. Returns the outbox message carrying it."""
+    now = now or utcnow()
+    _pending(application)
+    community = application.community
+    application.status = ApplicationStatus.APPROVED
+    application.reviewed_at, application.reviewed_by = now, actor
+    application.pay_token = new_token(24)
+    application.pay_link_expires_at = now + timedelta(days=community.pay_link_days)
+    audit.record("application.approved", application, actor=actor, now=now)
+    link = url_for(
+        "membership.pay_link", slug=community.slug, token=application.pay_token, _external=True
+    )
+    return _tell(
+        application,
+        f"{community.name}：审核已通过 · You are approved",
+        f"欢迎加入{community.name}！请在{community.pay_link_days}天内用这个专属链接付款："
+        f"{link}\nWelcome! Pay within {community.pay_link_days} days with your own link.",
+        now=now,
+    )
+
+
+def reject(
+    application: Application, reason: str, *, actor: str, now: datetime | None = None
+) -> int:
+    """Reject, politely, with the reason the applicant will read."""
+    now = now or utcnow()
+    _pending(application)
+    if not reason.strip():
+        raise ScreeningRefused("请填写原因 · Give a reason")
+    application.status = ApplicationStatus.REJECTED
+    application.reviewed_at, application.reviewed_by = now, actor
+    application.review_reason = reason.strip()[:300]
+    audit.record("application.rejected", application, actor=actor, data={"reason": reason}, now=now)
+    community = application.community
+    return _tell(
+        application,
+        f"{community.name}：申请结果 · About your application",
+        f"感谢你申请加入{community.name}。很遗憾，这次未能通过：{application.review_reason}\n"
+        f"Thank you for applying. This time we could not accept you: {application.review_reason}",
+        now=now,
+    )
+
+
+def order_for_pay_link(
+    application: Application, member: Member | None, *, now: datetime | None = None
+) -> Order:
+    """The order an approved applicant pays through their link: only in their own browser
+    (logged in as the applicant), only until the link expires."""
+    now = now or utcnow()
+    if application.status not in (ApplicationStatus.APPROVED, ApplicationStatus.AWAITING_PAYMENT):
+        raise ScreeningRefused("该付款链接已失效 · This pay link no longer works")
+    if member is None or application.member_id != member.id:
+        raise ScreeningRefused(
+            "这是别人的付款链接，请用你自己的链接或先登录 · This is someone else's pay link"
+        )
+    if application.pay_link_expires_at <= now:
+        raise ScreeningRefused("付款链接已过期，可以重新申请 · This pay link has expired")
+    if application.order_id is not None:
+        return db.session.get(Order, application.order_id)
+    tier = application.tier
+    order = create_order(
+        tier.price_money,
+        f"{tier.community.name} · {tier.name}",
+        actor=f"member:{member.id}",
+        now=now,
+    )
+    db.session.flush()
+    application.order_id = order.id
+    application.status = ApplicationStatus.AWAITING_PAYMENT
+    return order
+
+
+def apply_again(application: Application, *, now: datetime | None = None) -> Application:
+    """After an approval's pay link expired unused, the applicant asks again: a new
+    application with the same answers goes back to the queue."""
+    now = now or utcnow()
+    expired = (
+        application.status is ApplicationStatus.APPROVED and application.pay_link_expires_at <= now
+    )
+    if not expired:
+        raise ScreeningRefused(
+            "只有过期的付款链接可以重新申请 · Only an expired link can be renewed"
+        )
+    again = Application(
+        public_id=new_token(16),
+        submission_key=new_token(24),
+        community_id=application.community_id,
+        tier=application.tier,
+        display_name=application.display_name,
+        contact_kind=application.contact_kind,
+        contact_value=application.contact_value,
+        rules_accepted_at=now,
+        status=ApplicationStatus.PENDING_REVIEW,
+        member=application.member,
+        answers=dict(application.answers),
+        created_at=now,
+    )
+    application.pay_token = None  # the old link is dead for good
+    db.session.add(again)
+    audit.record(
+        "application.submitted", again, actor="prospect", data={"again": application.id}, now=now
+    )
+    return again
