@@ -1,0 +1,213 @@
+"""Lobby screening: questions, the review queue, personal pay links."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from core.db import db
+from core.outbox import OutboxMessage
+from membership.models import (
+    Application,
+    ApplicationStatus,
+    Community,
+    Invitation,
+    InvitationStatus,
+    Member,
+    QuestionKind,
+    ScreeningQuestion,
+    Tier,
+)
+from tests.helpers import cashier_action, count, open_join_form, submit_form
+
+ANSWERS = {"why": "想和大家一起读书", "where": "朋友推荐"}
+
+
+@pytest.fixture
+def screened(app, demo) -> dict[str, int]:
+    """The ¥99 tier requires screening; two questions."""
+    with app.app_context():
+        community = db.session.scalar(sa.select(Community))
+        db.session.scalar(sa.select(Tier).where(Tier.code == "main")).requires_screening = True
+        why = ScreeningQuestion(
+            community=community, position=0, prompt="为什么想加入？", kind=QuestionKind.TEXT
+        )
+        where = ScreeningQuestion(
+            community=community,
+            position=1,
+            prompt="从哪里知道我们？",
+            kind=QuestionKind.SINGLE,
+            choices="朋友推荐\n公众号\n其他",
+        )
+        db.session.add_all([why, where])
+        db.session.commit()
+        return {"why": why.id, "where": where.id, "community": community.id}
+
+
+def apply(client, screened, answers=ANSWERS, phone="13800138000"):
+    data = {
+        **open_join_form(client),
+        "display_name": "申请人",
+        "contact_kind": "phone",
+        "contact_value": phone,
+        "accept_rules": "y",
+        "provider": "fake",
+    }
+    for key, value in answers.items():
+        data[f"q_{screened[key]}"] = value
+    response = client.post("/join/demo/main", data=data)
+    if response.status_code == 302:
+        client.get(response.location)  # as a browser does: the status page
+    return response
+
+
+def review(app, logged_in, screened, action, ids, reason=""):
+    url = f"/admin/communities/{screened['community']}/applications"
+    return submit_form(
+        logged_in, url, {"action": action, "application": [str(i) for i in ids], "reason": reason}
+    )
+
+
+def pending_ids(app) -> list[int]:
+    with app.app_context():
+        return db.session.scalars(
+            sa.select(Application.id).where(Application.status == ApplicationStatus.PENDING_REVIEW)
+        ).all()
+
+
+def pay_link(app) -> str:
+    with app.app_context():
+        body = (
+            db.session.scalars(sa.select(OutboxMessage).order_by(OutboxMessage.id.desc()))
+            .first()
+            .body
+        )
+    return re.search(r"http://qunmen\.test(/join/demo/pay/\S+)", body).group(1)
+
+
+def test_the_form_asks_the_questions_and_requires_answers(app, client, screened):
+    html = client.get("/join/demo/main").get_data(as_text=True)
+    assert "为什么想加入？" in html
+    assert "公众号" in html
+    response = apply(client, screened, answers={"where": "朋友推荐"})
+    assert response.status_code == 422
+    assert "必填" in response.get_data(as_text=True)
+    response = apply(client, screened, answers={"why": "x", "where": "不在选项里"})
+    assert response.status_code == 422
+    with app.app_context():
+        assert count(Application) == 0
+
+
+def test_applicant_waits_in_the_lobby_then_is_approved_and_pays(app, client, screened, logged_in):
+    response = apply(client, screened)
+    assert response.status_code == 302
+    status_page = client.get(response.location).get_data(as_text=True)
+    assert "等待管理员审核" in status_page
+    assert "大厅群 · Lobby" in status_page  # the lobby invitation, at once
+    with app.app_context():
+        member = db.session.scalars(sa.select(Member)).one()
+        assert member.number is None
+    queue = logged_in.get(f"/admin/communities/{screened['community']}/applications").text
+    assert "想和大家一起读书" in queue
+    assert "从哪里知道我们？" in queue
+
+    ids = pending_ids(app)
+    assert review(app, logged_in, screened, "approve", ids).status_code == 302
+    link = pay_link(app)
+    page = client.get(link)
+    assert page.status_code == 200
+    assert "¥99.00" in page.text
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text).group(1)
+    to_cashier = client.post(link, data={"csrf_token": token, "provider": "fake"})
+    assert to_cashier.location.startswith("/fake-pay/")
+    status = cashier_action(client, to_cashier.location, "pay").location
+    assert 'id="member-number">0001<' in client.get(status).text
+    with app.app_context():
+        invitations = db.session.scalars(sa.select(Invitation).order_by(Invitation.id)).all()
+        assert [i.group.name for i in invitations] == ["大厅群 · Lobby", "正式一群 · Main 1"]
+        assert all(i.status is InvitationStatus.ISSUED for i in invitations)
+
+
+def test_approving_twice_is_refused(app, client, screened, logged_in):
+    apply(client, screened)
+    ids = pending_ids(app)
+    review(app, logged_in, screened, "approve", ids)
+    again = review(app, logged_in, screened, "approve", ids)
+    assert again.status_code == 302
+    with app.app_context():
+        assert count(OutboxMessage) == 1
+        assert (
+            db.session.scalars(sa.select(Application.status))
+            .all()
+            .count(ApplicationStatus.APPROVED)
+            == 1
+        )
+
+
+def test_someone_elses_pay_link_is_refused(app, client, screened, logged_in):
+    apply(client, screened)
+    review(app, logged_in, screened, "approve", pending_ids(app))
+    link = pay_link(app)
+    stranger = app.test_client()
+    refused = stranger.get(link)
+    assert refused.status_code == 403
+    assert "别人的付款链接" in refused.text
+    other = app.test_client()
+    apply(other, screened, phone="13900139000")  # another applicant, logged in as themselves
+    assert other.get(link).status_code == 403
+    with app.app_context():
+        assert db.session.scalars(sa.select(Application.order_id)).all().count(None) == 4
+
+
+def test_expired_pay_link_can_be_renewed_by_applying_again(app, client, screened, logged_in):
+    apply(client, screened)
+    review(app, logged_in, screened, "approve", pending_ids(app))
+    link = pay_link(app)
+    with app.app_context():
+        approved = db.session.scalar(
+            sa.select(Application).where(Application.status == ApplicationStatus.APPROVED)
+        )
+        approved.pay_link_expires_at = approved.reviewed_at - timedelta(seconds=1)
+        db.session.commit()
+    expired = client.get(link)
+    assert expired.status_code == 403
+    assert "付款链接已过期" in expired.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', expired.text).group(1)
+    again = client.post(f"{link}/again", data={"csrf_token": token})
+    assert again.status_code == 302
+    assert "等待管理员审核" in client.get(again.location).text
+    with app.app_context():
+        pending = db.session.scalar(
+            sa.select(Application).where(Application.status == ApplicationStatus.PENDING_REVIEW)
+        )
+        assert pending.answers == {
+            str(screened["why"]): ANSWERS["why"],
+            str(screened["where"]): ANSWERS["where"],
+        }
+    assert client.get(link).status_code == 404  # the old link is dead
+
+
+def test_rejection_needs_a_reason_and_is_told_politely(app, client, screened, logged_in):
+    response = apply(client, screened)
+    status_path = response.location
+    ids = pending_ids(app)
+    review(app, logged_in, screened, "reject", ids, reason="")
+    assert pending_ids(app) == ids  # refused: no reason
+    review(app, logged_in, screened, "reject", ids, reason="本期名额已满")
+    assert "很遗憾，这次未能通过审核：本期名额已满" in client.get(status_path).text
+    with app.app_context():
+        message = db.session.scalars(sa.select(OutboxMessage)).one()
+        assert "本期名额已满" in message.body
+
+
+def test_bulk_approval(app, screened, logged_in):
+    for phone in ("13800138001", "13800138002", "13800138003"):
+        apply(app.test_client(), screened, phone=phone)
+    ids = pending_ids(app)
+    review(app, logged_in, screened, "approve", ids[:2])
+    assert pending_ids(app) == ids[2:]
+    with app.app_context():
+        assert count(OutboxMessage) == 2
