@@ -13,6 +13,7 @@ from wtforms import SelectChoice
 from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
+from core.money import Money
 from membership.forms import (
     ActivityForm,
     CommunityForm,
@@ -171,6 +172,11 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
     form = TierForm(obj=tier)
     if tier is not None and request.method == "GET":
         form.price.data = tier.price_money.major_str()
+        form.renewal_price.data = (
+            ""
+            if tier.renewal_price is None
+            else Money(tier.renewal_price, tier.currency).major_str()
+        )
         form.groups.data = [g.id for g in tier.groups]
     form.groups.choices = [SelectChoice(g.id, g.name) for g in community.groups]
     if form.validate_on_submit():
@@ -179,6 +185,13 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
         except ValueError:
             form.price.errors.append("价格格式不正确，例如 99 或 99.00 · Enter a price like 99.00")
             price = None
+        renewal = None
+        if form.renewal_price.data:
+            try:
+                renewal = Money.parse_major(form.renewal_price.data, community.currency)
+            except ValueError:
+                form.renewal_price.errors.append("价格格式不正确 · Enter a price like 99.00")
+                price = None
         kind = TierKind(form.kind.data)
         if price is not None and (kind is TierKind.FREE) != (price.amount == 0):
             form.price.errors.append(
@@ -221,6 +234,7 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
             if (tier.price, tier.currency) != (price.amount, price.currency):
                 changed["price"] = str(price)
             tier.price, tier.currency = price.amount, price.currency
+            tier.renewal_price = renewal.amount if renewal else None
             tier.groups = [g for g in community.groups if g.id in set(form.groups.data or [])]
             audit.record("tier.saved", tier, actor=current_user.actor, data=changed, now=now)
             place_waiting_invitations(community, actor=current_user.actor, now=now)

@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from flask.cli import with_appcontext
 from qrcode.image.pure import PyPNGImage
 
-from core import audit
+from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
-from membership.lifecycle import expire_memberships
+from membership.lifecycle import expire_memberships, send_reminders
 from membership.models import Community, Group, Tier, TierAudience, TierKind
 
 DEMO_SLUG = "demo"
@@ -115,7 +115,11 @@ def seed_demo_command() -> None:
 @click.command("expire-memberships")
 @with_appcontext
 def expire_memberships_command() -> None:
-    """End memberships whose term ran out and revoke their invitations (run daily)."""
+    """Remind members whose term ends soon, and end the memberships whose term ran out
+    (revoking their invitations). Run it daily."""
+    messages = send_reminders()
     count = expire_memberships()
     db.session.commit()
-    click.echo(f"{count} memberships expired")
+    for message_id in messages:
+        outbox.deliver(message_id)
+    click.echo(f"{len(messages)} reminders sent, {count} memberships expired")

@@ -183,6 +183,9 @@ class TierForm(FlaskForm):
         ],
     )
     price = StringField("价格（元）· Price", filters=[_strip], default="0")
+    renewal_price = StringField(
+        "续费价（元，空=同价格）· Renewal price (empty = the price)", filters=[_strip]
+    )
     duration_days = IntegerField(
         "有效天数（空=永久）· Days (empty = lifetime)",
         validators=[Optional(), NumberRange(min=1, max=36500)],

@@ -1,19 +1,32 @@
-"""The life of memberships after joining: activity, purges of the inactive ("大清洗"), and
-expiry of memberships with a term. Functions flush but never commit."""
+"""The life of memberships after joining: activity, purges of the inactive ("大清洗"),
+renewal, reminders and expiry of memberships with a term. Functions flush but never
+commit."""
 
 from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from core import audit
+from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
-from membership.models import Community, Member, Membership, MembershipStatus, Purge
+from core.security import new_token
+from membership.models import (
+    Application,
+    ApplicationStatus,
+    Community,
+    Member,
+    Membership,
+    MembershipStatus,
+    Purge,
+)
 from membership.services import end_membership
+from payments.models import Order, OrderStatus
+from payments.services import create_order
 
 
 class PurgeRefused(Exception):
@@ -125,3 +138,84 @@ def expire_memberships(*, now: datetime | None = None) -> int:
     for membership in due:
         end_membership(membership, MembershipStatus.EXPIRED, reason="term", actor="system", now=now)
     return len(due)
+
+
+class RenewalRefused(Exception):
+    """The message says why, Chinese first; nothing changed."""
+
+
+def start_renewal(membership: Membership, *, now: datetime | None = None) -> Application:
+    """The renewal a member pays to extend ``membership``: its order is at the tier's
+    renewal price. Asking again while one waits for payment gives that one back."""
+    now = now or utcnow()
+    tier = membership.tier
+    if membership.status is not MembershipStatus.ACTIVE or not tier.duration_days:
+        raise RenewalRefused("只有有期限的有效会员可以续费 · Only a current term can be renewed")
+    waiting = db.session.scalar(
+        sa.select(Application).where(
+            Application.renews_membership_id == membership.id,
+            Application.status == ApplicationStatus.AWAITING_PAYMENT,
+        )
+    )
+    if waiting is not None and db.session.get(Order, waiting.order_id).status is OrderStatus.OPEN:
+        return waiting
+    member = membership.member
+    actor = f"member:{member.id}"
+    order = create_order(
+        tier.renewal_money, f"{tier.community.name} · {tier.name} 续费", actor=actor, now=now
+    )
+    db.session.flush()
+    renewal = Application(
+        public_id=new_token(16),
+        submission_key=new_token(24),
+        community_id=member.community_id,
+        tier=tier,
+        display_name=member.display_name,
+        contact_kind=member.contact_kind,
+        contact_value=member.contact_value,
+        rules_accepted_at=now,
+        status=ApplicationStatus.AWAITING_PAYMENT,
+        member=member,
+        renews=membership,
+        order_id=order.id,
+        created_at=now,
+    )
+    db.session.add(renewal)
+    audit.record("membership.renewal_started", membership, actor=actor, now=now)
+    return renewal
+
+
+def send_reminders(*, now: datetime | None = None) -> list[int]:
+    """Queue a reminder for each membership ending within its community's reminder days,
+    once per end date. Returns the outbox messages to deliver after the commit."""
+    now = now or utcnow()
+    due = db.session.execute(
+        sa.select(Membership, Community)
+        .join(Member, Membership.member_id == Member.id)
+        .join(Community, Member.community_id == Community.id)
+        .where(
+            Membership.status == MembershipStatus.ACTIVE,
+            Membership.ends_at.is_not(None),
+            Membership.ends_at > now,
+        )
+    ).all()
+    messages = []
+    for membership, community in due:
+        soon = membership.ends_at - timedelta(days=community.reminder_days) <= now
+        if not soon or membership.reminded_for_end_at == membership.ends_at:
+            continue
+        member = membership.member
+        local_end = membership.ends_at.astimezone(ZoneInfo(community.time_zone))
+        messages.append(
+            outbox.enqueue(
+                member.contact_kind.value,
+                member.contact_value,
+                f"{community.name}：会员即将到期 · Your membership ends soon",
+                f"你的{membership.tier.name}将于 {local_end:%Y-%m-%d} 到期，续费价 "
+                f"{membership.tier.renewal_money}。Your membership ends on {local_end:%Y-%m-%d}.",
+                now=now,
+            ).id
+        )
+        membership.reminded_for_end_at = membership.ends_at
+        audit.record("membership.reminded", membership, actor="system", now=now)
+    return messages

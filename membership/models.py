@@ -44,6 +44,8 @@ class Community(db.Model):
     last_member_number: Mapped[int] = mapped_column(default=0)
     #: Days an approved applicant's personal pay link stays valid.
     pay_link_days: Mapped[int] = mapped_column(default=7)
+    #: Members are reminded this many days before a membership with a term ends.
+    reminder_days: Mapped[int] = mapped_column(default=7)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     tiers: Mapped[list[Tier]] = relationship(
@@ -99,6 +101,8 @@ class Tier(db.Model):
     currency: Mapped[str] = mapped_column(sa.String(3))
     #: None: lifetime membership.
     duration_days: Mapped[int | None]
+    #: What a member pays to extend a membership of this tier; None: the tier's price.
+    renewal_price: Mapped[int | None]
     audience: Mapped[TierAudience] = mapped_column(
         enum_column(TierAudience),
         default=TierAudience.EVERYONE,
@@ -122,6 +126,12 @@ class Tier(db.Model):
     @property
     def price_money(self) -> Money:
         return Money(self.price, self.currency)
+
+    @property
+    def renewal_money(self) -> Money:
+        return Money(
+            self.price if self.renewal_price is None else self.renewal_price, self.currency
+        )
 
     @property
     def include_lines(self) -> list[str]:
@@ -230,6 +240,8 @@ class Membership(db.Model):
     ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: The order that paid for it; None for a free tier.
     order_id: Mapped[int | None] = mapped_column(sa.ForeignKey("orders.id"), unique=True)
+    #: The end date the member was last reminded of (each end is reminded of once).
+    reminded_for_end_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     member: Mapped[Member] = relationship(back_populates="memberships")
     tier: Mapped[Tier] = relationship()
@@ -269,6 +281,8 @@ class Application(db.Model):
     reviewed_by: Mapped[str | None] = mapped_column(sa.String(64))
     #: Why it was rejected, as the applicant is told.
     review_reason: Mapped[str | None] = mapped_column(sa.String(300))
+    #: A renewal: the membership it extends once paid (instead of a new membership).
+    renews_membership_id: Mapped[int | None] = mapped_column(sa.ForeignKey("memberships.id"))
     #: The approved applicant's personal pay link, and until when it works.
     pay_token: Mapped[str | None] = mapped_column(sa.String(48), unique=True)
     pay_link_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -276,6 +290,7 @@ class Application(db.Model):
     community: Mapped[Community] = relationship()
     tier: Mapped[Tier] = relationship()
     member: Mapped[Member | None] = relationship()
+    renews: Mapped[Membership | None] = relationship()
 
 
 class InvitationStatus(StrEnum):

@@ -203,8 +203,29 @@ def _wait_in_lobby(application: Application, *, now: datetime) -> Member | None:
 def admit_paid_application(order: Order, *, now: datetime) -> None:
     """``order_paid`` receiver: the application this order paid for becomes a member."""
     application = db.session.scalar(sa.select(Application).where(Application.order_id == order.id))
-    if application is not None and application.status is ApplicationStatus.AWAITING_PAYMENT:
+    if application is None or application.status is not ApplicationStatus.AWAITING_PAYMENT:
+        return
+    if application.renews is not None:
+        extend_membership(application, now=now)
+    else:
         admit(application, actor="system", now=now)
+
+
+def extend_membership(application: Application, *, now: datetime) -> Membership:
+    """A paid renewal: the membership runs on for the tier's days from its current end
+    (not from today), with the same member number and invitations."""
+    membership = application.renews
+    days = membership.tier.duration_days or 0
+    membership.ends_at = (membership.ends_at or now) + timedelta(days=days)
+    application.status = ApplicationStatus.ADMITTED
+    audit.record(
+        "membership.renewed",
+        membership,
+        actor="system",
+        data={"ends_at": membership.ends_at.isoformat(), "application": application.id},
+        now=now,
+    )
+    return membership
 
 
 def admit(application: Application, *, actor: str, now: datetime) -> Member:

@@ -32,6 +32,7 @@ from membership.forms import (
     answers_of,
     with_questions,
 )
+from membership.lifecycle import RenewalRefused, start_renewal
 from membership.login import LoginRefused, request_code, verify_code
 from membership.models import (
     Application,
@@ -41,6 +42,7 @@ from membership.models import (
     Invitation,
     LoginCode,
     Member,
+    Membership,
     Tier,
     TierAudience,
     TierKind,
@@ -265,7 +267,32 @@ def me():
     member = logged_in_member()
     if member is None:
         return render_template("me/anonymous.html"), 401
-    return render_template("me/member.html", member=member, community=member.community)
+    pay_form = PayAgainForm()
+    _offer_providers(pay_form)
+    return render_template(
+        "me/member.html", member=member, community=member.community, pay_form=pay_form
+    )
+
+
+@bp.post("/me/renew/<int:membership_id>")
+def renew(membership_id: int):
+    """Pay to extend a membership with a term, from its current end."""
+    member = logged_in_member()
+    membership = db.session.get(Membership, membership_id)
+    if member is None or membership is None or membership.member_id != member.id:
+        abort(404)
+    form = PayAgainForm()
+    _offer_providers(form)
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        renewal = start_renewal(membership)
+    except RenewalRefused as refusal:
+        db.session.rollback()
+        flash(str(refusal), "error")
+        return redirect(url_for(".me"))
+    db.session.flush()
+    return _continue(renewal, form.provider.data)
 
 
 def _valid_invitation(token: str) -> Invitation:

@@ -19,6 +19,7 @@ from membership.lifecycle import (
     mark_active,
     purge_candidates,
     run_purge,
+    send_reminders,
 )
 from membership.login import LoginRefused, request_code, verify_code
 from membership.models import (
@@ -34,7 +35,16 @@ from membership.models import (
     Purge,
     Tier,
 )
-from tests.helpers import count, csrf_token, join_and_pay, submit_form, submit_join
+from payments.models import LedgerEntry, Payment, PaymentStatus
+from tests.helpers import (
+    cashier_action,
+    count,
+    csrf_token,
+    join_and_pay,
+    signed_notification,
+    submit_form,
+    submit_join,
+)
 
 PHONE = "13800138000"
 
@@ -272,3 +282,103 @@ def test_memberships_with_a_term_expire_on_time(app, demo, runner):
         assert db.session.scalar(sa.select(Invitation.status)) is InvitationStatus.REVOKED
         assert db.session.scalar(sa.select(Member)).may_reenter
     assert "0 memberships expired" in runner.invoke(args=["expire-memberships"]).output
+
+
+@pytest.fixture
+def thirty_day_tier(app, demo):
+    with app.app_context():
+        tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+        tier.duration_days, tier.renewal_price = 30, 5000
+        db.session.commit()
+
+
+def _renew(app, browser):
+    page = browser.get("/me").get_data(as_text=True)
+    assert "续费 ¥50.00" in page
+    membership_id = re.search(r"/me/renew/(\d+)", page).group(1)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    return browser.post(
+        f"/me/renew/{membership_id}", data={"csrf_token": token, "provider": "fake"}
+    )
+
+
+def test_renewal_extends_from_the_current_end_and_keeps_the_number(app, thirty_day_tier):
+    join_with_phone(app.test_client())
+    browser = app.test_client()
+    log_in_member(app, browser)
+    with app.app_context():
+        first_end = db.session.scalar(sa.select(Membership.ends_at))
+    to_cashier = _renew(app, browser)
+    assert to_cashier.location.startswith("/fake-pay/")
+    status = cashier_action(browser, to_cashier.location, "pay").location
+    assert "续费成功" in browser.get(status).get_data(as_text=True)
+    with app.app_context():
+        membership = db.session.scalars(sa.select(Membership)).one()
+        assert membership.ends_at == first_end + timedelta(days=30)
+        assert db.session.scalar(sa.select(Member.number_label)) == "0001"
+        assert db.session.scalar(sa.select(Community.last_member_number)) == 1
+        assert count(Invitation) == 1
+
+
+def test_a_renewal_paid_twice_extends_once(app, thirty_day_tier):
+    """Two attempts for the same renewal both confirmed (two tabs, two payments): the money
+    is kept for a refund, the membership is extended once."""
+    join_with_phone(app.test_client())
+    browser = app.test_client()
+    log_in_member(app, browser)
+    with app.app_context():
+        first_end = db.session.scalar(sa.select(Membership.ends_at))
+    cashier_url = _renew(app, browser).location
+    with app.app_context():
+        first = db.session.scalars(sa.select(Payment).order_by(Payment.id.desc())).first()
+        second = Payment(
+            public_id="renewal-second-tab",
+            order_id=first.order_id,
+            provider="fake",
+            method="cashier",
+            amount=first.amount,
+            currency=first.currency,
+            status=PaymentStatus.CREATED,
+            return_url="/",
+            cancel_url="/",
+            provider_data={},
+            created_at=utcnow(),
+        )
+        db.session.add(second)
+        db.session.commit()
+        deliveries = [signed_notification(first), signed_notification(second)]
+    for body, headers in deliveries:
+        assert browser.post("/webhooks/fake", data=body, headers=headers).status_code == 200
+    assert cashier_url.startswith("/fake-pay/")
+    with app.app_context():
+        assert db.session.scalar(sa.select(Membership.ends_at)) == first_end + timedelta(days=30)
+        renewal_ledger = db.session.scalars(
+            sa.select(LedgerEntry.amount).where(LedgerEntry.order_id == first.order_id)
+        ).all()
+        assert renewal_ledger == [5000, 5000]
+
+
+def test_lifetime_memberships_are_not_renewed(app, demo):
+    join_with_phone(app.test_client())
+    browser = app.test_client()
+    log_in_member(app, browser)
+    assert "续费" not in browser.get("/me").get_data(as_text=True)
+
+
+def test_reminders_go_once_per_end_date(app, thirty_day_tier, runner):
+    join_with_phone(app.test_client())
+    with app.app_context():
+        membership = db.session.scalars(sa.select(Membership)).one()
+        end = membership.ends_at
+        assert send_reminders(now=end - timedelta(days=8)) == []
+        assert len(send_reminders(now=end - timedelta(days=6))) == 1
+        assert send_reminders(now=end - timedelta(days=5)) == []
+        membership.ends_at = end + timedelta(days=30)  # renewed
+        assert send_reminders(now=end - timedelta(days=5)) == []
+        assert len(send_reminders(now=end + timedelta(days=24))) == 1
+        db.session.commit()
+        message = db.session.scalars(sa.select(OutboxMessage)).first()
+        assert "即将到期" in message.subject
+        assert "¥50.00" in message.body
+    result = runner.invoke(args=["expire-memberships"])
+    assert "0 reminders sent, 0 memberships expired" in result.output
