@@ -20,6 +20,7 @@ from core.security import csrf
 from membership import admin as membership_admin
 from membership import cli as membership_cli
 from membership import views as membership_views
+from membership.access import start_in_process_worker
 from membership.services import (
     admit_paid_application,
     restore_paid_access,
@@ -59,7 +60,11 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
 
     app.cli.add_command(membership_cli.seed_demo_command)
     app.cli.add_command(membership_cli.expire_memberships_command)
+    app.cli.add_command(membership_cli.worker_command)
     app.cli.add_command(payments_cli)
+
+    if app.config["QUEUE_IN_PROCESS"] and not app.testing:
+        start_in_process_worker(app)
 
     order_paid.connect(admit_paid_application)
     access_withdrawn.connect(withdraw_paid_access)

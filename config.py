@@ -70,6 +70,12 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # "json": one JSON object per log line, with the request id; "text" for a terminal.
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "json"),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        # Telegram groups: the bot that makes one-use invite links (an admin of each group).
+        "TELEGRAM_BOT_TOKEN": os.environ.get("TELEGRAM_BOT_TOKEN"),
+        "TELEGRAM_API_BASE": os.environ.get("TELEGRAM_API_BASE"),
+        # Drain the platform-call queue from a thread of the web process (the demo needs no
+        # second process). Production runs ``flask worker`` instead and sets this to 0.
+        "QUEUE_IN_PROCESS": os.environ.get("QUEUE_IN_PROCESS", "1") == "1",
         # Outgoing e-mail (login codes …). Without MAIL_SERVER, messages go to the log.
         "MAIL_SERVER": os.environ.get("MAIL_SERVER"),
         "MAIL_PORT": int(os.environ.get("MAIL_PORT", "587")),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -14,6 +14,7 @@ from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
 from core.money import Money
+from membership.access import complete_removal, retry
 from membership.forms import (
     ActivityForm,
     CommunityForm,
@@ -38,9 +39,12 @@ from membership.models import (
     Invitation,
     InvitationStatus,
     Member,
+    PlatformTask,
     Purge,
     QuestionKind,
+    RemovalTask,
     ScreeningQuestion,
+    TaskStatus,
     Tier,
     TierAudience,
     TierKind,
@@ -160,7 +164,11 @@ def community(community_id: int):
     seats = seats_taken([group.id for group in community.groups])
     waiting = waiting_invitations(community.id)
     return render_template(
-        "admin/community.html", community=community, seats=seats, waiting=waiting
+        "admin/community.html",
+        community=community,
+        seats=seats,
+        waiting=waiting,
+        soon=utcnow() + timedelta(days=2),  # QR codes expiring by then are flagged
     )
 
 
@@ -250,6 +258,9 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
     group = _get(Group, group_id) if group_id else None
     community = group.community if group else _get(Community, community_id)
     form = GroupForm(obj=group)
+    if group is not None and group.qr_expires_at and request.method == "GET":
+        local = group.qr_expires_at.astimezone(ZoneInfo(community.time_zone))
+        form.qr_expires_at.data = (local - timedelta(days=1)).date()
     if form.validate_on_submit():
         upload = form.qr_image.data
         image = upload.read() if upload else None
@@ -261,7 +272,13 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
             if group is None:
                 group = Group(community=community, created_at=now)
                 db.session.add(group)
-            changed = _changes(group, form, ["name", "platform", "capacity", "join_link"])
+            changed = _changes(
+                group, form, ["name", "platform", "capacity", "join_link", "telegram_chat_id"]
+            )
+            expires = form.qr_expires_at.data
+            group.qr_expires_at = (
+                _local_midnight(community, expires + timedelta(days=1)) if expires else None
+            )
             if image:
                 group.qr_image, group.qr_mime = image, mime
                 changed["qr_image"] = f"{len(image)} bytes"
@@ -421,3 +438,42 @@ def applications(community_id: int):
         form=form,
         questions={str(q.id): q.prompt for q in community.questions},
     )
+
+
+@bp.route("/communities/<int:community_id>/removals", methods=["GET", "POST"])
+def removals(community_id: int):
+    """Members moderators must remove by hand from QR-joined groups; tick them off."""
+    community = _get(Community, community_id)
+    if request.method == "POST":
+        task = db.session.get(RemovalTask, request.form.get("task", type=int))
+        if task is None or task.group.community_id != community.id:
+            abort(404)
+        complete_removal(task, actor=current_user.actor)
+        db.session.commit()
+        return redirect(url_for(".removals", community_id=community.id))
+    pending = db.session.scalars(
+        sa.select(RemovalTask)
+        .join(Group)
+        .where(Group.community_id == community.id, RemovalTask.done_at.is_(None))
+        .order_by(RemovalTask.id)
+    ).all()
+    return render_template("admin/removals.html", community=community, pending=pending)
+
+
+@bp.route("/platform-tasks", methods=["GET", "POST"])
+def platform_tasks():
+    """Platform calls that gave up after their retries: see why, and retry."""
+    if request.method == "POST":
+        task = db.session.get(PlatformTask, request.form.get("task", type=int))
+        if task is None or task.status is not TaskStatus.FAILED:
+            abort(404)
+        retry(task, actor=current_user.actor)
+        db.session.commit()
+        flash("已重新排队 · Queued again", "ok")
+        return redirect(url_for(".platform_tasks"))
+    failed = db.session.scalars(
+        sa.select(PlatformTask)
+        .where(PlatformTask.status == TaskStatus.FAILED)
+        .order_by(PlatformTask.id)
+    ).all()
+    return render_template("admin/platform_tasks.html", failed=failed)

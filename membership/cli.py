@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import click
 import qrcode
@@ -13,6 +14,7 @@ from qrcode.image.pure import PyPNGImage
 from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
+from membership.access import drain
 from membership.lifecycle import expire_memberships, send_reminders
 from membership.models import Community, Group, Tier, TierAudience, TierKind
 
@@ -123,3 +125,18 @@ def expire_memberships_command() -> None:
     for message_id in messages:
         outbox.deliver(message_id)
     click.echo(f"{len(messages)} reminders sent, {count} memberships expired")
+
+
+@click.command("worker")
+@click.option("--once", is_flag=True, help="Run the due tasks, then stop.")
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between rounds.")
+@with_appcontext
+def worker_command(once: bool, interval: float) -> None:
+    """Make the queued platform calls (Telegram links, removal tasks), with retries."""
+    while True:
+        ran = drain()
+        if once:
+            click.echo(f"{ran} platform tasks run")
+            return
+        db.session.remove()
+        time.sleep(interval)

@@ -223,6 +223,12 @@ class GroupForm(FlaskForm):
         filters=[_strip],
         validators=[Optional(), URL(message="链接格式不正确 · Not a link"), Length(max=500)],
     )
+    telegram_chat_id = StringField(
+        "Telegram 群 chat id（机器人需为管理员）· Telegram chat id (the bot must be an admin)",
+        filters=[_strip],
+        validators=[Optional(), Regexp(r"^-?[0-9]{5,20}$|^@[A-Za-z0-9_]{5,32}$")],
+    )
+    qr_expires_at = DateField("二维码到期日 · QR code expires on", validators=[Optional()])
     qr_image = FileField(
         "群二维码图片 · QR image",
         validators=[

@@ -153,6 +153,10 @@ class Group(db.Model):
     #: How to join: an invite link, and/or the group's QR image.
     join_link: Mapped[str | None] = mapped_column(sa.String(500))
     qr_image: Mapped[bytes | None] = mapped_column(sa.LargeBinary, deferred=True)
+    #: WeChat group QR codes live 7 days: admins are warned before this.
+    qr_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Telegram groups: the chat id the bot manages (it must be an admin there).
+    telegram_chat_id: Mapped[str | None] = mapped_column(sa.String(40))
     qr_mime: Mapped[str | None] = mapped_column(sa.String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -320,6 +324,9 @@ class Invitation(db.Model):
     status: Mapped[InvitationStatus] = mapped_column(enum_column(InvitationStatus))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: A link for this invitation alone (Telegram's one-use invite link), once the
+    #: platform made it; otherwise the group's QR image or link is shown.
+    join_link: Mapped[str | None] = mapped_column(sa.String(500))
 
     member: Mapped[Member] = relationship(back_populates="invitations")
     membership: Mapped[Membership] = relationship()
@@ -396,3 +403,52 @@ class ScreeningQuestion(db.Model):
     @property
     def choice_list(self) -> list[str]:
         return [line.strip() for line in self.choices.splitlines() if line.strip()]
+
+
+class TaskAction(StrEnum):
+    GRANT = "grant"
+    REVOKE = "revoke"
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"  #: due at ``next_attempt_at``
+    DONE = "done"
+    FAILED = "failed"  #: gave up after the last retry; admins see it and can retry
+
+
+class PlatformTask(db.Model):
+    """A call to a chat platform, queued in the transaction that decided it and made after
+    the commit by the worker, with retries and backoff."""
+
+    __tablename__ = "platform_tasks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    invitation_id: Mapped[int] = mapped_column(sa.ForeignKey("invitations.id"), index=True)
+    action: Mapped[TaskAction] = mapped_column(enum_column(TaskAction))
+    status: Mapped[TaskStatus] = mapped_column(enum_column(TaskStatus))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    invitation: Mapped[Invitation] = relationship()
+
+    __table_args__ = (sa.Index(None, "status", "next_attempt_at"),)
+
+
+class RemovalTask(db.Model):
+    """For groups no API can manage (WeChat, QQ): a moderator removes the member by hand
+    and ticks it off."""
+
+    __tablename__ = "removal_tasks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    invitation_id: Mapped[int] = mapped_column(sa.ForeignKey("invitations.id"), unique=True)
+    group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    done_by: Mapped[str | None] = mapped_column(sa.String(64))
+
+    invitation: Mapped[Invitation] = relationship()
+    group: Mapped[Group] = relationship()

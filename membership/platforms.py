@@ -1,13 +1,20 @@
-"""The chat platforms a group can live on, and what we know of each.
-
-Granting and revoking access for real (removal tasks for QR groups, Telegram's Bot API)
-belongs to the group-platforms work; today every platform is joined by the QR image or the
-link an admin stores on the group.
+"""The chat platforms a group can live on, what we know of each, and the adapters that
+turn granting and revoking an invitation into what each platform needs: a removal task
+for moderators of QR-joined groups (WeChat, WeCom, QQ), Telegram's Bot API otherwise.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import requests
+import sqlalchemy as sa
+from flask import current_app
+
+from core.db import db
+from membership.models import Invitation, RemovalTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +34,88 @@ PLATFORMS: dict[str, Platform] = {
         Platform("telegram", "Telegram", 200_000),
     )
 }
+
+
+class PlatformError(Exception):
+    """A platform refused a call or could not be reached; the worker retries."""
+
+
+class PlatformAdapter(ABC):
+    """Turns a grant or a revoke of an invitation into what the platform needs. Called by
+    the worker after the commit, never inside a request that answers a payment provider."""
+
+    @abstractmethod
+    def grant(self, invitation: Invitation, *, now: datetime) -> None: ...
+
+    @abstractmethod
+    def revoke(self, invitation: Invitation, *, now: datetime) -> None: ...
+
+
+class ModeratedQrAdapter(PlatformAdapter):
+    """WeChat, WeCom and QQ groups: no API joins or removes anyone. Members join by the
+    group's QR image or link; a revoke becomes a removal task for the moderators."""
+
+    def grant(self, invitation: Invitation, *, now: datetime) -> None:
+        """Nothing to call: the invitation shows the group's QR code."""
+
+    def revoke(self, invitation: Invitation, *, now: datetime) -> None:
+        if invitation.group_id is None:
+            return
+        exists = db.session.scalar(
+            sa.select(RemovalTask.id).where(RemovalTask.invitation_id == invitation.id)
+        )
+        if exists is None:
+            db.session.add(
+                RemovalTask(invitation=invitation, group_id=invitation.group_id, created_at=now)
+            )
+
+
+class TelegramAdapter(PlatformAdapter):
+    """Telegram groups through the Bot API: a one-use invite link per invitation, revoked
+    with it. The bot must be an administrator of the group."""
+
+    #: How long a one-use link stays valid.
+    LINK_LIFETIME = timedelta(days=7)
+
+    def __init__(self, token: str, api_base: str = "https://api.telegram.org") -> None:
+        self._url = f"{api_base.rstrip('/')}/bot{token}/"
+
+    def _call(self, method: str, **params) -> dict:
+        try:
+            answer = requests.post(self._url + method, json=params, timeout=10).json()
+        except (requests.RequestException, ValueError) as error:
+            raise PlatformError(f"Telegram {method}: {error}") from error
+        if not answer.get("ok"):
+            raise PlatformError(f"Telegram {method}: {answer.get('description')}")
+        return answer["result"]
+
+    def grant(self, invitation: Invitation, *, now: datetime) -> None:
+        group = invitation.group
+        if not group.telegram_chat_id:
+            raise PlatformError(f"group {group.id} has no Telegram chat id")
+        result = self._call(
+            "createChatInviteLink",
+            chat_id=group.telegram_chat_id,
+            name=f"qunmen-{invitation.id}",
+            member_limit=1,
+            expire_date=int((now + self.LINK_LIFETIME).timestamp()),
+        )
+        invitation.join_link = result["invite_link"]
+
+    def revoke(self, invitation: Invitation, *, now: datetime) -> None:
+        if invitation.join_link and invitation.group and invitation.group.telegram_chat_id:
+            self._call(
+                "revokeChatInviteLink",
+                chat_id=invitation.group.telegram_chat_id,
+                invite_link=invitation.join_link,
+            )
+
+
+def adapter_for(platform: str) -> PlatformAdapter:
+    """The adapter for a group's platform (Telegram needs TELEGRAM_BOT_TOKEN)."""
+    if platform == "telegram" and current_app.config.get("TELEGRAM_BOT_TOKEN"):
+        return TelegramAdapter(
+            current_app.config["TELEGRAM_BOT_TOKEN"],
+            current_app.config.get("TELEGRAM_API_BASE") or "https://api.telegram.org",
+        )
+    return ModeratedQrAdapter()

@@ -14,6 +14,7 @@ from core import audit
 from core.clock import utcnow
 from core.db import db
 from core.security import new_token
+from membership.access import queue_platform_task
 from membership.models import (
     CURRENT_MEMBERSHIP_STATUSES,
     LIVE_INVITATION_STATUSES,
@@ -27,6 +28,7 @@ from membership.models import (
     Member,
     Membership,
     MembershipStatus,
+    TaskAction,
     Tier,
     TierAudience,
     TierKind,
@@ -289,6 +291,8 @@ def end_membership(
             *LIVE_INVITATION_STATUSES,
             InvitationStatus.WAITING,
         ):
+            if invitation.status in LIVE_INVITATION_STATUSES:
+                queue_platform_task(invitation, TaskAction.REVOKE, now=now)
             invitation.status = InvitationStatus.REVOKED
             audit.record(
                 "invitation.revoked", invitation, actor=actor, data={"reason": reason}, now=now
@@ -370,6 +374,8 @@ def issue_invitation(membership: Membership, *, actor: str, now: datetime) -> In
         issued_at=now if group else None,
     )
     db.session.add(invitation)
+    if group is not None:
+        queue_platform_task(invitation, TaskAction.GRANT, now=now)
     audit.record(
         f"invitation.{invitation.status}",
         invitation,
@@ -406,6 +412,7 @@ def place_waiting_invitations(community: Community, *, actor: str, now: datetime
         invitation.group = group
         invitation.status = InvitationStatus.ISSUED
         invitation.issued_at = now
+        queue_platform_task(invitation, TaskAction.GRANT, now=now)
         db.session.flush()
         audit.record(
             "invitation.issued", invitation, actor=actor, data={"group": group.name}, now=now

@@ -85,6 +85,8 @@ def app_config(database_url: str, apis: fake_apis.FakeAPIs, certs: tuple[str, st
         "WECHATPAY_MCH_KEY": certs[1],
         "WECHATPAY_API_BASE": apis.base_url,
         "WECHAT_API_BASE": apis.base_url,
+        "TELEGRAM_BOT_TOKEN": fake_apis.TELEGRAM_BOT_TOKEN,
+        "TELEGRAM_API_BASE": apis.base_url,
     }
 
 

@@ -23,6 +23,7 @@ WECHAT_APP_SECRET = "test-app-secret"
 WECHAT_MCH_ID = "1900000109"
 WECHAT_API_KEY = "0123456789abcdef0123456789abcdef"
 WECHAT_OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
+TELEGRAM_BOT_TOKEN = "123456789:AAH-test-token"
 STRIPE_SECRET_KEY = "sk_test_qunmen"
 STRIPE_WEBHOOK_SECRET = "whsec_test_qunmen"
 
@@ -46,6 +47,8 @@ class FakeAPIs:
     stripe_sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Stripe refund status to answer with.
     stripe_refund_status: str = "succeeded"
+    #: When set, the Telegram Bot API answers every call with this error.
+    telegram_error: str | None = None
     base_url: str = ""
 
     def reset(self) -> None:
@@ -53,6 +56,7 @@ class FakeAPIs:
         self.wechat_orders.clear()
         self.stripe_sessions.clear()
         self.stripe_refund_status = "succeeded"
+        self.telegram_error = None
 
     def last(self, path_prefix: str) -> Recorded:
         return next(r for r in reversed(self.requests) if r.path.startswith(path_prefix))
@@ -130,6 +134,8 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
             body = self._body()
             if url.path.startswith("/v1/"):
                 return self._stripe(url.path, dict(parse_qsl(body.decode())))
+            if url.path.startswith("/bot"):
+                return self._telegram(url.path, json.loads(body or b"{}"))
             return self._wechat(url.path, body)
 
         def _stripe(self, path: str, form: dict[str, str]) -> None:
@@ -171,6 +177,37 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                     }
                 )
             return self._json({"error": {"message": "not found"}}, 404)
+
+        def _telegram(self, path: str, params: dict[str, Any]) -> None:
+            state.requests.append(Recorded("POST", path, dict(self.headers), params))
+            token, _, method = path.removeprefix("/bot").partition("/")
+            if token != TELEGRAM_BOT_TOKEN:
+                return self._json({"ok": False, "error_code": 401, "description": "Unauthorized"})
+            if state.telegram_error:
+                return self._json(
+                    {"ok": False, "error_code": 400, "description": state.telegram_error}
+                )
+            if method == "createChatInviteLink":
+                link = f"https://t.me/+fake{len(state.requests):06d}"
+                return self._json(
+                    {
+                        "ok": True,
+                        "result": {
+                            "invite_link": link,
+                            "member_limit": params["member_limit"],
+                            "name": params.get("name"),
+                            "is_revoked": False,
+                        },
+                    }
+                )
+            if method == "revokeChatInviteLink":
+                return self._json(
+                    {
+                        "ok": True,
+                        "result": {"invite_link": params["invite_link"], "is_revoked": True},
+                    }
+                )
+            return self._json({"ok": False, "error_code": 404, "description": "Not Found"})
 
         def _wechat(self, path: str, body: bytes) -> None:
             data = dict(xmltodict.parse(body)["xml"])

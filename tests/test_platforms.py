@@ -1,0 +1,145 @@
+"""Group platforms: grants and revokes queued and made after the commit, with retries;
+Telegram through a local fake Bot API; removal tasks for QR-joined groups."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from core.clock import utcnow
+from core.db import db
+from membership.access import MAX_ATTEMPTS, drain
+from membership.lifecycle import run_purge
+from membership.models import (
+    Community,
+    Group,
+    Invitation,
+    InvitationStatus,
+    PlatformTask,
+    RemovalTask,
+    TaskAction,
+    TaskStatus,
+)
+from tests import fake_apis
+from tests.helpers import join_and_pay, submit_form
+
+CHAT = "-1001234567890"
+
+
+@pytest.fixture
+def telegram_group(app, demo):
+    with app.app_context():
+        group = db.session.scalar(sa.select(Group).where(Group.name == "正式一群 · Main 1"))
+        group.platform, group.telegram_chat_id = "telegram", CHAT
+        db.session.commit()
+
+
+def tasks(app) -> list[tuple]:
+    with app.app_context():
+        return db.session.execute(
+            sa.select(PlatformTask.action, PlatformTask.status).order_by(PlatformTask.id)
+        ).all()
+
+
+def telegram_calls(apis) -> list[str]:
+    return [r.path.rsplit("/", 1)[1] for r in apis.requests if r.path.startswith("/bot")]
+
+
+def test_telegram_link_is_made_after_the_commit_not_in_the_webhook(app, telegram_group, apis):
+    browser = app.test_client()
+    status = join_and_pay(browser, "main")
+    assert telegram_calls(apis) == []  # the payment's request made no platform call
+    assert "正在生成你的专属入群链接" in browser.get(status).text
+    assert tasks(app) == [(TaskAction.GRANT, TaskStatus.PENDING)]
+
+    with app.app_context():
+        assert drain() == 1
+    assert telegram_calls(apis) == ["createChatInviteLink"]
+    call = apis.last("/bot")
+    assert (call.data["chat_id"], call.data["member_limit"]) == (CHAT, 1)
+    with app.app_context():
+        link = db.session.scalar(sa.select(Invitation.join_link))
+    assert link.startswith("https://t.me/+fake")
+    assert link in browser.get(status).text
+    assert tasks(app) == [(TaskAction.GRANT, TaskStatus.DONE)]
+
+
+def test_failures_are_retried_with_backoff_then_shown_to_admins(
+    app, telegram_group, apis, logged_in
+):
+    join_and_pay(app.test_client(), "main")
+    apis.telegram_error = "Bad Request: not enough rights to manage chat invite links"
+    now = utcnow()
+    with app.app_context():
+        assert drain(now=now) == 1
+        task = db.session.scalars(sa.select(PlatformTask)).one()
+        assert (task.status, task.attempts) == (TaskStatus.PENDING, 1)
+        assert task.next_attempt_at > now
+        assert drain(now=now) == 0  # not due yet
+        moment = now
+        for _ in range(MAX_ATTEMPTS - 1):
+            moment += timedelta(hours=2)
+            drain(now=moment)
+        db.session.refresh(task)
+        assert (task.status, task.attempts) == (TaskStatus.FAILED, MAX_ATTEMPTS)
+        task_id = task.id
+    page = logged_in.get("/admin/platform-tasks").text
+    assert "not enough rights" in page
+    apis.telegram_error = None
+    assert (
+        submit_form(logged_in, "/admin/platform-tasks", {"task": str(task_id)}).status_code == 302
+    )
+    with app.app_context():
+        drain()
+    assert tasks(app) == [(TaskAction.GRANT, TaskStatus.DONE)]
+
+
+def _purge(app):
+    with app.app_context():
+        run_purge(db.session.scalar(sa.select(Community)), utcnow() + timedelta(days=1), actor="t")
+        db.session.commit()
+
+
+def test_revoking_a_telegram_invitation_revokes_its_link(app, telegram_group, apis):
+    join_and_pay(app.test_client(), "main")
+    with app.app_context():
+        drain()
+    _purge(app)
+    with app.app_context():
+        assert drain() == 1
+        link = db.session.scalar(sa.select(Invitation.join_link))
+    assert telegram_calls(apis) == ["createChatInviteLink", "revokeChatInviteLink"]
+    assert apis.last("/bot").data["invite_link"] == link
+
+
+def test_revoking_a_wechat_invitation_asks_moderators(app, demo, logged_in):
+    join_and_pay(app.test_client(), "main")
+    _purge(app)
+    with app.app_context():
+        drain()
+        task = db.session.scalars(sa.select(RemovalTask)).one()
+        community_id = task.group.community_id
+        assert task.invitation.status is InvitationStatus.REVOKED
+    url = f"/admin/communities/{community_id}/removals"
+    page = logged_in.get(url).text
+    assert "0001" in page
+    assert "读书人小王" in page
+    assert "正式一群 · Main 1" in page
+    submit_form(logged_in, url, {"task": str(task.id)})
+    assert "没有待办" in logged_in.get(url).text
+    with app.app_context():
+        assert db.session.scalars(sa.select(RemovalTask.done_by)).one().startswith("staff:")
+
+
+def test_a_wrong_bot_token_is_a_failure_not_a_crash(app, telegram_group, apis):
+    join_and_pay(app.test_client(), "main")
+    app.config["TELEGRAM_BOT_TOKEN"] = "999:wrong"
+    try:
+        with app.app_context():
+            drain()
+            task = db.session.scalars(sa.select(PlatformTask)).one()
+            assert "Unauthorized" in task.last_error
+    finally:
+        app.config["TELEGRAM_BOT_TOKEN"] = fake_apis.TELEGRAM_BOT_TOKEN
