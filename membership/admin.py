@@ -50,7 +50,12 @@ from membership.models import (
     TierKind,
 )
 from membership.screening import ScreeningRefused, approve, reject
-from membership.services import place_waiting_invitations, seats_taken, waiting_invitations
+from membership.services import (
+    place_waiting_invitations,
+    seats_of,
+    seats_taken,
+    waiting_invitations,
+)
 
 bp = Blueprint("membership_admin", __name__, url_prefix="/admin")
 
@@ -169,6 +174,7 @@ def community(community_id: int):
         seats=seats,
         waiting=waiting,
         soon=utcnow() + timedelta(days=2),  # QR codes expiring by then are flagged
+        room={group.id: seats_of(group) for group in community.groups},
     )
 
 

@@ -23,13 +23,20 @@ class Platform:
     label: str
     #: Most members a group can hold.
     max_members: int
+    #: Past this many members a group's QR code stops letting people in (WeChat: 200);
+    #: None where joining does not depend on a QR code.
+    qr_join_limit: int | None = None
+
+    def seats(self, capacity: int) -> int:
+        """How many invitations a group of this platform can really take."""
+        return min(capacity, self.qr_join_limit) if self.qr_join_limit else capacity
 
 
 PLATFORMS: dict[str, Platform] = {
     p.key: p
     for p in (
-        Platform("wechat", "微信群 · WeChat", 500),
-        Platform("wecom", "企业微信群 · WeCom", 500),
+        Platform("wechat", "微信群 · WeChat", 500, qr_join_limit=200),
+        Platform("wecom", "企业微信群 · WeCom", 500, qr_join_limit=200),
         Platform("qq", "QQ群 · QQ", 2000),
         Platform("telegram", "Telegram", 200_000),
     )

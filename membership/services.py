@@ -35,6 +35,7 @@ from membership.models import (
     format_member_number,
     tier_groups,
 )
+from membership.platforms import PLATFORMS
 from payments.models import Order
 from payments.services import create_order
 
@@ -357,7 +358,14 @@ def _first_group_with_room(tier_id: int) -> Group | None:
         .with_for_update(of=Group)
     ).all()
     taken = seats_taken([g.id for g in groups])
-    return next((g for g in groups if taken.get(g.id, 0) < g.capacity), None)
+    return next((g for g in groups if taken.get(g.id, 0) < seats_of(g)), None)
+
+
+def seats_of(group: Group) -> int:
+    """Invitations ``group`` can take: its capacity, and for QR-joined WeChat groups no
+    more than the 200 members past which their QR code stops working."""
+    platform = PLATFORMS.get(group.platform)
+    return platform.seats(group.capacity) if platform else group.capacity
 
 
 def issue_invitation(membership: Membership, *, actor: str, now: datetime) -> Invitation:

@@ -20,7 +20,7 @@ from flask import (
 from sqlalchemy.exc import IntegrityError
 from wtforms import SelectChoice
 
-from core import outbox
+from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
 from core.security import new_token, same_site_path, sign, unsign
@@ -40,6 +40,7 @@ from membership.models import (
     Community,
     ContactKind,
     Invitation,
+    InvitationStatus,
     LoginCode,
     Member,
     Membership,
@@ -437,3 +438,14 @@ def apply_again_view(slug: str, token: str):
         return redirect(url_for(".pay_link", slug=slug, token=token))
     db.session.commit()
     return redirect(url_for(".status", slug=slug, public_id=again.public_id))
+
+
+@bp.post("/invitations/<token>/joined")
+def mark_joined(token: str):
+    """The member tells us they are in the group."""
+    invitation = _valid_invitation(token)
+    if invitation.status is InvitationStatus.ISSUED:
+        invitation.status = InvitationStatus.JOINED
+        audit.record("invitation.joined", invitation, actor=f"member:{invitation.member_id}")
+        db.session.commit()
+    return redirect(url_for(".invitation", token=token))

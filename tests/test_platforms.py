@@ -22,6 +22,7 @@ from membership.models import (
     TaskAction,
     TaskStatus,
 )
+from membership.platforms import PLATFORMS
 from tests import fake_apis
 from tests.helpers import join_and_pay, submit_form
 
@@ -143,3 +144,52 @@ def test_a_wrong_bot_token_is_a_failure_not_a_crash(app, telegram_group, apis):
             assert "Unauthorized" in task.last_error
     finally:
         app.config["TELEGRAM_BOT_TOKEN"] = fake_apis.TELEGRAM_BOT_TOKEN
+
+
+def test_wechat_groups_take_no_more_than_200_by_qr(app, demo, client):
+    assert PLATFORMS["wechat"].seats(500) == 200
+    assert PLATFORMS["qq"].seats(2000) == 2000
+    assert PLATFORMS["telegram"].seats(200_000) == 200_000
+    join_and_pay(app.test_client(), "main")
+    with app.app_context():
+        first = db.session.scalars(sa.select(Invitation)).one()
+        now = utcnow()
+        db.session.execute(
+            sa.insert(Invitation),
+            [
+                {
+                    "token": f"seat-{i:03d}",
+                    "member_id": first.member_id,
+                    "membership_id": first.membership_id,
+                    "group_id": first.group_id,
+                    "status": InvitationStatus.ISSUED,
+                    "created_at": now,
+                    "issued_at": now,
+                }
+                for i in range(199)
+            ],
+        )
+        db.session.commit()
+    join_and_pay(app.test_client(), "main")  # the 201st: the QR code no longer works
+    with app.app_context():
+        last = db.session.scalars(sa.select(Invitation).order_by(Invitation.id.desc())).first()
+        assert last.status is InvitationStatus.WAITING
+
+
+def test_members_mark_themselves_joined(app, demo):
+    browser = app.test_client()
+    join_and_pay(browser, "main")
+    with app.app_context():
+        token = db.session.scalar(sa.select(Invitation.token))
+    page = browser.get(f"/invitations/{token}").text
+    assert "我已入群" in page
+    csrf = page.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    assert (
+        browser.post(f"/invitations/{token}/joined", data={"csrf_token": csrf}).status_code == 302
+    )
+    with app.app_context():
+        assert db.session.scalar(sa.select(Invitation.status)) is InvitationStatus.JOINED
+    assert (
+        browser.post("/invitations/wrong-token/joined", data={"csrf_token": csrf}).status_code
+        == 404
+    )
