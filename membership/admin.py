@@ -374,6 +374,7 @@ def questions(community_id: int):
             kind=QuestionKind(form.kind.data),
             choices=form.choices.data or "",
             required=form.required.data,
+            auto_approve_answer=form.auto_approve_answer.data or None,
         )
         db.session.add(question)
         audit.record(

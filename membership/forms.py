@@ -336,6 +336,17 @@ class QuestionForm(FlaskForm):
     )
     choices = TextAreaField("选项，每行一个 · Choices, one per line", validators=[Length(max=4000)])
     required = BooleanField("必答 · Required", default=True)
+    auto_approve_answer = StringField(
+        "自动通过的答案（选填，须为选项之一）· Auto-approve on this answer (optional, one "
+        "of the choices)",
+        filters=[_strip],
+        validators=[Optional(), Length(max=300)],
+    )
+
+    def validate_auto_approve_answer(self, field: StringField) -> None:
+        choices = [line.strip() for line in (self.choices.data or "").splitlines()]
+        if field.data and (self.kind.data == QuestionKind.TEXT or field.data not in choices):
+            raise ValidationError("须为选择题的一个选项 · Must be one of the choices")
 
     def validate_choices(self, field: TextAreaField) -> None:
         lines = [line for line in (field.data or "").splitlines() if line.strip()]

@@ -397,8 +397,17 @@ class ScreeningQuestion(db.Model):
     choices: Mapped[str] = mapped_column(sa.Text, default="")
     required: Mapped[bool] = mapped_column(default=True)
     active: Mapped[bool] = mapped_column(default=True)
+    #: An auto-approve rule: applications answering this (one of the choices) are approved
+    #: without waiting, when every question with a rule is answered so.
+    auto_approve_answer: Mapped[str | None] = mapped_column(sa.String(300))
 
     community: Mapped[Community] = relationship(back_populates="questions")
+
+    def accepts(self, answer: object) -> bool:
+        """Whether ``answer`` satisfies this question's auto-approve rule."""
+        if isinstance(answer, list):
+            return self.auto_approve_answer in answer
+        return answer == self.auto_approve_answer
 
     @property
     def choice_list(self) -> list[str]:

@@ -55,6 +55,18 @@ def approve(application: Application, *, actor: str, now: datetime | None = None
     )
 
 
+def auto_approve(application: Application, *, now: datetime | None = None) -> int | None:
+    """Approve a new application at once when the community's auto-approve rules all hold
+    for its answers (and there is at least one rule). Returns the outbox message, or None
+    when it waits for an admin."""
+    rules = [q for q in application.community.active_questions if q.auto_approve_answer]
+    if not rules or application.status is not ApplicationStatus.PENDING_REVIEW:
+        return None
+    if all(rule.accepts(application.answers.get(str(rule.id))) for rule in rules):
+        return approve(application, actor="system:auto-approve", now=now)
+    return None
+
+
 def reject(
     application: Application, reason: str, *, actor: str, now: datetime | None = None
 ) -> int:

@@ -48,7 +48,12 @@ from membership.models import (
     TierAudience,
     TierKind,
 )
-from membership.screening import ScreeningRefused, apply_again, order_for_pay_link
+from membership.screening import (
+    ScreeningRefused,
+    apply_again,
+    auto_approve,
+    order_for_pay_link,
+)
 from membership.services import (
     AlreadyAMember,
     JoinRefused,
@@ -162,7 +167,10 @@ def join(slug: str, tier_code: str):
             if tier.requires_screening
             else None,
         )
+        approval = auto_approve(application) if tier.requires_screening else None
         db.session.commit()
+        if approval is not None:
+            outbox.deliver(approval)
     except JoinRefused as refusal:
         db.session.rollback()
         (form.display_name if member else form.contact_value).errors.append(str(refusal))

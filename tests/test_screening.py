@@ -211,3 +211,41 @@ def test_bulk_approval(app, screened, logged_in):
     assert pending_ids(app) == ids[2:]
     with app.app_context():
         assert count(OutboxMessage) == 2
+
+
+def test_auto_approve_rule_approves_matching_answers_at_once(app, screened):
+    with app.app_context():
+        question = db.session.get(ScreeningQuestion, screened["where"])
+        question.auto_approve_answer = "朋友推荐"
+        db.session.commit()
+    matching = app.test_client()
+    apply(matching, screened)
+    other = app.test_client()
+    apply(other, screened, answers={"why": "好奇", "where": "公众号"}, phone="13900139000")
+    with app.app_context():
+        statuses = db.session.scalars(sa.select(Application.status).order_by(Application.id))
+        screened_statuses = [s for s in statuses if s != ApplicationStatus.ADMITTED]
+        assert screened_statuses == [ApplicationStatus.APPROVED, ApplicationStatus.PENDING_REVIEW]
+        approved = db.session.scalar(
+            sa.select(Application).where(Application.status == ApplicationStatus.APPROVED)
+        )
+        assert approved.reviewed_by == "system:auto-approve"
+    assert matching.get(pay_link(app)).status_code == 200
+
+
+def test_auto_approve_answer_must_be_a_choice(app, screened, logged_in):
+    url = f"/admin/communities/{screened['community']}/questions"
+    response = submit_form(
+        logged_in,
+        url,
+        {
+            "prompt": "年龄段",
+            "kind": "single",
+            "choices": "18-25\n26-35",
+            "required": "y",
+            "auto_approve_answer": "36+",
+        },
+    )
+    assert "须为选择题的一个选项" in response.text
+    with app.app_context():
+        assert count(ScreeningQuestion) == 2
