@@ -188,6 +188,9 @@ class Member(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: When admins last saw them take part; a purge ends members not active since a date.
     last_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Their WeChat openid under our official account, once verified by WeChat's OAuth
+    #: (a JSAPI payment, or binding from their page): they can log in inside WeChat.
+    wechat_openid: Mapped[str | None] = mapped_column(sa.String(64))
 
     community: Mapped[Community] = relationship()
     memberships: Mapped[list[Membership]] = relationship(
@@ -199,6 +202,7 @@ class Member(db.Model):
 
     __table_args__ = (
         sa.UniqueConstraint("community_id", "number"),
+        sa.UniqueConstraint("community_id", "wechat_openid"),
         sa.Index(None, "community_id", "contact_kind", "contact_value"),
     )
 

@@ -248,6 +248,7 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
         db.session.add(member)
     if tier.kind is TierKind.PAID and member.number is None:
         member.number, member.number_label = allocate_member_number(application.community_id)
+    _link_openid(member, application)
     membership = Membership(
         member=member,
         tier=tier,
@@ -320,6 +321,25 @@ def restore_paid_access(order: Order, *, now: datetime) -> None:
     membership.status = MembershipStatus.ACTIVE
     audit.record("membership.restored", membership, actor="system", now=now)
     issue_invitation(membership, actor="system", now=now)
+
+
+def find_member_by_openid(community_id: int, openid: str) -> Member | None:
+    return db.session.scalar(
+        sa.select(Member).where(Member.community_id == community_id, Member.wechat_openid == openid)
+    )
+
+
+def _link_openid(member: Member, application: Application) -> None:
+    """Remember the openid WeChat verified when this application was paid by JSAPI."""
+    if member.wechat_openid or application.order_id is None:
+        return
+    order = db.session.get(Order, application.order_id)
+    openid = next(
+        (p.provider_data.get("openid") for p in order.payments if p.provider_data.get("openid")),
+        None,
+    )
+    if openid and find_member_by_openid(member.community_id, openid) is None:
+        member.wechat_openid = openid
 
 
 def allocate_member_number(community_id: int) -> tuple[int, str]:

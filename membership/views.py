@@ -58,11 +58,13 @@ from membership.services import (
     AlreadyAMember,
     JoinRefused,
     check_tier_open,
+    find_member_by_openid,
     submit_application,
 )
 from payments.models import Order, OrderStatus
-from payments.providers import enabled_providers
-from payments.views import send_to_provider
+from payments.providers import ProviderError, enabled_providers, get_provider
+from payments.providers.wechatpay import WeChatPayProvider
+from payments.views import OPENID_SESSION_KEY, current_payer, send_to_provider
 
 bp = Blueprint("membership", __name__)
 
@@ -150,6 +152,24 @@ def join(slug: str, tier_code: str):
             "join/closed.html", community=community, tier=tier, reason=str(refusal), member=member
         ), 403
     form = _join_form(tier, member)
+    openid = session.get(OPENID_SESSION_KEY)
+    if (
+        member is None
+        and openid
+        and find_member_by_openid(community.id, openid)
+        and (form.is_submitted())
+    ):
+        # WeChat says this person is a member already: one person, one member.
+        form.validate()
+        form.display_name.errors.append(str(AlreadyAMember()))
+        return render_template(
+            "join/form.html",
+            community=community,
+            tier=tier,
+            form=form,
+            member=None,
+            login_needed=True,
+        ), 422
     if not form.validate_on_submit():
         status = 422 if form.is_submitted() else 200
         return render_template(
@@ -356,7 +376,10 @@ def login(slug: str):
                 )
             )
     status = 422 if form.errors else 200
-    return render_template("join/login.html", community=community, form=form), status
+    wechat = _wechat_oauth_provider() is not None and current_payer().in_wechat
+    return render_template(
+        "join/login.html", community=community, form=form, wechat_login=wechat
+    ), status
 
 
 @bp.route("/join/<slug>/login/<public_id>", methods=["GET", "POST"])
@@ -457,3 +480,69 @@ def mark_joined(token: str):
         audit.record("invitation.joined", invitation, actor=f"member:{invitation.member_id}")
         db.session.commit()
     return redirect(url_for(".invitation", token=token))
+
+
+def _wechat_oauth_provider() -> WeChatPayProvider | None:
+    """WeChat Pay's provider, when it can do OAuth (the app secret is set)."""
+    provider = get_provider(WeChatPayProvider.name)
+    return provider if provider is not None and provider.can_oauth else None
+
+
+@bp.get("/join/<slug>/login/wechat")
+def login_wechat(slug: str):
+    """Log in (or, from the member page, bind) with WeChat's OAuth, inside WeChat."""
+    community = _community(slug)
+    provider = _wechat_oauth_provider()
+    if provider is None:
+        abort(404)
+    purpose = "bind" if request.args.get("bind") and logged_in_member(community) else "login"
+    state = sign(
+        "wechat-login",
+        {
+            "community": community.id,
+            "purpose": purpose,
+            "next": same_site_path(request.args.get("next")),
+        },
+    )
+    oauth = provider.oauth(url_for(".login_wechat_return", slug=slug, _external=True), state)
+    return redirect(oauth.authorize_url)
+
+
+@bp.get("/join/<slug>/login/wechat/return")
+def login_wechat_return(slug: str):
+    community = _community(slug)
+    provider = _wechat_oauth_provider()
+    state = unsign("wechat-login", request.args.get("state", ""))
+    if provider is None or not isinstance(state, dict) or state.get("community") != community.id:
+        abort(400)
+    try:
+        openid = provider.openid_from_code(
+            url_for(".login_wechat_return", slug=slug, _external=True),
+            request.args.get("code", ""),
+        )
+    except ProviderError:
+        flash("微信授权失败，请重试 · WeChat authorisation failed, please try again", "error")
+        return redirect(url_for(".login", slug=slug))
+    session[OPENID_SESSION_KEY] = openid
+    owner = find_member_by_openid(community.id, openid)
+    if state["purpose"] == "bind":
+        member = logged_in_member(community)
+        if member is not None and owner is None and not member.wechat_openid:
+            member.wechat_openid = openid
+            audit.record("member.wechat_bound", member, actor=f"member:{member.id}")
+            db.session.commit()
+            flash("已绑定微信，以后可在微信内直接登录 · WeChat linked", "ok")
+        elif owner is not None and owner != member:
+            flash("这个微信已绑定其他成员 · This WeChat belongs to another member", "error")
+        return redirect(url_for(".me"))
+    if owner is None:
+        flash(
+            "没有找到绑定这个微信的成员，请用手机号或邮箱登录 · No member has this WeChat: "
+            "log in with your phone or e-mail",
+            "error",
+        )
+        return redirect(url_for(".login", slug=slug, next=state.get("next")))
+    session[MEMBER_SESSION_KEY] = owner.id
+    audit.record("member.logged_in", owner, actor=f"member:{owner.id}", data={"by": "wechat"})
+    db.session.commit()
+    return redirect(state.get("next") or url_for(".me"))

@@ -129,9 +129,14 @@ class WeChatPayProvider(PaymentProvider):
     def method_for(self, payer: Payer) -> str:
         """JSAPI inside WeChat (needs OAuth, so the app secret); H5 in other phone
         browsers; a QR code to scan on a desktop."""
-        if payer.in_wechat and self._app_secret:
+        if payer.in_wechat and self.can_oauth:
             return "jsapi"
         return "mweb" if payer.on_phone else "native"
+
+    @property
+    def can_oauth(self) -> bool:
+        """Whether the official account's secret is set (OAuth needs it)."""
+        return bool(self._app_secret)
 
     def oauth(self, redirect_uri: str, state: str) -> WeChatOAuth:
         """wechatpy's OAuth client for the payer's openid (``snsapi_base``: no prompt)."""
@@ -178,7 +183,8 @@ class WeChatPayProvider(PaymentProvider):
             return PaymentStart(own_page, method, {"code_url": result["code_url"]})
         if method == "jsapi":
             params = self._client.jsapi.get_jsapi_params(result["prepay_id"])
-            return PaymentStart(own_page, method, {"jsapi": params})
+            # The openid is WeChat's verified word on who pays: membership links it.
+            return PaymentStart(own_page, method, {"jsapi": params, "openid": payer.wechat_openid})
         return PaymentStart(
             f"{result['mweb_url']}&redirect_url={quote(payment.return_url, safe='')}", method
         )
