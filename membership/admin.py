@@ -22,12 +22,14 @@ from membership.forms import (
     PurgeForm,
     QuestionForm,
     ReviewForm,
+    SeasonForm,
     TierForm,
 )
 from membership.lifecycle import (
     PurgeRefused,
     identifiers_from_csv,
     mark_active,
+    open_season,
     purge_candidates,
     run_purge,
 )
@@ -484,3 +486,25 @@ def platform_tasks():
         .order_by(PlatformTask.id)
     ).all()
     return render_template("admin/platform_tasks.html", failed=failed)
+
+
+@bp.route("/tiers/<int:tier_id>/season", methods=["GET", "POST"])
+def season(tier_id: int):
+    """Open a new season: invite another tier's current members to this tier's groups."""
+    tier = _get(Tier, tier_id)
+    community = tier.community
+    form = SeasonForm()
+    form.from_tier.choices = [
+        SelectChoice(t.id, t.name) for t in community.tiers if t.id != tier.id
+    ]
+    if form.validate_on_submit():
+        from_tier = _get(Tier, form.from_tier.data)
+        invited, messages = open_season(
+            tier, from_tier, free=form.mode.data == "free", actor=current_user.actor
+        )
+        db.session.commit()
+        for message_id in messages:
+            outbox.deliver(message_id)
+        flash(f"已邀请 {invited} 位成员 · {invited} members invited", "ok")
+        return redirect(url_for(".community", community_id=community.id))
+    return render_template("admin/season.html", form=form, tier=tier, community=community)

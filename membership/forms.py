@@ -195,6 +195,7 @@ class TierForm(FlaskForm):
         choices=[
             SelectChoice(TierAudience.EVERYONE.value, "所有人 · Everyone"),
             SelectChoice(TierAudience.RETURNING.value, "回归老成员 · Returning members"),
+            SelectChoice(TierAudience.MEMBERS.value, "现有成员（新一季）· Current members"),
         ],
     )
     active = BooleanField("开放报名 · Open", default=True)
@@ -358,3 +359,18 @@ class ReviewForm(FlaskForm):
     """Approve or reject one or more applications."""
 
     reason = StringField("拒绝原因（拒绝时必填）· Reason, to reject", validators=[Length(max=300)])
+
+
+class SeasonForm(FlaskForm):
+    """Invite the members of one tier to this tier's groups: a new season."""
+
+    from_tier = SelectField("邀请哪个档位的现有成员 · Members of", coerce=int)
+    mode = RadioField(
+        "方式 · How",
+        choices=[
+            SelectChoice("free", "免费直接邀请 · Invite them free"),
+            SelectChoice("fee", "通知他们付本档位的季费加入 · Ask them to pay this tier's fee"),
+        ],
+        default="free",
+        validators=[InputRequired(REQUIRED)],
+    )

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from flask import url_for
 
 from core import audit, outbox
 from core.clock import utcnow
@@ -23,8 +24,9 @@ from membership.models import (
     Membership,
     MembershipStatus,
     Purge,
+    Tier,
 )
-from membership.services import end_membership
+from membership.services import end_membership, issue_invitation
 from payments.models import Order, OrderStatus
 from payments.services import create_order
 
@@ -219,3 +221,70 @@ def send_reminders(*, now: datetime | None = None) -> list[int]:
         membership.reminded_for_end_at = membership.ends_at
         audit.record("membership.reminded", membership, actor="system", now=now)
     return messages
+
+
+def open_season(
+    season: Tier, from_tier: Tier, *, free: bool, actor: str, now: datetime | None = None
+) -> tuple[int, list[int]]:
+    """A new season: every current member of ``from_tier`` is invited to ``season``'s
+    groups, free (a membership of ``season`` and an invitation at once) or by a message
+    asking them to pay the season's fee. Members holding ``season`` already are skipped.
+    Returns how many were invited and the outbox messages to deliver after the commit."""
+    now = now or utcnow()
+    community = season.community
+    members = (
+        db.session.scalars(
+            sa.select(Member)
+            .join(Membership, Membership.member_id == Member.id)
+            .where(Membership.tier_id == from_tier.id, Membership.status == MembershipStatus.ACTIVE)
+            .order_by(Member.id)
+        )
+        .unique()
+        .all()
+    )
+    invited, messages = 0, []
+    for member in members:
+        if member.holds(season.id):
+            continue
+        if free:
+            membership = Membership(
+                member=member,
+                tier=season,
+                status=MembershipStatus.ACTIVE,
+                starts_at=now,
+                ends_at=now + timedelta(days=season.duration_days)
+                if season.duration_days
+                else None,
+            )
+            db.session.add(membership)
+            issue_invitation(membership, actor=actor, now=now)
+            body = (
+                f"{community.name}开启了{season.name}，已为你准备好入群邀请，登录后查看：{{link}}"
+            )
+            link = url_for("membership.login", slug=community.slug, _external=True)
+        else:
+            body = (
+                f"{community.name}开启了{season.name}，季费 {season.price_money}，"
+                "登录后即可加入：{link}"
+            )
+            link = url_for(
+                "membership.join", slug=community.slug, tier_code=season.code, _external=True
+            )
+        messages.append(
+            outbox.enqueue(
+                member.contact_kind.value,
+                member.contact_value,
+                f"{community.name}：{season.name}",
+                body.format(link=link) + f"\nA new season, {season.name}: {link}",
+                now=now,
+            ).id
+        )
+        invited += 1
+    audit.record(
+        "tier.season_opened",
+        season,
+        actor=actor,
+        data={"from_tier": from_tier.code, "free": free, "invited": invited},
+        now=now,
+    )
+    return invited, messages

@@ -74,6 +74,7 @@ class TierKind(StrEnum):
 class TierAudience(StrEnum):
     EVERYONE = "everyone"  #: listed on the join page
     RETURNING = "returning"  #: only for former members, once they have identified themselves
+    MEMBERS = "members"  #: only for current members (a new season's fee), once logged in
 
 
 #: Which groups a tier's members are invited to, tried in ``position`` order.
@@ -205,6 +206,13 @@ class Member(db.Model):
         sa.UniqueConstraint("community_id", "wechat_openid"),
         sa.Index(None, "community_id", "contact_kind", "contact_value"),
     )
+
+    def holds(self, tier_id: int) -> bool:
+        """Whether a current membership of the tier is theirs."""
+        return any(
+            m.tier_id == tier_id and m.status in CURRENT_MEMBERSHIP_STATUSES
+            for m in self.memberships
+        )
 
     def current_membership(self) -> Membership | None:
         return next((m for m in self.memberships if m.status in CURRENT_MEMBERSHIP_STATUSES), None)

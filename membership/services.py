@@ -16,7 +16,6 @@ from core.db import db
 from core.security import new_token
 from membership.access import queue_platform_task
 from membership.models import (
-    CURRENT_MEMBERSHIP_STATUSES,
     LIVE_INVITATION_STATUSES,
     Application,
     ApplicationStatus,
@@ -96,10 +95,14 @@ def check_tier_open(tier: Tier, member: Member | None = None) -> None:
                 "回归价仅限曾被清退或到期的老成员 · The re-entry price is for former members "
                 "whose access was purged or ran out"
             )
-    if member is not None:
-        current = member.current_membership()
-        if current is not None and current.tier_id == tier.id:
-            raise JoinRefused("你已是该档位成员 · You are a member of this tier already")
+    if tier.audience is TierAudience.MEMBERS and (
+        member is None or member.current_membership() is None
+    ):
+        raise JoinRefused(
+            "该档位仅限现有成员，请先登录 · This tier is for current members: please log in"
+        )
+    if member is not None and member.holds(tier.id):
+        raise JoinRefused("你已是该档位成员 · You are a member of this tier already")
 
 
 def submit_application(
@@ -181,10 +184,7 @@ def _wait_in_lobby(application: Application, *, now: datetime) -> Member | None:
     member = application.member
     if lobby is None:
         return member
-    if member is not None and any(
-        m.tier_id == lobby.id and m.status in CURRENT_MEMBERSHIP_STATUSES
-        for m in member.memberships
-    ):
+    if member is not None and member.holds(lobby.id):
         return member
     lobby_application = Application(
         public_id=new_token(16),

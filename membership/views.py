@@ -89,13 +89,14 @@ def logged_in_member(community: Community | None = None) -> Member | None:
 
 
 def _listed_tiers(community: Community, member: Member | None) -> list[Tier]:
-    """Tiers offered on the join page: re-entry tiers only to members who may re-enter."""
-    returning = member is not None and member.may_reenter
-    return [
-        t
-        for t in community.tiers
-        if t.active and (t.audience is TierAudience.EVERYONE or returning)
-    ]
+    """Tiers offered on the join page: re-entry tiers only to members who may re-enter,
+    members-only tiers (a season's fee) only to current members."""
+    offered = {TierAudience.EVERYONE}
+    if member is not None and member.may_reenter:
+        offered.add(TierAudience.RETURNING)
+    if member is not None and member.current_membership() is not None:
+        offered.add(TierAudience.MEMBERS)
+    return [t for t in community.tiers if t.active and t.audience in offered]
 
 
 @bp.get("/join/<slug>")

@@ -26,6 +26,7 @@ from membership.models import (
     Application,
     Community,
     ContactKind,
+    Group,
     Invitation,
     InvitationStatus,
     LoginCode,
@@ -34,6 +35,8 @@ from membership.models import (
     MembershipStatus,
     Purge,
     Tier,
+    TierAudience,
+    TierKind,
 )
 from payments.models import LedgerEntry, Payment, PaymentStatus
 from tests.helpers import (
@@ -382,3 +385,74 @@ def test_reminders_go_once_per_end_date(app, thirty_day_tier, runner):
         assert "¥50.00" in message.body
     result = runner.invoke(args=["expire-memberships"])
     assert "0 reminders sent, 0 memberships expired" in result.output
+
+
+@pytest.fixture
+def season_two(app, demo):
+    """A second season: its own group, a ¥19 fee for current members."""
+    with app.app_context():
+        community = db.session.scalar(sa.select(Community))
+        group = Group(
+            community=community,
+            name="第二季群 · Season 2",
+            platform="wechat",
+            capacity=500,
+            join_link="https://example.com/season-2",
+            created_at=utcnow(),
+        )
+        tier = Tier(
+            community=community,
+            code="season-2",
+            name="第二季 · Season 2",
+            kind=TierKind.PAID,
+            price=1900,
+            currency="CNY",
+            audience=TierAudience.MEMBERS,
+            groups=[group],
+        )
+        db.session.add_all([group, tier])
+        db.session.commit()
+        return tier.id
+
+
+def _open_season(app, logged_in, season_id, mode):
+    with app.app_context():
+        main_id = db.session.scalar(sa.select(Tier.id).where(Tier.code == "main"))
+    url = f"/admin/tiers/{season_id}/season"
+    return submit_form(logged_in, url, {"from_tier": str(main_id), "mode": mode})
+
+
+def test_a_free_season_invites_current_members_once(app, season_two, logged_in):
+    join_with_phone(app.test_client())
+    submit_join(app.test_client(), "lobby", provider=None)  # lobby only: not invited
+    assert _open_season(app, logged_in, season_two, "free").status_code == 302
+    with app.app_context():
+        member = db.session.scalar(sa.select(Member).where(Member.number == 1))
+        assert member.holds(season_two)
+        groups = [i.group.name for i in member.invitations]
+        assert groups == ["正式一群 · Main 1", "第二季群 · Season 2"]
+        assert count(OutboxMessage) == 1
+    _open_season(app, logged_in, season_two, "free")
+    with app.app_context():
+        assert count(OutboxMessage) == 1  # nobody new to invite
+
+
+def test_a_paid_season_is_open_to_current_members_only(app, season_two, logged_in):
+    join_with_phone(app.test_client())
+    _open_season(app, logged_in, season_two, "fee")
+    with app.app_context():
+        message = db.session.scalars(sa.select(OutboxMessage)).one()
+        assert "¥19.00" in message.body
+        assert "/join/demo/season-2" in message.body
+    stranger = app.test_client()
+    refused = stranger.get("/join/demo/season-2")
+    assert refused.status_code == 403
+    assert "仅限现有成员" in refused.text
+    browser = app.test_client()
+    log_in_member(app, browser)
+    assert "第二季 · Season 2" in browser.get("/join/demo").text
+    status = join_and_pay(browser, "season-2")
+    assert 'id="member-number">0001<' in browser.get(status).text
+    with app.app_context():
+        assert db.session.scalar(sa.select(Community.last_member_number)) == 1
+        assert db.session.scalar(sa.select(Member).where(Member.number == 1)).holds(season_two)
