@@ -19,6 +19,7 @@ from core.observability import init_observability
 from core.security import csrf
 from membership import admin as membership_admin
 from membership import cli as membership_cli
+from membership import telegram as membership_telegram
 from membership import views as membership_views
 from membership.access import start_in_process_worker
 from membership.services import (
@@ -52,6 +53,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
 
     app.register_blueprint(membership_views.bp)
     app.register_blueprint(membership_admin.bp)
+    app.register_blueprint(membership_telegram.bp)
     app.register_blueprint(payments_admin.bp)
     app.register_blueprint(webhooks)
     app.register_blueprint(fake_cashier)

@@ -73,6 +73,8 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # Telegram groups: the bot that makes one-use invite links (an admin of each group).
         "TELEGRAM_BOT_TOKEN": os.environ.get("TELEGRAM_BOT_TOKEN"),
         "TELEGRAM_API_BASE": os.environ.get("TELEGRAM_API_BASE"),
+        # The secret_token given to setWebhook: Telegram sends it with every update.
+        "TELEGRAM_WEBHOOK_SECRET": os.environ.get("TELEGRAM_WEBHOOK_SECRET"),
         # Drain the platform-call queue from a thread of the web process (the demo needs no
         # second process). Production runs ``flask worker`` instead and sets this to 0.
         "QUEUE_IN_PROCESS": os.environ.get("QUEUE_IN_PROCESS", "1") == "1",

@@ -76,10 +76,11 @@ def run_task(task_id: int, *, now: datetime) -> TaskStatus:
     invitation = task.invitation
     adapter = adapter_for(invitation.group.platform if invitation.group else "")
     try:
-        if task.action is TaskAction.GRANT:
-            adapter.grant(invitation, now=now)
-        else:
-            adapter.revoke(invitation, now=now)
+        {
+            TaskAction.GRANT: adapter.grant,
+            TaskAction.ADMIT: adapter.admit,
+            TaskAction.REVOKE: adapter.revoke,
+        }[task.action](invitation, now=now)
     except (PlatformError, OSError) as error:
         db.session.rollback()
         task = db.session.get(PlatformTask, task_id)

@@ -339,6 +339,9 @@ class Invitation(db.Model):
     #: A link for this invitation alone (Telegram's one-use invite link), once the
     #: platform made it; otherwise the group's QR image or link is shown.
     join_link: Mapped[str | None] = mapped_column(sa.String(500))
+    #: Telegram: the user who asked to join through the link (the first one is let in,
+    #: and removed again on revoke).
+    telegram_user_id: Mapped[int | None] = mapped_column(sa.BigInteger)
 
     member: Mapped[Member] = relationship(back_populates="invitations")
     membership: Mapped[Membership] = relationship()
@@ -429,6 +432,7 @@ class ScreeningQuestion(db.Model):
 class TaskAction(StrEnum):
     GRANT = "grant"
     REVOKE = "revoke"
+    ADMIT = "admit"  #: let in the person who asked to join through the invitation
 
 
 class TaskStatus(StrEnum):

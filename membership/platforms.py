@@ -57,6 +57,9 @@ class PlatformAdapter(ABC):
     @abstractmethod
     def revoke(self, invitation: Invitation, *, now: datetime) -> None: ...
 
+    def admit(self, invitation: Invitation, *, now: datetime) -> None:  # noqa: B027
+        """Let in the person who asked to join through the invitation (Telegram)."""
+
 
 class ModeratedQrAdapter(PlatformAdapter):
     """WeChat, WeCom and QQ groups: no API joins or removes anyone. Members join by the
@@ -78,8 +81,11 @@ class ModeratedQrAdapter(PlatformAdapter):
 
 
 class TelegramAdapter(PlatformAdapter):
-    """Telegram groups through the Bot API: a one-use invite link per invitation, revoked
-    with it. The bot must be an administrator of the group."""
+    """Telegram groups through the Bot API. Each invitation gets its own invite link that
+    asks to join; the first person to ask through it is let in (and remembered), so the
+    link works once. On revoke the link is revoked and that person removed from the group
+    (banned, then unbanned so they could come back later). The bot must be an
+    administrator of the group and receive its updates at ``/webhooks/telegram``."""
 
     #: How long a one-use link stays valid.
     LINK_LIFETIME = timedelta(days=7)
@@ -104,17 +110,37 @@ class TelegramAdapter(PlatformAdapter):
             "createChatInviteLink",
             chat_id=group.telegram_chat_id,
             name=f"qunmen-{invitation.id}",
-            member_limit=1,
+            creates_join_request=True,
             expire_date=int((now + self.LINK_LIFETIME).timestamp()),
         )
         invitation.join_link = result["invite_link"]
 
+    def admit(self, invitation: Invitation, *, now: datetime) -> None:
+        self._call(
+            "approveChatJoinRequest",
+            chat_id=invitation.group.telegram_chat_id,
+            user_id=invitation.telegram_user_id,
+        )
+
     def revoke(self, invitation: Invitation, *, now: datetime) -> None:
-        if invitation.join_link and invitation.group and invitation.group.telegram_chat_id:
+        group = invitation.group
+        if group is None or not group.telegram_chat_id:
+            return
+        if invitation.join_link:
             self._call(
                 "revokeChatInviteLink",
-                chat_id=invitation.group.telegram_chat_id,
+                chat_id=group.telegram_chat_id,
                 invite_link=invitation.join_link,
+            )
+        if invitation.telegram_user_id:
+            self._call(
+                "banChatMember", chat_id=group.telegram_chat_id, user_id=invitation.telegram_user_id
+            )
+            self._call(
+                "unbanChatMember",
+                chat_id=group.telegram_chat_id,
+                user_id=invitation.telegram_user_id,
+                only_if_banned=True,
             )
 
 

@@ -87,6 +87,7 @@ def app_config(database_url: str, apis: fake_apis.FakeAPIs, certs: tuple[str, st
         "WECHAT_API_BASE": apis.base_url,
         "TELEGRAM_BOT_TOKEN": fake_apis.TELEGRAM_BOT_TOKEN,
         "TELEGRAM_API_BASE": apis.base_url,
+        "TELEGRAM_WEBHOOK_SECRET": "telegram-webhook-secret",
     }
 
 

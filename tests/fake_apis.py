@@ -187,6 +187,8 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                 return self._json(
                     {"ok": False, "error_code": 400, "description": state.telegram_error}
                 )
+            if method in ("approveChatJoinRequest", "banChatMember", "unbanChatMember"):
+                return self._json({"ok": True, "result": True})
             if method == "createChatInviteLink":
                 link = f"https://t.me/+fake{len(state.requests):06d}"
                 return self._json(
@@ -194,7 +196,7 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                         "ok": True,
                         "result": {
                             "invite_link": link,
-                            "member_limit": params["member_limit"],
+                            "creates_join_request": params.get("creates_join_request", False),
                             "name": params.get("name"),
                             "is_revoked": False,
                         },

@@ -59,7 +59,7 @@ def test_telegram_link_is_made_after_the_commit_not_in_the_webhook(app, telegram
         assert drain() == 1
     assert telegram_calls(apis) == ["createChatInviteLink"]
     call = apis.last("/bot")
-    assert (call.data["chat_id"], call.data["member_limit"]) == (CHAT, 1)
+    assert (call.data["chat_id"], call.data["creates_join_request"]) == (CHAT, True)
     with app.app_context():
         link = db.session.scalar(sa.select(Invitation.join_link))
     assert link.startswith("https://t.me/+fake")
@@ -103,16 +103,53 @@ def _purge(app):
         db.session.commit()
 
 
-def test_revoking_a_telegram_invitation_revokes_its_link(app, telegram_group, apis):
+def join_request(client, link: str, user_id: int, secret: str = "telegram-webhook-secret"):
+    """Telegram's update: someone asks to join through ``link``."""
+    update = {
+        "update_id": 1,
+        "chat_join_request": {
+            "chat": {"id": int(CHAT), "type": "supergroup"},
+            "from": {"id": user_id, "is_bot": False, "first_name": "读者"},
+            "date": 1764000000,
+            "invite_link": {"invite_link": link, "creates_join_request": True},
+        },
+    }
+    return client.post(
+        "/webhooks/telegram",
+        json=update,
+        headers={"X-Telegram-Bot-Api-Secret-Token": secret},
+    )
+
+
+def test_the_first_to_ask_is_let_in_and_removed_on_revoke(app, client, telegram_group, apis):
     join_and_pay(app.test_client(), "main")
     with app.app_context():
         drain()
+        link = db.session.scalar(sa.select(Invitation.join_link))
+    assert join_request(client, link, 111, secret="forged").status_code == 403
+    assert join_request(client, link, 111).status_code == 200
+    assert join_request(client, link, 222).status_code == 200  # the link was passed on
+    with app.app_context():
+        invitation = db.session.scalars(sa.select(Invitation)).one()
+        assert (invitation.telegram_user_id, invitation.status) == (111, InvitationStatus.JOINED)
+        drain()
+    approve = apis.last("/bot")
+    assert approve.path.endswith("approveChatJoinRequest")
+    assert approve.data["user_id"] == 111
     _purge(app)
     with app.app_context():
         assert drain() == 1
-        link = db.session.scalar(sa.select(Invitation.join_link))
-    assert telegram_calls(apis) == ["createChatInviteLink", "revokeChatInviteLink"]
-    assert apis.last("/bot").data["invite_link"] == link
+    assert telegram_calls(apis)[-3:] == ["revokeChatInviteLink", "banChatMember", "unbanChatMember"]
+    assert apis.last("/bot").data == {"chat_id": CHAT, "user_id": 111, "only_if_banned": True}
+    assert join_request(client, "https://t.me/+unknown", 333).status_code == 200
+    assert (
+        client.post(
+            "/webhooks/telegram",
+            data=b"[",
+            headers={"X-Telegram-Bot-Api-Secret-Token": "telegram-webhook-secret"},
+        ).status_code
+        == 400
+    )
 
 
 def test_revoking_a_wechat_invitation_asks_moderators(app, demo, logged_in):
