@@ -78,6 +78,9 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # Drain the platform-call queue from a thread of the web process (the demo needs no
         # second process). Production runs ``flask worker`` instead and sets this to 0.
         "QUEUE_IN_PROCESS": os.environ.get("QUEUE_IN_PROCESS", "1") == "1",
+        # A WeChat template message for membership reminders, to members whose WeChat is
+        # linked (needs WECHATPAY_APP_ID and WECHATPAY_APP_SECRET, the official account).
+        "WECHAT_REMINDER_TEMPLATE_ID": os.environ.get("WECHAT_REMINDER_TEMPLATE_ID"),
         # Outgoing e-mail (login codes …). Without MAIL_SERVER, messages go to the log.
         "MAIL_SERVER": os.environ.get("MAIL_SERVER"),
         "MAIL_PORT": int(os.environ.get("MAIL_PORT", "587")),

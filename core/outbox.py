@@ -1,9 +1,10 @@
 """The outbox: messages to people (login codes, reminders, announcements), written in the
 transaction that decided to send them and delivered after it commits, each once.
 
-Channels: ``email`` goes through SMTP when ``MAIL_SERVER`` is set; every other case (the
-demo, SMS and WeChat until their senders exist) is written to the log, so a demo user can
-read their code in the console.
+Channels: ``email`` goes through SMTP when ``MAIL_SERVER`` is set; ``wechat_template``
+(to a member's openid) through wechatpy's official-account client when the account and
+``WECHAT_REMINDER_TEMPLATE_ID`` are configured; every other case (the demo, SMS, WeChat IDs)
+is written to the log, so a demo user can read their code in the console.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from enum import StrEnum
 import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.orm import Mapped, mapped_column
+from wechatpy import WeChatClient
+from wechatpy.exceptions import WeChatException
 
 from core.clock import utcnow
 from core.db import UTCDateTime, db, enum_column
@@ -87,8 +90,52 @@ def deliver(message_id: int, *, now: datetime | None = None) -> OutboxStatus:
     return message.status
 
 
+class _OfficialAccount(WeChatClient):
+    """wechatpy's official-account client, with its token call at the configured API
+    address too (wechatpy hard-codes api.weixin.qq.com there)."""
+
+    def fetch_access_token(self):
+        return self._fetch_access_token(
+            url=self.API_BASE_URL + "token",
+            params={"grant_type": "client_credential", "appid": self.appid, "secret": self.secret},
+        )
+
+
+def _official_account() -> _OfficialAccount:
+    """One client per app, so its access token is fetched once and reused until it ends."""
+    extensions = current_app.extensions
+    if "qunmen.wechat_client" not in extensions:
+        config = current_app.config
+        client = _OfficialAccount(
+            config["WECHATPAY_APP_ID"], config["WECHATPAY_APP_SECRET"], timeout=10
+        )
+        if config.get("WECHAT_API_BASE"):
+            client.API_BASE_URL = config["WECHAT_API_BASE"].rstrip("/") + "/cgi-bin/"
+        extensions["qunmen.wechat_client"] = client
+    return extensions["qunmen.wechat_client"]
+
+
+def wechat_templates_enabled() -> bool:
+    config = current_app.config
+    return bool(
+        config.get("WECHAT_REMINDER_TEMPLATE_ID")
+        and config.get("WECHATPAY_APP_ID")
+        and config.get("WECHATPAY_APP_SECRET")
+    )
+
+
 def _send(message: OutboxMessage) -> None:
     config = current_app.config
+    if message.channel == "wechat_template" and wechat_templates_enabled():
+        try:
+            _official_account().message.send_template(
+                message.recipient,
+                config["WECHAT_REMINDER_TEMPLATE_ID"],
+                {"first": {"value": message.subject}, "remark": {"value": message.body}},
+            )
+        except WeChatException as error:
+            raise OSError(f"WeChat template message: {error}") from error
+        return
     if message.channel == "email" and config.get("MAIL_SERVER"):
         email = EmailMessage()
         email["From"] = config["MAIL_FROM"]

@@ -208,10 +208,11 @@ def send_reminders(*, now: datetime | None = None) -> list[int]:
             continue
         member = membership.member
         local_end = membership.ends_at.astimezone(ZoneInfo(community.time_zone))
+        by_wechat = member.wechat_openid and outbox.wechat_templates_enabled()
         messages.append(
             outbox.enqueue(
-                member.contact_kind.value,
-                member.contact_value,
+                "wechat_template" if by_wechat else member.contact_kind.value,
+                member.wechat_openid if by_wechat else member.contact_value,
                 f"{community.name}：会员即将到期 · Your membership ends soon",
                 f"你的{membership.tier.name}将于 {local_end:%Y-%m-%d} 到期，续费价 "
                 f"{membership.tier.renewal_money}。Your membership ends on {local_end:%Y-%m-%d}.",

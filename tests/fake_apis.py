@@ -108,6 +108,10 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                         "scope": "snsapi_base",
                     }
                 )
+            if url.path == "/cgi-bin/token":
+                if query.get("secret") != WECHAT_APP_SECRET:
+                    return self._json({"errcode": 40001, "errmsg": "invalid credential"})
+                return self._json({"access_token": "fake-access-token", "expires_in": 7200})
             if url.path.startswith("/v1/checkout/sessions/"):
                 session = state.stripe_sessions.get(url.path.rsplit("/", 1)[1])
                 if session is None:
@@ -136,6 +140,14 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                 return self._stripe(url.path, dict(parse_qsl(body.decode())))
             if url.path.startswith("/bot"):
                 return self._telegram(url.path, json.loads(body or b"{}"))
+            if url.path == "/cgi-bin/message/template/send":
+                query = dict(parse_qsl(url.query))
+                state.requests.append(
+                    Recorded("POST", url.path, dict(self.headers), json.loads(body))
+                )
+                if query.get("access_token") != "fake-access-token":
+                    return self._json({"errcode": 40014, "errmsg": "invalid access_token"})
+                return self._json({"errcode": 0, "errmsg": "ok", "msgid": 200228332})
             return self._wechat(url.path, body)
 
         def _stripe(self, path: str, form: dict[str, str]) -> None:

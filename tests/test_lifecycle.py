@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from core import outbox
 from core.clock import utcnow
 from core.db import db
 from core.outbox import OutboxMessage
@@ -39,6 +40,7 @@ from membership.models import (
     TierKind,
 )
 from payments.models import LedgerEntry, Payment, PaymentStatus
+from tests import fake_apis
 from tests.helpers import (
     cashier_action,
     count,
@@ -456,3 +458,27 @@ def test_a_paid_season_is_open_to_current_members_only(app, season_two, logged_i
     with app.app_context():
         assert db.session.scalar(sa.select(Community.last_member_number)) == 1
         assert db.session.scalar(sa.select(Member).where(Member.number == 1)).holds(season_two)
+
+
+def test_reminders_go_by_wechat_template_to_linked_members(app, thirty_day_tier, apis, monkeypatch):
+    monkeypatch.setitem(app.config, "WECHAT_REMINDER_TEMPLATE_ID", "tmpl-reminder-1")
+    app.extensions.pop("qunmen.wechat_client", None)
+    join_with_phone(app.test_client())
+    join_with_phone(app.test_client(), phone="13900139000")
+    with app.app_context():
+        linked = db.session.scalar(sa.select(Member).where(Member.number == 1))
+        linked.wechat_openid = fake_apis.WECHAT_OPENID
+        end = db.session.scalar(sa.select(Membership.ends_at))
+        messages = send_reminders(now=end - timedelta(days=6))
+        db.session.commit()
+        for message_id in messages:
+            assert outbox.deliver(message_id) == "sent"
+        channels = db.session.execute(
+            sa.select(OutboxMessage.channel, OutboxMessage.recipient).order_by(OutboxMessage.id)
+        ).all()
+    assert channels == [("wechat_template", fake_apis.WECHAT_OPENID), ("phone", "13900139000")]
+    sent = apis.last("/cgi-bin/message/template/send")
+    assert sent.data["touser"] == fake_apis.WECHAT_OPENID
+    assert sent.data["template_id"] == "tmpl-reminder-1"
+    assert "即将到期" in sent.data["data"]["first"]["value"]
+    app.extensions.pop("qunmen.wechat_client", None)
