@@ -67,7 +67,7 @@ def init_observability(app: Flask) -> None:
         handler.setFormatter(JSONFormatter())
         root = logging.getLogger()
         root.handlers[:] = [handler]
-        root.setLevel(app.config.get("LOG_LEVEL", "INFO"))
+        root.setLevel(str(app.config.get("LOG_LEVEL", "INFO")).upper())
 
     @app.before_request
     def _assign_request_id() -> None:

@@ -154,6 +154,8 @@ def community_form(community_id: int | None = None):
                     "currency",
                     "time_zone",
                     "member_number_pattern",
+                    "pay_link_days",
+                    "reminder_days",
                 ],
             )
             audit.record(

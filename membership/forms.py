@@ -150,6 +150,11 @@ class CommunityForm(FlaskForm):
         default=7,
         validators=[InputRequired(REQUIRED), NumberRange(min=1, max=90)],
     )
+    reminder_days = IntegerField(
+        "到期前几天提醒 · Remind members this many days before their term ends",
+        default=7,
+        validators=[InputRequired(REQUIRED), NumberRange(min=1, max=60)],
+    )
 
     def validate_time_zone(self, field: StringField) -> None:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError

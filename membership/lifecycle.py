@@ -15,7 +15,6 @@ from flask import url_for
 from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
-from core.security import new_token
 from membership.models import (
     Application,
     ApplicationStatus,
@@ -26,7 +25,7 @@ from membership.models import (
     Purge,
     Tier,
 )
-from membership.services import end_membership, issue_invitation
+from membership.services import end_membership, follow_up_application, issue_invitation
 from payments.models import Order, OrderStatus
 from payments.services import create_order
 
@@ -167,22 +166,15 @@ def start_renewal(membership: Membership, *, now: datetime | None = None) -> App
         tier.renewal_money, f"{tier.community.name} · {tier.name} 续费", actor=actor, now=now
     )
     db.session.flush()
-    renewal = Application(
-        public_id=new_token(16),
-        submission_key=new_token(24),
-        community_id=member.community_id,
-        tier=tier,
-        display_name=member.display_name,
-        contact_kind=member.contact_kind,
-        contact_value=member.contact_value,
-        rules_accepted_at=now,
-        status=ApplicationStatus.AWAITING_PAYMENT,
+    renewal = follow_up_application(
+        member,
+        tier,
         member=member,
+        status=ApplicationStatus.AWAITING_PAYMENT,
+        now=now,
         renews=membership,
         order_id=order.id,
-        created_at=now,
     )
-    db.session.add(renewal)
     audit.record("membership.renewal_started", membership, actor=actor, now=now)
     return renewal
 

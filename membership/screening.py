@@ -13,6 +13,7 @@ from core.clock import utcnow
 from core.db import db
 from core.security import new_token
 from membership.models import Application, ApplicationStatus, Member
+from membership.services import follow_up_application
 from payments.models import Order
 from payments.services import create_order
 
@@ -129,22 +130,15 @@ def apply_again(application: Application, *, now: datetime | None = None) -> App
         raise ScreeningRefused(
             "只有过期的付款链接可以重新申请 · Only an expired link can be renewed"
         )
-    again = Application(
-        public_id=new_token(16),
-        submission_key=new_token(24),
-        community_id=application.community_id,
-        tier=application.tier,
-        display_name=application.display_name,
-        contact_kind=application.contact_kind,
-        contact_value=application.contact_value,
-        rules_accepted_at=now,
-        status=ApplicationStatus.PENDING_REVIEW,
+    again = follow_up_application(
+        application,
+        application.tier,
         member=application.member,
+        status=ApplicationStatus.PENDING_REVIEW,
+        now=now,
         answers=dict(application.answers),
-        created_at=now,
     )
     application.pay_token = None  # the old link is dead for good
-    db.session.add(again)
     audit.record(
         "application.submitted", again, actor="prospect", data={"again": application.id}, now=now
     )

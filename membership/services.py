@@ -177,6 +177,35 @@ def submit_application(
     return application
 
 
+def follow_up_application(
+    person: Application | Member,
+    tier: Tier,
+    *,
+    member: Member | None,
+    status: ApplicationStatus,
+    now: datetime,
+    **fields: Any,
+) -> Application:
+    """A new application to ``tier`` by the person behind an earlier application or a
+    member record (a lobby stay, a renewal, an application made again). Added, unflushed."""
+    application = Application(
+        public_id=new_token(16),
+        submission_key=new_token(24),
+        community_id=tier.community_id,
+        tier=tier,
+        display_name=person.display_name,
+        contact_kind=person.contact_kind,
+        contact_value=person.contact_value,
+        rules_accepted_at=now,
+        status=status,
+        member=member,
+        created_at=now,
+        **fields,
+    )
+    db.session.add(application)
+    return application
+
+
 def _wait_in_lobby(application: Application, *, now: datetime) -> Member | None:
     """Admit an applicant under review to the community's lobby tier, unless they are in
     it already. Returns the member (None when there is no lobby)."""
@@ -186,20 +215,9 @@ def _wait_in_lobby(application: Application, *, now: datetime) -> Member | None:
         return member
     if member is not None and member.holds(lobby.id):
         return member
-    lobby_application = Application(
-        public_id=new_token(16),
-        submission_key=new_token(24),
-        community_id=application.community_id,
-        tier=lobby,
-        display_name=application.display_name,
-        contact_kind=application.contact_kind,
-        contact_value=application.contact_value,
-        rules_accepted_at=now,
-        status=ApplicationStatus.AWAITING_PAYMENT,
-        member=member,
-        created_at=now,
+    lobby_application = follow_up_application(
+        application, lobby, member=member, status=ApplicationStatus.AWAITING_PAYMENT, now=now
     )
-    db.session.add(lobby_application)
     return admit(lobby_application, actor="system", now=now)
 
 

@@ -416,10 +416,8 @@ def logout():
     return redirect(url_for(".me"))
 
 
-@bp.route("/join/<slug>/pay/<token>", methods=["GET", "POST"])
-def pay_link(slug: str, token: str):
-    """An approved applicant's personal pay link."""
-    community = _community(slug)
+def _approved_application(community: Community, token: str) -> Application:
+    """The application a personal pay link belongs to, or a 404."""
     application = db.session.scalar(
         sa.select(Application).where(
             Application.pay_token == token, Application.community_id == community.id
@@ -427,6 +425,14 @@ def pay_link(slug: str, token: str):
     )
     if application is None:
         abort(404)
+    return application
+
+
+@bp.route("/join/<slug>/pay/<token>", methods=["GET", "POST"])
+def pay_link(slug: str, token: str):
+    """An approved applicant's personal pay link."""
+    community = _community(slug)
+    application = _approved_application(community, token)
     member = logged_in_member(community)
     form = PayAgainForm()
     _offer_providers(form)
@@ -455,12 +461,8 @@ def pay_link(slug: str, token: str):
 @bp.post("/join/<slug>/pay/<token>/again")
 def apply_again_view(slug: str, token: str):
     community = _community(slug)
-    application = db.session.scalar(
-        sa.select(Application).where(
-            Application.pay_token == token, Application.community_id == community.id
-        )
-    )
-    if application is None or application.member != logged_in_member(community):
+    application = _approved_application(community, token)
+    if application.member != logged_in_member(community):
         abort(404)
     try:
         again = apply_again(application)

@@ -18,8 +18,11 @@ from werkzeug.test import TestResponse
 from core.clock import utcnow
 from core.db import db
 from core.security import new_token
-from payments.models import Payment
-from payments.providers import EventKind, get_provider
+from membership.models import ContactKind, Invitation, Member, Membership, Tier
+from membership.services import submit_application
+from payments.models import Dispute, LedgerEntry, Order, Payment, Refund
+from payments.providers import EventKind, Payer, get_provider
+from payments.services import start_payment
 from tests import fake_apis
 
 ADMIN_EMAIL = "owner@example.com"
@@ -250,3 +253,43 @@ def wechat_refunded(
         "req_info": req_info,
     }
     return dict_to_xml(data).encode()
+
+
+def open_payment(tier: Tier, provider: str, person: int) -> Payment:
+    """Person number ``person`` applies to ``tier`` and starts paying (app context; the
+    caller commits), the way the join form does it."""
+    application = submit_application(
+        tier,
+        display_name=f"成员{person}",
+        contact_kind=ContactKind.WECHAT,
+        contact_value=f"wx_member{person:06d}",
+        submission_key=new_token(24),
+    )
+    return start_payment(
+        db.session.get(Order, application.order_id),
+        provider,
+        payer=Payer(),
+        return_url="http://qunmen.test/",
+        cancel_url="http://qunmen.test/",
+        actor="prospect",
+    )
+
+
+def money_snapshot(app) -> dict:
+    """Everything a payment notification may change, in a comparable form."""
+
+    def column(*columns):
+        rows = db.session.execute(sa.select(*columns).order_by(columns[0].class_.id)).all()
+        return [row[0] for row in rows] if len(columns) == 1 else rows
+
+    with app.app_context():
+        return {
+            "payment": column(Payment.status),
+            "order": column(Order.status),
+            "members": column(Member.number_label),
+            "memberships": column(Membership.status),
+            "invitations": column(Invitation.status),
+            "ledger": column(LedgerEntry.kind, LedgerEntry.amount),
+            "refunds": column(Refund.amount, Refund.status),
+            "disputes": column(Dispute.status),
+        }

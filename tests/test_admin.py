@@ -82,7 +82,8 @@ def _create_community(client, **overrides):
         "currency": "CNY",
         "time_zone": "Asia/Shanghai",
         "member_number_pattern": "RUN-###",
-        "pay_link_days": "7",
+        "pay_link_days": "5",
+        "reminder_days": "3",
         **overrides,
     }
     return submit_form(client, url, data)
@@ -94,6 +95,7 @@ def test_create_community_tier_and_group_then_join(app, logged_in):
     with app.app_context():
         community = db.session.scalar(sa.select(Community).where(Community.slug == "weekend-run"))
         community_id = community.id
+        assert (community.pay_link_days, community.reminder_days) == (5, 3)
 
     png = _qr_png("weekend run group")
     url = f"/admin/communities/{community_id}/groups/new"

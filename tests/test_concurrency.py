@@ -11,17 +11,14 @@ import sqlalchemy as sa
 from werkzeug.serving import make_server
 
 from core.db import db
-from core.security import new_token
 from membership.cli import seed_demo_community
 from membership.models import (
-    ContactKind,
     Invitation,
     InvitationStatus,
     Member,
     Membership,
     Tier,
 )
-from membership.services import submit_application
 from payments import inbox
 from payments.models import (
     InboxStatus,
@@ -32,12 +29,11 @@ from payments.models import (
     PaymentStatus,
     WebhookEvent,
 )
-from payments.providers import Payer
-from payments.services import start_payment
 from tests.conftest import fresh_database
 from tests.helpers import (
     checkout_session,
     count,
+    open_payment,
     signed_notification,
     stripe_delivery,
     wechat_paid,
@@ -54,18 +50,7 @@ def test_parallel_confirmations_get_numbers_1_to_100(tmp_path, _api_server):
             tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
             payments = []
             for i in range(PAYERS):
-                application = submit_application(
-                    tier,
-                    display_name=f"成员{i}",
-                    contact_kind=ContactKind.WECHAT,
-                    contact_value=f"wx_member{i:03d}",
-                    submission_key=new_token(24),
-                )
-                order = db.session.get(Order, application.order_id)
-                payment = start_payment(
-                    order, "fake", payer=Payer(), return_url="/", cancel_url="/", actor="prospect"
-                )
-                payments.append(payment)
+                payments.append(open_payment(tier, "fake", i))
             db.session.commit()
             deliveries = [signed_notification(payment) for payment in payments]
             community_id = community.id
@@ -120,21 +105,7 @@ def _one_paid_payment(app, provider: str):
     with app.app_context():
         seed_demo_community()
         tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
-        application = submit_application(
-            tier,
-            display_name="并发",
-            contact_kind=ContactKind.WECHAT,
-            contact_value="wx_parallel",
-            submission_key=new_token(24),
-        )
-        payment = start_payment(
-            db.session.get(Order, application.order_id),
-            provider,
-            payer=Payer(),
-            return_url="http://qunmen.test/",
-            cancel_url="http://qunmen.test/",
-            actor="prospect",
-        )
+        payment = open_payment(tier, provider, 0)
         db.session.commit()
         if provider == "stripe":
             return stripe_delivery(

@@ -10,17 +10,13 @@ import pytest
 import sqlalchemy as sa
 
 from core.db import db
-from membership.models import Invitation, InvitationStatus, Member, Membership, MembershipStatus
+from membership.models import InvitationStatus, MembershipStatus
 from payments.models import (
-    Dispute,
     DisputeStatus,
     InboxStatus,
-    LedgerEntry,
-    Order,
     OrderStatus,
     Payment,
     PaymentStatus,
-    Refund,
     RefundStatus,
     WebhookEvent,
 )
@@ -28,6 +24,7 @@ from tests.helpers import (
     charge,
     checkout_session,
     dispute,
+    money_snapshot,
     stripe_delivery,
     submit_join,
 )
@@ -61,28 +58,6 @@ def refunded(amount_refunded):
     return lambda payment: ("charge.refunded", charge(payment, amount_refunded=amount_refunded))
 
 
-def snapshot(app) -> dict:
-    with app.app_context():
-        return {
-            "payment": db.session.scalars(sa.select(Payment.status).order_by(Payment.id)).all(),
-            "order": db.session.scalars(sa.select(Order.status).order_by(Order.id)).all(),
-            "members": db.session.scalars(sa.select(Member.number_label).order_by(Member.id)).all(),
-            "memberships": db.session.scalars(
-                sa.select(Membership.status).order_by(Membership.id)
-            ).all(),
-            "invitations": db.session.scalars(
-                sa.select(Invitation.status).order_by(Invitation.id)
-            ).all(),
-            "ledger": db.session.execute(
-                sa.select(LedgerEntry.kind, LedgerEntry.amount).order_by(LedgerEntry.id)
-            ).all(),
-            "refunds": db.session.execute(
-                sa.select(Refund.amount, Refund.status).order_by(Refund.id)
-            ).all(),
-            "disputes": db.session.scalars(sa.select(Dispute.status).order_by(Dispute.id)).all(),
-        }
-
-
 def test_checkout_session_carries_our_ids(app, payment_id, apis):
     request = apis.last("/v1/checkout/sessions")
     with app.app_context():
@@ -111,7 +86,7 @@ def test_double_click_opens_one_session(app, client, demo, apis):
 def test_completed_and_paid_admits(app, client, payment_id):
     response = deliver(app, client, completed)
     assert response.status_code == 200
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["payment"] == [PaymentStatus.CONFIRMED]
     assert state["members"] == ["0001"]
     assert state["invitations"] == [InvitationStatus.ISSUED]
@@ -121,33 +96,33 @@ def test_completed_and_paid_admits(app, client, payment_id):
 def test_delayed_payment_waits_for_its_own_event(app, client, payment_id):
     unpaid = lambda p: ("checkout.session.completed", checkout_session(p, payment_status="unpaid"))  # noqa: E731
     assert deliver(app, client, unpaid).status_code == 200
-    assert snapshot(app)["members"] == []
+    assert money_snapshot(app)["members"] == []
     with app.app_context():
         assert db.session.scalars(sa.select(WebhookEvent.status)).one() is InboxStatus.IGNORED
     succeeded = lambda p: ("checkout.session.async_payment_succeeded", checkout_session(p))  # noqa: E731
     assert deliver(app, client, succeeded).status_code == 200
-    assert snapshot(app)["members"] == ["0001"]
+    assert money_snapshot(app)["members"] == ["0001"]
 
 
 def test_async_failure_and_expiry_end_the_attempt(app, client, payment_id):
     failed = lambda p: ("checkout.session.async_payment_failed", checkout_session(p))  # noqa: E731
     deliver(app, client, failed)
-    assert snapshot(app)["payment"] == [PaymentStatus.FAILED]
+    assert money_snapshot(app)["payment"] == [PaymentStatus.FAILED]
     expired = lambda p: ("checkout.session.expired", checkout_session(p, status="expired"))  # noqa: E731
     assert deliver(app, client, expired).status_code == 200
-    assert snapshot(app)["payment"] == [PaymentStatus.FAILED]
+    assert money_snapshot(app)["payment"] == [PaymentStatus.FAILED]
 
 
 def test_events_we_do_not_handle_get_a_2xx(app, client, payment_id):
     other = lambda p: ("customer.created", {"id": "cus_1", "object": "customer"})  # noqa: E731
     assert deliver(app, client, other).status_code == 200
-    assert snapshot(app)["payment"] == [PaymentStatus.CREATED]
+    assert money_snapshot(app)["payment"] == [PaymentStatus.CREATED]
 
 
 def test_full_refund_ends_access_once(app, client, payment_id):
     deliver(app, client, completed)
     assert deliver(app, client, refunded(9900)).status_code == 200
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["order"] == [OrderStatus.REFUNDED]
     assert state["memberships"] == [MembershipStatus.ENDED]
     assert state["invitations"] == [InvitationStatus.REVOKED]
@@ -155,18 +130,18 @@ def test_full_refund_ends_access_once(app, client, payment_id):
     assert state["members"] == ["0001"]  # numbers are never reused
     # Stripe sends the running total again with a later event: nothing more.
     assert deliver(app, client, refunded(9900)).status_code == 200
-    assert snapshot(app) == state
+    assert money_snapshot(app) == state
 
 
 def test_partial_refund_keeps_access(app, client, payment_id):
     deliver(app, client, completed)
     deliver(app, client, refunded(2000))
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["refunds"] == [(2000, RefundStatus.SUCCEEDED)]
     assert state["memberships"] == [MembershipStatus.ACTIVE]
     assert state["invitations"] == [InvitationStatus.ISSUED]
     deliver(app, client, refunded(9900))
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["refunds"] == [(2000, RefundStatus.SUCCEEDED), (7900, RefundStatus.SUCCEEDED)]
     assert state["memberships"] == [MembershipStatus.ENDED]
 
@@ -176,7 +151,7 @@ def test_refund_and_payment_in_either_order(app, client, payment_id, order):
     events = [completed, refunded(9900)]
     for build in events if order == "payment first" else events[::-1]:
         assert deliver(app, client, build).status_code == 200
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["payment"] == [PaymentStatus.CONFIRMED]
     assert state["memberships"] == [MembershipStatus.ENDED]
     assert state["invitations"] == [InvitationStatus.REVOKED]
@@ -189,7 +164,7 @@ def test_dispute_and_payment_in_either_order(app, client, payment_id, order):
     events = [completed, opened]
     for build in events if order == "payment first" else events[::-1]:
         assert deliver(app, client, build).status_code == 200
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["disputes"] == [DisputeStatus.OPEN]
     assert state["memberships"] == [MembershipStatus.SUSPENDED]
     assert state["invitations"] == [InvitationStatus.REVOKED]
@@ -200,7 +175,7 @@ def test_dispute_won_restores_access_and_lost_ends_it(app, client, payment_id):
     deliver(app, client, completed)
     deliver(app, client, lambda p: ("charge.dispute.created", dispute(p)))
     deliver(app, client, lambda p: ("charge.dispute.closed", dispute(p, status="won")))
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["disputes"] == [DisputeStatus.WON]
     assert state["memberships"] == [MembershipStatus.ACTIVE]
     assert state["invitations"] == [InvitationStatus.REVOKED, InvitationStatus.ISSUED]
@@ -211,7 +186,7 @@ def test_dispute_lost_ends_access(app, client, payment_id):
     deliver(app, client, completed)
     deliver(app, client, lambda p: ("charge.dispute.created", dispute(p)))
     deliver(app, client, lambda p: ("charge.dispute.closed", dispute(p, status="lost")))
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["disputes"] == [DisputeStatus.LOST]
     assert state["memberships"] == [MembershipStatus.ENDED]
     assert state["ledger"] == [("payment", 9900), ("dispute", -9900)]
@@ -226,17 +201,17 @@ def _refused(app, client, response):
 
 
 def test_forged_signature_is_refused(app, client, payment_id):
-    before = snapshot(app)
+    before = money_snapshot(app)
     response = deliver(app, client, completed, secret="whsec_someone_else")
     _refused(app, client, response)
-    assert snapshot(app) == before
+    assert money_snapshot(app) == before
 
 
 def test_stale_signature_is_refused(app, client, payment_id):
-    before = snapshot(app)
+    before = money_snapshot(app)
     response = deliver(app, client, completed, timestamp=int(time.time()) - 301)
     _refused(app, client, response)
-    assert snapshot(app) == before
+    assert money_snapshot(app) == before
 
 
 def test_amount_tampered_after_signing_is_refused(app, client, payment_id):
@@ -245,10 +220,10 @@ def test_amount_tampered_after_signing_is_refused(app, client, payment_id):
         body, headers = stripe_delivery(*completed(payment))
     event = json.loads(body)
     event["data"]["object"]["amount_total"] = 1
-    before = snapshot(app)
+    before = money_snapshot(app)
     response = client.post("/webhooks/stripe", data=json.dumps(event), headers=headers)
     _refused(app, client, response)
-    assert snapshot(app) == before
+    assert money_snapshot(app) == before
 
 
 @pytest.mark.parametrize(
@@ -262,12 +237,12 @@ def test_amount_tampered_after_signing_is_refused(app, client, payment_id):
     ],
 )
 def test_genuine_event_that_does_not_match_is_refused(app, client, payment_id, fields, detail):
-    before = snapshot(app)
+    before = money_snapshot(app)
     response = deliver(
         app, client, lambda p: ("checkout.session.completed", checkout_session(p, **fields))
     )
     _refused(app, client, response)
-    assert snapshot(app) == before
+    assert money_snapshot(app) == before
     with app.app_context():
         assert detail in db.session.scalars(sa.select(WebhookEvent.detail)).one()
 
@@ -277,16 +252,16 @@ def test_malformed_bodies_are_refused(app, client, payment_id, body):
     import stripe
 
     header = stripe.WebhookSignature.generate_signature_header(body.decode(), "whsec_test_qunmen")
-    before = snapshot(app)
+    before = money_snapshot(app)
     response = client.post("/webhooks/stripe", data=body, headers={"Stripe-Signature": header})
     _refused(app, client, response)
-    assert snapshot(app) == before
+    assert money_snapshot(app) == before
 
 
 def test_same_event_ten_times_counts_once(app, client, payment_id):
     for _ in range(10):
         assert deliver(app, client, completed, event_id="evt_repeat").status_code == 200
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["members"] == ["0001"]
     assert state["invitations"] == [InvitationStatus.ISSUED]
     assert state["ledger"] == [("payment", 9900)]

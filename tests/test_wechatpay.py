@@ -11,11 +11,9 @@ import sqlalchemy as sa
 from wechatpy.pay.utils import calculate_signature
 
 from core.db import db
-from membership.models import Invitation, InvitationStatus, Member, Membership, MembershipStatus
+from membership.models import InvitationStatus, MembershipStatus
 from payments.models import (
     InboxStatus,
-    LedgerEntry,
-    Order,
     Payment,
     PaymentStatus,
     Refund,
@@ -25,6 +23,7 @@ from payments.models import (
 from tests import fake_apis
 from tests.helpers import (
     count,
+    money_snapshot,
     submit_join,
     wechat_notification,
     wechat_paid,
@@ -60,27 +59,6 @@ def notify(app, client, build=wechat_paid, **fields):
     with app.app_context():
         body = build(db.session.scalars(sa.select(Payment)).one(), **fields)
     return post(client, body)
-
-
-def snapshot(app) -> dict:
-    with app.app_context():
-        return {
-            "payment": db.session.scalars(sa.select(Payment.status).order_by(Payment.id)).all(),
-            "order": db.session.scalars(sa.select(Order.status).order_by(Order.id)).all(),
-            "members": db.session.scalars(sa.select(Member.number_label).order_by(Member.id)).all(),
-            "memberships": db.session.scalars(
-                sa.select(Membership.status).order_by(Membership.id)
-            ).all(),
-            "invitations": db.session.scalars(
-                sa.select(Invitation.status).order_by(Invitation.id)
-            ).all(),
-            "ledger": db.session.execute(
-                sa.select(LedgerEntry.kind, LedgerEntry.amount).order_by(LedgerEntry.id)
-            ).all(),
-            "refunds": db.session.execute(
-                sa.select(Refund.amount, Refund.status).order_by(Refund.id)
-            ).all(),
-        }
 
 
 def test_desktop_gets_a_native_qr_code(app, client, payment_id, apis):
@@ -145,7 +123,7 @@ def test_paid_notification_admits_and_answers_success(app, client, payment_id):
     assert response.status_code == 200
     assert response.mimetype == "text/xml"
     assert b"<return_code><![CDATA[SUCCESS]]></return_code>" in response.data
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["members"] == ["0001"]
     assert state["ledger"] == [("payment", 9900)]
 
@@ -172,9 +150,9 @@ def _refused(app, response):
     ],
 )
 def test_signed_but_wrong_notification_is_refused(app, client, payment_id, fields, why):
-    before = snapshot(app)
+    before = money_snapshot(app)
     _refused(app, notify(app, client, **fields))
-    assert snapshot(app) == before
+    assert money_snapshot(app) == before
     with app.app_context():
         assert why in db.session.scalars(sa.select(WebhookEvent.detail)).one()
 
@@ -197,12 +175,12 @@ def test_forged_and_probe_signatures_are_refused(app, client, payment_id):
         forged = wechat_notification(fields, key="f" * 32)
         probe = wechat_notification(fields, sign="WECHATPAY/SIGNTEST/" + "A" * 40)
         unsigned = wechat_notification(fields, sign="")
-    before = snapshot(app)
+    before = money_snapshot(app)
     for body in (forged, probe, unsigned):
         response = post(client, body)
         assert response.status_code == 400
         assert b"FAIL" in response.data
-    assert snapshot(app) == before
+    assert money_snapshot(app) == before
     with app.app_context():
         details = db.session.scalars(sa.select(WebhookEvent.detail)).all()
     assert details == ["signature does not match"] * 3
@@ -231,9 +209,9 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
     ids=["xxe", "billion laughs", "empty", "text", "json", "nested", "wrong root", "comment"],
 )
 def test_hostile_or_malformed_xml_is_refused_unparsed(app, client, payment_id, body):
-    before = snapshot(app)
+    before = money_snapshot(app)
     _refused(app, post(client, body))
-    assert snapshot(app) == before
+    assert money_snapshot(app) == before
 
 
 def test_over_one_megabyte_is_refused_and_recorded(app, client, payment_id):
@@ -257,7 +235,7 @@ def test_failed_payment_notification(app, client, payment_id):
             }
         )
     assert post(client, body).status_code == 200
-    assert snapshot(app)["payment"] == [PaymentStatus.FAILED]
+    assert money_snapshot(app)["payment"] == [PaymentStatus.FAILED]
 
 
 def test_same_notification_ten_times_counts_once(app, client, payment_id):
@@ -267,7 +245,7 @@ def test_same_notification_ten_times_counts_once(app, client, payment_id):
         response = post(client, body)
         assert response.status_code == 200
         assert b"SUCCESS" in response.data
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["members"] == ["0001"]
     assert state["invitations"] == [InvitationStatus.ISSUED]
     assert state["ledger"] == [("payment", 9900)]
@@ -294,16 +272,16 @@ def test_admin_refund_then_refund_notification(app, client, payment_id, apis, lo
         assert request.data["out_refund_no"] == refund.public_id
         payment = refund.payment
         body = wechat_refunded(payment, 9900, refund.public_id)
-    assert snapshot(app)["memberships"] == [MembershipStatus.ACTIVE]  # not until it is done
+    assert money_snapshot(app)["memberships"] == [MembershipStatus.ACTIVE]  # not until it is done
     response = post(client, body)
     assert response.status_code == 200
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["refunds"] == [(9900, RefundStatus.SUCCEEDED)]
     assert state["memberships"] == [MembershipStatus.ENDED]
     assert state["invitations"] == [InvitationStatus.REVOKED]
     assert state["ledger"] == [("payment", 9900), ("refund", -9900)]
     assert post(client, body).status_code == 200  # again: nothing more
-    assert snapshot(app) == state
+    assert money_snapshot(app) == state
 
 
 def test_refund_result_before_the_payment_notification(app, client, payment_id):
@@ -313,7 +291,7 @@ def test_refund_result_before_the_payment_notification(app, client, payment_id):
         paid_body = wechat_paid(payment)
     assert post(client, refund_body).status_code == 200
     assert post(client, paid_body).status_code == 200
-    state = snapshot(app)
+    state = money_snapshot(app)
     assert state["payment"] == [PaymentStatus.CONFIRMED]
     assert state["memberships"] == [MembershipStatus.ENDED]
     assert state["invitations"] == [InvitationStatus.REVOKED]
@@ -328,9 +306,9 @@ def test_refund_result_that_does_not_decrypt_is_refused(app, client, payment_id)
         + fake_apis.WECHAT_MCH_ID.encode()
         + b"</mch_id><req_info>bm90IGVuY3J5cHRlZA==</req_info></xml>"
     )
-    before = snapshot(app)
+    before = money_snapshot(app)
     _refused(app, post(client, body))
-    assert snapshot(app) == before
+    assert money_snapshot(app) == before
 
 
 def test_partial_refund_keeps_access_unless_asked(app, client, payment_id, logged_in):
@@ -341,13 +319,13 @@ def test_partial_refund_keeps_access_unless_asked(app, client, payment_id, logge
         refund = db.session.scalars(sa.select(Refund)).one()
         body = wechat_refunded(refund.payment, 2000, refund.public_id)
     post(client, body)
-    assert snapshot(app)["memberships"] == [MembershipStatus.ACTIVE]
+    assert money_snapshot(app)["memberships"] == [MembershipStatus.ACTIVE]
     assert _refund_from_admin(app, logged_in, payment_id, "10.00", revoke=True).status_code == 302
     with app.app_context():
         second = db.session.scalars(sa.select(Refund).order_by(Refund.id.desc())).first()
         body = wechat_refunded(second.payment, 1000, second.public_id)
     post(client, body)
-    assert snapshot(app)["memberships"] == [MembershipStatus.ENDED]
+    assert money_snapshot(app)["memberships"] == [MembershipStatus.ENDED]
 
 
 def test_wechatpy_never_logs_the_api_key(app, client, demo, apis, caplog):
