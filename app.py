@@ -11,12 +11,13 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config as settings
 from core import outbox  # noqa: F401 (its model is part of the schema)
+from core.admin import bp as core_admin_bp
 from core.auth import bp as auth_bp
 from core.auth import login_manager
 from core.clock import local_time
 from core.db import db, init_db
 from core.observability import init_observability
-from core.security import csrf
+from core.security import csrf, init_security_headers
 from membership import admin as membership_admin
 from membership import cli as membership_cli
 from membership import telegram as membership_telegram
@@ -45,6 +46,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     if proxies := app.config["TRUSTED_PROXIES"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     init_observability(app)
+    init_security_headers(app)
     init_db(app)
     migrate.init_app(app, db, directory=str(app.root_path + "/migrations"))
     login_manager.init_app(app)
@@ -59,6 +61,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.register_blueprint(fake_cashier)
     app.register_blueprint(wechatpay)
     app.register_blueprint(auth_bp)
+    app.register_blueprint(core_admin_bp)
 
     app.cli.add_command(membership_cli.seed_demo_command)
     app.cli.add_command(membership_cli.expire_memberships_command)

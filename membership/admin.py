@@ -11,6 +11,7 @@ from flask_login import current_user, login_required
 from wtforms import SelectChoice
 
 from core import audit, outbox
+from core.auth import requires
 from core.clock import utcnow
 from core.db import db
 from core.money import Money
@@ -105,6 +106,7 @@ def _changes(obj, form, fields: list[str]) -> dict[str, str]:
 
 
 @bp.get("/")
+@requires("members.view")
 def dashboard():
     communities = db.session.scalars(sa.select(Community).order_by(Community.id)).all()
     waiting = dict(
@@ -127,6 +129,7 @@ def dashboard():
 
 @bp.route("/communities/new", methods=["GET", "POST"])
 @bp.route("/communities/<int:community_id>/edit", methods=["GET", "POST"])
+@requires("community.manage")
 def community_form(community_id: int | None = None):
     community = _get(Community, community_id) if community_id else None
     form = CommunityForm(obj=community)
@@ -168,6 +171,7 @@ def community_form(community_id: int | None = None):
 
 
 @bp.get("/communities/<int:community_id>")
+@requires("members.view")
 def community(community_id: int):
     community = _get(Community, community_id)
     seats = seats_taken([group.id for group in community.groups])
@@ -184,6 +188,7 @@ def community(community_id: int):
 
 @bp.route("/communities/<int:community_id>/tiers/new", methods=["GET", "POST"])
 @bp.route("/tiers/<int:tier_id>/edit", methods=["GET", "POST"])
+@requires("community.manage")
 def tier_form(community_id: int | None = None, tier_id: int | None = None):
     tier = _get(Tier, tier_id) if tier_id else None
     community = tier.community if tier else _get(Community, community_id)
@@ -264,6 +269,7 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
 
 @bp.route("/communities/<int:community_id>/groups/new", methods=["GET", "POST"])
 @bp.route("/groups/<int:group_id>/edit", methods=["GET", "POST"])
+@requires("community.manage")
 def group_form(community_id: int | None = None, group_id: int | None = None):
     group = _get(Group, group_id) if group_id else None
     community = group.community if group else _get(Community, community_id)
@@ -301,6 +307,7 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
 
 
 @bp.get("/communities/<int:community_id>/members")
+@requires("members.view")
 def members(community_id: int):
     community = _get(Community, community_id)
     page = db.paginate(
@@ -314,6 +321,7 @@ def members(community_id: int):
 
 
 @bp.route("/communities/<int:community_id>/activity", methods=["GET", "POST"])
+@requires("members.activity")
 def activity(community_id: int):
     """Mark members active, by hand or from a CSV, before a purge."""
     community = _get(Community, community_id)
@@ -336,6 +344,7 @@ def _local_midnight(community: Community, day) -> datetime:
 
 
 @bp.route("/communities/<int:community_id>/purge", methods=["GET", "POST"])
+@requires("members.purge")
 def purge(community_id: int):
     """Preview, then run, a purge of members not active since a date."""
     community = _get(Community, community_id)
@@ -366,6 +375,7 @@ def purge(community_id: int):
 
 
 @bp.route("/communities/<int:community_id>/questions", methods=["GET", "POST"])
+@requires("community.manage")
 def questions(community_id: int):
     """The screening questions: add one; switch one off or on."""
     community = _get(Community, community_id)
@@ -391,6 +401,7 @@ def questions(community_id: int):
 
 
 @bp.post("/questions/<int:question_id>/toggle")
+@requires("community.manage")
 def toggle_question(question_id: int):
     question = _get(ScreeningQuestion, question_id)
     question.active = not question.active
@@ -402,6 +413,7 @@ def toggle_question(question_id: int):
 
 
 @bp.route("/communities/<int:community_id>/applications", methods=["GET", "POST"])
+@requires("members.review")
 def applications(community_id: int):
     """The screening queue: answers in full; approve or reject one or many at once."""
     community = _get(Community, community_id)
@@ -452,6 +464,7 @@ def applications(community_id: int):
 
 
 @bp.route("/communities/<int:community_id>/removals", methods=["GET", "POST"])
+@requires("members.removals")
 def removals(community_id: int):
     """Members moderators must remove by hand from QR-joined groups; tick them off."""
     community = _get(Community, community_id)
@@ -472,6 +485,7 @@ def removals(community_id: int):
 
 
 @bp.route("/platform-tasks", methods=["GET", "POST"])
+@requires("platform.tasks")
 def platform_tasks():
     """Platform calls that gave up after their retries: see why, and retry."""
     if request.method == "POST":
@@ -491,6 +505,7 @@ def platform_tasks():
 
 
 @bp.route("/tiers/<int:tier_id>/season", methods=["GET", "POST"])
+@requires("community.manage")
 def season(tier_id: int):
     """Open a new season: invite another tier's current members to this tier's groups."""
     tier = _get(Tier, tier_id)

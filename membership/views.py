@@ -99,6 +99,13 @@ def _listed_tiers(community: Community, member: Member | None) -> list[Tier]:
     return [t for t in community.tiers if t.active and t.audience in offered]
 
 
+@bp.get("/")
+def index():
+    """The communities on this site, each with its join page."""
+    communities = db.session.scalars(sa.select(Community).order_by(Community.id)).all()
+    return render_template("join/index.html", communities=communities)
+
+
 @bp.get("/join/<slug>")
 def community_page(slug: str):
     community = _community(slug)

@@ -9,6 +9,7 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, StringField
 from wtforms.validators import DataRequired, Length
 
+from core.auth import requires
 from core.db import db
 from core.money import Money
 from payments.models import Order, Payment, PaymentStatus, RefundStatus, WebhookEvent
@@ -30,12 +31,14 @@ def _page() -> int:
 
 
 @bp.get("/orders")
+@requires("payments.view")
 def orders():
     rows = db.paginate(sa.select(Order).order_by(Order.id.desc()), page=_page(), per_page=PAGE_SIZE)
     return render_template("admin/orders.html", page=rows)
 
 
 @bp.get("/payments")
+@requires("payments.view")
 def payments():
     rows = db.paginate(
         sa.select(Payment).order_by(Payment.id.desc()), page=_page(), per_page=PAGE_SIZE
@@ -44,6 +47,7 @@ def payments():
 
 
 @bp.get("/inbox")
+@requires("payments.view")
 def inbox():
     rows = db.paginate(
         sa.select(WebhookEvent).order_by(WebhookEvent.id.desc()), page=_page(), per_page=PAGE_SIZE
@@ -62,6 +66,7 @@ class RefundForm(FlaskForm):
 
 
 @bp.route("/payments/<int:payment_id>/refund", methods=["GET", "POST"])
+@requires("payments.refund")
 def refund(payment_id: int):
     """Refund some or all of a confirmed payment through its provider. A full refund
     always ends the access it paid for; a partial one only when asked."""
