@@ -43,6 +43,7 @@ PERMISSIONS = {
     "members.removals": "移出群 · Remove members from groups",
     "payments.view": "查看订单与支付 · See orders and payments",
     "payments.refund": "退款 · Refund",
+    "finance.export": "导出财务报表 · Export revenue",
     "platform.tasks": "处理平台调用失败 · Retry failed platform calls",
     "audit.view": "查看操作日志 · See the audit log",
     "staff.manage": "管理团队与角色 · Manage the team and roles",
@@ -53,11 +54,13 @@ ROLES: dict[str, tuple[str, frozenset[str]]] = {
     "owner": ("班长 · Owner", frozenset(PERMISSIONS)),
     "admin": (
         "管理员 · Admin",
-        frozenset(PERMISSIONS) - {"staff.manage", "payments.refund"},
+        frozenset(PERMISSIONS) - {"staff.manage", "payments.refund", "finance.export"},
     ),
     "finance": (
         "财务 · Finance",
-        frozenset({"members.view", "payments.view", "payments.refund", "audit.view"}),
+        frozenset(
+            {"members.view", "payments.view", "payments.refund", "finance.export", "audit.view"}
+        ),
     ),
     "moderator": (
         "组织委员 · Moderator",

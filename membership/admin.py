@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+import tempfile
+from collections import deque
+from datetime import timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask_login import current_user, login_required
 from wtforms import SelectChoice
 
@@ -14,11 +27,14 @@ from core import audit, outbox
 from core.auth import requires
 from core.clock import utcnow
 from core.db import db
+from core.exporters import csv_lines, write_xlsx
 from core.money import Money
 from membership.access import complete_removal, retry
+from membership.exports import community_revenue, day_start
 from membership.forms import (
     ActivityForm,
     CommunityForm,
+    ExportForm,
     GroupForm,
     PurgeForm,
     QuestionForm,
@@ -293,7 +309,7 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
             )
             expires = form.qr_expires_at.data
             group.qr_expires_at = (
-                _local_midnight(community, expires + timedelta(days=1)) if expires else None
+                day_start(community, expires + timedelta(days=1)) if expires else None
             )
             if image:
                 group.qr_image, group.qr_mime = image, mime
@@ -338,11 +354,6 @@ def activity(community_id: int):
     return render_template("admin/activity.html", community=community, form=form, result=result)
 
 
-def _local_midnight(community: Community, day) -> datetime:
-    """The start of ``day`` in the community's time zone, as aware UTC."""
-    return datetime.combine(day, time(), ZoneInfo(community.time_zone)).astimezone(UTC)
-
-
 @bp.route("/communities/<int:community_id>/purge", methods=["GET", "POST"])
 @requires("members.purge")
 def purge(community_id: int):
@@ -354,7 +365,7 @@ def purge(community_id: int):
     )
     candidates = None
     if form.inactive_since.data and form.validate():
-        inactive_since = _local_midnight(community, form.inactive_since.data)
+        inactive_since = day_start(community, form.inactive_since.data)
         if request.method == "POST":
             try:
                 done = run_purge(community, inactive_since, actor=current_user.actor)
@@ -525,3 +536,47 @@ def season(tier_id: int):
         flash(f"已邀请 {invited} 位成员 · {invited} members invited", "ok")
         return redirect(url_for(".community", community_id=community.id))
     return render_template("admin/season.html", form=form, tier=tier, community=community)
+
+
+@bp.route("/communities/<int:community_id>/export")
+@requires("finance.export")
+def export(community_id: int):
+    """Revenue for a date range: CSV (streamed; ?sheet=totals for the totals) or XLSX
+    (both sheets in one workbook)."""
+    community = _get(Community, community_id)
+    form = ExportForm(request.args, meta={"csrf": False})
+    if not (request.args and form.validate()):
+        return render_template("admin/export.html", community=community, form=form)
+    rows, totals = community_revenue(community, form.first_day.data, form.last_day.data)
+    name = f"{community.slug}-{form.first_day.data}-{form.last_day.data}"
+    audit.record(
+        "finance.exported",
+        community,
+        actor=current_user.actor,
+        data={
+            "from": str(form.first_day.data),
+            "to": str(form.last_day.data),
+            "format": form.format.data,
+        },
+    )
+    db.session.commit()
+    if form.format.data == "xlsx":
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"{name}.xlsx"
+            write_xlsx(path, rows, totals)
+            data = path.read_bytes()
+        return Response(
+            data,
+            mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            headers={"Content-Disposition": f'attachment; filename="{name}.xlsx"'},
+        )
+    if request.args.get("sheet") == "totals":
+        deque(rows.rows(), maxlen=0)  # the totals add up as the movements are read
+        lines, name = csv_lines(totals), f"{name}-totals"
+    else:
+        lines = csv_lines(rows)
+    return Response(
+        stream_with_context(lines),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
+    )

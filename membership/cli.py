@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import sys
 import time
+from pathlib import Path
 
 import click
 import qrcode
@@ -14,7 +16,9 @@ from qrcode.image.pure import PyPNGImage
 from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
+from core.exporters import Exporter, csv_lines, write_xlsx
 from membership.access import drain
+from membership.exports import community_revenue
 from membership.lifecycle import expire_memberships, send_reminders
 from membership.models import Community, Group, Tier, TierAudience, TierKind
 
@@ -140,3 +144,43 @@ def worker_command(once: bool, interval: float) -> None:
             return
         db.session.remove()
         time.sleep(interval)
+
+
+@click.command("export-revenue")
+@click.option("--community", "slug", required=True, help="The community's slug.")
+@click.option("--from", "first_day", required=True, type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--to", "last_day", required=True, type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@with_appcontext
+def export_revenue_command(slug: str, first_day, last_day, out: Path) -> None:
+    """Export a community's revenue: OUT.csv (movements) and OUT-totals.csv, or one
+    workbook when OUT ends in .xlsx. Streams, with a progress bar."""
+    community = db.session.scalar(sa.select(Community).where(Community.slug == slug))
+    if community is None:
+        raise click.ClickException(f"no community {slug!r}")
+    rows, totals = community_revenue(community, first_day.date(), last_day.date())
+    with click.progressbar(length=rows.count(), label="导出 Exporting", file=sys.stderr) as bar:
+        counted = _counting(rows, bar)
+        if out.suffix == ".xlsx":
+            write_xlsx(out, counted, totals)
+        else:
+            with out.open("w", encoding="utf-8", newline="") as file:
+                file.writelines(csv_lines(counted))
+            totals_path = out.with_name(f"{out.stem}-totals.csv")
+            with totals_path.open("w", encoding="utf-8", newline="") as file:
+                file.writelines(csv_lines(totals))
+    click.echo(f"Wrote {out}")
+
+
+def _counting(exporter: Exporter, bar) -> Exporter:
+    """``exporter`` with each row it yields counted on ``bar``."""
+
+    class Counted(Exporter):
+        title, headers = exporter.title, exporter.headers
+
+        def rows(self):
+            for row in exporter.rows():
+                bar.update(1)
+                yield row
+
+    return Counted()

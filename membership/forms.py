@@ -379,3 +379,17 @@ class SeasonForm(FlaskForm):
         default="free",
         validators=[InputRequired(REQUIRED)],
     )
+
+
+class ExportForm(FlaskForm):
+    first_day = DateField("从 · From", validators=[InputRequired(REQUIRED)])
+    last_day = DateField("到（含）· To (inclusive)", validators=[InputRequired(REQUIRED)])
+    format = RadioField(
+        "格式 · Format",
+        choices=[SelectChoice("csv", "CSV"), SelectChoice("xlsx", "Excel (XLSX)")],
+        default="csv",
+    )
+
+    def validate_last_day(self, field: DateField) -> None:
+        if self.first_day.data and field.data and field.data < self.first_day.data:
+            raise ValidationError("结束日期早于开始日期 · The range ends before it starts")

@@ -1,0 +1,37 @@
+"""A community's revenue export: the ledger's movements for its orders, with the member
+number and tier of each (see :mod:`payments.exports`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from membership.models import Application, Community, Member, Tier
+from payments.exports import LedgerQuery, RevenueRows, RevenueTotals
+from payments.models import Order
+
+
+def day_start(community: Community, day: date) -> datetime:
+    """The start of ``day`` in the community's time zone, as aware UTC."""
+    return datetime.combine(day, time(), ZoneInfo(community.time_zone)).astimezone(UTC)
+
+
+def community_revenue(
+    community: Community, first_day: date, last_day: date
+) -> tuple[RevenueRows, RevenueTotals]:
+    """The movements of ``first_day`` to ``last_day`` (inclusive, community time), and the
+    totals they add up to (filled as the movements are read)."""
+    totals = RevenueTotals()
+    query = LedgerQuery(
+        order_filter=Application.community_id == community.id,
+        start=day_start(community, first_day),
+        end=day_start(community, last_day + timedelta(days=1)),
+        time_zone=community.time_zone,
+        details=[("成员编号 Member", Member.number_label), ("档位 Tier", Tier.name)],
+        joins=lambda select: (
+            select.join(Application, Application.order_id == Order.id)
+            .outerjoin(Member, Member.id == Application.member_id)
+            .join(Tier, Tier.id == Application.tier_id)
+        ),
+    )
+    return RevenueRows(query, totals), totals
