@@ -41,6 +41,7 @@ PERMISSIONS = {
     "members.activity": "登记活跃 · Mark members active",
     "members.purge": "清退 · Purge members",
     "members.removals": "移出群 · Remove members from groups",
+    "members.manage": "手动开通或取消资格、导出成员 · Grant or end access by hand, export",
     "payments.view": "查看订单与支付 · See orders and payments",
     "payments.refund": "退款 · Refund",
     "finance.export": "导出财务报表 · Export revenue",

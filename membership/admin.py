@@ -30,8 +30,9 @@ from core.db import db
 from core.exporters import csv_lines, write_xlsx
 from core.money import Money
 from membership.access import complete_removal, retry
-from membership.exports import community_revenue, day_start
+from membership.exports import MembersExport, community_revenue, day_start
 from membership.forms import (
+    AccessForm,
     ActivityForm,
     CommunityForm,
     ExportForm,
@@ -44,6 +45,8 @@ from membership.forms import (
 )
 from membership.lifecycle import (
     PurgeRefused,
+    end_by_hand,
+    grant_by_hand,
     identifiers_from_csv,
     mark_active,
     open_season,
@@ -58,6 +61,8 @@ from membership.models import (
     Invitation,
     InvitationStatus,
     Member,
+    Membership,
+    MembershipStatus,
     PlatformTask,
     Purge,
     QuestionKind,
@@ -70,6 +75,7 @@ from membership.models import (
 )
 from membership.screening import ScreeningRefused, approve, reject
 from membership.services import (
+    JoinRefused,
     place_waiting_invitations,
     seats_of,
     seats_taken,
@@ -322,18 +328,101 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
     return render_template("admin/group_form.html", form=form, community=community, group=group)
 
 
+def _member_search(community: Community) -> sa.Select:
+    """Members of ``community`` matching the list's filters: ``q`` (number, nickname or
+    contact), ``tier`` and ``state`` (of a membership; ``none`` for members without one)."""
+    query = sa.select(Member).where(Member.community_id == community.id)
+    text = request.args.get("q", "").strip()
+    if text:
+        like = f"%{text}%"
+        query = query.where(
+            sa.or_(
+                Member.number_label == text.lstrip("#"),
+                Member.display_name.ilike(like),
+                Member.contact_value.ilike(like),
+            )
+        )
+    tier_id = request.args.get("tier", type=int)
+    state = request.args.get("state", "")
+    if state == "none":
+        query = query.where(~sa.exists().where(Membership.member_id == Member.id))
+    elif tier_id or state in {s.value for s in MembershipStatus}:
+        holds = sa.exists().where(Membership.member_id == Member.id)
+        if tier_id:
+            holds = holds.where(Membership.tier_id == tier_id)
+        if state:
+            holds = holds.where(Membership.status == state)
+        query = query.where(holds)
+    return query.order_by(Member.number.is_(None), Member.number, Member.id)
+
+
 @bp.get("/communities/<int:community_id>/members")
 @requires("members.view")
 def members(community_id: int):
+    """Search and filter the community's members."""
     community = _get(Community, community_id)
     page = db.paginate(
-        sa.select(Member)
-        .where(Member.community_id == community.id)
-        .order_by(Member.number.is_(None), Member.number, Member.id),
+        _member_search(community),
         page=max(request.args.get("page", 1, type=int), 1),
         per_page=PAGE_SIZE,
     )
-    return render_template("admin/members.html", community=community, page=page)
+    return render_template(
+        "admin/members.html", community=community, page=page, states=list(MembershipStatus)
+    )
+
+
+@bp.get("/communities/<int:community_id>/members.csv")
+@requires("members.manage")
+def members_csv(community_id: int):
+    """The members matching the list's filters, as CSV."""
+    community = _get(Community, community_id)
+    exporter = MembersExport(_member_search(community), community.time_zone)
+    audit.record(
+        "community.members_exported", community, actor=current_user.actor, data=dict(request.args)
+    )
+    db.session.commit()
+    return Response(
+        stream_with_context(csv_lines(exporter)),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{community.slug}-members.csv"'},
+    )
+
+
+@bp.route("/members/<int:member_id>", methods=["GET", "POST"])
+@requires("members.manage")
+def member(member_id: int):
+    """One member: their memberships and invitations; grant a tier by hand or end a
+    membership, with a reason kept in the audit log."""
+    member = _get(Member, member_id)
+    community = member.community
+    form = AccessForm()
+    form.tier.choices = [SelectChoice(t.id, t.name) for t in community.tiers]
+    form.membership.choices = [
+        SelectChoice(m.id, f"{m.tier.name} · {m.status}") for m in member.memberships
+    ]
+    if form.validate_on_submit():
+        try:
+            if form.action.data == "grant":
+                grant_by_hand(
+                    member,
+                    _get(Tier, form.tier.data),
+                    reason=form.reason.data,
+                    actor=current_user.actor,
+                )
+            else:
+                end_by_hand(
+                    _get(Membership, form.membership.data),
+                    reason=form.reason.data,
+                    actor=current_user.actor,
+                )
+        except JoinRefused as refusal:
+            db.session.rollback()
+            flash(str(refusal), "error")
+        else:
+            db.session.commit()
+            flash("已保存 · Saved", "ok")
+        return redirect(url_for(".member", member_id=member.id))
+    return render_template("admin/member.html", member=member, community=community, form=form)
 
 
 @bp.route("/communities/<int:community_id>/activity", methods=["GET", "POST"])

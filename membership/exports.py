@@ -3,9 +3,14 @@ number and tier of each (see :mod:`payments.exports`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
+
+from core.db import db
+from core.exporters import Exporter
 from membership.models import Application, Community, Member, Tier
 from payments.exports import LedgerQuery, RevenueRows, RevenueTotals
 from payments.models import Order
@@ -35,3 +40,35 @@ def community_revenue(
         ),
     )
     return RevenueRows(query, totals), totals
+
+
+class MembersExport(Exporter):
+    """Members as the admin list filters them: number, name, contact, memberships."""
+
+    title = "成员 Members"
+    headers = (
+        "编号 Number",
+        "昵称 Name",
+        "联系方式类型 Contact kind",
+        "联系方式 Contact",
+        "档位与状态 Tiers",
+        "加入时间 Joined",
+        "最后活跃 Last active",
+    )
+
+    def __init__(self, query: sa.Select, time_zone: str) -> None:
+        self.query, self.zone = query, ZoneInfo(time_zone)
+
+    def rows(self) -> Iterator[list[object]]:
+        for member in db.session.scalars(self.query.execution_options(yield_per=1000)):
+            yield [
+                member.number_label or "",
+                member.display_name,
+                member.contact_kind.value,
+                member.contact_value,
+                "; ".join(f"{m.tier.name}:{m.status}" for m in member.memberships),
+                member.created_at.astimezone(self.zone).strftime("%Y-%m-%d %H:%M"),
+                member.last_active_at.astimezone(self.zone).strftime("%Y-%m-%d %H:%M")
+                if member.last_active_at
+                else "",
+            ]

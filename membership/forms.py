@@ -393,3 +393,23 @@ class ExportForm(FlaskForm):
     def validate_last_day(self, field: DateField) -> None:
         if self.first_day.data and field.data and field.data < self.first_day.data:
             raise ValidationError("结束日期早于开始日期 · The range ends before it starts")
+
+
+class AccessForm(FlaskForm):
+    """Grant a tier to a member by hand, or end one of their memberships."""
+
+    action = RadioField(
+        "操作 · Action",
+        choices=[
+            SelectChoice("grant", "开通档位 · Grant a tier"),
+            SelectChoice("end", "取消资格 · End a membership"),
+        ],
+        validators=[InputRequired(REQUIRED)],
+    )
+    tier = SelectField("档位 · Tier", coerce=int, validate_choice=False)
+    membership = SelectField("会员资格 · Membership", coerce=int, validate_choice=False)
+    reason = StringField(
+        "原因（记入日志）· Reason (kept in the log)",
+        filters=[_strip],
+        validators=[DataRequired(REQUIRED), Length(max=200)],
+    )

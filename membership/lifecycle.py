@@ -24,8 +24,15 @@ from membership.models import (
     MembershipStatus,
     Purge,
     Tier,
+    TierKind,
 )
-from membership.services import end_membership, follow_up_application, issue_invitation
+from membership.services import (
+    JoinRefused,
+    allocate_member_number,
+    end_membership,
+    follow_up_application,
+    issue_invitation,
+)
 from payments.models import Order, OrderStatus
 from payments.services import create_order
 
@@ -281,3 +288,45 @@ def open_season(
         now=now,
     )
     return invited, messages
+
+
+def grant_by_hand(
+    member: Member, tier: Tier, *, reason: str, actor: str, now: datetime | None = None
+) -> Membership:
+    """An admin gives a member a tier without payment (a speaker, a prize, a mistake put
+    right): a membership and an invitation. Refused if they hold it already."""
+    now = now or utcnow()
+    if tier.community_id != member.community_id:
+        raise JoinRefused("档位不属于该社群 · Not this community's tier")
+    if member.holds(tier.id):
+        raise JoinRefused("已有该档位 · They hold this tier already")
+    if tier.kind is TierKind.PAID and member.number is None:
+        member.number, member.number_label = allocate_member_number(member.community_id)
+    membership = Membership(
+        member=member,
+        tier=tier,
+        status=MembershipStatus.ACTIVE,
+        starts_at=now,
+        ends_at=now + timedelta(days=tier.duration_days) if tier.duration_days else None,
+    )
+    db.session.add(membership)
+    audit.record(
+        "membership.granted",
+        member,
+        actor=actor,
+        data={"tier": tier.code, "reason": reason},
+        now=now,
+    )
+    issue_invitation(membership, actor=actor, now=now)
+    return membership
+
+
+def end_by_hand(
+    membership: Membership, *, reason: str, actor: str, now: datetime | None = None
+) -> None:
+    """An admin ends a membership; its invitations are revoked."""
+    if membership.status not in (MembershipStatus.ACTIVE, MembershipStatus.SUSPENDED):
+        raise JoinRefused("该资格已结束 · This membership has ended already")
+    end_membership(
+        membership, MembershipStatus.ENDED, reason=reason, actor=actor, now=now or utcnow()
+    )

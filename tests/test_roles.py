@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from core.auth import ROLES, StaffUser, create_staff_user
 from core.db import db
-from membership.models import Community, Group, QuestionKind, ScreeningQuestion, Tier
+from membership.models import Community, Group, Member, QuestionKind, ScreeningQuestion, Tier
 from payments.models import Payment
 from tests.helpers import join_and_pay, log_in
 
@@ -30,6 +30,7 @@ def ids(app, demo) -> dict[str, int]:
             "group_id": db.session.scalar(sa.select(Group.id)),
             "question_id": question.id,
             "payment_id": db.session.scalar(sa.select(Payment.id)),
+            "member_id": db.session.scalar(sa.select(Member.id)),
             "user_id": 999_999,
         }
 
@@ -69,6 +70,7 @@ def test_each_role_reaches_exactly_its_routes(app, ids, role):
             response = client.get(url)
         else:
             response = client.post(url, data={"csrf_token": csrf})
+        response.close()  # a streamed export keeps its context until closed, as servers do
         if needed in permissions:
             assert response.status_code != 403, (role, rule.rule)
         else:

@@ -1,0 +1,85 @@
+"""Members in bulk: search and filters, access granted or ended by hand, CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import sqlalchemy as sa
+
+from core.audit import AuditEntry
+from core.db import db
+from membership.models import Community, InvitationStatus, Member, MembershipStatus, Tier
+from tests.helpers import join_and_pay, submit_form, submit_join
+
+
+def _community_id(app) -> int:
+    with app.app_context():
+        return db.session.scalar(sa.select(Community.id))
+
+
+def test_search_and_filters(app, demo, logged_in):
+    join_and_pay(app.test_client(), "main", display_name="张三")
+    join_and_pay(app.test_client(), "main", display_name="李四")
+    submit_join(app.test_client(), "lobby", provider=None, display_name="王五")
+    url = f"/admin/communities/{_community_id(app)}/members"
+    assert "(1)" in logged_in.get(url, query_string={"q": "0002"}).text
+    by_name = logged_in.get(url, query_string={"q": "张"}).text
+    assert "张三" in by_name
+    assert "李四" not in by_name
+    with app.app_context():
+        lobby_id = db.session.scalar(sa.select(Tier.id).where(Tier.code == "lobby"))
+    lobby = logged_in.get(url, query_string={"tier": lobby_id}).text
+    assert "王五" in lobby
+    assert "张三" not in lobby
+    assert "(0)" in logged_in.get(url, query_string={"state": "purged"}).text
+
+
+def test_grant_and_end_by_hand_with_a_reason(app, demo, logged_in):
+    submit_join(app.test_client(), "lobby", provider=None, display_name="嘉宾")
+    with app.app_context():
+        member_id = db.session.scalar(sa.select(Member.id))
+        main_id = db.session.scalar(sa.select(Tier.id).where(Tier.code == "main"))
+    url = f"/admin/members/{member_id}"
+    granted = submit_form(
+        logged_in, url, {"action": "grant", "tier": str(main_id), "reason": "特邀嘉宾"}
+    )
+    assert granted.status_code == 302
+    again = submit_form(logged_in, url, {"action": "grant", "tier": str(main_id), "reason": "x"})
+    assert "已有该档位" in logged_in.get(again.location).text
+    with app.app_context():
+        member = db.session.get(Member, member_id)
+        assert member.number_label == "0001"  # a paid tier numbers them
+        main = next(m for m in member.memberships if m.tier_id == main_id)
+        main_membership_id = main.id
+    ended = submit_form(
+        logged_in,
+        url,
+        {"action": "end", "membership": str(main_membership_id), "reason": "违反群规"},
+    )
+    assert ended.status_code == 302
+    with app.app_context():
+        member = db.session.get(Member, member_id)
+        main = next(m for m in member.memberships if m.tier_id == main_id)
+        assert main.status is MembershipStatus.ENDED
+        revoked = [i for i in member.invitations if i.membership_id == main.id]
+        assert [i.status for i in revoked] == [InvitationStatus.REVOKED]
+        reasons = db.session.scalars(
+            sa.select(AuditEntry.data)
+            .where(AuditEntry.action.in_(["membership.granted", "membership.ended"]))
+            .order_by(AuditEntry.id)
+        ).all()
+    assert [r["reason"] for r in reasons] == ["特邀嘉宾", "违反群规"]
+    missing_reason = submit_form(logged_in, url, {"action": "end", "membership": "1"})
+    assert "必填" in missing_reason.text
+
+
+def test_members_csv_export(app, demo, logged_in):
+    join_and_pay(app.test_client(), "main", display_name="=cmd|' /C calc'!A0")
+    url = f"/admin/communities/{_community_id(app)}/members.csv"
+    response = logged_in.get(url)
+    rows = list(csv.reader(io.StringIO(response.get_data(as_text=True).lstrip("\ufeff"))))
+    assert rows[0][0] == "编号 Number"
+    assert rows[1][0] == "0001"
+    assert rows[1][1].startswith("'=")  # defused
+    assert "正式成员 · Member:active" in rows[1][4]
