@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from flask_wtf import FlaskForm
-from flask_wtf.file import FileAllowed, FileField, FileSize
+from flask_wtf.file import FileAllowed, FileField, FileRequired, FileSize
 from wtforms import (
     BooleanField,
     DateField,
@@ -16,6 +16,7 @@ from wtforms import (
     SelectField,
     SelectMultipleField,
     StringField,
+    SubmitField,
     TextAreaField,
 )
 from wtforms.validators import (
@@ -413,3 +414,15 @@ class AccessForm(FlaskForm):
         filters=[_strip],
         validators=[DataRequired(REQUIRED), Length(max=200)],
     )
+
+
+class ImportForm(FlaskForm):
+    csv_file = FileField(
+        "成员CSV · Members CSV",
+        validators=[
+            FileRequired("请选择文件 · Choose a file"),
+            FileAllowed(["csv", "txt"], "仅限CSV · CSV only"),
+        ],
+    )
+    dry_run = SubmitField("试运行 · Dry run")
+    run = SubmitField("导入 · Import")

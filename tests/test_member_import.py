@@ -1,0 +1,79 @@
+"""Importing an existing community's members: dry run, all or nothing, numbers kept."""
+
+from __future__ import annotations
+
+import io
+
+import sqlalchemy as sa
+
+from core.db import db
+from membership.models import Community, InvitationStatus, Member
+from tests.helpers import join_and_pay, submit_form
+
+HEADER = "number,display_name,contact_kind,contact_value,joined,tier\n"
+CLEAN = HEADER + (
+    "5,老会员甲,phone,13800138005,2024-03-01,main\n"
+    "#42,老会员乙,email,Old.Member@Example.com,2025-01-15,main\n"
+)
+
+
+def send(app, logged_in, content: str, button: str):
+    with app.app_context():
+        community_id = db.session.scalar(sa.select(Community.id))
+    url = f"/admin/communities/{community_id}/import"
+    return submit_form(
+        logged_in,
+        url,
+        {"csv_file": (io.BytesIO(content.encode()), "members.csv"), button: "y"},
+        content_type="multipart/form-data",
+    )
+
+
+def members(app) -> list[tuple]:
+    with app.app_context():
+        return db.session.execute(
+            sa.select(Member.number_label, Member.display_name).order_by(Member.id)
+        ).all()
+
+
+def test_dry_run_lists_every_problem_and_changes_nothing(app, demo, logged_in):
+    join_and_pay(app.test_client(), "main", contact_kind="phone", contact_value="13900139000")
+    bad = HEADER + (
+        "abc,名字,phone,13800138001,2024-01-01,main\n"
+        "7,,phone,13800138002,2024-01-01,main\n"
+        "8,甲,fax,123,2024-01-01,main\n"
+        "9,乙,phone,13900139000,2024-01-01,main\n"
+        "1,丙,phone,13800138003,2024-01-01,main\n"
+        "10,丁,phone,13800138004,2024-13-01,main\n"
+        "11,戊,phone,13800138006,2024-01-01,vip\n"
+        "12,己,email,not-an-email,2024-01-01,main\n"
+        "12,庚,phone,13800138007,2024-01-01,main\n"
+    )
+    before = members(app)
+    for button in ("dry_run", "run"):
+        page = send(app, logged_in, bad, button).text
+        for line in range(2, 11):
+            assert f"line {line}:" in page, line
+        assert "未导入" in page
+    assert members(app) == before
+    wrong_header = send(app, logged_in, "no,name\n1,x\n", "dry_run").text
+    assert "表头须为" in wrong_header
+
+
+def test_clean_import_keeps_numbers_and_numbering_carries_on(app, demo, logged_in):
+    assert "可导入 2 位成员" in send(app, logged_in, CLEAN, "dry_run").text
+    assert members(app) == []  # a dry run imports nothing
+    assert send(app, logged_in, CLEAN, "run").status_code == 302
+    assert members(app) == [("0005", "老会员甲"), ("0042", "老会员乙")]
+    with app.app_context():
+        member = db.session.scalar(sa.select(Member).where(Member.number == 42))
+        assert member.contact_value == "old.member@example.com"
+        assert member.memberships[0].starts_at.date().isoformat() == "2025-01-14"  # UTC
+        assert member.invitations[0].status is InvitationStatus.JOINED
+        assert db.session.scalar(sa.select(Community.last_member_number)) == 42
+    status = join_and_pay(app.test_client(), "main")
+    assert members(app)[-1][0] == "0043"
+    assert status
+    again = send(app, logged_in, CLEAN, "run").text  # the same file twice
+    assert "编号 5 已被使用" in again
+    assert len(members(app)) == 3
