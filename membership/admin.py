@@ -78,6 +78,7 @@ from membership.models import (
 from membership.screening import ScreeningRefused, approve, reject
 from membership.services import (
     JoinRefused,
+    give_staff_number,
     place_waiting_invitations,
     seats_of,
     seats_taken,
@@ -181,6 +182,7 @@ def community_form(community_id: int | None = None):
                     "currency",
                     "time_zone",
                     "member_number_pattern",
+                    "staff_number_pattern",
                     "pay_link_days",
                     "reminder_days",
                 ],
@@ -404,7 +406,9 @@ def member(member_id: int):
     ]
     if form.validate_on_submit():
         try:
-            if form.action.data == "grant":
+            if form.action.data == "staff":
+                give_staff_number(member, actor=current_user.actor)
+            elif form.action.data == "grant":
                 grant_by_hand(
                     member,
                     _get(Tier, form.tier.data),

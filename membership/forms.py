@@ -146,6 +146,14 @@ class CommunityForm(FlaskForm):
         ],
     )
 
+    staff_number_pattern = StringField(
+        "工作人员编号格式 · Staff number pattern",
+        default="LS-##",
+        validators=[
+            DataRequired(REQUIRED),
+            Regexp(NUMBER_PATTERN.pattern, message="一段 # 表示数字位数 · One run of #"),
+        ],
+    )
     pay_link_days = IntegerField(
         "审核通过后付款链接有效天数 · Days an approved applicant's pay link works",
         default=7,
@@ -404,6 +412,7 @@ class AccessForm(FlaskForm):
         choices=[
             SelectChoice("grant", "开通档位 · Grant a tier"),
             SelectChoice("end", "取消资格 · End a membership"),
+            SelectChoice("staff", "给工作人员编号 · Give a staff number"),
         ],
         validators=[InputRequired(REQUIRED)],
     )

@@ -42,6 +42,9 @@ class Community(db.Model):
     member_number_pattern: Mapped[str] = mapped_column(sa.String(30), default="####")
     #: The last member number given out; numbers are never reused.
     last_member_number: Mapped[int] = mapped_column(default=0)
+    #: Staff (teachers, the committee) are numbered in a series of their own, e.g. LS-07.
+    staff_number_pattern: Mapped[str] = mapped_column(sa.String(30), default="LS-##")
+    last_staff_number: Mapped[int] = mapped_column(default=0)
     #: Days an approved applicant's personal pay link stays valid.
     pay_link_days: Mapped[int] = mapped_column(default=7)
     #: Members are reminded this many days before a membership with a term ends.
@@ -186,6 +189,10 @@ class Member(db.Model):
     number: Mapped[int | None]
     #: ``number`` in the community's pattern when it was given, e.g. ``0042``.
     number_label: Mapped[str | None] = mapped_column(sa.String(40))
+    #: A staff number, in the community's staff series (``LS-07``), for teachers and the
+    #: committee; apart from the member numbers.
+    staff_number: Mapped[int | None]
+    staff_number_label: Mapped[str | None] = mapped_column(sa.String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: When admins last saw them take part; a purge ends members not active since a date.
     last_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -203,6 +210,7 @@ class Member(db.Model):
 
     __table_args__ = (
         sa.UniqueConstraint("community_id", "number"),
+        sa.UniqueConstraint("community_id", "staff_number"),
         sa.UniqueConstraint("community_id", "wechat_openid"),
         sa.Index(None, "community_id", "contact_kind", "contact_value"),
     )

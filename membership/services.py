@@ -360,6 +360,28 @@ def _link_openid(member: Member, application: Application) -> None:
         member.wechat_openid = openid
 
 
+def give_staff_number(member: Member, *, actor: str, now: datetime | None = None) -> str:
+    """Number a member in the community's staff series (once), the way member numbers
+    are allocated: one UPDATE … RETURNING, so never twice the same."""
+    if member.staff_number is not None:
+        raise JoinRefused("已有工作人员编号 · They have a staff number already")
+    number, pattern = db.session.execute(
+        sa.update(Community)
+        .where(Community.id == member.community_id)
+        .values(last_staff_number=Community.last_staff_number + 1)
+        .returning(Community.last_staff_number, Community.staff_number_pattern)
+    ).one()
+    member.staff_number, member.staff_number_label = number, format_member_number(pattern, number)
+    audit.record(
+        "member.staff_numbered",
+        member,
+        actor=actor,
+        data={"staff_number": member.staff_number_label},
+        now=now,
+    )
+    return member.staff_number_label
+
+
 def allocate_member_number(community_id: int) -> tuple[int, str]:
     """The community's next member number and its label.
 

@@ -82,6 +82,7 @@ def _create_community(client, **overrides):
         "currency": "CNY",
         "time_zone": "Asia/Shanghai",
         "member_number_pattern": "RUN-###",
+        "staff_number_pattern": "T-##",
         "pay_link_days": "5",
         "reminder_days": "3",
         **overrides,

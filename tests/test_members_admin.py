@@ -83,3 +83,22 @@ def test_members_csv_export(app, demo, logged_in):
     assert rows[1][0] == "0001"
     assert rows[1][1].startswith("'=")  # defused
     assert "正式成员 · Member:active" in rows[1][4]
+
+
+def test_staff_are_numbered_in_their_own_series(app, demo, logged_in):
+    join_and_pay(app.test_client(), "main", display_name="李老师")
+    join_and_pay(app.test_client(), "main", display_name="王老师")
+    with app.app_context():
+        teacher_ids = db.session.scalars(sa.select(Member.id).order_by(Member.id)).all()
+    for member_id in teacher_ids:
+        url = f"/admin/members/{member_id}"
+        submit_form(logged_in, url, {"action": "staff", "reason": "授课老师"})
+    again = submit_form(
+        logged_in, f"/admin/members/{teacher_ids[0]}", {"action": "staff", "reason": "x"}
+    )
+    assert "已有工作人员编号" in logged_in.get(again.location).text
+    with app.app_context():
+        labels = db.session.execute(
+            sa.select(Member.number_label, Member.staff_number_label).order_by(Member.id)
+        ).all()
+    assert labels == [("0001", "LS-01"), ("0002", "LS-02")]  # apart from member numbers
