@@ -62,9 +62,15 @@ def _install_record_factory() -> None:
 
 def init_observability(app: Flask) -> None:
     _install_record_factory()
-    if app.config.get("LOG_FORMAT") == "json" and not app.testing:
+    if not app.testing:
         handler = logging.StreamHandler()
-        handler.setFormatter(JSONFormatter())
+        handler.setFormatter(
+            JSONFormatter()
+            if app.config.get("LOG_FORMAT") == "json"
+            else logging.Formatter(
+                "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+            )
+        )
         root = logging.getLogger()
         root.handlers[:] = [handler]
         root.setLevel(str(app.config.get("LOG_LEVEL", "INFO")).upper())
