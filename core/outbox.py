@@ -4,7 +4,8 @@ transaction that decided to send them and delivered after it commits, each once.
 Channels: ``email`` goes through SMTP when ``MAIL_SERVER`` is set; ``wechat_template``
 (to a member's openid) through wechatpy's official-account client when the account and
 ``WECHAT_REMINDER_TEMPLATE_ID`` are configured; every other case (the demo, SMS, WeChat IDs)
-is written to the log, so a demo user can read their code in the console.
+fails (admins see it) — except in the demo (``OUTBOX_TO_LOG``), where it is written to the
+log so a demo user can read their code in the console.
 """
 
 from __future__ import annotations
@@ -149,7 +150,10 @@ def _send(message: OutboxMessage) -> None:
                 smtp.login(config["MAIL_USERNAME"], config["MAIL_PASSWORD"])
             smtp.send_message(email)
         return
-    # No sender for this channel (the demo, SMS, WeChat): the message goes to the log.
+    if not config.get("OUTBOX_TO_LOG"):
+        # Never write a message (a login code …) where log readers would see it, unless
+        # this is the demo: without a sender the message fails, visibly.
+        raise OSError(f"no sender for {message.channel} messages")
     log.info(
         "outbox %s to %s %s: %s | %s",
         message.id,

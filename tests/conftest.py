@@ -88,6 +88,7 @@ def app_config(database_url: str, apis: fake_apis.FakeAPIs, certs: tuple[str, st
         "TELEGRAM_BOT_TOKEN": fake_apis.TELEGRAM_BOT_TOKEN,
         "TELEGRAM_API_BASE": apis.base_url,
         "TELEGRAM_WEBHOOK_SECRET": "telegram-webhook-secret",
+        "OUTBOX_TO_LOG": True,
     }
 
 

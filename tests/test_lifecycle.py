@@ -482,3 +482,18 @@ def test_reminders_go_by_wechat_template_to_linked_members(app, thirty_day_tier,
     assert sent.data["template_id"] == "tmpl-reminder-1"
     assert "即将到期" in sent.data["data"]["first"]["value"]
     app.extensions.pop("qunmen.wechat_client", None)
+
+
+def test_without_a_sender_a_code_is_never_logged(app, demo, monkeypatch, caplog):
+    monkeypatch.setitem(app.config, "OUTBOX_TO_LOG", False)
+    join_with_phone(app.test_client())
+    response = submit_form(
+        app.test_client(), "/join/demo/login", {"contact_kind": "phone", "contact_value": PHONE}
+    )
+    assert response.status_code == 302
+    with app.app_context():
+        message = db.session.scalars(sa.select(OutboxMessage)).one()
+        assert message.status == "failed"
+        assert "no sender" in message.last_error
+        code = re.search(r"\d{6}", message.body).group(0)
+    assert code not in caplog.text
