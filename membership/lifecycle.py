@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import url_for
+from sqlalchemy.orm import joinedload, selectinload
 
 from core import audit, outbox
 from core.clock import utcnow
@@ -139,9 +140,9 @@ def expire_memberships(*, now: datetime | None = None) -> int:
     """End memberships whose term ran out. Returns how many."""
     now = now or utcnow()
     due = db.session.scalars(
-        sa.select(Membership).where(
-            Membership.status == MembershipStatus.ACTIVE, Membership.ends_at <= now
-        )
+        sa.select(Membership)
+        .where(Membership.status == MembershipStatus.ACTIVE, Membership.ends_at <= now)
+        .options(joinedload(Membership.member).selectinload(Member.invitations))
     ).all()
     for membership in due:
         end_membership(membership, MembershipStatus.EXPIRED, reason="term", actor="system", now=now)
@@ -199,6 +200,7 @@ def send_reminders(*, now: datetime | None = None) -> list[int]:
             Membership.ends_at.is_not(None),
             Membership.ends_at > now,
         )
+        .options(joinedload(Membership.member), joinedload(Membership.tier))
     ).all()
     messages = []
     for membership, community in due:
@@ -237,6 +239,7 @@ def open_season(
             sa.select(Member)
             .join(Membership, Membership.member_id == Member.id)
             .where(Membership.tier_id == from_tier.id, Membership.status == MembershipStatus.ACTIVE)
+            .options(selectinload(Member.memberships))
             .order_by(Member.id)
         )
         .unique()
