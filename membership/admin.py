@@ -30,7 +30,7 @@ from core.db import db
 from core.exporters import csv_lines, write_xlsx
 from core.money import Money
 from membership.access import complete_removal, retry
-from membership.exports import MembersExport, community_revenue, day_start
+from membership.exports import MembersExport, community_revenue, community_stats, day_start
 from membership.forms import (
     AccessForm,
     ActivityForm,
@@ -84,6 +84,7 @@ from membership.services import (
     seats_taken,
     waiting_invitations,
 )
+from payments.models import InboxStatus, WebhookEvent
 
 bp = Blueprint("membership_admin", __name__, url_prefix="/admin")
 
@@ -147,8 +148,32 @@ def dashboard():
             sa.select(Member.community_id, sa.func.count()).group_by(Member.community_id)
         ).all()
     )
+    attention = {
+        "failed_webhooks": db.session.scalar(
+            sa.select(sa.func.count(WebhookEvent.id)).where(
+                WebhookEvent.status == InboxStatus.FAILED
+            )
+        ),
+        "failed_platform_calls": db.session.scalar(
+            sa.select(sa.func.count(PlatformTask.id)).where(
+                PlatformTask.status == TaskStatus.FAILED
+            )
+        ),
+        "queued_platform_calls": db.session.scalar(
+            sa.select(sa.func.count(PlatformTask.id)).where(
+                PlatformTask.status == TaskStatus.PENDING
+            )
+        ),
+        "removals": db.session.scalar(
+            sa.select(sa.func.count(RemovalTask.id)).where(RemovalTask.done_at.is_(None))
+        ),
+    }
     return render_template(
-        "admin/dashboard.html", communities=communities, waiting=waiting, members=members
+        "admin/dashboard.html",
+        communities=communities,
+        waiting=waiting,
+        members=members,
+        attention=attention,
     )
 
 
@@ -207,6 +232,7 @@ def community(community_id: int):
         community=community,
         seats=seats,
         waiting=waiting,
+        stats=community_stats(community),
         soon=utcnow() + timedelta(days=2),  # QR codes expiring by then are flagged
         room={group.id: seats_of(group) for group in community.groups},
     )

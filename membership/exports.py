@@ -3,17 +3,20 @@ number and tier of each (see :mod:`payments.exports`)."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from core.clock import utcnow
 from core.db import db
 from core.exporters import Exporter
-from membership.models import Application, Community, Member, Tier
+from membership.models import Application, Community, Member, Membership, Tier
 from payments.exports import LedgerQuery, RevenueRows, RevenueTotals
-from payments.models import Order
+from payments.models import Order, OrderStatus
 
 
 def day_start(community: Community, day: date) -> datetime:
@@ -72,3 +75,50 @@ class MembersExport(Exporter):
                 if member.last_active_at
                 else "",
             ]
+
+
+#: Days the community page's revenue chart shows.
+CHART_DAYS = 30
+
+
+def community_stats(community: Community, *, today: date | None = None) -> dict:
+    """What the community page shows at a glance: revenue per day over the last 30 days
+    (an SVG bar chart's bars), members by tier and state, and the join funnel."""
+    today = today or utcnow().astimezone(ZoneInfo(community.time_zone)).date()
+    first = today - timedelta(days=CHART_DAYS - 1)
+    rows, totals = community_revenue(community, first, today)
+    deque(rows.rows(), maxlen=0)  # fills the totals
+    by_day = {period: amount for period, _, _, _, amount in totals.rows() if len(period) == 10}
+    days = [first + timedelta(days=i) for i in range(CHART_DAYS)]
+    values = [by_day.get(day.isoformat(), Decimal(0)) for day in days]
+    top = max([*values, Decimal(1)])
+    bars = [
+        {
+            "x": i * 10,
+            "height": float(max(value, 0) / top * 100),
+            "label": f"{day.isoformat()} {value}",
+        }
+        for i, (day, value) in enumerate(zip(days, values, strict=True))
+    ]
+    by_tier = db.session.execute(
+        sa.select(Tier.name, Membership.status, sa.func.count())
+        .join(Membership, Membership.tier_id == Tier.id)
+        .where(Tier.community_id == community.id)
+        .group_by(Tier.name, Membership.status)
+        .order_by(Tier.name, Membership.status)
+    ).all()
+    since = day_start(community, first)
+    applied = sa.select(sa.func.count(Application.id)).where(
+        Application.community_id == community.id, Application.created_at >= since
+    )
+    ordered = applied.where(Application.order_id.is_not(None))
+    paid = ordered.join(Order, Order.id == Application.order_id).where(
+        Order.status.in_([OrderStatus.PAID, OrderStatus.REFUNDED])
+    )
+    return {
+        "bars": bars,
+        "total": sum(values),
+        "currency": community.currency,
+        "by_tier": by_tier,
+        "funnel": [db.session.scalar(q) for q in (applied, ordered, paid)],
+    }
