@@ -1,13 +1,14 @@
-"""The bare baseline for webhook ingest: a Flask endpoint that stores the request body
-with one INSERT and answers, on the same database set up the same way as the product
-(``core.db``: WAL, busy timeout and BEGIN IMMEDIATE on SQLite)."""
+"""Bare baselines, served beside the product in the same run: a Flask endpoint that stores
+the request body with one INSERT (webhook ingest), on the same database set up the same
+way as the product (``core.db``: WAL, busy timeout and BEGIN IMMEDIATE on SQLite), and a
+Flask + Jinja page of a given size (page render)."""
 
 from __future__ import annotations
 
 import os
 
 import sqlalchemy as sa
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify, render_template_string, request
 
 from core.clock import utcnow
 from core.db import UTCDateTime, db, init_db
@@ -28,6 +29,13 @@ def create_app() -> Flask:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
     init_db(app)
+
+    filler = "群门" * (int(os.environ.get("BARE_PAGE_BYTES", "6000")) // 6)
+    page = "<!doctype html><html><body><h1>{{ title }}</h1><p>{{ filler }}</p></body></html>"
+
+    @app.get("/page")
+    def render_page():
+        return render_template_string(page, title="群门读书会", filler=filler)
 
     @app.post("/ingest")
     def ingest():

@@ -152,21 +152,25 @@ def gunicorn(app_spec: str, url: str):
 
 
 def _send(args) -> list[tuple[float, int]]:
-    url, batch = args
+    url, batch, method = args
     session = requests.Session()
     results = []
     for body, headers in batch:
         start = time.perf_counter()
-        status = session.post(
-            url, data=body, headers={**headers, "Host": "qunmen.test"}, timeout=30
+        status = session.request(
+            method,
+            url,
+            data=body or None,
+            headers={**headers, "Host": "qunmen.test"},
+            timeout=30,
         ).status_code
         results.append((time.perf_counter() - start, status))
     return results
 
 
-def load(url: str, deliveries: list, clients: int) -> dict[str, float]:
-    """Post every delivery from ``clients`` processes at once; rate and latencies."""
-    batches = [(url, deliveries[i::clients]) for i in range(clients)]
+def load(url: str, deliveries: list, clients: int, method: str = "POST") -> dict[str, float]:
+    """Send every delivery from ``clients`` processes at once; rate and latencies."""
+    batches = [(url, deliveries[i::clients], method) for i in range(clients)]
     with ProcessPoolExecutor(max_workers=clients) as pool:
         start = time.perf_counter()
         results = [r for batch in pool.map(_send, batches) for r in batch]
