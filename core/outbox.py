@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from enum import StrEnum
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 class OutboxStatus(StrEnum):
     PENDING = "pending"
+    SENDING = "sending"  #: claimed by a delivery that has not finished
     SENT = "sent"
     FAILED = "failed"
 
@@ -69,26 +71,51 @@ def enqueue(
     return message
 
 
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    """What sending needs, copied out of the row so no transaction stays open meanwhile."""
+
+    id: int
+    channel: str
+    recipient: str
+    subject: str
+    body: str
+
+
 def deliver(message_id: int, *, now: datetime | None = None) -> OutboxStatus:
-    """Send one committed message, once; record the outcome and commit."""
-    message = db.session.scalar(
-        sa.select(OutboxMessage).where(OutboxMessage.id == message_id).with_for_update()
-    )
-    if message is None or message.status is OutboxStatus.SENT:
+    """Send one committed message, once. The message is claimed (its status set to
+    sending) and committed before the sender is called, so no lock is held while a mail or
+    WeChat server answers and two deliveries never send it twice; the outcome is recorded
+    after. Commits."""
+    claimed = db.session.execute(
+        sa.update(OutboxMessage)
+        .where(
+            OutboxMessage.id == message_id,
+            OutboxMessage.status.in_([OutboxStatus.PENDING, OutboxStatus.FAILED]),
+        )
+        .values(status=OutboxStatus.SENDING, attempts=OutboxMessage.attempts + 1)
+    ).rowcount
+    message = db.session.get(OutboxMessage, message_id)
+    if not claimed or message is None:
         db.session.commit()
-        return OutboxStatus.SENT
-    message.attempts += 1
+        return message.status if message is not None else OutboxStatus.SENT
+    envelope = _Envelope(
+        message.id, message.channel, message.recipient, message.subject, message.body
+    )
+    db.session.commit()
     try:
-        _send(message)
+        _send(envelope)
     except (OSError, smtplib.SMTPException) as error:
-        message.status = OutboxStatus.FAILED
-        message.last_error = str(error)[:500]
-        log.warning("outbox message %s to %s failed: %s", message.id, message.channel, error)
+        status, error_text = OutboxStatus.FAILED, str(error)[:500]
+        log.warning("outbox message %s to %s failed: %s", envelope.id, envelope.channel, error)
     else:
-        message.status = OutboxStatus.SENT
+        status, error_text = OutboxStatus.SENT, None
+    message = db.session.get(OutboxMessage, message_id)
+    message.status, message.last_error = status, error_text
+    if status is OutboxStatus.SENT:
         message.sent_at = now or utcnow()
     db.session.commit()
-    return message.status
+    return status
 
 
 class _OfficialAccount(WeChatClient):
@@ -125,7 +152,7 @@ def wechat_templates_enabled() -> bool:
     )
 
 
-def _send(message: OutboxMessage) -> None:
+def _send(message: _Envelope) -> None:
     config = current_app.config
     if message.channel == "wechat_template" and wechat_templates_enabled():
         try:

@@ -74,13 +74,16 @@ def run_task(task_id: int, *, now: datetime) -> TaskStatus:
     """Make one claimed task's platform call and record the outcome. Commits."""
     task = db.session.get(PlatformTask, task_id)
     invitation = task.invitation
-    adapter = adapter_for(invitation.group.platform if invitation.group else "")
+    group = invitation.group  # loaded now: the adapter reads it with no transaction open
+    adapter = adapter_for(group.platform if group else "")
+    call = {
+        TaskAction.GRANT: adapter.grant,
+        TaskAction.ADMIT: adapter.admit,
+        TaskAction.REVOKE: adapter.revoke,
+    }[task.action]
+    _end_transaction_keeping_objects()
     try:
-        {
-            TaskAction.GRANT: adapter.grant,
-            TaskAction.ADMIT: adapter.admit,
-            TaskAction.REVOKE: adapter.revoke,
-        }[task.action](invitation, now=now)
+        call(invitation, now=now)
     except (PlatformError, OSError) as error:
         db.session.rollback()
         task = db.session.get(PlatformTask, task_id)
@@ -97,6 +100,17 @@ def run_task(task_id: int, *, now: datetime) -> TaskStatus:
         task.last_error = None
     db.session.commit()
     return task.status
+
+
+def _end_transaction_keeping_objects() -> None:
+    """Commit (nothing is pending) so that no transaction, and on SQLite no write lock,
+    stays open while a platform answers; the loaded objects stay usable."""
+    session = db.session()
+    session.expire_on_commit = False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = True
 
 
 def drain(*, now: datetime | None = None, limit: int = 100) -> int:

@@ -497,3 +497,21 @@ def test_without_a_sender_a_code_is_never_logged(app, demo, monkeypatch, caplog)
         assert "no sender" in message.last_error
         code = re.search(r"\d{6}", message.body).group(0)
     assert code not in caplog.text
+
+
+def test_no_transaction_is_open_while_a_message_is_sent(app, demo, monkeypatch):
+    seen = []
+    original = outbox._send
+
+    def watching(envelope):
+        seen.append(db.session().in_transaction())
+        return original(envelope)
+
+    monkeypatch.setattr(outbox, "_send", watching)
+    join_with_phone(app.test_client())
+    log_in_member(app, app.test_client())
+    assert seen == [False]
+    with app.app_context():
+        assert db.session.scalars(sa.select(OutboxMessage.status)).one() == "sent"
+        assert outbox.deliver(db.session.scalar(sa.select(OutboxMessage.id))) == "sent"
+    assert seen == [False]  # sent once: a second delivery does not send again

@@ -22,7 +22,7 @@ from membership.models import (
     TaskAction,
     TaskStatus,
 )
-from membership.platforms import PLATFORMS
+from membership.platforms import PLATFORMS, TelegramAdapter
 from tests import fake_apis
 from tests.helpers import join_and_pay, submit_form
 
@@ -230,3 +230,20 @@ def test_members_mark_themselves_joined(app, demo):
         browser.post("/invitations/wrong-token/joined", data={"csrf_token": csrf}).status_code
         == 404
     )
+
+
+def test_no_transaction_is_open_while_a_platform_answers(app, telegram_group, apis, monkeypatch):
+    """On SQLite an open transaction holds the write lock: a slow platform must not."""
+    seen = []
+    original = TelegramAdapter._call
+
+    def watching(self, method, **params):
+        seen.append(db.session().in_transaction())
+        return original(self, method, **params)
+
+    monkeypatch.setattr(TelegramAdapter, "_call", watching)
+    join_and_pay(app.test_client(), "main")
+    with app.app_context():
+        drain()
+        assert db.session.scalar(sa.select(Invitation.join_link)).startswith("https://t.me/")
+    assert seen == [False]
