@@ -99,3 +99,15 @@ def init_db(app: Flask) -> None:
         for engine in db.engines.values():
             if engine.dialect.name == "sqlite":
                 _serialise_sqlite_writers(engine)
+
+
+def end_transaction_keeping_objects() -> None:
+    """Commit the current transaction (nothing may be pending) and keep the loaded objects
+    usable, so that a call to an outside service that follows (a provider, a platform)
+    runs with no transaction open: on SQLite an open transaction holds the write lock."""
+    session = db.session()
+    session.expire_on_commit = False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = True

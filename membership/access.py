@@ -18,7 +18,7 @@ from flask import Flask
 
 from core import audit
 from core.clock import utcnow
-from core.db import db
+from core.db import db, end_transaction_keeping_objects
 from membership.models import (
     Invitation,
     PlatformTask,
@@ -81,7 +81,7 @@ def run_task(task_id: int, *, now: datetime) -> TaskStatus:
         TaskAction.ADMIT: adapter.admit,
         TaskAction.REVOKE: adapter.revoke,
     }[task.action]
-    _end_transaction_keeping_objects()
+    end_transaction_keeping_objects()
     try:
         call(invitation, now=now)
     except (PlatformError, OSError) as error:
@@ -100,17 +100,6 @@ def run_task(task_id: int, *, now: datetime) -> TaskStatus:
         task.last_error = None
     db.session.commit()
     return task.status
-
-
-def _end_transaction_keeping_objects() -> None:
-    """Commit (nothing is pending) so that no transaction, and on SQLite no write lock,
-    stays open while a platform answers; the loaded objects stay usable."""
-    session = db.session()
-    session.expire_on_commit = False
-    try:
-        session.commit()
-    finally:
-        session.expire_on_commit = True
 
 
 def drain(*, now: datetime | None = None, limit: int = 100) -> int:

@@ -22,7 +22,7 @@ from wtforms import SelectChoice
 
 from core import audit, outbox
 from core.clock import utcnow
-from core.db import db
+from core.db import db, end_transaction_keeping_objects
 from core.security import new_token, same_site_path, sign, unsign
 from membership.forms import (
     JoinForm,
@@ -525,6 +525,7 @@ def login_wechat_return(slug: str):
     state = unsign("wechat-login", request.args.get("state", ""))
     if provider is None or not isinstance(state, dict) or state.get("community") != community.id:
         abort(400)
+    end_transaction_keeping_objects()
     try:
         openid = provider.openid_from_code(
             url_for(".login_wechat_return", slug=slug, _external=True),

@@ -17,7 +17,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from core import audit
 from core.clock import utcnow
-from core.db import db
+from core.db import db, end_transaction_keeping_objects
 from core.money import Money
 from core.security import new_token
 from payments.models import (
@@ -148,7 +148,8 @@ def register_with_provider(payment: Payment, payer: Payer, *, actor: str) -> str
     no transaction open. Raises :class:`ProviderError`."""
     if payment.provider_data.get("url"):
         return payment.provider_data["url"]
-    db.session.commit()
+    payment.order  # noqa: B018 (loaded now, read by the provider with no transaction open)
+    end_transaction_keeping_objects()
     provider = get_provider(payment.provider)
     try:
         start: PaymentStart = provider.start_payment(payment, payer)
@@ -408,12 +409,13 @@ def send_refund(refund: Refund, *, actor: str, now: datetime | None = None) -> R
     """Ask the provider for a requested refund and record its first answer. Commits
     before calling the provider and after."""
     now = now or utcnow()
-    db.session.commit()
+    transaction_id = _transaction_id(refund.payment)
+    end_transaction_keeping_objects()
     provider = get_provider(refund.payment.provider)
     try:
         if provider is None:
             raise ProviderError(f"payment provider {refund.payment.provider!r} is not enabled")
-        result = provider.request_refund(refund, _transaction_id(refund.payment))
+        result = provider.request_refund(refund, transaction_id)
     except ProviderError as error:
         result = RefundResult(external_id=None, succeeded=False, reason=str(error))
     payment = _lock_payment(refund.payment.public_id)
@@ -619,9 +621,10 @@ def settle_from_provider(payment: Payment, *, now: datetime | None = None) -> bo
     provider = get_provider(payment.provider)
     if provider is None or payment.status is not PaymentStatus.CREATED:
         return False
-    db.session.commit()
+    expired = payment.order.expires_at <= now
+    end_transaction_keeping_objects()
     answer = provider.query_payment(payment, now=now)
-    if answer is None and payment.order.expires_at <= now:
+    if answer is None and expired:
         provider.close_payment(payment)
         answer = Notification(
             event_id=f"closed:{payment.public_id}",

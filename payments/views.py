@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 from wtforms import SubmitField
 
 from core.clock import utcnow
-from core.db import db
+from core.db import db, end_transaction_keeping_objects
 from core.security import csrf, new_token, sign, unsign
 from payments import inbox
 from payments.models import Order, Payment, PaymentStatus
@@ -175,6 +175,7 @@ def oauth_return():
         abort(400)
     payment = _payment(public_id, WeChatPayProvider.name)
     provider: WeChatPayProvider = get_provider(WeChatPayProvider.name)
+    end_transaction_keeping_objects()
     try:
         openid = provider.openid_from_code(url_for(".oauth_return", _external=True), code)
     except ProviderError:

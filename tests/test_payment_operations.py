@@ -23,6 +23,7 @@ from payments.models import (
     RefundStatus,
     WebhookEvent,
 )
+from payments.providers.stripe import StripeProvider
 from tests.helpers import (
     checkout_session,
     count,
@@ -199,3 +200,23 @@ def test_refund_the_provider_refuses_is_recorded_as_failed(app, client, demo, ap
         assert db.session.scalars(sa.select(Refund.status)).one() is RefundStatus.FAILED
         assert db.session.scalars(sa.select(Membership.status)).one() is MembershipStatus.ACTIVE
     assert "退款失败" in logged_in.get(url).get_data(as_text=True)
+
+
+def test_no_transaction_is_open_while_a_provider_answers(
+    app, client, demo, apis, logged_in, monkeypatch
+):
+    """On SQLite an open transaction holds the write lock: a slow provider must not."""
+    seen = []
+    for name in ("start_payment", "request_refund", "query_payment"):
+        original = getattr(StripeProvider, name)
+
+        def watching(self, *args, _original=original, **kwargs):
+            seen.append(db.session().in_transaction())
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(StripeProvider, name, watching)
+    payment_id = _stripe_paid(app, client)
+    url = f"/admin/payments/payments/{payment_id}/refund"
+    submit_form(logged_in, url, {"amount": "10", "reason": "部分退款"})
+    submit_join(app.test_client(), "main", provider="stripe")
+    assert seen == [False, False, False]  # start, refund, start
