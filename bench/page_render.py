@@ -17,7 +17,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.webhook_ingest import database, gunicorn, load, prepare  # noqa: E402
+from bench.webhook_ingest import database, gunicorn, load, prepare, report  # noqa: E402
 
 
 def run(kind: str, count: int, clients: int) -> list[tuple[str, dict[str, float]]]:
@@ -43,23 +43,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
     args = parser.parse_args()
-    kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
-    print(
+    report(
         f"page render: {args.requests} requests, {args.clients} client processes, "
-        f"gunicorn -c gunicorn.conf.py -w 2, {os.cpu_count()} CPUs"
+        f"gunicorn -c gunicorn.conf.py -w 2, {os.cpu_count()} CPUs",
+        "pages/s",
+        ["sqlite", "postgres"] if args.database == "both" else [args.database],
+        lambda kind: run(kind, args.requests, args.clients),
     )
-    print(
-        f"{'database':10} {'scenario':30} {'pages/s':>8} {'vs bare':>8} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'errors':>6}"
-    )
-    for kind in kinds:
-        rows = run(kind, args.requests, args.clients)
-        bare = rows[0][1]["rate"]
-        for name, r in rows:
-            print(
-                f"{kind:10} {name:30} {r['rate']:8.1f} {r['rate'] / bare:8.2f} "
-                f"{r['p50']:7.1f} {r['p99']:7.1f} {r['errors']:6d}"
-            )
 
 
 if __name__ == "__main__":

@@ -207,29 +207,37 @@ def run(kind: str, events: int, clients: int) -> list[tuple[str, dict[str, float
         return rows
 
 
+def report(header: str, unit: str, kinds: list[str], run_kind) -> None:
+    """Print one table: each database's scenarios (the bare baseline first) with their
+    rate, ratio to the baseline and latencies."""
+    print(header)
+    print(
+        f"{'database':10} {'scenario':30} {unit:>9} {'vs bare':>8} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'max ms':>8} {'errors':>6}"
+    )
+    for kind in kinds:
+        rows = run_kind(kind)
+        bare = rows[0][1]["rate"]
+        for name, r in rows:
+            print(
+                f"{kind:10} {name:30} {r['rate']:9.1f} {r['rate'] / bare:8.2f} "
+                f"{r['p50']:8.1f} {r['p99']:8.1f} {r['max']:8.1f} {r['errors']:6d}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
     args = parser.parse_args()
-    kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
-    print(
+    report(
         f"webhook ingest: {args.events} events per scenario, {args.clients} client "
-        f"processes, gunicorn -c gunicorn.conf.py -w 2, {os.cpu_count()} CPUs"
+        f"processes, gunicorn -c gunicorn.conf.py -w 2, {os.cpu_count()} CPUs",
+        "events/s",
+        ["sqlite", "postgres"] if args.database == "both" else [args.database],
+        lambda kind: run(kind, args.events, args.clients),
     )
-    print(
-        f"{'database':10} {'scenario':28} {'events/s':>9} {'vs bare':>8} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'max ms':>8} {'errors':>6}"
-    )
-    for kind in kinds:
-        rows = run(kind, args.events, args.clients)
-        bare = rows[0][1]["rate"]
-        for name, r in rows:
-            print(
-                f"{kind:10} {name:28} {r['rate']:9.1f} {r['rate'] / bare:8.2f} "
-                f"{r['p50']:8.1f} {r['p99']:8.1f} {r['max']:8.1f} {r['errors']:6d}"
-            )
 
 
 if __name__ == "__main__":
