@@ -107,7 +107,7 @@ def prepare(url: str, events: int) -> dict[str, list[tuple[bytes, dict[str, str]
 
 
 @contextmanager
-def gunicorn(app_spec: str, url: str):
+def gunicorn(app_spec: str, url: str, **settings: str):
     port = free_port()
     env = {
         **os.environ,
@@ -118,6 +118,7 @@ def gunicorn(app_spec: str, url: str):
         "LOG_LEVEL": "warning",
         # As in production: platform calls are a separate worker's job, not the web's.
         "QUEUE_IN_PROCESS": "0",
+        **settings,
     }
     process = subprocess.Popen(  # noqa: S603 (our interpreter, our arguments)
         [
