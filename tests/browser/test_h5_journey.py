@@ -1,5 +1,6 @@
-"""The H5 journey in a real headless Chromium (Debian's), at a phone's size with WeChat's
-user agent: join page, form errors, the fake cashier, the member page with its QR code.
+"""The H5 pages in a real headless Chromium (Debian's), at a phone's size with WeChat's
+user agent: join page, form errors, the fake cashier, the member page with its QR code,
+and a screened application waiting in the lobby.
 A screenshot of each step goes to test-output/screenshots/."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from werkzeug.serving import make_server
 
 from core.db import db
 from membership.cli import seed_demo_community
+from membership.models import QuestionKind, ScreeningQuestion
 from tests.conftest import fresh_database
 
 CHROMIUM = "/usr/bin/chromium"
@@ -140,3 +142,58 @@ def test_failed_payment_and_retry_on_a_phone(live_server, browser):
     page.get_by_role("button", name="重新支付 · Pay again ¥99.00").click()
     page.get_by_role("button", name="确认支付 · Pay").click()
     expect(page.locator("#member-number")).to_have_text("0001")
+
+
+@pytest.fixture
+def screened_server(tmp_path, _api_server):
+    """The demo with the ¥99 tier screened by two questions."""
+    with fresh_database(tmp_path, _api_server, SERVER_NAME=None, PAYMENT_PROVIDERS=["fake"]) as app:
+        with app.app_context():
+            community = seed_demo_community()
+            db.session.flush()
+            next(t for t in community.tiers if t.code == "main").requires_screening = True
+            db.session.add_all(
+                [
+                    ScreeningQuestion(
+                        community=community,
+                        position=0,
+                        prompt="为什么想加入？",
+                        kind=QuestionKind.TEXT,
+                    ),
+                    ScreeningQuestion(
+                        community=community,
+                        position=1,
+                        prompt="从哪里知道我们？",
+                        kind=QuestionKind.SINGLE,
+                        choices="朋友推荐\n公众号",
+                    ),
+                ]
+            )
+            db.session.commit()
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}"
+        finally:
+            server.shutdown()
+
+
+@pytest.mark.committing
+def test_lobby_application_on_a_phone(screened_server, browser):
+    page = phone(browser)
+    page.goto(f"{screened_server}/join/demo/main")
+    expect(page.get_by_text("为什么想加入？")).to_be_visible()
+    page.fill("#display_name", "申请人小赵")
+    page.fill("#contact_value", "zhao_reader1")
+    page.get_by_role("button", name="提交申请 · Apply").click()
+    expect(page.locator("#display_name-errors")).to_have_count(0)
+    expect(page.locator("[role=alert]")).to_contain_text("请修改下面标红的内容")  # no answers
+    shot(page, "08-screening-errors")
+    page.fill("textarea", "想和大家一起读书")
+    page.get_by_label("朋友推荐").check()
+    page.check("#accept_rules")
+    page.get_by_role("button", name="提交申请 · Apply").click()
+    expect(page.locator("#review-status")).to_contain_text("等待管理员审核")
+    expect(page.locator("img.qr")).to_be_visible()  # the lobby group, at once
+    assert fits_the_screen(page)
+    shot(page, "09-waiting-in-the-lobby")
