@@ -30,9 +30,14 @@ from membership.services import (
 )
 from payments import admin as payments_admin
 from payments.cli import payments_cli
+from payments.discounts import register_discount_rule
 from payments.providers import init_providers
 from payments.signals import access_restored, access_withdrawn, order_paid
 from payments.views import fake_cashier, webhooks, wechatpay
+from perks import admin as perks_admin
+from perks import views as perks_views
+from perks.coupons import consume_paid_coupon, release_refunded_coupon, reserve_coupon
+from perks.courses import activate_paid_enrolment, restore_enrolment, withdraw_enrolment
 
 migrate = Migrate()
 
@@ -52,11 +57,14 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     login_manager.init_app(app)
     csrf.init_app(app)
     init_providers(app)
+    register_discount_rule(app, reserve_coupon)
 
     app.register_blueprint(membership_views.bp)
     app.register_blueprint(membership_admin.bp)
     app.register_blueprint(membership_telegram.bp)
     app.register_blueprint(payments_admin.bp)
+    app.register_blueprint(perks_views.bp)
+    app.register_blueprint(perks_admin.bp)
     app.register_blueprint(webhooks)
     app.register_blueprint(fake_cashier)
     app.register_blueprint(wechatpay)
@@ -73,8 +81,13 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         start_in_process_worker(app)
 
     order_paid.connect(admit_paid_application)
+    order_paid.connect(consume_paid_coupon)
+    order_paid.connect(activate_paid_enrolment)
     access_withdrawn.connect(withdraw_paid_access)
+    access_withdrawn.connect(release_refunded_coupon)
+    access_withdrawn.connect(withdraw_enrolment)
     access_restored.connect(restore_paid_access)
+    access_restored.connect(restore_enrolment)
 
     app.add_template_filter(local_time, "localtime")
     _register_error_pages(app)

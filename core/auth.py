@@ -45,6 +45,7 @@ PERMISSIONS = {
     "payments.view": "查看订单与支付 · See orders and payments",
     "payments.refund": "退款 · Refund",
     "finance.export": "导出财务报表 · Export revenue",
+    "perks.manage": "管理福利、优惠券、课程与推荐 · Manage perks, coupons, courses, offers",
     "platform.tasks": "处理平台调用失败 · Retry failed platform calls",
     "audit.view": "查看操作日志 · See the audit log",
     "staff.manage": "管理团队与角色 · Manage the team and roles",

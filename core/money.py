@@ -48,6 +48,11 @@ class Money:
         if other.currency != self.currency:
             raise CurrencyMismatch(f"{self.currency} vs {other.currency}")
 
+    def percent(self, percent: int) -> Money:
+        """``percent`` % of this amount in whole minor units, rounded down. The one rounding
+        rule for discounts: a discount is never more than its percentage."""
+        return Money(self.amount * percent // 100, self.currency)
+
     @property
     def is_zero(self) -> bool:
         return self.amount == 0

@@ -31,16 +31,12 @@ def community_revenue(
     totals they add up to (filled as the movements are read)."""
     totals = RevenueTotals()
     query = LedgerQuery(
-        order_filter=Application.community_id == community.id,
+        community_id=community.id,
         start=day_start(community, first_day),
         end=day_start(community, last_day + timedelta(days=1)),
         time_zone=community.time_zone,
-        details=[("成员编号 Member", Member.number_label), ("档位 Tier", Tier.name)],
-        joins=lambda select: (
-            select.join(Application, Application.order_id == Order.id)
-            .outerjoin(Member, Member.id == Application.member_id)
-            .join(Tier, Tier.id == Application.tier_id)
-        ),
+        details=[("成员编号 Member", Member.number_label)],
+        joins=lambda select: select.outerjoin(Member, Member.id == Order.member_id),
     )
     return RevenueRows(query, totals), totals
 

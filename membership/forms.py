@@ -46,7 +46,7 @@ from membership.platforms import PLATFORMS
 REQUIRED = "必填 · Required"
 
 
-def _strip(value: str | None) -> str | None:
+def strip_text(value: str | None) -> str | None:
     return value.strip() if isinstance(value, str) else value
 
 
@@ -68,7 +68,7 @@ CONTACT_RULES: dict[ContactKind, tuple[re.Pattern[str], str]] = {
 class JoinForm(FlaskForm):
     display_name = StringField(
         "群昵称 · Display name",
-        filters=[_strip],
+        filters=[strip_text],
         validators=[DataRequired(REQUIRED), Length(max=40, message="最多40个字 · At most 40")],
     )
     contact_kind = RadioField(
@@ -83,12 +83,17 @@ class JoinForm(FlaskForm):
     )
     contact_value = StringField(
         "联系方式 · Contact",
-        filters=[_strip],
+        filters=[strip_text],
         validators=[DataRequired(REQUIRED), Length(max=254, message="太长了 · Too long")],
     )
     accept_rules = BooleanField(
         "我已阅读并同意群规 · I accept the rules",
         validators=[DataRequired("请阅读并同意群规 · Please accept the rules")],
+    )
+    coupon = StringField(
+        "优惠码（选填）· Coupon code (optional)",
+        filters=[strip_text],
+        validators=[Length(max=40, message="优惠码不存在 · Unknown coupon code")],
     )
     provider = RadioField("支付方式 · Pay with", validators=[InputRequired(REQUIRED)])
     submission_key = HiddenField(validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")])
@@ -114,11 +119,11 @@ class PayAgainForm(FlaskForm):
 
 class CommunityForm(FlaskForm):
     name = StringField(
-        "社群名称 · Name", filters=[_strip], validators=[DataRequired(REQUIRED), Length(max=60)]
+        "社群名称 · Name", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
     )
     slug = StringField(
         "链接名 · Slug (/join/…)",
-        filters=[_strip],
+        filters=[strip_text],
         validators=[
             DataRequired(REQUIRED),
             Regexp(
@@ -177,14 +182,14 @@ class CommunityForm(FlaskForm):
 class TierForm(FlaskForm):
     code = StringField(
         "代号 · Code",
-        filters=[_strip],
+        filters=[strip_text],
         validators=[
             DataRequired(REQUIRED),
             Regexp(r"^[a-z0-9][a-z0-9-]{0,39}$", message="小写字母、数字或- · a-z, 0-9 or -"),
         ],
     )
     name = StringField(
-        "名称 · Name", filters=[_strip], validators=[DataRequired(REQUIRED), Length(max=60)]
+        "名称 · Name", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
     )
     includes = TextAreaField(
         "包含内容（每行一条）· Includes, one per line", validators=[Length(max=4000)]
@@ -196,9 +201,9 @@ class TierForm(FlaskForm):
             SelectChoice(TierKind.FREE.value, "免费 · Free"),
         ],
     )
-    price = StringField("价格（元）· Price", filters=[_strip], default="0")
+    price = StringField("价格（元）· Price", filters=[strip_text], default="0")
     renewal_price = StringField(
-        "续费价（元，空=同价格）· Renewal price (empty = the price)", filters=[_strip]
+        "续费价（元，空=同价格）· Renewal price (empty = the price)", filters=[strip_text]
     )
     duration_days = IntegerField(
         "有效天数（空=永久）· Days (empty = lifetime)",
@@ -225,7 +230,7 @@ class TierForm(FlaskForm):
 
 class GroupForm(FlaskForm):
     name = StringField(
-        "群名称 · Name", filters=[_strip], validators=[DataRequired(REQUIRED), Length(max=60)]
+        "群名称 · Name", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
     )
     platform = SelectField(
         "平台 · Platform", choices=[SelectChoice(p.key, p.label) for p in PLATFORMS.values()]
@@ -235,12 +240,12 @@ class GroupForm(FlaskForm):
     )
     join_link = StringField(
         "入群链接 · Join link",
-        filters=[_strip],
+        filters=[strip_text],
         validators=[Optional(), URL(message="链接格式不正确 · Not a link"), Length(max=500)],
     )
     telegram_chat_id = StringField(
         "Telegram 群 chat id（机器人需为管理员）· Telegram chat id (the bot must be an admin)",
-        filters=[_strip],
+        filters=[strip_text],
         validators=[Optional(), Regexp(r"^-?[0-9]{5,20}$|^@[A-Za-z0-9_]{5,32}$")],
     )
     qr_expires_at = DateField("二维码到期日 · QR code expires on", validators=[Optional()])
@@ -272,7 +277,7 @@ class MemberLoginForm(FlaskForm):
     )
     contact_value = StringField(
         "加入时填写的手机号或邮箱 · The phone or e-mail you joined with",
-        filters=[_strip],
+        filters=[strip_text],
         validators=[DataRequired(REQUIRED), Length(max=254, message="太长了 · Too long")],
     )
 
@@ -282,7 +287,7 @@ class MemberLoginForm(FlaskForm):
 class LoginCodeForm(FlaskForm):
     code = StringField(
         "验证码 · Code",
-        filters=[_strip],
+        filters=[strip_text],
         validators=[
             DataRequired(REQUIRED),
             Regexp(r"^[0-9]{6}$", message="6位数字 · Six digits"),
@@ -339,7 +344,9 @@ def answers_of(form: FlaskForm, questions: list[ScreeningQuestion]) -> dict[str,
 
 class QuestionForm(FlaskForm):
     prompt = StringField(
-        "问题 · Question", filters=[_strip], validators=[DataRequired(REQUIRED), Length(max=300)]
+        "问题 · Question",
+        filters=[strip_text],
+        validators=[DataRequired(REQUIRED), Length(max=300)],
     )
     kind = SelectField(
         "类型 · Kind",
@@ -354,7 +361,7 @@ class QuestionForm(FlaskForm):
     auto_approve_answer = StringField(
         "自动通过的答案（选填，须为选项之一）· Auto-approve on this answer (optional, one "
         "of the choices)",
-        filters=[_strip],
+        filters=[strip_text],
         validators=[Optional(), Length(max=300)],
     )
 
@@ -420,7 +427,7 @@ class AccessForm(FlaskForm):
     membership = SelectField("会员资格 · Membership", coerce=int, validate_choice=False)
     reason = StringField(
         "原因（记入日志）· Reason (kept in the log)",
-        filters=[_strip],
+        filters=[strip_text],
         validators=[DataRequired(REQUIRED), Length(max=200)],
     )
 

@@ -33,6 +33,7 @@ from membership.services import (
     end_membership,
     follow_up_application,
     issue_invitation,
+    message_member,
 )
 from payments.models import Order, OrderStatus
 from payments.services import create_order
@@ -171,7 +172,13 @@ def start_renewal(membership: Membership, *, now: datetime | None = None) -> App
     member = membership.member
     actor = f"member:{member.id}"
     order = create_order(
-        tier.renewal_money, f"{tier.community.name} · {tier.name} 续费", actor=actor, now=now
+        tier.renewal_money,
+        f"{tier.community.name} · {tier.name} 续费",
+        community_id=tier.community_id,
+        product=tier.name,
+        member_id=member.id,
+        actor=actor,
+        now=now,
     )
     db.session.flush()
     renewal = follow_up_application(
@@ -209,16 +216,14 @@ def send_reminders(*, now: datetime | None = None) -> list[int]:
             continue
         member = membership.member
         local_end = membership.ends_at.astimezone(ZoneInfo(community.time_zone))
-        by_wechat = member.wechat_openid and outbox.wechat_templates_enabled()
         messages.append(
-            outbox.enqueue(
-                "wechat_template" if by_wechat else member.contact_kind.value,
-                member.wechat_openid if by_wechat else member.contact_value,
+            message_member(
+                member,
                 f"{community.name}：会员即将到期 · Your membership ends soon",
                 f"你的{membership.tier.name}将于 {local_end:%Y-%m-%d} 到期，续费价 "
                 f"{membership.tier.renewal_money}。Your membership ends on {local_end:%Y-%m-%d}.",
                 now=now,
-            ).id
+            )
         )
         membership.reminded_for_end_at = membership.ends_at
         audit.record("membership.reminded", membership, actor="system", now=now)

@@ -49,6 +49,8 @@ class Community(db.Model):
     pay_link_days: Mapped[int] = mapped_column(default=7)
     #: Members are reminded this many days before a membership with a term ends.
     reminder_days: Mapped[int] = mapped_column(default=7)
+    #: A refunded order's coupon may be used again (otherwise the use stays consumed).
+    coupons_back_on_refund: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     tiers: Mapped[list[Tier]] = relationship(

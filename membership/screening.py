@@ -110,6 +110,9 @@ def order_for_pay_link(
     order = create_order(
         tier.price_money,
         f"{tier.community.name} · {tier.name}",
+        community_id=tier.community_id,
+        product=tier.name,
+        member_id=member.id,
         actor=f"member:{member.id}",
         now=now,
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from core import audit
+from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
 from core.security import new_token
@@ -164,7 +164,13 @@ def submit_application(
         return application
     if tier.kind is TierKind.PAID:
         order = create_order(
-            tier.price_money, f"{tier.community.name} · {tier.name}", actor=actor, now=now
+            tier.price_money,
+            f"{tier.community.name} · {tier.name}",
+            community_id=tier.community_id,
+            product=tier.name,
+            member_id=member.id if member else None,
+            actor=actor,
+            now=now,
         )
         db.session.flush()
         application.order_id = order.id
@@ -278,6 +284,9 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     db.session.add(membership)
     application.status = ApplicationStatus.ADMITTED
     application.member = member
+    if application.order_id is not None:
+        db.session.flush()
+        db.session.get(Order, application.order_id).member_id = member.id
     audit.record(
         "member.admitted",
         member,
@@ -339,6 +348,19 @@ def restore_paid_access(order: Order, *, now: datetime) -> None:
     membership.status = MembershipStatus.ACTIVE
     audit.record("membership.restored", membership, actor="system", now=now)
     issue_invitation(membership, actor="system", now=now)
+
+
+def message_member(member: Member, subject: str, body: str, *, now: datetime) -> int:
+    """Queue a message to ``member`` (flushed): a WeChat template message when they linked
+    WeChat and templates are configured, else to their contact. Returns the outbox id."""
+    by_wechat = member.wechat_openid and outbox.wechat_templates_enabled()
+    return outbox.enqueue(
+        "wechat_template" if by_wechat else member.contact_kind.value,
+        member.wechat_openid if by_wechat else member.contact_value,
+        subject,
+        body,
+        now=now,
+    ).id
 
 
 def find_member_by_openid(community_id: int, openid: str) -> Member | None:

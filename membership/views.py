@@ -61,6 +61,7 @@ from membership.services import (
     find_member_by_openid,
     submit_application,
 )
+from payments.discounts import DiscountRefused, Purchase, discount_order, note_refused_code
 from payments.models import Order, OrderStatus
 from payments.providers import ProviderError, enabled_providers, get_provider
 from payments.providers.wechatpay import WeChatPayProvider
@@ -118,7 +119,7 @@ def community_page(slug: str):
     )
 
 
-def _offer_providers(form: JoinForm | PayAgainForm) -> None:
+def offer_providers(form: JoinForm | PayAgainForm) -> None:
     """Fill the form's provider choice with the enabled providers, the first preselected."""
     form.provider.choices = [SelectChoice(p.name, p.label) for p in enabled_providers().values()]
     if form.provider.data is None and form.provider.choices:
@@ -135,10 +136,12 @@ def _join_form(tier: Tier, member: Member | None) -> JoinForm:
         del form.contact_kind, form.contact_value
         if not form.is_submitted():
             form.display_name.data = member.display_name
+    if tier.kind is TierKind.FREE or tier.requires_screening:
+        del form.coupon  # nothing to pay now
     if tier.kind is TierKind.FREE:
         del form.provider  # nothing to pay
     else:
-        _offer_providers(form)
+        offer_providers(form)
     if not form.submission_key.data:
         form.submission_key.data = new_token(24)
     return form
@@ -196,6 +199,22 @@ def join(slug: str, tier_code: str):
             else None,
         )
         approval = auto_approve(application) if tier.requires_screening else None
+        if "coupon" in form and form.coupon.data and application.order_id:
+            discount_order(
+                db.session.get(Order, application.order_id),
+                form.coupon.data,
+                Purchase(
+                    community_id=community.id,
+                    product=f"tier:{tier.id}",
+                    member_id=member.id if member else None,
+                    buyer=f"member:{member.id}"
+                    if member
+                    else f"{application.contact_kind}:{application.contact_value}",
+                    client=request.remote_addr or "",
+                ),
+                actor=f"member:{member.id}" if member else "prospect",
+                now=utcnow(),
+            )
         db.session.commit()
         if approval is not None:
             outbox.deliver(approval)
@@ -209,6 +228,14 @@ def join(slug: str, tier_code: str):
             form=form,
             member=member,
             login_needed=isinstance(refusal, AlreadyAMember),
+        ), 422
+    except DiscountRefused as refusal:
+        db.session.rollback()
+        note_refused_code(request.remote_addr or "", now=utcnow())
+        db.session.commit()
+        form.coupon.errors.append(str(refusal))
+        return render_template(
+            "join/form.html", community=community, tier=tier, form=form, member=member
         ), 422
     except IntegrityError:
         # The same form, sent twice at once: the other request made the application.
@@ -259,7 +286,7 @@ def status(slug: str, public_id: str):
     if member is not None:
         session[MEMBER_SESSION_KEY] = member.id
     pay_form = PayAgainForm()
-    _offer_providers(pay_form)
+    offer_providers(pay_form)
     return render_template(
         "join/status.html",
         application=application,
@@ -283,7 +310,7 @@ def pay_again(slug: str, public_id: str):
     """Try paying the application's order again, after a failure or a cancel."""
     application = _application(slug, public_id)
     form = PayAgainForm()
-    _offer_providers(form)
+    offer_providers(form)
     if not form.validate_on_submit():
         abort(400)
     return _continue(application, form.provider.data)
@@ -305,7 +332,7 @@ def me():
     if member is None:
         return render_template("me/anonymous.html"), 401
     pay_form = PayAgainForm()
-    _offer_providers(pay_form)
+    offer_providers(pay_form)
     return render_template(
         "me/member.html", member=member, community=member.community, pay_form=pay_form
     )
@@ -319,7 +346,7 @@ def renew(membership_id: int):
     if member is None or membership is None or membership.member_id != member.id:
         abort(404)
     form = PayAgainForm()
-    _offer_providers(form)
+    offer_providers(form)
     if not form.validate_on_submit():
         abort(400)
     try:
@@ -442,7 +469,7 @@ def pay_link(slug: str, token: str):
     application = _approved_application(community, token)
     member = logged_in_member(community)
     form = PayAgainForm()
-    _offer_providers(form)
+    offer_providers(form)
     refusal = None
     try:
         order = order_for_pay_link(application, member)

@@ -1,5 +1,6 @@
 """Finance exports: every ledger movement of a community in a date range (in the
-community's time zone), and totals by day and by month × product × provider.
+community's time zone) with its product, coupon and discount, and totals by day and by
+month × product (tier or course) × provider.
 
 Amounts are in major units (yuan) as exact decimals: the rows sum to the totals to the
 fen. The ledger is read in batches, so a million movements export in flat memory.
@@ -32,10 +33,9 @@ def major(amount: int, currency: str) -> Decimal:
 
 @dataclass(frozen=True, slots=True)
 class LedgerQuery:
-    """Which movements: those of orders the ``order_filter`` selects (a product package
-    says which orders are its community's), between two aware times."""
+    """Which movements: those of one community's orders between two aware times."""
 
-    order_filter: sa.ColumnElement[bool]
+    community_id: int
     start: datetime
     end: datetime
     time_zone: str
@@ -58,19 +58,22 @@ class RevenueRows(Exporter):
             "类型 Kind",
             "订单号 Order",
             *[label for label, _ in query.details],
+            "产品 Product",
             "渠道 Provider",
             "渠道流水号 Provider transaction",
             "金额 Gross",
             "手续费 Fee",
             "净额 Net",
             "币种 Currency",
+            "优惠码 Coupon",
+            "优惠 Discount",
         ]
 
     def _select(self, *columns) -> sa.Select:
         return self.query.joins(
             sa.select(*columns).join(Order, Order.id == LedgerEntry.order_id)
         ).where(
-            self.query.order_filter,
+            Order.community_id == self.query.community_id,
             LedgerEntry.created_at >= self.query.start,
             LedgerEntry.created_at < self.query.end,
         )
@@ -86,29 +89,47 @@ class RevenueRows(Exporter):
             LedgerEntry.kind,
             Order.public_id,
             *[column for _, column in self.query.details],
+            Order.product,
             LedgerEntry.provider,
             LedgerEntry.provider_transaction_id,
             LedgerEntry.amount,
             LedgerEntry.currency,
+            LedgerEntry.coupon_code,
+            LedgerEntry.discount,
         ).order_by(LedgerEntry.id)
         result = db.session.execute(select.execution_options(yield_per=BATCH))
-        for created_at, kind, order_id, *details, provider, transaction, amount, currency in result:
+        for (
+            created_at,
+            kind,
+            order_id,
+            *details,
+            product,
+            provider,
+            transaction,
+            amount,
+            currency,
+            coupon,
+            discount,
+        ) in result:
             local = created_at.astimezone(zone)
             gross = major(amount, currency)
             fee = major(0, currency)  # provider fees arrive with reconciliation
             if self.totals is not None:
-                self.totals.add(local, details[-1] if details else "", provider, currency, gross)
+                self.totals.add(local, product, provider, currency, gross)
             yield [
                 local.strftime("%Y-%m-%d %H:%M:%S"),
                 kind,
                 order_id,
                 *details,
+                product,
                 provider,
                 transaction or "",
                 gross,
                 fee,
                 gross - fee,
                 currency,
+                coupon or "",
+                major(discount, currency),
             ]
 
 

@@ -60,9 +60,19 @@ class Order(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     #: Unguessable; names the order in URLs and to providers.
     public_id: Mapped[str] = mapped_column(sa.String(32), unique=True)
-    #: Minor units of ``currency``.
+    #: Minor units of ``currency``: what is owed, after any discount.
     amount: Mapped[int]
     currency: Mapped[str] = mapped_column(sa.String(3))
+    #: Whose sale it is, what it sells (its name when sold, for finance) and who buys it
+    #: (once known: a prospect's order gets its member when they are admitted). Set by the
+    #: package that sells; payments only carries them.
+    community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), index=True)
+    product: Mapped[str] = mapped_column(sa.String(80))
+    member_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    #: The price before a discount; ``amount`` when there is none.
+    list_amount: Mapped[int]
+    #: The discount code applied (one per order), see :mod:`payments.discounts`.
+    coupon_code: Mapped[str | None] = mapped_column(sa.String(40))
     #: Shown to the payer at the provider (WeChat Pay's ``body``: at most 128 bytes).
     description: Mapped[str] = mapped_column(sa.String(120))
     status: Mapped[OrderStatus] = mapped_column(
@@ -76,9 +86,17 @@ class Order(db.Model):
 
     payments: Mapped[list[Payment]] = relationship(back_populates="order", order_by="Payment.id")
 
+    __table_args__ = (
+        sa.CheckConstraint("amount >= 0 AND amount <= list_amount", name="amount_within_list"),
+    )
+
     @property
     def price(self) -> Money:
         return Money(self.amount, self.currency)
+
+    @property
+    def discount(self) -> Money:
+        return Money(self.list_amount - self.amount, self.currency)
 
     def confirmed_total(self) -> Money:
         total = sum(p.amount for p in self.payments if p.status is PaymentStatus.CONFIRMED)
@@ -259,6 +277,23 @@ class LedgerEntry(db.Model):
     provider: Mapped[str] = mapped_column(sa.String(20))
     #: The provider's transaction id, for reconciliation.
     provider_transaction_id: Mapped[str | None] = mapped_column(sa.String(128))
+    #: On a ``payment`` entry: minor units the order's discount code took off its price.
+    discount: Mapped[int] = mapped_column(default=0)
+    coupon_code: Mapped[str | None] = mapped_column(sa.String(40))
+
+
+class RefusedCode(db.Model):
+    """A discount code refused to a client: too many in a while and the client must wait
+    (codes cannot be guessed by trying them)."""
+
+    __tablename__ = "refused_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The client's address.
+    client: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (sa.Index(None, "client", "created_at"),)
 
 
 @event.listens_for(LedgerEntry, "before_update")

@@ -58,15 +58,27 @@ class PaymentMismatch(PaymentError):
 
 
 def create_order(
-    price: Money, description: str, *, actor: str, now: datetime | None = None
+    price: Money,
+    description: str,
+    *,
+    community_id: int,
+    product: str,
+    member_id: int | None = None,
+    actor: str,
+    now: datetime | None = None,
 ) -> Order:
-    """A new open order for ``price``, taking payment for ``ORDER_TTL_MINUTES``."""
+    """A new open order for ``price``, taking payment for ``ORDER_TTL_MINUTES``: a sale of
+    ``product`` (its name) by the community, to the member when known."""
     now = now or utcnow()
     if price.amount <= 0:
         raise PaymentError("an order is for a positive amount")
     order = Order(
         public_id=new_token(16),
         amount=price.amount,
+        list_amount=price.amount,
+        community_id=community_id,
+        product=product[:80],
+        member_id=member_id,
         currency=price.currency,
         description=description[:120],
         status=OrderStatus.OPEN,
@@ -309,20 +321,31 @@ def confirm_payment(
     """
     if payment.status is PaymentStatus.CONFIRMED:
         return False
+    order = payment.order
+    paid_before = order.status in (OrderStatus.PAID, OrderStatus.REFUNDED)
     payment.status = PaymentStatus.CONFIRMED
     payment.confirmed_at = now
     if external_id:
         _reference(payment, external_id)
-    _ledger(payment, "payment", payment.amount, now=now, transaction_id=external_id)
+    pays_order = not paid_before and order.confirmed_total().amount >= order.amount
+    _ledger(
+        payment,
+        "payment",
+        payment.amount,
+        now=now,
+        transaction_id=external_id,
+        # The discount is stated once, on the entry of the payment that settles the order.
+        discount=order.discount.amount if pays_order else 0,
+        coupon_code=order.coupon_code if pays_order else None,
+    )
     audit.record(
         "payment.confirmed", payment, actor=actor, data={"amount": str(payment.money)}, now=now
     )
-    order = payment.order
-    if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
+    if paid_before:
         # Paid twice: the money is kept in the ledger and shown to admins for a refund.
         audit.record("order.paid_again", order, actor=actor, data={"payment": payment.id}, now=now)
         return True
-    if order.confirmed_total().amount >= order.amount:
+    if pays_order:
         order.status = OrderStatus.PAID
         order.paid_at = now
         audit.record("order.paid", order, actor=actor, now=now)
@@ -339,6 +362,8 @@ def _ledger(
     transaction_id: str | None = None,
     refund: Refund | None = None,
     dispute: Dispute | None = None,
+    discount: int = 0,
+    coupon_code: str | None = None,
 ) -> None:
     db.session.add(
         LedgerEntry(
@@ -352,6 +377,8 @@ def _ledger(
             dispute_id=dispute.id if dispute else None,
             provider=payment.provider,
             provider_transaction_id=transaction_id,
+            discount=discount,
+            coupon_code=coupon_code,
         )
     )
 

@@ -8,9 +8,11 @@ import pytest
 import sqlalchemy as sa
 
 from core.auth import ROLES, StaffUser, create_staff_user
+from core.clock import utcnow
 from core.db import db
 from membership.models import Community, Group, Member, QuestionKind, ScreeningQuestion, Tier
 from payments.models import Payment
+from perks.models import Coupon, Course, Offer, Perk, PerkKind
 from tests.helpers import join_and_pay, log_in
 
 PUBLIC = {"auth.login", "auth.logout"}
@@ -23,6 +25,33 @@ def ids(app, demo) -> dict[str, int]:
         community = db.session.scalar(sa.select(Community))
         question = ScreeningQuestion(community=community, prompt="为什么？", kind=QuestionKind.TEXT)
         db.session.add(question)
+        now = utcnow()
+        course = Course(
+            community=community,
+            code="c1",
+            title="课",
+            price=100,
+            currency="CNY",
+            access_url="https://example.com/c",
+            created_at=now,
+        )
+        coupon = Coupon(
+            community=community,
+            code="X1",
+            campaign="spring",
+            percent_off=10,
+            currency="CNY",
+            created_at=now,
+        )
+        perk = Perk(community=community, name="书", kind=PerkKind.ITEM, created_at=now)
+        offer = Offer(
+            community_id=community.id,
+            course=course,
+            name="七折",
+            percent_off=30,
+            created_at=now,
+        )
+        db.session.add_all([course, coupon, perk, offer])
         db.session.commit()
         return {
             "community_id": community.id,
@@ -32,6 +61,11 @@ def ids(app, demo) -> dict[str, int]:
             "payment_id": db.session.scalar(sa.select(Payment.id)),
             "member_id": db.session.scalar(sa.select(Member.id)),
             "user_id": 999_999,
+            "perk_id": perk.id,
+            "coupon_id": coupon.id,
+            "course_id": course.id,
+            "offer_id": offer.id,
+            "campaign": "spring",
         }
 
 

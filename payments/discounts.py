@@ -1,0 +1,141 @@
+"""Codes that lower an open order's price before it is paid (coupons).
+
+Payments owns the order's side of a discount: the list price, what was taken off, the code,
+the ledger's record of it, and an order a discount makes free. Which codes exist and who
+may use them is decided by the rule the app registers with :func:`register_discount_rule`
+(``perks.coupons``): payments imports nothing
+from the packages that sell, so the pages that sell something ask here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from flask import Flask, current_app
+
+from core import audit
+from core.db import db
+from core.money import Money
+from core.security import new_token
+from payments.models import Order, OrderStatus, Payment, PaymentStatus, RefusedCode
+from payments.services import PaymentError, confirm_payment
+
+#: The provider name of the zero payment that settles an order a discount made free.
+DISCOUNT_PROVIDER = "coupon"
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """What an order buys and who buys it, as a discount rule needs to know."""
+
+    community_id: int
+    #: ``tier:<id>`` or ``course:<id>``.
+    product: str
+    #: The buyer's member id; None for a prospect.
+    member_id: int | None
+    #: Whom per-person limits count: ``member:<id>``, or a prospect's normalised contact.
+    buyer: str
+    #: The client's address: refused codes are counted against it.
+    client: str
+
+
+class DiscountRefused(PaymentError):
+    """The code does not apply to this order; the message says why, Chinese first."""
+
+
+#: ``rule(order, code, purchase, now=)`` → the discount, or raises :class:`DiscountRefused`.
+#: It records the use of the code (flushed) so that the use can be released or consumed.
+DiscountRule = Callable[..., Money]
+
+_RULE = "qunmen.discount_rule"
+UNKNOWN_CODE = "优惠码不存在 · Unknown coupon code"
+#: A client whose codes were refused this many times in this while must wait.
+REFUSALS_ALLOWED = 10
+REFUSAL_WINDOW = timedelta(minutes=15)
+
+
+def register_discount_rule(app: Flask, rule: DiscountRule) -> None:
+    app.extensions[_RULE] = rule
+
+
+def normalise_code(code: str) -> str:
+    """Codes are read without surrounding space and in upper case: ``vip-9`` is ``VIP-9``."""
+    return code.strip().upper()
+
+
+def discount_order(
+    order: Order, code: str, purchase: Purchase, *, actor: str, now: datetime
+) -> Money:
+    """Apply ``code`` to an open order that has no payment attempt yet (flushes).
+
+    Returns the discount. Applying the code the order carries already changes nothing; a
+    second, different code is refused (one per order). An order the discount makes free is
+    settled at once by a zero payment, so whatever it buys is granted like any paid order.
+    """
+    code = normalise_code(code)
+    if order.coupon_code == code:
+        return order.discount
+    recent = db.session.scalar(
+        sa.select(sa.func.count(RefusedCode.id)).where(
+            RefusedCode.client == purchase.client, RefusedCode.created_at > now - REFUSAL_WINDOW
+        )
+    )
+    if recent >= REFUSALS_ALLOWED:
+        raise DiscountRefused(
+            "优惠码尝试次数过多，请15分钟后再试 · Too many wrong codes: try again in 15 minutes"
+        )
+    if order.coupon_code is not None:
+        raise DiscountRefused("每笔订单只能使用一张优惠券 · One coupon per order")
+    if order.status is not OrderStatus.OPEN or order.expires_at <= now or order.payments:
+        raise DiscountRefused(
+            "订单已开始支付，不能再用优惠券 · This order is being paid: a coupon can no longer "
+            "be applied"
+        )
+    rule = current_app.extensions.get(_RULE)
+    if rule is None or not code:
+        raise DiscountRefused(UNKNOWN_CODE)
+    discount = rule(order, code, purchase, now=now)
+    if not 0 < discount.amount <= order.list_amount or discount.currency != order.currency:
+        raise DiscountRefused(UNKNOWN_CODE)
+    order.amount = order.list_amount - discount.amount
+    order.coupon_code = code
+    audit.record(
+        "order.discounted",
+        order,
+        actor=actor,
+        data={"code": code, "discount": str(discount), "amount": str(order.price)},
+        now=now,
+    )
+    if order.amount == 0:
+        _settle_free_order(order, actor=actor, now=now)
+    return discount
+
+
+def note_refused_code(client: str, *, now: datetime) -> None:
+    """Count a refusal against ``client`` (added, not committed). Called after the refused
+    request's own changes were rolled back, and committed by the caller."""
+    db.session.add(RefusedCode(client=client[:64], created_at=now))
+
+
+def _settle_free_order(order: Order, *, actor: str, now: datetime) -> None:
+    """A zero payment, confirmed: "paid" stays derived from confirmed attempts and the
+    ledger states the discount on its entry."""
+    payment = Payment(
+        public_id=new_token(16),
+        order=order,
+        provider=DISCOUNT_PROVIDER,
+        method="none",
+        amount=0,
+        currency=order.currency,
+        status=PaymentStatus.CREATED,
+        return_url="",
+        cancel_url="",
+        provider_data={},
+        created_at=now,
+    )
+    db.session.add(payment)
+    db.session.flush()
+    confirm_payment(payment, None, actor=actor, now=now)

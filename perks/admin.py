@@ -1,0 +1,445 @@
+"""Admin pages for perks, coupons (and campaigns of generated codes), courses and offers:
+create, edit, deactivate, with redemption, use and sales counts."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from wtforms import SelectChoice
+
+from core import audit, outbox
+from core.auth import requires
+from core.clock import from_local, to_local, utcnow
+from core.db import db
+from core.exporters import Exporter, csv_lines
+from core.money import Money
+from membership.models import Community
+from perks.coupons import generate_codes, issue_to_eligible, use_counts
+from perks.courses import launch, offer_price
+from perks.forms import CampaignForm, CouponForm, CourseForm, OfferForm, PerkForm
+from perks.models import (
+    Coupon,
+    CouponUse,
+    CouponUseStatus,
+    Course,
+    Enrolment,
+    EnrolmentStatus,
+    Offer,
+    Perk,
+    PerkKind,
+)
+
+bp = Blueprint("perks_admin", __name__, url_prefix="/admin")
+
+ANY = SelectChoice(0, "— 不限 · Any —")
+
+
+def _rule_choices(form, community: Community) -> None:
+    form.tier_id.choices = [ANY, *(SelectChoice(t.id, t.name) for t in community.tiers)]
+
+
+def _courses(community: Community) -> list[Course]:
+    return db.session.scalars(
+        sa.select(Course).where(Course.community_id == community.id).order_by(Course.id)
+    ).all()
+
+
+def _save(obj, values: dict[str, object], action: str) -> None:
+    """Set ``values`` on ``obj`` and audit what changed."""
+    changed = {}
+    for name, value in values.items():
+        if getattr(obj, name) != value:
+            changed[name] = str([v.id for v in value] if isinstance(value, list) else value)
+            setattr(obj, name, value)
+    audit.record(action, obj, actor=current_user.actor, data=changed)
+
+
+def _money(form_field, currency: str) -> Money | None:
+    try:
+        return Money.parse_major(form_field.data or "0", currency)
+    except ValueError:
+        form_field.errors.append("金额格式不正确，例如 9 或 9.90 · Enter an amount like 9.90")
+        return None
+
+
+@bp.get("/communities/<int:community_id>/perks")
+@requires("perks.manage")
+def overview(community_id: int):
+    community = db.get_or_404(Community, community_id)
+    coupons = db.session.scalars(
+        sa.select(Coupon).where(Coupon.community_id == community.id, Coupon.campaign.is_(None))
+    ).all()
+    campaigns = db.session.execute(
+        sa.select(
+            Coupon.campaign,
+            sa.func.count(sa.distinct(Coupon.id)),
+            sa.func.count(CouponUse.id).filter(CouponUse.status == CouponUseStatus.CONSUMED),
+        )
+        .outerjoin(CouponUse, CouponUse.coupon_id == Coupon.id)
+        .where(Coupon.community_id == community.id, Coupon.campaign.is_not(None))
+        .group_by(Coupon.campaign)
+        .order_by(Coupon.campaign)
+    ).all()
+    courses = _courses(community)
+    sales = dict(
+        db.session.execute(
+            sa.select(Enrolment.course_id, sa.func.count())
+            .where(
+                Enrolment.course_id.in_([c.id for c in courses]),
+                Enrolment.status == EnrolmentStatus.ACTIVE,
+                Enrolment.order_id.is_not(None),
+            )
+            .group_by(Enrolment.course_id)
+        ).all()
+    )
+    offer_sales = dict(
+        db.session.execute(
+            sa.select(Enrolment.offer_id, sa.func.count())
+            .where(Enrolment.offer_id.is_not(None), Enrolment.status == EnrolmentStatus.ACTIVE)
+            .group_by(Enrolment.offer_id)
+        ).all()
+    )
+    return render_template(
+        "admin/perks/overview.html",
+        community=community,
+        perks=db.session.scalars(
+            sa.select(Perk).where(Perk.community_id == community.id).order_by(Perk.id)
+        ).all(),
+        coupons=coupons,
+        uses=use_counts([c.id for c in coupons]),
+        campaigns=campaigns,
+        courses=courses,
+        sales=sales,
+        offers=db.session.scalars(
+            sa.select(Offer).where(Offer.community_id == community.id).order_by(Offer.id)
+        ).all(),
+        offer_sales=offer_sales,
+        offer_price=offer_price,
+    )
+
+
+@bp.route("/communities/<int:community_id>/perks/new", methods=["GET", "POST"])
+@bp.route("/perks/<int:perk_id>/edit", methods=["GET", "POST"])
+@requires("perks.manage")
+def perk_form(community_id: int | None = None, perk_id: int | None = None):
+    perk = db.get_or_404(Perk, perk_id) if perk_id else None
+    community = perk.community if perk else db.get_or_404(Community, community_id)
+    form = PerkForm(obj=perk)
+    _rule_choices(form, community)
+    coupons = db.session.scalars(
+        sa.select(Coupon).where(Coupon.community_id == community.id, Coupon.campaign.is_(None))
+    ).all()
+    form.coupon_id.choices = [ANY, *(SelectChoice(c.id, c.code) for c in coupons)]
+    form.course_id.choices = [ANY, *(SelectChoice(c.id, c.title) for c in _courses(community))]
+    if form.validate_on_submit():
+        if perk is None:
+            perk = Perk(community=community, created_at=utcnow())
+            db.session.add(perk)
+        kind = PerkKind(form.kind.data)
+        _save(
+            perk,
+            {
+                **form.rule_values(),
+                "name": form.name.data,
+                "description": form.description.data or "",
+                "kind": kind,
+                "link_url": form.link_url.data or None,
+                "coupon_id": form.coupon_id.data or None if kind is PerkKind.COUPON else None,
+                "course_id": form.course_id.data or None if kind is PerkKind.COURSE else None,
+                "stock": form.stock.data,
+                "per_member_limit": form.per_member_limit.data,
+            },
+            "perk.saved",
+        )
+        if perk.stock is not None and perk.stock < perk.redeemed_count:
+            db.session.rollback()
+            form.stock.errors.append(
+                "库存不能少于已领取数量 · Stock cannot be below the redemptions made"
+            )
+        else:
+            db.session.commit()
+            flash("已保存 · Saved", "ok")
+            return redirect(url_for(".overview", community_id=community.id))
+    return render_template(
+        "admin/perks/form.html", form=form, community=community, title="福利 · Perk", obj=perk
+    )
+
+
+def _coupon_values(form: CouponForm, community: Community) -> dict[str, object] | None:
+    """The coupon's terms from the form, or None (with the errors on the form)."""
+    amount_off = _money(form.amount_off, community.currency) if form.kind.data == "amount" else None
+    minimum = _money(form.min_amount, community.currency)
+    if minimum is None or (
+        form.kind.data == "amount" and (amount_off is None or amount_off.is_zero)
+    ):
+        if amount_off is not None and amount_off.is_zero:
+            form.amount_off.errors.append("须大于0 · Must be more than 0")
+        return None
+    zone = community.time_zone
+    return {
+        **form.rule_values(),
+        "description": form.description.data or "",
+        "percent_off": form.percent_off.data if form.kind.data == "percent" else None,
+        "amount_off": amount_off.amount if amount_off else None,
+        "currency": community.currency,
+        "min_amount": minimum.amount,
+        "valid_from": from_local(form.valid_from.data, zone) if form.valid_from.data else None,
+        "valid_until": from_local(form.valid_until.data, zone) if form.valid_until.data else None,
+        "max_uses": form.max_uses.data,
+        "max_uses_per_buyer": form.max_uses_per_buyer.data,
+        "issued_only": form.issued_only.data,
+        "tiers": [t for t in community.tiers if t.id in set(form.tiers.data or [])],
+        "courses": [c for c in _courses(community) if c.id in set(form.courses.data or [])],
+    }
+
+
+def _coupon_choices(form: CouponForm, community: Community, coupon: Coupon | None) -> None:
+    _rule_choices(form, community)
+    form.tiers.choices = [SelectChoice(t.id, t.name) for t in community.tiers]
+    form.courses.choices = [SelectChoice(c.id, c.title) for c in _courses(community)]
+    if coupon is not None and request.method == "GET":
+        form.kind.data = "percent" if coupon.percent_off is not None else "amount"
+        if coupon.amount_off is not None:
+            form.amount_off.data = Money(coupon.amount_off, coupon.currency).major_str()
+        form.min_amount.data = Money(coupon.min_amount, coupon.currency).major_str()
+        form.tiers.data = [t.id for t in coupon.tiers]
+        form.courses.data = [c.id for c in coupon.courses]
+        zone = community.time_zone
+        form.valid_from.data = coupon.valid_from and to_local(coupon.valid_from, zone)
+        form.valid_until.data = coupon.valid_until and to_local(coupon.valid_until, zone)
+
+
+@bp.route("/communities/<int:community_id>/coupons/new", methods=["GET", "POST"])
+@bp.route("/coupons/<int:coupon_id>/edit", methods=["GET", "POST"])
+@requires("perks.manage")
+def coupon_form(community_id: int | None = None, coupon_id: int | None = None):
+    """A coupon's terms, and below them its uses."""
+    coupon = db.get_or_404(Coupon, coupon_id) if coupon_id else None
+    community = coupon.community if coupon else db.get_or_404(Community, community_id)
+    form = CouponForm(obj=coupon)
+    _coupon_choices(form, community, coupon)
+    if form.validate_on_submit():
+        code = form.code.data.upper()
+        taken = db.session.scalar(
+            sa.select(Coupon.id).where(
+                Coupon.community_id == community.id,
+                Coupon.code == code,
+                Coupon.id != (coupon_id or 0),
+            )
+        )
+        if taken:
+            form.code.errors.append("优惠码已存在 · Code already taken")
+        values = _coupon_values(form, community)
+        if values is not None and not taken:
+            if coupon is None:
+                coupon = Coupon(community=community, created_at=utcnow())
+                db.session.add(coupon)
+            _save(coupon, {**values, "code": code}, "coupon.saved")
+            db.session.commit()
+            flash("已保存 · Saved", "ok")
+            return redirect(url_for(".overview", community_id=community.id))
+    uses = (
+        db.session.scalars(
+            sa.select(CouponUse).where(CouponUse.coupon_id == coupon.id).order_by(CouponUse.id)
+        ).all()
+        if coupon
+        else []
+    )
+    return render_template(
+        "admin/perks/form.html",
+        form=form,
+        community=community,
+        title="优惠券 · Coupon",
+        obj=coupon,
+        uses=uses,
+    )
+
+
+@bp.post("/coupons/<int:coupon_id>/issue")
+@requires("perks.manage")
+def issue_coupon(coupon_id: int):
+    """Issue the coupon to every member its eligibility rule picks."""
+    coupon = db.get_or_404(Coupon, coupon_id)
+    issued = issue_to_eligible(coupon, actor=current_user.actor, now=utcnow())
+    db.session.commit()
+    flash(f"已发放给 {issued} 位成员 · Issued to {issued} members", "ok")
+    return redirect(url_for(".overview", community_id=coupon.community_id))
+
+
+@bp.route("/communities/<int:community_id>/campaigns/new", methods=["GET", "POST"])
+@requires("perks.manage")
+def campaign_form(community_id: int):
+    """Generate N unique codes with the same terms."""
+    community = db.get_or_404(Community, community_id)
+    form = CampaignForm()
+    _coupon_choices(form, community, None)
+    if form.validate_on_submit():
+        taken = db.session.scalar(
+            sa.select(Coupon.id).where(
+                Coupon.community_id == community.id, Coupon.campaign == form.campaign.data
+            )
+        )
+        if taken:
+            form.campaign.errors.append("活动名已存在 · Campaign name already used")
+        values = _coupon_values(form, community)
+        if values is not None and not taken:
+            codes = generate_codes(
+                Coupon(community_id=community.id, **values),
+                form.count.data,
+                prefix=form.prefix.data or "",
+                campaign=form.campaign.data,
+                actor=current_user.actor,
+                now=utcnow(),
+            )
+            db.session.commit()
+            flash(f"已生成 {len(codes)} 个优惠码 · {len(codes)} codes made", "ok")
+            return redirect(url_for(".overview", community_id=community.id))
+    return render_template(
+        "admin/perks/form.html", form=form, community=community, title="批量优惠码 · Campaign"
+    )
+
+
+class CampaignCodes(Exporter):
+    """A campaign's codes with their terms and uses, to hand out."""
+
+    title = "优惠码 Codes"
+    headers = ("优惠码 Code", "优惠 Discount", "截止 Valid until", "已使用 Used", "状态 Active")
+
+    def __init__(self, community: Community, campaign: str) -> None:
+        self.community, self.campaign = community, campaign
+
+    def rows(self):
+        consumed = sa.func.count(CouponUse.id).filter(CouponUse.status == CouponUseStatus.CONSUMED)
+        query = (
+            sa.select(Coupon, consumed)
+            .outerjoin(CouponUse, CouponUse.coupon_id == Coupon.id)
+            .where(Coupon.community_id == self.community.id, Coupon.campaign == self.campaign)
+            .group_by(Coupon.id)
+            .order_by(Coupon.id)
+        )
+        for coupon, used in db.session.execute(query):
+            until = coupon.valid_until
+            yield [
+                coupon.code,
+                coupon.describe(),
+                to_local(until, self.community.time_zone).isoformat(" ") if until else "",
+                used,
+                "yes" if coupon.active else "no",
+            ]
+
+
+@bp.get("/communities/<int:community_id>/campaigns/<campaign>.csv")
+@requires("perks.manage")
+def campaign_csv(community_id: int, campaign: str):
+    community = db.get_or_404(Community, community_id)
+    exporter = CampaignCodes(community, campaign)
+    audit.record(
+        "coupon.campaign_exported", community, actor=current_user.actor, data={"campaign": campaign}
+    )
+    db.session.commit()
+    return Response(
+        csv_lines(exporter),
+        mimetype="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="coupon-codes.csv"'},
+    )
+
+
+@bp.route("/communities/<int:community_id>/courses/new", methods=["GET", "POST"])
+@bp.route("/courses/<int:course_id>/edit", methods=["GET", "POST"])
+@requires("perks.manage")
+def course_form(community_id: int | None = None, course_id: int | None = None):
+    course = db.get_or_404(Course, course_id) if course_id else None
+    community = course.community if course else db.get_or_404(Community, community_id)
+    form = CourseForm(obj=course)
+    _rule_choices(form, community)
+    if course is not None and request.method == "GET":
+        form.price.data = course.price_money.major_str()
+    if form.validate_on_submit():
+        price = _money(form.price, community.currency)
+        taken = db.session.scalar(
+            sa.select(Course.id).where(
+                Course.community_id == community.id,
+                Course.code == form.code.data,
+                Course.id != (course_id or 0),
+            )
+        )
+        if taken:
+            form.code.errors.append("代号已被使用 · Code already taken")
+        if price is not None and price.is_zero:
+            form.price.errors.append("须大于0 · Must be more than 0")
+        elif price is not None and not taken:
+            if course is None:
+                course = Course(community=community, created_at=utcnow())
+                db.session.add(course)
+            _save(
+                course,
+                {
+                    **form.rule_values(),
+                    "code": form.code.data,
+                    "title": form.title.data,
+                    "description": form.description.data or "",
+                    "price": price.amount,
+                    "currency": price.currency,
+                    "access_url": form.access_url.data,
+                },
+                "course.saved",
+            )
+            db.session.commit()
+            flash("已保存 · Saved", "ok")
+            return redirect(url_for(".overview", community_id=community.id))
+    return render_template(
+        "admin/perks/form.html", form=form, community=community, title="课程 · Course", obj=course
+    )
+
+
+@bp.post("/courses/<int:course_id>/launch")
+@requires("perks.manage")
+def launch_course(course_id: int):
+    """Put the course on sale and tell the eligible members (each once)."""
+    course = db.get_or_404(Course, course_id)
+    messages = launch(course, actor=current_user.actor, now=utcnow())
+    db.session.commit()
+    for message_id in messages:
+        outbox.deliver(message_id)
+    flash(f"已开售，通知了 {len(messages)} 位成员 · On sale; {len(messages)} told", "ok")
+    return redirect(url_for(".overview", community_id=course.community_id))
+
+
+@bp.route("/communities/<int:community_id>/offers/new", methods=["GET", "POST"])
+@bp.route("/offers/<int:offer_id>/edit", methods=["GET", "POST"])
+@requires("perks.manage")
+def offer_form(community_id: int | None = None, offer_id: int | None = None):
+    offer = db.get_or_404(Offer, offer_id) if offer_id else None
+    community = (
+        db.get_or_404(Community, offer.community_id)
+        if offer
+        else db.get_or_404(Community, community_id)
+    )
+    form = OfferForm(obj=offer)
+    _rule_choices(form, community)
+    form.course_id.choices = [SelectChoice(c.id, c.title) for c in _courses(community)]
+    if offer is not None and request.method == "GET" and offer.valid_until:
+        form.valid_until.data = to_local(offer.valid_until, community.time_zone)
+    if form.validate_on_submit():
+        if offer is None:
+            offer = Offer(community_id=community.id, created_at=utcnow())
+            db.session.add(offer)
+        until = form.valid_until.data
+        _save(
+            offer,
+            {
+                **form.rule_values(),
+                "name": form.name.data,
+                "course_id": form.course_id.data,
+                "percent_off": form.percent_off.data,
+                "valid_until": from_local(until, community.time_zone) if until else None,
+            },
+            "offer.saved",
+        )
+        db.session.commit()
+        flash("已保存 · Saved", "ok")
+        return redirect(url_for(".overview", community_id=community.id))
+    return render_template(
+        "admin/perks/form.html", form=form, community=community, title="推荐 · Offer", obj=offer
+    )

@@ -1,0 +1,246 @@
+"""Coupons: which code takes what off which order, and the life of each use.
+
+A use is reserved when the code is applied to an order (the coupon's row is locked while
+its uses are counted, so limits hold under concurrency), consumed when the order is paid,
+and released when the order expires unpaid, or is refunded where the community gives
+coupons back on refunds.
+
+A percentage off is rounded by :meth:`core.money.Money.percent`; an amount off never takes
+the price below zero.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from core import audit
+from core.db import db
+from core.money import Money
+from membership.models import Community, Member
+from payments.discounts import UNKNOWN_CODE, DiscountRefused, Purchase
+from payments.models import Order, OrderStatus
+from perks.eligibility import is_eligible, standing_of
+from perks.models import Coupon, CouponGrant, CouponUse, CouponUseStatus
+
+
+def discount_for(coupon: Coupon, list_amount: int) -> int:
+    """Minor units ``coupon`` takes off a price of ``list_amount``."""
+    if coupon.percent_off is not None:
+        return Money(list_amount, coupon.currency).percent(coupon.percent_off).amount
+    return min(coupon.amount_off, list_amount)
+
+
+def _live_uses(coupon: Coupon, *, now: datetime) -> list[CouponUse]:
+    """Uses that count against the limits: consumed ones, and reservations whose order
+    can still be paid. Reservations of orders that expired unpaid are released here."""
+    rows = db.session.execute(
+        sa.select(CouponUse, Order)
+        .join(Order, Order.id == CouponUse.order_id)
+        .where(CouponUse.coupon_id == coupon.id, CouponUse.status != CouponUseStatus.RELEASED)
+    ).all()
+    live = []
+    for use, order in rows:
+        if use.status is CouponUseStatus.RESERVED and (
+            order.status is not OrderStatus.OPEN or order.expires_at <= now
+        ):
+            release(use, reason="order_expired", now=now)
+        else:
+            live.append(use)
+    return live
+
+
+def reserve_coupon(order: Order, code: str, purchase: Purchase, *, now: datetime) -> Money:
+    """The discount rule registered with :mod:`payments.discounts`: ``code`` on ``order``
+    for ``purchase``, its use reserved (flushed). Raises :class:`DiscountRefused`."""
+    coupon = db.session.scalar(
+        sa.select(Coupon)
+        .where(Coupon.community_id == purchase.community_id, Coupon.code == code)
+        .with_for_update()
+    )
+    if coupon is None or not coupon.active:
+        raise DiscountRefused(UNKNOWN_CODE)
+    if coupon.valid_from is not None and now < coupon.valid_from:
+        raise DiscountRefused("优惠券尚未生效 · This coupon is not valid yet")
+    if coupon.valid_until is not None and now >= coupon.valid_until:
+        raise DiscountRefused("优惠券已过期 · This coupon has expired")
+    kind = purchase.product.partition(":")[0]
+    scoped = {f"tier:{t.id}" for t in coupon.tiers} | {f"course:{c.id}" for c in coupon.courses}
+    if scoped and purchase.product not in scoped:
+        raise DiscountRefused(
+            "该优惠券不适用于此商品 · This coupon does not apply to this purchase"
+        )
+    if coupon.currency != order.currency:
+        raise DiscountRefused(
+            "该优惠券不适用于此商品 · This coupon does not apply to this purchase"
+        )
+    if order.list_amount < coupon.min_amount:
+        minimum = Money(coupon.min_amount, coupon.currency)
+        raise DiscountRefused(f"满{minimum}可用 · For orders of {minimum} or more")
+    if coupon.issued_only and not _granted(coupon, purchase.member_id):
+        raise DiscountRefused(
+            "该优惠券仅限获赠的成员使用 · This coupon is only for the members it was given to"
+        )
+    live = _live_uses(coupon, now=now)
+    if coupon.max_uses is not None and len(live) >= coupon.max_uses:
+        raise DiscountRefused("优惠券已被领完 · This coupon has been used up")
+    if sum(1 for use in live if use.buyer == purchase.buyer) >= coupon.max_uses_per_buyer:
+        raise DiscountRefused("你已使用过该优惠券 · You have used this coupon already")
+    discount = discount_for(coupon, order.list_amount)
+    if discount <= 0:
+        raise DiscountRefused("该订单无法再优惠 · Nothing to take off this order")
+    use = CouponUse(
+        coupon=coupon,
+        order_id=order.id,
+        buyer=purchase.buyer,
+        member_id=purchase.member_id,
+        status=CouponUseStatus.RESERVED,
+        discount=discount,
+        created_at=now,
+    )
+    db.session.add(use)
+    audit.record(
+        "coupon.reserved",
+        coupon,
+        actor=purchase.buyer,
+        data={"order": order.public_id, "discount": discount, "kind": kind},
+        now=now,
+    )
+    return Money(discount, order.currency)
+
+
+def _granted(coupon: Coupon, member_id: int | None) -> bool:
+    return member_id is not None and (
+        db.session.scalar(
+            sa.select(CouponGrant.id).where(
+                CouponGrant.coupon_id == coupon.id, CouponGrant.member_id == member_id
+            )
+        )
+        is not None
+    )
+
+
+def release(use: CouponUse, *, reason: str, now: datetime) -> None:
+    use.status = CouponUseStatus.RELEASED
+    use.closed_at = now
+    audit.record(
+        "coupon.released",
+        use.coupon,
+        actor="system",
+        data={"use": use.id, "reason": reason},
+        now=now,
+    )
+
+
+def consume_paid_coupon(order: Order, *, now: datetime) -> None:
+    """``order_paid`` receiver: the order's coupon use is consumed. A payment that came
+    after its reservation was released (the order had expired) consumes it all the same:
+    the money was received, so the price paid holds."""
+    use = db.session.scalar(sa.select(CouponUse).where(CouponUse.order_id == order.id))
+    if use is None or use.status is CouponUseStatus.CONSUMED:
+        return
+    use.status = CouponUseStatus.CONSUMED
+    use.closed_at = now
+    audit.record(
+        "coupon.consumed", use.coupon, actor="system", data={"order": order.public_id}, now=now
+    )
+
+
+def release_refunded_coupon(order: Order, *, now: datetime, reason: str) -> None:
+    """``access_withdrawn`` receiver: a refunded order's coupon may be used again, when its
+    community gives coupons back on refunds."""
+    if reason != "refunded":
+        return
+    use = db.session.scalar(sa.select(CouponUse).where(CouponUse.order_id == order.id))
+    if use is None or use.status is CouponUseStatus.RELEASED:
+        return
+    if db.session.get(Community, use.coupon.community_id).coupons_back_on_refund:
+        release(use, reason="refunded", now=now)
+
+
+#: Generated codes avoid letters and digits that read alike (0/O, 1/I/L).
+CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+
+
+def generate_codes(
+    template: Coupon, count: int, *, prefix: str, campaign: str, actor: str, now: datetime
+) -> list[Coupon]:
+    """``count`` new coupons like ``template`` (which is not added), each with its own code
+    ``<prefix><8 random characters>``, unique in the community."""
+    taken = set(
+        db.session.scalars(
+            sa.select(Coupon.code).where(Coupon.community_id == template.community_id)
+        )
+    )
+    coupons = []
+    while len(coupons) < count:
+        code = prefix + "".join(secrets.choice(CODE_ALPHABET) for _ in range(8))
+        if code in taken:
+            continue
+        taken.add(code)
+        coupon = Coupon(
+            community_id=template.community_id,
+            code=code,
+            campaign=campaign,
+            description=template.description,
+            percent_off=template.percent_off,
+            amount_off=template.amount_off,
+            currency=template.currency,
+            min_amount=template.min_amount,
+            valid_from=template.valid_from,
+            valid_until=template.valid_until,
+            max_uses=template.max_uses,
+            max_uses_per_buyer=template.max_uses_per_buyer,
+            issued_only=False,
+            active=True,
+            created_at=now,
+            tiers=list(template.tiers),
+            courses=list(template.courses),
+        )
+        db.session.add(coupon)
+        coupons.append(coupon)
+    db.session.flush()
+    audit.record(
+        "coupon.campaign_generated",
+        coupons[0],
+        actor=actor,
+        data={"campaign": campaign, "count": count},
+        now=now,
+    )
+    return coupons
+
+
+def grant_coupon(coupon: Coupon, member: Member, *, source: str, now: datetime) -> bool:
+    """Issue ``coupon`` to ``member`` (added). False when they hold it already."""
+    if _granted(coupon, member.id):
+        return False
+    db.session.add(CouponGrant(coupon=coupon, member_id=member.id, source=source, created_at=now))
+    audit.record("coupon.granted", coupon, actor=source, data={"member": member.id}, now=now)
+    return True
+
+
+def issue_to_eligible(coupon: Coupon, *, actor: str, now: datetime) -> int:
+    """Issue ``coupon`` to every member its eligibility rule picks. Returns how many
+    received it now."""
+    members = db.session.scalars(
+        sa.select(Member).where(Member.community_id == coupon.community_id).order_by(Member.id)
+    )
+    return sum(
+        grant_coupon(coupon, member, source=actor, now=now)
+        for member in members
+        if is_eligible(coupon, standing_of(member, now=now))
+    )
+
+
+def use_counts(coupon_ids: list[int]) -> dict[int, dict[CouponUseStatus, int]]:
+    """Uses per coupon and status, for the admin pages."""
+    counts: dict[int, dict[CouponUseStatus, int]] = {i: {} for i in coupon_ids}
+    for coupon_id, status, count in db.session.execute(
+        sa.select(CouponUse.coupon_id, CouponUse.status, sa.func.count())
+        .where(CouponUse.coupon_id.in_(coupon_ids))
+        .group_by(CouponUse.coupon_id, CouponUse.status)
+    ):
+        counts[coupon_id][CouponUseStatus(status)] = count
+    return counts

@@ -1,0 +1,268 @@
+"""Courses: their price for each member (offers), buying them through an order, the
+enrolment a paid order makes, and telling eligible members when a course launches.
+
+Functions here flush but never commit; the request or command that calls them commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from flask import url_for
+
+from core import audit
+from core.db import db
+from core.money import Money
+from core.security import new_token, sign
+from membership.models import Member
+from membership.services import message_member
+from payments.models import Order
+from payments.services import create_order
+from perks.eligibility import Standing, conditions, is_eligible, standing_of
+from perks.models import (
+    Course,
+    CourseNotice,
+    Enrolment,
+    EnrolmentStatus,
+    Offer,
+    Unsubscribe,
+)
+
+
+class CourseRefused(Exception):
+    """The member cannot buy this course now; the message says why, Chinese first."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoursePrice:
+    """What a course costs one member: the list price, or the best offer made to them."""
+
+    course: Course
+    price: Money
+    offer: Offer | None
+
+    @property
+    def saving(self) -> Money:
+        return self.course.price_money - self.price
+
+
+def offer_price(offer: Offer) -> Money:
+    """The course's price less the offer's percentage (see :meth:`Money.percent`)."""
+    price = offer.course.price_money
+    return price - price.percent(offer.percent_off)
+
+
+def price_for(course: Course, standing: Standing, *, now: datetime) -> CoursePrice:
+    offers = db.session.scalars(
+        sa.select(Offer).where(
+            Offer.course_id == course.id,
+            Offer.active,
+            sa.or_(Offer.valid_until.is_(None), Offer.valid_until > now),
+        )
+    ).all()
+    best = min(
+        (o for o in offers if is_eligible(o, standing)),
+        key=lambda o: offer_price(o).amount,
+        default=None,
+    )
+    return CoursePrice(course, offer_price(best) if best else course.price_money, best)
+
+
+def enrolment_of(course: Course, member: Member) -> Enrolment | None:
+    """The member's live enrolment in the course (active or suspended), if any."""
+    return db.session.scalar(
+        sa.select(Enrolment).where(
+            Enrolment.course_id == course.id,
+            Enrolment.member_id == member.id,
+            Enrolment.status.in_([EnrolmentStatus.ACTIVE, EnrolmentStatus.SUSPENDED]),
+        )
+    )
+
+
+def upsells_for(standing: Standing, *, now: datetime) -> list[CoursePrice]:
+    """Courses on sale the member may buy and has not, at their price, offers first."""
+    member = standing.member
+    courses = db.session.scalars(
+        sa.select(Course)
+        .where(Course.community_id == member.community_id, Course.active)
+        .where(Course.launched_at.is_not(None))
+        .order_by(Course.id)
+    ).all()
+    prices = [
+        price_for(c, standing, now=now)
+        for c in courses
+        if is_eligible(c, standing) and enrolment_of(c, member) is None
+    ]
+    return sorted(prices, key=lambda p: p.offer is None)
+
+
+def start_purchase(
+    course: Course, standing: Standing, *, submission_key: str, now: datetime
+) -> Enrolment:
+    """An enrolment awaiting payment, with an order at the member's price (flushed). The
+    same ``submission_key`` gives back the first enrolment, so a double click makes one
+    order. Raises :class:`CourseRefused`."""
+    existing = db.session.scalar(
+        sa.select(Enrolment).where(Enrolment.submission_key == submission_key)
+    )
+    if existing is not None:
+        return existing
+    member = standing.member
+    if not course.on_sale or course.community_id != member.community_id:
+        raise CourseRefused("课程未开售 · This course is not on sale")
+    unmet = [c.text for c in conditions(course, standing) if not c.met]
+    if unmet:
+        raise CourseRefused("你暂不符合购买条件：" + "；".join(unmet))
+    if enrolment_of(course, member) is not None:
+        raise CourseRefused("你已购买该课程 · You have this course already")
+    quote = price_for(course, standing, now=now)
+    actor = f"member:{member.id}"
+    order = create_order(
+        quote.price,
+        f"{member.community.name} · {course.title}",
+        community_id=course.community_id,
+        product=course.title,
+        member_id=member.id,
+        actor=actor,
+        now=now,
+    )
+    db.session.flush()
+    enrolment = Enrolment(
+        submission_key=submission_key,
+        course=course,
+        member=member,
+        status=EnrolmentStatus.AWAITING_PAYMENT,
+        order_id=order.id,
+        offer=quote.offer,
+        created_at=now,
+    )
+    db.session.add(enrolment)
+    audit.record(
+        "enrolment.started",
+        enrolment,
+        actor=actor,
+        data={
+            "course": course.code,
+            "price": str(quote.price),
+            "offer": quote.offer.id if quote.offer else None,
+        },
+        now=now,
+    )
+    return enrolment
+
+
+def enrol_free(course: Course, member: Member, *, source: str, now: datetime) -> Enrolment | None:
+    """A place on ``course`` given without payment (a perk). None when they have one."""
+    if enrolment_of(course, member) is not None:
+        return None
+    enrolment = Enrolment(
+        submission_key=new_token(24),
+        course=course,
+        member=member,
+        status=EnrolmentStatus.ACTIVE,
+        created_at=now,
+    )
+    db.session.add(enrolment)
+    audit.record("enrolment.given", enrolment, actor=source, data={"course": course.code}, now=now)
+    return enrolment
+
+
+def _enrolment_for(order: Order) -> Enrolment | None:
+    return db.session.scalar(sa.select(Enrolment).where(Enrolment.order_id == order.id))
+
+
+def activate_paid_enrolment(order: Order, *, now: datetime) -> None:
+    """``order_paid`` receiver: the enrolment the order paid for is active."""
+    enrolment = _enrolment_for(order)
+    if enrolment is None or enrolment.status is not EnrolmentStatus.AWAITING_PAYMENT:
+        return
+    enrolment.status = EnrolmentStatus.ACTIVE
+    audit.record("enrolment.paid", enrolment, actor="system", now=now)
+
+
+#: How a withdrawal of money ends an enrolment, by the reason ``access_withdrawn`` gives.
+_WITHDRAWN_STATUS = {
+    "refunded": EnrolmentStatus.REVOKED,
+    "disputed": EnrolmentStatus.SUSPENDED,
+    "dispute_lost": EnrolmentStatus.REVOKED,
+}
+
+
+def withdraw_enrolment(order: Order, *, now: datetime, reason: str) -> None:
+    """``access_withdrawn`` receiver: the content is no longer the buyer's. Idempotent."""
+    enrolment = _enrolment_for(order)
+    status = _WITHDRAWN_STATUS[reason]
+    if enrolment is None or enrolment.status in (status, EnrolmentStatus.REVOKED):
+        return
+    enrolment.status = status
+    audit.record(f"enrolment.{status}", enrolment, actor="system", data={"reason": reason}, now=now)
+
+
+def restore_enrolment(order: Order, *, now: datetime) -> None:
+    """``access_restored`` receiver: a suspended enrolment is active again."""
+    enrolment = _enrolment_for(order)
+    if enrolment is not None and enrolment.status is EnrolmentStatus.SUSPENDED:
+        enrolment.status = EnrolmentStatus.ACTIVE
+        audit.record("enrolment.restored", enrolment, actor="system", now=now)
+
+
+def unsubscribe_link(member: Member) -> str:
+    return url_for("perks.unsubscribe_page", token=sign("unsubscribe", member.id), _external=True)
+
+
+def launch(course: Course, *, actor: str, now: datetime) -> list[int]:
+    """Put ``course`` on sale and tell each eligible member once (not those who
+    unsubscribed), by WeChat template message or their contact, with the member's price and
+    an unsubscribe link. Launching again tells only members not told before. Returns the
+    outbox messages to deliver after the commit."""
+    if course.launched_at is None:
+        course.launched_at = now
+    told = set(
+        db.session.scalars(
+            sa.select(CourseNotice.member_id).where(CourseNotice.course_id == course.id)
+        )
+    )
+    unsubscribed = set(db.session.scalars(sa.select(Unsubscribe.member_id)))
+    members = db.session.scalars(
+        sa.select(Member).where(Member.community_id == course.community_id).order_by(Member.id)
+    )
+    link = url_for("perks.course", slug=course.community.slug, code=course.code, _external=True)
+    messages = []
+    for member in members:
+        if member.id in told or member.id in unsubscribed:
+            continue
+        standing = standing_of(member, now=now)
+        if not is_eligible(course, standing) or enrolment_of(course, member) is not None:
+            continue
+        quote = price_for(course, standing, now=now)
+        saving = f"（{quote.offer.name}，省{quote.saving}）" if quote.offer else ""
+        message_id = message_member(
+            member,
+            f"{course.community.name}：新课程《{course.title}》· New course",
+            f"《{course.title}》开售，你的价格 {quote.price}{saving}：{link}\n"
+            f"A new course, {course.title}, at {quote.price} for you: {link}\n"
+            f"退订 · Unsubscribe: {unsubscribe_link(member)}",
+            now=now,
+        )
+        db.session.add(
+            CourseNotice(
+                course_id=course.id,
+                member_id=member.id,
+                outbox_message_id=message_id,
+                created_at=now,
+            )
+        )
+        messages.append(message_id)
+    audit.record("course.launched", course, actor=actor, data={"told": len(messages)}, now=now)
+    return messages
+
+
+def unsubscribe(member: Member, *, now: datetime) -> bool:
+    """No more course announcements for ``member``. False when they had unsubscribed."""
+    if db.session.scalar(sa.select(Unsubscribe.id).where(Unsubscribe.member_id == member.id)):
+        return False
+    db.session.add(Unsubscribe(member_id=member.id, created_at=now))
+    audit.record("member.unsubscribed", member, actor=f"member:{member.id}", now=now)
+    return True

@@ -1,0 +1,97 @@
+"""Whether a member meets an :class:`~perks.models.EligibilityRule`, and why, in words the
+member reads on their page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from core.db import db
+from membership.models import Application, Member, MembershipStatus
+from payments.models import Order, OrderStatus
+from perks.models import EligibilityRule
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    met: bool
+    #: Chinese first, English second.
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What eligibility rules look at, read once per member and page."""
+
+    member: Member
+    is_current: bool
+    tier_ids: frozenset[int]
+    tenure_days: int
+    seasons_paid: int
+
+    @property
+    def is_staff(self) -> bool:
+        return self.member.staff_number is not None
+
+
+def standing_of(member: Member, *, now: datetime) -> Standing:
+    active = [m for m in member.memberships if m.status is MembershipStatus.ACTIVE]
+    first = min((m.starts_at for m in member.memberships), default=now)
+    seasons = db.session.scalar(
+        sa.select(sa.func.count(Application.id))
+        .join(Order, Order.id == Application.order_id)
+        .where(Application.member_id == member.id, Order.status == OrderStatus.PAID)
+    )
+    return Standing(
+        member=member,
+        is_current=bool(active),
+        tier_ids=frozenset(m.tier_id for m in active),
+        tenure_days=max(0, (now - first).days),
+        seasons_paid=seasons,
+    )
+
+
+def conditions(rule: EligibilityRule, standing: Standing) -> list[Condition]:
+    """Each condition of ``rule`` with whether ``standing`` meets it, being a current
+    member first."""
+    result = [Condition(standing.is_current, "有效成员 · A current member")]
+    if rule.tier_id is not None:
+        name = rule.tier.name
+        result.append(Condition(rule.tier_id in standing.tier_ids, f"持有{name} · Holds {name}"))
+    if rule.min_tenure_days is not None:
+        days = rule.min_tenure_days
+        result.append(
+            Condition(
+                standing.tenure_days >= days,
+                f"入群满{days}天（你已{standing.tenure_days}天）· "
+                f"A member for {days}+ days (you: {standing.tenure_days})",
+            )
+        )
+    if rule.max_member_number is not None:
+        number = standing.member.number
+        top = rule.max_member_number
+        result.append(
+            Condition(
+                number is not None and number <= top,
+                f"成员编号不大于{top}（你的：{standing.member.number_label or '无'}）· "
+                f"Member number {top} or lower",
+            )
+        )
+    if rule.min_seasons_paid is not None:
+        seasons = rule.min_seasons_paid
+        result.append(
+            Condition(
+                standing.seasons_paid >= seasons,
+                f"已付费{seasons}次以上（你已{standing.seasons_paid}次）· "
+                f"Paid {seasons}+ times (you: {standing.seasons_paid})",
+            )
+        )
+    if rule.staff_only:
+        result.append(Condition(standing.is_staff, "工作人员 · Staff"))
+    return result
+
+
+def is_eligible(rule: EligibilityRule, standing: Standing) -> bool:
+    return all(c.met for c in conditions(rule, standing))

@@ -1,0 +1,170 @@
+"""Coupons on the join page: the discount, its record in the ledger, every refusal, and a
+use's life (reserved, consumed, released)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from core.audit import AuditEntry
+from core.clock import utcnow
+from core.db import db
+from membership.models import Application, Community, Member, Tier
+from payments.models import LedgerEntry, Order, OrderStatus, Payment, RefusedCode
+from payments.services import request_refund, send_refund
+from perks.models import Coupon, CouponUse, CouponUseStatus
+from tests.helpers import cashier_action, count, submit_join
+
+
+def add_coupon(app, code: str = "VIP20", **fields) -> int:
+    with app.app_context():
+        community = db.session.scalar(sa.select(Community))
+        tiers = fields.pop("tiers", [])
+        coupon = Coupon(
+            community=community,
+            code=code,
+            currency="CNY",
+            created_at=utcnow(),
+            **({"percent_off": 20} | fields),
+        )
+        coupon.tiers = [db.session.scalar(sa.select(Tier).where(Tier.code == t)) for t in tiers]
+        db.session.add(coupon)
+        db.session.commit()
+        return coupon.id
+
+
+def join_with(client, code: str, **fields):
+    return submit_join(client, "main", coupon=code, **fields)
+
+
+def test_a_percent_coupon_lowers_the_price_and_the_ledger_states_the_discount(app, client, demo):
+    add_coupon(app, "VIP20", tiers=["main"])
+    response = join_with(client, " vip20 ")  # read without spaces, in upper case
+    assert response.status_code == 302
+    assert cashier_action(client, response.location).status_code == 302
+    with app.app_context():
+        order = db.session.scalar(sa.select(Order))
+        assert (order.list_amount, order.amount, order.coupon_code) == (9900, 7920, "VIP20")
+        assert order.status is OrderStatus.PAID
+        entry = db.session.scalar(sa.select(LedgerEntry))
+        assert (entry.amount, entry.discount, entry.coupon_code) == (7920, 1980, "VIP20")
+        use = db.session.scalar(sa.select(CouponUse))
+        assert use.status is CouponUseStatus.CONSUMED
+        actions = set(db.session.scalars(sa.select(AuditEntry.action)))
+        assert {"order.discounted", "coupon.reserved", "coupon.consumed"} <= actions
+
+
+def test_an_amount_off_larger_than_the_price_makes_it_free_never_negative(app, client, demo):
+    add_coupon(app, "GIFT", percent_off=None, amount_off=20000)
+    response = join_with(client, "GIFT")
+    assert response.status_code == 302
+    assert "/status/" in response.location  # no cashier: nothing to pay
+    with app.app_context():
+        order = db.session.scalar(sa.select(Order))
+        assert (order.amount, order.status) == (0, OrderStatus.PAID)
+        payment = db.session.scalar(sa.select(Payment))
+        assert (payment.provider, payment.amount) == ("coupon", 0)
+        entry = db.session.scalar(sa.select(LedgerEntry))
+        assert (entry.amount, entry.discount) == (0, 9900)
+        assert db.session.scalar(sa.select(Member.number)) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"code": "OTHER"}, "优惠码不存在"),
+        ({"active": False}, "优惠码不存在"),
+        ({"valid_until_days": -1}, "优惠券已过期"),
+        ({"valid_from_days": 1}, "优惠券尚未生效"),
+        ({"tiers": ["reentry"]}, "不适用于此商品"),
+        ({"min_amount": 10000}, "满¥100.00可用"),
+        ({"issued_only": True}, "仅限获赠的成员"),
+    ],
+)
+def test_a_coupon_that_does_not_apply_is_refused_and_nothing_is_made(
+    app, client, demo, fields, message
+):
+    fields = dict(fields)
+    now = utcnow()
+    if "valid_until_days" in fields:
+        fields["valid_until"] = now + timedelta(days=fields.pop("valid_until_days"))
+    if "valid_from_days" in fields:
+        fields["valid_from"] = now + timedelta(days=fields.pop("valid_from_days"))
+    code = fields.pop("code", "VIP20")
+    add_coupon(app, "VIP20", **fields)
+    response = join_with(client, code)
+    assert response.status_code == 422
+    assert message in response.get_data(as_text=True)
+    with app.app_context():
+        assert count(Application) == count(Order) == count(CouponUse) == count(Payment) == 0
+
+
+def test_one_buyer_cannot_use_a_coupon_twice_and_a_used_up_coupon_is_refused(app, client, demo):
+    add_coupon(app, "ONCE", max_uses=2)
+    first = join_with(client, "ONCE", contact_value="wx_same_buyer")
+    assert first.status_code == 302
+    again = join_with(client, "ONCE", contact_value="wx_same_buyer")
+    assert again.status_code == 422
+    assert "你已使用过该优惠券" in again.get_data(as_text=True)
+    assert join_with(client, "ONCE").status_code == 302  # a second buyer: the last use
+    exhausted = join_with(client, "ONCE")
+    assert exhausted.status_code == 422
+    assert "优惠券已被领完" in exhausted.get_data(as_text=True)
+    with app.app_context():
+        assert count(CouponUse) == 2 and count(Order) == 2
+
+
+def test_a_reservation_is_released_when_its_order_expires(app, client, demo):
+    add_coupon(app, "ONLY1", max_uses=1)
+    assert join_with(client, "ONLY1").status_code == 302
+    with app.app_context():
+        order = db.session.scalar(sa.select(Order))
+        order.expires_at = utcnow() - timedelta(minutes=1)
+        db.session.commit()
+    assert join_with(client, "ONLY1").status_code == 302
+    with app.app_context():
+        statuses = db.session.scalars(sa.select(CouponUse.status).order_by(CouponUse.id)).all()
+        assert statuses == [CouponUseStatus.RELEASED, CouponUseStatus.RESERVED]
+
+
+@pytest.mark.parametrize("back_on_refund", [True, False])
+def test_a_refund_gives_the_coupon_back_only_where_the_community_says(
+    app, client, demo, back_on_refund
+):
+    add_coupon(app, "ONLY1", max_uses=1)
+    with app.app_context():
+        db.session.scalar(sa.select(Community)).coupons_back_on_refund = back_on_refund
+        db.session.commit()
+    response = join_with(client, "ONLY1")
+    cashier_action(client, response.location)
+    with app.app_context():
+        payment = db.session.scalar(sa.select(Payment))
+        refund = request_refund(
+            payment, payment.money, reason="test", revoke_access=True, actor="staff:1"
+        )
+        db.session.commit()
+        send_refund(refund, actor="staff:1")
+        db.session.commit()
+        use = db.session.scalar(sa.select(CouponUse))
+        expected = CouponUseStatus.RELEASED if back_on_refund else CouponUseStatus.CONSUMED
+        assert use.status is expected
+    second = join_with(client, "ONLY1")
+    assert (second.status_code == 302) is back_on_refund
+
+
+def test_guessing_codes_is_rate_limited_per_client(app, client, demo):
+    add_coupon(app, "REAL")
+    for attempt in range(10):
+        assert join_with(client, f"GUESS{attempt}").status_code == 422
+    blocked = join_with(client, "REAL")
+    assert blocked.status_code == 422
+    assert "尝试次数过多" in blocked.get_data(as_text=True)
+    with app.app_context():
+        assert count(RefusedCode) == 11
+        assert count(Order) == 0
+        for refusal in db.session.scalars(sa.select(RefusedCode)):
+            refusal.created_at -= timedelta(minutes=16)
+        db.session.commit()
+    assert join_with(client, "REAL").status_code == 302  # the while has passed
