@@ -4,7 +4,16 @@ create, edit, deactivate, with redemption, use and sales counts."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask_login import current_user
 from wtforms import SelectChoice
 
@@ -307,14 +316,15 @@ class CampaignCodes(Exporter):
     headers = ("优惠码 Code", "优惠 Discount", "截止 Valid until", "已使用 Used", "状态 Active")
 
     def __init__(self, community: Community, campaign: str) -> None:
-        self.community, self.campaign = community, campaign
+        # Plain values: rows are read while the response streams, after the commit.
+        self.community_id, self.zone, self.campaign = community.id, community.time_zone, campaign
 
     def rows(self):
         consumed = sa.func.count(CouponUse.id).filter(CouponUse.status == CouponUseStatus.CONSUMED)
         query = (
             sa.select(Coupon, consumed)
             .outerjoin(CouponUse, CouponUse.coupon_id == Coupon.id)
-            .where(Coupon.community_id == self.community.id, Coupon.campaign == self.campaign)
+            .where(Coupon.community_id == self.community_id, Coupon.campaign == self.campaign)
             .group_by(Coupon.id)
             .order_by(Coupon.id)
         )
@@ -323,7 +333,7 @@ class CampaignCodes(Exporter):
             yield [
                 coupon.code,
                 coupon.describe(),
-                to_local(until, self.community.time_zone).isoformat(" ") if until else "",
+                to_local(until, self.zone).isoformat(" ") if until else "",
                 used,
                 "yes" if coupon.active else "no",
             ]
@@ -339,7 +349,7 @@ def campaign_csv(community_id: int, campaign: str):
     )
     db.session.commit()
     return Response(
-        csv_lines(exporter),
+        stream_with_context(csv_lines(exporter)),
         mimetype="text/csv",
         headers={"Content-Disposition": 'attachment; filename="coupon-codes.csv"'},
     )
