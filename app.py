@@ -35,6 +35,7 @@ from payments.providers import init_providers
 from payments.signals import access_restored, access_withdrawn, order_paid
 from payments.views import fake_cashier, webhooks, wechatpay
 from perks import admin as perks_admin
+from perks import cli as perks_cli
 from perks import views as perks_views
 from perks.coupons import consume_paid_coupon, release_refunded_coupon, reserve_coupon
 from perks.courses import activate_paid_enrolment, restore_enrolment, withdraw_enrolment
@@ -76,6 +77,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.cli.add_command(membership_cli.worker_command)
     app.cli.add_command(membership_cli.export_revenue_command)
     app.cli.add_command(payments_cli)
+    app.cli.add_command(perks_cli.seed_demo_perks_command)
 
     if app.config["QUEUE_IN_PROCESS"] and not app.testing:
         start_in_process_worker(app)

@@ -15,6 +15,7 @@ from werkzeug.serving import make_server
 from core.db import db
 from membership.cli import seed_demo_community
 from membership.models import QuestionKind, ScreeningQuestion
+from perks.cli import DEMO_COUPON, seed_demo_perks
 from tests.conftest import fresh_database
 
 CHROMIUM = "/usr/bin/chromium"
@@ -41,6 +42,7 @@ def live_server(tmp_path, _api_server):
     with fresh_database(tmp_path, _api_server, SERVER_NAME=None, PAYMENT_PROVIDERS=["fake"]) as app:
         with app.app_context():
             seed_demo_community()
+            seed_demo_perks()
             db.session.commit()
         server = make_server("127.0.0.1", 0, app, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -197,3 +199,46 @@ def test_lobby_application_on_a_phone(screened_server, browser):
     expect(page.locator("img.qr")).to_be_visible()  # the lobby group, at once
     assert fits_the_screen(page)
     shot(page, "09-waiting-in-the-lobby")
+
+
+@pytest.mark.committing
+def test_a_coupon_perks_and_a_course_offer_on_a_phone(live_server, browser):
+    page = phone(browser)
+    page.goto(f"{live_server}/join/demo/main")
+    page.fill("#display_name", "小张")
+    page.fill("#contact_value", "zhang_reader01")
+    page.check("#accept_rules")
+    page.fill("#coupon", "NOPE")
+    page.get_by_role("button", name="去支付 ¥99.00 · Pay").click()
+    expect(page.locator("#coupon-errors")).to_contain_text("优惠码不存在")
+    assert fits_the_screen(page)
+    shot(page, "10-coupon-refused")
+
+    page.check("#accept_rules")
+    page.fill("#coupon", DEMO_COUPON.lower())
+    page.get_by_role("button", name="去支付 ¥99.00 · Pay").click()
+    expect(page.locator(".price")).to_have_text("¥89.10")
+    shot(page, "11-cashier-with-coupon")
+
+    page.get_by_role("button", name="确认支付 · Pay").click()
+    expect(page.locator("#member-number")).to_have_text("0001")
+    expect(page.locator("#upsells")).to_contain_text("省¥39.80")
+    shot(page, "12-paid-with-upsell")
+
+    page.goto(f"{live_server}/me")
+    voucher = page.locator(".perk.eligible", has_text="读书券")
+    expect(voucher).to_contain_text("剩余 20")
+    expect(page.locator(".perk.not-eligible", has_text="元老礼包")).to_contain_text("入群满180天")
+    assert fits_the_screen(page)
+    shot(page, "13-member-perks")
+    voucher.get_by_role("button", name="领取 · Redeem").click()
+    expect(page.locator(".flash")).to_contain_text("已领取")
+    expect(page.locator("#redemptions")).to_contain_text("读书券")
+    shot(page, "14-perk-redeemed")
+
+    page.locator("#upsells a").first.click()
+    expect(page.locator("#course-price")).to_have_text("¥159.20")
+    page.get_by_role("button", name="购买 · Buy").click()
+    page.get_by_role("button", name="确认支付 · Pay").click()
+    expect(page.locator("#course-link")).to_be_visible()
+    shot(page, "15-course-bought")
