@@ -9,6 +9,8 @@ import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -17,6 +19,7 @@ from core.clock import utcnow
 from core.db import db
 from core.outbox import OutboxMessage
 from membership.cli import seed_demo_community
+from membership.exports import community_revenue
 from membership.models import Community, Member, Membership, Tier
 from payments.models import LedgerEntry, Order, Payment
 from payments.services import request_refund, send_refund
@@ -290,6 +293,12 @@ def test_a_course_coupon_and_a_refused_one(app, demo):
     with app.app_context():
         entry = db.session.scalar(sa.select(LedgerEntry).order_by(LedgerEntry.id.desc()))
         assert (entry.amount, entry.discount, entry.coupon_code) == (9950, 9950, "WRITE50")
+        # Finance sees the course sale with its coupon and discount.
+        today = utcnow().astimezone(ZoneInfo("Asia/Shanghai")).date()
+        rows, _ = community_revenue(db.session.scalar(sa.select(Community)), today, today)
+        sale = next(r for r in rows.rows() if r[4] == "写作课")
+        assert sale[7] == Decimal("99.50")  # gross
+        assert sale[-2:] == ["WRITE50", Decimal("99.50")]
 
 
 def test_a_launch_tells_each_eligible_member_once_and_not_those_who_unsubscribed(app, demo):
