@@ -179,8 +179,9 @@ class CommunityForm(FlaskForm):
             raise ValidationError("未知时区 · Unknown time zone") from error
 
 
-class TierForm(FlaskForm):
-    code = StringField(
+def url_code_field() -> StringField:
+    """The code that names a tier or a course in its URLs: a-z, 0-9 and -."""
+    return StringField(
         "代号 · Code",
         filters=[strip_text],
         validators=[
@@ -188,6 +189,10 @@ class TierForm(FlaskForm):
             Regexp(r"^[a-z0-9][a-z0-9-]{0,39}$", message="小写字母、数字或- · a-z, 0-9 or -"),
         ],
     )
+
+
+class TierForm(FlaskForm):
+    code = url_code_field()
     name = StringField(
         "名称 · Name", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
     )

@@ -26,7 +26,7 @@ from wtforms.validators import (
     ValidationError,
 )
 
-from membership.forms import REQUIRED, strip_text
+from membership.forms import REQUIRED, strip_text, url_code_field
 from perks.models import PerkKind
 
 CODE = Regexp(
@@ -191,14 +191,7 @@ class CampaignForm(CouponForm):
 
 
 class CourseForm(EligibilityForm):
-    code = StringField(
-        "代号 · Code",
-        filters=[strip_text],
-        validators=[
-            DataRequired(REQUIRED),
-            Regexp(r"^[a-z0-9][a-z0-9-]{0,39}$", message="小写字母、数字或- · a-z, 0-9 or -"),
-        ],
-    )
+    code = url_code_field()
     title = StringField(
         "课程名 · Title", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=80)]
     )
