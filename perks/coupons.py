@@ -33,23 +33,27 @@ def discount_for(coupon: Coupon, list_amount: int) -> int:
     return min(coupon.amount_off, list_amount)
 
 
-def _live_uses(coupon: Coupon, *, now: datetime) -> list[CouponUse]:
-    """Uses that count against the limits: consumed ones, and reservations whose order
-    can still be paid. Reservations of orders that expired unpaid are released here."""
-    rows = db.session.execute(
-        sa.select(CouponUse, Order)
+def _live_uses(coupon: Coupon, buyer: str, *, now: datetime) -> tuple[int, int]:
+    """How many uses count against the limits, in all and by ``buyer``: consumed ones, and
+    reservations whose order can still be paid. Reservations of orders that can no longer
+    be paid (expired) are released here first."""
+    lapsed = db.session.scalars(
+        sa.select(CouponUse)
         .join(Order, Order.id == CouponUse.order_id)
-        .where(CouponUse.coupon_id == coupon.id, CouponUse.status != CouponUseStatus.RELEASED)
+        .where(
+            CouponUse.coupon_id == coupon.id,
+            CouponUse.status == CouponUseStatus.RESERVED,
+            sa.or_(Order.status != OrderStatus.OPEN, Order.expires_at <= now),
+        )
     ).all()
-    live = []
-    for use, order in rows:
-        if use.status is CouponUseStatus.RESERVED and (
-            order.status is not OrderStatus.OPEN or order.expires_at <= now
-        ):
-            release(use, reason="order_expired", now=now)
-        else:
-            live.append(use)
-    return live
+    for use in lapsed:
+        release(use, reason="order_expired", now=now)
+    counted = sa.func.count(CouponUse.id)
+    return db.session.execute(
+        sa.select(counted, counted.filter(CouponUse.buyer == buyer)).where(
+            CouponUse.coupon_id == coupon.id, CouponUse.status != CouponUseStatus.RELEASED
+        )
+    ).one()
 
 
 def reserve_coupon(order: Order, code: str, purchase: Purchase, *, now: datetime) -> Money:
@@ -83,10 +87,10 @@ def reserve_coupon(order: Order, code: str, purchase: Purchase, *, now: datetime
         raise DiscountRefused(
             "该优惠券仅限获赠的成员使用 · This coupon is only for the members it was given to"
         )
-    live = _live_uses(coupon, now=now)
-    if coupon.max_uses is not None and len(live) >= coupon.max_uses:
+    uses, buyer_uses = _live_uses(coupon, purchase.buyer, now=now)
+    if coupon.max_uses is not None and uses >= coupon.max_uses:
         raise DiscountRefused("优惠券已被领完 · This coupon has been used up")
-    if sum(1 for use in live if use.buyer == purchase.buyer) >= coupon.max_uses_per_buyer:
+    if buyer_uses >= coupon.max_uses_per_buyer:
         raise DiscountRefused("你已使用过该优惠券 · You have used this coupon already")
     discount = discount_for(coupon, order.list_amount)
     if discount <= 0:
@@ -138,6 +142,8 @@ def consume_paid_coupon(order: Order, *, now: datetime) -> None:
     """``order_paid`` receiver: the order's coupon use is consumed. A payment that came
     after its reservation was released (the order had expired) consumes it all the same:
     the money was received, so the price paid holds."""
+    if order.coupon_code is None:
+        return
     use = db.session.scalar(sa.select(CouponUse).where(CouponUse.order_id == order.id))
     if use is None or use.status is CouponUseStatus.CONSUMED:
         return
@@ -151,7 +157,7 @@ def consume_paid_coupon(order: Order, *, now: datetime) -> None:
 def release_refunded_coupon(order: Order, *, now: datetime, reason: str) -> None:
     """``access_withdrawn`` receiver: a refunded order's coupon may be used again, when its
     community gives coupons back on refunds."""
-    if reason != "refunded":
+    if reason != "refunded" or order.coupon_code is None:
         return
     use = db.session.scalar(sa.select(CouponUse).where(CouponUse.order_id == order.id))
     if use is None or use.status is CouponUseStatus.RELEASED:
