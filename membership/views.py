@@ -61,11 +61,17 @@ from membership.services import (
     find_member_by_openid,
     submit_application,
 )
-from payments.discounts import DiscountRefused, Purchase, discount_order, note_refused_code
+from payments.discounts import DiscountRefused, Purchase, discount_order
 from payments.models import Order, OrderStatus
 from payments.providers import ProviderError, enabled_providers, get_provider
 from payments.providers.wechatpay import WeChatPayProvider
-from payments.views import OPENID_SESSION_KEY, current_payer, send_to_provider
+from payments.views import (
+    OPENID_SESSION_KEY,
+    client_address,
+    current_payer,
+    refuse_discount_code,
+    send_to_provider,
+)
 
 bp = Blueprint("membership", __name__)
 
@@ -204,13 +210,11 @@ def join(slug: str, tier_code: str):
                 db.session.get(Order, application.order_id),
                 form.coupon.data,
                 Purchase(
-                    community_id=community.id,
                     product=f"tier:{tier.id}",
-                    member_id=member.id if member else None,
                     buyer=f"member:{member.id}"
                     if member
                     else f"{application.contact_kind}:{application.contact_value}",
-                    client=request.remote_addr or "",
+                    client=client_address(),
                 ),
                 actor=f"member:{member.id}" if member else "prospect",
                 now=utcnow(),
@@ -230,10 +234,7 @@ def join(slug: str, tier_code: str):
             login_needed=isinstance(refusal, AlreadyAMember),
         ), 422
     except DiscountRefused as refusal:
-        db.session.rollback()
-        note_refused_code(request.remote_addr or "", now=utcnow())
-        db.session.commit()
-        form.coupon.errors.append(str(refusal))
+        form.coupon.errors.append(refuse_discount_code(refusal))
         return render_template(
             "join/form.html", community=community, tier=tier, form=form, member=member
         ), 422

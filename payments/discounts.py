@@ -3,8 +3,8 @@
 Payments owns the order's side of a discount: the list price, what was taken off, the code,
 the ledger's record of it, and an order a discount makes free. Which codes exist and who
 may use them is decided by the rule the app registers with :func:`register_discount_rule`
-(``perks.coupons``): payments imports nothing
-from the packages that sell, so the pages that sell something ask here.
+(``perks.coupons``): payments imports nothing from the packages that sell, so the pages
+that sell something ask here.
 """
 
 from __future__ import annotations
@@ -29,13 +29,11 @@ DISCOUNT_PROVIDER = "coupon"
 
 @dataclass(frozen=True, slots=True)
 class Purchase:
-    """What an order buys and who buys it, as a discount rule needs to know."""
+    """What a discount rule needs to know beyond the order (which carries its community
+    and, when known, its member): what exactly is bought, and by whom."""
 
-    community_id: int
     #: ``tier:<id>`` or ``course:<id>``.
     product: str
-    #: The buyer's member id; None for a prospect.
-    member_id: int | None
     #: Whom per-person limits count: ``member:<id>``, or a prospect's normalised contact.
     buyer: str
     #: The client's address: refused codes are counted against it.

@@ -28,6 +28,7 @@ from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
 from core.security import csrf, new_token, sign, unsign
 from payments import inbox
+from payments.discounts import DiscountRefused, note_refused_code
 from payments.models import Order, Payment, PaymentStatus
 from payments.providers import EventKind, Payer, ProviderError, get_provider
 from payments.providers.fake import FakeProvider
@@ -40,6 +41,21 @@ log = logging.getLogger(__name__)
 MAX_NOTIFICATION_BYTES = 1024 * 1024
 #: Where the payer's WeChat openid is kept between the OAuth redirect and the payment.
 OPENID_SESSION_KEY = "wechat_openid"
+
+
+def client_address() -> str:
+    """The address of the client of this request (behind ``TRUSTED_PROXIES``, the one they
+    forwarded)."""
+    return request.remote_addr or ""
+
+
+def refuse_discount_code(refusal: DiscountRefused) -> str:
+    """After :class:`DiscountRefused`: this request's changes are rolled back, the refusal
+    is counted against the client (committed), and the message to show is returned."""
+    db.session.rollback()
+    note_refused_code(client_address(), now=utcnow())
+    db.session.commit()
+    return str(refusal)
 
 
 def current_payer() -> Payer:

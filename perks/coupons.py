@@ -61,7 +61,7 @@ def reserve_coupon(order: Order, code: str, purchase: Purchase, *, now: datetime
     for ``purchase``, its use reserved (flushed). Raises :class:`DiscountRefused`."""
     coupon = db.session.scalar(
         sa.select(Coupon)
-        .where(Coupon.community_id == purchase.community_id, Coupon.code == code)
+        .where(Coupon.community_id == order.community_id, Coupon.code == code)
         .with_for_update()
     )
     if coupon is None or not coupon.active:
@@ -83,7 +83,7 @@ def reserve_coupon(order: Order, code: str, purchase: Purchase, *, now: datetime
     if order.list_amount < coupon.min_amount:
         minimum = Money(coupon.min_amount, coupon.currency)
         raise DiscountRefused(f"满{minimum}可用 · For orders of {minimum} or more")
-    if coupon.issued_only and not _granted(coupon, purchase.member_id):
+    if coupon.issued_only and not _granted(coupon, order.member_id):
         raise DiscountRefused(
             "该优惠券仅限获赠的成员使用 · This coupon is only for the members it was given to"
         )
@@ -99,7 +99,7 @@ def reserve_coupon(order: Order, code: str, purchase: Purchase, *, now: datetime
         coupon=coupon,
         order_id=order.id,
         buyer=purchase.buyer,
-        member_id=purchase.member_id,
+        member_id=order.member_id,
         status=CouponUseStatus.RESERVED,
         discount=discount,
         created_at=now,

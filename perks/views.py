@@ -12,9 +12,9 @@ from core.db import db
 from core.security import new_token, unsign
 from membership.models import Community, Member
 from membership.views import logged_in_member, offer_providers
-from payments.discounts import DiscountRefused, Purchase, discount_order, note_refused_code
+from payments.discounts import DiscountRefused, Purchase, discount_order
 from payments.models import Order, OrderStatus
-from payments.views import send_to_provider
+from payments.views import client_address, refuse_discount_code, send_to_provider
 from perks.courses import (
     CoursePrice,
     CourseRefused,
@@ -121,11 +121,9 @@ def course(slug: str, code: str):
                 order,
                 form.coupon.data,
                 Purchase(
-                    community_id=course.community_id,
                     product=f"course:{course.id}",
-                    member_id=member.id,
                     buyer=f"member:{member.id}",
-                    client=request.remote_addr or "",
+                    client=client_address(),
                 ),
                 actor=f"member:{member.id}",
                 now=now,
@@ -135,10 +133,7 @@ def course(slug: str, code: str):
         db.session.rollback()
         return render_template("perks/course.html", **context, refusal=str(refusal)), 422
     except DiscountRefused as refusal:
-        db.session.rollback()
-        note_refused_code(request.remote_addr or "", now=now)
-        db.session.commit()
-        form.coupon.errors.append(str(refusal))
+        form.coupon.errors.append(refuse_discount_code(refusal))
         return render_template("perks/course.html", **context), 422
     except IntegrityError:
         # The same form, sent twice at once: the other request started the purchase.
