@@ -22,7 +22,7 @@ from core.money import Money
 from membership.models import Community, Member
 from payments.discounts import UNKNOWN_CODE, DiscountRefused, Purchase
 from payments.models import Order, OrderStatus
-from perks.eligibility import is_eligible, standing_of
+from perks.eligibility import community_standings, is_eligible
 from perks.models import Coupon, CouponGrant, CouponUse, CouponUseStatus
 
 
@@ -222,22 +222,29 @@ def grant_coupon(coupon: Coupon, member: Member, *, source: str, now: datetime) 
     """Issue ``coupon`` to ``member`` (added). False when they hold it already."""
     if _granted(coupon, member.id):
         return False
-    db.session.add(CouponGrant(coupon=coupon, member_id=member.id, source=source, created_at=now))
-    audit.record("coupon.granted", coupon, actor=source, data={"member": member.id}, now=now)
+    _add_grant(coupon, member, source=source, now=now)
     return True
 
 
+def _add_grant(coupon: Coupon, member: Member, *, source: str, now: datetime) -> None:
+    db.session.add(CouponGrant(coupon=coupon, member_id=member.id, source=source, created_at=now))
+    audit.record("coupon.granted", coupon, actor=source, data={"member": member.id}, now=now)
+
+
 def issue_to_eligible(coupon: Coupon, *, actor: str, now: datetime) -> int:
-    """Issue ``coupon`` to every member its eligibility rule picks. Returns how many
-    received it now."""
-    members = db.session.scalars(
-        sa.select(Member).where(Member.community_id == coupon.community_id).order_by(Member.id)
+    """Issue ``coupon`` to every member its eligibility rule picks who does not hold it.
+    Returns how many received it now."""
+    holders = set(
+        db.session.scalars(
+            sa.select(CouponGrant.member_id).where(CouponGrant.coupon_id == coupon.id)
+        )
     )
-    return sum(
-        grant_coupon(coupon, member, source=actor, now=now)
-        for member in members
-        if is_eligible(coupon, standing_of(member, now=now))
-    )
+    issued = 0
+    for standing in community_standings(coupon.community_id, now=now):
+        if standing.member.id not in holders and is_eligible(coupon, standing):
+            _add_grant(coupon, standing.member, source=actor, now=now)
+            issued += 1
+    return issued
 
 
 def use_counts(coupon_ids: list[int]) -> dict[int, dict[CouponUseStatus, int]]:

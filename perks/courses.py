@@ -20,7 +20,7 @@ from membership.models import Member
 from membership.services import message_member
 from payments.models import Order
 from payments.services import create_order
-from perks.eligibility import Standing, conditions, is_eligible, standing_of
+from perks.eligibility import Standing, community_standings, conditions, is_eligible
 from perks.models import (
     Course,
     CourseNotice,
@@ -54,14 +54,21 @@ def offer_price(offer: Offer) -> Money:
     return price - price.percent(offer.percent_off)
 
 
-def price_for(course: Course, standing: Standing, *, now: datetime) -> CoursePrice:
-    offers = db.session.scalars(
+def _current_offers(course_ids: list[int], *, now: datetime) -> dict[int, list[Offer]]:
+    """The active, unexpired offers of these courses, by course."""
+    offers: dict[int, list[Offer]] = {i: [] for i in course_ids}
+    for offer in db.session.scalars(
         sa.select(Offer).where(
-            Offer.course_id == course.id,
+            Offer.course_id.in_(course_ids),
             Offer.active,
             sa.or_(Offer.valid_until.is_(None), Offer.valid_until > now),
         )
-    ).all()
+    ):
+        offers[offer.course_id].append(offer)
+    return offers
+
+
+def _best_price(course: Course, standing: Standing, offers: list[Offer]) -> CoursePrice:
     best = min(
         (o for o in offers if is_eligible(o, standing)),
         key=lambda o: offer_price(o).amount,
@@ -70,13 +77,21 @@ def price_for(course: Course, standing: Standing, *, now: datetime) -> CoursePri
     return CoursePrice(course, offer_price(best) if best else course.price_money, best)
 
 
+def price_for(course: Course, standing: Standing, *, now: datetime) -> CoursePrice:
+    return _best_price(course, standing, _current_offers([course.id], now=now)[course.id])
+
+
+#: Enrolments that hold the course (paid or given; a disputed one is held pending).
+LIVE_ENROLMENT_STATUSES = (EnrolmentStatus.ACTIVE, EnrolmentStatus.SUSPENDED)
+
+
 def enrolment_of(course: Course, member: Member) -> Enrolment | None:
     """The member's live enrolment in the course (active or suspended), if any."""
     return db.session.scalar(
         sa.select(Enrolment).where(
             Enrolment.course_id == course.id,
             Enrolment.member_id == member.id,
-            Enrolment.status.in_([EnrolmentStatus.ACTIVE, EnrolmentStatus.SUSPENDED]),
+            Enrolment.status.in_(LIVE_ENROLMENT_STATUSES),
         )
     )
 
@@ -90,10 +105,18 @@ def upsells_for(standing: Standing, *, now: datetime) -> list[CoursePrice]:
         .where(Course.launched_at.is_not(None))
         .order_by(Course.id)
     ).all()
+    held = set(
+        db.session.scalars(
+            sa.select(Enrolment.course_id).where(
+                Enrolment.member_id == member.id, Enrolment.status.in_(LIVE_ENROLMENT_STATUSES)
+            )
+        )
+    )
+    offers = _current_offers([c.id for c in courses], now=now)
     prices = [
-        price_for(c, standing, now=now)
+        _best_price(c, standing, offers[c.id])
         for c in courses
-        if is_eligible(c, standing) and enrolment_of(c, member) is None
+        if c.id not in held and is_eligible(c, standing)
     ]
     return sorted(prices, key=lambda p: p.offer is None)
 
@@ -219,24 +242,28 @@ def launch(course: Course, *, actor: str, now: datetime) -> list[int]:
     outbox messages to deliver after the commit."""
     if course.launched_at is None:
         course.launched_at = now
-    told = set(
+    skipped = set(  # told before, unsubscribed, or holding the course already
         db.session.scalars(
-            sa.select(CourseNotice.member_id).where(CourseNotice.course_id == course.id)
+            sa.union(
+                sa.select(CourseNotice.member_id).where(CourseNotice.course_id == course.id),
+                sa.select(Unsubscribe.member_id)
+                .join(Member, Member.id == Unsubscribe.member_id)
+                .where(Member.community_id == course.community_id),
+                sa.select(Enrolment.member_id).where(
+                    Enrolment.course_id == course.id,
+                    Enrolment.status.in_(LIVE_ENROLMENT_STATUSES),
+                ),
+            )
         )
     )
-    unsubscribed = set(db.session.scalars(sa.select(Unsubscribe.member_id)))
-    members = db.session.scalars(
-        sa.select(Member).where(Member.community_id == course.community_id).order_by(Member.id)
-    )
+    offers = _current_offers([course.id], now=now)[course.id]
     link = url_for("perks.course", slug=course.community.slug, code=course.code, _external=True)
     messages = []
-    for member in members:
-        if member.id in told or member.id in unsubscribed:
+    for standing in community_standings(course.community_id, now=now):
+        member = standing.member
+        if member.id in skipped or not is_eligible(course, standing):
             continue
-        standing = standing_of(member, now=now)
-        if not is_eligible(course, standing) or enrolment_of(course, member) is not None:
-            continue
-        quote = price_for(course, standing, now=now)
+        quote = _best_price(course, standing, offers)
         saving = f"（{quote.offer.name}，省{quote.saving}）" if quote.offer else ""
         message_id = message_member(
             member,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.orm import selectinload
 
 from core.db import db
 from membership.models import Application, Member, MembershipStatus
@@ -37,20 +38,48 @@ class Standing:
 
 
 def standing_of(member: Member, *, now: datetime) -> Standing:
-    active = [m for m in member.memberships if m.status is MembershipStatus.ACTIVE]
-    first = min((m.starts_at for m in member.memberships), default=now)
-    seasons = db.session.scalar(
-        sa.select(sa.func.count(Application.id))
-        .join(Order, Order.id == Application.order_id)
-        .where(Application.member_id == member.id, Order.status == OrderStatus.PAID)
+    return standings_of([member], now=now)[0]
+
+
+def standings_of(members: list[Member], *, now: datetime) -> list[Standing]:
+    """The standing of each of ``members``, with one query for all their paid seasons
+    (load their memberships with them: ``selectinload(Member.memberships)``)."""
+    seasons = dict(
+        db.session.execute(
+            sa.select(Application.member_id, sa.func.count(Application.id))
+            .join(Order, Order.id == Application.order_id)
+            .where(
+                Application.member_id.in_([m.id for m in members]),
+                Order.status == OrderStatus.PAID,
+            )
+            .group_by(Application.member_id)
+        ).all()
     )
-    return Standing(
-        member=member,
-        is_current=bool(active),
-        tier_ids=frozenset(m.tier_id for m in active),
-        tenure_days=max(0, (now - first).days),
-        seasons_paid=seasons,
-    )
+    standings = []
+    for member in members:
+        active = [m for m in member.memberships if m.status is MembershipStatus.ACTIVE]
+        first = min((m.starts_at for m in member.memberships), default=now)
+        standings.append(
+            Standing(
+                member=member,
+                is_current=bool(active),
+                tier_ids=frozenset(m.tier_id for m in active),
+                tenure_days=max(0, (now - first).days),
+                seasons_paid=seasons.get(member.id, 0),
+            )
+        )
+    return standings
+
+
+def community_standings(community_id: int, *, now: datetime) -> list[Standing]:
+    """Every member of a community with their standing, in a few queries however many."""
+    members = db.session.scalars(
+        sa.select(Member)
+        .where(Member.community_id == community_id)
+        .options(selectinload(Member.memberships))
+        .order_by(Member.id)
+    ).all()
+    return standings_of(list(members), now=now)
 
 
 def conditions(rule: EligibilityRule, standing: Standing) -> list[Condition]:
