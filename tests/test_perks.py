@@ -23,6 +23,7 @@ from membership.exports import community_revenue
 from membership.models import Community, Member, Membership, Tier
 from payments.models import LedgerEntry, Order, Payment
 from payments.services import request_refund, send_refund
+from perks.coupons import issue_to_eligible
 from perks.courses import launch
 from perks.eligibility import conditions, standing_of
 from perks.models import (
@@ -448,3 +449,47 @@ def test_admins_create_perks_coupons_campaigns_courses_and_offers(app, demo, log
         assert [c.id for c in coupon.courses] == [course_id]
         campaign = db.session.scalars(sa.select(Coupon).where(Coupon.campaign == "双十一")).all()
         assert {(c.amount_off, c.min_amount, c.max_uses) for c in campaign} == {(1000, 5000, 1)}
+
+
+def test_issuing_a_coupon_reaches_each_eligible_member_once(app, demo):
+    _, staff = member_client(app)
+    member_client(app)
+    (coupon_id,) = add(
+        app, Coupon(code="STAFF", percent_off=50, currency="CNY", issued_only=True, staff_only=True)
+    )
+    with app.app_context():
+        db.session.get(Member, staff).staff_number = 1
+        coupon = db.session.get(Coupon, coupon_id)
+        assert issue_to_eligible(coupon, actor="staff:1", now=utcnow()) == 1
+        assert issue_to_eligible(coupon, actor="staff:1", now=utcnow()) == 0
+        assert db.session.scalars(sa.select(CouponGrant.member_id)).all() == [staff]
+
+
+def selects_during(app, action) -> int:
+    """How many SELECT statements ``action`` makes."""
+    statements = []
+
+    def count_select(_conn, _cursor, statement, *_):
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            statements.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", count_select)
+    try:
+        action()
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", count_select)
+    return len(statements)
+
+
+def test_a_launch_reads_the_members_in_a_fixed_number_of_queries(app, demo):
+    course_id = make_course(app)
+    add(app, Offer(course_id=course_id, name="七折", percent_off=30))
+
+    def launch_to_new_members(joining: int) -> int:
+        for _ in range(joining):
+            member_client(app)
+        with app.app_context(), app.test_request_context():
+            course = db.session.get(Course, course_id)
+            return selects_during(app, lambda: launch(course, actor="staff:1", now=utcnow()))
+
+    assert launch_to_new_members(2) == launch_to_new_members(6)
