@@ -53,3 +53,14 @@ def record(
     )
     db.session.add(entry)
     return entry
+
+
+def apply_changes(target: db.Model, values: dict[str, Any]) -> dict[str, str]:
+    """Set ``values`` on ``target`` (an edit form's fields); returns those that changed, as
+    text for the audit entry's data (lists of rows by their ids)."""
+    changed = {}
+    for name, value in values.items():
+        if getattr(target, name) != value:
+            changed[name] = str([v.id for v in value] if isinstance(value, list) else value)
+            setattr(target, name, value)
+    return changed

@@ -122,13 +122,7 @@ def _get(model, ident: int):
 
 def _changes(obj, form, fields: list[str]) -> dict[str, str]:
     """Copy ``fields`` from the form to ``obj``; the ones that changed, for the audit log."""
-    changed = {}
-    for name in fields:
-        value = getattr(form, name).data
-        if getattr(obj, name) != value:
-            changed[name] = str(value)
-            setattr(obj, name, value)
-    return changed
+    return audit.apply_changes(obj, {name: getattr(form, name).data for name in fields})
 
 
 @bp.get("/")

@@ -56,12 +56,7 @@ def _courses(community: Community) -> list[Course]:
 
 def _save(obj, values: dict[str, object], action: str) -> None:
     """Set ``values`` on ``obj`` and audit what changed."""
-    changed = {}
-    for name, value in values.items():
-        if getattr(obj, name) != value:
-            changed[name] = str([v.id for v in value] if isinstance(value, list) else value)
-            setattr(obj, name, value)
-    audit.record(action, obj, actor=current_user.actor, data=changed)
+    audit.record(action, obj, actor=current_user.actor, data=audit.apply_changes(obj, values))
 
 
 def _money(form_field, currency: str) -> Money | None:
