@@ -113,13 +113,6 @@ def _staff_only() -> None:
     """Every page here is for logged-in staff."""
 
 
-def _get(model, ident: int):
-    row = db.session.get(model, ident)
-    if row is None:
-        abort(404)
-    return row
-
-
 def _changes(obj, form, fields: list[str]) -> dict[str, str]:
     """Copy ``fields`` from the form to ``obj``; the ones that changed, for the audit log."""
     return audit.apply_changes(obj, {name: getattr(form, name).data for name in fields})
@@ -175,7 +168,7 @@ def dashboard():
 @bp.route("/communities/<int:community_id>/edit", methods=["GET", "POST"])
 @requires("community.manage")
 def community_form(community_id: int | None = None):
-    community = _get(Community, community_id) if community_id else None
+    community = db.get_or_404(Community, community_id) if community_id else None
     form = CommunityForm(obj=community)
     if form.validate_on_submit():
         taken = db.session.scalar(
@@ -218,7 +211,7 @@ def community_form(community_id: int | None = None):
 @bp.get("/communities/<int:community_id>")
 @requires("members.view")
 def community(community_id: int):
-    community = _get(Community, community_id)
+    community = db.get_or_404(Community, community_id)
     seats = seats_taken([group.id for group in community.groups])
     waiting = waiting_invitations(community.id)
     return render_template(
@@ -236,8 +229,8 @@ def community(community_id: int):
 @bp.route("/tiers/<int:tier_id>/edit", methods=["GET", "POST"])
 @requires("community.manage")
 def tier_form(community_id: int | None = None, tier_id: int | None = None):
-    tier = _get(Tier, tier_id) if tier_id else None
-    community = tier.community if tier else _get(Community, community_id)
+    tier = db.get_or_404(Tier, tier_id) if tier_id else None
+    community = tier.community if tier else db.get_or_404(Community, community_id)
     form = TierForm(obj=tier)
     if tier is not None and request.method == "GET":
         form.price.data = tier.price_money.major_str()
@@ -317,8 +310,8 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
 @bp.route("/groups/<int:group_id>/edit", methods=["GET", "POST"])
 @requires("community.manage")
 def group_form(community_id: int | None = None, group_id: int | None = None):
-    group = _get(Group, group_id) if group_id else None
-    community = group.community if group else _get(Community, community_id)
+    group = db.get_or_404(Group, group_id) if group_id else None
+    community = group.community if group else db.get_or_404(Community, community_id)
     form = GroupForm(obj=group)
     if group is not None and group.qr_expires_at and request.method == "GET":
         local = group.qr_expires_at.astimezone(ZoneInfo(community.time_zone))
@@ -384,7 +377,7 @@ def _member_search(community: Community) -> sa.Select:
 @requires("members.view")
 def members(community_id: int):
     """Search and filter the community's members."""
-    community = _get(Community, community_id)
+    community = db.get_or_404(Community, community_id)
     page = db.paginate(
         _member_search(community),
         page=max(request.args.get("page", 1, type=int), 1),
@@ -399,7 +392,7 @@ def members(community_id: int):
 @requires("members.manage")
 def members_csv(community_id: int):
     """The members matching the list's filters, as CSV."""
-    community = _get(Community, community_id)
+    community = db.get_or_404(Community, community_id)
     exporter = MembersExport(_member_search(community), community.time_zone)
     audit.record(
         "community.members_exported", community, actor=current_user.actor, data=dict(request.args)
@@ -417,7 +410,7 @@ def members_csv(community_id: int):
 def member(member_id: int):
     """One member: their memberships and invitations; grant a tier by hand or end a
     membership, with a reason kept in the audit log."""
-    member = _get(Member, member_id)
+    member = db.get_or_404(Member, member_id)
     community = member.community
     form = AccessForm()
     form.tier.choices = [SelectChoice(t.id, t.name) for t in community.tiers]
@@ -431,13 +424,13 @@ def member(member_id: int):
             elif form.action.data == "grant":
                 grant_by_hand(
                     member,
-                    _get(Tier, form.tier.data),
+                    db.get_or_404(Tier, form.tier.data),
                     reason=form.reason.data,
                     actor=current_user.actor,
                 )
             else:
                 end_by_hand(
-                    _get(Membership, form.membership.data),
+                    db.get_or_404(Membership, form.membership.data),
                     reason=form.reason.data,
                     actor=current_user.actor,
                 )
@@ -455,7 +448,7 @@ def member(member_id: int):
 @requires("members.activity")
 def activity(community_id: int):
     """Mark members active, by hand or from a CSV, before a purge."""
-    community = _get(Community, community_id)
+    community = db.get_or_404(Community, community_id)
     form = ActivityForm()
     result = None
     if form.validate_on_submit():
@@ -473,7 +466,7 @@ def activity(community_id: int):
 @requires("members.purge")
 def purge(community_id: int):
     """Preview, then run, a purge of members not active since a date."""
-    community = _get(Community, community_id)
+    community = db.get_or_404(Community, community_id)
     form = PurgeForm(
         request.form if request.method == "POST" else request.args,
         meta={"csrf": request.method == "POST"},
@@ -504,7 +497,7 @@ def purge(community_id: int):
 @requires("community.manage")
 def questions(community_id: int):
     """The screening questions: add one; switch one off or on."""
-    community = _get(Community, community_id)
+    community = db.get_or_404(Community, community_id)
     form = QuestionForm()
     if form.validate_on_submit():
         question = ScreeningQuestion(
@@ -529,7 +522,7 @@ def questions(community_id: int):
 @bp.post("/questions/<int:question_id>/toggle")
 @requires("community.manage")
 def toggle_question(question_id: int):
-    question = _get(ScreeningQuestion, question_id)
+    question = db.get_or_404(ScreeningQuestion, question_id)
     question.active = not question.active
     audit.record(
         "question.toggled", question, actor=current_user.actor, data={"active": question.active}
@@ -542,7 +535,7 @@ def toggle_question(question_id: int):
 @requires("members.review")
 def applications(community_id: int):
     """The screening queue: answers in full; approve or reject one or many at once."""
-    community = _get(Community, community_id)
+    community = db.get_or_404(Community, community_id)
     form = ReviewForm()
     if form.validate_on_submit():
         action = request.form.get("action")
@@ -593,7 +586,7 @@ def applications(community_id: int):
 @requires("members.removals")
 def removals(community_id: int):
     """Members moderators must remove by hand from QR-joined groups; tick them off."""
-    community = _get(Community, community_id)
+    community = db.get_or_404(Community, community_id)
     if request.method == "POST":
         task = db.session.get(RemovalTask, request.form.get("task", type=int))
         if task is None or task.group.community_id != community.id:
@@ -634,14 +627,14 @@ def platform_tasks():
 @requires("community.manage")
 def season(tier_id: int):
     """Open a new season: invite another tier's current members to this tier's groups."""
-    tier = _get(Tier, tier_id)
+    tier = db.get_or_404(Tier, tier_id)
     community = tier.community
     form = SeasonForm()
     form.from_tier.choices = [
         SelectChoice(t.id, t.name) for t in community.tiers if t.id != tier.id
     ]
     if form.validate_on_submit():
-        from_tier = _get(Tier, form.from_tier.data)
+        from_tier = db.get_or_404(Tier, form.from_tier.data)
         invited, messages = open_season(
             tier, from_tier, free=form.mode.data == "free", actor=current_user.actor
         )
@@ -658,7 +651,7 @@ def season(tier_id: int):
 def export(community_id: int):
     """Revenue for a date range: CSV (streamed; ?sheet=totals for the totals) or XLSX
     (both sheets in one workbook)."""
-    community = _get(Community, community_id)
+    community = db.get_or_404(Community, community_id)
     form = ExportForm(request.args, meta={"csrf": False})
     if not (request.args and form.validate()):
         return render_template("admin/export.html", community=community, form=form)
@@ -701,7 +694,7 @@ def export(community_id: int):
 @requires("members.manage")
 def import_members(community_id: int):
     """Bring in an existing community's members from a CSV: dry run, then all or nothing."""
-    community = _get(Community, community_id)
+    community = db.get_or_404(Community, community_id)
     form = ImportForm()
     check = None
     if form.validate_on_submit():
