@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.orm import selectinload
 
 from core import audit
 from core.db import db
@@ -120,5 +121,6 @@ def redemptions_of(member: Member) -> list[Redemption]:
     return db.session.scalars(
         sa.select(Redemption)
         .where(Redemption.member_id == member.id)
+        .options(selectinload(Redemption.perk))
         .order_by(Redemption.id.desc())
     ).all()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
 
 from core.clock import utcnow
 from core.db import db
@@ -46,19 +47,23 @@ def member_benefits():
             "coupons": db.session.scalars(
                 sa.select(CouponGrant)
                 .where(CouponGrant.member_id == member.id)
+                .options(selectinload(CouponGrant.coupon))
                 .order_by(CouponGrant.id)
             ).all(),
             "courses": db.session.scalars(
-                sa.select(Enrolment).where(
+                sa.select(Enrolment)
+                .where(
                     Enrolment.member_id == member.id,
                     Enrolment.status == EnrolmentStatus.ACTIVE,
                 )
+                .options(selectinload(Enrolment.course))
             ).all(),
             "upsells": upsells_for(standing, now=now),
         }
 
     def member_upsells(member: Member) -> list[CoursePrice]:
-        return upsells_for(standing_of(member, now=utcnow()), now=utcnow())
+        now = utcnow()
+        return upsells_for(standing_of(member, now=now), now=now)
 
     return {"benefits": benefits, "member_upsells": member_upsells}
 
@@ -69,8 +74,9 @@ def redeem_perk(perk_id: int):
     perk = db.session.get(Perk, perk_id)
     if member is None or perk is None or perk.community_id != member.community_id:
         abort(404)
+    now = utcnow()
     try:
-        redeem(perk, standing_of(member, now=utcnow()), now=utcnow())
+        redeem(perk, standing_of(member, now=now), now=now)
         db.session.commit()
     except PerkRefused as refusal:
         db.session.rollback()
