@@ -35,11 +35,11 @@ SECONDS_IN_MONTH = 30 * 86400
 
 #: The rows the export reads, as plain SQL for the raw dump.
 RAW_QUERY = """
-SELECT l.created_at, l.kind, o.public_id, m.number_label, t.name, l.provider,
-       l.provider_transaction_id, l.amount, l.currency
+SELECT l.created_at, l.kind, o.public_id, m.number_label, o.product, l.provider,
+       l.provider_transaction_id, l.amount, l.currency, l.coupon_code, l.discount
 FROM ledger_entries l JOIN orders o ON o.id = l.order_id
-JOIN applications a ON a.order_id = o.id
-LEFT JOIN members m ON m.id = a.member_id JOIN tiers t ON t.id = a.tier_id
+LEFT JOIN members m ON m.id = o.member_id
+WHERE o.community_id = {community_id}
 ORDER BY l.id
 """
 
@@ -57,7 +57,8 @@ def _numbers(dialect: str, rows: int) -> tuple[str, str]:
     return source, stamp
 
 
-def generate(url: str, rows: int) -> None:
+def generate(url: str, rows: int) -> int:
+    """Fill a new database with ``rows`` paid orders; returns the community's id."""
     os.environ.update(SETTINGS)
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
@@ -75,9 +76,10 @@ def generate(url: str, rows: int) -> None:
             f"INSERT INTO members (id, community_id, display_name, contact_kind, contact_value,"
             f" number, number_label, created_at) SELECT i, {community.id}, '成员' || i, 'wechat',"
             f" 'wx' || i, i, {pad}, {stamp} FROM n",
-            f"INSERT INTO orders (id, public_id, amount, currency, description, status,"
-            f" created_at, expires_at, paid_at) SELECT i, 'ord' || i, 9900, 'CNY', 'bench',"
-            f" 'paid', {stamp}, {stamp}, {stamp} FROM n",
+            f"INSERT INTO orders (id, public_id, amount, list_amount, currency, description,"
+            f" community_id, product, member_id, status, created_at, expires_at, paid_at)"
+            f" SELECT i, 'ord' || i, 9900, 9900, 'CNY', 'bench', {community.id}, '正式成员',"
+            f" i, 'paid', {stamp}, {stamp}, {stamp} FROM n",
             f"INSERT INTO payments (id, public_id, order_id, provider, amount, currency, status,"
             f" return_url, cancel_url, created_at, confirmed_at, method, provider_data)"
             f" SELECT i, 'pay' || i, i, 'wechatpay', 9900, 'CNY', 'confirmed', '/', '/',"
@@ -88,14 +90,16 @@ def generate(url: str, rows: int) -> None:
             f" {tier_id}, '成员' || i, 'wechat', 'wx' || i, {stamp}, 'admitted', i, i, {stamp},"
             f" '{{}}' FROM n",
             f"INSERT INTO ledger_entries (id, created_at, kind, amount, currency, order_id,"
-            f" payment_id, provider, provider_transaction_id) SELECT i, {stamp}, 'payment',"
-            f" 9900, 'CNY', i, i, 'wechatpay', '4200' || i FROM n",
+            f" payment_id, provider, provider_transaction_id, discount) SELECT i, {stamp},"
+            f" 'payment', 9900, 'CNY', i, i, 'wechatpay', '4200' || i, 0 FROM n",
         ]
         for statement in statements:
             db.session.execute(sa.text(source + statement))
+        community_id = community.id
         db.session.commit()
         for engine in db.engines.values():
             engine.dispose()
+    return community_id
 
 
 def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
@@ -110,12 +114,12 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
 
 def run(kind: str, rows: int) -> tuple[float, float, int]:
     with tempfile.TemporaryDirectory() as scratch, database(kind, Path(scratch)) as url:
-        generate(url, rows)
+        query = RAW_QUERY.format(community_id=generate(url, rows))
         if kind == "sqlite":
-            raw, _ = timed(["sqlite3", "-csv", url.removeprefix("sqlite:///"), RAW_QUERY])
+            raw, _ = timed(["sqlite3", "-csv", url.removeprefix("sqlite:///"), query])
         else:
             libpq = sa.make_url(url).set(drivername="postgresql").render_as_string(False)
-            copy = f"COPY ({RAW_QUERY}) TO STDOUT WITH CSV"
+            copy = f"COPY ({query}) TO STDOUT WITH CSV"
             raw, _ = timed(["psql", "-q", "-X", libpq, "-c", copy])
         env = {
             **os.environ,
