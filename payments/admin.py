@@ -1,4 +1,5 @@
-"""Admin pages for money: orders, payment attempts, refunds and the webhook inbox."""
+"""Admin pages for money: orders, payment attempts, refunds, the webhook inbox and
+reconciliation with the providers' statements."""
 
 from __future__ import annotations
 
@@ -6,13 +7,24 @@ import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, StringField
-from wtforms.validators import DataRequired, Length
+from flask_wtf.file import FileAllowed, FileField, FileRequired, FileSize
+from wtforms import BooleanField, RadioField, SelectChoice, StringField
+from wtforms.validators import DataRequired, InputRequired, Length
 
 from core.auth import requires
+from core.clock import utcnow
 from core.db import db
 from core.money import Money
-from payments.models import Order, Payment, PaymentStatus, RefundStatus, WebhookEvent
+from payments.exports import major
+from payments.models import (
+    Order,
+    Payment,
+    PaymentStatus,
+    Reconciliation,
+    RefundStatus,
+    WebhookEvent,
+)
+from payments.reconciliation import READERS, StatementError, reconcile
 from payments.services import PaymentError, request_refund, send_refund
 
 bp = Blueprint("payments_admin", __name__, url_prefix="/admin/payments")
@@ -104,3 +116,55 @@ def refund(payment_id: int):
                 )
             return redirect(url_for(".refund", payment_id=payment.id))
     return render_template("admin/refund.html", payment=payment, form=form)
+
+
+class StatementForm(FlaskForm):
+    provider = RadioField(
+        "渠道 · Provider",
+        choices=[
+            SelectChoice("wechatpay", "微信支付对账单 · WeChat Pay daily bill"),
+            SelectChoice("stripe", "Stripe 余额明细报表 · Stripe itemized balance report"),
+        ],
+        default="wechatpay",
+        validators=[InputRequired("必填 · Required")],
+    )
+    statement = FileField(
+        "对账文件 · Statement",
+        validators=[
+            FileRequired("请选择文件 · Choose a file"),
+            FileAllowed(["csv", "txt"], "仅限CSV或TXT · CSV or TXT only"),
+            FileSize(20 * 1024 * 1024, message="文件太大 · Too large"),
+        ],
+    )
+
+
+@bp.route("/reconcile", methods=["GET", "POST"])
+@requires("finance.export")
+def reconcile_page():
+    """Upload a provider's statement: what is missing on either side or differs, a line
+    per day, and the fees recorded."""
+    form = StatementForm()
+    report = None
+    if form.validate_on_submit():
+        upload = form.statement.data
+        try:
+            lines = READERS[form.provider.data](upload.read().decode("utf-8-sig"))
+        except UnicodeDecodeError:
+            form.statement.errors.append("不是UTF-8文本 · Not UTF-8 text")
+        except StatementError as error:
+            form.statement.errors.append(str(error))
+        else:
+            report = reconcile(
+                form.provider.data,
+                lines,
+                filename=upload.filename or "",
+                actor=current_user.actor,
+                now=utcnow(),
+            )
+            db.session.commit()
+    history = db.session.scalars(
+        sa.select(Reconciliation).order_by(Reconciliation.id.desc()).limit(20)
+    ).all()
+    return render_template(
+        "admin/reconcile.html", form=form, report=report, history=history, major=major
+    ), 422 if form.errors else 200

@@ -1,11 +1,12 @@
-"""``flask payments …``: the webhook inbox's failures, and payments no notification
-settled."""
+"""``flask payments …``: the webhook inbox's failures, payments no notification settled,
+and reconciliation with the providers' statements."""
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import click
 import sqlalchemy as sa
@@ -15,7 +16,8 @@ from core.clock import utcnow
 from core.db import db
 from payments import inbox
 from payments.models import Payment, PaymentStatus, WebhookEvent
-from payments.providers import ProviderError
+from payments.providers import ProviderError, get_provider
+from payments.reconciliation import READERS, StatementError, reconcile
 from payments.services import settle_from_provider
 
 log = logging.getLogger(__name__)
@@ -90,3 +92,42 @@ def settle_command(older_than: int, every: int | None) -> None:
             return
         db.session.remove()
         time.sleep(every)
+
+
+@payments_cli.command("reconcile")
+@click.argument("provider", type=click.Choice(sorted(READERS)))
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), help="Statement.")
+@click.option("--day", type=click.DateTime(["%Y-%m-%d"]), help="Download WeChat Pay's bill.")
+def reconcile_command(provider: str, path: str | None, day: datetime | None) -> None:
+    """Match a provider's statement (WeChat Pay's daily bill, Stripe's itemized balance
+    report CSV) against the ledger; record the fees. --day downloads WeChat Pay's bill."""
+    if (path is None) == (day is None):
+        raise click.UsageError("give --file, or --day (WeChat Pay)")
+    if path is not None:
+        text, name = Path(path).read_text(encoding="utf-8-sig"), Path(path).name
+    else:
+        wechat = get_provider("wechatpay")
+        if provider != "wechatpay" or wechat is None:
+            raise click.UsageError("--day downloads WeChat Pay's bill, when it is configured")
+        try:
+            text = wechat.download_bill(day.date())
+        except ProviderError as error:
+            raise click.ClickException(str(error)) from error
+        name = f"wechatpay-{day:%Y%m%d}.txt"
+    try:
+        lines = READERS[provider](text)
+    except StatementError as error:
+        raise click.ClickException(str(error)) from error
+    report = reconcile(provider, lines, filename=name, actor="cli", now=utcnow())
+    db.session.commit()
+    click.echo("day         theirs   ours  matched  missing-ours  missing-theirs  differ")
+    for s in report.days:
+        click.echo(
+            f"{s.day}  {s.theirs:6d} {s.ours:6d} {s.matched:8d} {s.missing_ours:13d} "
+            f"{s.missing_theirs:15d} {s.differ:7d}"
+        )
+    for d in report.differences:
+        click.echo(
+            f"{d.problem}\t{d.day}\t{d.kind}\t{d.reference}\tours={d.ours}\ttheirs={d.theirs}"
+        )
+    click.echo(f"{report.reconciliation.fees_recorded} fees recorded")

@@ -1,6 +1,7 @@
 """Finance exports: every ledger movement of a community in a date range (in the
-community's time zone) with its product, coupon and discount, and totals by day and by
-month × product (tier or course) × provider.
+community's time zone) — payments, refunds, disputes and the providers' fees — with its
+product, coupon and discount, and net totals by day and by month × product (tier or
+course) × provider.
 
 Amounts are in major units (yuan) as exact decimals: the rows sum to the totals to the
 fen. The ledger is read in batches, so a million movements export in flat memory.
@@ -112,10 +113,11 @@ class RevenueRows(Exporter):
             discount,
         ) in result:
             local = created_at.astimezone(zone)
-            gross = major(amount, currency)
-            fee = major(0, currency)  # provider fees arrive with reconciliation
+            # A fee entry is money the provider kept: no gross, all fee.
+            gross = major(0 if kind == "fee" else amount, currency)
+            fee = major(-amount if kind == "fee" else 0, currency)
             if self.totals is not None:
-                self.totals.add(local, product, provider, currency, gross)
+                self.totals.add(local, product, provider, currency, gross - fee)
             yield [
                 local.strftime("%Y-%m-%d %H:%M:%S"),
                 kind,
@@ -134,10 +136,11 @@ class RevenueRows(Exporter):
 
 
 class RevenueTotals(Exporter):
-    """Totals by day, and by month × product × provider, of the rows exported."""
+    """Net totals (gross less fees) by day, and by month × product × provider, of the rows
+    exported."""
 
     title = "汇总 Totals"
-    headers = ("期间 Period", "产品 Product", "渠道 Provider", "币种 Currency", "金额 Amount")
+    headers = ("期间 Period", "产品 Product", "渠道 Provider", "币种 Currency", "净额 Net")
 
     def __init__(self) -> None:
         self._by_day: dict[tuple[str, str], Decimal] = defaultdict(Decimal)

@@ -4,7 +4,7 @@ of money (the ledger)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -265,7 +265,8 @@ class LedgerEntry(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     #: ``payment`` (in), ``refund`` (out), ``dispute`` (out, pending a decision),
-    #: ``dispute_won`` (back in).
+    #: ``dispute_won`` (back in), ``fee`` (the provider's fee for the movement whose
+    #: ``provider_transaction_id`` it repeats; learned from its statement).
     kind: Mapped[str] = mapped_column(sa.String(20))
     #: Signed minor units: money in is positive, money out negative.
     amount: Mapped[int]
@@ -281,6 +282,8 @@ class LedgerEntry(db.Model):
     discount: Mapped[int] = mapped_column(default=0)
     coupon_code: Mapped[str | None] = mapped_column(sa.String(40))
 
+    __table_args__ = (sa.Index(None, "provider", "provider_transaction_id"),)
+
 
 class RefusedCode(db.Model):
     """A discount code refused to a client: too many in a while and the client must wait
@@ -294,6 +297,27 @@ class RefusedCode(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (sa.Index(None, "client", "created_at"),)
+
+
+class Reconciliation(db.Model):
+    """One provider statement matched against the ledger (see :mod:`payments.reconciliation`)."""
+
+    __tablename__ = "reconciliations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(sa.String(20))
+    filename: Mapped[str] = mapped_column(sa.String(200))
+    #: The statement's days, in the provider's calendar; None for an empty statement.
+    first_day: Mapped[date | None]
+    last_day: Mapped[date | None]
+    lines: Mapped[int]
+    matched: Mapped[int]
+    #: Lines missing on either side or differing in amount or fee.
+    problems: Mapped[int]
+    #: Fee entries this import added to the ledger.
+    fees_recorded: Mapped[int]
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    imported_by: Mapped[str] = mapped_column(sa.String(64))
 
 
 @event.listens_for(LedgerEntry, "before_update")

@@ -45,6 +45,8 @@ class FakeAPIs:
     wechat_orders: dict[str, dict[str, str]] = field(default_factory=dict)
     #: Stripe checkout sessions, by id.
     stripe_sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: WeChat Pay bills, by bill_date (``20261124``): the text downloadbill answers.
+    wechat_bills: dict[str, str] = field(default_factory=dict)
     #: Stripe refund status to answer with.
     stripe_refund_status: str = "succeeded"
     #: When set, the Telegram Bot API answers every call with this error.
@@ -54,6 +56,7 @@ class FakeAPIs:
     def reset(self) -> None:
         self.requests.clear()
         self.wechat_orders.clear()
+        self.wechat_bills.clear()
         self.stripe_sessions.clear()
         self.stripe_refund_status = "succeeded"
         self.telegram_error = None
@@ -246,6 +249,12 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                     _wechat_answer({"out_trade_no": data["out_trade_no"], **fields}),
                     "text/xml",
                 )
+            if path == "/pay/downloadbill":
+                bill = state.wechat_bills.get(data["bill_date"])
+                if bill is None:
+                    answer = {"return_code": "FAIL", "return_msg": "No Bill Exist"}
+                    return self._send(200, dict_to_xml(answer).encode(), "text/xml")
+                return self._send(200, bill.encode(), "text/plain; charset=utf-8")
             if path == "/pay/closeorder":
                 return self._send(200, _wechat_answer({}), "text/xml")
             if path == "/secapi/pay/refund":

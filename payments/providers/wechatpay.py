@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from urllib.parse import quote
 from xml.parsers.expat import ExpatError
@@ -189,14 +189,18 @@ class WeChatPayProvider(PaymentProvider):
             f"{result['mweb_url']}&redirect_url={quote(payment.return_url, safe='')}", method
         )
 
-    def _call(self, function, **kwargs) -> dict[str, str]:
-        """Call a wechatpy API and check the answer's signature."""
+    def _request(self, function, **kwargs):
+        """Call a wechatpy API; its failures become :class:`ProviderError`."""
         try:
-            result = function(**kwargs)
+            return function(**kwargs)
         except (WeChatPayException, WeChatClientException) as error:
             raise ProviderError(f"WeChat Pay: {error}") from error
         except OSError as error:  # requests' connection errors, a missing certificate
             raise ProviderError(f"WeChat Pay unreachable: {error}") from error
+
+    def _call(self, function, **kwargs) -> dict[str, str]:
+        """Call a wechatpy API and check the answer's signature."""
+        result = self._request(function, **kwargs)
         if not isinstance(result, dict) or not self._signed(dict(result)):
             raise ProviderError("WeChat Pay: an answer that is not signed by WeChat Pay")
         return result
@@ -331,6 +335,14 @@ class WeChatPayProvider(PaymentProvider):
                 reason=result.get("trade_state_desc") or state,
             )
         return None
+
+    def download_bill(self, day: date) -> str:
+        """The day's bill of every payment and refund (``bill_type=ALL``): the text
+        :func:`payments.reconciliation.read_wechat_bill` reads. Bills are not signed."""
+        result = self._request(self._client.tools.download_bill, bill_date=day, bill_type="ALL")
+        if not isinstance(result, str):
+            raise ProviderError("WeChat Pay: the answer is not a bill")
+        return result
 
     def close_payment(self, payment: Payment) -> None:
         self._call(self._client.order.close, out_trade_no=payment.public_id)
