@@ -28,6 +28,7 @@ from membership.services import (
     restore_paid_access,
     withdraw_paid_access,
 )
+from membership.visits import init_visits
 from payments import admin as payments_admin
 from payments.cli import payments_cli
 from payments.discounts import register_discount_rule
@@ -59,6 +60,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     csrf.init_app(app)
     init_providers(app)
     register_discount_rule(app, reserve_coupon)
+    init_visits(app)
 
     app.register_blueprint(membership_views.bp)
     app.register_blueprint(membership_admin.bp)

@@ -63,6 +63,8 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         "WECHAT_API_BASE": os.environ.get("WECHAT_API_BASE"),
         # Unpaid orders stop accepting payment after this many minutes.
         "ORDER_TTL_MINUTES": int(os.environ.get("ORDER_TTL_MINUTES", "30")),
+        # Join-page visits are added up in each process and written at most this often.
+        "VISIT_FLUSH_SECONDS": float(os.environ.get("VISIT_FLUSH_SECONDS", "10")),
         # Uploaded group QR images larger than this are refused.
         "MAX_CONTENT_LENGTH": int(os.environ.get("MAX_CONTENT_LENGTH", str(2 * 1024 * 1024))),
         # How many reverse proxies in front of the app set X-Forwarded-For/-Proto/-Host.

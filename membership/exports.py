@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from core.clock import utcnow
 from core.db import db
 from core.exporters import Exporter
-from membership.models import Application, Community, Member, Membership, Tier
+from membership.models import Application, Community, Member, Membership, PageVisits, Tier
 from payments.exports import LedgerQuery, RevenueRows, RevenueTotals
 from payments.models import Order, OrderStatus
 
@@ -79,7 +79,8 @@ CHART_DAYS = 30
 
 def community_stats(community: Community, *, today: date | None = None) -> dict:
     """What the community page shows at a glance: revenue per day over the last 30 days
-    (an SVG bar chart's bars), members by tier and state, and the join funnel."""
+    (an SVG bar chart's bars), members by tier and state, and the join funnel (join-page
+    visits, applications, orders, paid)."""
     today = today or utcnow().astimezone(ZoneInfo(community.time_zone)).date()
     first = today - timedelta(days=CHART_DAYS - 1)
     rows, totals = community_revenue(community, first, today)
@@ -111,10 +112,15 @@ def community_stats(community: Community, *, today: date | None = None) -> dict:
     paid = ordered.join(Order, Order.id == Application.order_id).where(
         Order.status.in_([OrderStatus.PAID, OrderStatus.REFUNDED])
     )
+    visits = db.session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(PageVisits.visits), 0)).where(
+            PageVisits.community_id == community.id, PageVisits.day >= first
+        )
+    )
     return {
         "bars": bars,
         "total": sum(values),
         "currency": community.currency,
         "by_tier": by_tier,
-        "funnel": [db.session.scalar(q) for q in (applied, ordered, paid)],
+        "funnel": [visits, *(db.session.scalar(q) for q in (applied, ordered, paid))],
     }

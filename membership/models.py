@@ -4,7 +4,7 @@ memberships of tiers and invitations to groups."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -487,3 +487,14 @@ class RemovalTask(db.Model):
 
     invitation: Mapped[Invitation] = relationship()
     group: Mapped[Group] = relationship()
+
+
+class PageVisits(db.Model):
+    """Visits to a community's join page on one day of its calendar: the funnel's first
+    step (see :mod:`membership.visits`)."""
+
+    __tablename__ = "page_visits"
+
+    community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(primary_key=True)
+    visits: Mapped[int]

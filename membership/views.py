@@ -61,6 +61,7 @@ from membership.services import (
     find_member_by_openid,
     submit_application,
 )
+from membership.visits import count_visit
 from payments.discounts import DiscountRefused, Purchase, discount_order
 from payments.models import Order, OrderStatus
 from payments.providers import ProviderError, enabled_providers, get_provider
@@ -117,6 +118,7 @@ def index():
 def community_page(slug: str):
     community = _community(slug)
     member = logged_in_member(community)
+    count_visit(community)
     return render_template(
         "join/community.html",
         community=community,

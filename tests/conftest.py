@@ -89,6 +89,7 @@ def app_config(database_url: str, apis: fake_apis.FakeAPIs, certs: tuple[str, st
         "TELEGRAM_API_BASE": apis.base_url,
         "TELEGRAM_WEBHOOK_SECRET": "telegram-webhook-secret",
         "OUTBOX_TO_LOG": True,
+        "VISIT_FLUSH_SECONDS": 0,
     }
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 
 from core.clock import utcnow
 from core.db import db
-from membership.models import Community
+from membership import visits
+from membership.models import Community, PageVisits
 from payments.models import InboxStatus, WebhookEvent
-from tests.helpers import join_and_pay, submit_join
+from tests.helpers import count, join_and_pay, submit_join
 
 
 def test_community_page_shows_revenue_members_and_funnel(app, demo, logged_in):
@@ -27,8 +29,26 @@ def test_community_page_shows_revenue_members_and_funnel(app, demo, logged_in):
     assert len(heights) == 30
     assert heights[-1] == 100.0  # today is the tallest bar
     assert sum(1 for h in heights if h > 0) == 1
-    assert "申请 applications 3 → 下单 orders 3 → 付款 paid 2" in page
+    assert "访问 visits 0 → 申请 applications 3 → 下单 orders 3 → 付款 paid 2" in page
     assert re.search(r"<td>正式成员 · Member</td><td>active</td><td>2</td>", page)
+
+
+def test_join_page_visits_open_the_funnel_written_in_batches(app, demo, logged_in):
+    with app.app_context():
+        community_id = db.session.scalar(sa.select(Community.id))
+    app.config["VISIT_FLUSH_SECONDS"] = 3600
+    try:
+        for _ in range(3):
+            assert app.test_client().get("/join/demo").status_code == 200
+        with app.app_context():
+            assert count(PageVisits) == 0  # held in the process, no write per visit
+        app.config["VISIT_FLUSH_SECONDS"] = 0
+        app.test_client().get("/join/demo")
+    finally:
+        app.config["VISIT_FLUSH_SECONDS"] = 0
+    join_and_pay(app.test_client(), "main")
+    page = logged_in.get(f"/admin/communities/{community_id}").text
+    assert "访问 visits 4 → 申请 applications 1 → 下单 orders 1 → 付款 paid 1" in page
 
 
 def test_dashboard_flags_what_needs_attention(app, demo, logged_in):
@@ -48,3 +68,15 @@ def test_dashboard_flags_what_needs_attention(app, demo, logged_in):
     page = logged_in.get("/admin/").text
     assert 'id="attention"' in page
     assert "1 条支付通知处理失败" in page
+
+
+def test_a_failed_visit_write_never_fails_the_page_and_keeps_the_counts(app, demo, monkeypatch):
+    def broken(_batch):
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(visits, "_add", broken)
+    assert app.test_client().get("/join/demo").status_code == 200
+    monkeypatch.undo()
+    assert app.test_client().get("/join/demo").status_code == 200
+    with app.app_context():
+        assert db.session.scalar(sa.select(PageVisits.visits)) == 2

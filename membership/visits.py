@@ -1,0 +1,76 @@
+"""Join-page visits, counted without a database write per visit.
+
+Each process adds visits up in memory and adds them to ``page_visits`` on the first visit
+after ``VISIT_FLUSH_SECONDS`` (one upsert per community and day), so N workers on M
+machines each add their own counts and a visit costs no write. A process that stops loses
+at most that many seconds of counts: fine for a funnel, and nothing else reads them. A
+failed write never fails the page: the counts wait for the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from datetime import date
+from zoneinfo import ZoneInfo
+
+from flask import Flask, current_app
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.clock import utcnow
+from core.db import db
+from membership.models import Community, PageVisits
+
+log = logging.getLogger(__name__)
+
+_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+class VisitCounter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: Counter[tuple[int, date]] = Counter()
+        self._flushed_at = time.monotonic()
+
+    def count(self, community: Community) -> None:
+        """One visit to ``community``'s join page, on its calendar's today. May commit."""
+        today = utcnow().astimezone(ZoneInfo(community.time_zone)).date()
+        with self._lock:
+            self._pending[(community.id, today)] += 1
+            if time.monotonic() - self._flushed_at < current_app.config["VISIT_FLUSH_SECONDS"]:
+                return
+            batch, self._pending = self._pending, Counter()
+            self._flushed_at = time.monotonic()
+        try:
+            _add(batch)
+        except SQLAlchemyError as error:
+            db.session.rollback()
+            log.warning("join-page visits not written yet: %s", error)
+            with self._lock:
+                self._pending.update(batch)
+
+
+def _add(batch: Counter[tuple[int, date]]) -> None:
+    """Add the counts to the database and commit (called from a page that changed nothing
+    else)."""
+    insert = _INSERTS[db.engine.dialect.name]
+    for (community_id, day), visits in sorted(batch.items()):
+        statement = insert(PageVisits).values(community_id=community_id, day=day, visits=visits)
+        db.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["community_id", "day"],
+                set_={"visits": PageVisits.visits + statement.excluded.visits},
+            )
+        )
+    db.session.commit()
+
+
+def init_visits(app: Flask) -> None:
+    app.extensions["qunmen.visits"] = VisitCounter()
+
+
+def count_visit(community: Community) -> None:
+    current_app.extensions["qunmen.visits"].count(community)
