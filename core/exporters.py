@@ -29,23 +29,30 @@ class Exporter(ABC):
     def rows(self) -> Iterator[list[object]]: ...
 
 
-def safe_cell(value: object) -> object:
-    """A cell as spreadsheets may read it, formula injection defused."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
+def safe_row(row: Sequence[object]) -> list[object]:
+    """The row's cells as spreadsheets may read them, formula injection defused."""
+    return [
+        "'" + cell if cell.__class__ is str and cell.startswith(_FORMULA_START) else cell
+        for cell in row
+    ]
+
+
+#: Rows written per chunk of a CSV stream.
+CSV_CHUNK_ROWS = 256
 
 
 def csv_lines(exporter: Exporter) -> Iterator[str]:
-    """The export as CSV text, one line at a time (UTF-8 with a BOM, for Excel)."""
+    """The export as CSV text, a chunk of lines at a time (UTF-8 with a BOM, for Excel)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     yield "\ufeff"
-    for row in _with_headers(exporter):
-        writer.writerow([safe_cell(cell) for cell in row])
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
+    for number, row in enumerate(_with_headers(exporter), start=1):
+        writer.writerow(safe_row(row))
+        if number % CSV_CHUNK_ROWS == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
 
 
 def _with_headers(exporter: Exporter) -> Iterable[Sequence[object]]:
@@ -65,11 +72,9 @@ def write_xlsx(path: Path, *exporters: Exporter) -> None:
         sheet = workbook.add_worksheet(exporter.title[:31])
         sheet.write_row(0, 0, exporter.headers, bold)
         for number, row in enumerate(exporter.rows(), start=1):
-            for column, cell in enumerate(row):
+            for column, cell in enumerate(safe_row(row)):
                 if isinstance(cell, Decimal):
                     sheet.write_number(number, column, float(cell), money)
-                elif cell is None:
-                    continue
-                else:
-                    sheet.write(number, column, safe_cell(cell))
+                elif cell is not None:
+                    sheet.write(number, column, cell)
     workbook.close()

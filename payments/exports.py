@@ -9,6 +9,7 @@ fen. The ledger is read in batches, so a million movements export in flat memory
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from payments.models import LedgerEntry, Order
 BATCH = 5000
 
 
+@functools.lru_cache(maxsize=4096)  # prices repeat: most movements are a few amounts
 def major(amount: int, currency: str) -> Decimal:
     """Minor units as an exact decimal of major units: 9900 CNY → Decimal("99.00")."""
     exponent = CURRENCIES[currency][0]
@@ -112,14 +114,14 @@ class RevenueRows(Exporter):
             coupon,
             discount,
         ) in result:
-            local = created_at.astimezone(zone)
+            local = created_at.astimezone(zone).isoformat(" ", "seconds")[:19]
             # A fee entry is money the provider kept: no gross, all fee.
             gross = major(0 if kind == "fee" else amount, currency)
             fee = major(-amount if kind == "fee" else 0, currency)
             if self.totals is not None:
                 self.totals.add(local, product, provider, currency, gross - fee)
             yield [
-                local.strftime("%Y-%m-%d %H:%M:%S"),
+                local,
                 kind,
                 order_id,
                 *details,
@@ -146,9 +148,10 @@ class RevenueTotals(Exporter):
         self._by_day: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
         self._by_month: dict[tuple[str, str, str, str], Decimal] = defaultdict(Decimal)
 
-    def add(self, local: datetime, product: str, provider: str, currency: str, amount: Decimal):
-        self._by_day[(local.strftime("%Y-%m-%d"), currency)] += amount
-        self._by_month[(local.strftime("%Y-%m"), product, provider, currency)] += amount
+    def add(self, local: str, product: str, provider: str, currency: str, amount: Decimal):
+        """Count a movement at ``local`` time (``YYYY-MM-DD HH:MM:SS``, community time)."""
+        self._by_day[(local[:10], currency)] += amount
+        self._by_month[(local[:7], product, provider, currency)] += amount
 
     def rows(self) -> Iterator[list[object]]:
         for (day, currency), amount in sorted(self._by_day.items()):

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from core.clock import utcnow
 from core.db import db
-from core.exporters import safe_cell
+from core.exporters import safe_row
 from membership.models import Community, Tier
 from payments.exports import major
 from payments.models import Payment
@@ -121,5 +121,5 @@ def test_amounts_and_cells():
     assert major(-5, "CNY") == Decimal("-0.05")
     assert major(1000, "JPY") == Decimal("1000")
     for risky in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx"):
-        assert safe_cell(risky).startswith("'")
-    assert safe_cell("读书人") == "读书人"
+        assert safe_row([risky])[0].startswith("'")
+    assert safe_row(["读书人", Decimal("-1.00")]) == ["读书人", Decimal("-1.00")]
