@@ -172,6 +172,10 @@ def export_revenue_command(slug: str, first_day, last_day, out: Path) -> None:
     click.echo(f"Wrote {out}")
 
 
+#: The progress bar moves every this many rows (moving it costs more than a row).
+PROGRESS_EVERY = 1000
+
+
 def _counting(exporter: Exporter, bar) -> Exporter:
     """``exporter`` with each row it yields counted on ``bar``."""
 
@@ -179,8 +183,11 @@ def _counting(exporter: Exporter, bar) -> Exporter:
         title, headers = exporter.title, exporter.headers
 
         def rows(self):
-            for row in exporter.rows():
-                bar.update(1)
+            number = 0
+            for number, row in enumerate(exporter.rows(), start=1):
+                if number % PROGRESS_EVERY == 0:
+                    bar.update(PROGRESS_EVERY)
                 yield row
+            bar.update(number % PROGRESS_EVERY)
 
     return Counted()
