@@ -1,7 +1,8 @@
-"""Bare baselines, served beside the product in the same run: a Flask endpoint that stores
-the request body with one INSERT (webhook ingest), on the same database set up the same
-way as the product (``core.db``: WAL, busy timeout and BEGIN IMMEDIATE on SQLite), and a
-Flask + Jinja page of a given size (page render)."""
+"""Bare baselines, served beside the product in the same run, on the same database set up
+the same way as the product (``core.db``: WAL, busy timeout and BEGIN IMMEDIATE on SQLite):
+a Flask endpoint that stores the request body with one INSERT (webhook ingest, order
+creation), one that takes one of a stock with one conditional UPDATE (perk redemption),
+and a Flask + Jinja page of a given size (page render)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ bare_events = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
 )
 
+bare_stock = sa.Table(
+    "bench_bare_stock",
+    bare_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("stock", sa.Integer, nullable=False),
+    sa.Column("taken", sa.Integer, nullable=False),
+)
+
 
 def create_app() -> Flask:
     app = Flask(__name__)
@@ -44,5 +53,15 @@ def create_app() -> Flask:
         )
         db.session.commit()
         return jsonify({"received": True})
+
+    @app.post("/take")
+    def take():
+        taken = db.session.execute(
+            bare_stock.update()
+            .where(bare_stock.c.id == 1, bare_stock.c.taken < bare_stock.c.stock)
+            .values(taken=bare_stock.c.taken + 1)
+        ).rowcount
+        db.session.commit()
+        return jsonify({"taken": bool(taken)})
 
     return app

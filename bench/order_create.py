@@ -1,0 +1,99 @@
+"""Order creation under load: prospects send the join form (an application, an order and a
+payment attempt at the fake provider, answered by a redirect to its cashier), against the
+bare one-INSERT endpoint, both on 2 gunicorn workers in the same run.
+
+Each form is opened beforehand in a session of its own, as a phone would have it open:
+the load is the sending alone.
+
+    bench/run order_create --orders 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from http.cookies import SimpleCookie
+from pathlib import Path
+from urllib.parse import urlencode
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app import create_app  # noqa: E402
+from bench.webhook_ingest import SETTINGS, database, gunicorn, load, prepare, report  # noqa: E402
+from tests.helpers import PROSPECT, hidden_value  # noqa: E402
+
+Delivery = tuple[bytes, dict[str, str]]
+
+
+def form_post(client, path: str, fields: dict[str, str]) -> Delivery:
+    """The form at ``path`` opened in ``client``'s session, and sent with ``fields`` (its
+    hidden fields added): a body and headers any HTTP client can send again."""
+    response = client.get(path)
+    page = response.get_data(as_text=True)
+    hidden = {
+        name: hidden_value(page, name)
+        for name in ("csrf_token", "submission_key")
+        if f'name="{name}"' in page
+    }
+    session = SimpleCookie(response.headers["Set-Cookie"])["session"].value
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Cookie": f"session={session}",
+    }
+    return urlencode({**hidden, **fields}).encode(), headers
+
+
+def join_forms(url: str, count: int) -> list[Delivery]:
+    """``count`` prospects' join forms for the main tier, filled in."""
+    app = create_app(
+        {"SQLALCHEMY_DATABASE_URI": url, "PAYMENT_PROVIDERS": ["fake"], "QUEUE_IN_PROCESS": False}
+    )
+    return [
+        form_post(
+            app.test_client(),
+            "/join/demo/main",
+            {**PROSPECT, "contact_value": f"wx_bench{i:06d}"},
+        )
+        for i in range(count)
+    ]
+
+
+def run(kind: str, orders: int, clients: int) -> list[tuple[str, dict[str, float]]]:
+    with tempfile.TemporaryDirectory() as scratch, database(kind, Path(scratch)) as url:
+        prepare(url, 0)
+        forms = join_forms(url, orders)
+        with gunicorn("bench.bare:create_app()", url) as base:
+            bare = load(f"{base}/ingest", forms, clients)
+        with gunicorn("app:create_app()", url, PAYMENT_PROVIDERS="fake") as base:
+            ours = load(f"{base}/join/demo/main", forms, clients)
+        engine = sa.create_engine(url)
+        with engine.connect() as connection:
+            made = connection.execute(sa.text("SELECT count(*) FROM payments")).scalar()
+        engine.dispose()
+        assert made == orders, f"{made} orders with a payment attempt of {orders} forms"
+        return [("bare INSERT endpoint", bare), ("join form → order", ours)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
+    args = parser.parse_args()
+    os.environ.update(SETTINGS)
+    report(
+        f"order creation: {args.orders} join forms, {args.clients} client processes, "
+        f"gunicorn -c gunicorn.conf.py -w 2, {os.cpu_count()} CPUs",
+        "orders/s",
+        ["sqlite", "postgres"] if args.database == "both" else [args.database],
+        lambda kind: run(kind, args.orders, args.clients),
+    )
+
+
+if __name__ == "__main__":
+    main()
