@@ -10,8 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
-from flask import Blueprint, Flask, g, has_request_context, jsonify, request
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    g,
+    has_request_context,
+    jsonify,
+    request,
+)
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -19,6 +28,8 @@ from core.db import db
 from core.security import new_token
 
 REQUEST_ID_HEADER = "X-Request-ID"
+#: The OpenAPI description of the endpoints programs call.
+OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.yaml")
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{8,128}")
 _ATTRIBUTE = "request_id"
 
@@ -89,6 +100,12 @@ def init_observability(app: Flask) -> None:
 
 
 health = Blueprint("health", __name__)
+
+
+@health.get("/openapi.yaml")
+def openapi_document():
+    """The OpenAPI description of the endpoints programs call (health, webhooks)."""
+    return Response(OPENAPI_DOCUMENT.read_bytes(), mimetype="application/yaml")
 
 
 @health.get("/healthz")

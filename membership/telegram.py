@@ -28,8 +28,10 @@ def updates():
     if not secret or not same_secret(request.headers.get(SECRET_HEADER, ""), secret):
         abort(403)
     try:
-        update = json.loads(request.get_data(cache=False) or b"{}")
-        join_request = update.get("chat_join_request") if isinstance(update, dict) else None
+        update = json.loads(request.get_data(cache=False))
+        if not isinstance(update, dict):
+            raise TypeError("an update is a JSON object")
+        join_request = update.get("chat_join_request")
         if not join_request:
             return jsonify({"ok": True})  # updates we do not act on
         link = join_request["invite_link"]["invite_link"]
