@@ -20,12 +20,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import requests
-import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.webhook_ingest import database, gunicorn, prepare  # noqa: E402
+from bench.webhook_ingest import database, gunicorn, prepare, read  # noqa: E402
 
 HIDDEN = re.compile(r'name="(csrf_token|submission_key)" type="hidden" value="([^"]*)"')
 
@@ -62,14 +61,7 @@ def run(kind: str, prospects: int, clients: int) -> dict[str, float]:
             with ProcessPoolExecutor(max_workers=clients) as pool:
                 results = list(pool.map(_prospect, [(base, i) for i in range(prospects)]))
             elapsed = time.perf_counter() - start
-        engine = sa.create_engine(url)
-        with engine.connect() as connection:
-            numbers = (
-                connection.execute(sa.text("SELECT number FROM members WHERE number IS NOT NULL"))
-                .scalars()
-                .all()
-            )
-        engine.dispose()
+        numbers = read(url, "SELECT number FROM members WHERE number IS NOT NULL")
     latencies = sorted(seconds for seconds, _ in results)
     return {
         "seconds": elapsed,

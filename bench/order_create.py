@@ -10,21 +10,17 @@ the load is the sending alone.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import tempfile
 from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import urlencode
 
-import sqlalchemy as sa
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import create_app  # noqa: E402
-from bench.webhook_ingest import SETTINGS, database, gunicorn, load, prepare, report  # noqa: E402
+from bench.webhook_ingest import database, gunicorn, load, prepare, rate_main, read  # noqa: E402
 from tests.helpers import PROSPECT, hidden_value  # noqa: E402
 
 Delivery = tuple[bytes, dict[str, str]]
@@ -71,29 +67,10 @@ def run(kind: str, orders: int, clients: int) -> list[tuple[str, dict[str, float
             bare = load(f"{base}/ingest", forms, clients)
         with gunicorn("app:create_app()", url, PAYMENT_PROVIDERS="fake") as base:
             ours = load(f"{base}/join/demo/main", forms, clients)
-        engine = sa.create_engine(url)
-        with engine.connect() as connection:
-            made = connection.execute(sa.text("SELECT count(*) FROM payments")).scalar()
-        engine.dispose()
+        (made,) = read(url, "SELECT count(*) FROM payments")
         assert made == orders, f"{made} orders with a payment attempt of {orders} forms"
         return [("bare INSERT endpoint", bare), ("join form → order", ours)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
-    args = parser.parse_args()
-    os.environ.update(SETTINGS)
-    report(
-        f"order creation: {args.orders} join forms, {args.clients} client processes, "
-        f"gunicorn -c gunicorn.conf.py -w 2, {os.cpu_count()} CPUs",
-        "orders/s",
-        ["sqlite", "postgres"] if args.database == "both" else [args.database],
-        lambda kind: run(kind, args.orders, args.clients),
-    )
-
-
 if __name__ == "__main__":
-    main()
+    rate_main(__doc__, "order creation", "orders", 2000, "orders/s", run)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.webhook_ingest import database, gunicorn, load, prepare, report  # noqa: E402
+from bench.webhook_ingest import database, gunicorn, load, prepare, rate_main  # noqa: E402
 
 
 def run(kind: str, count: int, clients: int) -> list[tuple[str, dict[str, float]]]:
@@ -37,20 +36,5 @@ def run(kind: str, count: int, clients: int) -> list[tuple[str, dict[str, float]
         return [(f"bare Jinja page ({size} B)", bare), ("join page /join/demo", ours)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
-    args = parser.parse_args()
-    report(
-        f"page render: {args.requests} requests, {args.clients} client processes, "
-        f"gunicorn -c gunicorn.conf.py -w 2, {os.cpu_count()} CPUs",
-        "pages/s",
-        ["sqlite", "postgres"] if args.database == "both" else [args.database],
-        lambda kind: run(kind, args.requests, args.clients),
-    )
-
-
 if __name__ == "__main__":
-    main()
+    rate_main(__doc__, "page render", "requests", 3000, "pages/s", run)

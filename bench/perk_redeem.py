@@ -11,8 +11,6 @@ redeeming alone.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from app import create_app  # noqa: E402
 from bench.bare import bare_stock  # noqa: E402
 from bench.order_create import form_post  # noqa: E402
-from bench.webhook_ingest import SETTINGS, database, gunicorn, load, prepare, report  # noqa: E402
+from bench.webhook_ingest import database, gunicorn, load, prepare, rate_main, read  # noqa: E402
 from core.clock import utcnow  # noqa: E402
 from core.db import db  # noqa: E402
 from membership.models import Community, Member, Membership, MembershipStatus, Tier  # noqa: E402
@@ -87,33 +85,11 @@ def run(kind: str, members: int, clients: int) -> list[tuple[str, dict[str, floa
             bare = load(f"{base}/take", redemptions, clients)
         with gunicorn("app:create_app()", url) as base:
             ours = load(f"{base}/me/perks/{perk_id}/redeem", redemptions, clients)
-        engine = sa.create_engine(url)
-        with engine.connect() as connection:
-            redeemed = connection.execute(sa.text("SELECT count(*) FROM redemptions")).scalar()
-            counter = connection.execute(
-                sa.text("SELECT redeemed_count FROM perks WHERE id = :id"), {"id": perk_id}
-            ).scalar()
-        engine.dispose()
+        (redeemed,) = read(url, "SELECT count(*) FROM redemptions")
+        (counter,) = read(url, "SELECT redeemed_count FROM perks WHERE id = :id", id=perk_id)
         assert redeemed == counter == members // 10, f"{redeemed} redeemed, {counter} counted"
         return [("bare conditional UPDATE", bare), (f"redeem, stock {members // 10}", ours)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--members", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
-    args = parser.parse_args()
-    os.environ.update(SETTINGS)
-    report(
-        f"perk redemption: {args.members} members, stock {args.members // 10}, "
-        f"{args.clients} client processes, gunicorn -c gunicorn.conf.py -w 2, "
-        f"{os.cpu_count()} CPUs",
-        "redeems/s",
-        ["sqlite", "postgres"] if args.database == "both" else [args.database],
-        lambda kind: run(kind, args.members, args.clients),
-    )
-
-
 if __name__ == "__main__":
-    main()
+    rate_main(__doc__, "perk redemption, stock a tenth", "members", 2000, "redeems/s", run)

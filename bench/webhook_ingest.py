@@ -227,20 +227,34 @@ def report(header: str, unit: str, kinds: list[str], run_kind) -> None:
             )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1000)
+def read(url: str, sql: str, **params) -> list:
+    """The values of ``sql``'s first column in a scenario's database, after its run."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.text(sql), params).scalars().all()
+    finally:
+        engine.dispose()
+
+
+def rate_main(doc: str, what: str, option: str, default: int, unit: str, run) -> None:
+    """The command line of a rate scenario (``--<option> N --clients C --database D``):
+    runs ``run(kind, N, C)`` on each database and prints its table."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument(f"--{option}", type=int, default=default)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
     args = parser.parse_args()
+    os.environ.update(SETTINGS)
+    count = getattr(args, option)
     report(
-        f"webhook ingest: {args.events} events per scenario, {args.clients} client "
-        f"processes, gunicorn -c gunicorn.conf.py -w 2, {os.cpu_count()} CPUs",
-        "events/s",
+        f"{what}: {count} {option}, {args.clients} client processes, "
+        f"gunicorn -c gunicorn.conf.py -w 2, {os.cpu_count()} CPUs",
+        unit,
         ["sqlite", "postgres"] if args.database == "both" else [args.database],
-        lambda kind: run(kind, args.events, args.clients),
+        lambda kind: run(kind, count, args.clients),
     )
 
 
 if __name__ == "__main__":
-    main()
+    rate_main(__doc__, "webhook ingest, per scenario", "events", 1000, "events/s", run)
