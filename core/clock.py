@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from core.db import db
 
 
 def utcnow() -> datetime:
@@ -23,3 +27,49 @@ def from_local(moment: datetime, zone: str) -> datetime:
 def to_local(moment: datetime, zone: str) -> datetime:
     """An aware time as the naive wall-clock time forms show in ``zone``."""
     return moment.astimezone(ZoneInfo(zone)).replace(tzinfo=None)
+
+
+def utc_offsets(zone: str, start: datetime, end: datetime) -> list[tuple[datetime, int]]:
+    """The UTC offsets, in seconds, that ``zone`` keeps from ``start`` to ``end``: each
+    with the moment it stops applying (``end`` for the last). Daylight saving changes are
+    months apart, so looking hour by hour finds each; the moment is then found to the second."""
+    tz = ZoneInfo(zone)
+
+    def offset(moment: datetime) -> int:
+        return int(moment.astimezone(tz).utcoffset().total_seconds())
+
+    spans, current, moment = [], offset(start), start
+    while moment < end:
+        step = min(moment + timedelta(hours=1), end)
+        if offset(step) != current:
+            low, high = moment, step  # offset(low) is current, offset(high) is not
+            while high - low > timedelta(seconds=1):
+                middle = low + (high - low) / 2
+                low, high = (middle, high) if offset(middle) == current else (low, middle)
+            spans.append((high, current))
+            current, step = offset(high), high
+        moment = step
+    spans.append((end, current))
+    return spans
+
+
+def local_timestamp_sql(
+    column: sa.ColumnElement[datetime], zone: str, start: datetime, end: datetime
+) -> sa.ColumnElement[str]:
+    """SQL for ``column`` (an aware UTC time between ``start`` and ``end``) as wall-clock
+    text in ``zone``, ``YYYY-MM-DD HH:MM:SS``: the database formats a million times in the
+    time Python takes for a few. PostgreSQL knows the zone; SQLite is given its offsets."""
+    if db.engine.dialect.name == "postgresql":
+        return sa.func.to_char(sa.func.timezone(zone, column), "YYYY-MM-DD HH24:MI:SS")
+    spans = utc_offsets(zone, start, end)
+    shift = (
+        sa.case(
+            *[(column < until, f"{offset:+d} seconds") for until, offset in spans[:-1]],
+            else_=f"{spans[-1][1]:+d} seconds",
+        )
+        if len(spans) > 1
+        else sa.literal(f"{spans[0][1]:+d} seconds")
+    )
+    # SQLite stores ``YYYY-MM-DD HH:MM:SS.ffffff`` and would round the fraction; cut it.
+    seconds = sa.func.substr(column, 1, 19)
+    return sa.func.strftime("%Y-%m-%d %H:%M:%S", seconds, shift, type_=sa.String)

@@ -181,6 +181,7 @@ def _counting(exporter: Exporter, bar) -> Exporter:
 
     class Counted(Exporter):
         title, headers = exporter.title, exporter.headers
+        defused_in_query = exporter.defused_in_query
 
         def rows(self):
             number = 0

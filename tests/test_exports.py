@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import openpyxl
 import sqlalchemy as sa
 
-from core.clock import utcnow
-from core.db import db
-from core.exporters import safe_row
+from core.clock import local_timestamp_sql, utc_offsets, utcnow
+from core.db import UTCDateTime, db
+from core.exporters import defused, safe_row
 from membership.models import Community, Tier
 from payments.exports import major
 from payments.models import Payment
@@ -123,3 +124,30 @@ def test_amounts_and_cells():
     for risky in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx"):
         assert safe_row([risky])[0].startswith("'")
     assert safe_row(["读书人", Decimal("-1.00")]) == ["读书人", Decimal("-1.00")]
+
+
+def test_the_database_defuses_cells_as_safe_row_does(app):
+    with app.app_context():
+        for text in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "读书人", "'=x", "a=b", ""):
+            assert db.session.scalar(sa.select(defused(sa.literal(text)))) == safe_row([text])[0]
+
+
+def test_local_times_formatted_by_the_database_across_daylight_saving(app):
+    """New York leaves daylight saving on 2026-11-01 at 06:00 UTC: times on both sides read
+    as Python reads them, to the second."""
+    zone, start = "America/New_York", datetime(2026, 10, 31, tzinfo=UTC)
+    end = start + timedelta(days=3)
+    assert utc_offsets(zone, start, end) == [
+        (datetime(2026, 11, 1, 6, tzinfo=UTC), -4 * 3600),
+        (end, -5 * 3600),
+    ]
+    assert utc_offsets("Asia/Shanghai", start, end) == [(end, 8 * 3600)]
+    moments = [
+        datetime(2026, 11, 1, 5, 59, 59, 999999, tzinfo=UTC) + timedelta(seconds=s)
+        for s in (-86400, 0, 1, 3600, 86400)
+    ]
+    with app.app_context():
+        for moment in moments:
+            column = sa.literal(moment, UTCDateTime)
+            local = db.session.scalar(sa.select(local_timestamp_sql(column, zone, start, end)))
+            assert local == moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")

@@ -299,7 +299,7 @@ def test_a_course_coupon_and_a_refused_one(app, demo):
         rows, _ = community_revenue(db.session.scalar(sa.select(Community)), today, today)
         (sale,) = [r for r in rows.rows() if r[4] == "写作课"]  # read to the end: closes the cursor
         assert sale[7] == Decimal("99.50")  # gross
-        assert sale[-2:] == ["WRITE50", Decimal("99.50")]
+        assert sale[-2:] == ("WRITE50", Decimal("99.50"))
 
 
 def test_a_launch_tells_each_eligible_member_once_and_not_those_who_unsubscribed(app, demo):
