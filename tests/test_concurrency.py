@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 from werkzeug.serving import make_server
 
 from core.db import db
@@ -138,3 +140,39 @@ def test_fifty_concurrent_deliveries_of_one_event(tmp_path, _api_server, provide
             inbox_statuses = db.session.scalars(sa.select(WebhookEvent.status)).all()
             assert sorted(inbox_statuses).count(InboxStatus.PROCESSED) == 1
             assert len(inbox_statuses) == 50
+
+
+@pytest.mark.committing
+def test_a_sqlite_transaction_waits_its_turn_for_the_write_lock(tmp_path, _api_server, monkeypatch):
+    """Another transaction holding SQLite's write lock makes a new one wait, not fail;
+    past the wait it fails with the database's usual error (a 503 for a webhook)."""
+    with fresh_database(tmp_path, _api_server) as app, app.app_context():
+        if db.engine.dialect.name != "sqlite":
+            pytest.skip("SQLite's write lock")
+        engine, waited = db.engine, []
+
+        def transaction() -> None:
+            start = time.monotonic()
+            try:
+                with engine.begin() as connection:
+                    connection.execute(sa.select(1))
+                waited.append(time.monotonic() - start)
+            except OperationalError as error:
+                waited.append(error)
+
+        with engine.connect() as holder:
+            holder.begin()  # BEGIN IMMEDIATE: the write lock is held until the rollback
+            waiter = threading.Thread(target=transaction)
+            waiter.start()
+            time.sleep(0.3)
+            holder.rollback()
+            waiter.join()
+            assert 0.25 < waited[0] < 5
+
+            monkeypatch.setattr("core.db.SQLITE_LOCK_WAIT_SECONDS", 0.2)
+            holder.begin()
+            start = time.monotonic()
+            transaction()
+            assert isinstance(waited[1], OperationalError)
+            assert 0.2 <= time.monotonic() - start < 2
+            holder.rollback()
