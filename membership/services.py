@@ -261,6 +261,9 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     and number. A member's first paid tier gives them the next number."""
     tier = application.tier
     member = application.member
+    numbered = tier.kind is TierKind.PAID and (member is None or member.number is None)
+    # The number before the member: a newcomer is then inserted with it in one statement.
+    number, label = allocate_member_number(application.community_id) if numbered else (None, None)
     if member is None:
         member = Member(
             community_id=application.community_id,
@@ -268,10 +271,12 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
             contact_kind=application.contact_kind,
             contact_value=application.contact_value,
             created_at=now,
+            number=number,
+            number_label=label,
         )
         db.session.add(member)
-    if tier.kind is TierKind.PAID and member.number is None:
-        member.number, member.number_label = allocate_member_number(application.community_id)
+    elif numbered:
+        member.number, member.number_label = number, label
     _link_openid(member, application)
     membership = Membership(
         member=member,
@@ -284,16 +289,15 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     db.session.add(membership)
     application.status = ApplicationStatus.ADMITTED
     application.member = member
-    if application.order_id is not None:
-        db.session.flush()
-        db.session.get(Order, application.order_id).member_id = member.id
-    audit.record(
+    audit.record(  # flushes a newcomer: member.id is known from here
         "member.admitted",
         member,
         actor=actor,
         data={"tier": tier.code, "number": member.number_label, "application": application.id},
         now=now,
     )
+    if application.order_id is not None:
+        db.session.get(Order, application.order_id).member_id = member.id
     issue_invitation(membership, actor=actor, now=now)
     return member
 

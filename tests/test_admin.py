@@ -7,8 +7,10 @@ import io
 import pytest
 import sqlalchemy as sa
 
+from core import audit
 from core.audit import AuditEntry
 from core.auth import StaffUser
+from core.clock import utcnow
 from core.db import db
 from membership.cli import _qr_png
 from membership.models import Community, Group, Tier, TierKind
@@ -288,3 +290,48 @@ def test_seed_demo_is_idempotent(app, runner):
         assert count(Group) == 2
         prices = dict(db.session.execute(sa.select(Tier.code, Tier.price)).all())
     assert prices == {"lobby": 0, "main": 9900, "reentry": 900}
+
+
+def test_audit_entries_are_written_together_when_the_transaction_commits(app, demo):
+    inserts = []
+
+    def watch(_connection, _cursor, statement, *_):
+        if statement.startswith("INSERT INTO audit_entries"):
+            inserts.append(statement)
+
+    with app.app_context():
+        sa.event.listen(db.engine, "before_cursor_execute", watch)
+        before = db.session.scalar(sa.select(sa.func.max(AuditEntry.id))) or 0
+        try:
+            community = db.session.get(Community, demo.id)
+            audit.record("community.checked", community, actor="cli", data={"n": 1})
+            audit.record("community.checked", community, actor="cli", data={"n": 2})
+            group = Group(
+                community_id=demo.id,
+                name="新群",
+                platform="wechat",
+                capacity=500,
+                created_at=utcnow(),
+            )
+            db.session.add(group)
+            audit.record("group.created", group, actor="cli")  # a new row: flushed for its id
+            assert inserts == []
+            db.session.commit()
+            assert len(inserts) == 1  # one statement for the three entries
+
+            audit.record("community.checked", community, actor="cli", data={"n": 3})
+            db.session.rollback()  # the change it described is undone: so is the entry
+            db.session.commit()
+            assert len(inserts) == 1
+        finally:
+            sa.event.remove(db.engine, "before_cursor_execute", watch)
+        entries = db.session.execute(
+            sa.select(AuditEntry.action, AuditEntry.target_id, AuditEntry.data)
+            .where(AuditEntry.id > before)
+            .order_by(AuditEntry.id)
+        ).all()
+        assert entries == [
+            ("community.checked", demo.id, {"n": 1}),
+            ("community.checked", demo.id, {"n": 2}),
+            ("group.created", group.id, {}),
+        ]
