@@ -1,6 +1,8 @@
 """The webhook inbox: every provider notification comes in here, the same way.
 
-Each delivery is stored raw; verified; skipped when the same event was applied before;
+Each delivery is stored raw; verified; its payment identified (asking the provider, with
+the raw delivery committed first, when the event names only the provider's id for a payment
+we have not heard of); skipped when the same event was applied before;
 applied to the payment under row locks; and committed together with its inbox row, before
 the provider gets its answer. One transaction on the usual path: the raw row and the state
 it caused are committed at once. When applying fails, the transaction is rolled back and
@@ -21,8 +23,8 @@ from sqlalchemy import inspect
 from core.clock import utcnow
 from core.db import db
 from payments.models import InboxStatus, WebhookEvent
-from payments.providers import InvalidNotification, get_provider
-from payments.services import PaymentMismatch, apply_notification
+from payments.providers import InvalidNotification, ProviderError, get_provider
+from payments.services import PaymentMismatch, apply_notification, identify_payment
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,11 @@ def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
         return _finish(event, InboxStatus.REJECTED, str(error), now)
 
     event.event_id = notification.event_id
+    try:
+        notification = identify_payment(notification, event.provider)
+    except ProviderError as error:
+        log.warning("webhook from %s: payment not identified: %s", event.provider, error)
+        return _finish(_rolled_back(event), InboxStatus.FAILED, str(error), now)
     applied_before = db.session.scalar(
         sa.select(WebhookEvent.id).where(
             WebhookEvent.provider == event.provider,

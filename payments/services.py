@@ -9,6 +9,7 @@ commits, so no database lock is held while a provider answers.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -227,23 +228,32 @@ def _lock_payment(public_id: str | None) -> Payment | None:
     return payment
 
 
-def _resolve_payment(notification: Notification, provider_name: str) -> Payment | None:
-    """The payment a notification is about, locked: by our reference, else by the
-    provider's id through the references table, else by asking the provider."""
-    public_id = notification.payment_public_id
+def identify_payment(notification: Notification, provider_name: str) -> Notification:
+    """``notification`` naming our payment: an event that names only the provider's id for
+    it is looked up in the references table, else asked of the provider. The provider is
+    asked with no transaction open (what is pending is committed first: on SQLite an open
+    transaction holds the write lock). Raises :class:`ProviderError`."""
     external_id = notification.payment_external_id
-    if public_id is None and external_id:
-        public_id = db.session.scalar(
-            sa.select(Payment.public_id)
-            .join(ProviderReference, ProviderReference.payment_id == Payment.id)
-            .where(
-                ProviderReference.provider == provider_name,
-                ProviderReference.external_id == external_id,
-            )
+    if notification.payment_public_id is not None or not external_id:
+        return notification
+    public_id = db.session.scalar(
+        sa.select(Payment.public_id)
+        .join(ProviderReference, ProviderReference.payment_id == Payment.id)
+        .where(
+            ProviderReference.provider == provider_name,
+            ProviderReference.external_id == external_id,
         )
-        if public_id is None:
-            public_id = get_provider(provider_name).lookup_payment_public_id(external_id)
-    payment = _lock_payment(public_id)
+    )
+    if public_id is None:
+        end_transaction_keeping_objects()
+        public_id = get_provider(provider_name).lookup_payment_public_id(external_id)
+    return replace(notification, payment_public_id=public_id)
+
+
+def _resolve_payment(notification: Notification, provider_name: str) -> Payment | None:
+    """The payment an identified notification (see :func:`identify_payment`) is about,
+    locked."""
+    payment = _lock_payment(notification.payment_public_id)
     if payment is None or payment.provider != provider_name:
         return None
     return payment

@@ -20,6 +20,8 @@ from payments.models import (
     RefundStatus,
     WebhookEvent,
 )
+from payments.providers import ProviderError
+from payments.providers.stripe import StripeProvider
 from tests.helpers import (
     charge,
     checkout_session,
@@ -156,6 +158,36 @@ def test_refund_and_payment_in_either_order(app, client, payment_id, order):
     assert state["memberships"] == [MembershipStatus.ENDED]
     assert state["invitations"] == [InvitationStatus.REVOKED]
     assert state["ledger"] == [("payment", 9900), ("refund", -9900)]
+
+
+def test_stripe_is_asked_about_an_unknown_intent_with_no_transaction_open(
+    app, client, payment_id, monkeypatch
+):
+    """A refund arriving first names only the payment intent: Stripe is asked whose it is,
+    the raw delivery committed first (on SQLite an open transaction holds the write lock);
+    when Stripe cannot answer, the delivery fails (5xx, delivered again) and nothing moves."""
+    seen, answers = [], iter([ProviderError("Stripe: unreachable"), None])
+    original = StripeProvider.lookup_payment_public_id
+
+    def watching(self, external_id):
+        seen.append(db.session().in_transaction())
+        if error := next(answers):
+            raise error
+        return original(self, external_id)
+
+    monkeypatch.setattr(StripeProvider, "lookup_payment_public_id", watching)
+    before = money_snapshot(app)
+    assert deliver(app, client, refunded(9900), event_id="evt_refund_first").status_code == 500
+    assert money_snapshot(app) == before
+    with app.app_context():
+        failed = db.session.scalars(sa.select(WebhookEvent)).one()
+        assert (failed.status, failed.event_id) == (InboxStatus.FAILED, "evt_refund_first")
+        assert failed.detail == "Stripe: unreachable"
+    assert deliver(app, client, refunded(9900), event_id="evt_refund_first").status_code == 200
+    assert seen == [False, False]
+    state = money_snapshot(app)
+    assert state["ledger"] == [("payment", 9900), ("refund", -9900)]
+    assert state["memberships"] == [MembershipStatus.ENDED]
 
 
 @pytest.mark.parametrize("order", ["payment first", "dispute first"])
