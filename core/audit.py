@@ -67,7 +67,7 @@ _PENDING = "audit_entries"
 def _write_entries(session: Session) -> None:
     entries = session.info.pop(_PENDING, None)
     if entries:
-        session.execute(sa.insert(AuditEntry), entries)
+        session.connection().execute(AuditEntry.__table__.insert(), entries)
 
 
 @event.listens_for(Session, "after_soft_rollback")

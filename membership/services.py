@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import joinedload
 
 from core import audit, outbox
 from core.clock import utcnow
@@ -229,7 +230,12 @@ def _wait_in_lobby(application: Application, *, now: datetime) -> Member | None:
 
 def admit_paid_application(order: Order, *, now: datetime) -> None:
     """``order_paid`` receiver: the application this order paid for becomes a member."""
-    application = db.session.scalar(sa.select(Application).where(Application.order_id == order.id))
+    with db.session.no_autoflush:  # the application was committed when it was made
+        application = db.session.scalar(
+            sa.select(Application)
+            .where(Application.order_id == order.id)
+            .options(joinedload(Application.tier))
+        )
     if application is None or application.status is not ApplicationStatus.AWAITING_PAYMENT:
         return
     if application.renews is not None:
@@ -296,9 +302,9 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
         data={"tier": tier.code, "number": member.number_label, "application": application.id},
         now=now,
     )
+    issue_invitation(membership, actor=actor, now=now)
     if application.order_id is not None:
         db.session.get(Order, application.order_id).member_id = member.id
-    issue_invitation(membership, actor=actor, now=now)
     return member
 
 

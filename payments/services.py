@@ -333,11 +333,13 @@ def confirm_payment(
         return False
     order = payment.order
     paid_before = order.status in (OrderStatus.PAID, OrderStatus.REFUNDED)
-    payment.status = PaymentStatus.CONFIRMED
-    payment.confirmed_at = now
+    # Read before writing, so the reads need no flush of what is being written.
+    paid = order.confirmed_total().amount + payment.amount
+    pays_order = not paid_before and paid >= order.amount
     if external_id:
         _reference(payment, external_id)
-    pays_order = not paid_before and order.confirmed_total().amount >= order.amount
+    payment.status = PaymentStatus.CONFIRMED
+    payment.confirmed_at = now
     _ledger(
         payment,
         "payment",

@@ -244,3 +244,29 @@ def test_ledger_entries_cannot_be_changed(app, client, payment_id):
         with pytest.raises(RuntimeError, match="immutable"):
             db.session.flush()
         db.session.rollback()
+
+
+#: What a delivery that confirms a payment and admits a newcomer may cost: the inbox row,
+#: the locks, the payment, order, ledger and reference, the member with their number, the
+#: membership, the invitation and its platform call, the audit entries in one statement.
+ADMISSION_STATEMENTS = 23
+
+
+def test_a_paying_delivery_costs_a_fixed_number_of_statements(app, client, payment_id):
+    """Webhooks arrive by the hundred during a launch, each inside the locks that keep member
+    numbers and group seats right: a statement more per delivery is felt by everyone."""
+    with app.app_context():
+        body, headers = signed_notification(db.session.get(Payment, payment_id))
+        engine = db.engine
+    statements = []
+
+    def watch(_connection, _cursor, statement, *_):
+        if not statement.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):  # the test's
+            statements.append(statement.split()[0])
+
+    sa.event.listen(engine, "before_cursor_execute", watch)
+    try:
+        assert client.post("/webhooks/fake", data=body, headers=headers).status_code == 200
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", watch)
+    assert len(statements) <= ADMISSION_STATEMENTS, statements
