@@ -2,8 +2,11 @@
 
 The rows are generated in SQL (orders, payments, applications, members, ledger entries
 of the demo community over a month), then, in the same run: the raw dump of the same
-joined rows (``sqlite3 -csv`` / ``COPY … TO STDOUT``) and ``flask export-revenue`` to CSV,
-each timed, the export's peak memory measured. Run through bench/run:
+joined rows (``sqlite3 -csv`` / ``COPY … TO STDOUT``), the least Python can do (the same
+rows read through SQLAlchemy's connection, as the export reads, and written by the csv
+module, nothing converted), and
+``flask export-revenue`` to CSV, each timed, the export's peak memory measured. Run
+through bench/run:
 
     bench/run export_revenue --rows 1000000
 """
@@ -112,7 +115,20 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
     return elapsed, max(peak, before) // 1024
 
 
-def run(kind: str, rows: int) -> tuple[float, float, int]:
+#: The least a Python program can do: read the raw query's rows and write them as CSV.
+PYTHON_DUMP = """
+import csv, sys
+import sqlalchemy as sa
+engine = sa.create_engine(sys.argv[1])
+with engine.connect() as connection, open(sys.argv[3], "w", newline="") as out:
+    result = connection.execution_options(stream_results=True).exec_driver_sql(sys.argv[2])
+    writer = csv.writer(out)
+    for rows in result.partitions(5000):
+        writer.writerows(rows)
+"""
+
+
+def run(kind: str, rows: int) -> tuple[float, float, float, int]:
     with tempfile.TemporaryDirectory() as scratch, database(kind, Path(scratch)) as url:
         query = RAW_QUERY.format(community_id=generate(url, rows))
         if kind == "sqlite":
@@ -147,9 +163,13 @@ def run(kind: str, rows: int) -> tuple[float, float, int]:
             ],
             env=env,
         )
+        # After the export, so that the export's peak memory is its own, not this one's.
+        python, _ = timed(
+            [sys.executable, "-c", PYTHON_DUMP, url, query, str(Path(scratch) / "python.csv")]
+        )
         lines = sum(1 for _ in out.open(encoding="utf-8")) - 1
         assert lines == rows, f"exported {lines} rows of {rows}"
-        return raw, ours, peak
+        return raw, python, ours, peak
 
 
 def main() -> None:
@@ -159,10 +179,16 @@ def main() -> None:
     args = parser.parse_args()
     kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
     print(f"revenue export: {args.rows} movements, {os.cpu_count()} CPUs")
-    print(f"{'database':10} {'raw dump s':>10} {'export s':>9} {'ratio':>6} {'peak MB':>8}")
+    print(
+        f"{'database':10} {'raw dump s':>10} {'python s':>9} {'export s':>9} {'ratio':>6} "
+        f"{'python':>7} {'peak MB':>8}"
+    )
     for kind in kinds:
-        raw, ours, peak = run(kind, args.rows)
-        print(f"{kind:10} {raw:10.1f} {ours:9.1f} {ours / raw:6.2f} {peak:8d}")
+        raw, python, ours, peak = run(kind, args.rows)
+        print(
+            f"{kind:10} {raw:10.1f} {python:9.1f} {ours:9.1f} {ours / raw:6.2f} "
+            f"{python / raw:7.2f} {peak:8d}"
+        )
 
 
 if __name__ == "__main__":
