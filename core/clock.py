@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -32,23 +32,25 @@ def to_local(moment: datetime, zone: str) -> datetime:
 def utc_offsets(zone: str, start: datetime, end: datetime) -> list[tuple[datetime, int]]:
     """The UTC offsets, in seconds, that ``zone`` keeps from ``start`` to ``end``: each
     with the moment it stops applying (``end`` for the last). Daylight saving changes are
-    months apart, so looking hour by hour finds each; the moment is then found to the second."""
+    months apart, so looking hour by hour finds each; the second it happens is then found
+    by halving (zones change on whole seconds)."""
     tz = ZoneInfo(zone)
 
-    def offset(moment: datetime) -> int:
-        return int(moment.astimezone(tz).utcoffset().total_seconds())
+    def offset(second: int) -> int:
+        return int(datetime.fromtimestamp(second, tz).utcoffset().total_seconds())
 
-    spans, current, moment = [], offset(start), start
-    while moment < end:
-        step = min(moment + timedelta(hours=1), end)
+    first, last = int(start.timestamp()), int(end.timestamp())
+    spans, current, second = [], offset(first), first
+    while second < last:
+        step = min(second + 3600, last)
         if offset(step) != current:
-            low, high = moment, step  # offset(low) is current, offset(high) is not
-            while high - low > timedelta(seconds=1):
-                middle = low + (high - low) / 2
+            low, high = second, step  # offset(low) is current, offset(high) is not
+            while high - low > 1:
+                middle = (low + high) // 2
                 low, high = (middle, high) if offset(middle) == current else (low, middle)
-            spans.append((high, current))
+            spans.append((datetime.fromtimestamp(high, UTC), current))
             current, step = offset(high), high
-        moment = step
+        second = step
     spans.append((end, current))
     return spans
 

@@ -142,6 +142,12 @@ def test_local_times_formatted_by_the_database_across_daylight_saving(app):
         (end, -5 * 3600),
     ]
     assert utc_offsets("Asia/Shanghai", start, end) == [(end, 8 * 3600)]
+    # Lord Howe Island moves by half an hour; a range starting off the hour finds it exactly.
+    odd = datetime(2026, 10, 3, 13, 17, 5, 123, tzinfo=UTC)
+    assert utc_offsets("Australia/Lord_Howe", odd, odd + timedelta(days=2))[0] == (
+        datetime(2026, 10, 3, 15, 30, tzinfo=UTC),
+        int(10.5 * 3600),
+    )
     moments = [
         datetime(2026, 11, 1, 5, 59, 59, 999999, tzinfo=UTC) + timedelta(seconds=s)
         for s in (-86400, 0, 1, 3600, 86400)
