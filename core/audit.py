@@ -36,6 +36,10 @@ class AuditEntry(db.Model):
     __table_args__ = (sa.Index(None, "target_type", "target_id"),)
 
 
+#: Where a session holds the entries of its transaction until it commits.
+_PENDING = "audit_entries"
+
+
 def record(
     action: str,
     target: db.Model,
@@ -57,10 +61,6 @@ def record(
             "data": data or {},
         }
     )
-
-
-#: Where a session holds the entries of its transaction until it commits.
-_PENDING = "audit_entries"
 
 
 @event.listens_for(Session, "before_commit")

@@ -98,14 +98,14 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_LOCK_WAIT_SECONDS * 1000)}")
+        cursor.execute(_busy_timeout(SQLITE_LOCK_WAIT_SECONDS))
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
         sqlite = connection.connection.driver_connection
-        sqlite.execute("PRAGMA busy_timeout = 0")
+        sqlite.execute(_busy_timeout(0))
         try:
             deadline, pause = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS, 0.0005
             while True:
@@ -118,7 +118,12 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
                 time.sleep(pause)
                 pause = min(pause * 2, SQLITE_LOCK_RETRY_SECONDS)
         finally:
-            sqlite.execute(f"PRAGMA busy_timeout = {int(SQLITE_LOCK_WAIT_SECONDS * 1000)}")
+            sqlite.execute(_busy_timeout(SQLITE_LOCK_WAIT_SECONDS))
+
+
+def _busy_timeout(seconds: float) -> str:
+    """How long SQLite itself waits for a lock before answering "busy"."""
+    return f"PRAGMA busy_timeout = {int(seconds * 1000)}"
 
 
 def init_db(app: Flask) -> None:

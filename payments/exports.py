@@ -54,7 +54,7 @@ class RevenueRows(Exporter):
     title = "流水 Movements"
     defused_in_query = True
 
-    def __init__(self, query: LedgerQuery, totals: RevenueTotals | None = None) -> None:
+    def __init__(self, query: LedgerQuery, totals: RevenueTotals) -> None:
         self.query = query
         self.totals = totals
         self.headers = [
@@ -105,7 +105,7 @@ class RevenueRows(Exporter):
         # the ORM's row handling and Python's time zones would cost more than the rest.
         result = db.session.connection().execute(select.execution_options(yield_per=BATCH))
         # Net sums by day × product × provider × currency: the totals are made of them.
-        sums = self.totals.sums if self.totals is not None else defaultdict(int)
+        sums = self.totals.sums
         for rows in result.partitions():
             for row in rows:
                 *described, product, provider, transaction, amount, currency, coupon, discount = row
