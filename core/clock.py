@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from core.db import db
+from core.db import is_postgresql
 
 
 def utcnow() -> datetime:
@@ -61,7 +61,7 @@ def local_timestamp_sql(
     """SQL for ``column`` (an aware UTC time between ``start`` and ``end``) as wall-clock
     text in ``zone``, ``YYYY-MM-DD HH:MM:SS``: the database formats a million times in the
     time Python takes for a few. PostgreSQL knows the zone; SQLite is given its offsets."""
-    if db.engine.dialect.name == "postgresql":
+    if is_postgresql():
         return sa.func.to_char(sa.func.timezone(zone, column), "YYYY-MM-DD HH24:MI:SS")
     spans = utc_offsets(zone, start, end)
     shift = (

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import Enum
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import DateTime, Engine, MetaData, event
+from sqlalchemy import DateTime, Engine, MetaData, Select, event
 from sqlalchemy import Enum as EnumType
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase
@@ -144,3 +145,44 @@ def end_transaction_keeping_objects() -> None:
         session.commit()
     finally:
         session.expire_on_commit = True
+
+
+def begin_snapshot() -> None:
+    """Commit the session's work so far and begin a transaction whose reads all see the
+    same committed data, so that what is read first (an export's totals) and what is read
+    next (its movements) agree: PostgreSQL's REPEATABLE READ; a SQLite transaction holds
+    the write lock and sees nothing change anyway. A session joined to a transaction begun
+    outside it (the test suite's) reads as that transaction does."""
+    db.session.commit()
+    if is_postgresql() and isinstance(db.session.get_bind(), Engine):
+        db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+def is_postgresql() -> bool:
+    return db.engine.dialect.name == "postgresql"
+
+
+#: Bytes of CSV text :func:`copy_csv` gathers before handing them on.
+COPY_CHUNK_BYTES = 64 * 1024
+
+
+def copy_csv(select: Select) -> Iterator[tuple[str, int]]:
+    """``select``'s rows as CSV, written by PostgreSQL itself (``COPY … TO STDOUT``) in the
+    session's transaction: chunks of whole lines and how many rows each holds. Bound
+    values go to the driver as they are: pass plain ones."""
+    connection = db.session.connection()
+    statement = select.compile(
+        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    with connection.connection.driver_connection.cursor() as cursor:
+        copying = f"COPY ({statement}) TO STDOUT WITH (FORMAT csv)"
+        with cursor.copy(copying, statement.params) as copy:
+            chunk, rows = bytearray(), 0
+            for line in copy:  # PostgreSQL sends a row per message
+                chunk += line
+                rows += 1
+                if len(chunk) >= COPY_CHUNK_BYTES:
+                    yield chunk.decode(), rows
+                    chunk, rows = bytearray(), 0
+            if rows:
+                yield chunk.decode(), rows

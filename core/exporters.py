@@ -1,5 +1,7 @@
 """Exporters: classes that yield rows, written out as CSV (streamed) or XLSX (written
-row by row with XlsxWriter's constant-memory mode). One base for every export.
+row by row with XlsxWriter's constant-memory mode). One base for every export. An
+exporter that can give its rows as a query of text cells has PostgreSQL write its CSV
+(``COPY``), a few times faster than reading the rows into Python.
 
 CSV cells that a spreadsheet would read as a formula (starting with = + - @, a tab or a
 carriage return) are prefixed with an apostrophe: an exported nickname never runs. An
@@ -12,13 +14,15 @@ from __future__ import annotations
 import csv
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from itertools import islice
 from pathlib import Path
 
 import sqlalchemy as sa
 import xlsxwriter
+
+from core.db import copy_csv, is_postgresql
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -33,6 +37,11 @@ class Exporter(ABC):
 
     @abstractmethod
     def rows(self) -> Iterator[Sequence[object]]: ...
+
+    def text_query(self) -> sa.Select | None:
+        """The rows as a query whose cells are the text the CSV shows, formula injection
+        defused, or None when there is none."""
+        return None
 
 
 def defused(column: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
@@ -56,22 +65,40 @@ def safe_row(row: Sequence[object]) -> list[object]:
 #: Rows written per chunk of a CSV stream.
 CSV_CHUNK_ROWS = 256
 
+#: Says how many more rows have been written (a progress bar's ``update``).
+Progress = Callable[[int], object]
 
-def csv_lines(exporter: Exporter) -> Iterator[str]:
-    """The export as CSV text, a chunk of lines at a time (UTF-8 with a BOM, for Excel)."""
+
+def csv_lines(exporter: Exporter, progress: Progress = lambda rows: None) -> Iterator[str]:
+    """The export as CSV text, a chunk of lines at a time (UTF-8 with a BOM, for Excel).
+    Lines end in CRLF, or in LF when PostgreSQL writes them; a cell holding either is
+    quoted both ways."""
+    text_query = exporter.text_query() if is_postgresql() else None
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    yield "\ufeff"
+    writer = csv.writer(buffer, lineterminator="\n" if text_query is not None else "\r\n")
     writer.writerow(safe_row(exporter.headers))
+    yield "\ufeff" + buffer.getvalue()
+    if text_query is not None:
+        for lines, rows in copy_csv(text_query):
+            progress(rows)
+            yield lines
+        return
+    buffer.seek(0)
+    buffer.truncate()
     rows = exporter.rows() if exporter.defused_in_query else map(safe_row, exporter.rows())
     while chunk := list(islice(rows, CSV_CHUNK_ROWS)):
         writer.writerows(chunk)
+        progress(len(chunk))
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
 
 
-def write_xlsx(path: Path, *exporters: Exporter) -> None:
+#: Rows of a workbook written between two calls of its progress.
+XLSX_PROGRESS_ROWS = 1000
+
+
+def write_xlsx(path: Path, *exporters: Exporter, progress: Progress = lambda rows: None) -> None:
     """The exports as sheets of one workbook, written row by row in constant memory.
     Decimal amounts become numbers shown with two decimals."""
     workbook = xlsxwriter.Workbook(
@@ -83,10 +110,14 @@ def write_xlsx(path: Path, *exporters: Exporter) -> None:
         sheet = workbook.add_worksheet(exporter.title[:31])
         sheet.write_row(0, 0, exporter.headers, bold)
         rows = exporter.rows() if exporter.defused_in_query else map(safe_row, exporter.rows())
+        number = 0
         for number, row in enumerate(rows, start=1):
             for column, cell in enumerate(row):
                 if isinstance(cell, Decimal):
                     sheet.write_number(number, column, float(cell), money)
                 elif cell is not None:
                     sheet.write(number, column, cell)
+            if number % XLSX_PROGRESS_ROWS == 0:
+                progress(XLSX_PROGRESS_ROWS)
+        progress(number % XLSX_PROGRESS_ROWS)
     workbook.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from collections import deque
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -26,7 +25,7 @@ from wtforms import SelectChoice
 from core import audit, outbox
 from core.auth import requires
 from core.clock import utcnow
-from core.db import db
+from core.db import begin_snapshot, db
 from core.exporters import csv_lines, write_xlsx
 from core.money import Money
 from membership.access import complete_removal, retry
@@ -655,8 +654,6 @@ def export(community_id: int):
     form = ExportForm(request.args, meta={"csrf": False})
     if not (request.args and form.validate()):
         return render_template("admin/export.html", community=community, form=form)
-    rows, totals = community_revenue(community, form.first_day.data, form.last_day.data)
-    name = f"{community.slug}-{form.first_day.data}-{form.last_day.data}"
     audit.record(
         "finance.exported",
         community,
@@ -667,7 +664,9 @@ def export(community_id: int):
             "format": form.format.data,
         },
     )
-    db.session.commit()
+    begin_snapshot()  # the totals and the movements read the same ledger
+    rows, totals = community_revenue(community, form.first_day.data, form.last_day.data)
+    name = f"{community.slug}-{form.first_day.data}-{form.last_day.data}"
     if form.format.data == "xlsx":
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{name}.xlsx"
@@ -679,12 +678,9 @@ def export(community_id: int):
             headers={"Content-Disposition": f'attachment; filename="{name}.xlsx"'},
         )
     if request.args.get("sheet") == "totals":
-        deque(rows.rows(), maxlen=0)  # the totals add up as the movements are read
-        lines, name = csv_lines(totals), f"{name}-totals"
-    else:
-        lines = csv_lines(rows)
+        rows, name = totals, f"{name}-totals"
     return Response(
-        stream_with_context(lines),
+        stream_with_context(csv_lines(rows)),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
     )

@@ -15,8 +15,8 @@ from qrcode.image.pure import PyPNGImage
 
 from core import audit, outbox
 from core.clock import utcnow
-from core.db import db
-from core.exporters import Exporter, csv_lines, write_xlsx
+from core.db import begin_snapshot, db
+from core.exporters import csv_lines, write_xlsx
 from membership.access import drain
 from membership.exports import community_revenue
 from membership.lifecycle import expire_memberships, send_reminders
@@ -158,37 +158,15 @@ def export_revenue_command(slug: str, first_day, last_day, out: Path) -> None:
     community = db.session.scalar(sa.select(Community).where(Community.slug == slug))
     if community is None:
         raise click.ClickException(f"no community {slug!r}")
+    begin_snapshot()  # the totals and the movements read the same ledger
     rows, totals = community_revenue(community, first_day.date(), last_day.date())
     with click.progressbar(length=rows.count(), label="导出 Exporting", file=sys.stderr) as bar:
-        counted = _counting(rows, bar)
         if out.suffix == ".xlsx":
-            write_xlsx(out, counted, totals)
+            write_xlsx(out, rows, totals, progress=bar.update)
         else:
             with out.open("w", encoding="utf-8", newline="") as file:
-                file.writelines(csv_lines(counted))
+                file.writelines(csv_lines(rows, bar.update))
             totals_path = out.with_name(f"{out.stem}-totals.csv")
             with totals_path.open("w", encoding="utf-8", newline="") as file:
                 file.writelines(csv_lines(totals))
     click.echo(f"Wrote {out}")
-
-
-#: The progress bar moves every this many rows (moving it costs more than a row).
-PROGRESS_EVERY = 1000
-
-
-def _counting(exporter: Exporter, bar) -> Exporter:
-    """``exporter`` with each row it yields counted on ``bar``."""
-
-    class Counted(Exporter):
-        title, headers = exporter.title, exporter.headers
-        defused_in_query = exporter.defused_in_query
-
-        def rows(self):
-            number = 0
-            for number, row in enumerate(exporter.rows(), start=1):
-                if number % PROGRESS_EVERY == 0:
-                    bar.update(PROGRESS_EVERY)
-                yield row
-            bar.update(number % PROGRESS_EVERY)
-
-    return Counted()

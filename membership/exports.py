@@ -3,7 +3,6 @@ number and tier of each (see :mod:`payments.exports`)."""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -15,7 +14,7 @@ from core.clock import utcnow
 from core.db import db
 from core.exporters import Exporter
 from membership.models import Application, Community, Member, Membership, PageVisits, Tier
-from payments.exports import LedgerQuery, RevenueRows, RevenueTotals
+from payments.exports import LedgerQuery, RevenueRows, RevenueTotals, major
 from payments.models import Order, OrderStatus
 
 
@@ -28,8 +27,7 @@ def community_revenue(
     community: Community, first_day: date, last_day: date
 ) -> tuple[RevenueRows, RevenueTotals]:
     """The movements of ``first_day`` to ``last_day`` (inclusive, community time), and the
-    totals they add up to (filled as the movements are read)."""
-    totals = RevenueTotals()
+    totals they add up to."""
     query = LedgerQuery(
         community_id=community.id,
         start=day_start(community, first_day),
@@ -38,6 +36,7 @@ def community_revenue(
         details=[("成员编号 Member", Member.number_label)],
         joins=lambda select: select.outerjoin(Member, Member.id == Order.member_id),
     )
+    totals = RevenueTotals(query)
     return RevenueRows(query, totals), totals
 
 
@@ -83,9 +82,12 @@ def community_stats(community: Community, *, today: date | None = None) -> dict:
     visits, applications, orders, paid)."""
     today = today or utcnow().astimezone(ZoneInfo(community.time_zone)).date()
     first = today - timedelta(days=CHART_DAYS - 1)
-    rows, totals = community_revenue(community, first, today)
-    deque(rows.rows(), maxlen=0)  # fills the totals
-    by_day = {period: amount for period, _, _, _, amount in totals.rows() if len(period) == 10}
+    _, totals = community_revenue(community, first, today)
+    by_day = {
+        day: major(amount, currency)
+        for (day, currency), amount in totals.by_day().items()
+        if currency == community.currency
+    }
     days = [first + timedelta(days=i) for i in range(CHART_DAYS)]
     values = [by_day.get(day.isoformat(), Decimal(0)) for day in days]
     top = max([*values, Decimal(1)])

@@ -4,7 +4,8 @@ product, coupon and discount, and net totals by day and by month × product (tie
 course) × provider.
 
 Amounts are in major units (yuan) as exact decimals: the rows sum to the totals to the
-fen. The ledger is read in batches, so a million movements export in flat memory.
+fen. The movements are read in batches (or written as CSV by PostgreSQL itself), so a
+million of them export in flat memory; the totals are summed by the database.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def major(amount: int, currency: str) -> Decimal:
     return Decimal(amount).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent))
 
 
+def major_sql(amount: sa.ColumnElement[int], currency: sa.ColumnElement[str]) -> sa.ColumnElement:
+    """SQL for :func:`major` (PostgreSQL's numeric keeps the scale: 9900 × 0.01 is 99.00)."""
+    units = {code: Decimal(1).scaleb(-exponent) for code, (exponent, _) in CURRENCIES.items()}
+    unit = sa.case({code: sa.literal(value) for code, value in units.items()}, value=currency)
+    return sa.cast(amount, sa.Numeric) * unit
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerQuery:
     """Which movements: those of one community's orders between two aware times."""
@@ -46,6 +54,23 @@ class LedgerQuery:
     details: list[tuple[str, sa.ColumnElement]] = field(default_factory=list)
     #: Extra joins from ``orders`` for those columns.
     joins: Callable[[sa.Select], sa.Select] = lambda select: select
+
+    def select(self, *columns) -> sa.Select:
+        """``columns`` of these movements, joined with their orders (:attr:`joins` adds the
+        details' tables)."""
+        return (
+            sa.select(*columns)
+            .join(Order, Order.id == LedgerEntry.order_id)
+            .where(
+                Order.community_id == self.community_id,
+                LedgerEntry.created_at >= self.start,
+                LedgerEntry.created_at < self.end,
+            )
+        )
+
+    def local_time(self) -> sa.ColumnElement[str]:
+        """A movement's time on the community's clock, ``YYYY-MM-DD HH:MM:SS``."""
+        return local_timestamp_sql(LedgerEntry.created_at, self.time_zone, self.start, self.end)
 
 
 class RevenueRows(Exporter):
@@ -73,82 +98,110 @@ class RevenueRows(Exporter):
             "优惠 Discount",
         ]
 
-    def _select(self, *columns) -> sa.Select:
-        return self.query.joins(
-            sa.select(*columns).join(Order, Order.id == LedgerEntry.order_id)
-        ).where(
-            Order.community_id == self.query.community_id,
-            LedgerEntry.created_at >= self.query.start,
-            LedgerEntry.created_at < self.query.end,
-        )
-
     def count(self) -> int:
         """How many movements the export has (for a progress bar)."""
-        return db.session.scalar(self._select(sa.func.count(LedgerEntry.id)))
+        return self.totals.movements
 
-    def rows(self) -> Iterator[tuple[object, ...]]:
-        query = self.query
-        select = self._select(
-            local_timestamp_sql(LedgerEntry.created_at, query.time_zone, query.start, query.end),
+    def _select(self, *columns) -> sa.Select:
+        """``columns`` of the movements with their details, in the ledger's order."""
+        return self.query.joins(self.query.select(*columns)).order_by(LedgerEntry.id)
+
+    def _described(self) -> list[sa.ColumnElement]:
+        """The text columns before the amounts, formula injection defused."""
+        return [
+            self.query.local_time(),
             LedgerEntry.kind,
             defused(Order.public_id),
-            *[defused(column) for _, column in query.details],
+            *[defused(column) for _, column in self.query.details],
             defused(Order.product),
             LedgerEntry.provider,
             defused(LedgerEntry.provider_transaction_id),
+        ]
+
+    def rows(self) -> Iterator[tuple[object, ...]]:
+        select = self._select(
+            *self._described(),
             LedgerEntry.amount,
             LedgerEntry.currency,
             defused(LedgerEntry.coupon_code),
             LedgerEntry.discount,
-        ).order_by(LedgerEntry.id)
+        )
         # Plain rows through the session's connection, times formatted by the database:
         # the ORM's row handling and Python's time zones would cost more than the rest.
         result = db.session.connection().execute(select.execution_options(yield_per=BATCH))
-        # Net sums by day × product × provider × currency: the totals are made of them.
-        sums = self.totals.sums
         for rows in result.partitions():
-            for row in rows:
-                *described, product, provider, transaction, amount, currency, coupon, discount = row
-                cells, net = _amounts(described[1], amount, currency, discount)
-                sums[(described[0][:10], product, provider, currency)] += net
-                yield (*described, product, provider, transaction, *cells[:4], coupon, cells[4])
+            for *described, amount, currency, coupon, discount in rows:
+                gross, fee, net, discounted = _amounts(described[1], amount, currency, discount)
+                yield (*described, gross, fee, net, currency, coupon, discounted)
+
+    def text_query(self) -> sa.Select:
+        """The rows as text, as :meth:`rows` gives them, for PostgreSQL to write."""
+        gross = sa.case((LedgerEntry.kind == "fee", 0), else_=LedgerEntry.amount)
+        fee = sa.case((LedgerEntry.kind == "fee", -LedgerEntry.amount), else_=0)
+        currency = LedgerEntry.currency
+        return self._select(
+            *self._described(),
+            major_sql(gross, currency),
+            major_sql(fee, currency),
+            major_sql(LedgerEntry.amount, currency),
+            currency,
+            defused(LedgerEntry.coupon_code),
+            major_sql(LedgerEntry.discount, currency),
+        )
 
 
 @functools.lru_cache(maxsize=4096)
 def _amounts(
     kind: str, amount: int, currency: str, discount: int
-) -> tuple[tuple[Decimal, Decimal, Decimal, str, Decimal], int]:
-    """A movement's gross, fee, net, currency and discount cells, and its net in minor
-    units. A fee entry is money the provider kept: no gross, all fee."""
+) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """A movement's gross, fee, net and discount. A fee entry is money the provider kept:
+    no gross, all fee."""
     gross, fee = (0, -amount) if kind == "fee" else (amount, 0)
-    cells = (
+    return (
         major(gross, currency),
         major(fee, currency),
         major(amount, currency),
-        currency,
         major(discount, currency),
     )
-    return cells, amount
 
 
 class RevenueTotals(Exporter):
-    """Net totals (gross less fees) by day, and by month × product × provider, of the rows
-    exported."""
+    """Net totals (gross less fees) by day, and by month × product × provider, of the
+    movements the rows list."""
 
     title = "汇总 Totals"
     headers = ("期间 Period", "产品 Product", "渠道 Provider", "币种 Currency", "净额 Net")
 
-    def __init__(self) -> None:
-        #: Net amounts (minor units) by (day, product, provider, currency), as read.
-        self.sums: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    def __init__(self, query: LedgerQuery) -> None:
+        self.query = query
+
+    @functools.cached_property
+    def _sums(self) -> list[sa.Row]:
+        """Net amount (minor units) and count of movements by day × product × provider ×
+        currency, summed by the database."""
+        day = sa.func.substr(self.query.local_time(), 1, 10).label("day")
+        keys = (day, Order.product, LedgerEntry.provider, LedgerEntry.currency)
+        select = self.query.select(
+            *keys, sa.func.sum(LedgerEntry.amount), sa.func.count(LedgerEntry.id)
+        ).group_by("day", *keys[1:])
+        return db.session.execute(select).all()
+
+    @property
+    def movements(self) -> int:
+        return sum(count for *_, count in self._sums)
+
+    def by_day(self) -> dict[tuple[str, str], int]:
+        """Net minor units by (day, currency)."""
+        sums: dict[tuple[str, str], int] = defaultdict(int)
+        for day, _, _, currency, amount, _ in self._sums:
+            sums[(day, currency)] += amount
+        return sums
 
     def rows(self) -> Iterator[list[object]]:
-        by_day: dict[tuple[str, str], int] = defaultdict(int)
         by_month: dict[tuple[str, str, str, str], int] = defaultdict(int)
-        for (day, product, provider, currency), amount in self.sums.items():
-            by_day[(day, currency)] += amount
+        for day, product, provider, currency, amount, _ in self._sums:
             by_month[(day[:7], product, provider, currency)] += amount
-        for (day, currency), amount in sorted(by_day.items()):
+        for (day, currency), amount in sorted(self.by_day().items()):
             yield [day, "", "", currency, major(amount, currency)]
         for (month, product, provider, currency), amount in sorted(by_month.items()):
             yield [month, product, provider, currency, major(amount, currency)]

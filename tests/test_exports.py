@@ -10,14 +10,18 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import openpyxl
+import pytest
 import sqlalchemy as sa
 
 from core.clock import local_timestamp_sql, utc_offsets, utcnow
-from core.db import UTCDateTime, db
-from core.exporters import defused, safe_row
+from core.db import UTCDateTime, begin_snapshot, db, is_postgresql
+from core.exporters import csv_lines, defused, safe_row
+from membership.cli import seed_demo_community
+from membership.exports import community_revenue
 from membership.models import Community, Tier
 from payments.exports import major
-from payments.models import Payment
+from payments.models import LedgerEntry, Order, Payment
+from tests.conftest import fresh_database
 from tests.helpers import join_and_pay, submit_form
 
 
@@ -157,3 +161,80 @@ def test_local_times_formatted_by_the_database_across_daylight_saving(app):
             column = sa.literal(moment, UTCDateTime)
             local = db.session.scalar(sa.select(local_timestamp_sql(column, zone, start, end)))
             assert local == moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _ledger_entry(payment: Payment, **fields) -> LedgerEntry:
+    """A movement of ``payment``'s order (added to the session)."""
+    entry = LedgerEntry(
+        **{
+            "created_at": utcnow(),
+            "kind": "payment",
+            "amount": payment.amount,
+            "currency": payment.currency,
+            "order_id": payment.order_id,
+            "payment_id": payment.id,
+            "provider": payment.provider,
+            **fields,
+        }
+    )
+    db.session.add(entry)
+    return entry
+
+
+def test_csv_reads_as_the_rows_whoever_writes_it(app, demo):
+    """On PostgreSQL the database writes the movements' CSV itself (COPY): it must read
+    back cell for cell as the rows Python gives, awkward text and amounts included."""
+    join_and_pay(app.test_client(), "main")
+    with app.app_context():
+        payment = db.session.scalar(sa.select(Payment))
+        db.session.get(Order, payment.order_id).product = '=1+1, "正式"\n成员\r'
+        for kind, amount, currency, extra in [
+            ("fee", -60, "CNY", {"provider_transaction_id": ""}),
+            ("refund", -5, "CNY", {"provider_transaction_id": 'tx,"1"'}),
+            ("payment", 123456, "JPY", {"coupon_code": "-5OFF", "discount": 1000}),
+            ("dispute_won", 0, "USD", {"coupon_code": ""}),
+        ]:
+            _ledger_entry(payment, kind=kind, amount=amount, currency=currency, **extra)
+        db.session.commit()
+        community = db.session.scalar(sa.select(Community))
+        today = utcnow().date()
+        rows, _ = community_revenue(community, today - timedelta(days=1), today + timedelta(days=1))
+        expected = [["" if cell is None else str(cell) for cell in row] for row in rows.rows()]
+        assert len(expected) == 5
+        assert expected[2][7:10] == ["-0.05", "0.00", "-0.05"]
+        assert expected[3][7:] == ["123456", "0", "123456", "JPY", "'-5OFF", "1000"]
+        if is_postgresql():  # the rows are COPY's, never Python's
+            rows.rows = lambda: pytest.fail("the database writes this CSV")
+        text = "".join(csv_lines(rows))
+    written = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
+    assert written[0] == rows.headers
+    assert written[1:] == expected
+
+
+@pytest.mark.committing
+def test_totals_and_movements_read_the_same_ledger(tmp_path, _api_server):
+    """A payment committed between reading the totals and reading the movements is in
+    neither: the export reads one snapshot, so its rows always add up to its totals."""
+    with fresh_database(tmp_path, _api_server) as app:
+        with app.app_context():
+            seed_demo_community()
+            db.session.commit()
+        join_and_pay(app.test_client(), "main")
+        with app.app_context():
+            today = utcnow().date()
+            begin_snapshot()
+            community = db.session.scalar(sa.select(Community))
+            days = today - timedelta(days=1), today + timedelta(days=1)
+            rows, totals = community_revenue(community, *days)
+            assert rows.count() == 1
+            if is_postgresql():  # SQLite's snapshot holds the write lock: nobody can add
+                with app.app_context():
+                    _ledger_entry(db.session.scalar(sa.select(Payment)))
+                    db.session.commit()
+            lines = list(csv.reader(io.StringIO("".join(csv_lines(rows)))))
+            assert [line[9] for line in lines[1:]] == ["99.00"]
+            assert [row[4] for row in totals.rows()] == [Decimal("99.00")] * 2
+        with app.app_context():
+            assert db.session.scalar(sa.select(sa.func.count(LedgerEntry.id))) == (
+                2 if is_postgresql() else 1
+            )
