@@ -83,7 +83,8 @@ from membership.services import (
     seats_taken,
     waiting_invitations,
 )
-from payments.models import InboxStatus, WebhookEvent
+from payments import inbox
+from payments.models import WebhookEvent
 
 bp = Blueprint("membership_admin", __name__, url_prefix="/admin")
 
@@ -136,9 +137,7 @@ def dashboard():
     )
     attention = {
         "failed_webhooks": db.session.scalar(
-            sa.select(sa.func.count(WebhookEvent.id)).where(
-                WebhookEvent.status == InboxStatus.FAILED
-            )
+            sa.select(sa.func.count(WebhookEvent.id)).where(inbox.needs_replay(utcnow()))
         ),
         "failed_platform_calls": db.session.scalar(
             sa.select(sa.func.count(PlatformTask.id)).where(

@@ -27,21 +27,22 @@ payments_cli = AppGroup("payments", help="Payments: failed webhooks, unsettled p
 
 @payments_cli.command("failed")
 def failed_command() -> None:
-    """List webhook deliveries that failed on our side."""
+    """List webhook deliveries that failed on our side, or were left unfinished."""
     events = inbox.failed_events()
     for event in events:
         click.echo(
-            f"{event.id}\t{event.provider}\t{event.received_at:%Y-%m-%d %H:%M:%S}Z\t"
-            f"{event.event_id or '-'}\t{event.detail or ''}"
+            f"{event.id}\t{event.provider}\t{event.status}\t"
+            f"{event.received_at:%Y-%m-%d %H:%M:%S}Z\t{event.event_id or '-'}\t"
+            f"{event.detail or '未处理完 never finished'}"
         )
     click.echo(f"{len(events)} failed")
 
 
 @payments_cli.command("replay")
 @click.argument("event_ids", nargs=-1, type=int)
-@click.option("--all", "replay_all", is_flag=True, help="Replay every failed delivery.")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every one `failed` lists.")
 def replay_command(event_ids: tuple[int, ...], replay_all: bool) -> None:
-    """Process failed deliveries again (by inbox id, or --all)."""
+    """Process failed or unfinished deliveries again (by inbox id, or --all)."""
     if not event_ids and not replay_all:
         raise click.UsageError("give inbox ids, or --all")
     events = (

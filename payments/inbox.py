@@ -7,7 +7,9 @@ applied to the payment under row locks; and committed together with its inbox ro
 the provider gets its answer. One transaction on the usual path: the raw row and the state
 it caused are committed at once. When applying fails, the transaction is rolled back and
 the raw delivery is stored alone, marked rejected (4xx) or failed (5xx, so the provider
-delivers again, or an admin replays it). Nothing received is lost, nothing is half-written.
+delivers again, or an admin replays it); a delivery left unfinished by a process that
+stopped is replayed with the failed ones. Nothing received is lost, nothing is
+half-written.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import inspect
@@ -136,21 +138,36 @@ def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
     return InboxResult(status, "ok")
 
 
-def failed_events() -> list[WebhookEvent]:
-    """Deliveries that failed on our side and were not applied since, oldest first."""
-    return list(
-        db.session.scalars(
-            sa.select(WebhookEvent)
-            .where(WebhookEvent.status == InboxStatus.FAILED)
-            .order_by(WebhookEvent.id)
-        )
+#: A delivery still marked received this long after it came was cut off half-way: the
+#: process stopped after storing it (it asks the provider with the delivery committed).
+STALLED_AFTER = timedelta(minutes=10)
+
+
+def needs_replay(now: datetime) -> sa.ColumnElement[bool]:
+    """SQL: the delivery failed on our side, or was left unfinished (see
+    :data:`STALLED_AFTER`), and was not applied since."""
+    return sa.or_(
+        WebhookEvent.status == InboxStatus.FAILED,
+        sa.and_(
+            WebhookEvent.status == InboxStatus.RECEIVED,
+            WebhookEvent.received_at < now - STALLED_AFTER,
+        ),
     )
 
 
+def failed_events(*, now: datetime | None = None) -> list[WebhookEvent]:
+    """Deliveries that need replaying (:func:`needs_replay`), oldest first."""
+    select = sa.select(WebhookEvent).where(needs_replay(now or utcnow()))
+    return list(db.session.scalars(select.order_by(WebhookEvent.id)))
+
+
 def replay(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
-    """Process a failed delivery again, verified as of when it was received. Commits."""
-    if event.status is not InboxStatus.FAILED:
-        return InboxResult(event.status, "not a failed event")
+    """Process a failed or unfinished delivery again, verified as of when it was received.
+    Commits."""
+    now = now or utcnow()
+    waiting = sa.select(WebhookEvent.id).where(WebhookEvent.id == event.id, needs_replay(now))
+    if db.session.scalar(waiting) is None:
+        return InboxResult(event.status, "not a failed or unfinished event")
     return process(event, now=now)
 
 

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
 import membership.services
+from core.clock import utcnow
 from core.db import db
 from membership.models import Member, Membership, MembershipStatus
 from payments import inbox
@@ -100,6 +101,39 @@ def test_failed_delivery_is_replayed_from_the_cli(app, client, demo, runner, bro
         assert db.session.scalars(sa.select(Member.number_label)).all() == ["0001"]
         assert inbox.failed_events() == []
     assert runner.invoke(args=["payments", "replay"]).exit_code != 0
+
+
+def test_a_delivery_left_unfinished_is_listed_and_replayed(app, client, demo, runner):
+    """A process that stopped after storing a delivery (the identify path commits it before
+    asking the provider) left it marked received: after a while it is listed with the
+    failed ones and replayed; a delivery still being processed is left alone."""
+    submit_join(client, "main")
+    with app.app_context():
+        payment, now = db.session.scalars(sa.select(Payment)).one(), utcnow()
+        for age in (inbox.STALLED_AFTER + timedelta(minutes=1), timedelta(minutes=1)):
+            body, headers = signed_notification(payment, event_id="evt_cut", now=now - age)
+            db.session.add(
+                WebhookEvent(
+                    provider="fake",
+                    received_at=now - age,
+                    headers=headers,
+                    body=body,
+                    status=InboxStatus.RECEIVED,
+                )
+            )
+        db.session.commit()
+        stalled, fresh = db.session.scalars(sa.select(WebhookEvent).order_by(WebhookEvent.id))
+        assert inbox.replay(fresh).status is InboxStatus.RECEIVED  # not touched
+        assert [event.id for event in inbox.failed_events()] == [stalled.id]
+        stalled_id = stalled.id
+    listed = runner.invoke(args=["payments", "failed"])
+    assert f"{stalled_id}\tfake\treceived" in listed.output
+    assert "1 failed" in listed.output
+    result = runner.invoke(args=["payments", "replay", "--all"])
+    assert f"{stalled_id}\tprocessed" in result.output
+    with app.app_context():
+        assert db.session.scalars(sa.select(Member.number_label)).all() == ["0001"]
+        assert inbox.failed_events() == []
 
 
 def test_settle_confirms_a_payment_whose_notification_never_came(app, client, demo, apis, runner):
