@@ -159,6 +159,7 @@ def begin_snapshot() -> None:
 
 
 def is_postgresql() -> bool:
+    """Whether the app's database is PostgreSQL (else SQLite)."""
     return db.engine.dialect.name == "postgresql"
 
 

@@ -36,7 +36,8 @@ def major(amount: int, currency: str) -> Decimal:
 
 
 def major_sql(amount: sa.ColumnElement[int], currency: sa.ColumnElement[str]) -> sa.ColumnElement:
-    """SQL for :func:`major` (PostgreSQL's numeric keeps the scale: 9900 × 0.01 is 99.00)."""
+    """PostgreSQL for :func:`major`: its numeric keeps the scale (9900 × 0.01 is 99.00),
+    where SQLite would give a float."""
     units = {code: Decimal(1).scaleb(-exponent) for code, (exponent, _) in CURRENCIES.items()}
     unit = sa.case({code: sa.literal(value) for code, value in units.items()}, value=currency)
     return sa.cast(amount, sa.Numeric) * unit
@@ -188,6 +189,7 @@ class RevenueTotals(Exporter):
 
     @property
     def movements(self) -> int:
+        """How many movements the totals add up."""
         return sum(count for *_, count in self._sums)
 
     def by_day(self) -> dict[tuple[str, str], int]:
