@@ -3,10 +3,10 @@
 The rows are generated in SQL (orders, payments, applications, members, ledger entries
 of the demo community over a month), then, in the same run: the raw dump of the same
 joined rows (``sqlite3 -csv`` / ``COPY … TO STDOUT``), the least Python can do (the same
-rows read through SQLAlchemy's connection, as the export reads, and written by the csv
-module, nothing converted), and
-``flask export-revenue`` to CSV, each timed, the export's peak memory measured. Run
-through bench/run:
+rows read through SQLAlchemy's connection, and written by the csv module, nothing
+converted), and ``flask export-revenue`` to CSV (on SQLite with its default ``--jobs``,
+a process per CPU), each timed, the export's peak memory (of its largest process)
+measured. Run through bench/run:
 
     bench/run export_revenue --rows 1000000
 """

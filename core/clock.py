@@ -74,4 +74,4 @@ def local_timestamp_sql(
     )
     # SQLite stores ``YYYY-MM-DD HH:MM:SS.ffffff`` and would round the fraction; cut it.
     seconds = sa.func.substr(column, 1, 19)
-    return sa.func.strftime("%Y-%m-%d %H:%M:%S", seconds, shift, type_=sa.String)
+    return sa.func.datetime(seconds, shift, type_=sa.String)

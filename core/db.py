@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from enum import Enum
+from pathlib import Path
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
@@ -154,8 +157,14 @@ def begin_snapshot() -> None:
     the write lock and sees nothing change anyway. A session joined to a transaction begun
     outside it (the test suite's) reads as that transaction does."""
     db.session.commit()
-    if is_postgresql() and isinstance(db.session.get_bind(), Engine):
+    if is_postgresql() and _begins_its_own_transactions():
         db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+def _begins_its_own_transactions() -> bool:
+    """Whether the session's transactions are its own, not one begun outside it on a
+    connection it was bound to (the test suite's)."""
+    return isinstance(db.session.get_bind(), Engine)
 
 
 def is_postgresql() -> bool:
@@ -187,3 +196,42 @@ def copy_csv(select: Select) -> Iterator[tuple[str, int]]:
                     chunk, rows = bytearray(), 0
             if rows:
                 yield chunk.decode(), rows
+
+
+def read_parts(selects: Iterable[Select], *, jobs: int = 1) -> Iterator[list[tuple]]:
+    """The rows of each of ``selects``, in order, read in this session's transaction; or,
+    on a SQLite file with ``jobs`` > 1, by that many worker processes side by side, each
+    query on its own read-only connection. This session's transaction holds SQLite's
+    write lock meanwhile, so nothing commits and they all read what it would, if it has
+    written nothing itself (see :func:`begin_snapshot`). Bound values are written into
+    the queries: pass plain ones (numbers, text, times)."""
+    connection = db.session.connection()  # begins the transaction: the write lock is ours
+    path = connection.engine.url.database
+    if jobs < 2 or is_postgresql() or not _begins_its_own_transactions():
+        for select in selects:
+            yield [tuple(row) for row in connection.execute(select)]
+        return
+    if not path or path == ":memory:":
+        raise ValueError("parallel reads need a SQLite file")
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    with ProcessPoolExecutor(jobs) as pool:
+        pending: deque = deque()
+        for select in selects:
+            sql = str(select.compile(dialect=connection.dialect, compile_kwargs=_LITERAL))
+            pending.append(pool.submit(_sqlite_rows, uri, sql))
+            if len(pending) > 2 * jobs:  # a few ahead, not every part held in memory
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+_LITERAL = {"literal_binds": True, "render_postcompile": True}
+
+
+def _sqlite_rows(uri: str, sql: str) -> list[tuple]:
+    """A worker's part of :func:`read_parts`."""
+    connection = sqlite3.connect(uri, uri=True)
+    try:
+        return connection.execute(sql).fetchall()
+    finally:
+        connection.close()

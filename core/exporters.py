@@ -1,7 +1,8 @@
 """Exporters: classes that yield rows, written out as CSV (streamed) or XLSX (written
 row by row with XlsxWriter's constant-memory mode). One base for every export. An
-exporter that can give its rows as a query of text cells has PostgreSQL write its CSV
-(``COPY``), a few times faster than reading the rows into Python.
+exporter that can give its rows as a query of text cells has the database write its CSV,
+a few times faster than reading the rows into Python: PostgreSQL with ``COPY``, SQLite by
+joining the cells into lines, a part of the rows per query, parts in parallel if asked.
 
 CSV cells that a spreadsheet would read as a formula (starting with = + - @, a tab or a
 carriage return) are prefixed with an apostrophe: an exported nickname never runs. An
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 import xlsxwriter
+from sqlalchemy.types import TypeDecorator
 
-from core.db import copy_csv, is_postgresql
+from core.db import copy_csv, is_postgresql, read_parts
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -40,18 +42,52 @@ class Exporter(ABC):
 
     def text_query(self) -> sa.Select | None:
         """The rows as a query whose cells are the text the CSV shows, formula injection
-        defused, or None when there is none."""
+        defused, or None when there is none. Cells that may hold any character (a comma,
+        a quote, a line break) are typed :class:`FreeText`; the others never do."""
         return None
+
+    def text_parts(self) -> Iterator[sa.Select]:
+        """:meth:`text_query` split into queries whose rows, one part after another, are
+        its rows, to be written in parallel. One part unless an exporter knows better."""
+        if (query := self.text_query()) is not None:
+            yield query
+
+
+class FreeText(TypeDecorator):
+    """Text from people or providers: a CSV cell that may need quoting."""
+
+    impl = sa.String
+    cache_ok = True
 
 
 def defused(column: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
     """SQL for ``column``'s text with formula injection defused as :func:`safe_row` does,
     for exports of millions of rows, where checking each cell in Python would cost more
     than reading it."""
-    return sa.case(
+    cell = sa.case(
         (sa.func.substr(column, 1, 1).in_(_FORMULA_START), sa.literal("'") + column),
         else_=column,
     )
+    return sa.type_coerce(cell, FreeText)
+
+
+def _csv_line_sql(cells: Sequence[sa.ColumnElement]) -> sa.ColumnElement[str]:
+    """SQLite joining ``cells`` into a CSV line (no line end) in one ``printf``, which
+    builds it once instead of a copy per cell: :class:`FreeText` cells are quoted, their
+    quotes doubled (``%w``), as the csv module would write them; NULL is empty."""
+    formats = ['"%w"' if isinstance(cell.type, FreeText) else "%s" for cell in cells]
+    values = [
+        sa.func.coalesce(cell, "") if isinstance(cell.type, FreeText) else cell for cell in cells
+    ]
+    return sa.func.printf(",".join(formats), *values, type_=sa.String)
+
+
+def _sqlite_csv_part(part: sa.Select) -> sa.Select:
+    """A query of ``part``'s rows as CSV text (CRLF between lines) and their count."""
+    lines = part.with_only_columns(_csv_line_sql(part.selected_columns).label("line")).subquery()
+    # A subquery ordered by ORDER BY is fed to an aggregate in that order (SQLite does not
+    # flatten it), so the lines keep the rows' order.
+    return sa.select(sa.func.group_concat(lines.c.line, "\r\n"), sa.func.count())
 
 
 def safe_row(row: Sequence[object]) -> list[object]:
@@ -69,19 +105,30 @@ CSV_CHUNK_ROWS = 256
 Progress = Callable[[int], object]
 
 
-def csv_lines(exporter: Exporter, progress: Progress = lambda rows: None) -> Iterator[str]:
+def csv_lines(
+    exporter: Exporter, progress: Progress = lambda rows: None, *, jobs: int = 1
+) -> Iterator[str]:
     """The export as CSV text, a chunk of lines at a time (UTF-8 with a BOM, for Excel).
     Lines end in CRLF, or in LF when PostgreSQL writes them; a cell holding either is
-    quoted both ways."""
-    text_query = exporter.text_query() if is_postgresql() else None
+    quoted both ways. On SQLite, ``jobs`` processes write the parts of an exporter's text
+    query side by side (see :func:`core.db.read_parts`)."""
+    text_query = exporter.text_query()
+    copying = text_query is not None and is_postgresql()
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n" if text_query is not None else "\r\n")
+    writer = csv.writer(buffer, lineterminator="\n" if copying else "\r\n")
     writer.writerow(safe_row(exporter.headers))
     yield "\ufeff" + buffer.getvalue()
-    if text_query is not None:
+    if copying:
         for lines, rows in copy_csv(text_query):
             progress(rows)
             yield lines
+        return
+    if text_query is not None:
+        parts = map(_sqlite_csv_part, exporter.text_parts())
+        for [(lines, rows)] in read_parts(parts, jobs=jobs):
+            if rows:
+                progress(rows)
+                yield lines + "\r\n"
         return
     buffer.seek(0)
     buffer.truncate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -151,21 +152,28 @@ def worker_command(once: bool, interval: float) -> None:
 @click.option("--from", "first_day", required=True, type=click.DateTime(["%Y-%m-%d"]))
 @click.option("--to", "last_day", required=True, type=click.DateTime(["%Y-%m-%d"]))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=os.cpu_count,
+    show_default="the CPUs",
+    help="Processes writing the movements' CSV side by side (SQLite).",
+)
 @with_appcontext
-def export_revenue_command(slug: str, first_day, last_day, out: Path) -> None:
+def export_revenue_command(slug: str, first_day, last_day, out: Path, jobs: int) -> None:
     """Export a community's revenue: OUT.csv (movements) and OUT-totals.csv, or one
     workbook when OUT ends in .xlsx. Streams, with a progress bar."""
     community = db.session.scalar(sa.select(Community).where(Community.slug == slug))
     if community is None:
         raise click.ClickException(f"no community {slug!r}")
     begin_snapshot()  # the totals and the movements read the same ledger
-    rows, totals = community_revenue(community, first_day.date(), last_day.date())
+    rows, totals = community_revenue(community, first_day.date(), last_day.date(), jobs=jobs)
     with click.progressbar(length=rows.count(), label="导出 Exporting", file=sys.stderr) as bar:
         if out.suffix == ".xlsx":
             write_xlsx(out, rows, totals, progress=bar.update)
         else:
             with out.open("w", encoding="utf-8", newline="") as file:
-                file.writelines(csv_lines(rows, bar.update))
+                file.writelines(csv_lines(rows, bar.update, jobs=jobs))
             totals_path = out.with_name(f"{out.stem}-totals.csv")
             with totals_path.open("w", encoding="utf-8", newline="") as file:
                 file.writelines(csv_lines(totals))

@@ -24,10 +24,10 @@ def day_start(community: Community, day: date) -> datetime:
 
 
 def community_revenue(
-    community: Community, first_day: date, last_day: date
+    community: Community, first_day: date, last_day: date, *, jobs: int = 1
 ) -> tuple[RevenueRows, RevenueTotals]:
     """The movements of ``first_day`` to ``last_day`` (inclusive, community time), and the
-    totals they add up to."""
+    totals they add up to (summed by ``jobs`` processes on SQLite)."""
     query = LedgerQuery(
         community_id=community.id,
         start=day_start(community, first_day),
@@ -36,7 +36,7 @@ def community_revenue(
         details=[("成员编号 Member", Member.number_label)],
         joins=lambda select: select.outerjoin(Member, Member.id == Order.member_id),
     )
-    totals = RevenueTotals(query)
+    totals = RevenueTotals(query, jobs=jobs)
     return RevenueRows(query, totals), totals
 
 

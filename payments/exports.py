@@ -4,7 +4,7 @@ product, coupon and discount, and net totals by day and by month × product (tie
 course) × provider.
 
 Amounts are in major units (yuan) as exact decimals: the rows sum to the totals to the
-fen. The movements are read in batches (or written as CSV by PostgreSQL itself), so a
+fen. The movements are read in batches, or written as CSV by the database itself, so a
 million of them export in flat memory; the totals are summed by the database.
 """
 
@@ -20,12 +20,14 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from core.clock import local_timestamp_sql
-from core.db import db
+from core.db import db, is_postgresql, read_parts
 from core.exporters import Exporter, defused
 from core.money import CURRENCIES
 from payments.models import LedgerEntry, Order
 
 BATCH = 5000
+#: Ledger ids per part of an export that SQLite writes (:meth:`RevenueRows.text_parts`).
+PART_IDS = 20_000
 
 
 @functools.lru_cache(maxsize=4096)  # prices repeat: most movements are a few amounts
@@ -36,14 +38,27 @@ def major(amount: int, currency: str) -> Decimal:
 
 
 def major_sql(amount: sa.ColumnElement[int], currency: sa.ColumnElement[str]) -> sa.ColumnElement:
-    """PostgreSQL for :func:`major`: its numeric keeps the scale (9900 × 0.01 is 99.00),
-    where SQLite would give a float."""
-    units = {code: Decimal(1).scaleb(-exponent) for code, (exponent, _) in CURRENCIES.items()}
-    unit = sa.case({code: sa.literal(value) for code, value in units.items()}, value=currency)
-    return sa.cast(amount, sa.Numeric) * unit
+    """SQL for :func:`major`, shown as :func:`major`'s text: PostgreSQL's numeric keeps the
+    scale (9900 × 0.01 is 99.00); SQLite, which would give a float, prints the integer's
+    digits either side of the point."""
+    if is_postgresql():
+        units = {code: Decimal(1).scaleb(-exponent) for code, (exponent, _) in CURRENCIES.items()}
+        unit = sa.case({code: sa.literal(value) for code, value in units.items()}, value=currency)
+        return sa.cast(amount, sa.Numeric) * unit
+    size = sa.func.abs(amount)
+    sign = sa.case((amount < 0, "-"), else_="")
+    texts = {}
+    for code, (exponent, _) in CURRENCIES.items():
+        scale = 10**exponent  # SQLite's / of integers is integer division
+        texts[code] = (
+            sa.func.printf(f"%s%d.%0{exponent}d", sign, size.op("/")(scale), size % scale)
+            if exponent
+            else amount
+        )
+    return sa.case(texts, value=currency)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LedgerQuery:
     """Which movements: those of one community's orders between two aware times."""
 
@@ -56,18 +71,35 @@ class LedgerQuery:
     #: Extra joins from ``orders`` for those columns.
     joins: Callable[[sa.Select], sa.Select] = lambda select: select
 
-    def select(self, *columns) -> sa.Select:
+    def select(self, *columns, ids: range | None = None) -> sa.Select:
         """``columns`` of these movements, joined with their orders (:attr:`joins` adds the
-        details' tables)."""
-        return (
+        details' tables); only those whose ledger ids are in ``ids`` if given."""
+        select = (
             sa.select(*columns)
             .join(Order, Order.id == LedgerEntry.order_id)
-            .where(
-                Order.community_id == self.community_id,
-                LedgerEntry.created_at >= self.start,
-                LedgerEntry.created_at < self.end,
-            )
+            .where(LedgerEntry.created_at >= self.start, LedgerEntry.created_at < self.end)
         )
+        if ids is None:
+            return select.where(Order.community_id == self.community_id)
+        # The community as an expression, not the bare column: the id range, not the
+        # community's index, is what the database should start from.
+        return select.where(
+            LedgerEntry.id >= ids.start,
+            LedgerEntry.id < ids.stop,
+            Order.community_id + 0 == self.community_id,
+        )
+
+    @functools.cached_property
+    def id_ranges(self) -> list[range]:
+        """The movements' ledger ids in ranges of :data:`PART_IDS`, for reading in parts."""
+        first, last = db.session.execute(
+            sa.select(sa.func.min(LedgerEntry.id), sa.func.max(LedgerEntry.id)).where(
+                LedgerEntry.created_at >= self.start, LedgerEntry.created_at < self.end
+            )
+        ).one()
+        if first is None:
+            return []
+        return [range(start, start + PART_IDS) for start in range(first, last + 1, PART_IDS)]
 
     def local_time(self) -> sa.ColumnElement[str]:
         """A movement's time on the community's clock, ``YYYY-MM-DD HH:MM:SS``."""
@@ -103,9 +135,10 @@ class RevenueRows(Exporter):
         """How many movements the export has (for a progress bar)."""
         return self.totals.movements
 
-    def _select(self, *columns) -> sa.Select:
+    def _select(self, *columns, ids: range | None = None) -> sa.Select:
         """``columns`` of the movements with their details, in the ledger's order."""
-        return self.query.joins(self.query.select(*columns)).order_by(LedgerEntry.id)
+        select = self.query.select(*columns, ids=ids)
+        return self.query.joins(select).order_by(LedgerEntry.id)
 
     def _described(self) -> list[sa.ColumnElement]:
         """The text columns before the amounts, formula injection defused."""
@@ -135,8 +168,9 @@ class RevenueRows(Exporter):
                 gross, fee, net, discounted = _amounts(described[1], amount, currency, discount)
                 yield (*described, gross, fee, net, currency, coupon, discounted)
 
-    def text_query(self) -> sa.Select:
-        """The rows as text, as :meth:`rows` gives them, for PostgreSQL to write."""
+    def text_query(self, ids: range | None = None) -> sa.Select:
+        """The rows as text, as :meth:`rows` gives them, for the database to write; those
+        of the ledger ids in ``ids`` if given."""
         gross = sa.case((LedgerEntry.kind == "fee", 0), else_=LedgerEntry.amount)
         fee = sa.case((LedgerEntry.kind == "fee", -LedgerEntry.amount), else_=0)
         currency = LedgerEntry.currency
@@ -148,7 +182,13 @@ class RevenueRows(Exporter):
             currency,
             defused(LedgerEntry.coupon_code),
             major_sql(LedgerEntry.discount, currency),
+            ids=ids,
         )
+
+    def text_parts(self) -> Iterator[sa.Select]:
+        """The text query by ranges of :data:`PART_IDS` ledger ids."""
+        for ids in self.query.id_ranges:
+            yield self.text_query(ids)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -173,19 +213,27 @@ class RevenueTotals(Exporter):
     title = "汇总 Totals"
     headers = ("期间 Period", "产品 Product", "渠道 Provider", "币种 Currency", "净额 Net")
 
-    def __init__(self, query: LedgerQuery) -> None:
+    def __init__(self, query: LedgerQuery, *, jobs: int = 1) -> None:
         self.query = query
+        self.jobs = jobs
 
     @functools.cached_property
-    def _sums(self) -> list[sa.Row]:
+    def _sums(self) -> list[tuple]:
         """Net amount (minor units) and count of movements by day × product × provider ×
-        currency, summed by the database."""
+        currency, summed by the database; with ``jobs`` > 1 by parts of the ledger side by
+        side (see :func:`core.db.read_parts`), so a key may come once per part: every use
+        adds them up."""
         day = sa.func.substr(self.query.local_time(), 1, 10).label("day")
         keys = (day, Order.product, LedgerEntry.provider, LedgerEntry.currency)
-        select = self.query.select(
-            *keys, sa.func.sum(LedgerEntry.amount), sa.func.count(LedgerEntry.id)
-        ).group_by("day", *keys[1:])
-        return db.session.execute(select).all()
+        sums = (sa.func.sum(LedgerEntry.amount), sa.func.count(LedgerEntry.id))
+        if self.jobs == 1 or is_postgresql():
+            select = self.query.select(*keys, *sums).group_by("day", *keys[1:])
+            return db.session.execute(select).all()
+        parts = [
+            self.query.select(*keys, *sums, ids=ids).group_by("day", *keys[1:])
+            for ids in self.query.id_ranges
+        ]
+        return [row for rows in read_parts(parts, jobs=self.jobs) for row in rows]
 
     @property
     def movements(self) -> int:

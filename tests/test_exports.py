@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -13,12 +14,14 @@ import openpyxl
 import pytest
 import sqlalchemy as sa
 
+from core import db as core_db
 from core.clock import local_timestamp_sql, utc_offsets, utcnow
 from core.db import UTCDateTime, begin_snapshot, db, is_postgresql
 from core.exporters import csv_lines, defused, safe_row
 from membership.cli import seed_demo_community
 from membership.exports import community_revenue
 from membership.models import Community, Tier
+from payments import exports
 from payments.exports import major
 from payments.models import LedgerEntry, Order, Payment
 from tests.conftest import fresh_database
@@ -182,8 +185,9 @@ def _ledger_entry(payment: Payment, **fields) -> LedgerEntry:
 
 
 def test_csv_reads_as_the_rows_whoever_writes_it(app, demo):
-    """On PostgreSQL the database writes the movements' CSV itself (COPY): it must read
-    back cell for cell as the rows Python gives, awkward text and amounts included."""
+    """The database writes the movements' CSV itself (PostgreSQL's COPY, SQLite's lines):
+    it must read back cell for cell as the rows Python gives (for a workbook), awkward
+    text and amounts included."""
     join_and_pay(app.test_client(), "main")
     with app.app_context():
         payment = db.session.scalar(sa.select(Payment))
@@ -193,6 +197,8 @@ def test_csv_reads_as_the_rows_whoever_writes_it(app, demo):
             ("refund", -5, "CNY", {"provider_transaction_id": 'tx,"1"'}),
             ("payment", 123456, "JPY", {"coupon_code": "-5OFF", "discount": 1000}),
             ("dispute_won", 0, "USD", {"coupon_code": ""}),
+            ("refund", -123, "JPY", {}),
+            ("payment", 100000007, "CNY", {"discount": 10}),
         ]:
             _ledger_entry(payment, kind=kind, amount=amount, currency=currency, **extra)
         db.session.commit()
@@ -200,15 +206,63 @@ def test_csv_reads_as_the_rows_whoever_writes_it(app, demo):
         today = utcnow().date()
         rows, _ = community_revenue(community, today - timedelta(days=1), today + timedelta(days=1))
         expected = [["" if cell is None else str(cell) for cell in row] for row in rows.rows()]
-        assert len(expected) == 5
+        assert len(expected) == 7
         assert expected[2][7:10] == ["-0.05", "0.00", "-0.05"]
         assert expected[3][7:] == ["123456", "0", "123456", "JPY", "'-5OFF", "1000"]
-        if is_postgresql():  # the rows are COPY's, never Python's
-            rows.rows = lambda: pytest.fail("the database writes this CSV")
+        assert expected[6][7:] == ["1000000.07", "0.00", "1000000.07", "CNY", "", "0.10"]
+        rows.rows = lambda: pytest.fail("the database writes this CSV")
         text = "".join(csv_lines(rows))
     written = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
     assert written[0] == rows.headers
     assert written[1:] == expected
+
+
+@pytest.mark.committing
+def test_sqlite_writes_the_parts_side_by_side(tmp_path, _api_server, monkeypatch):
+    """On SQLite the CLI's export is read by worker processes, a range of ledger ids
+    each: their lines, put together, are the rows in order, each once, and their sums
+    the totals."""
+    with fresh_database(tmp_path, _api_server) as app, app.app_context():
+        if is_postgresql():
+            pytest.skip("PostgreSQL writes the whole CSV itself (COPY)")
+        seed_demo_community()
+        db.session.commit()
+    for _ in range(3):
+        join_and_pay(app.test_client(), "main")
+    with app.app_context():
+        payment = db.session.scalar(sa.select(Payment))
+        for amount in (-1, -20, 3, -40):
+            _ledger_entry(payment, kind="refund", amount=amount, provider_transaction_id="t,x")
+        db.session.commit()
+        today = utcnow().date()
+        community = db.session.scalar(sa.select(Community))
+        days = today - timedelta(days=1), today + timedelta(days=1)
+        rows, totals = community_revenue(community, *days)
+        expected = [["" if cell is None else str(cell) for cell in row] for row in rows.rows()]
+        expected_totals = list(totals.rows())
+        submitted = []
+        monkeypatch.setattr(exports, "PART_IDS", 3)
+        monkeypatch.setattr(core_db, "ProcessPoolExecutor", _Recording(submitted))
+        begin_snapshot()
+        rows, totals = community_revenue(community, *days, jobs=2)
+        assert totals.movements == 7
+        text = "".join(csv_lines(rows, jobs=2))
+        db.session.rollback()
+    assert len(submitted) == 6  # ledger ids 1–7, three at a time: the totals, then the rows
+    assert len(expected) == 7
+    assert list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))[1:] == expected
+    assert list(totals.rows()) == expected_totals
+
+
+def _Recording(submitted: list):
+    """A ProcessPoolExecutor that notes what is submitted to it."""
+
+    class Recording(ProcessPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            submitted.append(args)
+            return super().submit(fn, *args, **kwargs)
+
+    return Recording
 
 
 @pytest.mark.committing
