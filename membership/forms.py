@@ -65,6 +65,15 @@ CONTACT_RULES: dict[ContactKind, tuple[re.Pattern[str], str]] = {
 }
 
 
+def coupon_code_field() -> StringField:
+    """The optional coupon code a payer types before paying (see :mod:`payments.discounts`)."""
+    return StringField(
+        "优惠码（选填）· Coupon code (optional)",
+        filters=[strip_text],
+        validators=[Length(max=40, message="优惠码不存在 · Unknown coupon code")],
+    )
+
+
 class JoinForm(FlaskForm):
     display_name = StringField(
         "群昵称 · Display name",
@@ -90,11 +99,7 @@ class JoinForm(FlaskForm):
         "我已阅读并同意群规 · I accept the rules",
         validators=[DataRequired("请阅读并同意群规 · Please accept the rules")],
     )
-    coupon = StringField(
-        "优惠码（选填）· Coupon code (optional)",
-        filters=[strip_text],
-        validators=[Length(max=40, message="优惠码不存在 · Unknown coupon code")],
-    )
+    coupon = coupon_code_field()
     provider = RadioField("支付方式 · Pay with", validators=[InputRequired(REQUIRED)])
     submission_key = HiddenField(validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")])
 
@@ -115,6 +120,13 @@ class PayAgainForm(FlaskForm):
     """Pay an application's open order again, after a failure or a cancel."""
 
     provider = RadioField("支付方式 · Pay with", validators=[InputRequired(REQUIRED)])
+
+
+class PayForm(PayAgainForm):
+    """Pay an order nothing was tried on yet (a personal pay link, a renewal): a coupon
+    code may still be applied to it."""
+
+    coupon = coupon_code_field()
 
 
 class CommunityForm(FlaskForm):

@@ -29,6 +29,7 @@ from membership.forms import (
     LoginCodeForm,
     MemberLoginForm,
     PayAgainForm,
+    PayForm,
     answers_of,
     with_questions,
 )
@@ -62,13 +63,13 @@ from membership.services import (
     submit_application,
 )
 from membership.visits import count_visit
-from payments.discounts import DiscountRefused, Purchase, discount_order
+from payments.discounts import DiscountRefused
 from payments.models import Order, OrderStatus
 from payments.providers import ProviderError, enabled_providers, get_provider
 from payments.providers.wechatpay import WeChatPayProvider
 from payments.views import (
     OPENID_SESSION_KEY,
-    client_address,
+    apply_discount_code,
     current_payer,
     refuse_discount_code,
     send_to_provider,
@@ -208,18 +209,14 @@ def join(slug: str, tier_code: str):
         )
         approval = auto_approve(application) if tier.requires_screening else None
         if "coupon" in form and form.coupon.data and application.order_id:
-            discount_order(
+            apply_discount_code(
                 db.session.get(Order, application.order_id),
                 form.coupon.data,
-                Purchase(
-                    product=f"tier:{tier.id}",
-                    buyer=f"member:{member.id}"
-                    if member
-                    else f"{application.contact_kind}:{application.contact_value}",
-                    client=client_address(),
-                ),
+                product=f"tier:{tier.id}",
+                buyer=f"member:{member.id}"
+                if member
+                else f"{application.contact_kind}:{application.contact_value}",
                 actor=f"member:{member.id}" if member else "prospect",
-                now=utcnow(),
             )
         db.session.commit()
         if approval is not None:
@@ -334,7 +331,7 @@ def me():
     member = logged_in_member()
     if member is None:
         return render_template("me/anonymous.html"), 401
-    pay_form = PayAgainForm()
+    pay_form = PayForm()
     offer_providers(pay_form)
     return render_template(
         "me/member.html", member=member, community=member.community, pay_form=pay_form
@@ -348,17 +345,31 @@ def renew(membership_id: int):
     membership = db.session.get(Membership, membership_id)
     if member is None or membership is None or membership.member_id != member.id:
         abort(404)
-    form = PayAgainForm()
+    form = PayForm()
     offer_providers(form)
     if not form.validate_on_submit():
-        abort(400)
+        if not form.coupon.errors:
+            abort(400)
+        flash(form.coupon.errors[0], "error")
+        return redirect(url_for(".me"))
     try:
         renewal = start_renewal(membership)
+        if form.coupon.data:
+            apply_discount_code(
+                db.session.get(Order, renewal.order_id),
+                form.coupon.data,
+                product=f"tier:{membership.tier_id}",
+                buyer=f"member:{member.id}",
+                actor=f"member:{member.id}",
+            )
+        db.session.commit()
     except RenewalRefused as refusal:
         db.session.rollback()
         flash(str(refusal), "error")
         return redirect(url_for(".me"))
-    db.session.flush()
+    except DiscountRefused as refusal:
+        flash(refuse_discount_code(refusal), "error")
+        return redirect(url_for(".me"))
     return _continue(renewal, form.provider.data)
 
 
@@ -471,17 +482,33 @@ def pay_link(slug: str, token: str):
     community = _community(slug)
     application = _approved_application(community, token)
     member = logged_in_member(community)
-    form = PayAgainForm()
+    form = PayForm()
     offer_providers(form)
-    refusal = None
+    refusal, status = None, 200
     try:
         order = order_for_pay_link(application, member)
     except ScreeningRefused as error:
         db.session.rollback()
-        refusal, order = str(error), None
+        refusal, order, status = str(error), None, 403
+    if order is not None and order.payments:
+        del form.coupon  # a payment was tried: the price is settled
     if order is not None and form.validate_on_submit():
-        db.session.commit()
-        return _continue(application, form.provider.data)
+        try:
+            if "coupon" in form and form.coupon.data:
+                apply_discount_code(
+                    order,
+                    form.coupon.data,
+                    product=f"tier:{application.tier_id}",
+                    buyer=f"member:{member.id}",
+                    actor=f"member:{member.id}",
+                )
+            db.session.commit()
+        except DiscountRefused as error:
+            form.coupon.errors.append(refuse_discount_code(error))
+        else:
+            return _continue(application, form.provider.data)
+    if form.errors:
+        status = 422
     db.session.rollback()
     expired = application.pay_link_expires_at <= utcnow() and order is None
     return render_template(
@@ -492,7 +519,7 @@ def pay_link(slug: str, token: str):
         refusal=refusal,
         expired=expired,
         member=member,
-    ), (200 if refusal is None else 403)
+    ), status
 
 
 @bp.post("/join/<slug>/pay/<token>/again")

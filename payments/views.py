@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+from datetime import datetime
 
 import qrcode
 import sqlalchemy as sa
@@ -28,7 +29,7 @@ from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
 from core.security import csrf, new_token, sign, unsign
 from payments import inbox
-from payments.discounts import DiscountRefused, note_refused_code
+from payments.discounts import DiscountRefused, Purchase, discount_order, note_refused_code
 from payments.models import Order, Payment, PaymentStatus
 from payments.providers import EventKind, Payer, ProviderError, get_provider
 from payments.providers.fake import FakeProvider
@@ -47,6 +48,23 @@ def client_address() -> str:
     """The address of the client of this request (behind ``TRUSTED_PROXIES``, the one they
     forwarded)."""
     return request.remote_addr or ""
+
+
+def apply_discount_code(
+    order: Order,
+    code: str,
+    *,
+    product: str,
+    buyer: str,
+    actor: str,
+    now: datetime | None = None,
+) -> None:
+    """Apply the code a payer typed on a page to ``order`` before it is paid (see
+    :func:`~payments.discounts.discount_order`; ``product`` and ``buyer`` as in
+    :class:`~payments.discounts.Purchase`). Raises :class:`DiscountRefused`: answer it with
+    :func:`refuse_discount_code`."""
+    purchase = Purchase(product=product, buyer=buyer, client=client_address())
+    discount_order(order, code, purchase, actor=actor, now=now or utcnow())
 
 
 def refuse_discount_code(refusal: DiscountRefused) -> str:

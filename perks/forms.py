@@ -26,7 +26,7 @@ from wtforms.validators import (
     ValidationError,
 )
 
-from membership.forms import REQUIRED, strip_text, url_code_field
+from membership.forms import REQUIRED, coupon_code_field, strip_text, url_code_field
 from perks.models import PerkKind
 
 CODE = Regexp(
@@ -36,11 +36,7 @@ MONEY_HINT = "价格格式不正确，例如 9 或 9.90 · Enter an amount like 
 
 
 class CourseBuyForm(FlaskForm):
-    coupon = StringField(
-        "优惠码（选填）· Coupon code (optional)",
-        filters=[strip_text],
-        validators=[Length(max=40, message="优惠码不存在 · Unknown coupon code")],
-    )
+    coupon = coupon_code_field()
     provider = RadioField("支付方式 · Pay with", validators=[InputRequired(REQUIRED)])
     submission_key = HiddenField(validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")])
 

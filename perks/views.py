@@ -13,9 +13,9 @@ from core.db import db
 from core.security import new_token, unsign
 from membership.models import Community, Member
 from membership.views import logged_in_member, offer_providers
-from payments.discounts import DiscountRefused, Purchase, discount_order
+from payments.discounts import DiscountRefused
 from payments.models import Order, OrderStatus
-from payments.views import client_address, refuse_discount_code, send_to_provider
+from payments.views import apply_discount_code, refuse_discount_code, send_to_provider
 from perks.courses import (
     CoursePrice,
     CourseRefused,
@@ -123,14 +123,11 @@ def course(slug: str, code: str):
         )
         order = db.session.get(Order, enrolment.order_id)
         if form.coupon.data:
-            discount_order(
+            apply_discount_code(
                 order,
                 form.coupon.data,
-                Purchase(
-                    product=f"course:{course.id}",
-                    buyer=f"member:{member.id}",
-                    client=client_address(),
-                ),
+                product=f"course:{course.id}",
+                buyer=f"member:{member.id}",
                 actor=f"member:{member.id}",
                 now=now,
             )

@@ -18,11 +18,12 @@ from werkzeug.test import TestResponse
 from core.clock import utcnow
 from core.db import db
 from core.security import new_token
-from membership.models import ContactKind, Invitation, Member, Membership, Tier
+from membership.models import Community, ContactKind, Invitation, Member, Membership, Tier
 from membership.services import submit_application
 from payments.models import Dispute, LedgerEntry, Order, Payment, Refund
 from payments.providers import EventKind, Payer, get_provider
 from payments.services import start_payment
+from perks.models import Coupon
 from tests import fake_apis
 
 ADMIN_EMAIL = "owner@example.com"
@@ -90,6 +91,24 @@ def submit_join(
     return client.post(
         f"/join/{slug}/{tier}", data={k: v for k, v in data.items() if v is not None}
     )
+
+
+def add_coupon(app, code: str = "VIP20", **fields) -> int:
+    """A coupon of the (only) community, 20% off unless ``fields`` say otherwise; its id."""
+    with app.app_context():
+        community = db.session.scalar(sa.select(Community))
+        tiers = fields.pop("tiers", [])
+        coupon = Coupon(
+            community=community,
+            code=code,
+            currency="CNY",
+            created_at=utcnow(),
+            **({"percent_off": 20} | fields),
+        )
+        coupon.tiers = [db.session.scalar(sa.select(Tier).where(Tier.code == t)) for t in tiers]
+        db.session.add(coupon)
+        db.session.commit()
+        return coupon.id
 
 
 def cashier_action(client: FlaskClient, cashier_url: str, action: str = "pay") -> TestResponse:

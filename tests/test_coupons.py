@@ -11,28 +11,11 @@ import sqlalchemy as sa
 from core.audit import AuditEntry
 from core.clock import utcnow
 from core.db import db
-from membership.models import Application, Community, Member, Tier
+from membership.models import Application, Community, Member
 from payments.models import LedgerEntry, Order, OrderStatus, Payment, RefusedCode
 from payments.services import request_refund, send_refund
-from perks.models import Coupon, CouponUse, CouponUseStatus
-from tests.helpers import cashier_action, count, submit_join
-
-
-def add_coupon(app, code: str = "VIP20", **fields) -> int:
-    with app.app_context():
-        community = db.session.scalar(sa.select(Community))
-        tiers = fields.pop("tiers", [])
-        coupon = Coupon(
-            community=community,
-            code=code,
-            currency="CNY",
-            created_at=utcnow(),
-            **({"percent_off": 20} | fields),
-        )
-        coupon.tiers = [db.session.scalar(sa.select(Tier).where(Tier.code == t)) for t in tiers]
-        db.session.add(coupon)
-        db.session.commit()
-        return coupon.id
+from perks.models import CouponUse, CouponUseStatus
+from tests.helpers import add_coupon, cashier_action, count, submit_join
 
 
 def join_with(client, code: str, **fields):

@@ -39,9 +39,10 @@ from membership.models import (
     TierAudience,
     TierKind,
 )
-from payments.models import LedgerEntry, Payment, PaymentStatus
+from payments.models import LedgerEntry, Order, Payment, PaymentStatus, RefusedCode
 from tests import fake_apis
 from tests.helpers import (
+    add_coupon,
     cashier_action,
     count,
     csrf_token,
@@ -297,13 +298,14 @@ def thirty_day_tier(app, demo):
         db.session.commit()
 
 
-def _renew(app, browser):
+def _renew(app, browser, coupon=""):
     page = browser.get("/me").get_data(as_text=True)
     assert "续费 ¥50.00" in page
     membership_id = re.search(r"/me/renew/(\d+)", page).group(1)
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
     return browser.post(
-        f"/me/renew/{membership_id}", data={"csrf_token": token, "provider": "fake"}
+        f"/me/renew/{membership_id}",
+        data={"csrf_token": token, "provider": "fake", "coupon": coupon},
     )
 
 
@@ -361,6 +363,44 @@ def test_a_renewal_paid_twice_extends_once(app, thirty_day_tier):
             sa.select(LedgerEntry.amount).where(LedgerEntry.order_id == first.order_id)
         ).all()
         assert renewal_ledger == [5000, 5000]
+
+
+def test_a_renewal_takes_a_coupon_and_a_free_one_renews_at_once(app, thirty_day_tier):
+    add_coupon(app, "RENEW10", percent_off=10, tiers=["main"])
+    add_coupon(app, "ONUS", percent_off=100, tiers=["main"])
+    join_with_phone(app.test_client())
+    browser = app.test_client()
+    log_in_member(app, browser)
+    with app.app_context():
+        first_end = db.session.scalar(sa.select(Membership.ends_at))
+
+    refused = _renew(app, browser, coupon="NOPE")
+    assert refused.location == "/me"
+    assert "优惠码不存在" in browser.get("/me").get_data(as_text=True)
+    with app.app_context():
+        assert count(Order) == 1  # the first year's: no renewal was started
+        assert count(RefusedCode) == 1
+
+    to_cashier = _renew(app, browser, coupon=" renew10 ")
+    assert to_cashier.location.startswith("/fake-pay/")
+    with app.app_context():
+        renewal = db.session.scalars(sa.select(Order).order_by(Order.id.desc())).first()
+        assert (renewal.list_amount, renewal.amount, renewal.coupon_code) == (5000, 4500, "RENEW10")
+    status = cashier_action(browser, to_cashier.location, "pay").location
+    assert "续费成功" in browser.get(status).get_data(as_text=True)
+
+    free = _renew(app, browser, coupon="ONUS")
+    assert not free.location.startswith("/fake-pay/")  # nothing to pay
+    assert "续费成功" in browser.get(free.location).get_data(as_text=True)
+    with app.app_context():
+        ends_at = db.session.scalars(sa.select(Membership.ends_at)).one()
+        assert ends_at == first_end + timedelta(days=60)
+        entries = db.session.execute(
+            sa.select(LedgerEntry.amount, LedgerEntry.discount, LedgerEntry.coupon_code)
+            .order_by(LedgerEntry.id)
+            .offset(1)
+        ).all()
+        assert entries == [(4500, 500, "RENEW10"), (0, 5000, "ONUS")]
 
 
 def test_lifetime_memberships_are_not_renewed(app, demo):

@@ -21,7 +21,8 @@ from membership.models import (
     ScreeningQuestion,
     Tier,
 )
-from tests.helpers import cashier_action, count, open_join_form, submit_form
+from payments.models import LedgerEntry, Order, RefusedCode
+from tests.helpers import add_coupon, cashier_action, count, open_join_form, submit_form
 
 ANSWERS = {"why": "想和大家一起读书", "where": "朋友推荐"}
 
@@ -145,6 +146,35 @@ def test_approving_twice_is_refused(app, client, screened, logged_in):
             .count(ApplicationStatus.APPROVED)
             == 1
         )
+
+
+def test_a_pay_link_takes_a_coupon_until_a_payment_is_tried(app, client, screened, logged_in):
+    add_coupon(app, "LOBBY30", percent_off=30, tiers=["main"])
+    apply(client, screened)
+    review(app, logged_in, screened, "approve", pending_ids(app))
+    link = pay_link(app)
+    page = client.get(link).text
+    assert "优惠码（选填）" in page
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    pay = {"csrf_token": token, "provider": "fake"}
+
+    wrong = client.post(link, data={**pay, "coupon": "NOPE"})
+    assert wrong.status_code == 422
+    assert "优惠码不存在" in wrong.text
+    with app.app_context():
+        assert count(Order) == 0
+        assert count(RefusedCode) == 1
+
+    to_cashier = client.post(link, data={**pay, "coupon": "lobby30"})
+    assert to_cashier.location.startswith("/fake-pay/")
+    with app.app_context():
+        order = db.session.scalars(sa.select(Order)).one()
+        assert (order.list_amount, order.amount, order.coupon_code) == (9900, 6930, "LOBBY30")
+    assert 'name="coupon"' not in client.get(link).text  # a payment was tried: price settled
+    status = cashier_action(client, to_cashier.location, "pay").location
+    assert 'id="member-number">0001<' in client.get(status).text
+    with app.app_context():
+        assert db.session.scalar(sa.select(LedgerEntry.discount)) == 2970
 
 
 def test_someone_elses_pay_link_is_refused(app, client, screened, logged_in):
