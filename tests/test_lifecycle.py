@@ -301,6 +301,8 @@ def thirty_day_tier(app, demo):
 def _renew(app, browser, coupon=""):
     page = browser.get("/me").get_data(as_text=True)
     assert "续费 ¥50.00" in page
+    offered = re.findall(r'name="provider" required type="radio" value="(\w+)"', page)
+    assert offered == ["fake", "wechatpay", "stripe"]  # the member picks how to pay
     membership_id = re.search(r"/me/renew/(\d+)", page).group(1)
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
     return browser.post(
