@@ -177,6 +177,19 @@ def test_a_pay_link_takes_a_coupon_until_a_payment_is_tried(app, client, screene
         assert db.session.scalar(sa.select(LedgerEntry.discount)) == 2970
 
 
+def test_a_pay_link_with_a_free_coupon_admits_at_once(app, client, screened, logged_in):
+    add_coupon(app, "WELCOMEALL", percent_off=100, tiers=["main"])
+    apply(client, screened)
+    review(app, logged_in, screened, "approve", pending_ids(app))
+    link = pay_link(app)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', client.get(link).text)
+    answer = client.post(
+        link, data={"csrf_token": token.group(1), "provider": "fake", "coupon": "WELCOMEALL"}
+    )
+    assert "/join/demo/status/" in answer.location  # nothing to pay: straight to the status
+    assert 'id="member-number">0001<' in client.get(answer.location).text
+
+
 def test_someone_elses_pay_link_is_refused(app, client, screened, logged_in):
     apply(client, screened)
     review(app, logged_in, screened, "approve", pending_ids(app))
