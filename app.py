@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config as settings
-from core import outbox  # noqa: F401 (its model is part of the schema)
+from core import limits, outbox  # noqa: F401 (their models are part of the schema)
 from core.admin import bp as core_admin_bp
 from core.auth import bp as auth_bp
 from core.auth import login_manager

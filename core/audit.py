@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from flask import has_request_context, request
 from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -32,6 +33,8 @@ class AuditEntry(db.Model):
     target_id: Mapped[int | None]
     #: Details worth keeping; never secrets.
     data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    #: The client address of the request that made the change (none for CLI and workers).
+    ip: Mapped[str | None] = mapped_column(sa.String(45))
 
     __table_args__ = (sa.Index(None, "target_type", "target_id"),)
 
@@ -59,6 +62,7 @@ def record(
             "target_type": target.__tablename__,
             "target_id": target.id,
             "data": data or {},
+            "ip": request.remote_addr if has_request_context() else None,
         }
     )
 

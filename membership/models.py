@@ -201,6 +201,12 @@ class Member(db.Model):
     #: Their WeChat openid under our official account, once verified by WeChat's OAuth
     #: (a JSAPI payment, or binding from their page): they can log in inside WeChat.
     wechat_openid: Mapped[str | None] = mapped_column(sa.String(64))
+    #: When the contact was proven theirs (a code sent to it came back). Until then it is
+    #: only a claim: nobody reaches ``/me`` through it.
+    contact_proven_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Signed into every member session and member link; bumping it ("log out everywhere",
+    #: proving the contact) ends them all.
+    credential_version: Mapped[int] = mapped_column(default=1, server_default="1")
 
     community: Mapped[Community] = relationship()
     memberships: Mapped[list[Membership]] = relationship(
@@ -216,6 +222,12 @@ class Member(db.Model):
         sa.UniqueConstraint("community_id", "wechat_openid"),
         sa.Index(None, "community_id", "contact_kind", "contact_value"),
     )
+
+    @property
+    def is_proven(self) -> bool:
+        """Whether this member has a credential beyond a typed contact: a contact proven
+        by a code, or a WeChat openid from WeChat's OAuth."""
+        return self.contact_proven_at is not None or self.wechat_openid is not None
 
     def holds(self, tier_id: int) -> bool:
         """Whether a current membership of the tier is theirs."""
@@ -312,6 +324,8 @@ class Application(db.Model):
     #: The approved applicant's personal pay link, and until when it works.
     pay_token: Mapped[str | None] = mapped_column(sa.String(48), unique=True)
     pay_link_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When its status page logged the browser that made it in as its new member (once).
+    status_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     community: Mapped[Community] = relationship()
     tier: Mapped[Tier] = relationship()
