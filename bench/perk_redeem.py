@@ -27,7 +27,7 @@ from bench.webhook_ingest import database, gunicorn, load, prepare, rate_main, r
 from core.clock import utcnow  # noqa: E402
 from core.db import db  # noqa: E402
 from membership.models import Community, Member, Membership, MembershipStatus, Tier  # noqa: E402
-from membership.views import MEMBER_SESSION_KEY  # noqa: E402
+from membership.views import MEMBER_SESSION_KEY, member_login  # noqa: E402
 from perks.models import Perk, PerkKind  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def members_redeeming(url: str, members: int) -> tuple[int, list]:
     for member_id in member_ids:
         client = app.test_client()
         with client.session_transaction() as session:
-            session[MEMBER_SESSION_KEY] = member_id
+            session[MEMBER_SESSION_KEY] = member_login(member_id, 1, proven=True, now=utcnow())
         requests.append(form_post(client, "/me", {}))
     return perk_id, requests
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, session
 from flask_wtf.csrf import CSRFProtect
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 
 def same_site_path(target: str | None) -> str | None:
@@ -40,21 +41,51 @@ def same_secret(a: str | bytes, b: str | bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
-def _serializer(purpose: str) -> URLSafeSerializer:
-    return URLSafeSerializer(current_app.config["SECRET_KEY"], salt=f"qunmen.{purpose}")
+def _serializer(purpose: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=f"qunmen.{purpose}")
 
 
 def sign(purpose: str, value: Any) -> str:
-    """A URL-safe signed form of ``value``, valid only for ``purpose``."""
+    """A URL-safe signed form of ``value``, valid only for ``purpose``; it carries the
+    time it was signed, so :func:`unsign` can refuse it once it is too old."""
     return _serializer(purpose).dumps(value)
 
 
-def unsign(purpose: str, token: str) -> Any | None:
-    """The value signed by :func:`sign` for ``purpose``, or None when the token is bad."""
+def unsign(purpose: str, token: str, *, max_age: timedelta | None = None) -> Any | None:
+    """The value signed by :func:`sign` for ``purpose``, or None when the token is bad or,
+    given ``max_age``, older than that."""
     try:
-        return _serializer(purpose).loads(token)
-    except BadSignature:
+        return _serializer(purpose).loads(
+            token, max_age=int(max_age.total_seconds()) if max_age else None
+        )
+    except BadSignature:  # SignatureExpired included
         return None
+
+
+#: How long a round trip through another site (WeChat's OAuth) may take.
+FLOW_LIFETIME = timedelta(minutes=10)
+
+
+def sign_for_this_browser(purpose: str, value: Any) -> str:
+    """A ``state`` for a round trip through another site that only this browser can finish,
+    once, within :data:`FLOW_LIFETIME`: a fresh nonce is kept in the session and signed in
+    with ``value``. Starting another trip for the same purpose replaces it."""
+    nonce = new_token(16)
+    session[f"flow.{purpose}"] = nonce
+    return sign(purpose, {"nonce": nonce, "value": value})
+
+
+def unsign_for_this_browser(purpose: str, token: str) -> Any | None:
+    """The value of a ``state`` made by :func:`sign_for_this_browser` in this browser, or
+    None when it is forged, expired, already used, or from another browser. The nonce is
+    used up either way."""
+    expected = session.pop(f"flow.{purpose}", None)
+    signed = unsign(purpose, token, max_age=FLOW_LIFETIME)
+    if not expected or not isinstance(signed, dict):
+        return None
+    if not same_secret(str(signed.get("nonce", "")), expected):
+        return None
+    return signed.get("value")
 
 
 #: CSRF protection for every form; webhook endpoints are exempted where they are defined.

@@ -14,6 +14,7 @@ from sqlalchemy.orm import joinedload
 from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
+from core.limits import Limit, TooManyTries, claim
 from core.security import new_token
 from membership.access import queue_platform_task
 from membership.models import (
@@ -38,6 +39,15 @@ from membership.models import (
 from membership.platforms import PLATFORMS
 from payments.models import Order
 from payments.services import create_order
+
+#: Join forms sent, per client and for the whole install (a flash re-entry brings about a
+#: hundred people within minutes, many behind one carrier's address).
+JOIN_SUBMISSIONS = (
+    Limit("join:client", 60, timedelta(minutes=15)),
+    Limit("join:all", 5000, timedelta(minutes=15)),
+)
+#: "You are a member already" messages, per member.
+ALREADY_A_MEMBER_NOTICES = Limit("already-a-member-notice", 1, timedelta(hours=1))
 
 
 class JoinRefused(Exception):
@@ -125,7 +135,8 @@ def submit_application(
     a paid tier gets an order at the tier's price, to be paid next, and a free tier admits
     the applicant at once. The same ``submission_key`` (one rendering of the join form)
     always gives back the first application, so a form sent twice makes one order. A
-    prospect giving a member's contact is refused with :class:`AlreadyAMember`.
+    prospect giving a member's contact goes on like anyone else (see :func:`admit`); the
+    page never tells them whose contact it is.
     """
     now = now or utcnow()
     existing = db.session.scalar(
@@ -136,8 +147,6 @@ def submit_application(
     check_tier_open(tier, member)
     if member is None:
         contact_value = normalise_contact(contact_kind, contact_value)
-        if find_member(tier.community_id, contact_kind, contact_value) is not None:
-            raise AlreadyAMember()
     else:
         contact_kind, contact_value = member.contact_kind, member.contact_value
     application = Application(
@@ -267,6 +276,9 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     and number. A member's first paid tier gives them the next number."""
     tier = application.tier
     member = application.member
+    claimed = member is None and _member_by_contact(application, now=now)
+    if claimed:
+        member = claimed
     numbered = tier.kind is TierKind.PAID and (member is None or member.number is None)
     # The number before the member: a newcomer is then inserted with it in one statement.
     number, label = allocate_member_number(application.community_id) if numbered else (None, None)
@@ -283,7 +295,8 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
         db.session.add(member)
     elif numbered:
         member.number, member.number_label = number, label
-    _link_openid(member, application)
+    if not claimed:  # the payer's WeChat is no credential for someone else's record
+        _link_openid(member, application)
     membership = Membership(
         member=member,
         tier=tier,
@@ -306,6 +319,50 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     if application.order_id is not None:
         db.session.get(Order, application.order_id).member_id = member.id
     return member
+
+
+def _member_by_contact(application: Application, *, now: datetime) -> Member | None:
+    """The member who has the contact a prospect typed, if any: one person is one member,
+    so what the application buys lands on that record. The browser that applied gets only
+    what it bought (its status page and invitation), never a session of the member. When
+    the contact was never proven, nobody can tell the earlier claimant from this one:
+    the sessions and links made from the claim end and a WeChat bound through it is
+    unbound, so only a code sent to the contact opens the member's page from now on."""
+    member = find_member(
+        application.community_id, application.contact_kind, application.contact_value
+    )
+    if member is None or member.contact_proven_at is not None:
+        return member
+    member.credential_version += 1
+    data: dict[str, Any] = {"application": application.id}
+    if member.wechat_openid:
+        member.wechat_openid = None
+        data["wechat_unbound"] = True
+    audit.record("member.claim_reset", member, actor="system", data=data, now=now)
+    return member
+
+
+def notify_member_of_their_contact(
+    community: Community, kind: ContactKind, value: str, *, login_url: str, now: datetime
+) -> int | None:
+    """A prospect typed a contact on the join page: if it is a member's, tell the member
+    they are one already and can log in (queued, flushed; at most once an hour, so the
+    join page cannot be used to flood a member). Returns the outbox id, or None."""
+    member = find_member(community.id, kind, value)
+    if member is None or kind not in (ContactKind.PHONE, ContactKind.EMAIL):
+        return None
+    try:
+        claim([(ALREADY_A_MEMBER_NOTICES, str(member.id))], now=now)
+    except TooManyTries:
+        return None
+    return outbox.enqueue(
+        kind.value,
+        member.contact_value,
+        f"{community.name} 你已是成员 · You are a member already",
+        f"有人用这个联系方式在{community.name}报名。你已是成员，请登录：{login_url} "
+        f"If this was you: you are a member already; log in at {login_url}",
+        now=now,
+    ).id
 
 
 #: How a withdrawal of money ends a membership, by the reason ``access_withdrawn`` gives.

@@ -5,6 +5,8 @@ Mobile first, no JavaScript needed. One commit per request, after the services r
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import sqlalchemy as sa
 from flask import (
     Blueprint,
@@ -23,7 +25,15 @@ from wtforms import SelectChoice
 from core import audit, outbox
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
-from core.security import new_token, same_site_path, sign, unsign
+from core.limits import TooManyTries, claim, client_network
+from core.security import (
+    new_token,
+    same_site_path,
+    sign,
+    sign_for_this_browser,
+    unsign,
+    unsign_for_this_browser,
+)
 from membership.forms import (
     JoinForm,
     LoginCodeForm,
@@ -34,7 +44,14 @@ from membership.forms import (
     with_questions,
 )
 from membership.lifecycle import RenewalRefused, start_renewal
-from membership.login import LoginRefused, request_code, verify_code
+from membership.login import (
+    TOO_MANY,
+    LoginRefused,
+    claim_code_check,
+    claim_code_request,
+    request_code,
+    verify_code,
+)
 from membership.models import (
     Application,
     ApplicationStatus,
@@ -56,10 +73,12 @@ from membership.screening import (
     order_for_pay_link,
 )
 from membership.services import (
+    JOIN_SUBMISSIONS,
     AlreadyAMember,
     JoinRefused,
     check_tier_open,
     find_member_by_openid,
+    notify_member_of_their_contact,
     submit_application,
 )
 from membership.visits import count_visit
@@ -77,8 +96,20 @@ from payments.views import (
 
 bp = Blueprint("membership", __name__)
 
-#: The session key that holds the member who opened their signed link.
-MEMBER_SESSION_KEY = "member_id"
+#: The session key that holds the member this browser is logged in as: their id, their
+#: credential version, whether the login was proven, and when it was made.
+MEMBER_SESSION_KEY = "member"
+#: The session key that lists the applications made in this browser (their public ids).
+APPLICATIONS_SESSION_KEY = "applications"
+#: How long a member login lasts; a status-page login (not proven) lasts a day.
+MEMBER_LOGIN_LIFETIME = timedelta(days=30)
+STATUS_LOGIN_LIFETIME = timedelta(days=1)
+#: The status page logs its browser in only this soon after the application was made.
+STATUS_LOGIN_WINDOW = timedelta(hours=2)
+#: Member links (``/me/link/…``) travel in URLs: they work this long.
+MEMBER_LINK_LIFETIME = timedelta(hours=24)
+#: Where a WeChat waits, between WeChat's OAuth and the member confirming on ``/me``.
+WECHAT_BIND_SESSION_KEY = "wechat_bind"
 
 
 def _community(slug: str) -> Community:
@@ -88,11 +119,37 @@ def _community(slug: str) -> Community:
     return community
 
 
-def logged_in_member(community: Community | None = None) -> Member | None:
-    """The member this browser is logged in as (of ``community``, when given)."""
-    member_id = session.get(MEMBER_SESSION_KEY)
-    member = db.session.get(Member, member_id) if isinstance(member_id, int) else None
-    if member is None or (community is not None and member.community_id != community.id):
+def member_login(member_id: int, version: int, *, proven: bool, now: datetime) -> dict:
+    """What a member session holds (see :func:`logged_in_member`)."""
+    return {"id": member_id, "version": version, "proven": proven, "at": int(now.timestamp())}
+
+
+def log_member_in(member: Member, *, by: str, now: datetime) -> None:
+    """Remember ``member`` in this browser's session (audited). ``by`` says how they
+    proved who they are: ``code``, ``wechat`` or ``link`` are proof and open ``/me``;
+    ``status`` (the status page of the application they just made) is not, and only lets
+    the join pages know them."""
+    session[MEMBER_SESSION_KEY] = member_login(
+        member.id, member.credential_version, proven=by != "status", now=now
+    )
+    audit.record("member.logged_in", member, actor=f"member:{member.id}", data={"by": by}, now=now)
+
+
+def logged_in_member(community: Community | None = None, *, proven: bool = True) -> Member | None:
+    """The member this browser is logged in as (of ``community``, when given), while the
+    login lasts and the member's credential version is the one it was made with; with
+    ``proven`` (the default), only a login that proved who they are counts."""
+    login = session.get(MEMBER_SESSION_KEY)
+    if not isinstance(login, dict) or not isinstance(login.get("id"), int):
+        return None
+    lifetime = MEMBER_LOGIN_LIFETIME if login.get("proven") else STATUS_LOGIN_LIFETIME
+    made = datetime.fromtimestamp(login.get("at", 0), UTC)
+    if (proven and not login.get("proven")) or made + lifetime <= utcnow():
+        return None
+    member = db.session.get(Member, login["id"])
+    if member is None or member.credential_version != login.get("version"):
+        return None
+    if community is not None and member.community_id != community.id:
         return None
     return member
 
@@ -118,7 +175,7 @@ def index():
 @bp.get("/join/<slug>")
 def community_page(slug: str):
     community = _community(slug)
-    member = logged_in_member(community)
+    member = logged_in_member(community, proven=False)
     count_visit(community)
     return render_template(
         "join/community.html",
@@ -164,7 +221,7 @@ def join(slug: str, tier_code: str):
     )
     if tier is None:
         abort(404)
-    member = logged_in_member(community)
+    member = logged_in_member(community, proven=False)
     try:
         check_tier_open(tier, member)
     except JoinRefused as refusal:
@@ -195,7 +252,30 @@ def join(slug: str, tier_code: str):
         return render_template(
             "join/form.html", community=community, tier=tier, form=form, member=member
         ), status
+    now = utcnow()
     try:
+        per_client, overall = JOIN_SUBMISSIONS
+        claim([(per_client, client_network()), (overall, "")], now=now)
+    except TooManyTries:
+        db.session.commit()
+        form.display_name.errors.append(TOO_MANY)
+        return render_template(
+            "join/form.html", community=community, tier=tier, form=form, member=member
+        ), 429
+    db.session.commit()
+    notice = None
+    try:
+        sent_before = db.session.scalar(
+            sa.select(Application.id).where(Application.submission_key == form.submission_key.data)
+        )
+        if member is None and sent_before is None:  # before the application makes a member
+            notice = notify_member_of_their_contact(
+                community,
+                ContactKind(form.contact_kind.data),
+                form.contact_value.data,
+                login_url=url_for(".login", slug=slug, _external=True),
+                now=now,
+            )
         application = submit_application(
             tier,
             display_name=form.display_name.data,
@@ -206,6 +286,7 @@ def join(slug: str, tier_code: str):
             answers=answers_of(form, community.active_questions)
             if tier.requires_screening
             else None,
+            now=now,
         )
         approval = auto_approve(application) if tier.requires_screening else None
         if "coupon" in form and form.coupon.data and application.order_id:
@@ -219,8 +300,9 @@ def join(slug: str, tier_code: str):
                 actor=f"member:{member.id}" if member else "prospect",
             )
         db.session.commit()
-        if approval is not None:
-            outbox.deliver(approval)
+        for message_id in (approval, notice):
+            if message_id is not None:
+                outbox.deliver(message_id)
     except JoinRefused as refusal:
         db.session.rollback()
         (form.display_name if member else form.contact_value).errors.append(str(refusal))
@@ -250,7 +332,11 @@ def join(slug: str, tier_code: str):
 
 def _continue(application: Application, provider_name: str | None) -> Response:
     """Send the applicant on: to the provider if their order awaits payment, else to
-    their status page."""
+    their status page. This browser is remembered as the one that made the application:
+    only it sees what the application buys."""
+    made_here = session.get(APPLICATIONS_SESSION_KEY, [])
+    if application.public_id not in made_here:
+        session[APPLICATIONS_SESSION_KEY] = [*made_here, application.public_id][-10:]
     status_url = url_for(
         "membership.status",
         slug=application.community.slug,
@@ -279,12 +365,26 @@ def _application(slug: str, public_id: str) -> Application:
 
 @bp.get("/join/<slug>/status/<public_id>")
 def status(slug: str, public_id: str):
-    """The applicant's own page: waiting for payment, or admitted with their number."""
+    """The applicant's own page: waiting for payment, or admitted with their number and
+    invitation. Those show only in the browser that made the application (the URL also
+    goes to payment providers and browser history); elsewhere the page says to log in.
+    Soon after a newcomer is admitted, the page logs that browser in as them, once, with
+    a login that is not proof (see :func:`log_member_in`)."""
     application = _application(slug, public_id)
     order = db.session.get(Order, application.order_id) if application.order_id else None
-    member = application.member
+    member, invitations = None, []
+    if public_id in session.get(APPLICATIONS_SESSION_KEY, []):
+        member = application.member
     if member is not None:
-        session[MEMBER_SESSION_KEY] = member.id
+        _status_login(application, member, now=utcnow())
+        invitations = member.invitations
+        if not _made_by(application, member) and logged_in_member() != member:
+            # Someone else's record (the contact typed was theirs): only what this paid.
+            invitations = [
+                i
+                for i in member.invitations
+                if application.order_id and i.membership.order_id == application.order_id
+            ]
     pay_form = PayAgainForm()
     offer_providers(pay_form)
     return render_template(
@@ -294,15 +394,45 @@ def status(slug: str, public_id: str):
         order=order,
         latest_payment=order.payments[-1] if order and order.payments else None,
         member=member,
-        member_link=_member_link(member) if member else None,
+        invitations=invitations,
+        whole_member=member is not None and len(invitations) == len(member.invitations),
+        made_elsewhere=member is None and application.member_id is not None,
+        member_link=_member_link(member) if member and member == logged_in_member() else None,
         order_open=order is not None and order.status is OrderStatus.OPEN,
         pay_form=pay_form,
     )
 
 
+def _made_by(application: Application, member: Member) -> bool:
+    """Whether admitting ``application`` made ``member`` (a newcomer, not a record that
+    existed before under the contact typed)."""
+    return member.created_at >= application.created_at
+
+
+def _status_login(application: Application, member: Member, *, now: datetime) -> None:
+    """Log the browser that made ``application`` in as the newcomer it made, once, within
+    :data:`STATUS_LOGIN_WINDOW` of the application (one conditional UPDATE, so two
+    loads of the page cannot both do it). A member who existed before is never logged in
+    this way: the contact typed may have been someone else's."""
+    if not _made_by(application, member) or application.created_at + STATUS_LOGIN_WINDOW <= now:
+        return
+    if logged_in_member(proven=False) == member:
+        return
+    first = db.session.execute(
+        sa.update(Application)
+        .where(Application.id == application.id, Application.status_login_at.is_(None))
+        .values(status_login_at=now)
+    ).rowcount
+    if first:
+        log_member_in(member, by="status", now=now)
+        db.session.commit()
+
+
 def _member_link(member: Member) -> str:
-    """A link that opens the member's page in any browser; kept by the member."""
-    return url_for("membership.member_link", token=sign("member-link", member.id), _external=True)
+    """A link that opens the member's page in another browser for a day; shown only to a
+    member who proved who they are, and ended by anything that ends their sessions."""
+    token = sign("member-link", {"id": member.id, "version": member.credential_version})
+    return url_for("membership.member_link", token=token, _external=True)
 
 
 @bp.post("/join/<slug>/status/<public_id>/pay")
@@ -318,11 +448,13 @@ def pay_again(slug: str, public_id: str):
 
 @bp.get("/me/link/<token>")
 def member_link(token: str):
-    """The signed link shown on the status page: remembers the member in this browser."""
-    member_id = unsign("member-link", token)
-    if not isinstance(member_id, int) or db.session.get(Member, member_id) is None:
+    """A member link (see :func:`_member_link`): logs this browser in as the member."""
+    signed = unsign("member-link", token, max_age=MEMBER_LINK_LIFETIME)
+    member = db.session.get(Member, signed["id"]) if isinstance(signed, dict) else None
+    if member is None or member.credential_version != signed.get("version"):
         abort(404)
-    session[MEMBER_SESSION_KEY] = member_id
+    log_member_in(member, by="link", now=utcnow())
+    db.session.commit()
     return redirect(url_for("membership.me"))
 
 
@@ -330,12 +462,54 @@ def member_link(token: str):
 def me():
     member = logged_in_member()
     if member is None:
-        return render_template("me/anonymous.html"), 401
+        known = logged_in_member(proven=False)
+        return render_template(
+            "me/anonymous.html", community=known.community if known else None
+        ), 401
     pay_form = PayForm()
     offer_providers(pay_form)
+    bind = session.get(WECHAT_BIND_SESSION_KEY)
     return render_template(
-        "me/member.html", member=member, community=member.community, pay_form=pay_form
+        "me/member.html",
+        member=member,
+        community=member.community,
+        pay_form=pay_form,
+        confirm_wechat=isinstance(bind, dict) and bind.get("member") == member.id,
     )
+
+
+@bp.post("/me/wechat")
+def bind_wechat():
+    """The member confirms linking the WeChat they just authorised (kept in this
+    session by :func:`login_wechat_return`): from now on it logs them in."""
+    member = logged_in_member()
+    bind = session.pop(WECHAT_BIND_SESSION_KEY, None)
+    if member is None or not isinstance(bind, dict) or bind.get("member") != member.id:
+        abort(404)
+    if (
+        member.wechat_openid is None
+        and find_member_by_openid(member.community_id, bind["openid"]) is None
+    ):
+        member.wechat_openid = bind["openid"]
+        audit.record("member.wechat_bound", member, actor=f"member:{member.id}")
+        db.session.commit()
+        flash("已绑定微信，以后可在微信内直接登录 · WeChat linked", "ok")
+    else:
+        flash("这个微信已绑定其他成员 · This WeChat belongs to another member", "error")
+    return redirect(url_for(".me"))
+
+
+@bp.post("/me/logout-everywhere")
+def logout_everywhere():
+    """End every session and link of the member, this browser's included."""
+    member = logged_in_member()
+    if member is None:
+        abort(404)
+    member.credential_version += 1
+    audit.record("member.logged_out_everywhere", member, actor=f"member:{member.id}")
+    db.session.commit()
+    session.pop(MEMBER_SESSION_KEY, None)
+    return redirect(url_for(".me"))
 
 
 @bp.post("/me/renew/<int:membership_id>")
@@ -405,10 +579,13 @@ def login(slug: str):
     community = _community(slug)
     form = MemberLoginForm()
     if form.validate_on_submit():
+        kind, value, now = ContactKind(form.contact_kind.data), form.contact_value.data, utcnow()
         try:
-            pending, message_id = request_code(
-                community, ContactKind(form.contact_kind.data), form.contact_value.data
-            )
+            try:
+                claim_code_request(kind, value, client=client_network(), now=now)
+            finally:
+                db.session.commit()  # the request counts, refused or not
+            pending, message_id = request_code(community, kind, value, now=now)
             db.session.commit()
         except LoginRefused as refusal:
             db.session.rollback()
@@ -443,15 +620,20 @@ def login_code(slug: str, public_id: str):
         abort(404)
     form = LoginCodeForm()
     if form.validate_on_submit():
+        now = utcnow()
         try:
-            member = verify_code(pending, form.code.data)
+            try:
+                claim_code_check(pending, client=client_network(), now=now)
+            finally:
+                db.session.commit()  # the try counts before the code is compared
+            member = verify_code(pending, form.code.data, now=now)
         except LoginRefused as refusal:
+            db.session.rollback()
             form.code.errors.append(str(refusal))
         else:
-            session[MEMBER_SESSION_KEY] = member.id
+            log_member_in(member, by="code", now=now)
             db.session.commit()
             return redirect(same_site_path(request.args.get("next")) or url_for(".me"))
-        db.session.commit()  # the wrong try counts
     status = 422 if form.errors else 200
     return render_template(
         "join/login_code.html", community=community, form=form, pending=pending
@@ -460,7 +642,11 @@ def login_code(slug: str, public_id: str):
 
 @bp.post("/me/logout")
 def logout():
+    member = logged_in_member(proven=False)
     session.pop(MEMBER_SESSION_KEY, None)
+    if member is not None:
+        audit.record("member.logged_out", member, actor=f"member:{member.id}")
+        db.session.commit()
     return redirect(url_for(".me"))
 
 
@@ -481,7 +667,7 @@ def pay_link(slug: str, token: str):
     """An approved applicant's personal pay link."""
     community = _community(slug)
     application = _approved_application(community, token)
-    member = logged_in_member(community)
+    member = logged_in_member(community, proven=False)
     form = PayForm()
     offer_providers(form)
     refusal, status = None, 200
@@ -526,7 +712,7 @@ def pay_link(slug: str, token: str):
 def apply_again_view(slug: str, token: str):
     community = _community(slug)
     application = _approved_application(community, token)
-    if application.member != logged_in_member(community):
+    if application.member != logged_in_member(community, proven=False):
         abort(404)
     try:
         again = apply_again(application)
@@ -557,17 +743,19 @@ def _wechat_oauth_provider() -> WeChatPayProvider | None:
 
 @bp.get("/join/<slug>/login/wechat")
 def login_wechat(slug: str):
-    """Log in (or, from the member page, bind) with WeChat's OAuth, inside WeChat."""
+    """Log in with WeChat's OAuth inside WeChat, or (``bind=1``, from the member page of
+    a member who proved who they are) link their WeChat. The ``state`` works once, for ten
+    minutes, in this browser only, and names the member a link is for."""
     community = _community(slug)
     provider = _wechat_oauth_provider()
     if provider is None:
         abort(404)
-    purpose = "bind" if request.args.get("bind") and logged_in_member(community) else "login"
-    state = sign(
+    member = logged_in_member(community) if request.args.get("bind") else None
+    state = sign_for_this_browser(
         "wechat-login",
         {
             "community": community.id,
-            "purpose": purpose,
+            "bind": member.id if member else None,
             "next": same_site_path(request.args.get("next")),
         },
     )
@@ -577,11 +765,18 @@ def login_wechat(slug: str):
 
 @bp.get("/join/<slug>/login/wechat/return")
 def login_wechat_return(slug: str):
+    """WeChat sends the browser back with a code for its openid. A link only waits here
+    for the member to confirm it on ``/me`` (a POST): a GET never binds."""
     community = _community(slug)
     provider = _wechat_oauth_provider()
-    state = unsign("wechat-login", request.args.get("state", ""))
+    state = unsign_for_this_browser("wechat-login", request.args.get("state", ""))
     if provider is None or not isinstance(state, dict) or state.get("community") != community.id:
         abort(400)
+    binding = state.get("bind")
+    if binding is not None:
+        member = logged_in_member(community)
+        if member is None or member.id != binding:
+            abort(400)
     end_transaction_keeping_objects()
     try:
         openid = provider.openid_from_code(
@@ -593,15 +788,11 @@ def login_wechat_return(slug: str):
         return redirect(url_for(".login", slug=slug))
     session[OPENID_SESSION_KEY] = openid
     owner = find_member_by_openid(community.id, openid)
-    if state["purpose"] == "bind":
-        member = logged_in_member(community)
-        if member is not None and owner is None and not member.wechat_openid:
-            member.wechat_openid = openid
-            audit.record("member.wechat_bound", member, actor=f"member:{member.id}")
-            db.session.commit()
-            flash("已绑定微信，以后可在微信内直接登录 · WeChat linked", "ok")
-        elif owner is not None and owner != member:
+    if binding is not None:
+        if owner is not None and owner.id != binding:
             flash("这个微信已绑定其他成员 · This WeChat belongs to another member", "error")
+        elif owner is None:
+            session[WECHAT_BIND_SESSION_KEY] = {"member": binding, "openid": openid}
         return redirect(url_for(".me"))
     if owner is None:
         flash(
@@ -610,7 +801,6 @@ def login_wechat_return(slug: str):
             "error",
         )
         return redirect(url_for(".login", slug=slug, next=state.get("next")))
-    session[MEMBER_SESSION_KEY] = owner.id
-    audit.record("member.logged_in", owner, actor=f"member:{owner.id}", data={"by": "wechat"})
+    log_member_in(owner, by="wechat", now=utcnow())
     db.session.commit()
     return redirect(state.get("next") or url_for(".me"))

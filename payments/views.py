@@ -27,7 +27,7 @@ from wtforms import SubmitField
 
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
-from core.security import csrf, new_token, sign, unsign
+from core.security import csrf, new_token, sign_for_this_browser, unsign_for_this_browser
 from payments import inbox
 from payments.discounts import DiscountRefused, Purchase, discount_order, note_refused_code
 from payments.models import Order, Payment, PaymentStatus
@@ -109,7 +109,7 @@ def send_to_provider(
         provider: WeChatPayProvider = get_provider(payment.provider)
         oauth = provider.oauth(
             url_for("wechatpay.oauth_return", _external=True),
-            sign("wechat-oauth", payment.public_id),
+            sign_for_this_browser("wechat-oauth", payment.public_id),
         )
         return redirect(oauth.authorize_url)
     try:
@@ -203,7 +203,7 @@ wechatpay = Blueprint("wechatpay", __name__, url_prefix="/pay/wechat")
 def oauth_return():
     """WeChat sends the payer back here with a code for their openid; the JSAPI payment
     they started is registered and they go on to pay."""
-    public_id = unsign("wechat-oauth", request.args.get("state", ""))
+    public_id = unsign_for_this_browser("wechat-oauth", request.args.get("state", ""))
     code = request.args.get("code", "")
     if not isinstance(public_id, str) or not code:
         abort(400)

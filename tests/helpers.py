@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from datetime import datetime
 
@@ -17,6 +18,7 @@ from werkzeug.test import TestResponse
 
 from core.clock import utcnow
 from core.db import db
+from core.outbox import OutboxMessage
 from core.security import new_token
 from membership.models import Community, ContactKind, Invitation, Member, Membership, Tier
 from membership.services import submit_application
@@ -312,3 +314,33 @@ def money_snapshot(app) -> dict:
             "refunds": column(Refund.amount, Refund.status),
             "disputes": column(Dispute.status),
         }
+
+
+def latest_code(app) -> str:
+    """The six-digit code in the latest outbox message."""
+    with app.app_context():
+        body = (
+            db.session.scalars(sa.select(OutboxMessage).order_by(OutboxMessage.id.desc()))
+            .first()
+            .body
+        )
+    return re.search(r"\b(\d{6})\b", body).group(1)
+
+
+def log_in_member(
+    app, client: FlaskClient, phone: str, next_path: str | None = None, slug: str = "demo"
+) -> TestResponse:
+    """Log in on the member login page with a code sent to ``phone`` (read from the
+    outbox): a login that proves the contact."""
+    response = submit_form(
+        client,
+        f"/join/{slug}/login" + (f"?next={next_path}" if next_path else ""),
+        {"contact_kind": "phone", "contact_value": phone},
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return submit_form(client, response.location, {"code": latest_code(app)})
+
+
+def new_phone() -> str:
+    """A mainland mobile number nobody else in the test has."""
+    return f"139{secrets.randbelow(10**8):08d}"

@@ -15,6 +15,8 @@ from tests.helpers import (
     count,
     csrf_token,
     join_and_pay,
+    log_in_member,
+    new_phone,
     open_join_form,
     submit_join,
 )
@@ -53,10 +55,18 @@ def test_paid_journey_ends_with_number_and_group_qr(app, client, demo):
         assert (ledger.kind, ledger.amount, ledger.currency) == ("payment", 9900, "CNY")
 
 
-def test_member_link_opens_me_in_another_browser(app, client, demo):
-    status_path = join_and_pay(client, "main")
+def member_link_of(app, client) -> str:
+    """A new member who logged in with a code; the member link their status page shows."""
+    phone = new_phone()
+    status_path = join_and_pay(client, "main", contact_kind="phone", contact_value=phone)
+    assert 'id="member-link"' not in client.get(status_path).text  # not proven yet
+    log_in_member(app, client, phone)
     html = client.get(status_path).get_data(as_text=True)
-    link = html.split('id="member-link">', 1)[1].split("<", 1)[0]
+    return html.split('id="member-link">', 1)[1].split("<", 1)[0]
+
+
+def test_member_link_opens_me_in_another_browser(app, client, demo):
+    link = member_link_of(app, client)
     assert link.startswith("http://qunmen.test/me/link/")
 
     other_browser = app.test_client()
@@ -68,10 +78,8 @@ def test_member_link_opens_me_in_another_browser(app, client, demo):
     assert "/invitations/" in page
 
 
-def test_tampered_member_link_is_refused(client, demo):
-    status_path = join_and_pay(client, "main")
-    html = client.get(status_path).get_data(as_text=True)
-    link = html.split('id="member-link">', 1)[1].split("<", 1)[0]
+def test_tampered_member_link_is_refused(app, client, demo):
+    link = member_link_of(app, client)
     assert client.get(link[:-2] + "xx").status_code == 404
 
 

@@ -22,7 +22,13 @@ from membership.lifecycle import (
     run_purge,
     send_reminders,
 )
-from membership.login import LoginRefused, request_code, verify_code
+from membership.login import (
+    LoginRefused,
+    claim_code_check,
+    claim_code_request,
+    request_code,
+    verify_code,
+)
 from membership.models import (
     Application,
     Community,
@@ -47,10 +53,12 @@ from tests.helpers import (
     count,
     csrf_token,
     join_and_pay,
+    latest_code,
     signed_notification,
     submit_form,
     submit_join,
 )
+from tests.helpers import log_in_member as log_in_with_code
 
 PHONE = "13800138000"
 
@@ -59,25 +67,9 @@ def join_with_phone(client, tier="main", phone=PHONE):
     return join_and_pay(client, tier, contact_kind="phone", contact_value=phone)
 
 
-def latest_code(app) -> str:
-    with app.app_context():
-        body = (
-            db.session.scalars(sa.select(OutboxMessage).order_by(OutboxMessage.id.desc()))
-            .first()
-            .body
-        )
-    return re.search(r"\b(\d{6})\b", body).group(1)
-
-
 def log_in_member(app, client, phone=PHONE, next_path=None):
-    response = submit_form(
-        client,
-        "/join/demo/login" + (f"?next={next_path}" if next_path else ""),
-        {"contact_kind": "phone", "contact_value": phone},
-    )
-    assert response.status_code == 302, response.get_data(as_text=True)
-    code_page = response.location
-    return submit_form(client, code_page, {"code": latest_code(app)})
+    """Log in as the member of ``PHONE`` (unless told another) with a code."""
+    return log_in_with_code(app, client, phone, next_path)
 
 
 def purge_everyone(app):
@@ -102,6 +94,12 @@ def test_member_logs_in_with_a_code(app, demo):
         assert db.session.scalars(sa.select(LoginCode)).one().code_hash != latest_code(app)
 
 
+def check_code(login, code, now):
+    """What the code page does: claim the check, then compare."""
+    claim_code_check(login, client="198.51.100.7", now=now)
+    return verify_code(login, code, now=now)
+
+
 def test_code_reused_expired_wrong_or_guessed_is_refused(app, demo):
     join_with_phone(app.test_client())
     with app.app_context():
@@ -110,32 +108,34 @@ def test_code_reused_expired_wrong_or_guessed_is_refused(app, demo):
         pending, _ = request_code(community, ContactKind.PHONE, PHONE, now=now)
         code = re.search(r"\d{6}", db.session.get(OutboxMessage, _).body).group(0)
         with pytest.raises(LoginRefused, match="已过期"):
-            verify_code(pending, code, now=now + timedelta(minutes=11))
-        member = verify_code(pending, code, now=now + timedelta(minutes=1))
+            check_code(pending, code, now + timedelta(minutes=11))
+        member = check_code(pending, code, now + timedelta(minutes=1))
         assert member.number_label == "0001"
         with pytest.raises(LoginRefused, match="已使用"):
-            verify_code(pending, code, now=now + timedelta(minutes=2))
+            check_code(pending, code, now + timedelta(minutes=2))
 
         guessed, message_id = request_code(community, ContactKind.PHONE, PHONE, now=now)
         right = re.search(r"\d{6}", db.session.get(OutboxMessage, message_id).body).group(0)
         wrong = f"{(int(right) + 1) % 10**6:06d}"
         for _attempt in range(5):
             with pytest.raises(LoginRefused, match="不正确"):
-                verify_code(guessed, wrong, now=now)
+                check_code(guessed, wrong, now)
         with pytest.raises(LoginRefused, match="尝试次数过多"):
-            verify_code(guessed, right, now=now)
+            check_code(guessed, right, now)
 
 
 def test_codes_are_rate_limited_per_contact(app, demo):
-    join_with_phone(app.test_client())
     with app.app_context():
-        community = db.session.scalar(sa.select(Community))
         now = utcnow()
         for minute in range(3):
-            request_code(community, ContactKind.PHONE, PHONE, now=now + timedelta(minutes=minute))
+            claim_code_request(
+                ContactKind.PHONE, PHONE, client=f"c{minute}", now=now + timedelta(minutes=minute)
+            )
         with pytest.raises(LoginRefused, match="请求过于频繁"):
-            request_code(community, ContactKind.PHONE, PHONE, now=now + timedelta(minutes=5))
-        request_code(community, ContactKind.PHONE, PHONE, now=now + timedelta(minutes=16))
+            claim_code_request(
+                ContactKind.PHONE, "+86 138 0013 8000", client="c9", now=now + timedelta(minutes=5)
+            )
+        claim_code_request(ContactKind.PHONE, PHONE, client="c9", now=now + timedelta(minutes=16))
 
 
 def test_a_stranger_is_not_told_and_cannot_log_in(app, client, demo):
@@ -153,16 +153,28 @@ def test_a_stranger_is_not_told_and_cannot_log_in(app, client, demo):
     assert client.get("/me").status_code == 401
 
 
-def test_a_members_contact_cannot_join_again_without_logging_in(app, client, demo):
+def test_a_members_contact_is_answered_like_a_strangers_and_the_member_is_told(app, client, demo):
     join_with_phone(app.test_client())
+    stranger = submit_join(
+        app.test_client(), "main", contact_kind="phone", contact_value="13900139000"
+    )
     response = submit_join(client, "main", contact_kind="phone", contact_value="+86 138 0013 8000")
-    assert response.status_code == 422
-    html = response.get_data(as_text=True)
-    assert "该联系方式已是本社群成员，请先登录" in html
-    assert "/join/demo/login" in html
+    assert response.status_code == stranger.status_code == 302
+    assert response.location.startswith("/fake-pay/") and stranger.location.startswith("/fake-pay/")
+    assert "登录" not in client.get(response.location).get_data(as_text=True)
     with app.app_context():
-        assert count(Application) == 1
+        notice = db.session.scalars(sa.select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        assert [(m.recipient, m.subject.split(" ")[-1]) for m in notice] == [(PHONE, "already")]
+        assert "/join/demo/login" in notice[0].body
         assert count(Member) == 1
+    # Paid, it lands on the member's record (one person, one member); this browser sees
+    # what it bought, and is not logged in as the member.
+    status = cashier_action(client, response.location).location
+    assert 'id="member-number">0001<' not in client.get(status).get_data(as_text=True)
+    assert client.get("/me").status_code == 401
+    with app.app_context():
+        assert count(Member) == 1
+        assert count(Membership) == 2
 
 
 def test_purged_member_comes_back_at_the_reentry_price_keeping_the_number(app, demo):

@@ -11,7 +11,7 @@ from core.db import db
 from membership.models import Member
 from payments.models import Payment
 from tests import fake_apis
-from tests.helpers import submit_form, submit_join, wechat_paid
+from tests.helpers import csrf_token, log_in_member, submit_form, submit_join, wechat_paid
 from tests.test_wechatpay import IN_WECHAT
 
 GOOD = {"code": "good-code"}
@@ -76,20 +76,26 @@ def test_a_forged_state_is_refused(client, demo):
 
 def test_members_bind_wechat_from_their_page_once(app, demo, apis):
     phone_member = in_wechat(app)
-    joined = submit_join(
+    submit_join(
         phone_member, "lobby", provider=None, contact_kind="phone", contact_value="13800138000"
     )
-    phone_member.get(joined.location)  # their status page remembers them in this browser
+    log_in_member(app, phone_member, "13800138000")
     page = phone_member.get("/me").text
     assert "绑定微信" in page
-    oauth_round_trip(phone_member, "/join/demo/login/wechat?bind=1")
+    back = oauth_round_trip(phone_member, "/join/demo/login/wechat?bind=1")
+    assert back.location == "/me"
+    with app.app_context():  # a GET never binds: the member confirms on their page
+        assert db.session.scalar(sa.select(Member.wechat_openid)) is None
+    assert 'id="confirm-wechat"' in phone_member.get("/me").text
+    confirmed = phone_member.post(
+        "/me/wechat", data={"csrf_token": csrf_token(phone_member, "/me")}
+    )
+    assert confirmed.status_code == 302
     with app.app_context():
         assert db.session.scalar(sa.select(Member.wechat_openid)) == fake_apis.WECHAT_OPENID
     second = in_wechat(app)
-    joined = submit_join(
-        second, "lobby", provider=None, contact_kind="phone", contact_value="13900139000"
-    )
-    second.get(joined.location)
+    submit_join(second, "lobby", provider=None, contact_kind="phone", contact_value="13900139000")
+    log_in_member(app, second, "13900139000")
     response = oauth_round_trip(second, "/join/demo/login/wechat?bind=1")
     assert "这个微信已绑定其他成员" in second.get(response.location).text
     with app.app_context():

@@ -23,6 +23,7 @@ from payments.models import (
 from tests import fake_apis
 from tests.helpers import (
     count,
+    csrf_token,
     money_snapshot,
     submit_join,
     wechat_notification,
@@ -98,6 +99,16 @@ def test_inside_wechat_pays_with_jsapi_after_oauth(app, client, demo, apis):
     assert refused.status_code == 302
     assert not any(r.path == "/pay/unifiedorder" for r in apis.requests)
 
+    # The state worked once, in this browser: the payer starts again for a new one.
+    replayed = client.get(
+        "/pay/wechat/oauth-return", query_string={"code": "good-code", "state": state}
+    )
+    assert replayed.status_code == 400
+    again = client.post(
+        refused.location.split("qunmen.test")[-1] + "/pay",
+        data={"csrf_token": csrf_token(client, refused.location), "provider": "wechatpay"},
+    )
+    state = parse_qs(urlsplit(again.location).query)["state"][0]
     back = client.get(
         "/pay/wechat/oauth-return", query_string={"code": "good-code", "state": state}
     )

@@ -5,14 +5,18 @@ A screenshot of each step goes to test-output/screenshots/."""
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from flask import Flask
 from playwright.sync_api import Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
 from core.db import db
+from core.outbox import OutboxMessage
 from membership.cli import seed_demo_community
 from membership.models import QuestionKind, ScreeningQuestion
 from perks.cli import DEMO_COUPON, seed_demo_perks
@@ -36,6 +40,29 @@ CHROMIUM_ARGS = [
 ]
 
 
+class LiveServer(str):
+    """The server's base URL, with the app behind it (to read what it sent)."""
+
+    app: Flask
+
+    def latest_code(self) -> str:
+        """The code in the latest message sent (the member reads it on their phone)."""
+        with self.app.app_context():
+            body = db.session.scalar(
+                sa.select(OutboxMessage.body).order_by(OutboxMessage.id.desc())
+            )
+        return re.search(r"\b(\d{6})\b", body).group(1)
+
+
+def log_in_with_code(page: Page, phone_number: str, code_of) -> None:
+    """On the member login page: ask for a code to ``phone_number`` and type it."""
+    page.check("input[name=contact_kind][value=phone]")
+    page.fill("#contact_value", phone_number)
+    page.get_by_role("button", name="获取验证码 · Send me a code").click()
+    page.fill("#code", code_of())
+    page.get_by_role("button", name="登录 · Log in").click()
+
+
 @pytest.fixture
 def live_server(tmp_path, _api_server):
     """The app, with the demo community and only the fake provider, on a loopback port."""
@@ -46,8 +73,10 @@ def live_server(tmp_path, _api_server):
             db.session.commit()
         server = make_server("127.0.0.1", 0, app, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = LiveServer(f"http://127.0.0.1:{server.server_port}")
+        url.app = app
         try:
-            yield f"http://127.0.0.1:{server.server_port}"
+            yield url
         finally:
             server.shutdown()
 
@@ -105,7 +134,8 @@ def test_join_journey_on_a_phone(live_server, browser):
     shot(page, "03-form-errors")
 
     page.fill("#display_name", "读书人小王")
-    page.fill("#contact_value", "wang_reader88")
+    page.check("input[name=contact_kind][value=phone]")
+    page.fill("#contact_value", "13800138000")
     page.check("#accept_rules")
     page.get_by_role("button", name="去支付 ¥99.00 · Pay").click()
     expect(page.locator(".price")).to_have_text("¥99.00")
@@ -119,10 +149,16 @@ def test_join_journey_on_a_phone(live_server, browser):
     assert fits_the_screen(page)
     shot(page, "05-member-number-and-qr")
 
+    # Coming back later takes a code to the phone: the contact typed becomes proven.
+    status_url = page.url
+    page.locator("#login-later a").click()
+    log_in_with_code(page, "13800138000", live_server.latest_code)
+    expect(page.locator("#member-number")).to_have_text("0001")
+    page.goto(status_url)
     member_link = page.locator("#member-link").inner_text().strip()
     other = phone(browser)
     other.goto(f"{live_server}/me")
-    expect(other.locator("h1")).to_contain_text("请用你的专属链接打开")
+    expect(other.locator("h1")).to_contain_text("请先登录")
     other.goto(member_link)
     expect(other.locator("#member-number")).to_have_text("0001")
     expect(other.locator("img.qr")).to_be_visible()
@@ -174,8 +210,10 @@ def screened_server(tmp_path, _api_server):
             db.session.commit()
         server = make_server("127.0.0.1", 0, app, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = LiveServer(f"http://127.0.0.1:{server.server_port}")
+        url.app = app
         try:
-            yield f"http://127.0.0.1:{server.server_port}"
+            yield url
         finally:
             server.shutdown()
 
@@ -206,7 +244,8 @@ def test_a_coupon_perks_and_a_course_offer_on_a_phone(live_server, browser):
     page = phone(browser)
     page.goto(f"{live_server}/join/demo/main")
     page.fill("#display_name", "小张")
-    page.fill("#contact_value", "zhang_reader01")
+    page.check("input[name=contact_kind][value=phone]")
+    page.fill("#contact_value", "13900139000")
     page.check("#accept_rules")
     page.fill("#coupon", "NOPE")
     page.get_by_role("button", name="去支付 ¥99.00 · Pay").click()
@@ -226,6 +265,8 @@ def test_a_coupon_perks_and_a_course_offer_on_a_phone(live_server, browser):
     shot(page, "12-paid-with-upsell")
 
     page.goto(f"{live_server}/me")
+    page.get_by_role("link", name="登录 · Log in").click()
+    log_in_with_code(page, "13900139000", live_server.latest_code)
     voucher = page.locator(".perk.eligible", has_text="读书券")
     expect(voucher).to_contain_text("剩余 20")
     expect(page.locator(".perk.not-eligible", has_text="元老礼包")).to_contain_text("入群满180天")
