@@ -112,6 +112,27 @@ MEMBER_LINK_LIFETIME = timedelta(hours=24)
 WECHAT_BIND_SESSION_KEY = "wechat_bind"
 
 
+#: Pages whose URL or content carries a token or a member's own data: no cache keeps them.
+_PRIVATE_PAGES = frozenset(
+    {
+        "membership.status",
+        "membership.member_link",
+        "membership.me",
+        "membership.invitation",
+        "membership.pay_link",
+        "membership.login_code",
+        "membership.login_wechat_return",
+    }
+)
+
+
+@bp.after_request
+def _never_cached(response: Response) -> Response:
+    if request.endpoint in _PRIVATE_PAGES:
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def _community(slug: str) -> Community:
     community = db.session.scalar(sa.select(Community).where(Community.slug == slug))
     if community is None:
@@ -372,14 +393,15 @@ def status(slug: str, public_id: str):
     a login that is not proof (see :func:`log_member_in`)."""
     application = _application(slug, public_id)
     order = db.session.get(Order, application.order_id) if application.order_id else None
-    member, invitations = None, []
+    member, invitations, whole_member = None, [], False
     if public_id in session.get(APPLICATIONS_SESSION_KEY, []):
         member = application.member
     if member is not None:
         _status_login(application, member, now=utcnow())
         invitations = member.invitations
-        if not _made_by(application, member) and logged_in_member() != member:
-            # Someone else's record (the contact typed was theirs): only what this paid.
+        whole_member = logged_in_member(proven=False) == member
+        if not whole_member:
+            # Not (or no longer) logged in as them: only what this application paid for.
             invitations = [
                 i
                 for i in member.invitations
@@ -395,7 +417,7 @@ def status(slug: str, public_id: str):
         latest_payment=order.payments[-1] if order and order.payments else None,
         member=member,
         invitations=invitations,
-        whole_member=member is not None and len(invitations) == len(member.invitations),
+        whole_member=whole_member,
         made_elsewhere=member is None and application.member_id is not None,
         member_link=_member_link(member) if member and member == logged_in_member() else None,
         order_open=order is not None and order.status is OrderStatus.OPEN,
