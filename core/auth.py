@@ -32,6 +32,7 @@ from flask_login import (
 )
 from flask_wtf import FlaskForm
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm.attributes import set_committed_value
 from werkzeug.security import check_password_hash, generate_password_hash
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Email, EqualTo, Length, Optional
@@ -299,7 +300,7 @@ def accept_totp_code(user: StaffUser, code: str, *, now: datetime) -> bool:
                 .execution_options(synchronize_session=False)
             )
             if accepted.rowcount == 1:
-                user.totp_last_step = step
+                set_committed_value(user, "totp_last_step", step)
                 return True
             return False
     return False
@@ -456,19 +457,18 @@ class DisableTotpForm(FlaskForm):
 
 @bp.route("/admin/login", methods=["GET", "POST"])
 def login():
-    """Staff log in with e-mail, password and, once they turned it on, a TOTP code."""
+    """Staff log in with e-mail, password and, once they turned it on, a TOTP code. Each
+    try is claimed and committed first; then a success is audited and starts a session,
+    a failure is audited."""
     form = LoginForm()
     if form.validate_on_submit():
         now = utcnow()
         email = form.email.data.strip().lower()
-
-        def account() -> StaffUser | None:
-            return db.session.scalar(sa.select(StaffUser).where(StaffUser.email == email))
-
-        if not _claim_login_try(email, account(), now=now):
+        user = db.session.scalar(sa.select(StaffUser).where(StaffUser.email == email))
+        if not _claim_login_try(email, user, now=now):
             flash(TOO_MANY_TRIES, "error")
             return render_template("auth/login.html", form=form)
-        user = account()
+        # The claim's commit expired ``user``: what is checked below is read afresh.
         if _credentials_hold(user, form.password.data, form.code.data or "", now):
             audit.record("staff.logged_in", user, actor=user.actor, now=now)
             db.session.commit()
