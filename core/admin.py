@@ -11,7 +11,17 @@ from wtforms.validators import DataRequired, Email, Length
 
 from core import audit
 from core.audit import AuditEntry
-from core.auth import ROLES, StaffUser, create_staff_user, requires
+from core.auth import (
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    ROLES,
+    StaffUser,
+    create_staff_user,
+    end_sessions,
+    requires,
+    reset_password,
+)
+from core.clock import utcnow
 from core.db import db
 
 bp = Blueprint("core_admin", __name__, url_prefix="/admin")
@@ -30,7 +40,9 @@ class StaffForm(FlaskForm):
     name = StringField("称呼 · Name", validators=[DataRequired(), Length(max=80)])
     role = SelectField("角色 · Role", choices=[SelectChoice(k, v[0]) for k, v in ROLES.items()])
     password = PasswordField(
-        "初始密码（至少8位）· First password (8+)", validators=[DataRequired(), Length(min=8)]
+        f"初始密码（{PASSWORD_MIN}–{PASSWORD_MAX}位，首次登录须更改）"
+        f"· First password ({PASSWORD_MIN}–{PASSWORD_MAX}, changed at first login)",
+        validators=[DataRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)],
     )
 
 
@@ -41,7 +53,8 @@ class RoleForm(FlaskForm):
 @bp.route("/staff", methods=["GET", "POST"])
 @requires("staff.manage")
 def staff():
-    """The team: add someone with a role."""
+    """The team: add someone with a role and a first password, which they must change
+    at their first login."""
     form = StaffForm()
     if form.validate_on_submit():
         try:
@@ -51,6 +64,7 @@ def staff():
                 form.password.data,
                 actor=current_user.actor,
                 role=form.role.data,
+                must_change_password=True,
             )
         except ValueError as error:
             form.email.errors.append(str(error))
@@ -67,13 +81,15 @@ def staff():
 @bp.post("/staff/<int:user_id>")
 @requires("staff.manage")
 def change_staff(user_id: int):
-    """Change someone's role, or disable / enable their account. Owners cannot demote
-    or disable themselves (a team always keeps an owner)."""
+    """Change someone's role, disable or enable their account, or reset their password.
+    A new role, disabling and a reset end the account's sessions. Owners cannot change
+    themselves this way (a team always keeps an owner)."""
     user = db.session.get(StaffUser, user_id)
     if user is None:
         abort(404)
     form = RoleForm()
     action = request.form.get("action")
+    now = utcnow()
     if user.id == current_user.id:
         flash("不能修改自己的角色或停用自己 · You cannot change yourself", "error")
     elif action == "role" and form.validate_on_submit():
@@ -82,13 +98,22 @@ def change_staff(user_id: int):
             user,
             actor=current_user.actor,
             data={"from": user.role, "to": form.role.data},
+            now=now,
         )
         user.role = form.role.data
+        end_sessions(user)
         db.session.commit()
     elif action in ("disable", "enable") and form.validate_on_submit():
         user.active = action == "enable"
-        audit.record(f"staff.{action}d", user, actor=current_user.actor)
+        if not user.active:
+            end_sessions(user)
+        audit.record(f"staff.{action}d", user, actor=current_user.actor, now=now)
         db.session.commit()
+    elif action == "reset_password":
+        temporary = reset_password(user, actor=current_user.actor, now=now)
+        db.session.commit()
+        page = render_template("admin/staff_password.html", user=user, password=temporary)
+        return page, 200, {"Cache-Control": "no-store"}
     else:
         abort(400)
     return redirect(url_for(".staff"))

@@ -65,10 +65,16 @@ def submit_form(client: FlaskClient, url: str, data: dict, **kwargs) -> TestResp
 
 
 def log_in(
-    client: FlaskClient, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD, **kwargs
+    client: FlaskClient,
+    email: str = ADMIN_EMAIL,
+    password: str = ADMIN_PASSWORD,
+    code: str = "",
+    **kwargs,
 ) -> TestResponse:
-    """Log in on the admin login page."""
-    return submit_form(client, "/admin/login", {"email": email, "password": password}, **kwargs)
+    """Log in on the admin login page (``code``: from the authenticator app, if on)."""
+    return submit_form(
+        client, "/admin/login", {"email": email, "password": password, "code": code}, **kwargs
+    )
 
 
 def open_join_form(client: FlaskClient, tier: str = "main", slug: str = "demo") -> dict[str, str]:
