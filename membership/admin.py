@@ -427,11 +427,10 @@ def member(member_id: int):
                     actor=current_user.actor,
                 )
             else:
-                end_by_hand(
-                    db.get_or_404(Membership, form.membership.data),
-                    reason=form.reason.data,
-                    actor=current_user.actor,
-                )
+                membership = db.get_or_404(Membership, form.membership.data)
+                if membership.member_id != member.id:
+                    abort(404)  # another member's membership, posted to this member's page
+                end_by_hand(membership, reason=form.reason.data, actor=current_user.actor)
         except JoinRefused as refusal:
             db.session.rollback()
             flash(str(refusal), "error")
