@@ -3,13 +3,26 @@ may end, free renewals, plain values for file fields, anonymous admins, search w
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import sqlalchemy as sa
 
 from core.auth import create_staff_user
 from core.db import db
-from membership.models import Member, Membership, MembershipStatus
-from tests.helpers import ADMIN_PASSWORD, join_and_pay, log_in, submit_form
+from membership.models import Application, Member, Membership, MembershipStatus, Tier
+from payments.models import Order
+from tests.helpers import (
+    ADMIN_PASSWORD,
+    count,
+    hidden_value,
+    join_and_pay,
+    log_in,
+    log_in_member,
+    new_phone,
+    submit_form,
+    submit_join,
+)
 
 REVENUE = "近30天收入"
 
@@ -52,3 +65,26 @@ def test_a_members_page_cannot_end_another_members_membership(app, demo, logged_
     assert response.status_code == 404
     with app.app_context():
         assert db.session.get(Membership, second_membership).status is MembershipStatus.ACTIVE
+
+
+def test_a_free_tier_with_a_term_is_not_renewed(app, demo):
+    with app.app_context():
+        db.session.scalar(sa.select(Tier).where(Tier.code == "lobby")).duration_days = 30
+        db.session.commit()
+    phone = new_phone()
+    submit_join(
+        app.test_client(), "lobby", provider=None, contact_kind="phone", contact_value=phone
+    )
+    browser = app.test_client()
+    log_in_member(app, browser, phone)
+    page = browser.get("/me").text
+    membership_id = re.search(r"/me/renew/(\d+)", page).group(1)
+    response = browser.post(
+        f"/me/renew/{membership_id}",
+        data={"csrf_token": hidden_value(page, "csrf_token"), "provider": "fake"},
+    )
+    assert response.status_code == 302
+    assert "免费档位无需续费" in browser.get(response.location).text
+    with app.app_context():
+        assert count(Order) == 0
+        assert count(Application) == 1  # the lobby's own: no renewal was started
