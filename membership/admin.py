@@ -340,7 +340,9 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
             db.session.commit()
             flash(f"已保存，{placed} 位等待中的成员获得邀请 · Saved; {placed} waiting placed", "ok")
             return redirect(url_for(".community", community_id=community.id))
-    return render_template("admin/group_form.html", form=form, community=community, group=group)
+    return render_template(
+        "admin/group_form.html", form=form, community=community, group=group
+    ), 422 if form.errors else 200
 
 
 def _member_search(community: Community) -> sa.Select:

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 from core.auth import create_staff_user
 from core.db import db
-from membership.models import Application, Member, Membership, MembershipStatus, Tier
+from membership.cli import _qr_png
+from membership.models import Application, Group, Member, Membership, MembershipStatus, Tier
 from payments.models import Order
 from tests.helpers import (
     ADMIN_PASSWORD,
@@ -88,3 +89,27 @@ def test_a_free_tier_with_a_term_is_not_renewed(app, demo):
     with app.app_context():
         assert count(Order) == 0
         assert count(Application) == 1  # the lobby's own: no renewal was started
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_group_qr_sent_as_a_plain_field_is_a_form_error(app, logged_in, demo, existing):
+    with app.app_context():
+        group = db.session.scalar(sa.select(Group).order_by(Group.id))
+        if existing:  # the stored image must not pass for an upload either
+            group.qr_image, group.qr_mime = _qr_png("stored"), "image/png"
+            db.session.commit()
+        group_id = group.id
+    url = (
+        f"/admin/groups/{group_id}/edit" if existing else f"/admin/communities/{demo.id}/groups/new"
+    )
+    fields = {"name": "纯文本", "platform": "wechat", "capacity": "100"}
+    response = submit_form(logged_in, url, {**fields, "qr_image": "not-a-file"})
+    assert response.status_code == 422
+    assert "请上传图片文件" in response.text
+    with app.app_context():
+        assert count(Group) == 2
+        assert db.session.scalar(sa.select(Group.name).where(Group.name == "纯文本")) is None
+    if existing:  # saving without a new image keeps the stored one
+        assert submit_form(logged_in, url, fields).status_code == 302
+        with app.app_context():
+            assert db.session.get(Group, group_id).qr_image == _qr_png("stored")
