@@ -7,6 +7,8 @@ import re
 
 import pytest
 import sqlalchemy as sa
+from flask import url_for
+from werkzeug.routing import IntegerConverter
 
 from core.auth import create_staff_user
 from core.db import db
@@ -16,6 +18,7 @@ from payments.models import Order
 from tests.helpers import (
     ADMIN_PASSWORD,
     count,
+    csrf_token,
     hidden_value,
     join_and_pay,
     log_in,
@@ -113,3 +116,30 @@ def test_a_group_qr_sent_as_a_plain_field_is_a_form_error(app, logged_in, demo, 
         assert submit_form(logged_in, url, fields).status_code == 302
         with app.app_context():
             assert db.session.get(Group, group_id).qr_image == _qr_png("stored")
+
+
+def _admin_urls(app) -> list[tuple[str, str]]:
+    """Every admin page (but the login page) as (method, URL), ids filled in with 1."""
+    urls = []
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/admin") or rule.endpoint == "auth.login":
+            continue
+        values = {
+            name: 1 if isinstance(rule._converters[name], IntegerConverter) else "x"
+            for name in rule.arguments
+        }
+        with app.test_request_context():
+            url = url_for(rule.endpoint, **values)
+        urls += [(method, url) for method in sorted(rule.methods & {"GET", "POST"})]
+    return urls
+
+
+def test_every_admin_page_sends_anonymous_visitors_to_the_login(app, client, demo):
+    urls = _admin_urls(app)
+    assert ("GET", "/admin/communities/1/perks") in urls
+    assert ("POST", "/admin/coupons/1/issue") in urls
+    token = csrf_token(client, "/admin/login")  # a POST must get past the CSRF check first
+    for method, url in urls:
+        response = client.open(url, method=method, data={"csrf_token": token})
+        assert response.status_code == 302, (method, url, response.status_code)
+        assert response.location.startswith("/admin/login?next="), (method, url)
