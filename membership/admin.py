@@ -351,12 +351,11 @@ def _member_search(community: Community) -> sa.Select:
     query = sa.select(Member).where(Member.community_id == community.id)
     text = request.args.get("q", "").strip()
     if text:
-        like = f"%{text}%"
         query = query.where(
             sa.or_(
                 Member.number_label == text.lstrip("#"),
-                Member.display_name.ilike(like),
-                Member.contact_value.ilike(like),
+                Member.display_name.icontains(text, autoescape=True),
+                Member.contact_value.icontains(text, autoescape=True),
             )
         )
     tier_id = request.args.get("tier", type=int)

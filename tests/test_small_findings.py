@@ -8,6 +8,7 @@ import re
 import pytest
 import sqlalchemy as sa
 from flask import url_for
+from markupsafe import escape
 from werkzeug.routing import IntegerConverter
 
 from core.auth import create_staff_user
@@ -143,3 +144,15 @@ def test_every_admin_page_sends_anonymous_visitors_to_the_login(app, client, dem
         response = client.open(url, method=method, data={"csrf_token": token})
         assert response.status_code == 302, (method, url, response.status_code)
         assert response.location.startswith("/admin/login?next="), (method, url)
+
+
+@pytest.mark.parametrize(
+    ("search", "found"), [("%", "百分之百%"), ("_", "下划线_君"), ("\\", "反斜杠\\")]
+)
+def test_member_search_takes_wildcards_literally(app, demo, logged_in, search, found):
+    names = ["百分之百%", "下划线_君", "反斜杠\\", "普通人"]
+    for number, name in enumerate(names):  # WeChat IDs without wildcards (random ones may)
+        join_and_pay(app.test_client(), display_name=name, contact_value=f"wxsearch{number}")
+    page = logged_in.get(f"/admin/communities/{demo.id}/members", query_string={"q": search})
+    listed = [name for name in names if escape(name) in page.text]
+    assert listed == [found]
