@@ -340,7 +340,9 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
             db.session.commit()
             flash(f"已保存，{placed} 位等待中的成员获得邀请 · Saved; {placed} waiting placed", "ok")
             return redirect(url_for(".community", community_id=community.id))
-    return render_template("admin/group_form.html", form=form, community=community, group=group)
+    return render_template(
+        "admin/group_form.html", form=form, community=community, group=group
+    ), 422 if form.errors else 200
 
 
 def _member_search(community: Community) -> sa.Select:
@@ -349,12 +351,11 @@ def _member_search(community: Community) -> sa.Select:
     query = sa.select(Member).where(Member.community_id == community.id)
     text = request.args.get("q", "").strip()
     if text:
-        like = f"%{text}%"
         query = query.where(
             sa.or_(
                 Member.number_label == text.lstrip("#"),
-                Member.display_name.ilike(like),
-                Member.contact_value.ilike(like),
+                Member.display_name.icontains(text, autoescape=True),
+                Member.contact_value.icontains(text, autoescape=True),
             )
         )
     tier_id = request.args.get("tier", type=int)
@@ -427,11 +428,10 @@ def member(member_id: int):
                     actor=current_user.actor,
                 )
             else:
-                end_by_hand(
-                    db.get_or_404(Membership, form.membership.data),
-                    reason=form.reason.data,
-                    actor=current_user.actor,
-                )
+                membership = db.get_or_404(Membership, form.membership.data)
+                if membership.member_id != member.id:
+                    abort(404)  # another member's membership, posted to this member's page
+                end_by_hand(membership, reason=form.reason.data, actor=current_user.actor)
         except JoinRefused as refusal:
             db.session.rollback()
             flash(str(refusal), "error")

@@ -6,6 +6,7 @@ import re
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired, FileSize
+from werkzeug.datastructures import FileStorage
 from wtforms import (
     BooleanField,
     DateField,
@@ -245,6 +246,20 @@ class TierForm(FlaskForm):
         return Money.parse_major(self.price.data or "", currency)
 
 
+class ImageUploadField(FileField):
+    """An uploaded image: only a file sent with the form is its data. A plain value under
+    its name is a form error, and the stored image of the object being edited (bytes) is
+    not taken for an upload."""
+
+    def process_data(self, value: object) -> None:
+        self.data = None
+
+    def process_formdata(self, valuelist: list) -> None:
+        if any(value and not isinstance(value, FileStorage) for value in valuelist):
+            raise ValueError("请上传图片文件 · Send the image as a file")
+        super().process_formdata(valuelist)
+
+
 class GroupForm(FlaskForm):
     name = StringField(
         "群名称 · Name", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
@@ -266,7 +281,7 @@ class GroupForm(FlaskForm):
         validators=[Optional(), Regexp(r"^-?[0-9]{5,20}$|^@[A-Za-z0-9_]{5,32}$")],
     )
     qr_expires_at = DateField("二维码到期日 · QR code expires on", validators=[Optional()])
-    qr_image = FileField(
+    qr_image = ImageUploadField(
         "群二维码图片 · QR image",
         validators=[
             FileAllowed(["png", "jpg", "jpeg", "webp"], "仅限图片 · Images only"),

@@ -156,11 +156,19 @@ class RenewalRefused(Exception):
 
 def start_renewal(membership: Membership, *, now: datetime | None = None) -> Application:
     """The renewal a member pays to extend ``membership``: its order is at the tier's
-    renewal price. Asking again while one waits for payment gives that one back."""
+    renewal price. Asking again while one waits for payment gives that one back.
+
+    A tier that costs nothing to renew is refused rather than extended for free: its term
+    is a trial or a lobby stay, which the member may join again once it ends."""
     now = now or utcnow()
     tier = membership.tier
     if membership.status is not MembershipStatus.ACTIVE or not tier.duration_days:
         raise RenewalRefused("只有有期限的有效会员可以续费 · Only a current term can be renewed")
+    if tier.renewal_money.amount == 0:
+        raise RenewalRefused(
+            "免费档位无需续费，到期后可再次免费加入 · A free tier is not renewed: join it "
+            "again, free, once it ends"
+        )
     waiting = db.session.scalar(
         sa.select(Application).where(
             Application.renews_membership_id == membership.id,

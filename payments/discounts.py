@@ -13,14 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import sqlalchemy as sa
 from flask import Flask, current_app
 
 from core import audit
 from core.db import db
+from core.limits import Limit, TooManyTries, claim
 from core.money import Money
 from core.security import new_token
-from payments.models import Order, OrderStatus, Payment, PaymentStatus, RefusedCode
+from payments.models import Order, OrderStatus, Payment, PaymentStatus
 from payments.services import PaymentError, confirm_payment
 
 #: The provider name of the zero payment that settles an order a discount made free.
@@ -36,8 +36,6 @@ class Purchase:
     product: str
     #: Whom per-person limits count: ``member:<id>``, or a prospect's normalised contact.
     buyer: str
-    #: The client's address: refused codes are counted against it.
-    client: str
 
 
 class DiscountRefused(PaymentError):
@@ -50,9 +48,13 @@ DiscountRule = Callable[..., Money]
 
 _RULE = "qunmen.discount_rule"
 UNKNOWN_CODE = "优惠码不存在 · Unknown coupon code"
-#: A client whose codes were refused this many times in this while must wait.
-REFUSALS_ALLOWED = 10
-REFUSAL_WINDOW = timedelta(minutes=15)
+#: Codes one client (an IPv4 address or an IPv6 /64) may try in a window, right or wrong.
+CODE_TRIES_PER_CLIENT = Limit("coupon-try:client", 10, timedelta(minutes=15))
+#: Codes all clients together may try in a window: a guesser with many addresses meets it.
+CODE_TRIES_IN_ALL = Limit("coupon-try:all", 1000, timedelta(minutes=15))
+TOO_MANY_TRIES = (
+    "优惠码尝试次数过多，请15分钟后再试 · Too many coupon codes tried: try again in 15 minutes"
+)
 
 
 def register_discount_rule(app: Flask, rule: DiscountRule) -> None:
@@ -76,15 +78,6 @@ def discount_order(
     code = normalise_code(code)
     if order.coupon_code == code:
         return order.discount
-    recent = db.session.scalar(
-        sa.select(sa.func.count(RefusedCode.id)).where(
-            RefusedCode.client == purchase.client, RefusedCode.created_at > now - REFUSAL_WINDOW
-        )
-    )
-    if recent >= REFUSALS_ALLOWED:
-        raise DiscountRefused(
-            "优惠码尝试次数过多，请15分钟后再试 · Too many wrong codes: try again in 15 minutes"
-        )
     if order.coupon_code is not None:
         raise DiscountRefused("每笔订单只能使用一张优惠券 · One coupon per order")
     if order.status is not OrderStatus.OPEN or order.expires_at <= now or order.payments:
@@ -112,10 +105,16 @@ def discount_order(
     return discount
 
 
-def note_refused_code(client: str, *, now: datetime) -> None:
-    """Count a refusal against ``client`` (added, not committed). Called after the refused
-    request's own changes were rolled back, and committed by the caller."""
-    db.session.add(RefusedCode(client=client[:64], created_at=now))
+def claim_code_try(client: str, *, now: datetime) -> None:
+    """Count one code typed by ``client`` against :data:`CODE_TRIES_PER_CLIENT` and
+    :data:`CODE_TRIES_IN_ALL` (flushed), before :func:`discount_order` looks it up. The
+    caller commits the claim before that, so parallel tries see each other and a refused
+    code counts. Raises :class:`DiscountRefused` when a limit is reached: the code must not
+    be looked up then (the claim is still committed: tries over a limit count too)."""
+    try:
+        claim([(CODE_TRIES_PER_CLIENT, client), (CODE_TRIES_IN_ALL, "install")], now=now)
+    except TooManyTries as reached:
+        raise DiscountRefused(TOO_MANY_TRIES) from reached
 
 
 def _settle_free_order(order: Order, *, actor: str, now: datetime) -> None:

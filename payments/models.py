@@ -285,20 +285,6 @@ class LedgerEntry(db.Model):
     __table_args__ = (sa.Index(None, "provider", "provider_transaction_id"),)
 
 
-class RefusedCode(db.Model):
-    """A discount code refused to a client: too many in a while and the client must wait
-    (codes cannot be guessed by trying them)."""
-
-    __tablename__ = "refused_codes"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    #: The client's address.
-    client: Mapped[str] = mapped_column(sa.String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-    __table_args__ = (sa.Index(None, "client", "created_at"),)
-
-
 class Reconciliation(db.Model):
     """One provider statement matched against the ledger (see :mod:`payments.reconciliation`)."""
 

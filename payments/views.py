@@ -27,9 +27,10 @@ from wtforms import SubmitField
 
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
+from core.limits import client_network
 from core.security import csrf, new_token, sign_for_this_browser, unsign_for_this_browser
 from payments import inbox
-from payments.discounts import DiscountRefused, Purchase, discount_order, note_refused_code
+from payments.discounts import DiscountRefused, Purchase, claim_code_try, discount_order
 from payments.models import Order, Payment, PaymentStatus
 from payments.providers import EventKind, Payer, ProviderError, get_provider
 from payments.providers.fake import FakeProvider
@@ -44,12 +45,6 @@ MAX_NOTIFICATION_BYTES = 1024 * 1024
 OPENID_SESSION_KEY = "wechat_openid"
 
 
-def client_address() -> str:
-    """The address of the client of this request (behind ``TRUSTED_PROXIES``, the one they
-    forwarded)."""
-    return request.remote_addr or ""
-
-
 def apply_discount_code(
     order: Order,
     code: str,
@@ -62,17 +57,27 @@ def apply_discount_code(
     """Apply the code a payer typed on a page to ``order`` before it is paid (see
     :func:`~payments.discounts.discount_order`; ``product`` and ``buyer`` as in
     :class:`~payments.discounts.Purchase`). Raises :class:`DiscountRefused`: answer it with
-    :func:`refuse_discount_code`."""
-    purchase = Purchase(product=product, buyer=buyer, client=client_address())
-    discount_order(order, code, purchase, actor=actor, now=now or utcnow())
+    :func:`refuse_discount_code`.
+
+    Commits first: the try is claimed against this client's and the install's limits
+    (:func:`~payments.discounts.claim_code_try`) and committed, with what the request did
+    before (the order and whatever it is for), before the code is looked up. So parallel
+    tries queue on the counters and see each other, and a refused code still counts; the
+    order stays open for the same form sent again, and expires if it never is."""
+    now = now or utcnow()
+    try:
+        claim_code_try(client_network(), now=now)
+    except DiscountRefused:
+        db.session.commit()  # a try over a limit counts too
+        raise
+    db.session.commit()
+    discount_order(order, code, Purchase(product=product, buyer=buyer), actor=actor, now=now)
 
 
 def refuse_discount_code(refusal: DiscountRefused) -> str:
-    """After :class:`DiscountRefused`: this request's changes are rolled back, the refusal
-    is counted against the client (committed), and the message to show is returned."""
+    """After :class:`DiscountRefused`: what the request changed since the try was claimed
+    is rolled back, and the message to show is returned."""
     db.session.rollback()
-    note_refused_code(client_address(), now=utcnow())
-    db.session.commit()
     return str(refusal)
 
 

@@ -14,7 +14,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
-from flask_login import current_user
+from flask_login import current_user, login_required
 from wtforms import SelectChoice
 
 from core import audit, outbox
@@ -40,6 +40,13 @@ from perks.models import (
 )
 
 bp = Blueprint("perks_admin", __name__, url_prefix="/admin")
+
+
+@bp.before_request
+@login_required
+def _staff_only() -> None:
+    """Every page here is for logged-in staff."""
+
 
 ANY = SelectChoice(0, "— 不限 · Any —")
 

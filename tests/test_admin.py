@@ -230,7 +230,7 @@ def test_group_qr_must_be_an_image(app, logged_in, demo):
         },
         content_type="multipart/form-data",
     )
-    assert response.status_code == 200
+    assert response.status_code == 422
     assert "不是有效的图片" in response.get_data(as_text=True)
     with app.app_context():
         assert count(Group) == 2
