@@ -89,6 +89,7 @@ from payments.providers.wechatpay import WeChatPayProvider
 from payments.views import (
     OPENID_SESSION_KEY,
     apply_discount_code,
+    claim_discount_code_try,
     current_payer,
     refuse_discount_code,
     send_to_provider,
@@ -286,6 +287,7 @@ def join(slug: str, tier_code: str):
     db.session.commit()
     notice = None
     try:
+        claim_discount_code_try(form.coupon.data if "coupon" in form else None)
         sent_before = db.session.scalar(
             sa.select(Application.id).where(Application.submission_key == form.submission_key.data)
         )
@@ -549,6 +551,7 @@ def renew(membership_id: int):
         flash(form.coupon.errors[0], "error")
         return redirect(url_for(".me"))
     try:
+        claim_discount_code_try(form.coupon.data)
         renewal = start_renewal(membership)
         if form.coupon.data:
             apply_discount_code(
@@ -692,7 +695,12 @@ def pay_link(slug: str, token: str):
     member = logged_in_member(community, proven=False)
     form = PayForm()
     offer_providers(form)
-    refusal, status = None, 200
+    refusal, status, limited = None, 200, None
+    if request.method == "POST":  # counted before the order can be made
+        try:
+            claim_discount_code_try(request.form.get("coupon", "").strip())
+        except DiscountRefused as error:
+            limited = error
     try:
         order = order_for_pay_link(application, member)
     except ScreeningRefused as error:
@@ -703,6 +711,8 @@ def pay_link(slug: str, token: str):
     if order is not None and form.validate_on_submit():
         try:
             if "coupon" in form and form.coupon.data:
+                if limited is not None:
+                    raise limited
                 apply_discount_code(
                     order,
                     form.coupon.data,

@@ -45,6 +45,21 @@ MAX_NOTIFICATION_BYTES = 1024 * 1024
 OPENID_SESSION_KEY = "wechat_openid"
 
 
+def claim_discount_code_try(code: str | None) -> None:
+    """Called by a page that took a discount code, before it makes anything (an order, an
+    application): the try is counted against this client's and the install's limits
+    (:func:`~payments.discounts.claim_code_try`) and committed at once, so parallel tries
+    queue on the counters and see each other, and a refused try still counts. Raises
+    :class:`DiscountRefused` over a limit: then nothing was made and the code must not be
+    looked up. Does nothing when no code was typed."""
+    if not code:
+        return
+    try:
+        claim_code_try(client_network(), now=utcnow())
+    finally:
+        db.session.commit()
+
+
 def apply_discount_code(
     order: Order,
     code: str,
@@ -56,27 +71,16 @@ def apply_discount_code(
 ) -> None:
     """Apply the code a payer typed on a page to ``order`` before it is paid (see
     :func:`~payments.discounts.discount_order`; ``product`` and ``buyer`` as in
-    :class:`~payments.discounts.Purchase`). Raises :class:`DiscountRefused`: answer it with
-    :func:`refuse_discount_code`.
-
-    Commits first: the try is claimed against this client's and the install's limits
-    (:func:`~payments.discounts.claim_code_try`) and committed, with what the request did
-    before (the order and whatever it is for), before the code is looked up. So parallel
-    tries queue on the counters and see each other, and a refused code still counts; the
-    order stays open for the same form sent again, and expires if it never is."""
-    now = now or utcnow()
-    try:
-        claim_code_try(client_network(), now=now)
-    except DiscountRefused:
-        db.session.commit()  # a try over a limit counts too
-        raise
-    db.session.commit()
-    discount_order(order, code, Purchase(product=product, buyer=buyer), actor=actor, now=now)
+    :class:`~payments.discounts.Purchase`); its try was claimed with
+    :func:`claim_discount_code_try`. Raises :class:`DiscountRefused`: answer it with
+    :func:`refuse_discount_code`."""
+    purchase = Purchase(product=product, buyer=buyer)
+    discount_order(order, code, purchase, actor=actor, now=now or utcnow())
 
 
 def refuse_discount_code(refusal: DiscountRefused) -> str:
-    """After :class:`DiscountRefused`: what the request changed since the try was claimed
-    is rolled back, and the message to show is returned."""
+    """After :class:`DiscountRefused`: what the request made is rolled back (nothing was
+    made when a limit was reached), and the message to show is returned."""
     db.session.rollback()
     return str(refusal)
 

@@ -15,7 +15,12 @@ from membership.models import Community, Member
 from membership.views import logged_in_member, offer_providers
 from payments.discounts import DiscountRefused
 from payments.models import Order, OrderStatus
-from payments.views import apply_discount_code, refuse_discount_code, send_to_provider
+from payments.views import (
+    apply_discount_code,
+    claim_discount_code_try,
+    refuse_discount_code,
+    send_to_provider,
+)
 from perks.courses import (
     CoursePrice,
     CourseRefused,
@@ -118,6 +123,7 @@ def course(slug: str, code: str):
     if not form.validate_on_submit():
         return render_template("perks/course.html", **context), 422 if form.is_submitted() else 200
     try:
+        claim_discount_code_try(form.coupon.data)
         enrolment = start_purchase(
             course, standing, submission_key=form.submission_key.data, now=now
         )

@@ -4,7 +4,7 @@ Coupon codes are limited by claims on ``attempt_counters`` (core.limits) taken b
 check; the refusals counted after it go.
 
 Revision ID: c0ffee123456
-Revises: 7f3a1c2e9b10
+Revises: a1b2c3d4e5f6
 Create Date: 2026-12-01 23:08:20.927946
 
 """
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = 'c0ffee123456'
-down_revision = '7f3a1c2e9b10'
+down_revision = 'a1b2c3d4e5f6'
 branch_labels = None
 depends_on = None
 
