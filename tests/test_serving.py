@@ -64,17 +64,26 @@ def test_database_down_webhooks_answer_503_and_pages_apologise(app_without_datab
 
 @pytest.mark.committing
 def test_forwarded_headers_are_trusted_only_when_configured(tmp_path, _api_server):
+    """The client's address and scheme come from the proxy's headers only behind
+    TRUSTED_PROXIES; external URLs are on PUBLIC_BASE_URL either way."""
     url = f"sqlite:///{tmp_path / 'proxy.sqlite3'}"
-    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "join.example.com"}
-    for proxies, expected in ((0, "http://localhost/me"), (1, "https://join.example.com/me")):
+    forwarded = {
+        "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example",
+    }
+    public = "https://join.example.com/me"
+    for proxies, expected in ((0, f"127.0.0.1 http {public}"), (1, f"203.0.113.9 https {public}")):
         app = create_app(
-            app_config(url, *_api_server) | {"TRUSTED_PROXIES": proxies, "SERVER_NAME": None}
+            app_config(url, *_api_server)
+            | {"TRUSTED_PROXIES": proxies, "SERVER_NAME": None, "PUBLIC_BASE_URL": public[:-3]}
         )
 
         @app.get("/_where")
         def where():
-            from flask import url_for
+            from flask import request, url_for
 
-            return url_for("membership.me", _external=True)
+            external = url_for("membership.me", _external=True)
+            return f"{request.remote_addr} {request.scheme} {external}"
 
         assert app.test_client().get("/_where", headers=forwarded).text == expected
