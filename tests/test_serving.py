@@ -18,25 +18,32 @@ def test_healthz_checks_the_database(client):
     assert response.json == {"ok": True, "database": "ok"}
 
 
-def test_every_response_carries_a_request_id(client):
+def test_every_response_carries_a_request_id(app, client, monkeypatch):
     first = client.get("/healthz").headers["X-Request-ID"]
     second = client.get("/healthz").headers["X-Request-ID"]
     assert first != second
     assert len(first) >= 16
-    offered = client.get("/healthz", headers={"X-Request-ID": "proxy-req-12345678"})
-    assert offered.headers["X-Request-ID"] == "proxy-req-12345678"
+    offered = {"X-Request-ID": "proxy-req-12345678"}
+    assert (
+        client.get("/healthz", headers=offered).headers["X-Request-ID"] != offered["X-Request-ID"]
+    )
+    monkeypatch.setitem(app.config, "TRUSTED_PROXIES", 1)  # behind a proxy that sets it
+    assert (
+        client.get("/healthz", headers=offered).headers["X-Request-ID"] == offered["X-Request-ID"]
+    )
     junk = client.get("/healthz", headers={"X-Request-ID": "<script>"})
     assert junk.headers["X-Request-ID"] != "<script>"
 
 
 def test_log_lines_are_json_with_the_request_id(app, client, demo, caplog):
     caplog.set_level(logging.INFO)
-    response = client.post("/webhooks/fake", data=b"{}", headers={"X-Request-ID": "req-abcdef123"})
+    response = client.post("/webhooks/fake", data=b"{}")
     assert response.status_code == 400
-    records = [r for r in caplog.records if getattr(r, "request_id", "-") == "req-abcdef123"]
+    request_id = response.headers["X-Request-ID"]
+    records = [r for r in caplog.records if getattr(r, "request_id", "-") == request_id]
     assert records, "the request logged nothing with its id"
     line = json.loads(JSONFormatter().format(records[0]))
-    assert line["request_id"] == "req-abcdef123"
+    assert line["request_id"] == request_id
     assert {"time", "level", "logger", "message"} <= line.keys()
 
 
