@@ -63,7 +63,7 @@ def test_production_starts_with_its_settings(environment):
 @pytest.mark.parametrize("name", ["SECRET_KEY", "PUBLIC_BASE_URL"])
 def test_production_refuses_to_start_without(environment, name):
     environment.delenv(name)
-    with pytest.raises(SettingError, match=name):
+    with pytest.raises(SettingError, match=f"{name} is not set"):
         create_app()
 
 
