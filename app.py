@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Flask, render_template
+from flask import Flask, has_request_context, render_template, request
 from flask_migrate import Migrate
 from sqlalchemy.exc import OperationalError
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import MapAdapter
+from werkzeug.wrappers import Request
 
 import config as settings
 from core import limits, outbox  # noqa: F401 (their models are part of the schema)
@@ -44,11 +48,49 @@ from perks.courses import activate_paid_enrolment, restore_enrolment, withdraw_e
 migrate = Migrate()
 
 
+class Qunmen(Flask):
+    """Flask, with every external URL on ``PUBLIC_BASE_URL``.
+
+    Payment callbacks, return URLs and links in messages are built with
+    ``url_for(..., _external=True)`` in requests, and with plain ``url_for`` in the CLI and
+    the worker, where Flask makes them external by default. Both end here, so none of them
+    is ever built from the Host header a client sent.
+    """
+
+    def create_url_adapter(self, request: Request | None) -> MapAdapter | None:
+        """Outside a request (CLI, worker): URLs are built on ``PUBLIC_BASE_URL``, with its
+        path prefix. In a request: Flask's adapter, which routes the request."""
+        if request is not None:
+            return super().create_url_adapter(request)
+        base = urlsplit(self.config["PUBLIC_BASE_URL"])
+        return self.url_map.bind(base.netloc, script_name=base.path or "/", url_scheme=base.scheme)
+
+    def url_for(
+        self,
+        endpoint: str,
+        *,
+        _scheme: str | None = None,
+        _external: bool | None = None,
+        **values: Any,
+    ) -> str:
+        """Flask's ``url_for``; in a request, an external URL is the path under
+        ``PUBLIC_BASE_URL`` (the scheme is the base's: ``_scheme`` is refused)."""
+        if _scheme is not None:
+            raise ValueError("external URLs take PUBLIC_BASE_URL's scheme; no _scheme")
+        if not (_external and has_request_context()):
+            return super().url_for(endpoint, _external=_external, **values)
+        path = super().url_for(endpoint, _external=False, **values)
+        return self.config["PUBLIC_BASE_URL"] + path.removeprefix(request.script_root)
+
+
 def create_app(config: Mapping[str, object] | None = None) -> Flask:
-    app = Flask(__name__, instance_relative_config=True)
+    """Build the app. Raises :class:`config.SettingError`, naming the setting, when the
+    settings are malformed or production lacks one it must not run without."""
+    app = Qunmen(__name__, instance_relative_config=True)
     app.config.from_mapping(settings.from_environment(app.instance_path))
     if config:
         app.config.from_mapping(config)
+    settings.complete(app.config, app.instance_path)
 
     if proxies := app.config["TRUSTED_PROXIES"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)

@@ -1,31 +1,88 @@
 """Settings, read from the environment once, when the app is created.
 
-Every setting has a default that lets the product run on a fresh machine: a SQLite file in
-the instance folder, the ``fake`` payment provider, a generated secret key kept in the
-instance folder. Production sets ``DATABASE_URL`` and ``SECRET_KEY``.
+The app is in production unless ``QUNMEN_DEMO`` is on (``bin/demo`` sets it) or it runs the
+tests (``TESTING``). Production refuses to start without ``SECRET_KEY``, without
+``PUBLIC_BASE_URL`` or without a real payment provider, and a malformed setting stops any
+start with the setting's name. The demo runs on a fresh machine with no settings at all: a
+SQLite file and a generated secret key in the instance folder (readable by its owner only),
+the ``fake`` payment provider, links on ``http://127.0.0.1:5000``.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+#: Where the demo's links point when ``PUBLIC_BASE_URL`` is unset (``flask run``'s address).
+DEMO_BASE_URL = "http://127.0.0.1:5000"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_Number = TypeVar("_Number", int, float)
 
 
-def _secret_key(instance_path: Path) -> str:
-    """SECRET_KEY from the environment, else one generated once and kept on disk.
+class SettingError(RuntimeError):
+    """A setting is missing, malformed or unsafe; the message names it. Startup stops."""
 
-    Keeping it on disk means signed member links and sessions survive a restart of the
-    demo; production must set SECRET_KEY (the same on every machine).
-    """
-    if key := os.environ.get("SECRET_KEY"):
-        return key
+
+def _flag(name: str, default: bool | None) -> bool | None:
+    """The boolean setting ``name``: 1/0, true/false, yes/no or on/off, in any case;
+    ``default`` when unset or empty. Anything else raises :class:`SettingError`."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise SettingError(f"{name}={raw!r} is not a boolean: use 1/0, true/false, yes/no or on/off")
+
+
+def _number(name: str, default: _Number, kind: type[_Number]) -> _Number:
+    """The numeric setting ``name`` as ``kind``; a malformed one raises SettingError."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingError(f"{name}={raw!r} is not a {kind.__name__}") from None
+
+
+def _demo_secret_key(instance_path: Path) -> str:
+    """The demo's secret key: generated once and kept in the instance folder, so signed
+    member links and sessions survive a restart of the demo."""
     path = instance_path / "secret_key"
     if not path.exists():
-        instance_path.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(48))
-        path.chmod(0o600)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+            file.write(secrets.token_urlsafe(48))
     return path.read_text().strip()
+
+
+def _protect_demo_files(instance_path: Path, database_uri: str) -> None:
+    """Make the demo's instance folder (secret key, credentials, SQLite file) private to
+    its owner, and its SQLite file too, created here empty if need be so that SQLite
+    (which gives its journals the database file's mode) never makes it world-readable."""
+    instance_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    instance_path.chmod(0o700)
+    database = Path(database_uri.removeprefix("sqlite:///"))
+    if database_uri.startswith("sqlite:///") and database.parent == instance_path:
+        database.touch(mode=0o600)
+        database.chmod(0o600)
+
+
+def _public_base_url(value: str) -> str:
+    """``PUBLIC_BASE_URL`` checked: an absolute http(s) URL, perhaps with a path prefix,
+    without query or fragment; returned without its trailing slash."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise SettingError(
+            f"PUBLIC_BASE_URL={value!r} is not a base URL like https://join.example.com"
+        )
+    return value.rstrip("/")
 
 
 def _database_url(instance_path: Path) -> str:
@@ -41,7 +98,14 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
     """The app's configuration mapping, built from the process environment."""
     instance_path = Path(instance_path)
     return {
-        "SECRET_KEY": _secret_key(instance_path),
+        # The demo: the fake provider, a generated secret key, plain-http cookies, messages
+        # in the log. Never in production.
+        "QUNMEN_DEMO": _flag("QUNMEN_DEMO", False),
+        # Signs sessions and links; the same on every machine. Required but in the demo.
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or None,
+        # The one origin (and path prefix) of every link we send out: payment callbacks,
+        # return URLs, links in messages. The request's Host header is never used for them.
+        "PUBLIC_BASE_URL": os.environ.get("PUBLIC_BASE_URL") or None,
         "SQLALCHEMY_DATABASE_URI": _database_url(instance_path),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         # Payment providers offered on the join page, in order. Empty: every real provider
@@ -62,13 +126,13 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # WeChat's official-account API (the OAuth that gives a payer's openid).
         "WECHAT_API_BASE": os.environ.get("WECHAT_API_BASE"),
         # Unpaid orders stop accepting payment after this many minutes.
-        "ORDER_TTL_MINUTES": int(os.environ.get("ORDER_TTL_MINUTES", "30")),
+        "ORDER_TTL_MINUTES": _number("ORDER_TTL_MINUTES", 30, int),
         # Join-page visits are added up in each process and written at most this often.
-        "VISIT_FLUSH_SECONDS": float(os.environ.get("VISIT_FLUSH_SECONDS", "10")),
+        "VISIT_FLUSH_SECONDS": _number("VISIT_FLUSH_SECONDS", 10.0, float),
         # Uploaded group QR images larger than this are refused.
-        "MAX_CONTENT_LENGTH": int(os.environ.get("MAX_CONTENT_LENGTH", str(2 * 1024 * 1024))),
+        "MAX_CONTENT_LENGTH": _number("MAX_CONTENT_LENGTH", 2 * 1024 * 1024, int),
         # How many reverse proxies in front of the app set X-Forwarded-For/-Proto/-Host.
-        "TRUSTED_PROXIES": int(os.environ.get("TRUSTED_PROXIES", "0")),
+        "TRUSTED_PROXIES": _number("TRUSTED_PROXIES", 0, int),
         # "json": one JSON object per log line, with the request id; "text" for a terminal.
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "json"),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
@@ -79,22 +143,51 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         "TELEGRAM_WEBHOOK_SECRET": os.environ.get("TELEGRAM_WEBHOOK_SECRET"),
         # Drain the platform-call queue from a thread of the web process (the demo needs no
         # second process). Production runs ``flask worker`` instead and sets this to 0.
-        "QUEUE_IN_PROCESS": os.environ.get("QUEUE_IN_PROCESS", "1") == "1",
+        "QUEUE_IN_PROCESS": _flag("QUEUE_IN_PROCESS", True),
         # A WeChat template message for membership reminders, to members whose WeChat is
         # linked (needs WECHATPAY_APP_ID and WECHATPAY_APP_SECRET, the official account).
         "WECHAT_REMINDER_TEMPLATE_ID": os.environ.get("WECHAT_REMINDER_TEMPLATE_ID"),
         # The demo: messages with no sender (SMS, WeChat IDs, e-mail without MAIL_SERVER)
         # are written to the log instead of failing. Never in production: codes are secrets.
-        "OUTBOX_TO_LOG": os.environ.get("OUTBOX_TO_LOG", "0") == "1",
+        "OUTBOX_TO_LOG": _flag("OUTBOX_TO_LOG", False),
         # Outgoing e-mail (login codes …). Without MAIL_SERVER, messages go to the log.
         "MAIL_SERVER": os.environ.get("MAIL_SERVER"),
-        "MAIL_PORT": int(os.environ.get("MAIL_PORT", "587")),
-        "MAIL_USE_TLS": os.environ.get("MAIL_USE_TLS", "1") == "1",
+        "MAIL_PORT": _number("MAIL_PORT", 587, int),
+        "MAIL_USE_TLS": _flag("MAIL_USE_TLS", True),
         "MAIL_USERNAME": os.environ.get("MAIL_USERNAME"),
         "MAIL_PASSWORD": os.environ.get("MAIL_PASSWORD"),
         "MAIL_FROM": os.environ.get("MAIL_FROM", "群门 Qunmen <noreply@localhost>"),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
-        "SESSION_COOKIE_SECURE": os.environ.get("SESSION_COOKIE_SECURE", "0") == "1",
+        # Secure cookies and HSTS: on unless in the demo (which runs on plain http).
+        "SESSION_COOKIE_SECURE": _flag("SESSION_COOKIE_SECURE", None),
         "WTF_CSRF_TIME_LIMIT": None,
     }
+
+
+def complete(config: MutableMapping[str, object], instance_path: str | Path) -> None:
+    """Called by ``create_app`` once the environment's settings and the caller's are in:
+    fills in what the demo may leave unset and raises :class:`SettingError` (naming the
+    setting) for what production must not run without. Changes ``config`` in place."""
+    instance_path = Path(instance_path)
+    demo = bool(config["QUNMEN_DEMO"])
+    production = not (demo or config.get("TESTING"))
+    if demo:
+        _protect_demo_files(instance_path, str(config["SQLALCHEMY_DATABASE_URI"]))
+        config["SECRET_KEY"] = config.get("SECRET_KEY") or _demo_secret_key(instance_path)
+        config["PUBLIC_BASE_URL"] = config.get("PUBLIC_BASE_URL") or DEMO_BASE_URL
+    if not config.get("SECRET_KEY"):
+        raise SettingError(
+            "SECRET_KEY is not set: production needs one secret key, the same on every "
+            "machine (or QUNMEN_DEMO=1 for the demo)"
+        )
+    if not config.get("PUBLIC_BASE_URL"):
+        raise SettingError(
+            "PUBLIC_BASE_URL is not set: production needs the address payers and payment "
+            "providers reach it at, e.g. https://join.example.com"
+        )
+    config["PUBLIC_BASE_URL"] = _public_base_url(str(config["PUBLIC_BASE_URL"]))
+    if config.get("SESSION_COOKIE_SECURE") is None:
+        config["SESSION_COOKIE_SECURE"] = not demo
+    if production and config.get("OUTBOX_TO_LOG"):
+        raise SettingError("OUTBOX_TO_LOG is for the demo only: it writes login codes to the log")

@@ -20,10 +20,8 @@ keepalive = 5
 # Behind a reverse proxy: which addresses may set X-Forwarded-* (the app's TRUSTED_PROXIES
 # setting decides how many hops it believes).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
-accesslog = os.environ.get("ACCESS_LOG", "-")
-access_log_format = (
-    '{"time":"%(t)s","remote":"%(h)s","request":"%(r)s","status":%(s)s,'
-    '"bytes":"%(b)s","ms":%(M)s,"request_id":"%({x-request-id}o)s"}'
-)
+# No access log here: gunicorn's would write each request's path, which may carry a token
+# (a member link, a pay link). The app logs one line per request with its route instead.
+accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()

@@ -47,6 +47,9 @@ SETTINGS = {
     "WECHATPAY_MCH_ID": fake_apis.WECHAT_MCH_ID,
     "WECHATPAY_API_KEY": fake_apis.WECHAT_API_KEY,
     "SERVER_NAME": "qunmen.test",
+    "PUBLIC_BASE_URL": "http://qunmen.test",
+    # Plain-http cookies, and the fake provider for the scenarios that pay with it.
+    "QUNMEN_DEMO": "1",
 }
 
 

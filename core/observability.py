@@ -1,8 +1,14 @@
-"""Request ids, structured logs and the health check.
+"""Request ids, structured logs, one log line per request, and the health check.
 
 Every log line is one JSON object with the request id of the request that wrote it (``-``
-outside requests). The id comes from the ``X-Request-ID`` header a reverse proxy sets, when
-it looks like one, else it is made here; it is sent back in the response's header.
+outside requests). The id comes from the ``X-Request-ID`` header a trusted reverse proxy
+sets (``TRUSTED_PROXIES`` > 0), when it looks like one, else it is made here; it is sent
+back in the response's header.
+
+No secret reaches a log, at any level, from any logger: every record is redacted when it
+is made (query parameters named like secrets, Telegram's ``/bot<token>/``, and the values
+of the configured secrets themselves). The line logged for each request names its route
+(``/me/link/<token>``), never its path, which may carry a token.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from flask import (
@@ -22,7 +30,8 @@ from flask import (
     request,
 )
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from core.db import db
 from core.security import new_token
@@ -32,6 +41,32 @@ REQUEST_ID_HEADER = "X-Request-ID"
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.yaml")
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{8,128}")
 _ATTRIBUTE = "request_id"
+#: What a redacted secret reads as in the log.
+REDACTED = "[redacted]"
+#: Settings whose values are secrets; their values are redacted wherever they appear.
+SECRET_SETTINGS = (
+    "SECRET_KEY",
+    "FAKE_PROVIDER_SECRET",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "WECHATPAY_APP_SECRET",
+    "WECHATPAY_API_KEY",
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "MAIL_PASSWORD",
+)
+#: A query parameter whose name says it carries a secret (``appsecret``, ``code``,
+#: ``access_token``, ``sign`` …): its value goes.
+_SECRET_PARAMETER = re.compile(
+    r"([?&][\w.-]*(?:secret|key|token|code|sign|password|ticket)[\w.-]*=)[^&\s\"'#]+",
+    re.IGNORECASE,
+)
+#: Telegram's Bot API puts the bot's token in the path: ``/bot123456:AA…/sendMessage``.
+_BOT_TOKEN_PATH = re.compile(r"/bot\d+:[\w-]+")
+#: Shorter configured values are not redacted: they would blank out ordinary words.
+_SHORTEST_SECRET = 8
+#: The configured secrets of every app made in this process, longest first.
+_secrets: list[str] = []
 
 
 def current_request_id() -> str:
@@ -52,12 +87,48 @@ class JSONFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
+def redact(text: str) -> str:
+    """``text`` without the secrets it may carry (see the module's docstring)."""
+    text = _SECRET_PARAMETER.sub(rf"\1{REDACTED}", text)
+    text = _BOT_TOKEN_PATH.sub(f"/bot{REDACTED}", text)
+    for secret in _secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _remember_secrets(values: Iterable[object]) -> None:
+    """Add configured secret values to those :func:`redact` removes; called once per app."""
+    known = set(_secrets) | {v for v in values if isinstance(v, str) and len(v) >= _SHORTEST_SECRET}
+    _secrets[:] = sorted(known, key=len, reverse=True)
+
+
+def _database_password(uri: str) -> str | None:
+    try:
+        return make_url(uri).password
+    except ArgumentError:
+        return None
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    """Redact a record as it is made, for every handler: its message (arguments merged
+    in) and its traceback, which the formatters then use as they are."""
+    try:
+        message = record.getMessage()
+    except (TypeError, ValueError):  # arguments that do not fit: logged as they are
+        message = f"{record.msg} {record.args}"
+    clean = redact(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+
+
 def _install_record_factory() -> None:
-    """Give every log record, from any logger, the current request's id."""
+    """Give every log record, from any logger, the current request's id, and redact it."""
     previous = logging.getLogRecordFactory()
     if getattr(previous, "qunmen", False):
         return
@@ -65,6 +136,7 @@ def _install_record_factory() -> None:
     def factory(*args, **kwargs):
         record = previous(*args, **kwargs)
         setattr(record, _ATTRIBUTE, current_request_id())
+        _redact_record(record)
         return record
 
     factory.qunmen = True
@@ -72,6 +144,13 @@ def _install_record_factory() -> None:
 
 
 def init_observability(app: Flask) -> None:
+    """Set up logging for ``app`` (called once by ``create_app``): redaction of its
+    secrets, the root handler and level (not under the tests, whose logs pytest captures),
+    request ids and the line logged for each request."""
+    _remember_secrets(
+        [app.config.get(name) for name in SECRET_SETTINGS]
+        + [_database_password(str(app.config.get("SQLALCHEMY_DATABASE_URI", "")))]
+    )
     _install_record_factory()
     if not app.testing:
         handler = logging.StreamHandler()
@@ -85,20 +164,38 @@ def init_observability(app: Flask) -> None:
         root = logging.getLogger()
         root.handlers[:] = [handler]
         root.setLevel(str(app.config.get("LOG_LEVEL", "INFO")).upper())
+        # The development server's own request lines carry paths; ours carry routes.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     @app.before_request
     def _assign_request_id() -> None:
-        offered = request.headers.get(REQUEST_ID_HEADER, "")
+        """A client could make our log lines look like another request's: the id it sends
+        is taken only from behind a trusted proxy (which sets it)."""
+        g.request_started = time.perf_counter()
+        trusted = app.config["TRUSTED_PROXIES"] > 0
+        offered = request.headers.get(REQUEST_ID_HEADER, "") if trusted else ""
         setattr(g, _ATTRIBUTE, offered if _SANE_ID.fullmatch(offered) else new_token(12))
 
     @app.after_request
     def _echo_request_id(response):
         response.headers[REQUEST_ID_HEADER] = current_request_id()
+        route = request.url_rule.rule if request.url_rule else "(no route)"
+        elapsed = (time.perf_counter() - g.get("request_started", time.perf_counter())) * 1000
+        request_log.info(
+            "%s %s %s %.0fms %s",
+            request.method,
+            route,
+            response.status_code,
+            elapsed,
+            request.remote_addr or "-",
+        )
         return response
 
     app.register_blueprint(health)
 
 
+#: One line per request: method, route (never the path), status, milliseconds, client.
+request_log = logging.getLogger("qunmen.request")
 health = Blueprint("health", __name__)
 
 

@@ -1,15 +1,19 @@
 """The webhook inbox: every provider notification comes in here, the same way.
 
-Each delivery is stored raw; verified; its payment identified (asking the provider, with
-the raw delivery committed first, when the event names only the provider's id for a payment
-we have not heard of); skipped when the same event was applied before;
-applied to the payment under row locks; and committed together with its inbox row, before
-the provider gets its answer. One transaction on the usual path: the raw row and the state
-it caused are committed at once. When applying fails, the transaction is rolled back and
-the raw delivery is stored alone, marked rejected (4xx) or failed (5xx, so the provider
-delivers again, or an admin replays it); a delivery left unfinished by a process that
-stopped is replayed with the failed ones. Nothing received is lost, nothing is
-half-written.
+Each delivery is verified as it arrives. A genuine one is stored raw; its payment
+identified (asking the provider, with the raw delivery committed first, when the event
+names only the provider's id for a payment we have not heard of); skipped when the same
+event was applied before; applied to the payment under row locks; and committed together
+with its inbox row, before the provider gets its answer. One transaction on the usual
+path: the raw row and the state it caused are committed at once. When applying fails, the
+transaction is rolled back and the raw delivery is stored alone, marked rejected (4xx) or
+failed (5xx, so the provider delivers again, or an admin replays it); a delivery left
+unfinished by a process that stopped is replayed with the failed ones. Nothing genuine
+received is lost, nothing is half-written.
+
+A refused delivery (forged, malformed, too large) changes nothing and costs little: it is
+kept for admins with its body cut to a few KB, and only so many per client a minute;
+past that it is refused unrecorded.
 """
 
 from __future__ import annotations
@@ -24,14 +28,21 @@ from sqlalchemy import inspect
 
 from core.clock import utcnow
 from core.db import db
+from core.limits import Limit, TooManyTries, claim
 from payments.models import InboxStatus, WebhookEvent
-from payments.providers import InvalidNotification, ProviderError, get_provider
+from payments.providers import InvalidNotification, Notification, ProviderError, get_provider
 from payments.services import PaymentMismatch, apply_notification, identify_payment
 
 log = logging.getLogger(__name__)
 
 #: Headers that are never stored: they carry the caller's credentials, not the provider's.
 _UNSTORED_HEADERS = {"cookie", "authorization"}
+#: How much of a refused delivery is kept: enough to see what it was.
+REFUSED_BODY_BYTES = 4096
+REFUSED_HEADERS = 40
+REFUSED_HEADER_CHARS = 256
+#: Refused deliveries recorded per client network; past this they are refused unrecorded.
+REFUSED_RECORDED = Limit("webhook-refused", 30, timedelta(minutes=1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,42 +66,68 @@ class InboxResult:
 
 
 def receive(
-    provider_name: str, body: bytes, headers: Mapping[str, str], *, now: datetime | None = None
+    provider_name: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    client: str = "local",
+    now: datetime | None = None,
 ) -> InboxResult:
-    """Store one delivery from ``provider_name`` and process it. Commits."""
+    """Verify one delivery from ``provider_name`` (sent from the network ``client``); store
+    and apply a genuine one, record a refused one with :func:`refuse`. Commits."""
     now = now or utcnow()
+    provider = get_provider(provider_name)
+    if provider is None:
+        return refuse(provider_name, headers, "provider not enabled", client=client, now=now)
+    try:
+        notification = provider.parse_notification(body, headers, received_at=now)
+    except InvalidNotification as error:
+        return refuse(provider_name, headers, str(error), body=body, client=client, now=now)
     event = WebhookEvent(
         provider=provider_name,
         received_at=now,
-        headers={k: v for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS},
+        headers=_stored_headers(headers),
         body=body,
         status=InboxStatus.RECEIVED,
     )
     db.session.add(event)
-    return process(event, now=now)
+    return _apply(event, notification, now)
 
 
 def refuse(
-    provider_name: str, headers: Mapping[str, str], detail: str, *, now: datetime | None = None
+    provider_name: str,
+    headers: Mapping[str, str],
+    detail: str,
+    *,
+    body: bytes = b"",
+    client: str = "local",
+    now: datetime | None = None,
 ) -> InboxResult:
-    """Record a delivery refused before its body was read (too large), for admins to see."""
+    """Answer a delivery refused before anything was applied (forged, malformed, too
+    large). It is recorded for admins to see, cut to :data:`REFUSED_BODY_BYTES` and a few
+    short headers, unless ``client`` had more than :data:`REFUSED_RECORDED` refused
+    already; then it is only counted. Commits."""
     now = now or utcnow()
+    try:
+        claim([(REFUSED_RECORDED, client)], now=now)
+    except TooManyTries:
+        db.session.commit()
+        return InboxResult(InboxStatus.REJECTED, detail)
+    if len(body) > REFUSED_BODY_BYTES:
+        detail = f"{detail} (body of {len(body)} bytes, the first {REFUSED_BODY_BYTES} kept)"
+    kept = list(_stored_headers(headers).items())[:REFUSED_HEADERS]
     event = WebhookEvent(
         provider=provider_name,
         received_at=now,
-        headers={k: v for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS},
-        body=b"",
-        status=InboxStatus.REJECTED,
-        detail=detail,
-        processed_at=now,
+        headers={name: value[:REFUSED_HEADER_CHARS] for name, value in kept},
+        body=body[:REFUSED_BODY_BYTES],
     )
     db.session.add(event)
-    db.session.commit()
-    return InboxResult(InboxStatus.REJECTED, detail)
+    return _finish(event, InboxStatus.REJECTED, detail, now)
 
 
 def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
-    """Verify and apply a stored delivery (again, when replayed). Commits."""
+    """Verify and apply a stored delivery again (a replay). Commits."""
     now = now or utcnow()
     provider = get_provider(event.provider)
     if provider is None:
@@ -101,7 +138,16 @@ def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
         )
     except InvalidNotification as error:
         return _finish(event, InboxStatus.REJECTED, str(error), now)
+    return _apply(event, notification, now)
 
+
+def _stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS}
+
+
+def _apply(event: WebhookEvent, notification: Notification, now: datetime) -> InboxResult:
+    """Apply a verified delivery, stored as ``event`` (added to the session, perhaps not
+    yet committed): identify its payment, skip a duplicate, apply it. Commits."""
     event.event_id = notification.event_id
     try:
         notification = identify_payment(notification, event.provider)

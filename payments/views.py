@@ -39,8 +39,9 @@ from payments.services import PaymentError, register_with_provider, start_paymen
 
 log = logging.getLogger(__name__)
 
-#: Notifications are small; anything larger is refused unread.
-MAX_NOTIFICATION_BYTES = 1024 * 1024
+#: Real notifications are a few KB (WeChat Pay's XML, Stripe's events); anything larger
+#: is refused unread.
+MAX_NOTIFICATION_BYTES = 64 * 1024
 #: Where the payer's WeChat openid is kept between the OAuth redirect and the payment.
 OPENID_SESSION_KEY = "wechat_openid"
 
@@ -138,19 +139,22 @@ webhooks = Blueprint("webhooks", __name__)
 @webhooks.post("/webhooks/<provider_name>")
 @csrf.exempt
 def receive(provider_name: str):
+    """A provider's notification: verified, then applied (see :mod:`payments.inbox`). A
+    body over :data:`MAX_NOTIFICATION_BYTES` is refused after reading at most that much."""
     provider = get_provider(provider_name)
     if provider is None:
         abort(404)
-    headers = dict(request.headers)
-    if (request.content_length or 0) > MAX_NOTIFICATION_BYTES:
-        result = inbox.refuse(provider_name, headers, "body over 1 MB")
-        return provider.acknowledge(False, result.message, 413)
-    body = request.stream.read(MAX_NOTIFICATION_BYTES + 1)
-    if len(body) > MAX_NOTIFICATION_BYTES:
-        result = inbox.refuse(provider_name, headers, "body over 1 MB")
-        return provider.acknowledge(False, result.message, 413)
+    headers, client = dict(request.headers), client_network()
+    too_large = f"body over {MAX_NOTIFICATION_BYTES // 1024} KB"
     try:
-        result = inbox.receive(provider_name, body, headers)
+        if (request.content_length or 0) > MAX_NOTIFICATION_BYTES:
+            result = inbox.refuse(provider_name, headers, too_large, client=client)
+            return provider.acknowledge(False, result.message, 413)
+        body = request.stream.read(MAX_NOTIFICATION_BYTES + 1)
+        if len(body) > MAX_NOTIFICATION_BYTES:
+            result = inbox.refuse(provider_name, headers, too_large, body=body, client=client)
+            return provider.acknowledge(False, result.message, 413)
+        result = inbox.receive(provider_name, body, headers, client=client)
     except OperationalError:
         # The database is unreachable: nothing was stored; the provider must deliver again.
         log.exception("webhook from %s not stored: database unreachable", provider_name)

@@ -66,7 +66,10 @@ def merchant_certificate(folder: Path) -> tuple[str, str]:
 
 
 def app_config(database_url: str, apis: fake_apis.FakeAPIs, certs: tuple[str, str]):
-    """The test app's settings: every provider on, the real ones pointed at the fakes."""
+    """The test app's settings: every provider on, the real ones pointed at the fakes.
+
+    Production's checks apply (SECRET_KEY, PUBLIC_BASE_URL, booleans) but one: ``TESTING``
+    lets the fake provider run next to the real ones, which production refuses."""
     return {
         "TESTING": True,
         "SECRET_KEY": SECRET_KEY,
@@ -74,6 +77,7 @@ def app_config(database_url: str, apis: fake_apis.FakeAPIs, certs: tuple[str, st
         "PAYMENT_PROVIDERS": ["fake", "wechatpay", "stripe"],
         "FAKE_PROVIDER_SECRET": None,
         "SERVER_NAME": "qunmen.test",
+        "PUBLIC_BASE_URL": "http://qunmen.test",
         "STRIPE_SECRET_KEY": fake_apis.STRIPE_SECRET_KEY,
         "STRIPE_WEBHOOK_SECRET": fake_apis.STRIPE_WEBHOOK_SECRET,
         "STRIPE_API_BASE": apis.base_url,

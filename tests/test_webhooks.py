@@ -223,7 +223,7 @@ def test_unknown_provider_is_404(client):
 def test_oversized_notification_is_refused_and_recorded(app, client, payment_id):
     before = state(app)
     response = client.post(
-        "/webhooks/fake", data=b"x" * (1024 * 1024 + 1), headers={"Content-Type": "text/plain"}
+        "/webhooks/fake", data=b"x" * (64 * 1024 + 1), headers={"Content-Type": "text/plain"}
     )
     assert response.status_code == 413
     assert state(app) == before
@@ -231,7 +231,7 @@ def test_oversized_notification_is_refused_and_recorded(app, client, payment_id)
         event = db.session.scalars(sa.select(WebhookEvent)).one()
         assert (event.status, event.detail, event.body) == (
             InboxStatus.REJECTED,
-            "body over 1 MB",
+            "body over 64 KB",
             b"",
         )
 

@@ -229,13 +229,13 @@ def test_hostile_or_malformed_xml_is_refused_unparsed(app, client, payment_id, b
         assert "DOCTYPE, entity or comment" in detail
 
 
-def test_over_one_megabyte_is_refused_and_recorded(app, client, payment_id):
-    response = post(client, b"<xml>" + b"a" * (1024 * 1024) + b"</xml>")
+def test_over_64_kb_is_refused_and_recorded(app, client, payment_id):
+    response = post(client, b"<xml>" + b"a" * (64 * 1024) + b"</xml>")
     assert response.status_code == 413
     assert b"FAIL" in response.data
     with app.app_context():
         event = db.session.scalars(sa.select(WebhookEvent)).one()
-        assert (event.status, event.detail) == (InboxStatus.REJECTED, "body over 1 MB")
+        assert (event.status, event.detail) == (InboxStatus.REJECTED, "body over 64 KB")
 
 
 def test_failed_payment_notification(app, client, payment_id):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from flask import Flask, current_app, jsonify
 
+from config import SettingError
 from core.money import Money
 
 if TYPE_CHECKING:
@@ -178,24 +179,39 @@ def _provider_classes() -> dict[str, type[PaymentProvider]]:
 
 
 def init_providers(app: Flask) -> None:
-    """Build the providers for this app.
+    """Build the providers for this app; called once by ``create_app``.
 
     ``PAYMENT_PROVIDERS`` names them in order; when it is empty, every real provider whose
-    keys are configured is offered, and ``fake`` only when none is.
+    keys are configured is offered. ``fake`` runs only in the demo (``QUNMEN_DEMO``), never
+    next to a real provider, and is the demo's provider when no real one is configured.
+    The tests (``TESTING``) may run it next to the real ones, all pointed at local fakes.
+    Raises :class:`~config.SettingError` for any other mix, and when production would
+    start with no real provider.
     """
     classes = _provider_classes()
     wanted = [name.strip() for name in app.config["PAYMENT_PROVIDERS"] if name.strip()]
     for name in wanted:
         if name not in classes:
-            raise RuntimeError(f"unknown payment provider {name!r} in PAYMENT_PROVIDERS")
+            raise SettingError(f"unknown payment provider {name!r} in PAYMENT_PROVIDERS")
+    demo = bool(app.config["QUNMEN_DEMO"])
+    if "fake" in wanted and not app.testing:
+        if not demo:
+            raise SettingError("PAYMENT_PROVIDERS: fake is the demo's provider (QUNMEN_DEMO=1)")
+        if len(wanted) > 1:
+            raise SettingError("PAYMENT_PROVIDERS: fake is never offered next to a real one")
     enabled: dict[str, PaymentProvider] = {}
     for name in wanted or [n for n in classes if n != "fake"]:
         provider = classes[name].from_config(app.config)
         if provider is None and wanted:
-            raise RuntimeError(f"payment provider {name!r} is enabled but not configured")
+            raise SettingError(f"payment provider {name!r} is enabled but not configured")
         if provider is not None:
             enabled[name] = provider
     if not enabled:
+        if not (demo or app.testing):
+            raise SettingError(
+                "no payment provider is configured: set STRIPE_SECRET_KEY and "
+                "STRIPE_WEBHOOK_SECRET or the WECHATPAY_* keys (QUNMEN_DEMO=1 for the demo)"
+            )
         enabled["fake"] = classes["fake"].from_config(app.config)
     app.extensions["qunmen.payment_providers"] = enabled
 

@@ -72,6 +72,8 @@ def live_server(tmp_path, _api_server):
             seed_demo_perks()
             db.session.commit()
         server = make_server("127.0.0.1", 0, app, threaded=True)
+        # The port is known only now; the links the app sends out must point at it.
+        app.config["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{server.server_port}"
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = LiveServer(f"http://127.0.0.1:{server.server_port}")
         url.app = app
@@ -209,6 +211,8 @@ def screened_server(tmp_path, _api_server):
             )
             db.session.commit()
         server = make_server("127.0.0.1", 0, app, threaded=True)
+        # The port is known only now; the links the app sends out must point at it.
+        app.config["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{server.server_port}"
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = LiveServer(f"http://127.0.0.1:{server.server_port}")
         url.app = app
