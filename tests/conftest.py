@@ -93,6 +93,8 @@ def app_config(database_url: str, apis: fake_apis.FakeAPIs, certs: tuple[str, st
         "TELEGRAM_API_BASE": apis.base_url,
         "TELEGRAM_WEBHOOK_SECRET": "telegram-webhook-secret",
         "OUTBOX_TO_LOG": True,
+        # The tests' loopback servers speak plain http: cookies must travel without TLS.
+        "SESSION_COOKIE_SECURE": False,
         "VISIT_FLUSH_SECONDS": 0,
     }
 
