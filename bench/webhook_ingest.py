@@ -117,7 +117,6 @@ def gunicorn(app_spec: str, url: str, **settings: str):
         **SETTINGS,
         "DATABASE_URL": url,
         "PYTHONPATH": str(ROOT),
-        "ACCESS_LOG": "/dev/null",
         "LOG_LEVEL": "warning",
         # As in production: platform calls are a separate worker's job, not the web's.
         "QUEUE_IN_PROCESS": "0",
