@@ -144,9 +144,13 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # Drain the platform-call queue from a thread of the web process (the demo needs no
         # second process). Production runs ``flask worker`` instead and sets this to 0.
         "QUEUE_IN_PROCESS": _flag("QUEUE_IN_PROCESS", True),
-        # A WeChat template message for membership reminders, to members whose WeChat is
-        # linked (needs WECHATPAY_APP_ID and WECHATPAY_APP_SECRET, the official account).
-        "WECHAT_REMINDER_TEMPLATE_ID": os.environ.get("WECHAT_REMINDER_TEMPLATE_ID"),
+        # The official account's template message for each kind of message, to members
+        # whose WeChat is linked (needs WECHATPAY_APP_ID and WECHATPAY_APP_SECRET). A kind
+        # without one is not sent by WeChat.
+        **{
+            f"WECHAT_TEMPLATE_{kind}": os.environ.get(f"WECHAT_TEMPLATE_{kind}")
+            for kind in ("PAY_LINK", "REMINDER", "ANNOUNCEMENT", "NOTICE")
+        },
         # The demo: messages with no sender (SMS, WeChat IDs, e-mail without MAIL_SERVER)
         # are written to the log instead of failing. Never in production: codes are secrets.
         "OUTBOX_TO_LOG": _flag("OUTBOX_TO_LOG", False),

@@ -23,6 +23,7 @@ from core.auth import (
 )
 from core.clock import utcnow
 from core.db import db
+from core.outbox import OutboxMessage, OutboxStatus, retry_message
 
 bp = Blueprint("core_admin", __name__, url_prefix="/admin")
 
@@ -140,3 +141,25 @@ def audit_log():
         query, page=max(request.args.get("page", 1, type=int), 1), per_page=PAGE_SIZE
     )
     return render_template("admin/audit.html", page=page, filters=filters)
+
+
+@bp.route("/messages", methods=["GET", "POST"])
+@requires("platform.tasks")
+def failed_messages():
+    """Messages the worker gave up on after their retries (or that no channel reaches):
+    see why, and queue them again."""
+    if request.method == "POST":
+        message = db.session.get(OutboxMessage, request.form.get("message", type=int))
+        if message is None or message.status is not OutboxStatus.FAILED:
+            abort(404)
+        retry_message(message, actor=current_user.actor)
+        db.session.commit()
+        flash("已重新排队 · Queued again", "ok")
+        return redirect(url_for(".failed_messages"))
+    failed = db.session.scalars(
+        sa.select(OutboxMessage)
+        .where(OutboxMessage.status == OutboxStatus.FAILED)
+        .order_by(OutboxMessage.id.desc())
+        .limit(500)
+    ).all()
+    return render_template("admin/messages.html", failed=failed)

@@ -1,74 +1,198 @@
-"""The outbox: messages to people (login codes, reminders, announcements), written in the
-transaction that decided to send them and delivered after it commits, each once.
+"""The outbox: every message to a person (login codes, pay links, reminders, announcements,
+notices), written in the transaction that decided to send it and sent afterwards by the
+worker (``flask worker``, or the web process's thread in the demo) — never inside a web
+request.
 
-Channels: ``email`` goes through SMTP when ``MAIL_SERVER`` is set; ``wechat_template``
-(to a member's openid) through wechatpy's official-account client when the account and
-``WECHAT_REMINDER_TEMPLATE_ID`` are configured; every other case (the demo, SMS, WeChat IDs)
-fails (admins see it) — except in the demo (``OUTBOX_TO_LOG``), where it is written to the
-log so a demo user can read their code in the console.
+A message carries its *routes*: the channels that can reach the person, each with its
+recipient (a WeChat openid, a phone, an e-mail address). When it is sent, the first route
+whose channel is configured, in the order its kind prefers (:data:`CHANNEL_ORDER`), is
+used and recorded. Channels: ``wechat`` (a template message from the official account),
+``sms`` (the configured provider's template, see :mod:`core.sms`), ``email`` (SMTP, one
+connection per batch). In the demo (``OUTBOX_TO_LOG``) a message no channel can take is
+written to the log instead.
+
+Sending is at least once: a message is claimed — marked sending, with a lease — and
+committed before the provider is called; a worker killed mid-send leaves the lease to run
+out, and the message is sent again, with the same idempotency id (its own id) for the
+provider. Failures are retried with exponential backoff up to :data:`MAX_ATTEMPTS`, then
+the message is FAILED, shown to admins, who can queue it again. A message marked
+``secret`` (a login code) has its body and parameters blanked once it is sent or given up.
 """
 
 from __future__ import annotations
 
 import logging
 import smtplib
+from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatException
 
+from core import audit
 from core.clock import utcnow
 from core.db import UTCDateTime, db, enum_column
+from core.sms import sms_sender
 
 log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+#: How long a claimed message may take before another worker sends it again.
+LEASE = timedelta(minutes=2)
 
 
 class OutboxStatus(StrEnum):
     PENDING = "pending"
-    SENDING = "sending"  #: claimed by a delivery that has not finished
+    SENDING = "sending"  #: claimed; sent again if its lease runs out first
     SENT = "sent"
     FAILED = "failed"
+
+
+class MessageKind(StrEnum):
+    LOGIN_CODE = "login_code"
+    PAY_LINK = "pay_link"
+    REMINDER = "reminder"
+    ANNOUNCEMENT = "announcement"
+    NOTICE = "notice"
+
+
+class Channel(StrEnum):
+    WECHAT = "wechat"
+    SMS = "sms"
+    EMAIL = "email"
+
+
+#: The channels each kind of message may take, best first. A login code never goes by
+#: WeChat: it is what lets someone in who is not in WeChat.
+CHANNEL_ORDER: dict[MessageKind, tuple[Channel, ...]] = {
+    MessageKind.LOGIN_CODE: (Channel.SMS, Channel.EMAIL),
+    MessageKind.PAY_LINK: (Channel.WECHAT, Channel.SMS, Channel.EMAIL),
+    MessageKind.REMINDER: (Channel.WECHAT, Channel.SMS, Channel.EMAIL),
+    MessageKind.ANNOUNCEMENT: (Channel.WECHAT, Channel.SMS, Channel.EMAIL),
+    MessageKind.NOTICE: (Channel.WECHAT, Channel.SMS, Channel.EMAIL),
+}
 
 
 class OutboxMessage(db.Model):
     __tablename__ = "outbox_messages"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    #: ``email``, ``phone`` or ``wechat``: how the recipient is reached.
-    channel: Mapped[str] = mapped_column(sa.String(16))
-    recipient: Mapped[str] = mapped_column(sa.String(254))
+    kind: Mapped[MessageKind] = mapped_column(enum_column(MessageKind, 20))
+    #: ``[[channel, recipient], …]``: every way to reach the person, as known when queued.
+    routes: Mapped[list[list[str]]] = mapped_column(sa.JSON)
+    #: The route that went, once sent.
+    channel: Mapped[str | None] = mapped_column(sa.String(16))
+    recipient: Mapped[str | None] = mapped_column(sa.String(254))
     subject: Mapped[str] = mapped_column(sa.String(200))
+    #: The text for e-mail (and the demo's log); templates take ``params``.
     body: Mapped[str] = mapped_column(sa.Text)
+    #: The values a provider's template is filled with (``code``, ``link`` …).
+    params: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
+    #: Body and params hold a secret: blanked once sent or given up.
+    secret: Mapped[bool] = mapped_column(default=False)
+    #: The member it is for, when it is for one (announcements count progress by it).
+    member_id: Mapped[int | None]
+    #: One message per key, however often it is queued (an announcement run twice).
+    dedupe_key: Mapped[str | None] = mapped_column(sa.String(120), unique=True)
     status: Mapped[OutboxStatus] = mapped_column(enum_column(OutboxStatus))
     attempts: Mapped[int] = mapped_column(default=0)
+    #: When it is next due: its first try, a retry after backoff, or a lease's end.
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(sa.String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    __table_args__ = (sa.Index(None, "status", "id"),)
+    __table_args__ = (sa.Index(None, "status", "next_attempt_at"),)
 
 
 def enqueue(
-    channel: str, recipient: str, subject: str, body: str, *, now: datetime | None = None
+    kind: MessageKind,
+    routes: list[list[str]],
+    subject: str,
+    body: str,
+    *,
+    params: dict[str, str] | None = None,
+    secret: bool = False,
+    member_id: int | None = None,
+    now: datetime | None = None,
 ) -> OutboxMessage:
-    """Queue a message (flushed, not committed): it leaves only if the transaction commits."""
+    """Queue a message (flushed, not committed): it leaves only if the transaction commits,
+    and only through the worker."""
+    now = now or utcnow()
     message = OutboxMessage(
-        channel=channel,
-        recipient=recipient,
+        kind=kind,
+        routes=routes,
         subject=subject,
         body=body,
+        params=params or {},
+        secret=secret,
+        member_id=member_id,
         status=OutboxStatus.PENDING,
-        created_at=now or utcnow(),
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
     )
     db.session.add(message)
     db.session.flush()
     return message
+
+
+def enqueue_many(rows: list[dict[str, Any]], *, now: datetime) -> int:
+    """Queue many messages in one statement, skipping those whose ``dedupe_key`` is queued
+    already; returns how many are new. Each row has ``kind``, ``routes``, ``subject``,
+    ``body``, ``params``, ``member_id`` and ``dedupe_key``. Not committed."""
+    if not rows:
+        return 0
+    dialect = db.session.get_bind().dialect.name
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert
+    values = [
+        {
+            "secret": False,
+            "status": OutboxStatus.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            **row,
+        }
+        for row in rows
+    ]
+    statement = insert(OutboxMessage).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    return db.session.execute(statement, values).rowcount
+
+
+def _claim(now: datetime) -> int | None:
+    """Claim the next due message — pending, or sending with its lease run out — for one
+    try, committed before it is sent."""
+    due = db.session.scalar(
+        sa.select(OutboxMessage.id)
+        .where(
+            OutboxMessage.status.in_([OutboxStatus.PENDING, OutboxStatus.SENDING]),
+            OutboxMessage.next_attempt_at <= now,
+        )
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    if due is not None:
+        db.session.execute(
+            sa.update(OutboxMessage)
+            .where(OutboxMessage.id == due)
+            .values(
+                status=OutboxStatus.SENDING,
+                attempts=OutboxMessage.attempts + 1,
+                next_attempt_at=now + LEASE,
+            )
+        )
+    db.session.commit()
+    return due
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,46 +200,160 @@ class _Envelope:
     """What sending needs, copied out of the row so no transaction stays open meanwhile."""
 
     id: int
-    channel: str
-    recipient: str
+    kind: MessageKind
+    routes: list[list[str]]
     subject: str
     body: str
+    params: dict[str, str]
 
 
-def deliver(message_id: int, *, now: datetime | None = None) -> OutboxStatus:
-    """Send one committed message, once. The message is claimed (its status set to
-    sending) and committed before the sender is called, so no lock is held while a mail or
-    WeChat server answers and two deliveries never send it twice; the outcome is recorded
-    after. Commits."""
-    claimed = db.session.execute(
-        sa.update(OutboxMessage)
-        .where(
-            OutboxMessage.id == message_id,
-            OutboxMessage.status.in_([OutboxStatus.PENDING, OutboxStatus.FAILED]),
+class NoRoute(Exception):
+    """No configured channel reaches the person: retrying would not help."""
+
+
+class _Senders:
+    """The channels configured in this app, for one batch of messages: the SMTP
+    connection is opened at the batch's first e-mail and reused for the rest."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+        self._smtp: smtplib.SMTP | None = None
+        config = current_app.config
+        self.sms = sms_sender(current_app)
+        self.wechat = bool(config.get("WECHATPAY_APP_ID") and config.get("WECHATPAY_APP_SECRET"))
+        self.email = bool(config.get("MAIL_SERVER"))
+
+    def can(self, channel: str, kind: MessageKind) -> bool:
+        if channel == Channel.WECHAT:
+            return self.wechat and bool(wechat_template(kind))
+        if channel == Channel.SMS:
+            return self.sms is not None
+        return channel == Channel.EMAIL and self.email
+
+    def send(self, channel: str, recipient: str, message: _Envelope) -> None:
+        if channel == Channel.WECHAT:
+            fields = {"first": {"value": message.subject}, "remark": {"value": message.body}}
+            fields.update({name: {"value": value} for name, value in message.params.items()})
+            try:
+                _official_account().message.send_template(
+                    recipient, wechat_template(message.kind), fields
+                )
+            except WeChatException as error:
+                raise OSError(f"WeChat template message: {error.errmsg}") from error
+        elif channel == Channel.SMS:
+            self.sms.send(recipient, message.kind.value, message.params, str(message.id))
+        else:
+            self._mail().send_message(self._email(recipient, message))
+
+    def _mail(self) -> smtplib.SMTP:
+        if self._smtp is None:
+            config = current_app.config
+            smtp = self._stack.enter_context(
+                smtplib.SMTP(config["MAIL_SERVER"], config["MAIL_PORT"], timeout=10)
+            )
+            if config.get("MAIL_USE_TLS"):
+                smtp.starttls()
+            if config.get("MAIL_USERNAME"):
+                smtp.login(config["MAIL_USERNAME"], config["MAIL_PASSWORD"])
+            self._smtp = smtp
+        return self._smtp
+
+    @staticmethod
+    def _email(recipient: str, message: _Envelope) -> EmailMessage:
+        email = EmailMessage()
+        email["From"] = current_app.config["MAIL_FROM"]
+        email["To"] = recipient
+        email["Subject"] = message.subject
+        email.set_content(message.body)
+        return email
+
+    def deliver(self, message: _Envelope) -> tuple[str, str]:
+        """Send ``message`` by its best configured route; returns the route used. Raises
+        :class:`NoRoute`, or OSError (SMTP's and the providers' errors included) to retry."""
+        order = CHANNEL_ORDER[message.kind]
+        routes = sorted(
+            (r for r in message.routes if r[0] in order), key=lambda r: order.index(r[0])
         )
-        .values(status=OutboxStatus.SENDING, attempts=OutboxMessage.attempts + 1)
-    ).rowcount
+        for channel, recipient in routes:
+            if self.can(channel, message.kind):
+                self.send(channel, recipient, message)
+                return channel, recipient
+        if current_app.config.get("OUTBOX_TO_LOG"):
+            # The demo only (production refuses OUTBOX_TO_LOG): read the code in the console.
+            log.info(
+                "outbox %s %s: %s | %s", message.id, message.routes, message.subject, message.body
+            )
+            return "log", routes[0][1] if routes else ""
+        raise NoRoute(f"no configured channel reaches {[r[0] for r in message.routes]}")
+
+
+def _backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(30 * 2 ** (attempts - 1), 3600))
+
+
+def _record(
+    message_id: int, *, route: tuple[str, str] | None, error: str | None, final: bool, now: datetime
+) -> OutboxStatus:
+    """Write down one try's outcome. Commits."""
     message = db.session.get(OutboxMessage, message_id)
-    if not claimed or message is None:
-        db.session.commit()
-        return message.status if message is not None else OutboxStatus.SENT
-    envelope = _Envelope(
-        message.id, message.channel, message.recipient, message.subject, message.body
-    )
-    db.session.commit()
-    try:
-        _send(envelope)
-    except (OSError, smtplib.SMTPException) as error:
-        status, error_text = OutboxStatus.FAILED, str(error)[:500]
-        log.warning("outbox message %s to %s failed: %s", envelope.id, envelope.channel, error)
+    if route is not None:
+        message.status, message.sent_at, message.last_error = OutboxStatus.SENT, now, None
+        message.channel, message.recipient = route
+    elif final or message.attempts >= MAX_ATTEMPTS:
+        message.status, message.last_error = OutboxStatus.FAILED, error[:500]
+        audit.record(
+            "message.failed", message, actor="system", data={"error": error[:200]}, now=now
+        )
     else:
-        status, error_text = OutboxStatus.SENT, None
-    message = db.session.get(OutboxMessage, message_id)
-    message.status, message.last_error = status, error_text
-    if status is OutboxStatus.SENT:
-        message.sent_at = now or utcnow()
+        message.status, message.last_error = OutboxStatus.PENDING, error[:500]
+        message.next_attempt_at = now + _backoff(message.attempts)
+    if message.secret and message.status is not OutboxStatus.PENDING:
+        message.body, message.params = "", {}
     db.session.commit()
-    return status
+    return message.status
+
+
+def drain_outbox(*, now: datetime | None = None, limit: int = 100) -> int:
+    """Send the due messages, up to ``limit``, one at a time: claim, commit, send, record.
+    Called by the worker. Returns how many were tried."""
+    tried = 0
+    with ExitStack() as stack:
+        senders = None
+        while tried < limit:
+            moment = now or utcnow()
+            message_id = _claim(moment)
+            if message_id is None:
+                break
+            tried += 1
+            row = db.session.get(OutboxMessage, message_id)
+            envelope = _Envelope(
+                row.id, row.kind, row.routes, row.subject, row.body, dict(row.params)
+            )
+            db.session.commit()
+            senders = senders or _Senders(stack)
+            route, error, final = None, None, False
+            try:
+                route = senders.deliver(envelope)
+            except NoRoute as refusal:
+                error, final = str(refusal), True
+            except (OSError, smtplib.SMTPException) as failure:
+                error = str(failure) or type(failure).__name__
+                log.warning("outbox message %s failed: %s", message_id, error)
+            _record(message_id, route=route, error=error, final=final, now=now or utcnow())
+    return tried
+
+
+def retry_message(message: OutboxMessage, *, actor: str, now: datetime | None = None) -> None:
+    """An admin queues a failed message again, with its tries counted afresh."""
+    now = now or utcnow()
+    message.status, message.attempts, message.next_attempt_at = OutboxStatus.PENDING, 0, now
+    audit.record("message.retried", message, actor=actor, now=now)
+
+
+def wechat_template(kind: MessageKind) -> str | None:
+    """The official account's template for this kind of message, if one is configured
+    (``WECHAT_TEMPLATE_<KIND>``)."""
+    return current_app.config.get(f"WECHAT_TEMPLATE_{kind.value.upper()}")
 
 
 class _OfficialAccount(WeChatClient):
@@ -141,51 +379,3 @@ def _official_account() -> _OfficialAccount:
             client.API_BASE_URL = config["WECHAT_API_BASE"].rstrip("/") + "/cgi-bin/"
         extensions["qunmen.wechat_client"] = client
     return extensions["qunmen.wechat_client"]
-
-
-def wechat_templates_enabled() -> bool:
-    config = current_app.config
-    return bool(
-        config.get("WECHAT_REMINDER_TEMPLATE_ID")
-        and config.get("WECHATPAY_APP_ID")
-        and config.get("WECHATPAY_APP_SECRET")
-    )
-
-
-def _send(message: _Envelope) -> None:
-    config = current_app.config
-    if message.channel == "wechat_template" and wechat_templates_enabled():
-        try:
-            _official_account().message.send_template(
-                message.recipient,
-                config["WECHAT_REMINDER_TEMPLATE_ID"],
-                {"first": {"value": message.subject}, "remark": {"value": message.body}},
-            )
-        except WeChatException as error:
-            raise OSError(f"WeChat template message: {error}") from error
-        return
-    if message.channel == "email" and config.get("MAIL_SERVER"):
-        email = EmailMessage()
-        email["From"] = config["MAIL_FROM"]
-        email["To"] = message.recipient
-        email["Subject"] = message.subject
-        email.set_content(message.body)
-        with smtplib.SMTP(config["MAIL_SERVER"], config["MAIL_PORT"], timeout=10) as smtp:
-            if config.get("MAIL_USE_TLS"):
-                smtp.starttls()
-            if config.get("MAIL_USERNAME"):
-                smtp.login(config["MAIL_USERNAME"], config["MAIL_PASSWORD"])
-            smtp.send_message(email)
-        return
-    if not config.get("OUTBOX_TO_LOG"):
-        # Never write a message (a login code …) where log readers would see it, unless
-        # this is the demo: without a sender the message fails, visibly.
-        raise OSError(f"no sender for {message.channel} messages")
-    log.info(
-        "outbox %s to %s %s: %s | %s",
-        message.id,
-        message.channel,
-        message.recipient,
-        message.subject,
-        message.body,
-    )

@@ -19,6 +19,7 @@ from flask import Flask
 from core import audit
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
+from core.outbox import drain_outbox
 from membership.models import (
     Invitation,
     PlatformTask,
@@ -141,6 +142,7 @@ def start_in_process_worker(app: Flask, interval: float = 5.0) -> None:
             try:
                 with app.app_context():
                     drain()
+                    drain_outbox()
             except Exception:  # the thread must outlive any one failure
                 log.exception("in-process queue worker")
             time.sleep(interval)

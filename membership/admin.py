@@ -22,7 +22,7 @@ from flask import (
 from flask_login import current_user, login_required
 from wtforms import SelectChoice
 
-from core import audit, outbox
+from core import audit
 from core.auth import requires
 from core.clock import utcnow
 from core.db import begin_snapshot, db
@@ -559,8 +559,6 @@ def applications(community_id: int):
             flash(str(refusal), "error")
         else:
             db.session.commit()
-            for message_id in messages:
-                outbox.deliver(message_id)
             flash(f"已处理 {len(messages)} 份申请 · {len(messages)} reviewed", "ok")
         return redirect(url_for(".applications", community_id=community.id))
     queue = db.session.scalars(
@@ -633,12 +631,10 @@ def season(tier_id: int):
     ]
     if form.validate_on_submit():
         from_tier = db.get_or_404(Tier, form.from_tier.data)
-        invited, messages = open_season(
+        invited = open_season(
             tier, from_tier, free=form.mode.data == "free", actor=current_user.actor
         )
         db.session.commit()
-        for message_id in messages:
-            outbox.deliver(message_id)
         flash(f"已邀请 {invited} 位成员 · {invited} members invited", "ok")
         return redirect(url_for(".community", community_id=community.id))
     return render_template("admin/season.html", form=form, tier=tier, community=community)

@@ -14,10 +14,11 @@ import sqlalchemy as sa
 from flask.cli import with_appcontext
 from qrcode.image.pure import PyPNGImage
 
-from core import audit, outbox
+from core import audit
 from core.clock import utcnow
 from core.db import begin_snapshot, db
 from core.exporters import csv_lines, write_xlsx
+from core.outbox import drain_outbox
 from membership.access import drain
 from membership.exports import community_revenue
 from membership.lifecycle import expire_memberships, send_reminders
@@ -127,8 +128,6 @@ def expire_memberships_command() -> None:
     messages = send_reminders()
     count = expire_memberships()
     db.session.commit()
-    for message_id in messages:
-        outbox.deliver(message_id)
     click.echo(f"{len(messages)} reminders sent, {count} memberships expired")
 
 
@@ -137,11 +136,12 @@ def expire_memberships_command() -> None:
 @click.option("--interval", default=5.0, show_default=True, help="Seconds between rounds.")
 @with_appcontext
 def worker_command(once: bool, interval: float) -> None:
-    """Make the queued platform calls (Telegram links, removal tasks), with retries."""
+    """Make the queued platform calls (Telegram links, removal tasks) and send the queued
+    messages, with retries."""
     while True:
-        ran = drain()
+        ran, sent = drain(), drain_outbox()
         if once:
-            click.echo(f"{ran} platform tasks run")
+            click.echo(f"{ran} platform tasks run, {sent} messages tried")
             return
         db.session.remove()
         time.sleep(interval)

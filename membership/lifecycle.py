@@ -13,9 +13,10 @@ import sqlalchemy as sa
 from flask import url_for
 from sqlalchemy.orm import joinedload, selectinload
 
-from core import audit, outbox
+from core import audit
 from core.clock import utcnow
 from core.db import db
+from core.outbox import MessageKind
 from membership.models import (
     Application,
     ApplicationStatus,
@@ -204,7 +205,7 @@ def start_renewal(membership: Membership, *, now: datetime | None = None) -> App
 
 def send_reminders(*, now: datetime | None = None) -> list[int]:
     """Queue a reminder for each membership ending within its community's reminder days,
-    once per end date. Returns the outbox messages to deliver after the commit."""
+    once per end date. Returns the outbox messages queued."""
     now = now or utcnow()
     due = db.session.execute(
         sa.select(Membership, Community)
@@ -227,9 +228,11 @@ def send_reminders(*, now: datetime | None = None) -> list[int]:
         messages.append(
             message_member(
                 member,
+                MessageKind.REMINDER,
                 f"{community.name}：会员即将到期 · Your membership ends soon",
                 f"你的{membership.tier.name}将于 {local_end:%Y-%m-%d} 到期，续费价 "
                 f"{membership.tier.renewal_money}。Your membership ends on {local_end:%Y-%m-%d}.",
+                params={"community": community.name, "date": f"{local_end:%Y-%m-%d}"},
                 now=now,
             )
         )
@@ -240,11 +243,11 @@ def send_reminders(*, now: datetime | None = None) -> list[int]:
 
 def open_season(
     season: Tier, from_tier: Tier, *, free: bool, actor: str, now: datetime | None = None
-) -> tuple[int, list[int]]:
+) -> int:
     """A new season: every current member of ``from_tier`` is invited to ``season``'s
     groups, free (a membership of ``season`` and an invitation at once) or by a message
     asking them to pay the season's fee. Members holding ``season`` already are skipped.
-    Returns how many were invited and the outbox messages to deliver after the commit."""
+    Returns how many were invited."""
     now = now or utcnow()
     community = season.community
     members = (
@@ -258,7 +261,7 @@ def open_season(
         .unique()
         .all()
     )
-    invited, messages = 0, []
+    invited = 0
     for member in members:
         if member.holds(season.id):
             continue
@@ -286,14 +289,13 @@ def open_season(
             link = url_for(
                 "membership.join", slug=community.slug, tier_code=season.code, _external=True
             )
-        messages.append(
-            outbox.enqueue(
-                member.contact_kind.value,
-                member.contact_value,
-                f"{community.name}：{season.name}",
-                body.format(link=link) + f"\nA new season, {season.name}: {link}",
-                now=now,
-            ).id
+        message_member(
+            member,
+            MessageKind.NOTICE,
+            f"{community.name}：{season.name}",
+            body.format(link=link) + f"\nA new season, {season.name}: {link}",
+            params={"community": community.name, "link": link},
+            now=now,
         )
         invited += 1
     audit.record(
@@ -303,7 +305,7 @@ def open_season(
         data={"from_tier": from_tier.code, "free": free, "invited": invited},
         now=now,
     )
-    return invited, messages
+    return invited
 
 
 def grant_by_hand(

@@ -27,9 +27,10 @@ from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
 from core.limits import Limit, TooManyTries, claim
+from core.outbox import MessageKind
 from core.security import new_token, same_secret
 from membership.models import Community, ContactKind, LoginCode, Member
-from membership.services import find_member, normalise_contact
+from membership.services import contact_routes, find_member, normalise_contact
 
 CODE_LIFETIME = timedelta(minutes=10)
 MAX_ATTEMPTS = 5
@@ -100,10 +101,13 @@ def request_code(
     message_id = None
     if member is not None:
         message_id = outbox.enqueue(
-            kind.value,
-            value,
+            MessageKind.LOGIN_CODE,
+            contact_routes(kind, value),
             f"{community.name} 登录验证码 · Login code",
             f"你的验证码是 {code}，10分钟内有效。Your code is {code}; it works for 10 minutes.",
+            params={"code": code},
+            secret=True,
+            member_id=member.id,
             now=now,
         ).id
         audit.record("member.login_code_sent", member, actor="prospect", now=now)

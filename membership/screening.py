@@ -11,9 +11,10 @@ from flask import url_for
 from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
+from core.outbox import MessageKind
 from core.security import new_token
 from membership.models import Application, ApplicationStatus, Member
-from membership.services import follow_up_application
+from membership.services import contact_routes, follow_up_application, member_routes
 from payments.models import Order
 from payments.services import create_order
 
@@ -22,9 +23,25 @@ class ScreeningRefused(Exception):
     """The message says why, Chinese first; nothing changed."""
 
 
-def _tell(application: Application, subject: str, body: str, *, now: datetime) -> int:
+def _tell(
+    application: Application,
+    kind: MessageKind,
+    subject: str,
+    body: str,
+    *,
+    params: dict[str, str],
+    now: datetime,
+) -> int:
+    """Queue a message to the applicant: their WeChat when their record has it, else the
+    contact they gave."""
+    member = application.member
+    routes = (
+        member_routes(member)
+        if member is not None
+        else contact_routes(application.contact_kind, application.contact_value)
+    )
     return outbox.enqueue(
-        application.contact_kind.value, application.contact_value, subject, body, now=now
+        kind, routes, subject, body, params=params, member_id=application.member_id, now=now
     ).id
 
 
@@ -49,9 +66,11 @@ def approve(application: Application, *, actor: str, now: datetime | None = None
     )
     return _tell(
         application,
+        MessageKind.PAY_LINK,
         f"{community.name}：审核已通过 · You are approved",
         f"欢迎加入{community.name}！请在{community.pay_link_days}天内用这个专属链接付款："
         f"{link}\nWelcome! Pay within {community.pay_link_days} days with your own link.",
+        params={"community": community.name, "link": link},
         now=now,
     )
 
@@ -83,9 +102,14 @@ def reject(
     community = application.community
     return _tell(
         application,
+        MessageKind.NOTICE,
         f"{community.name}：申请结果 · About your application",
         f"感谢你申请加入{community.name}。很遗憾，这次未能通过：{application.review_reason}\n"
         f"Thank you for applying. This time we could not accept you: {application.review_reason}",
+        params={
+            "community": community.name,
+            "link": url_for("membership.community_page", slug=community.slug, _external=True),
+        },
         now=now,
     )
 

@@ -15,6 +15,7 @@ from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
 from core.limits import Limit, TooManyTries, claim
+from core.outbox import Channel, MessageKind
 from core.security import new_token
 from membership.access import queue_platform_task
 from membership.models import (
@@ -356,11 +357,13 @@ def notify_member_of_their_contact(
     except TooManyTries:
         return None
     return outbox.enqueue(
-        kind.value,
-        member.contact_value,
+        MessageKind.NOTICE,
+        contact_routes(kind, member.contact_value),
         f"{community.name} 你已是成员 · You are a member already",
         f"有人用这个联系方式在{community.name}报名。你已是成员，请登录：{login_url} "
         f"If this was you: you are a member already; log in at {login_url}",
+        params={"community": community.name, "link": login_url},
+        member_id=member.id,
         now=now,
     ).id
 
@@ -417,16 +420,32 @@ def restore_paid_access(order: Order, *, now: datetime) -> None:
     issue_invitation(membership, actor="system", now=now)
 
 
-def message_member(member: Member, subject: str, body: str, *, now: datetime) -> int:
-    """Queue a message to ``member`` (flushed): a WeChat template message when they linked
-    WeChat and templates are configured, else to their contact. Returns the outbox id."""
-    by_wechat = member.wechat_openid and outbox.wechat_templates_enabled()
+def contact_routes(kind: ContactKind, value: str) -> list[list[str]]:
+    """How a typed contact is reached: a phone by SMS, an e-mail by e-mail; a WeChat ID
+    cannot be sent to."""
+    channel = {ContactKind.PHONE: Channel.SMS, ContactKind.EMAIL: Channel.EMAIL}.get(kind)
+    return [[channel.value, value]] if channel else []
+
+
+def member_routes(member: Member) -> list[list[str]]:
+    """Every way to reach ``member``: their WeChat (by openid), then their contact."""
+    wechat = [[Channel.WECHAT.value, member.wechat_openid]] if member.wechat_openid else []
+    return wechat + contact_routes(member.contact_kind, member.contact_value)
+
+
+def message_member(
+    member: Member,
+    kind: MessageKind,
+    subject: str,
+    body: str,
+    *,
+    params: dict[str, str],
+    now: datetime,
+) -> int:
+    """Queue a message to ``member`` by the best channel that reaches them when it is sent
+    (flushed). ``params`` fill the channel's template. Returns the outbox id."""
     return outbox.enqueue(
-        "wechat_template" if by_wechat else member.contact_kind.value,
-        member.wechat_openid if by_wechat else member.contact_value,
-        subject,
-        body,
-        now=now,
+        kind, member_routes(member), subject, body, params=params, member_id=member.id, now=now
     ).id
 
 

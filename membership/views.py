@@ -22,7 +22,7 @@ from flask import (
 from sqlalchemy.exc import IntegrityError
 from wtforms import SelectChoice
 
-from core import audit, outbox
+from core import audit
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
 from core.limits import TooManyTries, claim, client_network
@@ -285,14 +285,13 @@ def join(slug: str, tier_code: str):
             "join/form.html", community=community, tier=tier, form=form, member=member
         ), 429
     db.session.commit()
-    notice = None
     try:
         claim_discount_code_try(form.coupon.data if "coupon" in form else None)
         sent_before = db.session.scalar(
             sa.select(Application.id).where(Application.submission_key == form.submission_key.data)
         )
         if member is None and sent_before is None:  # before the application makes a member
-            notice = notify_member_of_their_contact(
+            notify_member_of_their_contact(
                 community,
                 ContactKind(form.contact_kind.data),
                 form.contact_value.data,
@@ -311,7 +310,8 @@ def join(slug: str, tier_code: str):
             else None,
             now=now,
         )
-        approval = auto_approve(application) if tier.requires_screening else None
+        if tier.requires_screening:
+            auto_approve(application)
         if "coupon" in form and form.coupon.data and application.order_id:
             apply_discount_code(
                 db.session.get(Order, application.order_id),
@@ -323,9 +323,6 @@ def join(slug: str, tier_code: str):
                 actor=f"member:{member.id}" if member else "prospect",
             )
         db.session.commit()
-        for message_id in (approval, notice):
-            if message_id is not None:
-                outbox.deliver(message_id)
     except JoinRefused as refusal:
         db.session.rollback()
         (form.display_name if member else form.contact_value).errors.append(str(refusal))
@@ -610,14 +607,12 @@ def login(slug: str):
                 claim_code_request(kind, value, client=client_network(), now=now)
             finally:
                 db.session.commit()  # the request counts, refused or not
-            pending, message_id = request_code(community, kind, value, now=now)
+            pending, _message_id = request_code(community, kind, value, now=now)
             db.session.commit()
         except LoginRefused as refusal:
             db.session.rollback()
             form.contact_value.errors.append(str(refusal))
         else:
-            if message_id is not None:
-                outbox.deliver(message_id)
             return redirect(
                 url_for(
                     ".login_code",

@@ -17,7 +17,7 @@ from flask import (
 from flask_login import current_user, login_required
 from wtforms import SelectChoice
 
-from core import audit, outbox
+from core import audit
 from core.auth import requires
 from core.clock import from_local, to_local, utcnow
 from core.db import db
@@ -412,8 +412,6 @@ def launch_course(course_id: int):
     course = db.get_or_404(Course, course_id)
     messages = launch(course, actor=current_user.actor, now=utcnow())
     db.session.commit()
-    for message_id in messages:
-        outbox.deliver(message_id)
     flash(f"已开售，通知了 {len(messages)} 位成员 · On sale; {len(messages)} told", "ok")
     return redirect(url_for(".overview", community_id=course.community_id))
 

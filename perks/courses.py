@@ -15,6 +15,7 @@ from flask import url_for
 from core import audit
 from core.db import db
 from core.money import Money
+from core.outbox import MessageKind
 from core.security import new_token, sign
 from membership.models import Member
 from membership.services import message_member
@@ -239,7 +240,7 @@ def launch(course: Course, *, actor: str, now: datetime) -> list[int]:
     """Put ``course`` on sale and tell each eligible member once (not those who
     unsubscribed), by WeChat template message or their contact, with the member's price and
     an unsubscribe link. Launching again tells only members not told before. Returns the
-    outbox messages to deliver after the commit."""
+    outbox messages queued."""
     if course.launched_at is None:
         course.launched_at = now
     skipped = set(  # told before, unsubscribed, or holding the course already
@@ -267,10 +268,12 @@ def launch(course: Course, *, actor: str, now: datetime) -> list[int]:
         saving = f"（{quote.offer.name}，省{quote.saving}）" if quote.offer else ""
         message_id = message_member(
             member,
+            MessageKind.ANNOUNCEMENT,
             f"{course.community.name}：新课程《{course.title}》· New course",
             f"《{course.title}》开售，你的价格 {quote.price}{saving}：{link}\n"
             f"A new course, {course.title}, at {quote.price} for you: {link}\n"
             f"退订 · Unsubscribe: {unsubscribe_link(member)}",
+            params={"community": course.community.name, "title": course.title, "link": link},
             now=now,
         )
         db.session.add(
