@@ -164,8 +164,11 @@ def enqueue_many(rows: list[dict[str, Any]], *, now: datetime) -> int:
         }
         for row in rows
     ]
-    statement = insert(OutboxMessage).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    return db.session.execute(statement, values).rowcount
+    table = OutboxMessage.__table__
+    statement = (
+        insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id)
+    )
+    return len(db.session.execute(statement, values).all())
 
 
 def _claim(now: datetime) -> int | None:
@@ -264,6 +267,8 @@ class _Senders:
         email["From"] = current_app.config["MAIL_FROM"]
         email["To"] = recipient
         email["Subject"] = message.subject
+        # Our id, so a message sent again after a worker died is known for the same one.
+        email["Message-ID"] = f"<outbox-{message.id}@qunmen>"
         email.set_content(message.body)
         return email
 
