@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socketserver
 import threading
+import time
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
@@ -17,6 +18,8 @@ class Mailbox:
     connections: int = 0
     #: How many coming messages get "451 try again later".
     refuse_next: int = 0
+    #: Seconds between taking a message and saying so (a slow server: the sender waits).
+    ack_delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -47,6 +50,7 @@ def _handler(box: Mailbox) -> type[socketserver.StreamRequestHandler]:
                         data += chunk
                     with box.lock:
                         box.messages.append(message_from_bytes(data))
+                    time.sleep(box.ack_delay)
                     self.reply("250 queued")
                 elif verb == "QUIT":
                     self.reply("221 bye")
