@@ -22,6 +22,15 @@ DEMO_BASE_URL = "http://127.0.0.1:5000"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _Number = TypeVar("_Number", int, float)
+#: The SMS providers' API addresses when ``ALIYUN_SMS_ENDPOINT``/``TENCENT_SMS_ENDPOINT``
+#: are unset: the real ones, over https.
+ALIYUN_SMS_ENDPOINT = "https://dysmsapi.aliyuncs.com"
+TENCENT_SMS_ENDPOINT = "https://sms.tencentcloudapi.com"
+#: What each SMS provider needs, besides ``SMS_SIGN_NAME``, to send anything.
+SMS_PROVIDER_SETTINGS = {
+    "aliyun": ("ALIYUN_ACCESS_KEY_ID", "ALIYUN_ACCESS_KEY_SECRET"),
+    "tencent": ("TENCENT_SECRET_ID", "TENCENT_SECRET_KEY", "TENCENT_SMS_SDK_APP_ID"),
+}
 
 
 class SettingError(RuntimeError):
@@ -154,6 +163,25 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # The demo: messages with no sender (SMS, WeChat IDs, e-mail without MAIL_SERVER)
         # are written to the log instead of failing. Never in production: codes are secrets.
         "OUTBOX_TO_LOG": _flag("OUTBOX_TO_LOG", False),
+        # SMS: "aliyun" (Alibaba Cloud SMS) or "tencent" (Tencent Cloud SMS); unset, no SMS.
+        # Messages go by the provider's approved templates: the sign (签名) and one template
+        # per message kind; a kind without a template cannot go by SMS.
+        "SMS_PROVIDER": os.environ.get("SMS_PROVIDER") or None,
+        "SMS_SIGN_NAME": os.environ.get("SMS_SIGN_NAME"),
+        "SMS_TEMPLATE_LOGIN_CODE": os.environ.get("SMS_TEMPLATE_LOGIN_CODE"),
+        "SMS_TEMPLATE_PAY_LINK": os.environ.get("SMS_TEMPLATE_PAY_LINK"),
+        "SMS_TEMPLATE_REMINDER": os.environ.get("SMS_TEMPLATE_REMINDER"),
+        "SMS_TEMPLATE_ANNOUNCEMENT": os.environ.get("SMS_TEMPLATE_ANNOUNCEMENT"),
+        "SMS_TEMPLATE_NOTICE": os.environ.get("SMS_TEMPLATE_NOTICE"),
+        "ALIYUN_ACCESS_KEY_ID": os.environ.get("ALIYUN_ACCESS_KEY_ID"),
+        "ALIYUN_ACCESS_KEY_SECRET": os.environ.get("ALIYUN_ACCESS_KEY_SECRET"),
+        # The API's address, scheme included (the tests point it at a loopback fake).
+        "ALIYUN_SMS_ENDPOINT": os.environ.get("ALIYUN_SMS_ENDPOINT") or ALIYUN_SMS_ENDPOINT,
+        "TENCENT_SECRET_ID": os.environ.get("TENCENT_SECRET_ID"),
+        "TENCENT_SECRET_KEY": os.environ.get("TENCENT_SECRET_KEY"),
+        "TENCENT_SMS_SDK_APP_ID": os.environ.get("TENCENT_SMS_SDK_APP_ID"),
+        "TENCENT_SMS_REGION": os.environ.get("TENCENT_SMS_REGION") or "ap-guangzhou",
+        "TENCENT_SMS_ENDPOINT": os.environ.get("TENCENT_SMS_ENDPOINT") or TENCENT_SMS_ENDPOINT,
         # Outgoing e-mail (login codes …). Without MAIL_SERVER, messages go to the log.
         "MAIL_SERVER": os.environ.get("MAIL_SERVER"),
         "MAIL_PORT": _number("MAIL_PORT", 587, int),
@@ -195,3 +223,20 @@ def complete(config: MutableMapping[str, object], instance_path: str | Path) -> 
         config["SESSION_COOKIE_SECURE"] = not demo
     if production and config.get("OUTBOX_TO_LOG"):
         raise SettingError("OUTBOX_TO_LOG is for the demo only: it writes login codes to the log")
+    _check_sms(config)
+
+
+def _check_sms(config: MutableMapping[str, object]) -> None:
+    """An SMS provider, when one is named, must be one we know and have its keys."""
+    provider = config.get("SMS_PROVIDER")
+    if not provider:
+        return
+    if provider not in SMS_PROVIDER_SETTINGS:
+        raise SettingError(
+            f"SMS_PROVIDER={provider!r} is not an SMS provider: use "
+            + " or ".join(SMS_PROVIDER_SETTINGS)
+            + ", or leave it unset for no SMS"
+        )
+    for name in ("SMS_SIGN_NAME", *SMS_PROVIDER_SETTINGS[str(provider)]):
+        if not config.get(name):
+            raise SettingError(f"{name} is not set: SMS_PROVIDER={provider} needs it")

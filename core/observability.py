@@ -54,6 +54,8 @@ SECRET_SETTINGS = (
     "TELEGRAM_BOT_TOKEN",
     "TELEGRAM_WEBHOOK_SECRET",
     "MAIL_PASSWORD",
+    "ALIYUN_ACCESS_KEY_SECRET",
+    "TENCENT_SECRET_KEY",
 )
 #: A query parameter whose name says it carries a secret (``appsecret``, ``code``,
 #: ``access_token``, ``sign`` …): its value goes.
