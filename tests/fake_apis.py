@@ -1,4 +1,5 @@
-"""A local stand-in for the Stripe and WeChat Pay APIs, on a loopback port.
+"""A local stand-in for the Stripe and WeChat Pay APIs (and Alibaba and Tencent Cloud SMS),
+on a loopback port.
 
 The providers' SDKs talk to it through the API-base settings, so their real request and
 signing code runs. It checks what WeChat Pay would check (the request's signature) and
@@ -8,12 +9,17 @@ the tests to inspect. No test reaches the internet.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import re
 import threading
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import xmltodict
 from wechatpy.pay.utils import calculate_signature, dict_to_xml
@@ -26,6 +32,22 @@ WECHAT_OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
 TELEGRAM_BOT_TOKEN = "123456789:AAH-test-token"
 STRIPE_SECRET_KEY = "sk_test_qunmen"
 STRIPE_WEBHOOK_SECRET = "whsec_test_qunmen"
+ALIYUN_ACCESS_KEY_ID = "LTAI5tQunmenTestKeyId"
+ALIYUN_ACCESS_KEY_SECRET = "qunmen-test-aliyun-access-key-secret"
+TENCENT_SECRET_ID = "AKIDqunmentestsecretid0123456789"
+TENCENT_SECRET_KEY = "qunmen-test-tencent-secret-key"
+TENCENT_SMS_SDK_APP_ID = "1400000001"
+#: How far a signed request's clock may be from ours, as the providers allow.
+_ALIYUN_CLOCK_SKEW = 15 * 60
+_TENCENT_CLOCK_SKEW = 5 * 60
+_ALIYUN_AUTHORIZATION = re.compile(
+    r"ACS3-HMAC-SHA256 Credential=(?P<key>[^,]*),SignedHeaders=(?P<headers>[^,]*),"
+    r"Signature=(?P<signature>[0-9a-f]+)"
+)
+_TENCENT_AUTHORIZATION = re.compile(
+    r"TC3-HMAC-SHA256 Credential=(?P<id>[^/]*)/(?P<date>[^/]*)/(?P<service>[^/]*)/tc3_request,"
+    r" SignedHeaders=(?P<headers>[^,]*), Signature=(?P<signature>[0-9a-f]+)"
+)
 
 
 @dataclass
@@ -51,9 +73,20 @@ class FakeAPIs:
     stripe_refund_status: str = "succeeded"
     #: When set, the Telegram Bot API answers every call with this error.
     telegram_error: str | None = None
+    #: Text messages the fake SMS providers accepted, in order: provider, phone, sign,
+    #: template, params (a dict for Alibaba, a list for Tencent) and out_id (the idempotency
+    #: field: Alibaba's OutId, Tencent's SessionContext).
+    sms_messages: list[dict[str, Any]] = field(default_factory=list)
+    #: The fake SMS providers refuse this many messages (a rate limit), then accept again.
+    sms_errors: int = 0
+    #: While set, the fake SMS providers fail every call with HTTP 503 (an outage).
+    sms_down: bool = False
     base_url: str = ""
 
     def reset(self) -> None:
+        self.sms_messages.clear()
+        self.sms_errors = 0
+        self.sms_down = False
         self.requests.clear()
         self.wechat_orders.clear()
         self.wechat_bills.clear()
@@ -139,6 +172,11 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             url = urlsplit(self.path)
             body = self._body()
+            # Both SMS APIs post to "/" on their own host; the signed headers tell them apart.
+            if self.headers.get("X-TC-Action"):
+                return self._tencent_sms(url.path, body)
+            if self.headers.get("x-acs-action"):
+                return self._aliyun_sms(url.path, url.query, body)
             if url.path.startswith("/v1/"):
                 return self._stripe(url.path, dict(parse_qsl(body.decode())))
             if url.path.startswith("/bot"):
@@ -225,6 +263,252 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                     }
                 )
             return self._json({"ok": False, "error_code": 404, "description": "Not Found"})
+
+        def _sms_answer(self) -> str | None:
+            """ "down" or "refuse" when the tests have the fake SMS providers fail."""
+            if state.sms_down:
+                return "down"
+            if state.sms_errors > 0:
+                state.sms_errors -= 1
+                return "refuse"
+            return None
+
+        def _aliyun_sms(self, path: str, query_string: str, body: bytes) -> None:
+            """Alibaba Cloud SMS (dysmsapi 2017-05-25), signed with ACS3-HMAC-SHA256 (the
+            "V3" signature): the request is checked the way Alibaba's gateway checks it."""
+            query = dict(parse_qsl(query_string, keep_blank_values=True))
+            params = {**query, **dict(parse_qsl(body.decode(), keep_blank_values=True))}
+            state.requests.append(Recorded("POST", path, dict(self.headers), params))
+
+            def error(status: int, code: str, message: str) -> None:
+                answer = {"Code": code, "Message": message, "RequestId": "FAKE-ALIYUN-ERROR"}
+                self._json(answer, status)
+
+            refusal = self._aliyun_signature_refusal(path, query, body)
+            if refusal:
+                return error(*refusal)
+            if self.headers.get("x-acs-action") != "SendSms":
+                return error(404, "InvalidAction.NotFound", "Specified api is not found")
+            if self.headers.get("x-acs-version") != "2017-05-25":
+                return error(400, "InvalidVersion", "Specified parameter Version is not valid.")
+            outcome = self._sms_answer()
+            if outcome == "down":
+                return error(503, "ServiceUnavailable", "The request has failed")
+            if outcome == "refuse":
+                return self._json(
+                    {
+                        "Code": "isv.BUSINESS_LIMIT_CONTROL",
+                        "Message": "触发小时级流控Permits:5",
+                        "RequestId": "FAKE-ALIYUN-LIMIT",
+                    }
+                )
+            try:
+                template_params = json.loads(params.get("TemplateParam") or "{}")
+            except ValueError:
+                return self._json(
+                    {"Code": "isv.INVALID_JSON_PARAM", "Message": "JSON参数不合法，只接受字符串值"}
+                )
+            state.sms_messages.append(
+                {
+                    "provider": "aliyun",
+                    "phone": params.get("PhoneNumbers"),
+                    "sign": params.get("SignName"),
+                    "template": params.get("TemplateCode"),
+                    "params": template_params,
+                    "out_id": params.get("OutId"),
+                }
+            )
+            biz_id = f"{900000000 + len(state.sms_messages)}^0"
+            self._json(
+                {"Code": "OK", "Message": "OK", "BizId": biz_id, "RequestId": "FAKE-ALIYUN-OK"}
+            )
+
+        def _aliyun_signature_refusal(
+            self, path: str, query: dict[str, str], body: bytes
+        ) -> tuple[int, str, str] | None:
+            """Why Alibaba's gateway would refuse this request's signature, or None."""
+            match = _ALIYUN_AUTHORIZATION.fullmatch(self.headers.get("Authorization", ""))
+            if not match:
+                return 400, "IncompleteSignature", "The request signature is not well-formed"
+            if match["key"] != ALIYUN_ACCESS_KEY_ID:
+                return 404, "InvalidAccessKeyId.NotFound", "Specified access key is not found."
+            signed = match["headers"].split(";")
+            # Every common header but Authorization must be signed.
+            required = {
+                "host",
+                "x-acs-action",
+                "x-acs-version",
+                "x-acs-date",
+                "x-acs-signature-nonce",
+                "x-acs-content-sha256",
+            }
+            if not required <= set(signed) or signed != sorted(signed):
+                return 400, "IncompleteSignature", "The request signature is not well-formed"
+            payload_hash = hashlib.sha256(body).hexdigest()
+            if self.headers.get("x-acs-content-sha256") != payload_hash:
+                return 400, "IncompleteSignature", "x-acs-content-sha256 does not match the body"
+            try:
+                signed_at = datetime.strptime(self.headers["x-acs-date"], "%Y-%m-%dT%H:%M:%S%z")
+            except (KeyError, ValueError):
+                return 400, "InvalidTimeStamp.Format", "Specified timestamp is not valid"
+            if abs(time.time() - signed_at.timestamp()) > _ALIYUN_CLOCK_SKEW:
+                return 400, "InvalidTimeStamp.Expired", "Specified time stamp has expired"
+            canonical_query = "&".join(
+                f"{quote(name, safe='~')}={quote(value, safe='~')}"
+                for name, value in sorted(query.items())
+            )
+            canonical_headers = "".join(
+                f"{name}:{(self.headers.get(name) or '').strip()}\n" for name in signed
+            )
+            canonical_request = "\n".join(
+                [
+                    self.command,
+                    path or "/",
+                    canonical_query,
+                    canonical_headers,
+                    ";".join(signed),
+                    payload_hash,
+                ]
+            )
+            string_to_sign = (
+                "ACS3-HMAC-SHA256\n" + hashlib.sha256(canonical_request.encode()).hexdigest()
+            )
+            expected = hmac.new(
+                ALIYUN_ACCESS_KEY_SECRET.encode(), string_to_sign.encode(), hashlib.sha256
+            ).hexdigest()
+            if not hmac.compare_digest(expected, match["signature"]):
+                return (
+                    400,
+                    "SignatureDoesNotMatch",
+                    "Specified signature does not match our calculation.",
+                )
+            return None
+
+        def _tencent_sms(self, path: str, body: bytes) -> None:
+            """Tencent Cloud SMS (2021-01-11), signed with TC3-HMAC-SHA256: the request is
+            checked the way Tencent Cloud's API 3.0 checks it. Errors come back with HTTP 200
+            and ``Response.Error``, as Tencent answers them."""
+            try:
+                params = json.loads(body or b"{}")
+            except ValueError:
+                params = {}
+            state.requests.append(Recorded("POST", path, dict(self.headers), params))
+
+            def error(code: str, message: str) -> None:
+                self._json(
+                    {
+                        "Response": {
+                            "Error": {"Code": code, "Message": message},
+                            "RequestId": "fake-tencent-error",
+                        }
+                    }
+                )
+
+            refusal = self._tencent_signature_refusal(path, body)
+            if refusal:
+                return error(*refusal)
+            if self.headers.get("X-TC-Action") != "SendSms":
+                return error("InvalidAction", "The action does not exist")
+            if self.headers.get("X-TC-Version") != "2021-01-11":
+                return error("NoSuchVersion", "The version does not exist")
+            if params.get("SmsSdkAppId") != TENCENT_SMS_SDK_APP_ID:
+                return error(
+                    "UnauthorizedOperation.SmsSdkAppIdVerifyFail", "SmsSdkAppId verify fail"
+                )
+            outcome = self._sms_answer()
+            if outcome == "down":
+                return self._send(503, b"Service Unavailable", "text/html")
+            phones = params.get("PhoneNumberSet") or []
+            statuses = []
+            for phone in phones:
+                if outcome == "refuse":
+                    statuses.append(
+                        {
+                            "SerialNo": "",
+                            "PhoneNumber": phone,
+                            "Fee": 0,
+                            "SessionContext": params.get("SessionContext", ""),
+                            "Code": "LimitExceeded.PhoneNumberOneHourLimit",
+                            "Message": "the number of sms messages sent from a single mobile "
+                            "number within 1 hour exceeds the upper limit",
+                            "IsoCode": "CN",
+                        }
+                    )
+                    continue
+                state.sms_messages.append(
+                    {
+                        "provider": "tencent",
+                        "phone": phone,
+                        "sign": params.get("SignName"),
+                        "template": params.get("TemplateId"),
+                        "params": params.get("TemplateParamSet") or [],
+                        "out_id": params.get("SessionContext"),
+                    }
+                )
+                statuses.append(
+                    {
+                        "SerialNo": f"2640:{4000000000 + len(state.sms_messages)}",
+                        "PhoneNumber": phone,
+                        "Fee": 1,
+                        "SessionContext": params.get("SessionContext", ""),
+                        "Code": "Ok",
+                        "Message": "send success",
+                        "IsoCode": "CN",
+                    }
+                )
+            self._json({"Response": {"SendStatusSet": statuses, "RequestId": "fake-tencent-ok"}})
+
+        def _tencent_signature_refusal(self, path: str, body: bytes) -> tuple[str, str] | None:
+            """Why Tencent Cloud would refuse this request's signature, or None."""
+            match = _TENCENT_AUTHORIZATION.fullmatch(self.headers.get("Authorization", ""))
+            if not match:
+                return "AuthFailure.InvalidAuthorization", "Authorization is not well-formed"
+            if match["id"] != TENCENT_SECRET_ID:
+                return "AuthFailure.SecretIdNotFound", "The SecretId is not found"
+            try:
+                timestamp = int(self.headers.get("X-TC-Timestamp", ""))
+            except ValueError:
+                return "AuthFailure.InvalidAuthorization", "X-TC-Timestamp is not a number"
+            if abs(time.time() - timestamp) > _TENCENT_CLOCK_SKEW:
+                return "AuthFailure.SignatureExpire", "Signature expired"
+            date = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
+            if match["date"] != date or match["service"] != "sms":
+                return "AuthFailure.InvalidAuthorization", "Credential scope is wrong"
+            signed = match["headers"].split(";")
+            if not {"content-type", "host"} <= set(signed):
+                return "AuthFailure.InvalidAuthorization", "content-type and host are unsigned"
+            canonical_headers = "".join(
+                f"{name}:{(self.headers.get(name) or '').strip().lower()}\n" for name in signed
+            )
+            canonical_request = "\n".join(
+                [
+                    self.command,
+                    path or "/",
+                    "",
+                    canonical_headers,
+                    ";".join(signed),
+                    hashlib.sha256(body).hexdigest(),
+                ]
+            )
+            scope = f"{date}/sms/tc3_request"
+            string_to_sign = "\n".join(
+                [
+                    "TC3-HMAC-SHA256",
+                    str(timestamp),
+                    scope,
+                    hashlib.sha256(canonical_request.encode()).hexdigest(),
+                ]
+            )
+            key = ("TC3" + TENCENT_SECRET_KEY).encode()
+            for part in (date, "sms", "tc3_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(expected, match["signature"]):
+                return (
+                    "AuthFailure.SignatureFailure",
+                    "The provided credentials could not be validated",
+                )
+            return None
 
         def _wechat(self, path: str, body: bytes) -> None:
             data = dict(xmltodict.parse(body)["xml"])
