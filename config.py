@@ -26,6 +26,11 @@ _Number = TypeVar("_Number", int, float)
 #: are unset: the real ones, over https.
 ALIYUN_SMS_ENDPOINT = "https://dysmsapi.aliyuncs.com"
 TENCENT_SMS_ENDPOINT = "https://sms.tencentcloudapi.com"
+#: Each SMS provider's API address setting, and its default.
+SMS_ENDPOINT_SETTINGS = {
+    "aliyun": ("ALIYUN_SMS_ENDPOINT", ALIYUN_SMS_ENDPOINT),
+    "tencent": ("TENCENT_SMS_ENDPOINT", TENCENT_SMS_ENDPOINT),
+}
 #: What each SMS provider needs, besides ``SMS_SIGN_NAME``, to send anything.
 SMS_PROVIDER_SETTINGS = {
     "aliyun": ("ALIYUN_ACCESS_KEY_ID", "ALIYUN_ACCESS_KEY_SECRET"),
@@ -240,3 +245,9 @@ def _check_sms(config: MutableMapping[str, object]) -> None:
     for name in ("SMS_SIGN_NAME", *SMS_PROVIDER_SETTINGS[str(provider)]):
         if not config.get(name):
             raise SettingError(f"{name} is not set: SMS_PROVIDER={provider} needs it")
+    name, default = SMS_ENDPOINT_SETTINGS[str(provider)]
+    endpoint = str(config.get(name) or default)
+    # A bare host means https, as the SDKs take it.
+    parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+        raise SettingError(f"{name}={endpoint!r} is not an API address like https://host[:port]")

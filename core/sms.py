@@ -9,6 +9,11 @@ This module only sends. The outbox decides when, retries, and keeps secrets out 
 database; a sender is called outside any web request and may block on the network.
 Both providers' own SDKs sign and send the calls; their API address is a setting, so the
 tests point them at the loopback fake in ``tests/fake_apis.py``.
+
+Neither provider deduplicates: Alibaba's ``OutId`` and Tencent's ``SessionContext`` are
+echoed back (in the answer and the delivery receipts), and both documents say SendSms is
+not idempotent. A message sent twice with the same ``out_id`` reaches the phone twice; the
+id only lets the two be matched afterwards. Avoiding the second send is the outbox's job.
 """
 
 from __future__ import annotations
@@ -40,12 +45,10 @@ READ_TIMEOUT = 10
 _EXTENSION = "qunmen.sms_sender"
 #: Tencent's codes for a call that got no usable answer.
 _NETWORK_CODES = ("ClientNetworkError", "ServerNetworkError")
-_MAINLAND = re.compile(r"1\d{10}")
-_INTERNATIONAL = re.compile(r"\+([1-9]\d{6,14})")
-
-
 #: The SDKs' exceptions that carry the provider's own answer.
 _ANSWERED = (AlibabaCloudException, TencentCloudSDKException)
+_MAINLAND = re.compile(r"1\d{10}")
+_INTERNATIONAL = re.compile(r"\+([1-9]\d{6,14})")
 
 
 class SmsError(OSError):

@@ -137,6 +137,19 @@ def test_a_refusal_raises_and_the_next_try_goes(apis, provider):
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+def test_the_same_out_id_twice_is_sent_twice(apis, provider):
+    """Neither provider deduplicates by OutId or SessionContext (their documents say SendSms
+    is not idempotent), so neither does the fake: the outbox must not send twice."""
+    sender = sender_for(provider, apis)
+
+    first = sender.send(PHONE, "login_code", {"code": "482913"}, "outbox-17")
+    second = sender.send(PHONE, "login_code", {"code": "482913"}, "outbox-17")
+
+    assert first != second
+    assert [m["out_id"] for m in apis.sms_messages] == ["outbox-17", "outbox-17"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_an_outage_raises(apis, provider):
     apis.sms_down = True
 
@@ -237,6 +250,25 @@ def test_no_provider_means_no_sender_and_the_sender_is_built_once(apis):
         assert sms_sender(app) is sender
 
 
+def test_the_app_starts_with_a_provider_and_sends_through_it(apis, monkeypatch, tmp_path):
+    monkeypatch.delenv("SMS_PROVIDER", raising=False)
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret-key",
+            "PUBLIC_BASE_URL": "http://qunmen.test",
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'sms.sqlite3'}",
+            "QUEUE_IN_PROCESS": False,
+            **sms_settings("aliyun", apis),
+        }
+    )
+    sender = sms_sender(app)
+
+    assert isinstance(sender, AliyunSms)
+    sender.send(PHONE, "reminder", {"community": "读书会", "date": "2026-12-31"}, "o-9")
+    assert apis.sms_messages[0]["template"] == TEMPLATES["aliyun"]["reminder"]
+
+
 @pytest.mark.parametrize(
     ("provider", "unset", "named"),
     [
@@ -264,6 +296,22 @@ def test_startup_refuses_a_provider_without_its_keys(
 
     with pytest.raises(SettingError, match=f"{named} is not set: SMS_PROVIDER={provider}"):
         create_app(settings)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_startup_refuses_a_malformed_api_address(apis, monkeypatch, provider):
+    setting = {"aliyun": "ALIYUN_SMS_ENDPOINT", "tencent": "TENCENT_SMS_ENDPOINT"}[provider]
+    monkeypatch.delenv("SMS_PROVIDER", raising=False)
+    with pytest.raises(SettingError, match=f"{setting}='ftp://sms.example.com/api'"):
+        create_app(
+            {
+                "TESTING": True,
+                "SECRET_KEY": "test-secret-key",
+                "PUBLIC_BASE_URL": "http://qunmen.test",
+                **sms_settings(provider, apis),
+                setting: "ftp://sms.example.com/api",
+            }
+        )
 
 
 def test_startup_refuses_an_unknown_provider(monkeypatch):
