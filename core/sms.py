@@ -42,7 +42,8 @@ TEMPLATE_PARAMETERS: dict[str, tuple[str, ...]] = {
 #: The timeouts of one call to a provider, in seconds.
 CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 10
-_EXTENSION = "qunmen.sms_sender"
+#: Where the sender is cached; a test may put its own sender there.
+_EXTENSION = "qunmen.sms"
 #: Tencent's codes for a call that got no usable answer.
 _NETWORK_CODES = ("ClientNetworkError", "ServerNetworkError")
 #: The SDKs' exceptions that carry the provider's own answer.
