@@ -230,7 +230,7 @@ class _Senders:
         if channel == Channel.WECHAT:
             return self.wechat and bool(wechat_template(kind))
         if channel == Channel.SMS:
-            return self.sms is not None
+            return self.sms is not None and bool(self.sms.templates.get(kind.value))
         return channel == Channel.EMAIL and self.email
 
     def send(self, channel: str, recipient: str, message: _Envelope) -> None:

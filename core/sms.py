@@ -58,6 +58,8 @@ class SmsError(OSError):
 
 class SmsSender(Protocol):
     name: str
+    #: The approved template for each message kind (None or absent: that kind is not sent).
+    templates: dict[str, str | None]
 
     def send(self, phone: str, kind: str, params: dict[str, str], out_id: str) -> str:
         """Send the template configured for message ``kind`` (one of "login_code", "pay_link",

@@ -22,9 +22,12 @@ from core.audit import AuditEntry
 from core.clock import utcnow
 from core.db import db
 from core.outbox import MAX_ATTEMPTS, MessageKind, OutboxMessage, OutboxStatus
-from tests import fake_smtp
+from membership.models import Member
+from membership.services import message_member
+from tests import fake_apis, fake_smtp
 from tests.conftest import SECRET_KEY, fresh_database
 from tests.helpers import csrf_token, join_and_pay, latest_code, submit_form
+from tests.test_sms import sender_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,3 +213,40 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_sends_at_most_once_more(tmp
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_each_member_is_reached_by_the_right_channel(app, demo, apis, mailbox, monkeypatch):
+    """One with WeChat linked, one with only a phone, one with only an e-mail: WeChat's
+    template message, the SMS provider, SMTP — each through its local fake."""
+    monkeypatch.setitem(app.config, "WECHAT_TEMPLATE_REMINDER", "tmpl-reminder-1")
+    monkeypatch.setitem(app.extensions, "qunmen.sms", sender_for("aliyun", apis))
+    app.extensions.pop("qunmen.wechat_client", None)
+    join_and_pay(app.test_client(), "main", contact_kind="phone", contact_value="13800138000")
+    join_and_pay(app.test_client(), "main", contact_kind="phone", contact_value="13900139000")
+    join_and_pay(app.test_client(), "main", contact_kind="email", contact_value="c@example.com")
+    with app.app_context():
+        members = db.session.scalars(sa.select(Member).order_by(Member.id)).all()
+        members[0].wechat_openid = fake_apis.WECHAT_OPENID
+        for member in members:
+            message_member(
+                member,
+                MessageKind.REMINDER,
+                "即将到期 · Ends soon",
+                "续费 · Renew",
+                params={"community": "群门读书会", "date": "2027-01-01"},
+                now=utcnow(),
+            )
+        db.session.commit()
+        assert outbox.drain_outbox() == 3
+        went = db.session.execute(
+            sa.select(OutboxMessage.channel, OutboxMessage.recipient).order_by(OutboxMessage.id)
+        ).all()
+    assert went == [
+        ("wechat", fake_apis.WECHAT_OPENID),
+        ("sms", "13900139000"),
+        ("email", "c@example.com"),
+    ]
+    assert apis.last("/cgi-bin/message/template/send").data["touser"] == fake_apis.WECHAT_OPENID
+    assert [m["phone"] for m in apis.sms_messages] == ["13900139000"]
+    assert [m["To"] for m in mailbox.messages] == ["c@example.com"]
+    app.extensions.pop("qunmen.wechat_client", None)
