@@ -171,31 +171,42 @@ def enqueue_many(rows: list[dict[str, Any]], *, now: datetime) -> int:
     return len(db.session.execute(statement, values).all())
 
 
-def _claim(now: datetime) -> int | None:
-    """Claim the next due message — pending, or sending with its lease run out — for one
-    try, committed before it is sent."""
-    due = db.session.scalar(
-        sa.select(OutboxMessage.id)
+#: Messages claimed together: one statement and one commit for the batch's claim.
+BATCH = 20
+
+
+def _claim(now: datetime, size: int) -> list[_Envelope]:
+    """Claim up to ``size`` due messages — pending, or sending with their lease run out —
+    for one try each, in one statement, committed before any is sent."""
+    table = OutboxMessage.__table__
+    due = (
+        sa.select(table.c.id)
         .where(
-            OutboxMessage.status.in_([OutboxStatus.PENDING, OutboxStatus.SENDING]),
-            OutboxMessage.next_attempt_at <= now,
+            table.c.status.in_([OutboxStatus.PENDING, OutboxStatus.SENDING]),
+            table.c.next_attempt_at <= now,
         )
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
-        .limit(1)
+        .order_by(table.c.next_attempt_at, table.c.id)
+        .limit(size)
         .with_for_update(skip_locked=True)
     )
-    if due is not None:
-        db.session.execute(
-            sa.update(OutboxMessage)
-            .where(OutboxMessage.id == due)
-            .values(
-                status=OutboxStatus.SENDING,
-                attempts=OutboxMessage.attempts + 1,
-                next_attempt_at=now + LEASE,
-            )
+    claimed = db.session.execute(
+        table.update()
+        .where(table.c.id.in_(due.scalar_subquery()))
+        .values(
+            status=OutboxStatus.SENDING, attempts=table.c.attempts + 1, next_attempt_at=now + LEASE
         )
+        .returning(
+            table.c.id,
+            table.c.kind,
+            table.c.routes,
+            table.c.subject,
+            table.c.body,
+            table.c.params,
+            table.c.attempts,
+        )
+    ).all()
     db.session.commit()
-    return due
+    return sorted((_Envelope(*row) for row in claimed), key=lambda e: e.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +219,7 @@ class _Envelope:
     subject: str
     body: str
     params: dict[str, str]
+    attempts: int
 
 
 class NoRoute(Exception):
@@ -296,55 +308,90 @@ def _backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(30 * 2 ** (attempts - 1), 3600))
 
 
+_table = OutboxMessage.__table__
+#: A secret's text blanked once it is sent or given up.
+_BLANKED = {
+    "body": sa.case((_table.c.secret, ""), else_=_table.c.body),
+    "params": sa.case((_table.c.secret, sa.cast(sa.literal("{}"), sa.JSON)), else_=_table.c.params),
+}
+#: The outcome of a try that went: built once, as the worker records one per message.
+_SENT = (
+    _table.update()
+    .where(_table.c.id == sa.bindparam("message_id"))
+    .values(
+        status=OutboxStatus.SENT,
+        sent_at=sa.bindparam("now", type_=UTCDateTime),
+        last_error=None,
+        channel=sa.bindparam("route_channel"),
+        recipient=sa.bindparam("route_recipient"),
+        **_BLANKED,
+    )
+)
+
+
 def _record(
-    message_id: int, *, route: tuple[str, str] | None, error: str | None, final: bool, now: datetime
-) -> OutboxStatus:
-    """Write down one try's outcome. Commits."""
-    message = db.session.get(OutboxMessage, message_id)
+    message: _Envelope,
+    *,
+    route: tuple[str, str] | None,
+    error: str | None,
+    final: bool,
+    now: datetime,
+) -> None:
+    """Write down one try's outcome in one statement. Commits."""
     if route is not None:
-        message.status, message.sent_at, message.last_error = OutboxStatus.SENT, now, None
-        message.channel, message.recipient = route
-    elif final or message.attempts >= MAX_ATTEMPTS:
-        message.status, message.last_error = OutboxStatus.FAILED, error[:500]
+        db.session.connection().execute(
+            _SENT,
+            {
+                "message_id": message.id,
+                "now": now,
+                "route_channel": route[0],
+                "route_recipient": route[1],
+            },
+        )
+        db.session.commit()
+        return
+    if final or message.attempts >= MAX_ATTEMPTS:
+        values = {"status": OutboxStatus.FAILED, "last_error": error[:500], **_BLANKED}
         audit.record(
-            "message.failed", message, actor="system", data={"error": error[:200]}, now=now
+            "message.failed",
+            db.session.get(OutboxMessage, message.id),
+            actor="system",
+            data={"error": error[:200]},
+            now=now,
         )
     else:
-        message.status, message.last_error = OutboxStatus.PENDING, error[:500]
-        message.next_attempt_at = now + _backoff(message.attempts)
-    if message.secret and message.status is not OutboxStatus.PENDING:
-        message.body, message.params = "", {}
+        values = {
+            "status": OutboxStatus.PENDING,
+            "last_error": error[:500],
+            "next_attempt_at": now + _backoff(message.attempts),
+        }
+    db.session.execute(_table.update().where(_table.c.id == message.id).values(**values))
     db.session.commit()
-    return message.status
 
 
 def drain_outbox(*, now: datetime | None = None, limit: int = 100) -> int:
-    """Send the due messages, up to ``limit``, one at a time: claim, commit, send, record.
-    Called by the worker. Returns how many were tried."""
+    """Send the due messages, up to ``limit``: claim a batch, commit, then send each and
+    record its outcome at once (so a worker killed mid-batch sends again only the message
+    it was sending). Called by the worker. Returns how many were tried."""
     tried = 0
     with ExitStack() as stack:
         senders = None
         while tried < limit:
-            moment = now or utcnow()
-            message_id = _claim(moment)
-            if message_id is None:
+            batch = _claim(now or utcnow(), min(BATCH, limit - tried))
+            if not batch:
                 break
-            tried += 1
-            row = db.session.get(OutboxMessage, message_id)
-            envelope = _Envelope(
-                row.id, row.kind, row.routes, row.subject, row.body, dict(row.params)
-            )
-            db.session.commit()
             senders = senders or _Senders(stack)
-            route, error, final = None, None, False
-            try:
-                route = senders.deliver(envelope)
-            except NoRoute as refusal:
-                error, final = str(refusal), True
-            except (OSError, smtplib.SMTPException) as failure:
-                error = str(failure) or type(failure).__name__
-                log.warning("outbox message %s failed: %s", message_id, error)
-            _record(message_id, route=route, error=error, final=final, now=now or utcnow())
+            for message in batch:
+                tried += 1
+                route, error, final = None, None, False
+                try:
+                    route = senders.deliver(message)
+                except NoRoute as refusal:
+                    error, final = str(refusal), True
+                except (OSError, smtplib.SMTPException) as failure:
+                    error = str(failure) or type(failure).__name__
+                    log.warning("outbox message %s failed: %s", message.id, error)
+                _record(message, route=route, error=error, final=final, now=now or utcnow())
     return tried
 
 
