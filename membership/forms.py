@@ -340,6 +340,20 @@ class MemberLoginForm(FlaskForm):
     validate_contact_value = JoinForm.validate_contact_value
 
 
+class ChannelForm(FlaskForm):
+    """A member adds a channel we can reach them on: a code goes to it (``/me``)."""
+
+    channel_optional = False
+    contact_kind = MemberLoginForm.contact_kind
+    contact_value = StringField(
+        "手机号或邮箱 · Phone or e-mail",
+        filters=[strip_text],
+        validators=[DataRequired(REQUIRED), Length(max=254, message="太长了 · Too long")],
+    )
+
+    validate_contact_value = JoinForm.validate_contact_value
+
+
 class LoginCodeForm(FlaskForm):
     code = StringField(
         "验证码 · Code",

@@ -181,6 +181,20 @@ def request_application_code(
     return pending, send_code(application.community, kind, value, code, now=now)
 
 
+def request_channel_code(
+    member: Member, kind: ContactKind, value: str, *, now: datetime | None = None
+) -> tuple[LoginCode, int]:
+    """A code proving a new channel for ``member`` (logged in, from their page), and the
+    outbox message carrying it. Flushed, not committed; counted by
+    :func:`claim_code_request` first."""
+    now = now or utcnow()
+    if kind not in SENDABLE:
+        raise LoginRefused(NOT_SENDABLE)
+    value = normalise_contact(kind, value)
+    pending, code = _pending_code(member.community, kind, value, member=member, now=now)
+    return pending, send_code(member.community, kind, value, code, now=now)
+
+
 def claim_code_check(
     login: LoginCode,
     *,
@@ -255,3 +269,17 @@ def verify_application_code(login: LoginCode, code: str, *, now: datetime) -> Ap
     if application.status is ApplicationStatus.AWAITING_PROOF:
         prove_application(application, now=now)
     return application
+
+
+def verify_channel_code(member: Member, login: LoginCode, code: str, *, now: datetime) -> None:
+    """``member`` proves the new channel ``login`` was sent to (from their page): it becomes
+    their contact, proven (see :func:`prove_contact`). A channel that is another member's
+    stays theirs. Raises :class:`LoginRefused`."""
+    if login.member_id != member.id or login.application_id is not None:
+        raise LoginRefused("验证码不正确 · Wrong code")
+    _use_code(login, code, now=now)
+    owner = find_member(member.community_id, login.contact_kind, login.contact_value)
+    if owner is not None and owner.id != member.id:
+        raise LoginRefused("这个联系方式属于另一位成员 · This contact belongs to another member")
+    member.contact_kind, member.contact_value = login.contact_kind, login.contact_value
+    prove_contact(member, now=now)

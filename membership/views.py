@@ -35,6 +35,7 @@ from core.security import (
     unsign_for_this_browser,
 )
 from membership.forms import (
+    ChannelForm,
     JoinForm,
     LoginCodeForm,
     MemberLoginForm,
@@ -53,8 +54,10 @@ from membership.login import (
     claim_code_check,
     claim_code_request,
     request_application_code,
+    request_channel_code,
     request_code,
     verify_application_code,
+    verify_channel_code,
     verify_code,
 )
 from membership.models import (
@@ -132,6 +135,7 @@ _PRIVATE_PAGES = frozenset(
         "membership.login_wechat_return",
         "membership.verify",
         "membership.verify_wechat_return",
+        "membership.channel_code",
     }
 )
 
@@ -710,7 +714,67 @@ def me():
         community=member.community,
         pay_form=pay_form,
         confirm_wechat=isinstance(bind, dict) and bind.get("member") == member.id,
+        channel_form=None if member.is_reachable else ChannelForm(),
+        wechat_oauth=_wechat_oauth_provider() is not None and current_payer().in_wechat,
     )
+
+
+@bp.post("/me/channel")
+def add_channel():
+    """A member with no channel we can reach (one who joined before every join proved
+    one) asks for a code at a phone or e-mail address of theirs."""
+    member = logged_in_member()
+    if member is None:
+        abort(404)
+    form = ChannelForm()
+    if not form.validate_on_submit():
+        flash(next(iter(form.errors.values()))[0], "error")
+        return redirect(url_for(".me"))
+    kind, now = ContactKind(form.contact_kind.data), utcnow()
+    try:
+        try:
+            claim_code_request(kind, form.contact_value.data, client=client_network(), now=now)
+        finally:
+            db.session.commit()  # the request counts, refused or not
+        pending, message_id = request_channel_code(member, kind, form.contact_value.data, now=now)
+        db.session.commit()
+    except LoginRefused as refusal:
+        db.session.rollback()
+        flash(str(refusal), "error")
+        return redirect(url_for(".me"))
+    outbox.deliver(message_id)
+    return redirect(url_for(".channel_code", public_id=pending.public_id))
+
+
+@bp.route("/me/channel/<public_id>", methods=["GET", "POST"])
+def channel_code(public_id: str):
+    """The member types the code sent to their new channel: it becomes their contact,
+    proven."""
+    member = logged_in_member()
+    pending = db.session.scalar(sa.select(LoginCode).where(LoginCode.public_id == public_id))
+    if member is None or pending is None or pending.member_id != member.id:
+        abort(404)
+    form = LoginCodeForm()
+    if form.validate_on_submit():
+        now = utcnow()
+        try:
+            try:
+                claim_code_check(pending, client=client_network(), now=now)
+            finally:
+                db.session.commit()  # the try counts before the code is compared
+            verify_channel_code(member, pending, form.code.data, now=now)
+        except LoginRefused as refusal:
+            db.session.rollback()
+            form.code.errors.append(str(refusal))
+        else:
+            log_member_in(member, by="code", now=now)  # proving ended the old sessions
+            db.session.commit()
+            flash("已验证，以后通知会发到这里 · Proven: we will reach you there", "ok")
+            return redirect(url_for(".me"))
+    status = 422 if form.errors else 200
+    return render_template(
+        "me/channel_code.html", community=member.community, form=form, pending=pending
+    ), status
 
 
 @bp.post("/me/wechat")
