@@ -347,7 +347,9 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
 
 def _member_search(community: Community) -> sa.Select:
     """Members of ``community`` matching the list's filters: ``q`` (number, nickname or
-    contact), ``tier`` and ``state`` (of a membership; ``none`` for members without one)."""
+    contact), ``tier``, ``state`` (of a membership; ``none`` for members without one) and
+    ``reach=none`` (members with no proven channel: no WeChat openid, no phone or e-mail
+    proven by a code)."""
     query = sa.select(Member).where(Member.community_id == community.id)
     text = request.args.get("q", "").strip()
     if text:
@@ -356,8 +358,11 @@ def _member_search(community: Community) -> sa.Select:
                 Member.number_label == text.lstrip("#"),
                 Member.display_name.icontains(text, autoescape=True),
                 Member.contact_value.icontains(text, autoescape=True),
+                Member.wechat_id.icontains(text, autoescape=True),
             )
         )
+    if request.args.get("reach") == "none":
+        query = query.where(~Member.reachable())
     tier_id = request.args.get("tier", type=int)
     state = request.args.get("state", "")
     if state == "none":

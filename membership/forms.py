@@ -76,25 +76,38 @@ def coupon_code_field() -> StringField:
 
 
 class JoinForm(FlaskForm):
+    """The join page's form. What moderators recognise someone by (``wechat_id``) is asked
+    apart from the channel we send to (``contact_kind`` and ``contact_value``: a phone or
+    an e-mail address, proven by a code before the join goes on). Inside WeChat, where the
+    silent OAuth proves the applicant, the view sets :attr:`channel_optional`: a WeChat ID
+    alone will do."""
+
+    #: Set by the view inside WeChat (see the class's docstring).
+    channel_optional = False
+
     display_name = StringField(
         "群昵称 · Display name",
         filters=[strip_text],
         validators=[DataRequired(REQUIRED), Length(max=40, message="最多40个字 · At most 40")],
     )
+    wechat_id = StringField(
+        "微信号或群昵称 · WeChat ID or group nickname",
+        filters=[strip_text],
+        validators=[Length(max=64, message="最多64个字 · At most 64")],
+    )
     contact_kind = RadioField(
-        "联系方式 · Contact",
+        "接收验证码和通知 · Where we reach you",
         choices=[
-            SelectChoice(ContactKind.WECHAT.value, "微信号 · WeChat ID"),
             SelectChoice(ContactKind.PHONE.value, "手机号 · Phone"),
             SelectChoice(ContactKind.EMAIL.value, "邮箱 · E-mail"),
         ],
-        default=ContactKind.WECHAT.value,
+        default=ContactKind.PHONE.value,
         validators=[InputRequired(REQUIRED)],
     )
     contact_value = StringField(
-        "联系方式 · Contact",
+        "手机号或邮箱 · Phone or e-mail",
         filters=[strip_text],
-        validators=[DataRequired(REQUIRED), Length(max=254, message="太长了 · Too long")],
+        validators=[Length(max=254, message="太长了 · Too long")],
     )
     accept_rules = BooleanField(
         "我已阅读并同意群规 · I accept the rules",
@@ -105,6 +118,17 @@ class JoinForm(FlaskForm):
     submission_key = HiddenField(validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")])
 
     def validate_contact_value(self, field: StringField) -> None:
+        if not field.data:
+            if not getattr(self, "channel_optional", False):
+                raise ValidationError(
+                    "请填写手机号或邮箱，用来接收验证码 · "
+                    "Enter a phone number or an e-mail address: your code goes there"
+                )
+            if "wechat_id" in self and not self.wechat_id.data:
+                raise ValidationError(
+                    "请填写手机号、邮箱或微信号 · Enter a phone, an e-mail or a WeChat ID"
+                )
+            return
         kind = self.contact_kind.data
         if kind == ContactKind.EMAIL:
             Email("邮箱格式不正确 · Not a valid e-mail address")(self, field)
@@ -309,6 +333,20 @@ class MemberLoginForm(FlaskForm):
     )
     contact_value = StringField(
         "加入时填写的手机号或邮箱 · The phone or e-mail you joined with",
+        filters=[strip_text],
+        validators=[DataRequired(REQUIRED), Length(max=254, message="太长了 · Too long")],
+    )
+
+    validate_contact_value = JoinForm.validate_contact_value
+
+
+class ChannelForm(FlaskForm):
+    """A member adds a channel we can reach them on: a code goes to it (``/me``)."""
+
+    channel_optional = False
+    contact_kind = MemberLoginForm.contact_kind
+    contact_value = StringField(
+        "手机号或邮箱 · Phone or e-mail",
         filters=[strip_text],
         validators=[DataRequired(REQUIRED), Length(max=254, message="太长了 · Too long")],
     )

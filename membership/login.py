@@ -1,5 +1,6 @@
-"""Members logging in to their page with a one-time code sent to their contact, and
-proving that contact theirs by doing so.
+"""One-time codes sent to a contact: members logging in to their page (and proving that
+contact theirs by doing so), applicants proving the channel they joined with (the join's
+code step), and members proving a new channel from their page.
 
 The code is six digits, lives ten minutes, is stored only as an HMAC under the app's
 secret key, and allows five checks, each claimed (one conditional UPDATE) before the code
@@ -8,7 +9,9 @@ client and for the whole install (see :data:`CODE_REQUESTS` and :data:`CODE_CHEC
 Whether a contact belongs to a member is never told: a code is "sent" either way, and one
 for a stranger can never succeed.
 
-A code that comes back proves the contact: the member's sessions and links made from the
+Every code message goes through :func:`send_code`.
+
+A login code that comes back proves the contact: the member's sessions and links made from the
 unproven claim end (their credential version moves on) and a WeChat bound before the proof
 is unbound, since whoever held the claim may have bound their own.
 """
@@ -29,8 +32,22 @@ from core.db import db
 from core.limits import Limit, TooManyTries, claim
 from core.outbox import MessageKind
 from core.security import new_token, same_secret
-from membership.models import Community, ContactKind, LoginCode, Member
-from membership.services import contact_routes, find_member, normalise_contact
+from membership.models import (
+    SENDABLE_CONTACTS,
+    Application,
+    ApplicationStatus,
+    Community,
+    ContactKind,
+    LoginCode,
+    Member,
+)
+from membership.services import (
+    contact_routes,
+    find_member,
+    normalise_contact,
+    prove_application,
+    prove_contact,
+)
 
 CODE_LIFETIME = timedelta(minutes=10)
 MAX_ATTEMPTS = 5
@@ -45,8 +62,22 @@ CODE_CHECKS = (
     Limit("code-check:client", 30, timedelta(minutes=15)),
     Limit("code-check:all", 3000, timedelta(minutes=15)),
 )
+#: The join's code step counts per contact and for the whole install with the logins, but
+#: per client as many as join forms (:data:`membership.services.JOIN_SUBMISSIONS`): a
+#: flash re-entry brings about a hundred people within minutes, many behind one carrier's
+#: address.
+JOIN_CODE_REQUESTS = (
+    CODE_REQUESTS[0],
+    Limit("code-request:join-client", 60, timedelta(minutes=15)),
+    CODE_REQUESTS[2],
+)
+JOIN_CODE_CHECKS = (
+    Limit("code-check:join-client", 180, timedelta(minutes=15)),
+    CODE_CHECKS[1],
+)
 #: Contacts a code can be sent to (a WeChat ID cannot receive one).
-SENDABLE = (ContactKind.PHONE, ContactKind.EMAIL)
+SENDABLE = SENDABLE_CONTACTS
+NOT_SENDABLE = "验证码只能发到手机号或邮箱 · Codes go to a phone number or an e-mail address"
 
 TOO_MANY = "请求过于频繁，请15分钟后再试 · Too many tries: try again in 15 minutes"
 
@@ -60,16 +91,74 @@ def _digest(code: str) -> str:
     return hmac.new(key, b"qunmen.login-code." + code.encode(), hashlib.sha256).hexdigest()
 
 
-def claim_code_request(kind: ContactKind, value: str, *, client: str, now: datetime) -> None:
-    """Count a code request for the contact from ``client`` against :data:`CODE_REQUESTS`
-    (flushed; the caller commits it whatever comes next). Raises :class:`LoginRefused`
-    when one is reached."""
+def claim_code_request(
+    kind: ContactKind,
+    value: str,
+    *,
+    client: str,
+    now: datetime,
+    limits: tuple[Limit, Limit, Limit] = CODE_REQUESTS,
+) -> None:
+    """Count a code request for the contact from ``client`` against ``limits`` (per
+    contact, per client, overall: :data:`CODE_REQUESTS`, or :data:`JOIN_CODE_REQUESTS` for
+    the join's code step), flushed; the caller commits it whatever comes next. Raises
+    :class:`LoginRefused` when one is reached."""
     contact = f"{kind.value}:{normalise_contact(kind, value)}"
-    per_contact, per_client, overall = CODE_REQUESTS
+    per_contact, per_client, overall = limits
     try:
         claim([(per_contact, contact), (per_client, client), (overall, "")], now=now)
     except TooManyTries as refusal:
         raise LoginRefused(TOO_MANY) from refusal
+
+
+def send_code(
+    community: Community,
+    kind: ContactKind,
+    value: str,
+    code: str,
+    *,
+    member_id: int | None = None,
+    now: datetime,
+) -> int:
+    """Queue the message carrying ``code`` to the contact (flushed; the worker sends it,
+    and blanks it once sent); its outbox id. Every code message goes through here."""
+    return outbox.enqueue(
+        MessageKind.LOGIN_CODE,
+        contact_routes(kind, value),
+        f"{community.name} 验证码 · Your code",
+        f"你的验证码是 {code}，10分钟内有效。Your code is {code}; it works for 10 minutes.",
+        params={"code": code},
+        secret=True,
+        member_id=member_id,
+        now=now,
+    ).id
+
+
+def _pending_code(
+    community: Community,
+    kind: ContactKind,
+    value: str,
+    *,
+    member: Member | None,
+    application: Application | None = None,
+    now: datetime,
+) -> tuple[LoginCode, str]:
+    """A new code for the contact (added) and the code itself, to send."""
+    code = f"{secrets.randbelow(10**6):06d}"
+    pending = LoginCode(
+        public_id=new_token(16),
+        community_id=community.id,
+        member_id=member.id if member else None,
+        application_id=application.id if application else None,
+        contact_kind=kind,
+        contact_value=value,
+        code_hash=_digest(code),
+        created_at=now,
+        expires_at=now + CODE_LIFETIME,
+        attempts=0,
+    )
+    db.session.add(pending)
+    return pending, code
 
 
 def request_code(
@@ -80,50 +169,65 @@ def request_code(
     request was counted by :func:`claim_code_request` first."""
     now = now or utcnow()
     if kind not in SENDABLE:
-        raise LoginRefused(
-            "验证码只能发到手机号或邮箱 · Codes go to a phone number or an e-mail address"
-        )
+        raise LoginRefused(NOT_SENDABLE)
     value = normalise_contact(kind, value)
     member = find_member(community.id, kind, value)
-    code = f"{secrets.randbelow(10**6):06d}"
-    login = LoginCode(
-        public_id=new_token(16),
-        community_id=community.id,
-        member_id=member.id if member else None,
-        contact_kind=kind,
-        contact_value=value,
-        code_hash=_digest(code),
-        created_at=now,
-        expires_at=now + CODE_LIFETIME,
-        attempts=0,
-    )
-    db.session.add(login)
+    login, code = _pending_code(community, kind, value, member=member, now=now)
     message_id = None
     if member is not None:
-        message_id = outbox.enqueue(
-            MessageKind.LOGIN_CODE,
-            contact_routes(kind, value),
-            f"{community.name} 登录验证码 · Login code",
-            f"你的验证码是 {code}，10分钟内有效。Your code is {code}; it works for 10 minutes.",
-            params={"code": code},
-            secret=True,
-            member_id=member.id,
-            now=now,
-        ).id
+        message_id = send_code(community, kind, value, code, member_id=member.id, now=now)
         audit.record("member.login_code_sent", member, actor="prospect", now=now)
     return login, message_id
 
 
-def claim_code_check(login: LoginCode, *, client: str, now: datetime) -> None:
+def request_application_code(
+    application: Application, *, now: datetime | None = None
+) -> tuple[LoginCode, int]:
+    """A code proving the channel ``application`` was made with (the join's code step),
+    and the outbox message carrying it: sent whoever the contact belongs to, so the page
+    answers a member's contact like anyone's. Flushed, not committed. The request was
+    counted by :func:`claim_code_request` first."""
+    now = now or utcnow()
+    kind, value = application.contact_kind, application.contact_value
+    if kind not in SENDABLE:
+        raise LoginRefused(NOT_SENDABLE)
+    pending, code = _pending_code(
+        application.community, kind, value, member=None, application=application, now=now
+    )
+    return pending, send_code(application.community, kind, value, code, now=now)
+
+
+def request_channel_code(
+    member: Member, kind: ContactKind, value: str, *, now: datetime | None = None
+) -> tuple[LoginCode, int]:
+    """A code proving a new channel for ``member`` (logged in, from their page), and the
+    outbox message carrying it. Flushed, not committed; counted by
+    :func:`claim_code_request` first."""
+    now = now or utcnow()
+    if kind not in SENDABLE:
+        raise LoginRefused(NOT_SENDABLE)
+    value = normalise_contact(kind, value)
+    pending, code = _pending_code(member.community, kind, value, member=member, now=now)
+    return pending, send_code(member.community, kind, value, code, now=now)
+
+
+def claim_code_check(
+    login: LoginCode,
+    *,
+    client: str,
+    now: datetime,
+    limits: tuple[Limit, Limit] = CODE_CHECKS,
+) -> None:
     """Count one check of ``login``'s code before it is compared: against the code's own
     :data:`MAX_ATTEMPTS` with one conditional UPDATE (parallel checks queue on the row, so
-    no more than five are ever compared) and against :data:`CODE_CHECKS`. Flushed; the
-    caller commits it whatever comes next. Raises :class:`LoginRefused`."""
+    no more than five are ever compared) and against ``limits`` (:data:`CODE_CHECKS`, or
+    :data:`JOIN_CODE_CHECKS`). Flushed; the caller commits it whatever comes next. Raises
+    :class:`LoginRefused`."""
     if login.used_at is not None:
         raise LoginRefused("验证码已使用，请重新获取 · This code was used: ask for a new one")
     if login.expires_at <= now:
         raise LoginRefused("验证码已过期，请重新获取 · This code has expired: ask for a new one")
-    per_client, overall = CODE_CHECKS
+    per_client, overall = limits
     try:
         claim([(per_client, client), (overall, "")], now=now)
     except TooManyTries as refusal:
@@ -138,13 +242,11 @@ def claim_code_check(login: LoginCode, *, client: str, now: datetime) -> None:
         raise LoginRefused("尝试次数过多，请重新获取 · Too many tries: ask for a new code")
 
 
-def verify_code(login: LoginCode, code: str, *, now: datetime | None = None) -> Member:
-    """The member behind a pending login, if ``code`` is its code; the check was claimed
-    by :func:`claim_code_check`. The first success proves the member's contact (see the
-    module's docstring). A used code never works again: its use is one conditional
-    UPDATE, so two parallel right answers log in once."""
-    now = now or utcnow()
-    if login.member_id is None or not same_secret(_digest(code.strip()), login.code_hash):
+def _use_code(login: LoginCode, code: str, *, now: datetime) -> None:
+    """Use ``login`` if ``code`` is its code (the check was claimed by
+    :func:`claim_code_check`). A used code never works again: its use is one conditional
+    UPDATE, so two parallel right answers succeed once. Raises :class:`LoginRefused`."""
+    if not same_secret(_digest(code.strip()), login.code_hash):
         raise LoginRefused("验证码不正确 · Wrong code")
     used = db.session.execute(
         sa.update(LoginCode)
@@ -153,6 +255,16 @@ def verify_code(login: LoginCode, code: str, *, now: datetime | None = None) -> 
     ).rowcount
     if not used:
         raise LoginRefused("验证码已使用，请重新获取 · This code was used: ask for a new one")
+
+
+def verify_code(login: LoginCode, code: str, *, now: datetime | None = None) -> Member:
+    """The member behind a pending login, if ``code`` is its code; the check was claimed
+    by :func:`claim_code_check`. The first success proves the member's contact (see the
+    module's docstring)."""
+    now = now or utcnow()
+    if login.member_id is None or login.application_id is not None:
+        raise LoginRefused("验证码不正确 · Wrong code")
+    _use_code(login, code, now=now)
     member = db.session.get(Member, login.member_id)
     if member.contact_proven_at is None and (member.contact_kind, member.contact_value) == (
         login.contact_kind,
@@ -162,14 +274,28 @@ def verify_code(login: LoginCode, code: str, *, now: datetime | None = None) -> 
     return member
 
 
-def prove_contact(member: Member, *, now: datetime) -> None:
-    """The member's contact came back with a code: it is theirs from now on. Everything
-    made from the claim before ends: sessions and links (a new credential version) and a
-    WeChat bound meanwhile (whoever held the claim may have bound their own)."""
-    member.contact_proven_at = now
-    member.credential_version += 1
-    data = {"contact": member.contact_kind.value}
-    if member.wechat_openid:
-        member.wechat_openid = None
-        data["wechat_unbound"] = True
-    audit.record("member.contact_proven", member, actor=f"member:{member.id}", data=data, now=now)
+def verify_application_code(login: LoginCode, code: str, *, now: datetime) -> Application:
+    """The application whose channel ``code`` proves (the join's code step; the check was
+    claimed by :func:`claim_code_check`): it goes on to payment, review or admission (see
+    :func:`membership.services.prove_application`)."""
+    application = db.session.get(Application, login.application_id or 0)
+    if application is None:
+        raise LoginRefused("验证码不正确 · Wrong code")
+    _use_code(login, code, now=now)
+    if application.status is ApplicationStatus.AWAITING_PROOF:
+        prove_application(application, now=now)
+    return application
+
+
+def verify_channel_code(member: Member, login: LoginCode, code: str, *, now: datetime) -> None:
+    """``member`` proves the new channel ``login`` was sent to (from their page): it becomes
+    their contact, proven (see :func:`prove_contact`). A channel that is another member's
+    stays theirs. Raises :class:`LoginRefused`."""
+    if login.member_id != member.id or login.application_id is not None:
+        raise LoginRefused("验证码不正确 · Wrong code")
+    _use_code(login, code, now=now)
+    owner = find_member(member.community_id, login.contact_kind, login.contact_value)
+    if owner is not None and owner.id != member.id:
+        raise LoginRefused("这个联系方式属于另一位成员 · This contact belongs to another member")
+    member.contact_kind, member.contact_value = login.contact_kind, login.contact_value
+    prove_contact(member, now=now)

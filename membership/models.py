@@ -177,6 +177,10 @@ class ContactKind(StrEnum):
     EMAIL = "email"
 
 
+#: Contacts a code or a message can be sent to (a WeChat ID cannot receive one).
+SENDABLE_CONTACTS = (ContactKind.PHONE, ContactKind.EMAIL)
+
+
 class Member(db.Model):
     """A person admitted to a community. Numbered from their first paid membership on."""
 
@@ -185,8 +189,13 @@ class Member(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), index=True)
     display_name: Mapped[str] = mapped_column(sa.String(40))
+    #: The contact they joined with: who they are in the community (one person, one
+    #: member) and, once proven, where their codes and messages go.
     contact_kind: Mapped[ContactKind] = mapped_column(enum_column(ContactKind))
     contact_value: Mapped[str] = mapped_column(sa.String(254))
+    #: What moderators recognise them by in the group (a WeChat ID or a nickname), as they
+    #: typed it: never a credential and never a channel.
+    wechat_id: Mapped[str | None] = mapped_column(sa.String(64))
     #: In join order, per community; never reused. None until a paid membership.
     number: Mapped[int | None]
     #: ``number`` in the community's pattern when it was given, e.g. ``0042``.
@@ -228,6 +237,22 @@ class Member(db.Model):
         """Whether this member has a credential beyond a typed contact: a contact proven
         by a code, or a WeChat openid from WeChat's OAuth."""
         return self.contact_proven_at is not None or self.wechat_openid is not None
+
+    @property
+    def is_reachable(self) -> bool:
+        """Whether we can send them something that reaches them: a WeChat openid, or a
+        phone or e-mail proven by a code (see :meth:`reachable`)."""
+        return self.wechat_openid is not None or (
+            self.contact_proven_at is not None and self.contact_kind in SENDABLE_CONTACTS
+        )
+
+    @classmethod
+    def reachable(cls) -> sa.ColumnElement[bool]:
+        """:attr:`is_reachable` in SQL."""
+        return sa.or_(
+            cls.wechat_openid.is_not(None),
+            sa.and_(cls.contact_proven_at.is_not(None), cls.contact_kind.in_(SENDABLE_CONTACTS)),
+        )
 
     def holds(self, tier_id: int) -> bool:
         """Whether a current membership of the tier is theirs."""
@@ -289,6 +314,9 @@ class ApplicationStatus(StrEnum):
     PENDING_REVIEW = "pending_review"  #: answers in, waiting for an admin
     APPROVED = "approved"  #: may pay through their personal link until it expires
     REJECTED = "rejected"
+    #: the applicant must prove a channel first (a code, or WeChat's OAuth); nothing is
+    #: paid, reviewed or admitted meanwhile
+    AWAITING_PROOF = "awaiting_proof"
     AWAITING_PAYMENT = "awaiting_payment"
     ADMITTED = "admitted"
 
@@ -308,6 +336,13 @@ class Application(db.Model):
     display_name: Mapped[str] = mapped_column(sa.String(40))
     contact_kind: Mapped[ContactKind] = mapped_column(enum_column(ContactKind))
     contact_value: Mapped[str] = mapped_column(sa.String(254))
+    #: See :attr:`Member.wechat_id`.
+    wechat_id: Mapped[str | None] = mapped_column(sa.String(64))
+    #: When a code sent to the contact came back (the join's code step).
+    contact_proven_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The openid WeChat's silent OAuth gave the browser that applied: their proof inside
+    #: WeChat, linked to the member at admission.
+    wechat_openid: Mapped[str | None] = mapped_column(sa.String(64))
     rules_accepted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     status: Mapped[ApplicationStatus] = mapped_column(enum_column(ApplicationStatus, 24))
     order_id: Mapped[int | None] = mapped_column(sa.ForeignKey("orders.id"), unique=True)
@@ -377,7 +412,8 @@ class Invitation(db.Model):
 
 
 class LoginCode(db.Model):
-    """A one-time code sent to a member's contact to log in to their page."""
+    """A one-time code sent to a contact: a member's, to log in to their page (or to prove
+    a new channel of theirs), or an application's, to prove the applicant's channel."""
 
     __tablename__ = "login_codes"
 
@@ -388,6 +424,9 @@ class LoginCode(db.Model):
     #: None when nobody has that contact: the code can never succeed, and the asker is
     #: not told whether the contact belongs to a member.
     member_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"))
+    #: The application whose channel the code proves (the join's code step); None for a
+    #: login.
+    application_id: Mapped[int | None] = mapped_column(sa.ForeignKey("applications.id"))
     contact_kind: Mapped[ContactKind] = mapped_column(enum_column(ContactKind))
     contact_value: Mapped[str] = mapped_column(sa.String(254))
     #: HMAC of the code under the app's secret key; the code itself is never stored.

@@ -20,6 +20,7 @@ from core.security import new_token
 from membership.access import queue_platform_task
 from membership.models import (
     LIVE_INVITATION_STATUSES,
+    SENDABLE_CONTACTS,
     Application,
     ApplicationStatus,
     Community,
@@ -38,7 +39,7 @@ from membership.models import (
     tier_groups,
 )
 from membership.platforms import PLATFORMS
-from payments.models import Order
+from payments.models import Order, OrderStatus
 from payments.services import create_order
 
 #: Join forms sent, per client and for the whole install (a flash re-entry brings about a
@@ -126,6 +127,9 @@ def submit_application(
     submission_key: str,
     member: Member | None = None,
     answers: dict[str, Any] | None = None,
+    wechat_id: str | None = None,
+    wechat_openid: str | None = None,
+    awaiting_proof: bool = False,
     now: datetime | None = None,
 ) -> Application:
     """Record an application to ``tier`` (flushed), by a prospect or by a logged-in
@@ -134,10 +138,14 @@ def submit_application(
     A tier that requires screening keeps the application (and its ``answers``) for an
     admin's review, and invites the applicant to the community's lobby meanwhile. Otherwise
     a paid tier gets an order at the tier's price, to be paid next, and a free tier admits
-    the applicant at once. The same ``submission_key`` (one rendering of the join form)
-    always gives back the first application, so a form sent twice makes one order. A
-    prospect giving a member's contact goes on like anyone else (see :func:`admit`); the
-    page never tells them whose contact it is.
+    the applicant at once. With ``awaiting_proof`` (the join page's applicant has no proven
+    channel yet) none of that happens until :func:`prove_application`: the application
+    waits in ``awaiting_proof``, a paid tier's order made but not payable. ``wechat_openid``
+    is the openid WeChat's OAuth gave this browser (a proof in itself). The same
+    ``submission_key`` (one rendering of the join form) always gives back the first
+    application, so a form sent twice makes one order. A prospect giving a member's contact
+    goes on like anyone else (see :func:`admit`); the page never tells them whose contact
+    it is.
     """
     now = now or utcnow()
     existing = db.session.scalar(
@@ -158,22 +166,19 @@ def submit_application(
         display_name=display_name,
         contact_kind=contact_kind,
         contact_value=contact_value,
+        wechat_id=wechat_id or None,
+        wechat_openid=wechat_openid,
         rules_accepted_at=now,
-        status=ApplicationStatus.AWAITING_PAYMENT,
+        status=ApplicationStatus.AWAITING_PROOF
+        if awaiting_proof
+        else ApplicationStatus.AWAITING_PAYMENT,
         member=member,
         created_at=now,
     )
     actor = f"member:{member.id}" if member else "prospect"
     if tier.requires_screening:
-        application.status = ApplicationStatus.PENDING_REVIEW
         application.answers = answers or {}
-        db.session.add(application)
-        audit.record(
-            "application.submitted", application, actor=actor, data={"tier": tier.code}, now=now
-        )
-        application.member = _wait_in_lobby(application, now=now) or member
-        return application
-    if tier.kind is TierKind.PAID:
+    elif tier.kind is TierKind.PAID:
         order = create_order(
             tier.price_money,
             f"{tier.community.name} · {tier.name}",
@@ -189,9 +194,65 @@ def submit_application(
     audit.record(
         "application.submitted", application, actor=actor, data={"tier": tier.code}, now=now
     )
-    if tier.kind is TierKind.FREE:
-        admit(application, actor=actor, now=now)
+    if not awaiting_proof:
+        _go_on(application, actor=actor, now=now)
     return application
+
+
+def _go_on(application: Application, *, actor: str, now: datetime) -> None:
+    """The step after an application with a proven channel: a screened tier's review (and
+    the lobby meanwhile), a free tier's admission; a paid tier's order awaits payment."""
+    application.status = ApplicationStatus.AWAITING_PAYMENT
+    if application.tier.requires_screening:
+        application.status = ApplicationStatus.PENDING_REVIEW
+        application.member = _wait_in_lobby(application, now=now) or application.member
+    elif application.tier.kind is TierKind.FREE:
+        admit(application, actor=actor, now=now)
+    elif db.session.get(Order, application.order_id).status is OrderStatus.PAID:
+        # A coupon made it free while the channel was being proven: nothing left to pay.
+        admit(application, actor=actor, now=now)
+
+
+def needs_proof(member: Member | None, *, wechat_openid: str | None) -> bool:
+    """Whether a join must prove a channel before it goes on: unless the applicant is a
+    member with a channel proven already, or WeChat's OAuth gave this browser an openid."""
+    if wechat_openid:
+        return False
+    return member is None or not member.is_reachable
+
+
+def prove_application(
+    application: Application, *, wechat_openid: str | None = None, now: datetime
+) -> bool:
+    """The applicant proved a channel: the code sent to the application's contact came
+    back, or (``wechat_openid``) WeChat's OAuth named them. The application goes on (see
+    :func:`_go_on`); the proof is the member's at admission. One conditional UPDATE, so two
+    proofs at once go on once. Returns False when it had gone on already. Flushed."""
+    moved = db.session.execute(
+        sa.update(Application)
+        .where(
+            Application.id == application.id,
+            Application.status == ApplicationStatus.AWAITING_PROOF,
+        )
+        .values(status=ApplicationStatus.AWAITING_PAYMENT)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not moved:
+        return False
+    if wechat_openid:
+        application.wechat_openid = wechat_openid
+    else:
+        application.contact_proven_at = now
+    actor = f"member:{application.member_id}" if application.member_id else "prospect"
+    audit.record(
+        "application.channel_proven",
+        application,
+        actor=actor,
+        data={"by": "wechat" if wechat_openid else application.contact_kind.value},
+        now=now,
+    )
+    _go_on(application, actor=actor, now=now)
+    return True
 
 
 def follow_up_application(
@@ -233,7 +294,14 @@ def _wait_in_lobby(application: Application, *, now: datetime) -> Member | None:
     if member is not None and member.holds(lobby.id):
         return member
     lobby_application = follow_up_application(
-        application, lobby, member=member, status=ApplicationStatus.AWAITING_PAYMENT, now=now
+        application,
+        lobby,
+        member=member,
+        status=ApplicationStatus.AWAITING_PAYMENT,
+        now=now,
+        wechat_id=application.wechat_id,
+        contact_proven_at=application.contact_proven_at,
+        wechat_openid=application.wechat_openid,
     )
     return admit(lobby_application, actor="system", now=now)
 
@@ -289,6 +357,8 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
             display_name=application.display_name,
             contact_kind=application.contact_kind,
             contact_value=application.contact_value,
+            wechat_id=application.wechat_id,
+            contact_proven_at=application.contact_proven_at,
             created_at=now,
             number=number,
             number_label=label,
@@ -298,6 +368,8 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
         member.number, member.number_label = number, label
     if not claimed:  # the payer's WeChat is no credential for someone else's record
         _link_openid(member, application)
+        if member.wechat_id is None:
+            member.wechat_id = application.wechat_id
     membership = Membership(
         member=member,
         tier=tier,
@@ -329,10 +401,22 @@ def _member_by_contact(application: Application, *, now: datetime) -> Member | N
     the contact was never proven, nobody can tell the earlier claimant from this one:
     the sessions and links made from the claim end and a WeChat bound through it is
     unbound, so only a code sent to the contact opens the member's page from now on."""
+    if application.wechat_openid and application.contact_kind not in SENDABLE_CONTACTS:
+        # Proven by WeChat with only a WeChat ID or nickname typed: that text is nobody's
+        # identity (two people may type the same nickname); the openid is, and it was
+        # nobody's when they applied.
+        return None
     member = find_member(
         application.community_id, application.contact_kind, application.contact_value
     )
-    if member is None or member.contact_proven_at is not None:
+    if member is None:
+        return None
+    if application.contact_proven_at is not None:
+        # A code sent to the contact came back from this applicant: the contact is theirs.
+        if member.contact_proven_at is None:
+            prove_contact(member, now=now)
+        return member
+    if member.contact_proven_at is not None:
         return member
     member.credential_version += 1
     data: dict[str, Any] = {"application": application.id}
@@ -341,6 +425,19 @@ def _member_by_contact(application: Application, *, now: datetime) -> Member | N
         data["wechat_unbound"] = True
     audit.record("member.claim_reset", member, actor="system", data=data, now=now)
     return member
+
+
+def prove_contact(member: Member, *, now: datetime) -> None:
+    """The member's contact came back with a code: it is theirs from now on. Everything
+    made from the claim before ends: sessions and links (a new credential version) and a
+    WeChat bound meanwhile (whoever held the claim may have bound their own)."""
+    member.contact_proven_at = now
+    member.credential_version += 1
+    data = {"contact": member.contact_kind.value}
+    if member.wechat_openid:
+        member.wechat_openid = None
+        data["wechat_unbound"] = True
+    audit.record("member.contact_proven", member, actor=f"member:{member.id}", data=data, now=now)
 
 
 def notify_member_of_their_contact(
@@ -456,14 +553,17 @@ def find_member_by_openid(community_id: int, openid: str) -> Member | None:
 
 
 def _link_openid(member: Member, application: Application) -> None:
-    """Remember the openid WeChat verified when this application was paid by JSAPI."""
-    if member.wechat_openid or application.order_id is None:
+    """Remember the openid WeChat verified for this application: by the join's silent
+    OAuth, or when it was paid by JSAPI."""
+    if member.wechat_openid:
         return
-    order = db.session.get(Order, application.order_id)
-    openid = next(
-        (p.provider_data.get("openid") for p in order.payments if p.provider_data.get("openid")),
-        None,
-    )
+    openid = application.wechat_openid
+    if openid is None and application.order_id is not None:
+        order = db.session.get(Order, application.order_id)
+        openid = next(
+            (p.provider_data["openid"] for p in order.payments if p.provider_data.get("openid")),
+            None,
+        )
     if openid and find_member_by_openid(member.community_id, openid) is None:
         member.wechat_openid = openid
 

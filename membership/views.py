@@ -35,6 +35,7 @@ from core.security import (
     unsign_for_this_browser,
 )
 from membership.forms import (
+    ChannelForm,
     JoinForm,
     LoginCodeForm,
     MemberLoginForm,
@@ -45,11 +46,18 @@ from membership.forms import (
 )
 from membership.lifecycle import RenewalRefused, start_renewal
 from membership.login import (
+    JOIN_CODE_CHECKS,
+    JOIN_CODE_REQUESTS,
+    SENDABLE,
     TOO_MANY,
     LoginRefused,
     claim_code_check,
     claim_code_request,
+    request_application_code,
+    request_channel_code,
     request_code,
+    verify_application_code,
+    verify_channel_code,
     verify_code,
 )
 from membership.models import (
@@ -78,7 +86,9 @@ from membership.services import (
     JoinRefused,
     check_tier_open,
     find_member_by_openid,
+    needs_proof,
     notify_member_of_their_contact,
+    prove_application,
     submit_application,
 )
 from membership.visits import count_visit
@@ -123,6 +133,9 @@ _PRIVATE_PAGES = frozenset(
         "membership.pay_link",
         "membership.login_code",
         "membership.login_wechat_return",
+        "membership.verify",
+        "membership.verify_wechat_return",
+        "membership.channel_code",
     }
 )
 
@@ -214,14 +227,24 @@ def offer_providers(form: JoinForm | PayAgainForm) -> None:
         form.provider.data = form.provider.choices[0].value
 
 
+def _wechat_proves_here() -> bool:
+    """Whether this browser's applicant can prove themselves by WeChat's silent OAuth:
+    it gave this browser an openid already, or it is WeChat's and OAuth is configured."""
+    return bool(session.get(OPENID_SESSION_KEY)) or (
+        current_payer().in_wechat and _wechat_oauth_provider() is not None
+    )
+
+
 def _join_form(tier: Tier, member: Member | None) -> JoinForm:
     form_class = JoinForm
     if tier.requires_screening:
         form_class = with_questions(JoinForm, tier.community.active_questions)
     form = form_class()
+    form.channel_optional = _wechat_proves_here()
     if member is not None:
-        # A member joins as themselves: their contact is known and verified.
-        del form.contact_kind, form.contact_value
+        # A member joins as themselves: their contact is known (and proven, or the code
+        # step asks for it).
+        del form.contact_kind, form.contact_value, form.wechat_id
         if not form.is_submitted():
             form.display_name.data = member.display_name
     if tier.kind is TierKind.FREE or tier.requires_screening:
@@ -285,6 +308,11 @@ def join(slug: str, tier_code: str):
             "join/form.html", community=community, tier=tier, form=form, member=member
         ), 429
     db.session.commit()
+    contact_kind, contact_value = None, None
+    if member is None and form.contact_value.data:
+        contact_kind, contact_value = ContactKind(form.contact_kind.data), form.contact_value.data
+    elif member is None:  # inside WeChat, which proves them: the WeChat ID names them
+        contact_kind, contact_value = ContactKind.WECHAT, form.wechat_id.data
     try:
         claim_discount_code_try(form.coupon.data if "coupon" in form else None)
         sent_before = db.session.scalar(
@@ -293,16 +321,19 @@ def join(slug: str, tier_code: str):
         if member is None and sent_before is None:  # before the application makes a member
             notify_member_of_their_contact(
                 community,
-                ContactKind(form.contact_kind.data),
-                form.contact_value.data,
+                contact_kind,
+                contact_value,
                 login_url=url_for(".login", slug=slug, _external=True),
                 now=now,
             )
         application = submit_application(
             tier,
             display_name=form.display_name.data,
-            contact_kind=ContactKind(form.contact_kind.data) if member is None else None,
-            contact_value=form.contact_value.data if member is None else None,
+            contact_kind=contact_kind,
+            contact_value=contact_value,
+            wechat_id=form.wechat_id.data if "wechat_id" in form else None,
+            wechat_openid=openid,
+            awaiting_proof=needs_proof(member, wechat_openid=openid),
             submission_key=form.submission_key.data,
             member=member,
             answers=answers_of(form, community.active_questions)
@@ -347,16 +378,32 @@ def join(slug: str, tier_code: str):
         )
         if application is None:
             raise
-    return _continue(application, form.provider.data if "provider" in form else None)
+    provider = form.provider.data if "provider" in form else None
+    if application.status is ApplicationStatus.AWAITING_PROOF:
+        return _start_proof(application, provider)
+    return _continue(application, provider)
 
 
-def _continue(application: Application, provider_name: str | None) -> Response:
-    """Send the applicant on: to the provider if their order awaits payment, else to
-    their status page. This browser is remembered as the one that made the application:
-    only it sees what the application buys."""
+def _remember_application(application: Application) -> None:
+    """Remember this browser as the one that made ``application``: only it sees what the
+    application buys, and only it proves its channel."""
     made_here = session.get(APPLICATIONS_SESSION_KEY, [])
     if application.public_id not in made_here:
         session[APPLICATIONS_SESSION_KEY] = [*made_here, application.public_id][-10:]
+
+
+def _continue(application: Application, provider_name: str | None) -> Response:
+    """Send the applicant on: to the code step while their channel is unproven, to the
+    provider if their order awaits payment, else to their status page."""
+    _remember_application(application)
+    if application.status is ApplicationStatus.AWAITING_PROOF:
+        return redirect(
+            url_for(
+                "membership.verify",
+                slug=application.community.slug,
+                public_id=application.public_id,
+            )
+        )
     status_url = url_for(
         "membership.status",
         slug=application.community.slug,
@@ -381,6 +428,169 @@ def _application(slug: str, public_id: str) -> Application:
     if application is None or application.community.slug != slug:
         abort(404)
     return application
+
+
+def _send_application_code(application: Application) -> None:
+    """Send a code to the application's contact, counted against the code limits (a
+    refusal is flashed on the code page). Commits."""
+    now = utcnow()
+    try:
+        try:
+            claim_code_request(
+                application.contact_kind,
+                application.contact_value,
+                client=client_network(),
+                now=now,
+                limits=JOIN_CODE_REQUESTS,
+            )
+        finally:
+            db.session.commit()  # the request counts, refused or not
+        request_application_code(application, now=now)
+        db.session.commit()
+    except LoginRefused as refusal:
+        db.session.rollback()
+        flash(str(refusal), "error")
+
+
+def _start_proof(application: Application, provider: str | None) -> Response:
+    """After the join form, an applicant with no proven channel proves one: inside WeChat
+    by the silent OAuth (no prompt), elsewhere by a code sent to their phone or e-mail.
+    The way to pay they picked (``provider``) travels with them."""
+    _remember_application(application)
+    slug, public_id = application.community.slug, application.public_id
+    if current_payer().in_wechat and _wechat_oauth_provider() is not None:
+        return redirect(
+            url_for(".verify_wechat", slug=slug, public_id=public_id, provider=provider)
+        )
+    if application.contact_kind in SENDABLE:
+        _send_application_code(application)
+    return redirect(url_for(".verify", slug=slug, public_id=public_id, provider=provider))
+
+
+def _proving_application(slug: str, public_id: str) -> Application:
+    """An application of this browser's (see :func:`_remember_application`), or a 404."""
+    application = _application(slug, public_id)
+    if public_id not in session.get(APPLICATIONS_SESSION_KEY, []):
+        abort(404)
+    return application
+
+
+def _proven(application: Application, provider: str | None) -> Response:
+    """The applicant proved a channel (flushed by the caller): a screened application may
+    be approved at once, then the applicant goes on to pay with ``provider``. Commits."""
+    if application.tier.requires_screening:
+        auto_approve(application)
+    db.session.commit()
+    return _continue(application, provider)
+
+
+@bp.route("/join/<slug>/verify/<public_id>", methods=["GET", "POST"])
+def verify(slug: str, public_id: str):
+    """The join's code step: the applicant types the code sent to their phone or e-mail
+    before they pay (or, for a free tier, before they are admitted)."""
+    application = _proving_application(slug, public_id)
+    if application.status is not ApplicationStatus.AWAITING_PROOF:
+        return redirect(url_for(".status", slug=slug, public_id=public_id))
+    pending = db.session.scalar(
+        sa.select(LoginCode)
+        .where(LoginCode.application_id == application.id)
+        .order_by(LoginCode.id.desc())
+        .limit(1)
+    )
+    form = LoginCodeForm()
+    if pending is not None and form.validate_on_submit():
+        now = utcnow()
+        try:
+            try:
+                claim_code_check(pending, client=client_network(), now=now, limits=JOIN_CODE_CHECKS)
+            finally:
+                db.session.commit()  # the try counts before the code is compared
+            verify_application_code(pending, form.code.data, now=now)
+        except LoginRefused as refusal:
+            db.session.rollback()
+            form.code.errors.append(str(refusal))
+        else:
+            return _proven(application, request.args.get("provider"))
+    elif pending is None and form.is_submitted():
+        form.code.errors.append("请先获取验证码 · Ask for a code first")
+    status = 422 if form.errors else 200
+    return render_template(
+        "join/verify.html",
+        community=application.community,
+        application=application,
+        form=form,
+        sendable=application.contact_kind in SENDABLE,
+        wechat=current_payer().in_wechat and _wechat_oauth_provider() is not None,
+    ), status
+
+
+@bp.post("/join/<slug>/verify/<public_id>/resend")
+def verify_resend(slug: str, public_id: str):
+    """Another code to the application's contact (within the code limits)."""
+    application = _proving_application(slug, public_id)
+    if (
+        application.status is ApplicationStatus.AWAITING_PROOF
+        and application.contact_kind in SENDABLE
+    ):
+        _send_application_code(application)
+    return redirect(
+        url_for(".verify", slug=slug, public_id=public_id, provider=request.args.get("provider"))
+    )
+
+
+@bp.get("/join/<slug>/verify/<public_id>/wechat")
+def verify_wechat(slug: str, public_id: str):
+    """Prove the applicant by WeChat's silent OAuth (``snsapi_base``), in this browser
+    only, once, within ten minutes (the ``state``)."""
+    application = _proving_application(slug, public_id)
+    provider = _wechat_oauth_provider()
+    if provider is None or application.status is not ApplicationStatus.AWAITING_PROOF:
+        abort(404)
+    state = sign_for_this_browser(
+        "wechat-join",
+        {"application": application.public_id, "provider": request.args.get("provider")},
+    )
+    oauth = provider.oauth(url_for(".verify_wechat_return", slug=slug, _external=True), state)
+    return redirect(oauth.authorize_url)
+
+
+@bp.get("/join/<slug>/verify/wechat/return")
+def verify_wechat_return(slug: str):
+    """WeChat sends the applicant back with a code for their openid: it proves them, and
+    the join goes on. An openid that is a member's already asks them to log in."""
+    community = _community(slug)
+    provider = _wechat_oauth_provider()
+    state = unsign_for_this_browser("wechat-join", request.args.get("state", ""))
+    if provider is None or not isinstance(state, dict):
+        abort(400)
+    public_id = state.get("application", "")
+    application = _proving_application(slug, public_id)
+    end_transaction_keeping_objects()
+    try:
+        openid = provider.openid_from_code(
+            url_for(".verify_wechat_return", slug=slug, _external=True),
+            request.args.get("code", ""),
+        )
+    except ProviderError:
+        flash("微信授权失败，请重试 · WeChat authorisation failed, please try again", "error")
+        return redirect(
+            url_for(".verify", slug=slug, public_id=public_id, provider=state.get("provider"))
+        )
+    session[OPENID_SESSION_KEY] = openid
+    owner = find_member_by_openid(community.id, openid)
+    if owner is not None and owner.id != application.member_id:
+        flash(str(AlreadyAMember()), "error")
+        return redirect(
+            url_for(
+                ".login",
+                slug=slug,
+                next=url_for(".join", slug=slug, tier_code=application.tier.code),
+            )
+        )
+    if not prove_application(application, wechat_openid=openid, now=utcnow()):
+        db.session.rollback()
+        return redirect(url_for(".status", slug=slug, public_id=public_id))
+    return _proven(application, state.get("provider"))
 
 
 @bp.get("/join/<slug>/status/<public_id>")
@@ -419,7 +629,9 @@ def status(slug: str, public_id: str):
         whole_member=whole_member,
         made_elsewhere=member is None and application.member_id is not None,
         member_link=_member_link(member) if member and member == logged_in_member() else None,
-        order_open=order is not None and order.status is OrderStatus.OPEN,
+        order_open=order is not None
+        and order.status is OrderStatus.OPEN
+        and application.status is not ApplicationStatus.AWAITING_PROOF,
         pay_form=pay_form,
     )
 
@@ -496,7 +708,66 @@ def me():
         community=member.community,
         pay_form=pay_form,
         confirm_wechat=isinstance(bind, dict) and bind.get("member") == member.id,
+        channel_form=None if member.is_reachable else ChannelForm(),
+        wechat_oauth=_wechat_oauth_provider() is not None and current_payer().in_wechat,
     )
+
+
+@bp.post("/me/channel")
+def add_channel():
+    """A member with no channel we can reach (one who joined before every join proved
+    one) asks for a code at a phone or e-mail address of theirs."""
+    member = logged_in_member()
+    if member is None:
+        abort(404)
+    form = ChannelForm()
+    if not form.validate_on_submit():
+        flash(next(iter(form.errors.values()))[0], "error")
+        return redirect(url_for(".me"))
+    kind, now = ContactKind(form.contact_kind.data), utcnow()
+    try:
+        try:
+            claim_code_request(kind, form.contact_value.data, client=client_network(), now=now)
+        finally:
+            db.session.commit()  # the request counts, refused or not
+        pending, _ = request_channel_code(member, kind, form.contact_value.data, now=now)
+        db.session.commit()
+    except LoginRefused as refusal:
+        db.session.rollback()
+        flash(str(refusal), "error")
+        return redirect(url_for(".me"))
+    return redirect(url_for(".channel_code", public_id=pending.public_id))
+
+
+@bp.route("/me/channel/<public_id>", methods=["GET", "POST"])
+def channel_code(public_id: str):
+    """The member types the code sent to their new channel: it becomes their contact,
+    proven."""
+    member = logged_in_member()
+    pending = db.session.scalar(sa.select(LoginCode).where(LoginCode.public_id == public_id))
+    if member is None or pending is None or pending.member_id != member.id:
+        abort(404)
+    form = LoginCodeForm()
+    if form.validate_on_submit():
+        now = utcnow()
+        try:
+            try:
+                claim_code_check(pending, client=client_network(), now=now)
+            finally:
+                db.session.commit()  # the try counts before the code is compared
+            verify_channel_code(member, pending, form.code.data, now=now)
+        except LoginRefused as refusal:
+            db.session.rollback()
+            form.code.errors.append(str(refusal))
+        else:
+            log_member_in(member, by="code", now=now)  # proving ended the old sessions
+            db.session.commit()
+            flash("已验证，以后通知会发到这里 · Proven: we will reach you there", "ok")
+            return redirect(url_for(".me"))
+    status = 422 if form.errors else 200
+    return render_template(
+        "me/channel_code.html", community=member.community, form=form, pending=pending
+    ), status
 
 
 @bp.post("/me/wechat")

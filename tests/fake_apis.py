@@ -29,6 +29,19 @@ WECHAT_APP_SECRET = "test-app-secret"
 WECHAT_MCH_ID = "1900000109"
 WECHAT_API_KEY = "0123456789abcdef0123456789abcdef"
 WECHAT_OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
+
+
+def openid_for(code: str) -> str | None:
+    """The openid the fake OAuth gives for ``code``: ``good-code`` is
+    :data:`WECHAT_OPENID`'s, ``good-code-<name>`` another person's; anything else is
+    refused."""
+    if code == "good-code":
+        return WECHAT_OPENID
+    if code.startswith("good-code-"):
+        return f"{WECHAT_OPENID[:16]}{code.removeprefix('good-code-')}"
+    return None
+
+
 TELEGRAM_BOT_TOKEN = "123456789:AAH-test-token"
 STRIPE_SECRET_KEY = "sk_test_qunmen"
 STRIPE_WEBHOOK_SECRET = "whsec_test_qunmen"
@@ -133,14 +146,15 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
             query = dict(parse_qsl(url.query))
             state.requests.append(Recorded("GET", url.path, dict(self.headers), query))
             if url.path == "/sns/oauth2/access_token":
-                if query.get("secret") != WECHAT_APP_SECRET or query.get("code") != "good-code":
+                openid = openid_for(query.get("code", ""))
+                if query.get("secret") != WECHAT_APP_SECRET or openid is None:
                     return self._json({"errcode": 40029, "errmsg": "invalid code"})
                 return self._json(
                     {
                         "access_token": "token",
                         "expires_in": 7200,
                         "refresh_token": "refresh",
-                        "openid": WECHAT_OPENID,
+                        "openid": openid,
                         "scope": "snsapi_base",
                     }
                 )

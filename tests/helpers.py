@@ -8,6 +8,7 @@ import re
 import secrets
 import time
 from datetime import datetime
+from urllib.parse import parse_qs, urlsplit
 
 import sqlalchemy as sa
 import stripe
@@ -33,8 +34,9 @@ ADMIN_PASSWORD = "correct horse battery"
 
 PROSPECT = {
     "display_name": "读书人小王",
-    "contact_kind": "wechat",
-    "contact_value": "wang_reader88",
+    "wechat_id": "wang_reader88",
+    "contact_kind": "phone",
+    "contact_value": "13812345678",
     "accept_rules": "y",
     "provider": "fake",
 }
@@ -89,15 +91,49 @@ def open_join_form(client: FlaskClient, tier: str = "main", slug: str = "demo") 
 
 
 def submit_join(
-    client: FlaskClient, tier: str = "main", slug: str = "demo", **fields: str | None
+    client: FlaskClient,
+    tier: str = "main",
+    slug: str = "demo",
+    *,
+    prove: bool = True,
+    wechat_code: str = "good-code",
+    **fields: str | None,
 ) -> TestResponse:
     """Open the join form and send it with ``PROSPECT``'s answers, changed by ``fields``
-    (a value of None leaves the field out). Each call is a different person (a WeChat ID of
-    their own) unless ``contact_value`` is given."""
-    fields.setdefault("contact_value", f"wx{new_token(9)}")
+    (a value of None leaves the field out), then (``prove``) prove the channel as the
+    applicant would: type the code the join sent to the phone or e-mail, or, inside
+    WeChat, come back from WeChat's silent OAuth with ``wechat_code``. The response is the
+    one after that step. Each call is a different person (a phone of their own) unless
+    ``contact_value`` is given."""
+    fields.setdefault("contact_value", new_phone())
     data = {**open_join_form(client, tier, slug), **PROSPECT, **fields}
-    return client.post(
+    response = client.post(
         f"/join/{slug}/{tier}", data={k: v for k, v in data.items() if v is not None}
+    )
+    if prove and response.status_code == 302 and "/verify/" in response.location:
+        if urlsplit(response.location).path.endswith("/wechat"):
+            response = wechat_round_trip(client, response.location, wechat_code)
+        else:
+            response = prove_join(client, response.location)
+    return response
+
+
+def wechat_round_trip(client: FlaskClient, start_url: str, code: str = "good-code"):
+    """Follow our redirect to WeChat's authorize page and come back with ``code`` (the
+    local fake names an openid for it: see :func:`tests.fake_apis.openid_for`)."""
+    to_wechat = client.get(start_url)
+    assert to_wechat.location.startswith("https://open.weixin.qq.com/connect/oauth2/authorize")
+    query = parse_qs(urlsplit(to_wechat.location).query)
+    back = urlsplit(query["redirect_uri"][0]).path
+    return client.get(back, query_string={"code": code, "state": query["state"][0]})
+
+
+def prove_join(client: FlaskClient, verify_url: str, code: str | None = None) -> TestResponse:
+    """Type the code the join sent (read from the outbox), or ``code``, on the join's code
+    step at ``verify_url``."""
+    code = code or latest_code(client.application)
+    return client.post(
+        verify_url, data={"csrf_token": csrf_token(client, verify_url), "code": code}
     )
 
 
@@ -331,6 +367,17 @@ def latest_code(app) -> str:
             .body
         )
     return re.search(r"\b(\d{6})\b", body).group(1)
+
+
+def messages_besides_codes() -> list[OutboxMessage]:
+    """The outbox's messages, oldest first, but for the one-time codes (app context)."""
+    return list(
+        db.session.scalars(
+            sa.select(OutboxMessage)
+            .where(OutboxMessage.subject.not_like("%验证码%"))
+            .order_by(OutboxMessage.id)
+        )
+    )
 
 
 def log_in_member(

@@ -30,7 +30,7 @@ def _join_forms(base: str, times: int) -> list[tuple[requests.Session, dict[str,
         browser.headers["Host"] = "qunmen.test"
         page = browser.get(f"{base}/join/demo/main", timeout=60).text
         fields = {name: hidden_value(page, name) for name in ("csrf_token", "submission_key")}
-        fields |= PROSPECT | {"contact_value": f"wx_guesser{person:03}", "coupon": f"GUESS{person}"}
+        fields |= PROSPECT | {"contact_value": f"1390000{person:04}", "coupon": f"GUESS{person}"}
         forms.append((browser, fields))
     return forms
 

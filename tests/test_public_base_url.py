@@ -12,9 +12,8 @@ from flask import url_for
 from flask.testing import FlaskClient
 
 from core.db import db
-from core.outbox import OutboxMessage
 from membership.models import Tier
-from tests.helpers import PROSPECT, log_in, open_join_form
+from tests.helpers import log_in, messages_besides_codes, submit_join
 from tests.test_screening import apply, pending_ids, review
 from tests.test_wechatpay import DESKTOP, PHONE
 
@@ -40,9 +39,7 @@ def client(app, monkeypatch) -> FlaskClient:
 
 def join(client, provider: str, user_agent: str = DESKTOP):
     client.environ_base["HTTP_USER_AGENT"] = user_agent
-    return client.post(
-        "/join/demo/main", data={**open_join_form(client), **PROSPECT, "provider": provider}
-    )
+    return submit_join(client, "main", provider=provider)
 
 
 def test_stripe_return_urls_are_on_the_public_base(client, demo, apis):
@@ -73,7 +70,8 @@ def test_links_in_messages_are_on_the_public_base(app, client, demo, admin):
     assert log_in(staff).status_code == 302
     assert review(app, staff, screened, "approve", pending_ids(app)).status_code == 302
     with app.app_context():
-        body = db.session.scalars(sa.select(OutboxMessage)).one().body
+        (message,) = messages_besides_codes()
+        body = message.body
     assert f"{PUBLIC}/join/demo/pay/" in body
     assert "evil.example" not in body
 

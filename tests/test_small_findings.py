@@ -152,7 +152,7 @@ def test_every_admin_page_sends_anonymous_visitors_to_the_login(app, client, dem
 def test_member_search_takes_wildcards_literally(app, demo, logged_in, search, found):
     names = ["百分之百%", "下划线_君", "反斜杠\\", "普通人"]
     for number, name in enumerate(names):  # WeChat IDs without wildcards (random ones may)
-        join_and_pay(app.test_client(), display_name=name, contact_value=f"wxsearch{number}")
+        join_and_pay(app.test_client(), display_name=name, wechat_id=f"wxsearch{number}")
     page = logged_in.get(f"/admin/communities/{demo.id}/members", query_string={"q": search})
     listed = [name for name in names if escape(name) in page.text]
     assert listed == [found]

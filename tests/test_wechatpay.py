@@ -23,7 +23,6 @@ from payments.models import (
 from tests import fake_apis
 from tests.helpers import (
     count,
-    csrf_token,
     money_snapshot,
     submit_join,
     wechat_notification,
@@ -91,27 +90,24 @@ def test_phone_browser_goes_to_h5_payment(app, client, demo, apis):
 
 
 def test_inside_wechat_pays_with_jsapi_after_oauth(app, client, demo, apis):
-    response = join_with_wechat(client, IN_WECHAT)
+    client.environ_base["HTTP_USER_AGENT"] = IN_WECHAT
+    joined = submit_join(client, "main", provider="wechatpay", prove=False)
+    response = client.get(joined.location)  # the join's silent OAuth gives the openid
     assert response.location.startswith("https://open.weixin.qq.com/connect/oauth2/authorize")
-    state = parse_qs(urlsplit(response.location).query)["state"][0]
+    query = parse_qs(urlsplit(response.location).query)
+    state, callback = query["state"][0], urlsplit(query["redirect_uri"][0]).path
     # A wrong code is refused by WeChat: the payer is told, nothing is paid.
-    refused = client.get("/pay/wechat/oauth-return", query_string={"code": "bad", "state": state})
+    refused = client.get(callback, query_string={"code": "bad", "state": state})
     assert refused.status_code == 302
+    assert "微信授权失败" in client.get(refused.location).text
     assert not any(r.path == "/pay/unifiedorder" for r in apis.requests)
 
     # The state worked once, in this browser: the payer starts again for a new one.
-    replayed = client.get(
-        "/pay/wechat/oauth-return", query_string={"code": "good-code", "state": state}
-    )
+    replayed = client.get(callback, query_string={"code": "good-code", "state": state})
     assert replayed.status_code == 400
-    again = client.post(
-        refused.location.split("qunmen.test")[-1] + "/pay",
-        data={"csrf_token": csrf_token(client, refused.location), "provider": "wechatpay"},
-    )
+    again = client.get(joined.location)
     state = parse_qs(urlsplit(again.location).query)["state"][0]
-    back = client.get(
-        "/pay/wechat/oauth-return", query_string={"code": "good-code", "state": state}
-    )
+    back = client.get(callback, query_string={"code": "good-code", "state": state})
     assert back.status_code == 302
     order_request = apis.last("/pay/unifiedorder")
     assert order_request.data["trade_type"] == "JSAPI"

@@ -1,6 +1,6 @@
 """The H5 pages in a real headless Chromium (Debian's), at a phone's size with WeChat's
-user agent: join page, form errors, the fake cashier, the member page with its QR code,
-and a screened application waiting in the lobby.
+user agent: join page, form errors, the code step that proves the phone, the fake
+cashier, the member page with its QR code, and a screened application waiting in the lobby.
 A screenshot of each step goes to test-output/screenshots/."""
 
 from __future__ import annotations
@@ -52,6 +52,16 @@ class LiveServer(str):
                 sa.select(OutboxMessage.body).order_by(OutboxMessage.id.desc())
             )
         return re.search(r"\b(\d{6})\b", body).group(1)
+
+
+def prove_the_phone(page: Page, code_of, screenshot: str | None = None) -> None:
+    """The join's code step: type the code the join sent to the phone."""
+    expect(page.locator("h1")).to_have_text("验证联系方式 · Prove your contact")
+    page.fill("#code", code_of())
+    if screenshot:
+        assert fits_the_screen(page)
+        shot(page, screenshot)
+    page.get_by_role("button", name="验证并继续 · Prove and go on").click()
 
 
 def log_in_with_code(page: Page, phone_number: str, code_of) -> None:
@@ -136,10 +146,12 @@ def test_join_journey_on_a_phone(live_server, browser):
     shot(page, "03-form-errors")
 
     page.fill("#display_name", "读书人小王")
+    page.fill("#wechat_id", "wang_reader88")
     page.check("input[name=contact_kind][value=phone]")
     page.fill("#contact_value", "13800138000")
     page.check("#accept_rules")
     page.get_by_role("button", name="去支付 ¥99.00 · Pay").click()
+    prove_the_phone(page, live_server.latest_code, "03b-prove-the-phone")
     expect(page.locator(".price")).to_have_text("¥99.00")
     shot(page, "04-fake-cashier")
 
@@ -172,10 +184,11 @@ def test_failed_payment_and_retry_on_a_phone(live_server, browser):
     page = phone(browser)
     page.goto(f"{live_server}/join/demo/main")
     page.fill("#display_name", "小李")
-    page.check("#contact_kind-1")  # phone
+    page.check("input[name=contact_kind][value=phone]")
     page.fill("#contact_value", "13800138000")
     page.check("#accept_rules")
     page.get_by_role("button", name="去支付 ¥99.00 · Pay").click()
+    prove_the_phone(page, live_server.latest_code)
     page.get_by_role("button", name="模拟失败 · Simulate a failure").click()
     expect(page.locator("[role=alert]")).to_contain_text("支付失败")
     shot(page, "07-payment-failed")
@@ -228,7 +241,8 @@ def test_lobby_application_on_a_phone(screened_server, browser):
     page.goto(f"{screened_server}/join/demo/main")
     expect(page.get_by_text("为什么想加入？")).to_be_visible()
     page.fill("#display_name", "申请人小赵")
-    page.fill("#contact_value", "zhao_reader1")
+    page.fill("#wechat_id", "zhao_reader1")
+    page.fill("#contact_value", "13700137000")
     page.get_by_role("button", name="提交申请 · Apply").click()
     expect(page.locator("#display_name-errors")).to_have_count(0)
     expect(page.locator("[role=alert]")).to_contain_text("请修改下面标红的内容")  # no answers
@@ -237,6 +251,7 @@ def test_lobby_application_on_a_phone(screened_server, browser):
     page.get_by_label("朋友推荐").check()
     page.check("#accept_rules")
     page.get_by_role("button", name="提交申请 · Apply").click()
+    prove_the_phone(page, screened_server.latest_code)
     expect(page.locator("#review-status")).to_contain_text("等待管理员审核")
     expect(page.locator("img.qr")).to_be_visible()  # the lobby group, at once
     assert fits_the_screen(page)
@@ -260,6 +275,7 @@ def test_a_coupon_perks_and_a_course_offer_on_a_phone(live_server, browser):
     page.check("#accept_rules")
     page.fill("#coupon", DEMO_COUPON.lower())
     page.get_by_role("button", name="去支付 ¥99.00 · Pay").click()
+    prove_the_phone(page, live_server.latest_code)
     expect(page.locator(".price")).to_have_text("¥89.10")
     shot(page, "11-cashier-with-coupon")
 
