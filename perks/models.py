@@ -1,6 +1,6 @@
 """What communities give and sell to their members beyond the groups: perks and their
-redemptions, coupons and their uses, courses, enrolments, upsell offers, and the course
-announcements members received or unsubscribed from."""
+redemptions, coupons and their uses, courses, enrolments, upsell offers, announcements,
+and the course announcements members received or unsubscribed from."""
 
 from __future__ import annotations
 
@@ -314,8 +314,29 @@ class CourseNotice(db.Model):
     __table_args__ = (sa.UniqueConstraint("course_id", "member_id"),)
 
 
+class Announcement(EligibilityRule, db.Model):
+    """A message written once by an admin to the members its rule selects (not those who
+    unsubscribed), queued in one go, each member once however often it is sent."""
+
+    __tablename__ = "announcements"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), index=True)
+    title: Mapped[str] = mapped_column(sa.String(80))
+    body: Mapped[str] = mapped_column(sa.Text)
+    #: The staff member who wrote it (``staff:<id>``).
+    created_by: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: When it was first queued; None: a draft, still editable.
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Messages queued for it so far (sending again queues only newly selected members).
+    recipients: Mapped[int] = mapped_column(default=0)
+
+    community: Mapped[Community] = relationship()
+
+
 class Unsubscribe(db.Model):
-    """A member asked for no more course announcements."""
+    """A member asked for no more announcements (course launches included)."""
 
     __tablename__ = "unsubscribes"
 
