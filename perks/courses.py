@@ -1,5 +1,6 @@
 """Courses: their price for each member (offers), buying them through an order, the
-enrolment a paid order makes, and telling eligible members when a course launches.
+enrolment a paid order makes, and telling eligible members when a course launches
+(through :mod:`perks.announcements`).
 
 Functions here flush but never commit; the request or command that calls them commits.
 """
@@ -12,16 +13,16 @@ from datetime import datetime
 import sqlalchemy as sa
 from flask import url_for
 
-from core import audit
+from core import audit, outbox
 from core.db import db
 from core.money import Money
-from core.outbox import MessageKind
-from core.security import new_token, sign
+from core.outbox import OutboxMessage
+from core.security import new_token
 from membership.models import Member
-from membership.services import message_member
 from payments.models import Order
 from payments.services import create_order
-from perks.eligibility import Standing, community_standings, conditions, is_eligible
+from perks.announcements import message_key, message_row, messages_of, selected_members
+from perks.eligibility import Standing, conditions, is_eligible
 from perks.models import (
     Course,
     CourseNotice,
@@ -232,24 +233,19 @@ def restore_enrolment(order: Order, *, now: datetime) -> None:
         audit.record("enrolment.restored", enrolment, actor="system", now=now)
 
 
-def unsubscribe_link(member: Member) -> str:
-    return url_for("perks.unsubscribe_page", token=sign("unsubscribe", member.id), _external=True)
-
-
-def launch(course: Course, *, actor: str, now: datetime) -> list[int]:
-    """Put ``course`` on sale and tell each eligible member once (not those who
-    unsubscribed), by WeChat template message or their contact, with the member's price and
-    an unsubscribe link. Launching again tells only members not told before. Returns the
-    outbox messages queued."""
+def launch(course: Course, *, actor: str, now: datetime) -> int:
+    """Put ``course`` on sale and queue a message to each member its rule selects (see
+    :func:`~perks.announcements.selected_members`: not those who unsubscribed), with the
+    member's price and an unsubscribe link, in one bulk insert, with a
+    :class:`CourseNotice` each. Launching again tells only members not told before and
+    not holding the course. Returns how many members were told now; the outbox's worker
+    sends."""
     if course.launched_at is None:
         course.launched_at = now
-    skipped = set(  # told before, unsubscribed, or holding the course already
+    skipped = set(  # told before, or holding the course already
         db.session.scalars(
             sa.union(
                 sa.select(CourseNotice.member_id).where(CourseNotice.course_id == course.id),
-                sa.select(Unsubscribe.member_id)
-                .join(Member, Member.id == Unsubscribe.member_id)
-                .where(Member.community_id == course.community_id),
                 sa.select(Enrolment.member_id).where(
                     Enrolment.course_id == course.id,
                     Enrolment.status.in_(LIVE_ENROLMENT_STATUSES),
@@ -259,38 +255,54 @@ def launch(course: Course, *, actor: str, now: datetime) -> list[int]:
     )
     offers = _current_offers([course.id], now=now)[course.id]
     link = url_for("perks.course", slug=course.community.slug, code=course.code, _external=True)
-    messages = []
-    for standing in community_standings(course.community_id, now=now):
+    subject = f"{course.community.name}：新课程《{course.title}》· New course"
+    rows = []
+    for standing in selected_members(course, course.community_id, now=now):
         member = standing.member
-        if member.id in skipped or not is_eligible(course, standing):
+        if member.id in skipped:
             continue
         quote = _best_price(course, standing, offers)
         saving = f"（{quote.offer.name}，省{quote.saving}）" if quote.offer else ""
-        message_id = message_member(
+        row = message_row(
             member,
-            MessageKind.ANNOUNCEMENT,
-            f"{course.community.name}：新课程《{course.title}》· New course",
-            f"《{course.title}》开售，你的价格 {quote.price}{saving}：{link}\n"
-            f"A new course, {course.title}, at {quote.price} for you: {link}\n"
-            f"退订 · Unsubscribe: {unsubscribe_link(member)}",
-            params={"community": course.community.name, "title": course.title, "link": link},
-            now=now,
+            subject=subject,
+            body=f"《{course.title}》开售，你的价格 {quote.price}{saving}：{link}\n"
+            f"A new course, {course.title}, at {quote.price} for you: {link}",
+            key=message_key("course", course.id, member.id),
+            params={"title": course.title, "price": str(quote.price), "link": link},
         )
-        db.session.add(
-            CourseNotice(
-                course_id=course.id,
-                member_id=member.id,
-                outbox_message_id=message_id,
-                created_at=now,
+        if row is not None:
+            rows.append(row)
+    outbox.enqueue_many(rows, now=now)
+    told = {row["member_id"] for row in rows}
+    message_ids = {
+        member_id: message_id
+        for member_id, message_id in db.session.execute(
+            sa.select(OutboxMessage.member_id, OutboxMessage.id).where(
+                messages_of("course", course.id)
             )
         )
-        messages.append(message_id)
-    audit.record("course.launched", course, actor=actor, data={"told": len(messages)}, now=now)
-    return messages
+        if member_id in told
+    }
+    if message_ids:
+        db.session.execute(
+            sa.insert(CourseNotice),
+            [
+                {
+                    "course_id": course.id,
+                    "member_id": member_id,
+                    "outbox_message_id": message_id,
+                    "created_at": now,
+                }
+                for member_id, message_id in message_ids.items()
+            ],
+        )
+    audit.record("course.launched", course, actor=actor, data={"told": len(message_ids)}, now=now)
+    return len(message_ids)
 
 
 def unsubscribe(member: Member, *, now: datetime) -> bool:
-    """No more course announcements for ``member``. False when they had unsubscribed."""
+    """No more announcements for ``member``. False when they had unsubscribed."""
     if db.session.scalar(sa.select(Unsubscribe.id).where(Unsubscribe.member_id == member.id)):
         return False
     db.session.add(Unsubscribe(member_id=member.id, created_at=now))
