@@ -1,5 +1,6 @@
-"""Admin pages for perks, coupons (and campaigns of generated codes), courses and offers:
-create, edit, deactivate, with redemption, use and sales counts."""
+"""Admin pages for perks, coupons (and campaigns of generated codes), courses, offers and
+announcements: create, edit, deactivate, with redemption, use and sales counts; an
+announcement's preview, sending and progress."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from flask import (
     url_for,
 )
 from flask_login import current_user, login_required
-from wtforms import SelectChoice
+from wtforms import SelectChoice, StringField, TextAreaField
+from wtforms.validators import DataRequired, Length
 
 from core import audit
 from core.auth import requires
@@ -23,11 +25,14 @@ from core.clock import from_local, to_local, utcnow
 from core.db import db
 from core.exporters import Exporter, csv_lines
 from core.money import Money
+from membership.forms import REQUIRED, strip_text
 from membership.models import Community
+from perks import announcements
 from perks.coupons import generate_codes, issue_to_eligible, use_counts
 from perks.courses import launch, offer_price
-from perks.forms import CampaignForm, CouponForm, CourseForm, OfferForm, PerkForm
+from perks.forms import CampaignForm, CouponForm, CourseForm, EligibilityForm, OfferForm, PerkForm
 from perks.models import (
+    Announcement,
     Coupon,
     CouponUse,
     CouponUseStatus,
@@ -408,11 +413,12 @@ def course_form(community_id: int | None = None, course_id: int | None = None):
 @bp.post("/courses/<int:course_id>/launch")
 @requires("perks.manage")
 def launch_course(course_id: int):
-    """Put the course on sale and tell the eligible members (each once)."""
+    """Put the course on sale and queue a message to each eligible member (each once);
+    the outbox's worker sends them, not this request."""
     course = db.get_or_404(Course, course_id)
-    messages = launch(course, actor=current_user.actor, now=utcnow())
+    told = launch(course, actor=current_user.actor, now=utcnow())
     db.session.commit()
-    flash(f"已开售，通知了 {len(messages)} 位成员 · On sale; {len(messages)} told", "ok")
+    flash(f"已开售，通知{told}位成员（排队发送中）· On sale; {told} members queued", "ok")
     return redirect(url_for(".overview", community_id=course.community_id))
 
 
@@ -453,3 +459,99 @@ def offer_form(community_id: int | None = None, offer_id: int | None = None):
     return render_template(
         "admin/perks/form.html", form=form, community=community, title="推荐 · Offer", obj=offer
     )
+
+
+class AnnouncementForm(EligibilityForm):
+    """An announcement and the rule that picks its recipients."""
+
+    active = None
+    title = StringField(
+        "标题 · Title", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=80)]
+    )
+    body = TextAreaField(
+        "正文（末尾自动附退订链接）· Message (an unsubscribe link is added)",
+        filters=[strip_text],
+        validators=[DataRequired(REQUIRED), Length(max=2000)],
+    )
+
+    def rule_values(self) -> dict[str, object]:
+        values = super().rule_values()
+        del values["active"]
+        return values
+
+
+@bp.get("/communities/<int:community_id>/announcements")
+@requires("perks.manage")
+def announcement_list(community_id: int):
+    community = db.get_or_404(Community, community_id)
+    return render_template(
+        "admin/perks/announcements.html",
+        community=community,
+        items=db.session.scalars(
+            sa.select(Announcement)
+            .where(Announcement.community_id == community.id)
+            .order_by(Announcement.id.desc())
+        ).all(),
+    )
+
+
+@bp.route("/communities/<int:community_id>/announcements/new", methods=["GET", "POST"])
+@bp.route("/announcements/<int:announcement_id>/edit", methods=["GET", "POST"])
+@requires("perks.manage")
+def announcement_form(community_id: int | None = None, announcement_id: int | None = None):
+    """Write an announcement, or change it until it is sent."""
+    item = db.get_or_404(Announcement, announcement_id) if announcement_id else None
+    community = item.community if item else db.get_or_404(Community, community_id)
+    if item is not None and item.sent_at is not None:
+        flash("已发送的公告不能修改 · A sent announcement cannot be changed", "error")
+        return redirect(url_for(".announcement", announcement_id=item.id))
+    form = AnnouncementForm(obj=item)
+    _rule_choices(form, community)
+    if form.validate_on_submit():
+        if item is None:
+            item = Announcement(
+                community=community, created_by=current_user.actor, created_at=utcnow()
+            )
+            db.session.add(item)
+        _save(
+            item,
+            {**form.rule_values(), "title": form.title.data, "body": form.body.data},
+            "announcement.saved",
+        )
+        db.session.commit()
+        flash("已保存，请预览后发送 · Saved; preview it, then send", "ok")
+        return redirect(url_for(".announcement", announcement_id=item.id))
+    return render_template(
+        "admin/perks/form.html",
+        form=form,
+        community=community,
+        title="公告 · Announcement",
+        obj=item,
+    )
+
+
+@bp.get("/announcements/<int:announcement_id>")
+@requires("perks.manage")
+def announcement(announcement_id: int):
+    """The announcement, whom it would reach now (a count and a sample), and once sent,
+    how its messages stand."""
+    item = db.get_or_404(Announcement, announcement_id)
+    return render_template(
+        "admin/perks/announcement.html",
+        item=item,
+        community=item.community,
+        preview=announcements.preview(item, now=utcnow()),
+        progress=announcements.progress(item) if item.sent_at else None,
+    )
+
+
+@bp.post("/announcements/<int:announcement_id>/send")
+@requires("perks.manage")
+def send_announcement(announcement_id: int):
+    """Queue the announcement to the members its rule selects, in one insert; the outbox's
+    worker sends. Sending again queues only members selected since."""
+    item = db.get_or_404(Announcement, announcement_id)
+    queued = announcements.send(item, actor=current_user.actor, now=utcnow())
+    db.session.commit()
+    flash(f"已排队 {queued} 条消息 · {queued} messages queued", "ok")
+    return redirect(url_for(".announcement", announcement_id=item.id))
