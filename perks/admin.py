@@ -475,9 +475,14 @@ class AnnouncementForm(EligibilityForm):
     )
 
     def rule_values(self) -> dict[str, object]:
-        values = super().rule_values()
-        del values["active"]
-        return values
+        """The rule's conditions (an announcement has no ``active`` of its own)."""
+        return {
+            "tier_id": self.tier_id.data or None,
+            "min_tenure_days": self.min_tenure_days.data,
+            "max_member_number": self.max_member_number.data,
+            "min_seasons_paid": self.min_seasons_paid.data,
+            "staff_only": self.staff_only.data,
+        }
 
 
 @bp.get("/communities/<int:community_id>/announcements")
