@@ -36,7 +36,8 @@ PEOPLE = [
 
 @pytest.fixture
 def people(app, demo) -> dict[str, int]:
-    """The members of ``PEOPLE`` (甲 on the staff, 丙 unsubscribed), their ids by the first character."""
+    """The members of ``PEOPLE`` (甲 on the staff, 丙 unsubscribed), their ids by the
+    first character of their name."""
     with app.app_context():
         community = db.session.scalar(sa.select(Community))
         main = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))

@@ -511,3 +511,25 @@ def test_a_launch_reads_the_members_in_a_fixed_number_of_queries(app, demo):
             return selects_during(app, lambda: launch(course, actor="staff:1", now=utcnow()))
 
     assert launch_to_new_members(2) == launch_to_new_members(6)
+
+
+def test_a_launch_from_the_admin_page_queues_and_sends_nothing_in_the_request(app, demo, logged_in):
+    _, member_id = member_client(app)
+    join_and_pay(app.test_client(), "main")  # a WeChat ID alone: nothing reaches them
+    course_id = make_course(app)
+    with app.app_context():
+        db.session.get(Course, course_id).launched_at = None
+        db.session.commit()
+        community_id = db.session.scalar(sa.select(Community.id))
+    page = f"/admin/communities/{community_id}/perks"
+    response = logged_in.post(
+        f"/admin/courses/{course_id}/launch", data={"csrf_token": csrf_token(logged_in, page)}
+    )
+    assert "通知1位成员" in logged_in.get(response.location).text
+    with app.app_context():
+        (notice,) = db.session.scalars(sa.select(CourseNotice)).all()
+        message = db.session.get(OutboxMessage, notice.outbox_message_id)
+        assert (notice.member_id, message.member_id) == (member_id, member_id)
+        assert message.dedupe_key == f"course:{course_id}:member:{member_id}"
+        assert message.status == "pending"  # the worker sends it, not the admin's request
+        assert "¥199.00" in message.body and "/unsubscribe/" in message.body
