@@ -12,7 +12,7 @@ from core.clock import utcnow
 from core.db import db
 from membership.models import Community, Group, Member, QuestionKind, ScreeningQuestion, Tier
 from payments.models import Payment
-from perks.models import Coupon, Course, Offer, Perk, PerkKind
+from perks.models import Announcement, Coupon, Course, Offer, Perk, PerkKind
 from tests.helpers import join_and_pay, log_in
 
 #: Admin routes that need no permission: logging in and out, and one's own account.
@@ -52,7 +52,10 @@ def ids(app, demo) -> dict[str, int]:
             percent_off=30,
             created_at=now,
         )
-        db.session.add_all([course, coupon, perk, offer])
+        announcement = Announcement(
+            community=community, title="公告", body="…", created_by="test", created_at=now
+        )
+        db.session.add_all([course, coupon, perk, offer, announcement])
         db.session.commit()
         return {
             "community_id": community.id,
@@ -66,6 +69,7 @@ def ids(app, demo) -> dict[str, int]:
             "coupon_id": coupon.id,
             "course_id": course.id,
             "offer_id": offer.id,
+            "announcement_id": announcement.id,
             "campaign": "spring",
         }
 
