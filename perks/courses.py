@@ -21,7 +21,13 @@ from core.security import new_token
 from membership.models import Member
 from payments.models import Order
 from payments.services import create_order
-from perks.announcements import message_key, message_row, messages_of, selected_members
+from perks.announcements import (
+    message_key,
+    message_row,
+    messages_of,
+    selected_members,
+    unsubscribe_links,
+)
 from perks.eligibility import Standing, conditions, is_eligible
 from perks.models import (
     Course,
@@ -240,6 +246,9 @@ def launch(course: Course, *, actor: str, now: datetime) -> int:
     :class:`CourseNotice` each. Launching again tells only members not told before and
     not holding the course. Returns how many members were told now; the outbox's worker
     sends."""
+    # Two launches at once (a double click) go one after the other (on PostgreSQL): the
+    # second finds the first's notices.
+    db.session.execute(sa.select(Course.id).where(Course.id == course.id).with_for_update())
     if course.launched_at is None:
         course.launched_at = now
     skipped = set(  # told before, or holding the course already
@@ -256,6 +265,7 @@ def launch(course: Course, *, actor: str, now: datetime) -> int:
     offers = _current_offers([course.id], now=now)[course.id]
     link = url_for("perks.course", slug=course.community.slug, code=course.code, _external=True)
     subject = f"{course.community.name}：新课程《{course.title}》· New course"
+    unsubscribe_link = unsubscribe_links()
     rows = []
     for standing in selected_members(course, course.community_id, now=now):
         member = standing.member
@@ -270,6 +280,7 @@ def launch(course: Course, *, actor: str, now: datetime) -> int:
             f"A new course, {course.title}, at {quote.price} for you: {link}",
             key=message_key("course", course.id, member.id),
             params={"title": course.title, "price": str(quote.price), "link": link},
+            link=unsubscribe_link(member.id),
         )
         if row is not None:
             rows.append(row)
