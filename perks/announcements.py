@@ -22,6 +22,7 @@ from core.db import db
 from core.outbox import MessageKind, OutboxMessage, OutboxStatus
 from core.security import sign
 from membership.models import ContactKind, Member, Membership, MembershipStatus
+from membership.services import member_routes
 from perks.eligibility import Standing, is_eligible, standings_of
 from perks.models import Announcement, EligibilityRule, Unsubscribe
 
@@ -42,7 +43,8 @@ class _Term:
 class Recipient:
     """A member as eligibility and messaging read them: the columns that
     :func:`~perks.eligibility.standings_of`, :func:`~perks.eligibility.is_eligible` and
-    :func:`message_routes_of` look at, without loading a :class:`Member` per person."""
+    :func:`~membership.services.member_routes` look at, without loading a :class:`Member`
+    per person."""
 
     id: int
     display_name: str
@@ -91,23 +93,6 @@ def selected_members(rule: EligibilityRule, community_id: int, *, now: datetime)
     return [s for s in standings if is_eligible(rule, s)]
 
 
-def message_routes_of(member: Recipient) -> list[list[str]]:
-    """The ``[channel, recipient]`` pairs ``member`` is reached by, in the order to try:
-    their WeChat openid when WeChat messages are configured, then a phone by SMS, then an
-    e-mail. Empty: nothing can reach them (a WeChat ID alone).
-
-    TODO(lead, issue 16): a placeholder for ``membership.services.member_routes``; it reads
-    the same attribute names a Member has, so point this at that function."""
-    routes = []
-    if member.wechat_openid and outbox.wechat_templates_enabled():
-        routes.append(["wechat", member.wechat_openid])
-    if member.contact_kind is ContactKind.PHONE:
-        routes.append(["sms", member.contact_value])
-    elif member.contact_kind is ContactKind.EMAIL:
-        routes.append(["email", member.contact_value])
-    return routes
-
-
 def unsubscribe_links() -> Callable[[int], str]:
     """The link at the end of every announcement, by member id: it stops announcements to
     the member. The address is built once, only the signed token per member (building the
@@ -134,7 +119,7 @@ def message_row(
 ) -> dict | None:
     """The outbox row telling ``member``, the unsubscribe ``link`` after ``body``; None
     when no route reaches them."""
-    routes = message_routes_of(member)
+    routes = member_routes(member)  # type: ignore[arg-type]  # reads the same attributes
     if not routes:
         return None
     return {
@@ -165,7 +150,7 @@ def preview(announcement: Announcement, *, now: datetime) -> Preview:
     selected = [
         s.member for s in selected_members(announcement, announcement.community_id, now=now)
     ]
-    reached = [m for m in selected if message_routes_of(m)]
+    reached = [m for m in selected if member_routes(m)]  # type: ignore[arg-type]
     sample = random.sample(reached, min(SAMPLE_SIZE, len(reached)))
     return Preview(len(reached), len(selected) - len(reached), sorted(sample, key=lambda m: m.id))
 
