@@ -164,11 +164,19 @@ def enqueue_many(rows: list[dict[str, Any]], *, now: datetime) -> int:
         }
         for row in rows
     ]
-    table = OutboxMessage.__table__
-    statement = (
-        insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id)
+    keys = list({row["dedupe_key"] for row in rows})
+    # Counted before rather than RETURNING the new ids: with RETURNING, psycopg parses each
+    # page's long statement anew (not cached), slower than the insert itself. Exact while
+    # callers serialise queueing the same keys (perks lock what they announce).
+    existing = sum(
+        db.session.scalar(
+            sa.select(sa.func.count()).where(OutboxMessage.dedupe_key.in_(keys[i : i + 1000]))
+        )
+        for i in range(0, len(keys), 1000)
     )
-    return len(db.session.execute(statement, values).all())
+    table = OutboxMessage.__table__
+    db.session.execute(insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"]), values)
+    return len(keys) - existing
 
 
 #: Messages claimed together: one statement and one commit for the batch's claim.
