@@ -162,7 +162,13 @@ def send(announcement: Announcement, *, actor: str, now: datetime) -> int:
     recipients, audits. Returns how many messages were queued now."""
     _lock(announcement)
     subject = f"{announcement.community.name}：{announcement.title}"
-    params = {"community": announcement.community.name, "title": announcement.title}
+    # What an SMS or WeChat template carries instead of the body (core.sms names them); the
+    # link is the member's page until members have a page to read announcements on.
+    params = {
+        "community": announcement.community.name,
+        "title": announcement.title,
+        "link": url_for("membership.me", _external=True),
+    }
     link = unsubscribe_links()
     rows = [
         row

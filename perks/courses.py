@@ -279,7 +279,12 @@ def launch(course: Course, *, actor: str, now: datetime) -> int:
             body=f"《{course.title}》开售，你的价格 {quote.price}{saving}：{link}\n"
             f"A new course, {course.title}, at {quote.price} for you: {link}",
             key=message_key("course", course.id, member.id),
-            params={"title": course.title, "price": str(quote.price), "link": link},
+            params={
+                "community": course.community.name,
+                "title": course.title,
+                "price": str(quote.price),
+                "link": link,
+            },
             link=unsubscribe_link(member.id),
         )
         if row is not None:

@@ -16,6 +16,7 @@ from core.audit import AuditEntry
 from core.clock import utcnow
 from core.db import db
 from core.outbox import MessageKind, OutboxMessage, OutboxStatus
+from core.sms import TEMPLATE_PARAMETERS
 from membership.models import Community, ContactKind, Member, Membership, MembershipStatus, Tier
 from perks.announcements import message_key, selected_members
 from perks.eligibility import community_standings, is_eligible
@@ -157,6 +158,7 @@ def test_sending_queues_one_message_per_member_with_its_routes_and_unsubscribe_l
             assert message.dedupe_key == message_key("announcement", everyone, message.member_id)
             assert message.body.startswith("本周六晚八点，线上分享。\n退订 · Unsubscribe: ")
             assert "/unsubscribe/" in message.params["unsubscribe"]
+            assert set(TEMPLATE_PARAMETERS["announcement"]) <= set(message.params)  # SMS can go
             assert message.subject.endswith("周末分享会")
         item = db.session.get(Announcement, everyone)
         assert item.recipients == 3 and item.sent_at is not None

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from core.clock import utcnow
 from core.db import db
 from core.outbox import OutboxMessage
+from core.sms import TEMPLATE_PARAMETERS
 from membership.cli import seed_demo_community
 from membership.exports import community_revenue
 from membership.models import Community, Member, Membership, Tier
@@ -533,3 +534,4 @@ def test_a_launch_from_the_admin_page_queues_and_sends_nothing_in_the_request(ap
         assert message.dedupe_key == f"course:{course_id}:member:{member_id}"
         assert message.status == "pending"  # the worker sends it, not the admin's request
         assert "¥199.00" in message.body and "/unsubscribe/" in message.body
+        assert set(TEMPLATE_PARAMETERS["announcement"]) <= set(message.params)  # SMS can go
