@@ -516,12 +516,28 @@ def test_a_launch_reads_the_members_in_a_fixed_number_of_queries(app, demo):
 
 def test_a_launch_from_the_admin_page_queues_and_sends_nothing_in_the_request(app, demo, logged_in):
     _, member_id = member_client(app)
-    join_and_pay(app.test_client(), "main")  # a WeChat ID alone: nothing reaches them
     course_id = make_course(app)
     with app.app_context():
         db.session.get(Course, course_id).launched_at = None
+        community = db.session.scalar(sa.select(Community))
+        community_id = community.id
+        legacy = Member(  # joined before channels were proven: a WeChat ID alone
+            community=community,
+            display_name="老成员",
+            contact_kind="wechat",
+            contact_value="old_reader",
+            created_at=utcnow(),
+        )
+        db.session.add(legacy)
+        db.session.add(
+            Membership(
+                member=legacy,
+                tier=db.session.scalar(sa.select(Tier).where(Tier.code == "main")),
+                status="active",
+                starts_at=utcnow(),
+            )
+        )
         db.session.commit()
-        community_id = db.session.scalar(sa.select(Community.id))
     page = f"/admin/communities/{community_id}/perks"
     response = logged_in.post(
         f"/admin/courses/{course_id}/launch", data={"csrf_token": csrf_token(logged_in, page)}
