@@ -5,7 +5,9 @@ Mobile first, no JavaScript needed. One commit per request, after the services r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from flask import (
@@ -484,6 +486,30 @@ def _proven(application: Application, provider: str | None) -> Response:
     return _continue(application, provider)
 
 
+def _check_code(
+    pending: LoginCode,
+    form: LoginCodeForm,
+    verify: Callable[..., Any],
+    *,
+    now: datetime,
+    **limits: Any,
+) -> tuple[bool, Any]:
+    """One check of the code typed into ``form`` against ``pending``: claimed and
+    committed first (the try counts whatever comes next), then ``verify(pending, code,
+    now=)``. Returns (True, what ``verify`` returned), or (False, None) with the refusal
+    on the form's code field and the rest rolled back."""
+    try:
+        try:
+            claim_code_check(pending, client=client_network(), now=now, **limits)
+        finally:
+            db.session.commit()
+        return True, verify(pending, form.code.data, now=now)
+    except LoginRefused as refusal:
+        db.session.rollback()
+        form.code.errors.append(str(refusal))
+        return False, None
+
+
 @bp.route("/join/<slug>/verify/<public_id>", methods=["GET", "POST"])
 def verify(slug: str, public_id: str):
     """The join's code step: the applicant types the code sent to their phone or e-mail
@@ -499,17 +525,10 @@ def verify(slug: str, public_id: str):
     )
     form = LoginCodeForm()
     if pending is not None and form.validate_on_submit():
-        now = utcnow()
-        try:
-            try:
-                claim_code_check(pending, client=client_network(), now=now, limits=JOIN_CODE_CHECKS)
-            finally:
-                db.session.commit()  # the try counts before the code is compared
-            verify_application_code(pending, form.code.data, now=now)
-        except LoginRefused as refusal:
-            db.session.rollback()
-            form.code.errors.append(str(refusal))
-        else:
+        proven, _ = _check_code(
+            pending, form, verify_application_code, now=utcnow(), limits=JOIN_CODE_CHECKS
+        )
+        if proven:
             return _proven(application, request.args.get("provider"))
     elif pending is None and form.is_submitted():
         form.code.errors.append("请先获取验证码 · Ask for a code first")
@@ -750,16 +769,13 @@ def channel_code(public_id: str):
     form = LoginCodeForm()
     if form.validate_on_submit():
         now = utcnow()
-        try:
-            try:
-                claim_code_check(pending, client=client_network(), now=now)
-            finally:
-                db.session.commit()  # the try counts before the code is compared
-            verify_channel_code(member, pending, form.code.data, now=now)
-        except LoginRefused as refusal:
-            db.session.rollback()
-            form.code.errors.append(str(refusal))
-        else:
+        proven, _ = _check_code(
+            pending,
+            form,
+            lambda login, code, *, now: verify_channel_code(member, login, code, now=now),
+            now=now,
+        )
+        if proven:
             log_member_in(member, by="code", now=now)  # proving ended the old sessions
             db.session.commit()
             flash("已验证，以后通知会发到这里 · Proven: we will reach you there", "ok")
@@ -912,16 +928,8 @@ def login_code(slug: str, public_id: str):
     form = LoginCodeForm()
     if form.validate_on_submit():
         now = utcnow()
-        try:
-            try:
-                claim_code_check(pending, client=client_network(), now=now)
-            finally:
-                db.session.commit()  # the try counts before the code is compared
-            member = verify_code(pending, form.code.data, now=now)
-        except LoginRefused as refusal:
-            db.session.rollback()
-            form.code.errors.append(str(refusal))
-        else:
+        proven, member = _check_code(pending, form, verify_code, now=now)
+        if proven:
             log_member_in(member, by="code", now=now)
             db.session.commit()
             return redirect(same_site_path(request.args.get("next")) or url_for(".me"))
