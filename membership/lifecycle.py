@@ -217,6 +217,7 @@ def send_reminders(*, now: datetime | None = None) -> list[int]:
             Membership.ends_at > now,
         )
         .options(joinedload(Membership.member), joinedload(Membership.tier))
+        .order_by(Membership.ends_at, Membership.id)
     ).all()
     messages = []
     for membership, community in due:
