@@ -19,6 +19,7 @@ from core.outbox import Channel, MessageKind
 from core.security import new_token
 from membership.access import queue_platform_task
 from membership.models import (
+    LAPSED_MEMBERSHIP_STATUSES,
     LIVE_INVITATION_STATUSES,
     SENDABLE_CONTACTS,
     Application,
@@ -39,8 +40,8 @@ from membership.models import (
     tier_groups,
 )
 from membership.platforms import PLATFORMS
-from payments.models import Order, OrderStatus
-from payments.services import create_order
+from payments.models import FlagKind, Order, OrderStatus, PaymentStatus
+from payments.services import create_order, flag_order
 
 #: Join forms sent, per client and for the whole install (a flash re-entry brings about a
 #: hundred people within minutes, many behind one carrier's address).
@@ -324,19 +325,54 @@ def admit_paid_application(order: Order, *, now: datetime) -> None:
 
 def extend_membership(application: Application, *, now: datetime) -> Membership:
     """A paid renewal: the membership runs on for the tier's days from its current end
-    (not from today), with the same member number and invitations."""
+    (not from today), with the same member number and invitations.
+
+    Paid after its term ran out or a purge ended it, the member paid for access: it is
+    active again for the tier's days from today, with a new invitation. Ended for a
+    refund, a lost chargeback or by an admin, it stays ended and the order is put before
+    the admins (refund it, or let the member back), as is a renewal of a tier the member
+    holds again by another membership."""
     membership = application.renews
-    days = membership.tier.duration_days or 0
-    membership.ends_at = (membership.ends_at or now) + timedelta(days=days)
+    member = membership.member
+    days = timedelta(days=membership.tier.duration_days or 0)
     application.status = ApplicationStatus.ADMITTED
+    order = db.session.get(Order, application.order_id)
+    if membership.status is MembershipStatus.ENDED or (
+        membership.status in LAPSED_MEMBERSHIP_STATUSES and member.holds(membership.tier_id)
+    ):
+        flag_order(
+            order,
+            FlagKind.BOUGHT_TWICE if member.holds(membership.tier_id) else FlagKind.PAID_AFTER_END,
+            payment=_paying(order),
+            detail=f"{membership.tier.name} · {membership.status}",
+            actor="system",
+            now=now,
+        )
+        return membership
+    restored = membership.status in LAPSED_MEMBERSHIP_STATUSES
+    membership.ends_at = max(membership.ends_at or now, now) + days
+    if restored:
+        membership.status = MembershipStatus.ACTIVE
     audit.record(
         "membership.renewed",
         membership,
         actor="system",
-        data={"ends_at": membership.ends_at.isoformat(), "application": application.id},
+        data={
+            "ends_at": membership.ends_at.isoformat(),
+            "application": application.id,
+            "restored": restored,
+        },
         now=now,
     )
+    if restored:
+        issue_invitation(membership, actor="system", now=now)
     return membership
+
+
+def _paying(order: Order):
+    """The order's latest confirmed payment: the one to refund when it was not needed."""
+    confirmed = [p for p in order.payments if p.status is PaymentStatus.CONFIRMED]
+    return confirmed[-1] if confirmed else None
 
 
 def admit(application: Application, *, actor: str, now: datetime) -> Member:
@@ -348,6 +384,8 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     claimed = member is None and _member_by_contact(application, now=now)
     if claimed:
         member = claimed
+    if member is not None and application.order_id is not None and member.holds(tier.id):
+        return _bought_twice(application, member, now=now)
     numbered = tier.kind is TierKind.PAID and (member is None or member.number is None)
     # The number before the member: a newcomer is then inserted with it in one statement.
     number, label = allocate_member_number(application.community_id) if numbered else (None, None)
@@ -394,6 +432,26 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     return member
 
 
+def _bought_twice(application: Application, member: Member, *, now: datetime) -> Member:
+    """A paid application of someone who holds its tier already (another of their orders
+    paid for it: a second try after the first payment seemed lost, which then came):
+    one person stays one member with one membership, and this order's payment is put
+    before the admins to refund."""
+    application.status = ApplicationStatus.ADMITTED
+    application.member = member
+    order = db.session.get(Order, application.order_id)
+    order.member_id = member.id
+    flag_order(
+        order,
+        FlagKind.BOUGHT_TWICE,
+        payment=_paying(order),
+        detail=f"{application.tier.name} · {member.number_label or member.display_name}",
+        actor="system",
+        now=now,
+    )
+    return member
+
+
 def _member_by_contact(application: Application, *, now: datetime) -> Member | None:
     """The member who has the contact a prospect typed, if any: one person is one member,
     so what the application buys lands on that record. The browser that applied gets only
@@ -403,9 +461,9 @@ def _member_by_contact(application: Application, *, now: datetime) -> Member | N
     unbound, so only a code sent to the contact opens the member's page from now on."""
     if application.wechat_openid and application.contact_kind not in SENDABLE_CONTACTS:
         # Proven by WeChat with only a WeChat ID or nickname typed: that text is nobody's
-        # identity (two people may type the same nickname); the openid is, and it was
-        # nobody's when they applied.
-        return None
+        # identity (two people may type the same nickname); the openid is. A member it is
+        # bound to is this person (who applied twice, say).
+        return find_member_by_openid(application.community_id, application.wechat_openid)
     member = find_member(
         application.community_id, application.contact_kind, application.contact_value
     )

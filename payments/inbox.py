@@ -31,7 +31,12 @@ from core.db import db
 from core.limits import Limit, TooManyTries, claim
 from payments.models import InboxStatus, WebhookEvent
 from payments.providers import InvalidNotification, Notification, ProviderError, get_provider
-from payments.services import PaymentMismatch, apply_notification, identify_payment
+from payments.services import (
+    NotOurPayment,
+    PaymentMismatch,
+    apply_notification,
+    identify_payment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +179,8 @@ def _apply(event: WebhookEvent, notification: Notification, now: datetime) -> In
         event.status = status
         event.processed_at = now
         db.session.commit()
+    except NotOurPayment as error:
+        return _finish(_rolled_back(event), InboxStatus.IGNORED, str(error), now)
     except PaymentMismatch as error:
         return _finish(_rolled_back(event), InboxStatus.REJECTED, str(error), now)
     except Exception as error:

@@ -180,7 +180,14 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                                 "metadata": session["metadata"],
                             }
                         )
-                return self._json({"error": {"message": "No such payment_intent"}}, 404)
+                # As Stripe answers it: a definite "not found", not an outage.
+                missing = {
+                    "code": "resource_missing",
+                    "message": f"No such payment_intent: '{intent_id}'",
+                    "param": "id",
+                    "type": "invalid_request_error",
+                }
+                return self._json({"error": missing}, 404)
             return self._json({"error": {"message": "not found"}}, 404)
 
         def do_POST(self) -> None:

@@ -1,0 +1,47 @@
+"""order flags
+
+Orders that need an admin's attention: paid twice, bought twice, a second transaction
+for a confirmed payment, a coupon paid for after it went to someone else.
+
+Revision ID: e6f7a8b9c0d1
+Revises: d1e2f3a4b5c6
+Create Date: 2026-12-02 01:39:42.534947
+
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+# revision identifiers, used by Alembic.
+revision = 'e6f7a8b9c0d1'
+down_revision = 'd1e2f3a4b5c6'
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table('order_flags',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('order_id', sa.Integer(), nullable=False),
+    sa.Column('payment_id', sa.Integer(), nullable=True),
+    sa.Column('kind', sa.Enum('paid_twice', 'bought_twice', 'paid_after_end', 'second_transaction', 'coupon_over_limit', name='flagkind', native_enum=False, length=20), nullable=False),
+    sa.Column('detail', sa.String(length=300), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('resolved_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('resolved_by', sa.String(length=64), nullable=True),
+    sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name=op.f('fk_order_flags_order_id_orders')),
+    sa.ForeignKeyConstraint(['payment_id'], ['payments.id'], name=op.f('fk_order_flags_payment_id_payments')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_order_flags'))
+    )
+    with op.batch_alter_table('order_flags', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_order_flags_order_id'), ['order_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_order_flags_resolved_at'), ['resolved_at'], unique=False)
+
+
+
+def downgrade():
+    with op.batch_alter_table('order_flags', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_order_flags_resolved_at'))
+        batch_op.drop_index(batch_op.f('ix_order_flags_order_id'))
+
+    op.drop_table('order_flags')
