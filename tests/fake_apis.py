@@ -169,6 +169,9 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                 return self._json(session)
             if url.path.startswith("/v1/payment_intents/"):
                 intent_id = url.path.rsplit("/", 1)[1]
+                if intent_id.startswith("pi_other_"):
+                    # Another system's sale on the same account: no metadata of ours.
+                    return self._json({"id": intent_id, "object": "payment_intent", "metadata": {}})
                 for session in state.stripe_sessions.values():
                     # Stripe makes the intent when the payer pays; here it is named after
                     # our payment, as the tests' events name it.
