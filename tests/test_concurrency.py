@@ -15,6 +15,7 @@ from werkzeug.serving import make_server
 from core.db import db
 from membership.cli import seed_demo_community
 from membership.models import (
+    Group,
     Invitation,
     InvitationStatus,
     Member,
@@ -86,6 +87,13 @@ def test_parallel_confirmations_get_numbers_1_to_100(tmp_path, _api_server):
             assert paid == [OrderStatus.PAID] * PAYERS
             issued = db.session.scalars(sa.select(Invitation.status).order_by(Invitation.id)).all()
             assert issued == [InvitationStatus.ISSUED] * PAYERS
+            # The seat counters moved once per admission, under the group's lock.
+            counted: dict[int, int] = {}
+            for group_id in db.session.scalars(sa.select(Invitation.group_id)):
+                counted[group_id] = counted.get(group_id, 0) + 1
+            counters = dict(db.session.execute(sa.select(Group.id, Group.seats_taken)).all())
+            assert {g: counters[g] for g in counted} == counted
+            assert sum(counters.values()) == PAYERS
 
 
 def _serve(app):

@@ -1,7 +1,9 @@
-"""order flags
+"""order flags and seat counters
 
 Orders that need an admin's attention: paid twice, bought twice, a second transaction
-for a confirmed payment, a coupon paid for after it went to someone else.
+for a confirmed payment, a renewal of an ended membership, a coupon paid for after it
+went to someone else. Each group's live invitations kept as a counter (filled from the
+invitations here), so finding a free seat no longer counts them.
 
 Revision ID: e6f7a8b9c0d1
 Revises: d1e2f3a4b5c6
@@ -37,9 +39,20 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_order_flags_order_id'), ['order_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_order_flags_resolved_at'), ['resolved_at'], unique=False)
 
+    with op.batch_alter_table('groups', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('seats_taken', sa.Integer(), server_default='0', nullable=False))
+        batch_op.create_check_constraint(op.f('ck_groups_seats_taken_not_negative'), 'seats_taken >= 0')
+    op.execute(
+        "UPDATE groups SET seats_taken = (SELECT count(*) FROM invitations"
+        " WHERE invitations.group_id = groups.id AND invitations.status IN ('issued', 'joined'))"
+    )
+
 
 
 def downgrade():
+    with op.batch_alter_table('groups', schema=None) as batch_op:
+        batch_op.drop_constraint(op.f('ck_groups_seats_taken_not_negative'), type_='check')
+        batch_op.drop_column('seats_taken')
     with op.batch_alter_table('order_flags', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_order_flags_resolved_at'))
         batch_op.drop_index(batch_op.f('ix_order_flags_order_id'))
