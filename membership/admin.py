@@ -20,6 +20,7 @@ from flask import (
     url_for,
 )
 from flask_login import current_user, login_required
+from sqlalchemy.orm import selectinload
 from wtforms import SelectChoice
 
 from core import audit
@@ -383,7 +384,11 @@ def members(community_id: int):
     """Search and filter the community's members."""
     community = db.get_or_404(Community, community_id)
     page = db.paginate(
-        _member_search(community),
+        _member_search(community).options(
+            # A page's memberships and invitations in two statements, not two per row.
+            selectinload(Member.memberships).joinedload(Membership.tier),
+            selectinload(Member.invitations).joinedload(Invitation.group),
+        ),
         page=max(request.args.get("page", 1, type=int), 1),
         per_page=PAGE_SIZE,
     )
