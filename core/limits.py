@@ -17,10 +17,9 @@ from functools import cache
 
 import sqlalchemy as sa
 from flask import request
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.db import UTCDateTime, db
+from core.db import UTCDateTime, db, insert_for, session_dialect
 
 
 class AttemptCounter(db.Model):
@@ -76,9 +75,8 @@ def _upsert(dialect: str) -> sa.Insert:
     table = AttemptCounter.__table__
     now = sa.bindparam("now", type_=UTCDateTime())
     expired = table.c.window_start <= sa.bindparam("cutoff", type_=UTCDateTime())
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert
     return (
-        insert(table)
+        insert_for(dialect)(table)
         .values(key=sa.bindparam("key", type_=sa.String()), window_start=now, count=1)
         .on_conflict_do_update(
             index_elements=[table.c.key],
@@ -94,7 +92,7 @@ def _upsert(dialect: str) -> sa.Insert:
 def _claim_one(key: str, window: timedelta, now: datetime) -> int:
     """Add one try under ``key`` and return the tries in its current window, this one
     included."""
-    statement = _upsert(db.session.get_bind().dialect.name)
+    statement = _upsert(session_dialect())
     return db.session.execute(
         statement, {"key": key, "now": now, "cutoff": now - window}
     ).scalar_one()

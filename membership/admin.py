@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -56,9 +57,11 @@ from membership.lifecycle import (
     run_purge,
 )
 from membership.models import (
+    LISTED_ORDER,
     Application,
     ApplicationStatus,
     Community,
+    ContactKind,
     Group,
     Invitation,
     InvitationStatus,
@@ -79,6 +82,7 @@ from membership.screening import ScreeningRefused, approve, reject
 from membership.services import (
     JoinRefused,
     give_staff_number,
+    normalise_contact,
     place_waiting_invitations,
     seats_of,
     seats_taken,
@@ -346,6 +350,31 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
     ), 422 if form.errors else 200
 
 
+#: A member number as admins type it: ``42``, ``0042`` or ``#0042``.
+_NUMBER = re.compile(r"#?(\d{1,6})")
+#: A whole mainland phone number or e-mail address.
+_WHOLE_CONTACT = re.compile(r"(\+?86)?1\d{10}|[^@\s]+@[^@\s]+\.\w+")
+
+
+def _matching(text: str) -> sa.ColumnElement[bool]:
+    """What a search box's ``text`` finds. A number, or a whole phone number or e-mail
+    address, is looked up by its index (one row among 100,000); anything else is a part
+    of a name, contact or WeChat ID, read through the community's members."""
+    if number := _NUMBER.fullmatch(text):
+        return sa.or_(Member.number == int(number.group(1)), Member.number_label == number.group(1))
+    if _WHOLE_CONTACT.fullmatch(text):
+        kind = ContactKind.EMAIL if "@" in text else ContactKind.PHONE
+        return sa.and_(
+            Member.contact_kind == kind,
+            Member.contact_value == normalise_contact(kind, text),
+        )
+    return sa.or_(
+        Member.display_name.icontains(text, autoescape=True),
+        Member.contact_value.icontains(text, autoescape=True),
+        Member.wechat_id.icontains(text, autoescape=True),
+    )
+
+
 def _member_search(community: Community) -> sa.Select:
     """Members of ``community`` matching the list's filters: ``q`` (number, nickname or
     contact), ``tier``, ``state`` (of a membership; ``none`` for members without one) and
@@ -354,14 +383,7 @@ def _member_search(community: Community) -> sa.Select:
     query = sa.select(Member).where(Member.community_id == community.id)
     text = request.args.get("q", "").strip()
     if text:
-        query = query.where(
-            sa.or_(
-                Member.number_label == text.lstrip("#"),
-                Member.display_name.icontains(text, autoescape=True),
-                Member.contact_value.icontains(text, autoescape=True),
-                Member.wechat_id.icontains(text, autoescape=True),
-            )
-        )
+        query = query.where(_matching(text))
     if request.args.get("reach") == "none":
         query = query.where(~Member.reachable())
     tier_id = request.args.get("tier", type=int)
@@ -375,7 +397,7 @@ def _member_search(community: Community) -> sa.Select:
         if state:
             holds = holds.where(Membership.status == state)
         query = query.where(holds)
-    return query.order_by(Member.number.is_(None), Member.number, Member.id)
+    return query.order_by(*LISTED_ORDER)
 
 
 @bp.get("/communities/<int:community_id>/members")

@@ -190,6 +190,10 @@ class ContactKind(StrEnum):
 SENDABLE_CONTACTS = (ContactKind.PHONE, ContactKind.EMAIL)
 
 
+#: Where members without a number sort in lists: after every numbered one.
+UNNUMBERED = 2_147_483_647
+
+
 class Member(db.Model):
     """A person admitted to a community. Numbered from their first paid membership on."""
 
@@ -239,6 +243,10 @@ class Member(db.Model):
         sa.UniqueConstraint("community_id", "staff_number"),
         sa.UniqueConstraint("community_id", "wechat_openid"),
         sa.Index(None, "community_id", "contact_kind", "contact_value"),
+        # Serves LISTED_ORDER: a page of a community's members without sorting them all.
+        sa.Index(
+            "ix_members_listed", "community_id", sa.text(f"coalesce(number, {UNNUMBERED})"), "id"
+        ),
     )
 
     @property
@@ -420,6 +428,9 @@ class Invitation(db.Model):
     membership: Mapped[Membership] = relationship()
     group: Mapped[Group | None] = relationship()
 
+    #: The few waiting ones are counted on every dashboard.
+    __table_args__ = (sa.Index(None, "status"),)
+
     @property
     def is_valid(self) -> bool:
         return self.status in LIVE_INVITATION_STATUSES and self.group is not None
@@ -565,6 +576,14 @@ class PageVisits(db.Model):
     community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), primary_key=True)
     day: Mapped[date] = mapped_column(primary_key=True)
     visits: Mapped[int]
+
+
+#: How member lists are ordered: by number, members without one after the numbered, each
+#: by id (the index ``ix_members_listed`` serves it; the literal must match the index's).
+LISTED_ORDER = (
+    sa.func.coalesce(Member.number, sa.literal_column(str(UNNUMBERED))),
+    Member.id,
+)
 
 
 def _seat(group_id: int | None, status: InvitationStatus | None) -> int | None:

@@ -81,13 +81,37 @@ def normalise_contact(kind: ContactKind, value: str) -> str:
     return value.lower()
 
 
+#: Statements every admission runs, built once (building them cost more than running).
+_MEMBER_BY_CONTACT = sa.select(Member).where(
+    Member.community_id == sa.bindparam("community_id"),
+    Member.contact_kind == sa.bindparam("kind", type_=Member.contact_kind.type),
+    Member.contact_value == sa.bindparam("value"),
+)
+_APPLICATION_OF_ORDER = (
+    sa.select(Application)
+    .where(Application.order_id == sa.bindparam("order_id"))
+    .options(joinedload(Application.tier))
+)
+_NEXT_MEMBER_NUMBER = (
+    sa.update(Community)
+    .where(Community.id == sa.bindparam("community_id"))
+    .values(last_member_number=Community.last_member_number + 1)
+    .returning(Community.last_member_number, Community.member_number_pattern)
+)
+_TIER_GROUPS_LOCKED = (
+    sa.select(Group)
+    .join(tier_groups, tier_groups.c.group_id == Group.id)
+    .where(tier_groups.c.tier_id == sa.bindparam("tier_id"))
+    .order_by(Group.id)
+    .with_for_update(of=Group)
+    .execution_options(populate_existing=True)
+)
+
+
 def find_member(community_id: int, kind: ContactKind, value: str) -> Member | None:
     return db.session.scalar(
-        sa.select(Member).where(
-            Member.community_id == community_id,
-            Member.contact_kind == kind,
-            Member.contact_value == normalise_contact(kind, value),
-        )
+        _MEMBER_BY_CONTACT,
+        {"community_id": community_id, "kind": kind, "value": normalise_contact(kind, value)},
     )
 
 
@@ -310,11 +334,7 @@ def _wait_in_lobby(application: Application, *, now: datetime) -> Member | None:
 def admit_paid_application(order: Order, *, now: datetime) -> None:
     """``order_paid`` receiver: the application this order paid for becomes a member."""
     with db.session.no_autoflush:  # the application was committed when it was made
-        application = db.session.scalar(
-            sa.select(Application)
-            .where(Application.order_id == order.id)
-            .options(joinedload(Application.tier))
-        )
+        application = db.session.scalar(_APPLICATION_OF_ORDER, {"order_id": order.id})
     if application is None or application.status is not ApplicationStatus.AWAITING_PAYMENT:
         return
     if application.renews is not None:
@@ -655,12 +675,7 @@ def allocate_member_number(community_id: int) -> tuple[int, str]:
     admissions queue and get consecutive numbers; a rollback gives the number back, so
     there are no gaps.
     """
-    number, pattern = db.session.execute(
-        sa.update(Community)
-        .where(Community.id == community_id)
-        .values(last_member_number=Community.last_member_number + 1)
-        .returning(Community.last_member_number, Community.member_number_pattern)
-    ).one()
+    number, pattern = db.session.execute(_NEXT_MEMBER_NUMBER, {"community_id": community_id}).one()
     return number, format_member_number(pattern, number)
 
 
@@ -673,14 +688,7 @@ def seats_taken(group_ids: list[int]) -> dict[int, int]:
 def _first_group_with_room(tier_id: int) -> Group | None:
     """The first of the tier's groups with a free seat, its row locked while we take it:
     one read of the groups' seat counters, however many members they have had."""
-    groups = db.session.scalars(
-        sa.select(Group)
-        .join(tier_groups, tier_groups.c.group_id == Group.id)
-        .where(tier_groups.c.tier_id == tier_id)
-        .order_by(Group.id)
-        .with_for_update(of=Group)
-        .execution_options(populate_existing=True)
-    ).all()
+    groups = db.session.scalars(_TIER_GROUPS_LOCKED, {"tier_id": tier_id}).all()
     return next((g for g in groups if g.seats_taken < seats_of(g)), None)
 
 

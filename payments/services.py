@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import cache
 
 import sqlalchemy as sa
 from flask import current_app
@@ -18,7 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from core import audit
 from core.clock import utcnow
-from core.db import db, end_transaction_keeping_objects
+from core.db import db, end_transaction_keeping_objects, insert_for, session_dialect
 from core.money import Money
 from core.security import new_token
 from payments.models import (
@@ -192,23 +193,51 @@ def register_with_provider(payment: Payment, payer: Payer, *, actor: str) -> str
     return start.url
 
 
+@cache
+def _map_reference(dialect: str) -> sa.Insert:
+    """The statement that maps a provider id to a payment (and refund), once: a second
+    mapping of the same id changes nothing. Built once per dialect (the money path)."""
+    table = ProviderReference.__table__
+    return (
+        insert_for(dialect)(table)
+        .values(
+            provider=sa.bindparam("provider", type_=sa.String()),
+            external_id=sa.bindparam("external_id", type_=sa.String()),
+            payment_id=sa.bindparam("payment_id", type_=sa.Integer()),
+            refund_id=sa.bindparam("refund_id", type_=sa.Integer()),
+        )
+        .on_conflict_do_nothing(index_elements=[table.c.provider, table.c.external_id])
+    )
+
+
 def _reference(payment: Payment, external_id: str, refund: Refund | None = None) -> None:
     """Map a provider id to ``payment`` (and ``refund``), once."""
-    known = db.session.scalar(
-        sa.select(ProviderReference).where(
-            ProviderReference.provider == payment.provider,
-            ProviderReference.external_id == external_id,
-        )
+    if refund is not None and refund.id is None:
+        db.session.flush()
+    db.session.execute(
+        _map_reference(session_dialect()),
+        {
+            "provider": payment.provider,
+            "external_id": external_id,
+            "payment_id": payment.id,
+            "refund_id": refund.id if refund else None,
+        },
     )
-    if known is None:
-        db.session.add(
-            ProviderReference(
-                provider=payment.provider,
-                external_id=external_id,
-                payment_id=payment.id,
-                refund_id=refund.id if refund else None,
-            )
-        )
+
+
+#: Built once: every notification runs them.
+_LOCK_PAYMENT = (
+    sa.select(Payment)
+    .where(Payment.public_id == sa.bindparam("public_id"))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+_LOCK_ORDER = (
+    sa.select(Order)
+    .where(Order.id == sa.bindparam("order_id"))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
 
 
 def _lock_payment(public_id: str | None) -> Payment | None:
@@ -219,19 +248,9 @@ def _lock_payment(public_id: str | None) -> Payment | None:
     """
     if public_id is None:
         return None
-    payment = db.session.scalar(
-        sa.select(Payment)
-        .where(Payment.public_id == public_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    payment = db.session.scalar(_LOCK_PAYMENT, {"public_id": public_id})
     if payment is not None:
-        order = db.session.scalar(
-            sa.select(Order)
-            .where(Order.id == payment.order_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+        order = db.session.scalar(_LOCK_ORDER, {"order_id": payment.order_id})
         # Held by the payment, so the session's weak identity map keeps it loaded.
         set_committed_value(payment, "order", order)
     return payment
@@ -344,14 +363,15 @@ def confirm_payment(
     confirmed after it failed, was cancelled or its order expired is still money received:
     it counts. One that comes for an order paid already is kept and flagged for a refund;
     a second provider transaction for a confirmed payment is flagged, never swallowed.
+
+    Every attempt is for the whole of its order (an order's price is fixed once an
+    attempt exists), so the first confirmed attempt pays it.
     """
     if payment.status is PaymentStatus.CONFIRMED:
         return _second_transaction(payment, external_id, actor=actor, now=now)
     order = payment.order
     paid_before = order.status in (OrderStatus.PAID, OrderStatus.REFUNDED)
-    # Read before writing, so the reads need no flush of what is being written.
-    paid = order.confirmed_total().amount + payment.amount
-    pays_order = not paid_before and paid >= order.amount
+    pays_order = not paid_before and payment.amount >= order.amount
     if external_id:
         _reference(payment, external_id)
     payment.status = PaymentStatus.CONFIRMED

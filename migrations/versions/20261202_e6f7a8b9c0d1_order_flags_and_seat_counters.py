@@ -3,7 +3,8 @@
 Orders that need an admin's attention: paid twice, bought twice, a second transaction
 for a confirmed payment, a renewal of an ended membership, a coupon paid for after it
 went to someone else. Each group's live invitations kept as a counter (filled from the
-invitations here), so finding a free seat no longer counts them.
+invitations here), so finding a free seat no longer counts them. Indexes for lists and
+dashboards at scale: members in list order, invitations and webhook deliveries by status.
 
 Revision ID: e6f7a8b9c0d1
 Revises: d1e2f3a4b5c6
@@ -42,6 +43,12 @@ def upgrade():
     with op.batch_alter_table('groups', schema=None) as batch_op:
         batch_op.add_column(sa.Column('seats_taken', sa.Integer(), server_default='0', nullable=False))
         batch_op.create_check_constraint(op.f('ck_groups_seats_taken_not_negative'), 'seats_taken >= 0')
+    op.create_index(
+        'ix_members_listed', 'members',
+        ['community_id', sa.text('coalesce(number, 2147483647)'), 'id'], unique=False,
+    )
+    op.create_index(op.f('ix_invitations_status'), 'invitations', ['status'], unique=False)
+    op.create_index(op.f('ix_webhook_events_status'), 'webhook_events', ['status'], unique=False)
     op.execute(
         "UPDATE groups SET seats_taken = (SELECT count(*) FROM invitations"
         " WHERE invitations.group_id = groups.id AND invitations.status IN ('issued', 'joined'))"
@@ -50,6 +57,9 @@ def upgrade():
 
 
 def downgrade():
+    op.drop_index(op.f('ix_webhook_events_status'), table_name='webhook_events')
+    op.drop_index(op.f('ix_invitations_status'), table_name='invitations')
+    op.drop_index('ix_members_listed', table_name='members')
     with op.batch_alter_table('groups', schema=None) as batch_op:
         batch_op.drop_constraint(op.f('ck_groups_seats_taken_not_negative'), type_='check')
         batch_op.drop_column('seats_taken')
