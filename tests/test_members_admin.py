@@ -112,3 +112,30 @@ def test_search_by_whole_contact_number_or_part(app, demo, logged_in):
         page = logged_in.get(url, query_string={"q": typed}).text
         assert "电话找" in page and "别人" not in page, typed
     assert "(0)" in logged_in.get(url, query_string={"q": "13911112223"}).text
+
+
+def test_the_members_list_costs_the_same_statements_for_5_or_25_members(app, demo, logged_in):
+    """No statement per row: a page's memberships and invitations load together."""
+    url = f"/admin/communities/{_community_id(app)}/members"
+
+    def statements_for_page() -> int:
+        with app.app_context():
+            engine = db.engine
+        seen = []
+
+        def watch(*_args) -> None:
+            seen.append(1)
+
+        sa.event.listen(engine, "before_cursor_execute", watch)
+        try:
+            assert logged_in.get(url).status_code == 200
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", watch)
+        return len(seen)
+
+    for _ in range(5):
+        join_and_pay(app.test_client(), "main")
+    few = statements_for_page()
+    for _ in range(20):
+        join_and_pay(app.test_client(), "main")
+    assert statements_for_page() == few
