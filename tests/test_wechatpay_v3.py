@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from werkzeug.serving import make_server
 
 from app import create_app
 from config import SettingError
 from core.clock import utcnow
 from core.db import db
-from membership.models import InvitationStatus, Member, MembershipStatus
+from membership.cli import seed_demo_community
+from membership.models import InvitationStatus, Member, MembershipStatus, Tier
 from payments.models import (
     InboxStatus,
     LedgerEntry,
@@ -36,9 +41,10 @@ from payments.providers import EventKind, InvalidNotification, ProviderError
 from payments.providers.wechatpay import WeChatPayProvider
 from payments.providers.wechatpay_v3 import WeChatPayV3Provider
 from tests import fake_apis
-from tests.conftest import app_config, dispose_engines
+from tests.conftest import app_config, dispose_engines, fresh_database
 from tests.helpers import (
     money_snapshot,
+    open_payment,
     submit_form,
     submit_join,
     wechat_paid,
@@ -616,3 +622,48 @@ def test_certificate_mode_with_a_wrong_apiv3_key_stops_the_start(app, tmp_path):
     config.pop("WECHATPAY_PLATFORM_PUBLIC_KEY_ID")
     with pytest.raises(SettingError, match="platform certificate"):
         WeChatPayV3Provider.from_config(config)
+
+
+@pytest.mark.committing
+def test_v2_and_v3_deliveries_of_one_payment_at_once_count_once(tmp_path, _api_server):
+    """25 v2 and 25 v3 deliveries of the same payment at once, each on its own connection
+    (PostgreSQL: real row locks): all answered success, one payment confirmed, one
+    member, one ledger entry."""
+    state, _certs = _api_server
+    settings = fake_apis.wechatpay_v3_settings(state.base_url)
+    with fresh_database(tmp_path, _api_server, **settings) as app:
+        with app.app_context():
+            seed_demo_community()
+            tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+            payment = open_payment(tier, "wechatpay", 0)
+            db.session.commit()
+            deliveries = [(wechat_paid(payment), {"Content-Type": "text/xml"})] * 25
+            deliveries += [wechat_v3_paid(payment)] * 25
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        start = threading.Barrier(len(deliveries))
+
+        def send(delivery) -> int:
+            body, headers = delivery
+            start.wait()
+            return requests.post(
+                f"http://127.0.0.1:{server.server_port}/webhooks/wechatpay",
+                data=body,
+                headers={**headers, "Host": "qunmen.test"},
+                timeout=60,
+            ).status_code
+
+        try:
+            with ThreadPoolExecutor(max_workers=len(deliveries)) as pool:
+                statuses = list(pool.map(send, deliveries))
+        finally:
+            server.shutdown()
+        assert statuses == [200] * 25 + [204] * 25
+        with app.app_context():
+            assert db.session.scalars(sa.select(Payment.status)).all() == [PaymentStatus.CONFIRMED]
+            assert db.session.scalars(sa.select(Member.number)).all() == [1]
+            assert db.session.scalars(sa.select(LedgerEntry.kind)).all() == ["payment"]
+            processed = db.session.scalars(
+                sa.select(WebhookEvent.id).where(WebhookEvent.status == InboxStatus.PROCESSED)
+            ).all()
+            assert len(processed) == 1
