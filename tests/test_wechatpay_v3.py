@@ -667,3 +667,31 @@ def test_v2_and_v3_deliveries_of_one_payment_at_once_count_once(tmp_path, _api_s
                 sa.select(WebhookEvent.id).where(WebhookEvent.status == InboxStatus.PROCESSED)
             ).all()
             assert len(processed) == 1
+
+
+def test_a_delivery_left_unfinished_is_replayed_as_of_its_arrival(app, client, payment_id, runner):
+    """A v3 delivery stored an hour ago and never finished is replayed: its timestamp is
+    checked against when it arrived, not against the replay's time."""
+    arrived = utcnow() - timedelta(hours=1)
+    with app.app_context():
+        body, headers = wechat_v3_delivery(
+            "TRANSACTION.SUCCESS",
+            wechat_v3_transaction(the_payment()),
+            timestamp=int(arrived.timestamp()),
+        )
+        db.session.add(
+            WebhookEvent(
+                provider="wechatpay",
+                received_at=arrived,
+                headers=headers,
+                body=body,
+                status=InboxStatus.RECEIVED,
+            )
+        )
+        db.session.commit()
+    result = runner.invoke(args=["payments", "replay", "--all"])
+    assert result.exit_code == 0, result.output
+    assert "processed" in result.output
+    assert money_snapshot(app)["members"] == ["0001"]
+    # The same body delivered now is an hour old: refused.
+    _refused(app, client, (body, headers), "from its arrival")
