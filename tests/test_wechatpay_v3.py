@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -695,3 +696,15 @@ def test_a_delivery_left_unfinished_is_replayed_as_of_its_arrival(app, client, p
     assert money_snapshot(app)["members"] == ["0001"]
     # The same body delivered now is an hour old: refused.
     _refused(app, client, (body, headers), "from its arrival")
+
+
+def test_the_v3_secrets_never_reach_the_log(app, client, payment_id, caplog):
+    caplog.set_level(logging.DEBUG)
+    assert deliver(app, client).status_code == 204
+    private_key = fake_apis.private_pem(fake_apis.WECHATPAY_V3_MCH_KEY)
+    logging.getLogger("qunmen.test").warning(
+        "a careless line: %s %s", fake_apis.WECHATPAY_V3_KEY, private_key
+    )
+    assert "a careless line" in caplog.text
+    assert fake_apis.WECHATPAY_V3_KEY not in caplog.text
+    assert private_key not in caplog.text

@@ -30,7 +30,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import logging
 import secrets
 import threading
 import time
@@ -77,10 +76,6 @@ SIGNTEST_PREFIX = "WECHATPAY/SIGNTEST/"
 CERTIFICATE_REFRESH_SECONDS = 300
 #: The settings that switch v3 on; each one needs the others.
 V3_SETTINGS = ("WECHATPAY_V3_KEY", "WECHATPAY_MCH_PRIVATE_KEY", "WECHATPAY_MCH_CERT_SERIAL")
-
-# wechatpayv3 logs requests and decrypted notifications at DEBUG when given a logger; it is
-# given none, and its logger is held at INFO like wechatpy's.
-logging.getLogger("wechatpayv3").setLevel(logging.INFO)
 
 
 class _Core(Core):
@@ -169,6 +164,7 @@ class WeChatPayV3Provider(WeChatPayBase):
         #: When an unknown serial last fetched the certificates (never, yet).
         self._certificates_fetched = float("-inf")
         try:
+            # No logger: the library would log each request and decrypted notification.
             self._client = _Client(
                 appid=app_id,
                 mchid=mch_id,
@@ -245,6 +241,7 @@ class WeChatPayV3Provider(WeChatPayBase):
 
     @staticmethod
     def _success(status: int, answer: Any) -> Any:
+        """``answer``, when ``status`` says it is one; else :class:`ProviderError`."""
         if not 200 <= status < 300:
             detail = answer if isinstance(answer, dict) else {}
             raise ProviderError(
