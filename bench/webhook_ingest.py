@@ -164,13 +164,14 @@ def gunicorn(app_spec: str, url: str, **settings: str):
         cwd=ROOT,
     )
     base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            requests.get(base + "/healthz-probe", timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.05)
     try:
+        for _ in range(200):
+            try:
+                requests.get(base + "/healthz-probe", timeout=1)
+                break
+            # Not up yet; on a loaded machine a worker may also take over a second.
+            except (requests.ConnectionError, requests.Timeout):
+                time.sleep(0.05)
         yield base
     finally:
         process.terminate()
