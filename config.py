@@ -137,6 +137,19 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         "WECHATPAY_MCH_CERT": os.environ.get("WECHATPAY_MCH_CERT"),
         "WECHATPAY_MCH_KEY": os.environ.get("WECHATPAY_MCH_KEY"),
         "WECHATPAY_API_BASE": os.environ.get("WECHATPAY_API_BASE"),
+        # WeChat Pay API v3: set, it is used instead of v2 (whose key, when set too, still
+        # reads v2 notifications). The APIv3 key (32 characters); the merchant's API
+        # private key (PEM text, or the path of its file) and its certificate's serial
+        # number; WeChat Pay's platform public key (PEM text or path) and its id, else the
+        # platform certificates are fetched and kept in WECHATPAY_PLATFORM_CERT_DIR.
+        "WECHATPAY_V3_KEY": os.environ.get("WECHATPAY_V3_KEY"),
+        "WECHATPAY_MCH_PRIVATE_KEY": os.environ.get("WECHATPAY_MCH_PRIVATE_KEY"),
+        "WECHATPAY_MCH_CERT_SERIAL": os.environ.get("WECHATPAY_MCH_CERT_SERIAL"),
+        "WECHATPAY_PLATFORM_PUBLIC_KEY": os.environ.get("WECHATPAY_PLATFORM_PUBLIC_KEY"),
+        "WECHATPAY_PLATFORM_PUBLIC_KEY_ID": os.environ.get("WECHATPAY_PLATFORM_PUBLIC_KEY_ID"),
+        "WECHATPAY_PLATFORM_CERT_DIR": os.environ.get("WECHATPAY_PLATFORM_CERT_DIR")
+        or str(instance_path / "wechatpay_platform_certs"),
+        "WECHATPAY_V3_API_BASE": os.environ.get("WECHATPAY_V3_API_BASE"),
         # WeChat's official-account API (the OAuth that gives a payer's openid).
         "WECHAT_API_BASE": os.environ.get("WECHAT_API_BASE"),
         # Unpaid orders stop accepting payment after this many minutes.

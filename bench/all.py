@@ -79,7 +79,11 @@ def scenarios(kind: str, size: float) -> list[str]:
     lines += _rates(
         kind,
         webhook_ingest.run(kind, n(1000), CLIENTS),
-        {"Stripe, fresh payments": 0.7, "WeChat Pay, fresh payments": 0.5},
+        {
+            "Stripe, fresh payments": 0.7,
+            "WeChat Pay, fresh payments": 0.5,
+            "WeChat Pay v3, fresh payments": 0.5,
+        },
     )
     lines += _rates(kind, perk_redeem.run(kind, n(2000), CLIENTS), {})
     prospects = n(500)

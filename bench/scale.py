@@ -134,9 +134,7 @@ def run(kind: str, members: int) -> dict[str, dict[str, float]]:
             ("admin member search", f"{community}/members?q=成员4242"),
             ("admin dashboard", "/admin/"),
         ):
-            results[name] = measure(
-                lambda i, path=path: _ok(admin.get(path)), ROUNDS["page"], ours
-            )
+            results[name] = measure(lambda i, path=path: _ok(admin.get(path)), ROUNDS["page"], ours)
         return results
 
 

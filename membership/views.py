@@ -97,7 +97,7 @@ from membership.visits import count_visit
 from payments.discounts import DiscountRefused
 from payments.models import Order, OrderStatus
 from payments.providers import ProviderError, enabled_providers, get_provider
-from payments.providers.wechatpay import WeChatPayProvider
+from payments.providers.wechatpay import WeChatPayBase
 from payments.services import open_flags
 from payments.views import (
     OPENID_SESSION_KEY,
@@ -1043,9 +1043,9 @@ def mark_joined(token: str):
     return redirect(url_for(".invitation", token=token))
 
 
-def _wechat_oauth_provider() -> WeChatPayProvider | None:
+def _wechat_oauth_provider() -> WeChatPayBase | None:
     """WeChat Pay's provider, when it can do OAuth (the app secret is set)."""
-    provider = get_provider(WeChatPayProvider.name)
+    provider = get_provider(WeChatPayBase.name)
     return provider if provider is not None and provider.can_oauth else None
 
 

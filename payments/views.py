@@ -34,7 +34,7 @@ from payments.discounts import DiscountRefused, Purchase, claim_code_try, discou
 from payments.models import Order, Payment, PaymentStatus
 from payments.providers import EventKind, Payer, ProviderError, get_provider
 from payments.providers.fake import FakeProvider
-from payments.providers.wechatpay import WeChatPayProvider
+from payments.providers.wechatpay import WeChatPayBase
 from payments.services import PaymentError, register_with_provider, start_payment
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def send_to_provider(
         return redirect(return_url)
     if payment.method == "jsapi" and not payer.wechat_openid:
         db.session.commit()
-        provider: WeChatPayProvider = get_provider(payment.provider)
+        provider: WeChatPayBase = get_provider(payment.provider)
         oauth = provider.oauth(
             url_for("wechatpay.oauth_return", _external=True),
             sign_for_this_browser("wechat-oauth", payment.public_id),
@@ -220,8 +220,8 @@ def oauth_return():
     code = request.args.get("code", "")
     if not isinstance(public_id, str) or not code:
         abort(400)
-    payment = _payment(public_id, WeChatPayProvider.name)
-    provider: WeChatPayProvider = get_provider(WeChatPayProvider.name)
+    payment = _payment(public_id, WeChatPayBase.name)
+    provider: WeChatPayBase = get_provider(WeChatPayBase.name)
     end_transaction_keeping_objects()
     try:
         openid = provider.openid_from_code(url_for(".oauth_return", _external=True), code)
@@ -241,7 +241,7 @@ def oauth_return():
 @wechatpay.get("/<payment_public_id>")
 def pay(payment_public_id: str):
     """The payer's next step for a Native (QR code) or JSAPI payment."""
-    payment = _payment(payment_public_id, WeChatPayProvider.name)
+    payment = _payment(payment_public_id, WeChatPayBase.name)
     if payment.status is not PaymentStatus.CREATED:
         return redirect(payment.return_url)
     return render_template("payments/wechatpay.html", payment=payment)
@@ -251,7 +251,7 @@ def pay(payment_public_id: str):
 def qr(payment_public_id: str):
     """The Native payment's QR code, drawn here: the code URL never leaves for a third
     party's QR service."""
-    payment = _payment(payment_public_id, WeChatPayProvider.name)
+    payment = _payment(payment_public_id, WeChatPayBase.name)
     code_url = payment.provider_data.get("code_url")
     if not code_url or payment.status is not PaymentStatus.CREATED:
         abort(404)

@@ -9,19 +9,28 @@ the tests to inspect. No test reaches the internet.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import hmac
 import json
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import xmltodict
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import NameOID
 from wechatpy.pay.utils import calculate_signature, dict_to_xml
 
 WECHAT_APP_ID = "wx0123456789abcdef"
@@ -95,6 +104,16 @@ class FakeAPIs:
     #: While set, the fake SMS providers fail every call with HTTP 503 (an outage).
     sms_down: bool = False
     base_url: str = ""
+    #: WeChat Pay API v3: orders by out_trade_no, as its query answers them (the tests may
+    #: change trade_state); bills by day (``2026-11-24``); the status a refund request is
+    #: answered with; the platform certificates ``/v3/certificates`` gives (with their
+    #: keys), the first signing the answers of merchants in certificate mode.
+    wechat_v3_orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    wechat_v3_bills: dict[str, str] = field(default_factory=dict)
+    wechat_v3_refund_status: str = "PROCESSING"
+    wechat_v3_certificates: list[tuple[x509.Certificate, rsa.RSAPrivateKey]] = field(
+        default_factory=list
+    )
 
     def reset(self) -> None:
         self.sms_messages.clear()
@@ -106,6 +125,10 @@ class FakeAPIs:
         self.stripe_sessions.clear()
         self.stripe_refund_status = "succeeded"
         self.telegram_error = None
+        self.wechat_v3_orders.clear()
+        self.wechat_v3_bills.clear()
+        self.wechat_v3_refund_status = "PROCESSING"
+        self.wechat_v3_certificates[:] = [WECHATPAY_PLATFORM_CERTIFICATE]
 
     def last(self, path_prefix: str) -> Recorded:
         return next(r for r in reversed(self.requests) if r.path.startswith(path_prefix))
@@ -143,6 +166,8 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
+            if url.path.startswith("/v3/"):
+                return _wechat_v3(self, state, b"")
             query = dict(parse_qsl(url.query))
             state.requests.append(Recorded("GET", url.path, dict(self.headers), query))
             if url.path == "/sns/oauth2/access_token":
@@ -203,6 +228,8 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                 return self._aliyun_sms(url.path, url.query, body)
             if url.path.startswith("/v1/"):
                 return self._stripe(url.path, dict(parse_qsl(body.decode())))
+            if url.path.startswith("/v3/"):
+                return _wechat_v3(self, state, body)
             if url.path.startswith("/bot"):
                 return self._telegram(url.path, json.loads(body or b"{}"))
             if url.path == "/cgi-bin/message/template/send":
@@ -581,8 +608,278 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
 
 def start() -> tuple[FakeAPIs, ThreadingHTTPServer]:
     state = FakeAPIs()
+    state.reset()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
     state.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return state, server
+
+
+# WeChat Pay API v3 ------------------------------------------------------------------------
+#
+# The fake checks each request's Authorization (WECHATPAY2-SHA256-RSA2048) with the
+# merchant's public key, as WeChat Pay does, and signs its answers with the platform key:
+# the platform public key for merchants in public-key mode (their requests name its id in
+# Wechatpay-Serial), else the platform certificate's key. Keys are made for each test run.
+
+WECHATPAY_V3_KEY = "qunmenTestApiV3Key0123456789abcd"  # an APIv3 key: 32 characters
+WECHATPAY_V3_MCH_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+WECHATPAY_V3_MCH_SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
+WECHATPAY_PLATFORM_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+WECHATPAY_PLATFORM_KEY_ID = "PUB_KEY_ID_0119000001092026120200112233000001"
+_V3_SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
+_V3_CLOCK_SKEW = 5 * 60
+
+
+def private_pem(key: rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def public_pem(key: rsa.RSAPrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def platform_certificate(serial: int) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """A WeChat Pay platform certificate with serial number ``serial``, and its key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate, key
+
+
+WECHATPAY_PLATFORM_CERTIFICATE = platform_certificate(0x3A1F0C5E6D7B8A9F00112233445566778899AABB)
+
+
+def serial_of(certificate: x509.Certificate) -> str:
+    """A certificate's serial as WeChat Pay writes it: upper-case hexadecimal."""
+    return f"{certificate.serial_number:X}"
+
+
+def wechatpay_v3_sign(key: rsa.RSAPrivateKey, timestamp: str, nonce: str, body: str) -> str:
+    """WeChat Pay's signature of an answer or a notification (SHA256 with RSA, base64)."""
+    message = f"{timestamp}\n{nonce}\n{body}\n".encode()
+    return base64.b64encode(key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode()
+
+
+def wechatpay_v3_encrypt(plain: str, associated_data: str, key: str = WECHATPAY_V3_KEY) -> dict:
+    """``plain`` encrypted as WeChat Pay encrypts a notification's resource."""
+    nonce = secrets.token_hex(6)  # 12 characters, WeChat Pay's nonce length
+    ciphertext = AESGCM(key.encode()).encrypt(
+        nonce.encode(), plain.encode(), associated_data.encode()
+    )
+    return {
+        "algorithm": "AEAD_AES_256_GCM",
+        "nonce": nonce,
+        "associated_data": associated_data,
+        "ciphertext": base64.b64encode(ciphertext).decode(),
+    }
+
+
+def _v3_request_refusal(handler: BaseHTTPRequestHandler, body: bytes) -> str | None:
+    """Why WeChat Pay would refuse the request's Authorization, or None."""
+    scheme, _, rest = handler.headers.get("Authorization", "").partition(" ")
+    fields = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    if scheme != _V3_SIGNATURE_TYPE or not {"mchid", "nonce_str", "signature", "timestamp",
+                                            "serial_no"} <= fields.keys():  # fmt: skip
+        return "Authorization is not well-formed"
+    if fields["mchid"] != WECHAT_MCH_ID or fields["serial_no"] != WECHATPAY_V3_MCH_SERIAL:
+        return "mchid or serial_no is not the merchant's"
+    if (
+        not fields["timestamp"].isdigit()
+        or abs(time.time() - int(fields["timestamp"])) > _V3_CLOCK_SKEW
+    ):
+        return "timestamp expired"
+    message = (
+        (
+            f"{handler.command}\n{handler.path}\n{fields['timestamp']}\n{fields['nonce_str']}\n"
+        ).encode()
+        + body
+        + b"\n"
+    )
+    try:
+        WECHATPAY_V3_MCH_KEY.public_key().verify(
+            base64.b64decode(fields["signature"]), message, padding.PKCS1v15(), hashes.SHA256()
+        )
+    except (InvalidSignature, ValueError):
+        return "signature does not verify with the merchant's public key"
+    return None
+
+
+def _v3_send(handler, state: FakeAPIs, status: int, answer: dict | None) -> None:
+    """Send a signed JSON answer (or none, for 204)."""
+    body = json.dumps(answer, ensure_ascii=False) if answer is not None else ""
+    if handler.headers.get("Wechatpay-Serial") == WECHATPAY_PLATFORM_KEY_ID:
+        serial, key = WECHATPAY_PLATFORM_KEY_ID, WECHATPAY_PLATFORM_KEY
+    else:
+        certificate, key = state.wechat_v3_certificates[0]
+        serial = serial_of(certificate)
+    timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json; charset=utf-8")
+    handler.send_header("Content-Length", str(len(body.encode())))
+    handler.send_header("Wechatpay-Timestamp", timestamp)
+    handler.send_header("Wechatpay-Nonce", nonce)
+    handler.send_header("Wechatpay-Serial", serial)
+    handler.send_header("Wechatpay-Signature-Type", _V3_SIGNATURE_TYPE)
+    handler.send_header("Wechatpay-Signature", wechatpay_v3_sign(key, timestamp, nonce, body))
+    handler.end_headers()
+    handler.wfile.write(body.encode())
+
+
+def _v3_order(state: FakeAPIs, kind: str, data: dict[str, Any]) -> dict[str, Any] | str:
+    """A new order, as the query answers it; or why WeChat Pay refuses it."""
+    amount = data.get("amount") or {}
+    if data.get("appid") != WECHAT_APP_ID or data.get("mchid") != WECHAT_MCH_ID:
+        return "appid or mchid is wrong"
+    if type(amount.get("total")) is not int or amount["total"] <= 0:
+        return "amount.total is not a positive whole number of fen"
+    if amount.get("currency", "CNY") != "CNY" or not data.get("notify_url"):
+        return "currency or notify_url is wrong"
+    if kind == "jsapi" and not (data.get("payer") or {}).get("openid"):
+        return "payer.openid is missing"
+    if kind == "h5" and not (data.get("scene_info") or {}).get("payer_client_ip"):
+        return "scene_info.payer_client_ip is missing"
+    order = {
+        "appid": WECHAT_APP_ID,
+        "mchid": WECHAT_MCH_ID,
+        "out_trade_no": data["out_trade_no"],
+        "trade_type": kind.upper().replace("H5", "MWEB"),
+        "trade_state": "NOTPAY",
+        "trade_state_desc": "订单未支付",
+        "amount": {"total": amount["total"], "currency": "CNY"},
+    }
+    state.wechat_v3_orders[data["out_trade_no"]] = order
+    return order
+
+
+def _wechat_v3(handler, state: FakeAPIs, body: bytes) -> None:
+    """One request to the fake WeChat Pay API v3."""
+    url = urlsplit(handler.path)
+    query = dict(parse_qsl(url.query))
+    try:
+        data = json.loads(body) if body else {}
+    except ValueError:
+        data = {}
+    state.requests.append(Recorded(handler.command, url.path, dict(handler.headers), data or query))
+
+    def error(status: int, code: str, message: str) -> None:
+        _v3_send(handler, state, status, {"code": code, "message": message})
+
+    refusal = _v3_request_refusal(handler, body)
+    if refusal:
+        return error(401, "SIGN_ERROR", refusal)
+    if url.path == "/v3/billdownload/file":  # the bill itself is not signed
+        bill = gzip.compress(state.wechat_v3_bills.get(query.get("token", ""), "").encode())
+        return handler._send(200, bill, "application/octet-stream")
+    path = url.path.removeprefix("/v3")
+    if (
+        handler.command == "POST"
+        and path.startswith("/pay/transactions/")
+        and "/" not in (kind := path.removeprefix("/pay/transactions/"))
+    ):
+        order = _v3_order(state, kind, data)
+        if isinstance(order, str):
+            return error(400, "PARAM_ERROR", order)
+        out_trade_no = order["out_trade_no"]
+        answer = {
+            "native": {"code_url": f"weixin://wxpay/bizpayurl?pr={out_trade_no}"},
+            "h5": {"h5_url": "https://wx.tenpay.test/cgi-bin/mmpayweb-bin/checkmweb?prepay_id=wx2026v3prepay0001&package=2150917749"},
+            "jsapi": {"prepay_id": "wx2026v3prepay0001"},
+        }[kind]  # fmt: skip
+        return _v3_send(handler, state, 200, answer)
+    match = re.fullmatch(r"/pay/transactions/out-trade-no/([^/]+)(/close)?", path)
+    if match:
+        order = state.wechat_v3_orders.get(match[1])
+        if match[2]:
+            if data.get("mchid") != WECHAT_MCH_ID:
+                return error(400, "PARAM_ERROR", "mchid is wrong")
+            if order is not None and order["trade_state"] == "NOTPAY":
+                order["trade_state"] = "CLOSED"
+            return _v3_send(handler, state, 204, None)
+        if query.get("mchid") != WECHAT_MCH_ID:
+            return error(400, "PARAM_ERROR", "mchid is wrong")
+        if order is None:
+            return error(404, "ORDER_NOT_EXIST", "订单不存在")
+        return _v3_send(handler, state, 200, order)
+    if path == "/refund/domestic/refunds" and handler.command == "POST":
+        amount = data.get("amount") or {}
+        if not (0 < amount.get("refund", 0) <= amount.get("total", 0)) or not data.get(
+            "out_refund_no"
+        ):
+            return error(400, "PARAM_ERROR", "amount or out_refund_no is wrong")
+        return _v3_send(
+            handler,
+            state,
+            200,
+            {
+                "refund_id": f"50300{len(state.requests):012d}",
+                "out_refund_no": data["out_refund_no"],
+                "transaction_id": data.get("transaction_id"),
+                "out_trade_no": data.get("out_trade_no"),
+                "status": state.wechat_v3_refund_status,
+                "amount": {
+                    **amount,
+                    "payer_total": amount["total"],
+                    "payer_refund": amount["refund"],
+                },
+            },
+        )
+    if path == "/bill/tradebill":
+        bill = state.wechat_v3_bills.get(query.get("bill_date", ""))
+        if bill is None:
+            return error(400, "NO_STATEMENT_EXIST", "要查询的账单不存在")
+        return _v3_send(
+            handler,
+            state,
+            200,
+            {
+                "hash_type": "SHA1",
+                "hash_value": hashlib.sha1(bill.encode()).hexdigest(),  # noqa: S324
+                "download_url": f"{state.base_url}/v3/billdownload/file?token={query['bill_date']}",
+            },
+        )
+    if path == "/certificates":
+        data = []
+        for certificate, _key in state.wechat_v3_certificates:
+            pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+            data.append(
+                {
+                    "serial_no": serial_of(certificate),
+                    "effective_time": certificate.not_valid_before_utc.isoformat(),
+                    "expire_time": certificate.not_valid_after_utc.isoformat(),
+                    "encrypt_certificate": wechatpay_v3_encrypt(pem, "certificate"),
+                }
+            )
+        return _v3_send(handler, state, 200, {"data": data})
+    return error(404, "NOT_FOUND", "no such API")
+
+
+def wechatpay_v3_settings(api_base: str) -> dict[str, str]:
+    """The settings of a merchant with v3 credentials in public-key mode, on the fake."""
+    return {
+        "WECHATPAY_V3_KEY": WECHATPAY_V3_KEY,
+        "WECHATPAY_MCH_PRIVATE_KEY": private_pem(WECHATPAY_V3_MCH_KEY),
+        "WECHATPAY_MCH_CERT_SERIAL": WECHATPAY_V3_MCH_SERIAL,
+        "WECHATPAY_PLATFORM_PUBLIC_KEY": public_pem(WECHATPAY_PLATFORM_KEY),
+        "WECHATPAY_PLATFORM_PUBLIC_KEY_ID": WECHATPAY_PLATFORM_KEY_ID,
+        "WECHATPAY_V3_API_BASE": api_base,
+    }

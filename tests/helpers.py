@@ -9,6 +9,7 @@ import secrets
 import time
 from datetime import datetime
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 import stripe
@@ -400,3 +401,114 @@ def log_in_member(
 def new_phone() -> str:
     """A mainland mobile number nobody else in the test has."""
     return f"139{secrets.randbelow(10**8):08d}"
+
+
+# WeChat Pay API v3 ------------------------------------------------------------------------
+
+
+def wechat_v3_delivery(
+    event_type: str,
+    resource: dict,
+    *,
+    key=None,
+    serial: str = fake_apis.WECHATPAY_PLATFORM_KEY_ID,
+    timestamp: int | None = None,
+    signature: str | None = None,
+    api_v3_key: str = fake_apis.WECHATPAY_V3_KEY,
+) -> tuple[bytes, dict[str, str]]:
+    """A WeChat Pay v3 notification as WeChat Pay sends it: ``resource`` encrypted with
+    AES-256-GCM under the APIv3 key, the body signed with the platform key (``key``, the
+    platform public key's by default) named by ``serial``, at ``timestamp`` (now). Its
+    body and headers."""
+    original_type = "refund" if event_type.startswith("REFUND.") else "transaction"
+    envelope = {
+        "id": f"EV-{new_token(12)}",
+        "create_time": utcnow().astimezone(ZoneInfo("Asia/Shanghai")).isoformat(timespec="seconds"),
+        "resource_type": "encrypt-resource",
+        "event_type": event_type,
+        "summary": "支付成功" if original_type == "transaction" else "退款状态",
+        "resource": {
+            "original_type": original_type,
+            **fake_apis.wechatpay_v3_encrypt(
+                json.dumps(resource, ensure_ascii=False), original_type, api_v3_key
+            ),
+        },
+    }
+    body = json.dumps(envelope, ensure_ascii=False)
+    stamp = str(int(utcnow().timestamp()) if timestamp is None else timestamp)
+    nonce = new_token(24)
+    if signature is None:
+        signature = fake_apis.wechatpay_v3_sign(
+            key or fake_apis.WECHATPAY_PLATFORM_KEY, stamp, nonce, body
+        )
+    headers = {
+        "Content-Type": "application/json",
+        "Wechatpay-Timestamp": stamp,
+        "Wechatpay-Nonce": nonce,
+        "Wechatpay-Signature": signature,
+        "Wechatpay-Serial": serial,
+        "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048",
+    }
+    return body.encode(), headers
+
+
+def wechat_v3_transaction(payment: Payment, **fields) -> dict:
+    """The decrypted resource of WeChat Pay v3's notice that ``payment`` was paid (with the
+    same transaction id as :func:`wechat_paid`'s)."""
+    return {
+        "appid": fake_apis.WECHAT_APP_ID,
+        "mchid": fake_apis.WECHAT_MCH_ID,
+        "out_trade_no": payment.public_id,
+        "transaction_id": f"4200{payment.id:020d}",
+        "trade_type": "NATIVE",
+        "trade_state": "SUCCESS",
+        "trade_state_desc": "支付成功",
+        "bank_type": "OTHERS",
+        "attach": "",
+        "success_time": "2026-12-02T10:00:00+08:00",
+        "payer": {"openid": fake_apis.WECHAT_OPENID},
+        "amount": {
+            "total": payment.amount,
+            "payer_total": payment.amount,
+            "currency": payment.currency,
+            "payer_currency": payment.currency,
+        },
+        **fields,
+    }
+
+
+def wechat_v3_paid(payment: Payment, **fields) -> tuple[bytes, dict[str, str]]:
+    """WeChat Pay v3's signed notification that ``payment`` was paid."""
+    return wechat_v3_delivery("TRANSACTION.SUCCESS", wechat_v3_transaction(payment, **fields))
+
+
+def wechat_v3_refund(
+    payment: Payment, refund_fee: int, out_refund_no: str, *, status: str = "SUCCESS", **fields
+) -> dict:
+    """The decrypted resource of WeChat Pay v3's refund result (no appid, no currency:
+    as WeChat Pay sends it)."""
+    return {
+        "mchid": fake_apis.WECHAT_MCH_ID,
+        "out_trade_no": payment.public_id,
+        "transaction_id": f"4200{payment.id:020d}",
+        "out_refund_no": out_refund_no,
+        "refund_id": f"5030{payment.id:010d}{refund_fee}",
+        "refund_status": status,
+        "success_time": "2026-12-02T10:30:00+08:00",
+        "user_received_account": "支付用户零钱",
+        "amount": {
+            "total": payment.amount,
+            "refund": refund_fee,
+            "payer_total": payment.amount,
+            "payer_refund": refund_fee,
+        },
+        **fields,
+    }
+
+
+def wechat_v3_refunded(
+    payment: Payment, refund_fee: int, out_refund_no: str, *, status: str = "SUCCESS"
+) -> tuple[bytes, dict[str, str]]:
+    """WeChat Pay v3's signed refund result."""
+    resource = wechat_v3_refund(payment, refund_fee, out_refund_no, status=status)
+    return wechat_v3_delivery(f"REFUND.{status}", resource)

@@ -173,9 +173,10 @@ class PaymentProvider(ABC):
 def _provider_classes() -> dict[str, type[PaymentProvider]]:
     from payments.providers.fake import FakeProvider
     from payments.providers.stripe import StripeProvider
-    from payments.providers.wechatpay import WeChatPayProvider
+    from payments.providers.wechatpay_v3 import WeChatPayV3Provider
 
-    return {cls.name: cls for cls in (WeChatPayProvider, StripeProvider, FakeProvider)}
+    # WeChat Pay's from_config chooses its API version (v3 when configured, else v2).
+    return {cls.name: cls for cls in (WeChatPayV3Provider, StripeProvider, FakeProvider)}
 
 
 def init_providers(app: Flask) -> None:

@@ -117,49 +117,19 @@ class _OAuth(WeChatOAuth):
         return super()._request(method, url_or_endpoint, **kwargs)
 
 
-class WeChatPayProvider(PaymentProvider):
+class WeChatPayBase(PaymentProvider):
+    """What both versions of WeChat Pay's API share: one name for the payer, the choice of
+    method, and the official account's OAuth that gives a JSAPI payer's openid."""
+
     name = "wechatpay"
     label = "微信支付 · WeChat Pay"
 
     def __init__(
-        self,
-        *,
-        app_id: str,
-        mch_id: str,
-        api_key: str,
-        app_secret: str | None = None,
-        mch_cert: str | None = None,
-        mch_key: str | None = None,
-        api_base: str | None = None,
-        oauth_api_base: str | None = None,
+        self, *, app_id: str, mch_id: str, app_secret: str | None, oauth_api_base: str | None
     ) -> None:
         self.app_id, self.mch_id = app_id, mch_id
-        self._api_key = api_key
         self._app_secret = app_secret
         self._oauth_api_base = oauth_api_base
-        self._client = WeChatPay(
-            app_id, api_key, mch_id, mch_cert=mch_cert, mch_key=mch_key, timeout=TIMEOUT_SECONDS
-        )
-        if api_base:
-            self._client.API_BASE_URL = api_base.rstrip("/") + "/"
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> WeChatPayProvider | None:
-        required = ("WECHATPAY_APP_ID", "WECHATPAY_MCH_ID", "WECHATPAY_API_KEY")
-        if not all(config.get(key) for key in required):
-            return None
-        return cls(
-            app_id=config["WECHATPAY_APP_ID"],
-            mch_id=config["WECHATPAY_MCH_ID"],
-            api_key=config["WECHATPAY_API_KEY"],
-            app_secret=config.get("WECHATPAY_APP_SECRET"),
-            mch_cert=config.get("WECHATPAY_MCH_CERT"),
-            mch_key=config.get("WECHATPAY_MCH_KEY"),
-            api_base=config.get("WECHATPAY_API_BASE"),
-            oauth_api_base=config.get("WECHAT_API_BASE"),
-        )
-
-    # Starting a payment --------------------------------------------------------------
 
     def method_for(self, payer: Payer) -> str:
         """JSAPI inside WeChat (needs OAuth, so the app secret); H5 in other phone
@@ -188,12 +158,82 @@ class WeChatPayProvider(PaymentProvider):
         except (WeChatOAuthException, WeChatClientException, KeyError) as error:
             raise ProviderError(f"WeChat OAuth: {error}") from error
 
-    def start_payment(self, payment: Payment, payer: Payer) -> PaymentStart:
+    def _check_start(self, payment: Payment, payer: Payer) -> str:
+        """The method ``payer`` pays ``payment`` with; raises :class:`ProviderError` when
+        WeChat Pay cannot take it."""
         if payment.currency != "CNY":
             raise ProviderError("微信支付仅支持人民币 · WeChat Pay takes CNY only")
         method = self.method_for(payer)
         if method == "jsapi" and not payer.wechat_openid:
             raise ProviderError("JSAPI payment without the payer's openid")
+        return method
+
+    @staticmethod
+    def _description(payment: Payment) -> str:
+        """The order's description as WeChat Pay takes it: at most 127 bytes."""
+        return payment.order.description.encode()[:127].decode(errors="ignore")
+
+    def _started(self, payment: Payment, method: str, payer: Payer, answer: dict) -> PaymentStart:
+        """Where the payer goes next: our page with the QR code (``answer["code_url"]``) or
+        the JSAPI call (``answer["jsapi"]``), or WeChat's H5 cashier (``answer["h5_url"]``),
+        which sends them back to the payment's return URL."""
+        own_page = url_for("wechatpay.pay", payment_public_id=payment.public_id)
+        if method == "native":
+            return PaymentStart(own_page, method, {"code_url": answer["code_url"]})
+        if method == "jsapi":
+            # The openid is WeChat's verified word on who pays: membership links it.
+            data = {"jsapi": answer["jsapi"], "openid": payer.wechat_openid}
+            return PaymentStart(own_page, method, data)
+        return PaymentStart(
+            f"{answer['h5_url']}&redirect_url={quote(payment.return_url, safe='')}", method
+        )
+
+
+class WeChatPayProvider(WeChatPayBase):
+    """WeChat Pay's API v2 (XML, MD5/HMAC signatures with the API key)."""
+
+    def __init__(
+        self,
+        *,
+        app_id: str,
+        mch_id: str,
+        api_key: str,
+        app_secret: str | None = None,
+        mch_cert: str | None = None,
+        mch_key: str | None = None,
+        api_base: str | None = None,
+        oauth_api_base: str | None = None,
+    ) -> None:
+        super().__init__(
+            app_id=app_id, mch_id=mch_id, app_secret=app_secret, oauth_api_base=oauth_api_base
+        )
+        self._api_key = api_key
+        self._client = WeChatPay(
+            app_id, api_key, mch_id, mch_cert=mch_cert, mch_key=mch_key, timeout=TIMEOUT_SECONDS
+        )
+        if api_base:
+            self._client.API_BASE_URL = api_base.rstrip("/") + "/"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> WeChatPayProvider | None:
+        required = ("WECHATPAY_APP_ID", "WECHATPAY_MCH_ID", "WECHATPAY_API_KEY")
+        if not all(config.get(key) for key in required):
+            return None
+        return cls(
+            app_id=config["WECHATPAY_APP_ID"],
+            mch_id=config["WECHATPAY_MCH_ID"],
+            api_key=config["WECHATPAY_API_KEY"],
+            app_secret=config.get("WECHATPAY_APP_SECRET"),
+            mch_cert=config.get("WECHATPAY_MCH_CERT"),
+            mch_key=config.get("WECHATPAY_MCH_KEY"),
+            api_base=config.get("WECHATPAY_API_BASE"),
+            oauth_api_base=config.get("WECHAT_API_BASE"),
+        )
+
+    # Starting a payment --------------------------------------------------------------
+
+    def start_payment(self, payment: Payment, payer: Payer) -> PaymentStart:
+        method = self._check_start(payment, payer)
         order = payment.order
         extra: dict[str, Any] = {}
         if method == "native":
@@ -203,7 +243,7 @@ class WeChatPayProvider(PaymentProvider):
         result = self._call(
             self._client.order.create,
             trade_type=method.upper(),
-            body=order.description.encode()[:127].decode(errors="ignore"),
+            body=self._description(payment),
             total_fee=payment.amount,
             fee_type=payment.currency,
             notify_url=url_for("webhooks.receive", provider_name=self.name, _external=True),
@@ -213,16 +253,13 @@ class WeChatPayProvider(PaymentProvider):
             time_expire=order.expires_at.astimezone(_CHINA),
             **extra,
         )
-        own_page = url_for("wechatpay.pay", payment_public_id=payment.public_id)
         if method == "native":
-            return PaymentStart(own_page, method, {"code_url": result["code_url"]})
-        if method == "jsapi":
-            params = self._client.jsapi.get_jsapi_params(result["prepay_id"])
-            # The openid is WeChat's verified word on who pays: membership links it.
-            return PaymentStart(own_page, method, {"jsapi": params, "openid": payer.wechat_openid})
-        return PaymentStart(
-            f"{result['mweb_url']}&redirect_url={quote(payment.return_url, safe='')}", method
-        )
+            answer = {"code_url": result["code_url"]}
+        elif method == "mweb":
+            answer = {"h5_url": result["mweb_url"]}
+        else:
+            answer = {"jsapi": self._client.jsapi.get_jsapi_params(result["prepay_id"])}
+        return self._started(payment, method, payer, answer)
 
     def _request(self, function, **kwargs):
         """Call a wechatpy API; its failures become :class:`ProviderError`."""
