@@ -319,7 +319,11 @@ def apply_notification(
     # Refunds and disputes happen only to money that moved: one arriving before the
     # payment's own event proves the payment succeeded.
     confirmed_now = False
-    if payment.status is not PaymentStatus.CONFIRMED:
+    names_the_payment = kind in (EventKind.REFUND_SUCCEEDED, EventKind.REFUND_FAILED) and (
+        notification.payment_amount is not None
+    )
+    if payment.status is not PaymentStatus.CONFIRMED or names_the_payment:
+        # A refund names the whole payment it comes out of: ours, confirmed or not.
         _check_money(notification.payment_amount, payment.money, "payment amount")
         confirmed_now = confirm_payment(
             payment, notification.payment_external_id, actor=actor, now=now

@@ -467,3 +467,13 @@ def test_a_renewal_paid_after_a_refund_ended_it_is_put_before_the_admins(app, cl
             == 5000
         )
     assert _flags(app) == [(FlagKind.PAID_AFTER_END, renewal_payment)]
+
+
+def test_a_refund_naming_another_total_is_refused_after_the_payment_too(
+    app, client, stripe_payment
+):
+    _stripe(client, "checkout.session.completed", checkout_session(stripe_payment))
+    before = money_snapshot(app)
+    wrong = charge(stripe_payment, amount=100, amount_refunded=100)
+    assert _stripe(client, "charge.refunded", wrong).status_code == 400
+    assert money_snapshot(app) == before

@@ -402,6 +402,17 @@ def test_wrong_refund_results_are_refused(app, client, payment_id, fields, why):
     _refused(app, client, wechat_v3_delivery("REFUND.SUCCESS", resource), why)
 
 
+def test_a_payment_that_is_not_ours_is_recorded_and_answered_204(app, client, payment_id):
+    """Another system's sale on the same merchant: a refusal would come back for days."""
+    before = money_snapshot(app)
+    response = deliver(app, client, out_trade_no="not-ours")
+    assert (response.status_code, response.data) == (204, b"")
+    assert money_snapshot(app) == before
+    with app.app_context():
+        event = db.session.scalars(sa.select(WebhookEvent)).one()
+        assert (event.status, event.detail) == (InboxStatus.IGNORED, "not one of our payments")
+
+
 def test_an_event_we_do_not_act_on_is_taken(app, client, payment_id):
     with app.app_context():
         delivery = wechat_v3_delivery("TRANSACTION.REFUND_SOMETHING_NEW", {"x": 1})
