@@ -119,6 +119,9 @@ class Tier(db.Model):
     requires_screening: Mapped[bool] = mapped_column(default=False)
     #: The free lobby: screened applicants are invited to its group while they wait.
     is_lobby: Mapped[bool] = mapped_column(default=False)
+    #: When admins were told the tier's groups are nearly full; cleared once there is
+    #: room again, so each time they fill up is told once.
+    seats_warned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     community: Mapped[Community] = relationship(back_populates="tiers")
     groups: Mapped[list[Group]] = relationship(secondary=tier_groups, order_by="Group.id")
@@ -164,9 +167,22 @@ class Group(db.Model):
     #: Telegram groups: the chat id the bot manages (it must be an admin there).
     telegram_chat_id: Mapped[str | None] = mapped_column(sa.String(40))
     qr_mime: Mapped[str | None] = mapped_column(sa.String(40))
+    #: WeCom customer groups (客户群): the chat id the API lists it by, and its owner's
+    #: WeCom userid (the staff member who removes people: the API cannot).
+    wecom_chat_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    wecom_owner: Mapped[str | None] = mapped_column(sa.String(64))
+    #: The QR expiry admins were last warned of (each expiry is warned of once).
+    qr_warned_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     community: Mapped[Community] = relationship(back_populates="groups")
+
+    def qr_valid(self, now: datetime) -> bool:
+        """Whether the group's uploaded QR image may be shown: there is one and it has
+        not expired (WeChat group QR codes live 7 days)."""
+        return self.qr_mime is not None and (
+            self.qr_expires_at is None or self.qr_expires_at > now
+        )
 
     __table_args__ = (sa.CheckConstraint("capacity >= 0", name="capacity_not_negative"),)
 
@@ -401,6 +417,11 @@ class Invitation(db.Model):
     #: Telegram: the user who asked to join through the link (the first one is let in,
     #: and removed again on revoke).
     telegram_user_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: WeCom: the join way (「加入群聊」) made for this invitation alone, its QR code, and
+    #: the external userid of the person WeCom reports joined with it.
+    wecom_config_id: Mapped[str | None] = mapped_column(sa.String(64))
+    wecom_qr_url: Mapped[str | None] = mapped_column(sa.String(500))
+    wecom_user_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
 
     member: Mapped[Member] = relationship(back_populates="invitations")
     membership: Mapped[Membership] = relationship()
@@ -496,6 +517,10 @@ class TaskAction(StrEnum):
     GRANT = "grant"
     REVOKE = "revoke"
     ADMIT = "admit"  #: let in the person who asked to join through the invitation
+    #: read one WeCom group's members again (``chat_id``), after its change callback
+    SYNC = "sync"
+    #: list every WeCom group and read each one's members (what callbacks missed)
+    RECONCILE = "reconcile"
 
 
 class TaskStatus(StrEnum):
@@ -511,7 +536,12 @@ class PlatformTask(db.Model):
     __tablename__ = "platform_tasks"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    invitation_id: Mapped[int] = mapped_column(sa.ForeignKey("invitations.id"), index=True)
+    #: None for the tasks about a whole group or platform (:attr:`TaskAction.SYNC`,
+    #: :attr:`TaskAction.RECONCILE`).
+    invitation_id: Mapped[int | None] = mapped_column(sa.ForeignKey("invitations.id"), index=True)
+    #: :attr:`TaskAction.SYNC`: the WeCom chat to read (perhaps not one of our groups yet:
+    #: a group WeCom opened when a join way's groups were full).
+    chat_id: Mapped[str | None] = mapped_column(sa.String(64))
     action: Mapped[TaskAction] = mapped_column(enum_column(TaskAction))
     status: Mapped[TaskStatus] = mapped_column(enum_column(TaskStatus))
     attempts: Mapped[int] = mapped_column(default=0)
@@ -520,7 +550,7 @@ class PlatformTask(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    invitation: Mapped[Invitation] = relationship()
+    invitation: Mapped[Invitation | None] = relationship()
 
     __table_args__ = (sa.Index(None, "status", "next_attempt_at"),)
 
@@ -540,6 +570,40 @@ class RemovalTask(db.Model):
 
     invitation: Mapped[Invitation] = relationship()
     group: Mapped[Group] = relationship()
+
+
+class WeComGroupMember(db.Model):
+    """A person WeCom lists in one of our WeCom groups (or listed: ``left_at``), as its
+    change callbacks and reconciliations read them from ``groupchat/get``."""
+
+    __tablename__ = "wecom_group_members"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id"))
+    #: Their WeCom userid (staff) or external userid (a WeChat user).
+    user_id: Mapped[str] = mapped_column(sa.String(64))
+    #: WeCom's member type: 1 staff of the enterprise, 2 an external contact.
+    member_type: Mapped[int]
+    #: Their WeCom / WeChat name and the nickname they set in this group.
+    name: Mapped[str | None] = mapped_column(sa.String(80))
+    group_nickname: Mapped[str | None] = mapped_column(sa.String(80))
+    joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: How: 1 invited directly, 2 by a link, 3 by scanning a QR code (WeCom's join_scene).
+    join_scene: Mapped[int | None]
+    #: Who invited them (a userid), when someone did.
+    invitor: Mapped[str | None] = mapped_column(sa.String(64))
+    #: The ``state`` of the join way they came by, when they came by one.
+    state: Mapped[str | None] = mapped_column(sa.String(30))
+    #: The invitation their joining was credited to; None for anyone else (freeloaders).
+    invitation_id: Mapped[int | None] = mapped_column(sa.ForeignKey("invitations.id"))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: When they were found gone from the group.
+    left_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    group: Mapped[Group] = relationship()
+    invitation: Mapped[Invitation | None] = relationship()
+
+    __table_args__ = (sa.UniqueConstraint("group_id", "user_id"),)
 
 
 class PageVisits(db.Model):
