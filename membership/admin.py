@@ -54,6 +54,7 @@ from membership.lifecycle import (
     purge_candidates,
     run_purge,
 )
+from membership.live_codes import seats_of
 from membership.models import (
     Application,
     ApplicationStatus,
@@ -79,7 +80,6 @@ from membership.services import (
     JoinRefused,
     give_staff_number,
     place_waiting_invitations,
-    seats_of,
     seats_taken,
     waiting_invitations,
 )

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from core.clock import utcnow
 from core.db import UTCDateTime, db, enum_column
 from core.money import Money
 
@@ -119,9 +120,6 @@ class Tier(db.Model):
     requires_screening: Mapped[bool] = mapped_column(default=False)
     #: The free lobby: screened applicants are invited to its group while they wait.
     is_lobby: Mapped[bool] = mapped_column(default=False)
-    #: When admins were told the tier's groups are nearly full; cleared once there is
-    #: room again, so each time they fill up is told once.
-    seats_warned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     community: Mapped[Community] = relationship(back_populates="tiers")
     groups: Mapped[list[Group]] = relationship(secondary=tier_groups, order_by="Group.id")
@@ -171,8 +169,6 @@ class Group(db.Model):
     #: WeCom userid (the staff member who removes people: the API cannot).
     wecom_chat_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
     wecom_owner: Mapped[str | None] = mapped_column(sa.String(64))
-    #: The QR expiry admins were last warned of (each expiry is warned of once).
-    qr_warned_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     community: Mapped[Community] = relationship(back_populates="groups")
@@ -180,9 +176,12 @@ class Group(db.Model):
     def qr_valid(self, now: datetime) -> bool:
         """Whether the group's uploaded QR image may be shown: there is one and it has
         not expired (WeChat group QR codes live 7 days)."""
-        return self.qr_mime is not None and (
-            self.qr_expires_at is None or self.qr_expires_at > now
-        )
+        return self.qr_mime is not None and (self.qr_expires_at is None or self.qr_expires_at > now)
+
+    @property
+    def qr_current(self) -> bool:
+        """:meth:`qr_valid` now (for templates)."""
+        return self.qr_valid(utcnow())
 
     __table_args__ = (sa.CheckConstraint("capacity >= 0", name="capacity_not_negative"),)
 

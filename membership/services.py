@@ -18,6 +18,7 @@ from core.limits import Limit, TooManyTries, claim
 from core.outbox import Channel, MessageKind
 from core.security import new_token
 from membership.access import queue_platform_task
+from membership.live_codes import choose_group, tell_expired
 from membership.models import (
     LIVE_INVITATION_STATUSES,
     SENDABLE_CONTACTS,
@@ -38,7 +39,6 @@ from membership.models import (
     format_member_number,
     tier_groups,
 )
-from membership.platforms import PLATFORMS
 from payments.models import Order, OrderStatus
 from payments.services import create_order
 
@@ -616,8 +616,9 @@ def seats_taken(group_ids: list[int]) -> dict[int, int]:
     return dict(rows.all())
 
 
-def _first_group_with_room(tier_id: int) -> Group | None:
-    """The first of the tier's groups with a free seat, its row locked while we take it."""
+def _first_group_with_room(tier_id: int, *, now: datetime) -> Group | None:
+    """The tier's group a new member is seated in (see
+    :func:`~membership.live_codes.choose_group`), its row locked while we take it."""
     groups = db.session.scalars(
         sa.select(Group)
         .join(tier_groups, tier_groups.c.group_id == Group.id)
@@ -625,21 +626,16 @@ def _first_group_with_room(tier_id: int) -> Group | None:
         .order_by(Group.id)
         .with_for_update(of=Group)
     ).all()
-    taken = seats_taken([g.id for g in groups])
-    return next((g for g in groups if taken.get(g.id, 0) < seats_of(g)), None)
-
-
-def seats_of(group: Group) -> int:
-    """Invitations ``group`` can take: its capacity, and for QR-joined WeChat groups no
-    more than the 200 members past which their QR code stops working."""
-    platform = PLATFORMS.get(group.platform)
-    return platform.seats(group.capacity) if platform else group.capacity
+    group = choose_group(groups, seats_taken([g.id for g in groups]), now=now)
+    if group is not None:
+        tell_expired(group, now=now)
+    return group
 
 
 def issue_invitation(membership: Membership, *, actor: str, now: datetime) -> Invitation:
     """An invitation for the membership's member to the first of its tier's groups with
     room; when every group is full the invitation waits for admins to add room."""
-    group = _first_group_with_room(membership.tier.id)  # tier_id is unset until a flush
+    group = _first_group_with_room(membership.tier.id, now=now)  # tier_id unset until a flush
     invitation = Invitation(
         token=new_token(24),
         member=membership.member,
@@ -682,7 +678,7 @@ def place_waiting_invitations(community: Community, *, actor: str, now: datetime
     many were placed."""
     placed = 0
     for invitation in waiting_invitations(community.id):
-        group = _first_group_with_room(invitation.membership.tier_id)
+        group = _first_group_with_room(invitation.membership.tier_id, now=now)
         if group is None:
             continue
         invitation.group = group

@@ -874,8 +874,8 @@ def invitation(token: str):
 @bp.get("/invitations/<token>/qr")
 def invitation_qr(token: str):
     group = _valid_invitation(token).group
-    if not group.qr_image:
-        abort(404)
+    if not group.qr_image or not group.qr_valid(utcnow()):
+        abort(404)  # an expired QR code is never shown
     response = Response(group.qr_image, mimetype=group.qr_mime)
     response.headers["Cache-Control"] = "private, no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"

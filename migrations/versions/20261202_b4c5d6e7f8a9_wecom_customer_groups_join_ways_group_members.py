@@ -1,9 +1,9 @@
-"""WeCom customer groups, join ways, group members; QR and seat warnings
+"""WeCom customer groups, join ways, group members
 
 Groups may be WeCom customer groups (their chat id and owner); an invitation keeps its own
 join way (config id, QR) and the WeCom user who joined with it; the people WeCom lists in
-each group are kept; platform tasks may be about a whole group (no invitation); groups and
-tiers remember the warnings admins were given. Every new column is nullable.
+each group are kept; platform tasks may be about a whole group (no invitation). Every new
+column is nullable.
 
 Revision ID: b4c5d6e7f8a9
 Revises: d1e2f3a4b5c6
@@ -44,7 +44,6 @@ def upgrade():
     with op.batch_alter_table('groups', schema=None) as batch_op:
         batch_op.add_column(sa.Column('wecom_chat_id', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('wecom_owner', sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column('qr_warned_for', sa.DateTime(timezone=True), nullable=True))
         batch_op.create_unique_constraint(batch_op.f('uq_groups_wecom_chat_id'), ['wecom_chat_id'])
 
     with op.batch_alter_table('invitations', schema=None) as batch_op:
@@ -59,15 +58,9 @@ def upgrade():
                existing_type=sa.INTEGER(),
                nullable=True)
 
-    with op.batch_alter_table('tiers', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('seats_warned_at', sa.DateTime(timezone=True), nullable=True))
-
 
 
 def downgrade():
-    with op.batch_alter_table('tiers', schema=None) as batch_op:
-        batch_op.drop_column('seats_warned_at')
-
     # Tasks about a whole group have no invitation: they cannot outlive the column's rule.
     op.execute("DELETE FROM platform_tasks WHERE invitation_id IS NULL")
 
@@ -85,7 +78,6 @@ def downgrade():
 
     with op.batch_alter_table('groups', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('uq_groups_wecom_chat_id'), type_='unique')
-        batch_op.drop_column('qr_warned_for')
         batch_op.drop_column('wecom_owner')
         batch_op.drop_column('wecom_chat_id')
 
