@@ -131,6 +131,34 @@ def chat_detail(chat_id: str) -> dict[str, Any]:
     return answer["group_chat"]
 
 
+def configured() -> bool:
+    """Whether the WeCom API is configured (its adapter manages WeCom groups)."""
+    return WeComAdapter.from_config(current_app.config) is not None
+
+
+#: Most groups the admin's group form lists to choose from.
+CHOICES = 100
+
+
+def chat_choices() -> list[dict[str, str]]:
+    """The customer groups WeCom lists, with their names and owners, for an admin to link
+    a group to one (at most :data:`CHOICES`). Call with no transaction open."""
+    return [
+        {"chat_id": detail["chat_id"], "name": detail.get("name", ""), "owner": detail["owner"]}
+        for detail in (chat_detail(chat["chat_id"]) for chat in list_chats()[:CHOICES])
+    ]
+
+
+def group_headcounts(group_ids: list[int]) -> dict[int, int]:
+    """How many people WeCom lists in each group now (staff included), by group id."""
+    rows = db.session.execute(
+        sa.select(WeComGroupMember.group_id, sa.func.count())
+        .where(WeComGroupMember.group_id.in_(group_ids), WeComGroupMember.left_at.is_(None))
+        .group_by(WeComGroupMember.group_id)
+    )
+    return dict(rows.all())
+
+
 class WeComAdapter(ModeratedQrAdapter):
     """WeCom customer groups: a join way per invitation on grant; on revoke the join way is
     deleted and, when the person is in the group, the owner gets a removal task (WeCom has
@@ -484,12 +512,13 @@ def callback():
         abort(404)
     headers, client = dict(request.headers), client_network()
     try:
+        too_large = f"body over {MAX_NOTIFICATION_BYTES // 1024} KB"
         if (request.content_length or 0) > MAX_NOTIFICATION_BYTES:
-            return _refused(inbox.refuse(PLATFORM, headers, "body too large", client=client))
+            return _refused(inbox.refuse(PLATFORM, headers, too_large, client=client), 413)
         body = request.stream.read(MAX_NOTIFICATION_BYTES + 1)
         if len(body) > MAX_NOTIFICATION_BYTES:
-            result = inbox.refuse(PLATFORM, headers, "body too large", body=body, client=client)
-            return _refused(result)
+            result = inbox.refuse(PLATFORM, headers, too_large, body=body, client=client)
+            return _refused(result, 413)
         try:
             envelope = parse_xml(body, "xml")
             plain = crypto.decrypt_message(
@@ -510,8 +539,8 @@ def callback():
     return Response("", mimetype="text/plain")
 
 
-def _refused(result: inbox.InboxResult) -> Response:
-    return Response(result.message, status=result.http_status, mimetype="text/plain")
+def _refused(result: inbox.InboxResult, status: int | None = None) -> Response:
+    return Response(result.message, status=status or result.http_status, mimetype="text/plain")
 
 
 def record_callback(
