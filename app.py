@@ -121,6 +121,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.cli.add_command(membership_cli.seed_demo_command)
     app.cli.add_command(membership_cli.expire_memberships_command)
     app.cli.add_command(membership_cli.worker_command)
+    app.cli.add_command(membership_cli.watch_groups_command)
     app.cli.add_command(membership_cli.export_revenue_command)
     app.cli.add_command(payments_cli)
     app.cli.add_command(perks_cli.seed_demo_perks_command)

@@ -54,7 +54,7 @@ from membership.lifecycle import (
     purge_candidates,
     run_purge,
 )
-from membership.live_codes import seats_of
+from membership.live_codes import group_warnings, seats_of
 from membership.models import (
     Application,
     ApplicationStatus,
@@ -163,12 +163,16 @@ def dashboard():
             sa.select(sa.func.count(RemovalTask.id)).where(RemovalTask.done_at.is_(None))
         ),
     }
+    now = utcnow()
+    taken = seats_taken([g.id for c in communities for g in c.groups])
+    group_alerts = [w for c in communities for w in group_warnings(c, taken, now=now)]
     return render_template(
         "admin/dashboard.html",
         communities=communities,
         waiting=waiting,
         members=members,
         attention=attention,
+        group_alerts=group_alerts,
     )
 
 

@@ -46,6 +46,7 @@ from membership.models import (
     PlatformTask,
     RemovalTask,
     TaskAction,
+    TaskStatus,
     WeComGroupMember,
     tier_groups,
 )
@@ -462,6 +463,19 @@ def queue_reconciliation(*, actor: str, now: datetime) -> PlatformTask:
     """Queue a reading of every WeCom group (the schedule, or an admin). Flushed."""
     task = queue_group_task(TaskAction.RECONCILE, now=now)
     audit.record("wecom.reconcile_queued", task, actor=actor, now=now)
+
+
+def reconciliation_pending() -> bool:
+    """Whether a reconciliation is queued and not yet run (the schedule adds no second)."""
+    return (
+        db.session.scalar(
+            sa.select(PlatformTask.id).where(
+                PlatformTask.action == TaskAction.RECONCILE,
+                PlatformTask.status == TaskStatus.PENDING,
+            )
+        )
+        is not None
+    )
 
 
 def _crypto() -> WeChatCrypto | None:
