@@ -413,6 +413,9 @@ class Invitation(db.Model):
     #: A link for this invitation alone (Telegram's one-use invite link), once the
     #: platform made it; otherwise the group's QR image or link is shown.
     join_link: Mapped[str | None] = mapped_column(sa.String(500))
+    #: When that link stops working (Telegram's ``expire_date``); the member may ask for a
+    #: new one from their page after that.
+    join_link_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: Telegram: the user who asked to join through the link (the first one is let in,
     #: and removed again on revoke).
     telegram_user_id: Mapped[int | None] = mapped_column(sa.BigInteger)
@@ -429,6 +432,20 @@ class Invitation(db.Model):
     @property
     def is_valid(self) -> bool:
         return self.status in LIVE_INVITATION_STATUSES and self.group is not None
+
+    def link_expired(self, now: datetime) -> bool:
+        """Whether its own join link ran out before anyone used it: a new one may be
+        made."""
+        return (
+            self.status is InvitationStatus.ISSUED
+            and self.join_link_expires_at is not None
+            and self.join_link_expires_at <= now
+        )
+
+    @property
+    def link_expired_now(self) -> bool:
+        """:meth:`link_expired` now (for templates)."""
+        return self.link_expired(utcnow())
 
 
 class LoginCode(db.Model):

@@ -126,6 +126,7 @@ class TelegramAdapter(PlatformAdapter):
             expire_date=int((now + self.LINK_LIFETIME).timestamp()),
         )
         invitation.join_link = result["invite_link"]
+        invitation.join_link_expires_at = now + self.LINK_LIFETIME
 
     def admit(self, invitation: Invitation, *, now: datetime) -> None:
         self._call(

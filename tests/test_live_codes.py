@@ -14,9 +14,10 @@ import sqlalchemy as sa
 from core.clock import utcnow
 from core.db import db
 from core.outbox import OutboxMessage
+from membership.access import drain
 from membership.cli import _qr_png
-from membership.models import Group, Invitation, Tier
-from tests.helpers import ADMIN_EMAIL, join_and_pay
+from membership.models import Group, Invitation, PlatformTask, TaskAction, TaskStatus, Tier
+from tests.helpers import ADMIN_EMAIL, csrf_token, join_and_pay, log_in_member, new_phone
 
 EXPIRED_NOTICE = "群二维码已过期，已通知管理员"
 
@@ -153,3 +154,45 @@ def test_admins_are_warned_when_a_tiers_groups_are_within_20_seats_of_full(
     assert f"{main} 的群只剩 20 个空位" in logged_in.get("/admin/").text
     assert "1 warnings sent" in runner.invoke(args=["watch-groups"]).output
     assert "0 warnings sent" in runner.invoke(args=["watch-groups"]).output
+
+
+def test_an_expired_telegram_link_is_made_anew_from_me(app, demo, apis):
+    with app.app_context():
+        group = db.session.scalar(sa.select(Group).where(Group.name == "正式一群 · Main 1"))
+        group.platform, group.telegram_chat_id = "telegram", "-1001234567890"
+        db.session.commit()
+    phone, browser = new_phone(), app.test_client()
+    join_and_pay(browser, contact_value=phone)
+    with app.app_context():
+        assert drain() == 1
+        invitation = db.session.scalars(sa.select(Invitation)).one()
+        token, first_link = invitation.token, invitation.join_link
+        assert invitation.join_link_expires_at > utcnow() + timedelta(days=6)
+    log_in_member(app, browser, phone)
+    renew = f"/me/invitations/{token}/new-link"
+    page = browser.get("/me").text
+    assert first_link in page and renew not in page
+
+    with app.app_context():  # a week later, nobody used it
+        db.session.get(Invitation, invitation.id).join_link_expires_at = utcnow()
+        db.session.commit()
+    page = browser.get("/me").text
+    assert "你的专属入群链接已过期" in page and renew in page
+    stranger, other_phone = app.test_client(), new_phone()
+    join_and_pay(stranger, contact_value=other_phone)
+    log_in_member(app, stranger, other_phone)
+    assert stranger.post(renew, data={"csrf_token": csrf_token(stranger, "/me")}).status_code == 404
+    form = {"csrf_token": csrf_token(browser, "/me")}
+    assert [browser.post(renew, data=form).status_code for _ in range(2)] == [302, 302]
+    with app.app_context():
+        grants = db.session.scalars(
+            sa.select(PlatformTask.status).where(
+                PlatformTask.invitation_id == invitation.id, PlatformTask.action == TaskAction.GRANT
+            )
+        ).all()
+        assert grants == [TaskStatus.DONE, TaskStatus.PENDING]  # the double click made one
+        drain()
+        new_link = db.session.get(Invitation, invitation.id).join_link
+    assert new_link and new_link != first_link
+    page = browser.get("/me").text
+    assert new_link in page and "已过期" not in page

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 import requests
@@ -441,3 +442,35 @@ def test_sixty_payers_at_once_into_three_wecom_groups(tmp_path, _api_server):
             ]
             assert loaders == ["wmStranger01"]
             assert count(Member) == PAYERS and count(Membership) == PAYERS
+
+
+def test_wecom_refusals_are_retried_then_shown_to_admins(app, wecom_tier, apis, logged_in):
+    mine = pay(app, 1)
+    apis.wecom.error = 60011  # e.g. the app lost its 客户联系 permission
+    now = utcnow()
+    with app.app_context():
+        assert drain(now=now) == 1
+        task = db.session.scalars(sa.select(PlatformTask)).one()
+        assert task.status is TaskStatus.PENDING and "60011" in task.last_error
+    assert invitation_row(app, mine)[0] is InvitationStatus.ISSUED
+    deliver(app.test_client(), group_change(CHATS[0]))
+    with app.app_context():
+        for hour in range(1, 12):  # past every backoff
+            drain(now=now + timedelta(hours=hour))
+        statuses = db.session.execute(
+            sa.select(PlatformTask.action, PlatformTask.status).order_by(PlatformTask.id)
+        ).all()
+    assert statuses == [
+        (TaskAction.GRANT, TaskStatus.FAILED),
+        (TaskAction.SYNC, TaskStatus.FAILED),
+    ]
+    page = logged_in.get("/admin/platform-tasks").text
+    assert f"企业微信 · WeCom {CHATS[0]}" in page
+    apis.wecom.error = None
+    with app.app_context():
+        failed = db.session.scalars(sa.select(PlatformTask.id).order_by(PlatformTask.id)).all()
+    for task_id in failed:
+        submit_form(logged_in, "/admin/platform-tasks", {"task": str(task_id)})
+    with app.app_context():
+        assert drain() == 2
+        assert db.session.get(Invitation, mine).wecom_qr_url is not None

@@ -1,7 +1,8 @@
 """WeCom customer groups, join ways, group members
 
 Groups may be WeCom customer groups (their chat id and owner); an invitation keeps its own
-join way (config id, QR) and the WeCom user who joined with it; the people WeCom lists in
+join way (config id, QR) and the WeCom user who joined with it, and when its own join link
+(Telegram's) expires; the people WeCom lists in
 each group are kept; platform tasks may be about a whole group (no invitation). Every new
 column is nullable.
 
@@ -50,6 +51,7 @@ def upgrade():
         batch_op.add_column(sa.Column('wecom_config_id', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('wecom_qr_url', sa.String(length=500), nullable=True))
         batch_op.add_column(sa.Column('wecom_user_id', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('join_link_expires_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f('ix_invitations_wecom_user_id'), ['wecom_user_id'], unique=False)
 
     with op.batch_alter_table('platform_tasks', schema=None) as batch_op:
@@ -72,6 +74,7 @@ def downgrade():
 
     with op.batch_alter_table('invitations', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_invitations_wecom_user_id'))
+        batch_op.drop_column('join_link_expires_at')
         batch_op.drop_column('wecom_user_id')
         batch_op.drop_column('wecom_qr_url')
         batch_op.drop_column('wecom_config_id')
