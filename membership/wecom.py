@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 import xmltodict
 from flask import Blueprint, Response, abort, current_app, request
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from wechatpy.enterprise import WeChatClient
 from wechatpy.enterprise.crypto import WeChatCrypto
 from wechatpy.exceptions import WeChatException
@@ -224,13 +224,21 @@ class WeComAdapter(ModeratedQrAdapter):
     def sync_chat(self, chat_id: str, *, now: datetime) -> None:
         end_transaction_keeping_objects()
         detail = chat_detail(chat_id)
-        group = db.session.scalar(sa.select(Group).where(Group.wecom_chat_id == chat_id))
-        if group is None:
-            group = adopt_group(detail, now=now)
-        if group is None:
-            log.info("WeCom group %s is none of ours: ignored", chat_id)
-            return
-        apply_members(group, detail, now=now)
+        try:
+            group = db.session.scalar(
+                sa.select(Group).where(Group.wecom_chat_id == chat_id).with_for_update()
+            )
+            if group is None:
+                group = adopt_group(detail, now=now)
+            if group is None:
+                log.info("WeCom group %s is none of ours: ignored", chat_id)
+                return
+            apply_members(group, detail, now=now)
+            db.session.commit()
+        except IntegrityError as error:
+            # Another worker adopted or recorded the same group meanwhile: read it again.
+            db.session.rollback()
+            raise PlatformError(f"WeCom group {chat_id} changed meanwhile") from error
         retire_used_join_ways(group)
 
     def reconcile(self, *, now: datetime) -> None:
@@ -350,7 +358,10 @@ def _credit(group: Group, row: WeComGroupMember, *, now: datetime) -> None:
     invitation = None
     invitation_id = invitation_id_of(row.state)
     if invitation_id is not None:
-        invitation = db.session.get(Invitation, invitation_id)
+        # Locked: two groups of one join way may report people with its state at once.
+        invitation = db.session.get(
+            Invitation, invitation_id, with_for_update=True, populate_existing=True
+        )
     if invitation is None or invitation.wecom_user_id not in (None, row.user_id):
         invitation = db.session.scalar(
             sa.select(Invitation).where(
@@ -491,6 +502,8 @@ def _crypto() -> WeChatCrypto | None:
     )
 
 
+#: The query parameters that sign a callback, in the order wechatpy takes them.
+SIGNATURE_PARAMETERS = ("msg_signature", "timestamp", "nonce")
 #: What a wrongly signed, wrongly encrypted or malformed callback can raise in wechatpy.
 _UNREADABLE = (WeChatException, InvalidNotification, ValueError, KeyError, TypeError)
 
@@ -502,14 +515,9 @@ def verify_url():
     crypto = _crypto()
     if crypto is None:
         abort(404)
-    args = request.args
+    signature = [request.args.get(name, "") for name in SIGNATURE_PARAMETERS]
     try:
-        echo = crypto.check_signature(
-            args.get("msg_signature", ""),
-            args.get("timestamp", ""),
-            args.get("nonce", ""),
-            args.get("echostr", ""),
-        )
+        echo = crypto.check_signature(*signature, request.args.get("echostr", ""))
     except _UNREADABLE:
         abort(403)
     return Response(echo, mimetype="text/plain")
@@ -525,6 +533,7 @@ def callback():
     if crypto is None:
         abort(404)
     headers, client = dict(request.headers), client_network()
+    signature = {name: request.args.get(name, "") for name in SIGNATURE_PARAMETERS}
     try:
         too_large = f"body over {MAX_NOTIFICATION_BYTES // 1024} KB"
         if (request.content_length or 0) > MAX_NOTIFICATION_BYTES:
@@ -535,17 +544,12 @@ def callback():
             return _refused(result, 413)
         try:
             envelope = parse_xml(body, "xml")
-            plain = crypto.decrypt_message(
-                envelope,
-                request.args.get("msg_signature", ""),
-                request.args.get("timestamp", ""),
-                request.args.get("nonce", ""),
-            )
+            plain = crypto.decrypt_message(envelope, *signature.values())
             event = xmltodict.parse(plain, disable_entities=True)["xml"]
         except _UNREADABLE as error:
             detail = f"not a genuine WeCom callback: {type(error).__name__}"
             return _refused(inbox.refuse(PLATFORM, headers, detail, body=body, client=client))
-        record_callback(event, body, headers, now=utcnow())
+        record_callback(event, body, signature, now=utcnow())
     except OperationalError:
         log.exception("WeCom callback not stored: database unreachable")
         db.session.rollback()
@@ -558,17 +562,18 @@ def _refused(result: inbox.InboxResult, status: int | None = None) -> Response:
 
 
 def record_callback(
-    event: Mapping[str, Any], body: bytes, headers: Mapping[str, str], *, now: datetime
+    event: Mapping[str, Any], body: bytes, signature: Mapping[str, str], *, now: datetime
 ) -> InboxStatus:
     """Store a verified callback and act on it: a change of one of our customer groups
     queues a reading of its members (once per distinct event); one of a group we do not
     know is recorded and ignored, but a new group's first members are read once, in case
-    WeCom opened it for one of our join ways. Commits."""
+    WeCom opened it for one of our join ways. ``signature``: the query's ``msg_signature``,
+    ``timestamp`` and ``nonce``, kept with the body (they are what verify it). Commits."""
     digest = hashlib.sha256(xmltodict.unparse({"xml": dict(event)}).encode()).hexdigest()
     stored = WebhookEvent(
         provider=PLATFORM,
         received_at=now,
-        headers={k: v for k, v in headers.items() if k.lower() not in {"cookie", "authorization"}},
+        headers=dict(signature),
         body=body,
         event_id=digest,
         processed_at=now,
