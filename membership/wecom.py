@@ -190,16 +190,18 @@ class WeComAdapter(ModeratedQrAdapter):
         }
         end_transaction_keeping_objects()
         client = wecom_client()
-        config_id = _call(
-            "add_join_way", client.post, "externalcontact/groupchat/add_join_way", data=data
-        )["config_id"]
+        if invitation.wecom_config_id is None:
+            invitation.wecom_config_id = _call(
+                "add_join_way", client.post, "externalcontact/groupchat/add_join_way", data=data
+            )["config_id"]
+            # Kept at once: a retry after a failure below reads this join way, not a new one.
+            end_transaction_keeping_objects()
         join_way = _call(
             "get_join_way",
             client.post,
             "externalcontact/groupchat/get_join_way",
-            data={"config_id": config_id},
+            data={"config_id": invitation.wecom_config_id},
         )["join_way"]
-        invitation.wecom_config_id = config_id
         invitation.wecom_qr_url = join_way["qr_code"]
 
     def revoke(self, invitation: Invitation, *, now: datetime) -> None:
@@ -244,9 +246,16 @@ class WeComAdapter(ModeratedQrAdapter):
     def reconcile(self, *, now: datetime) -> None:
         """Read every group WeCom lists, ours and any it opened for a full join way."""
         end_transaction_keeping_objects()
+        failed = []
         for chat in list_chats():
-            self.sync_chat(chat["chat_id"], now=now)
+            try:
+                self.sync_chat(chat["chat_id"], now=now)
+            except PlatformError as error:  # the others are read all the same
+                db.session.rollback()
+                failed.append(str(error))
             db.session.commit()  # each group's repairs stand on their own
+        if failed:
+            raise PlatformError(f"{len(failed)} groups not read: {'; '.join(failed)}"[:500])
 
 
 ADAPTERS[PLATFORM] = WeComAdapter.from_config
@@ -289,12 +298,10 @@ def adopt_group(detail: Mapping[str, Any], *, now: datetime) -> Group | None:
     """A group WeCom opened because a join way's groups were full (``auto_create_room``)
     joins the tier whose invitation brought its members; None when no member came by one
     of our join ways (a group that is none of ours)."""
-    states = [invitation_id_of(m.get("state")) for m in detail.get("member_list", [])]
-    invitation = next(
-        (db.session.get(Invitation, i) for i in states if i is not None),
-        None,
-    )
-    if invitation is None or invitation.group is None:
+    ours = [invitation_id_of(m.get("state")) for m in detail.get("member_list", [])]
+    invitations = [db.session.get(Invitation, i) for i in ours if i is not None]
+    invitation = next((i for i in invitations if i is not None and i.group is not None), None)
+    if invitation is None:
         return None
     tier = invitation.membership.tier
     platform = PLATFORMS[PLATFORM]
@@ -351,23 +358,22 @@ def apply_members(group: Group, detail: Mapping[str, Any], *, now: datetime) -> 
 
 
 def _credit(group: Group, row: WeComGroupMember, *, now: datetime) -> None:
-    """Credit a member of ``group`` to the invitation that let them in: the one their
-    join way's state names, if it is live, for this group's tier and nobody else's yet;
-    or the live invitation already theirs (someone who came back). Anyone else stays
-    uncredited: a freeloader."""
-    invitation = None
+    """Credit a member of ``group`` to the invitation that let them in: the live one
+    already theirs (someone who came back), or the one their join way's state names, if
+    it is live and for this group's tier. A join way passed on lets in more than one
+    person before it is deleted: the first of them to join has it, whatever order WeCom
+    reports them in. Anyone else stays uncredited: a freeloader."""
+    invitation = db.session.scalar(
+        sa.select(Invitation).where(
+            Invitation.wecom_user_id == row.user_id,
+            Invitation.status.in_(LIVE_INVITATION_STATUSES),
+        )
+    )
     invitation_id = invitation_id_of(row.state)
-    if invitation_id is not None:
+    if invitation is None and invitation_id is not None:
         # Locked: two groups of one join way may report people with its state at once.
         invitation = db.session.get(
             Invitation, invitation_id, with_for_update=True, populate_existing=True
-        )
-    if invitation is None or invitation.wecom_user_id not in (None, row.user_id):
-        invitation = db.session.scalar(
-            sa.select(Invitation).where(
-                Invitation.wecom_user_id == row.user_id,
-                Invitation.status.in_(LIVE_INVITATION_STATUSES),
-            )
         )
     if invitation is None or invitation.status not in LIVE_INVITATION_STATUSES:
         return
@@ -379,8 +385,16 @@ def _credit(group: Group, row: WeComGroupMember, *, now: datetime) -> None:
     )
     if in_tier is None:
         return
+    if invitation.wecom_user_id not in (None, row.user_id):
+        holder = db.session.scalar(
+            sa.select(WeComGroupMember).where(WeComGroupMember.invitation_id == invitation.id)
+        )
+        if holder is not None and not _joined_before(row, holder):
+            return
+        if holder is not None:
+            holder.invitation_id = None  # they came by it after this person did
     row.invitation_id = invitation.id
-    if invitation.wecom_user_id is None:
+    if invitation.wecom_user_id != row.user_id:
         invitation.wecom_user_id = row.user_id
         invitation.status = InvitationStatus.JOINED
         invitation.group = group  # WeCom may have seated them in another of the join way's
@@ -391,6 +405,13 @@ def _credit(group: Group, row: WeComGroupMember, *, now: datetime) -> None:
             data={"user_id": row.user_id, "group": group.name},
             now=now,
         )
+
+
+def _joined_before(row: WeComGroupMember, other: WeComGroupMember) -> bool:
+    """Whether ``row``'s person joined strictly before ``other``'s (as WeCom dates them)."""
+    return row.joined_at is not None and (
+        other.joined_at is None or row.joined_at < other.joined_at
+    )
 
 
 def _left(group: Group, row: WeComGroupMember, *, now: datetime) -> None:

@@ -613,13 +613,16 @@ class FakeWeCom:
     join_ways: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Most members a group takes before a join way moves on to the next one.
     group_size: int = 500
-    #: When set, every call but the token's fails with this errcode.
+    #: When set, every call but the token's fails with this errcode; with ``failing``,
+    #: only the calls to those paths (``externalcontact/groupchat/get_join_way`` …).
     error: int | None = None
+    failing: set[str] = field(default_factory=set)
     made: int = 0
 
     def reset(self) -> None:
         self.groups.clear()
         self.join_ways.clear()
+        self.failing.clear()
         self.group_size, self.error, self.made = 500, None, 0
 
     def add_group(self, chat_id: str, name: str, owner: str = WECOM_OWNER) -> None:
@@ -635,9 +638,12 @@ class FakeWeCom:
             "admin_list": [],
         }
 
-    def join(self, state: str, user_id: str, name: str, nickname: str = "") -> str:
-        """Someone scans the join way whose state is ``state``: they land in the first of
-        its groups with room, or in a group WeCom opens for it. Returns the chat id."""
+    def join(
+        self, state: str, user_id: str, name: str, nickname: str = "", *, at: int | None = None
+    ) -> str:
+        """Someone scans the join way whose state is ``state`` (at ``at``, a Unix time;
+        now by default): they land in the first of its groups with room, or in a group
+        WeCom opens for it. Returns the chat id."""
         way = next(w for w in self.join_ways.values() if w["state"] == state)
         chat_id = next(
             (
@@ -653,7 +659,7 @@ class FakeWeCom:
             self.add_group(chat_id, f"{way['room_base_name']}{way['room_base_id']}")
             way["room_base_id"] += 1
             way["chat_id_list"] = [*way["chat_id_list"][-4:], chat_id]
-        self.add_member(chat_id, user_id, name, nickname, state=state, scene=3)
+        self.add_member(chat_id, user_id, name, nickname, state=state, scene=3, at=at)
         return chat_id
 
     def add_member(
@@ -665,13 +671,14 @@ class FakeWeCom:
         *,
         state: str | None = None,
         scene: int = 1,
+        at: int | None = None,
     ) -> None:
         """``user_id`` (an external user) is in ``chat_id`` now: by a join way's QR
         (``state``) or invited by the owner."""
         member = {
             "userid": user_id,
             "type": 2,
-            "join_time": int(time.time()),
+            "join_time": at or int(time.time()),
             "join_scene": scene,
             "invitor": {"userid": self.groups[chat_id]["owner"]},
             "group_nickname": nickname,
@@ -688,7 +695,7 @@ class FakeWeCom:
 
     def answer(self, path: str, data: dict[str, Any]) -> dict[str, Any]:
         """What WeCom answers a call to ``path`` (below ``cgi-bin/``) with ``data``."""
-        if self.error is not None:
+        if self.error is not None and (not self.failing or path in self.failing):
             return {"errcode": self.error, "errmsg": "fake WeCom error"}
         if path == "externalcontact/groupchat/list":
             chats = [{"chat_id": c, "status": 0} for c in self.groups]

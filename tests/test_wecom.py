@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -165,7 +166,8 @@ def test_someone_elses_qr_makes_a_freeloader_not_a_member(app, wecom_tier, apis,
         drain()
     state = state_of(app, mine)
     apis.wecom.join(state, "wmPayer0001", "王小明", "小明")
-    apis.wecom.join(state, "wmStranger01", "路人甲", "甲")  # the QR was passed on
+    later = int(time.time()) + 60
+    apis.wecom.join(state, "wmStranger01", "路人甲", "甲", at=later)  # the QR was passed on
     apis.wecom.add_member(CHATS[0], "wmInvited001", "朋友乙", "乙")  # added by a member
     assert deliver(app.test_client(), group_change(CHATS[0])) == 200
     with app.app_context():
@@ -174,9 +176,9 @@ def test_someone_elses_qr_makes_a_freeloader_not_a_member(app, wecom_tier, apis,
         listed = [
             (row.user_id, why) for row, why in freeloaders(db.session.get(Group, wecom_tier[0]))
         ]
-    assert listed == [
-        ("wmStranger01", "用了别人的邀请 · Came by someone else's invitation"),
+    assert listed == [  # in the order they joined
         ("wmInvited001", "未通过邀请入群 · Joined without an invitation"),
+        ("wmStranger01", "用了别人的邀请 · Came by someone else's invitation"),
     ]
     page = logged_in.get(f"/admin/groups/{wecom_tier[0]}/freeloaders")
     assert page.status_code == 200
@@ -407,7 +409,10 @@ def test_sixty_payers_at_once_into_three_wecom_groups(tmp_path, _api_server):
             chat = apis.wecom.join(states[invitation_id], person[member_id], f"成员{member_id}")
             events.append(group_change(chat, MemChangeList={"Item": person[member_id]}))
         first_id, _ = invitations[0]
-        stranger_chat = apis.wecom.join(states[first_id], "wmStranger01", "路人甲")
+        # A minute later someone else scans the first payer's QR, passed on; WeCom seats
+        # them in another group (the first is full), whose callback may be read first.
+        later = int(time.time()) + 60
+        stranger_chat = apis.wecom.join(states[first_id], "wmStranger01", "路人甲", at=later)
         events.append(group_change(stranger_chat, MemChangeList={"Item": "wmStranger01"}))
 
         server, base = _serve(app)
@@ -474,3 +479,81 @@ def test_wecom_refusals_are_retried_then_shown_to_admins(app, wecom_tier, apis, 
     with app.app_context():
         assert drain() == 2
         assert db.session.get(Invitation, mine).wecom_qr_url is not None
+
+
+def test_a_grant_retried_after_a_failure_keeps_its_one_join_way(app, wecom_tier, apis):
+    mine = pay(app, 1)
+    apis.wecom.error, apis.wecom.failing = -1, {"externalcontact/groupchat/get_join_way"}
+    now = utcnow()
+    with app.app_context():
+        drain(now=now)
+        assert db.session.get(Invitation, mine).wecom_qr_url is None
+    apis.wecom.error = None
+    with app.app_context():
+        drain(now=now + timedelta(hours=1))
+        invitation = db.session.get(Invitation, mine)
+        assert invitation.wecom_qr_url.endswith(invitation.wecom_config_id)
+    assert len(join_way_calls(apis, "add_join_way")) == 1
+    assert list(apis.wecom.join_ways) == [invitation.wecom_config_id]
+
+
+def test_the_schedule_queues_one_reconciliation_at_a_time(app, wecom_tier, runner):
+    assert "WeCom reconciliation queued" in runner.invoke(args=["watch-groups"]).output
+    assert "not queued" in runner.invoke(args=["watch-groups"]).output  # one is waiting
+    with app.app_context():
+        assert drain() == 1
+    assert "WeCom reconciliation queued" in runner.invoke(args=["watch-groups"]).output
+    with app.app_context():
+        reconciliations = db.session.scalars(
+            sa.select(PlatformTask.status).where(PlatformTask.action == TaskAction.RECONCILE)
+        ).all()
+    assert reconciliations == [TaskStatus.DONE, TaskStatus.PENDING]
+
+
+def test_an_admin_links_a_group_to_a_customer_group_wecom_lists(app, demo, apis, logged_in):
+    apis.wecom.add_group("wrNewCustomerGroup01", "读书会新群", owner="lisi")
+    form = f"/admin/communities/{demo.id}/groups/new"
+    page = logged_in.get(form).text
+    assert 'value="wrNewCustomerGroup01"' in page and "读书会新群 · 群主 owner lisi" in page
+    fields = {"name": "企业微信新群", "platform": "wecom", "capacity": "500"}
+    answer = submit_form(logged_in, form, {**fields, "wecom_chat_id": "wrNewCustomerGroup01"})
+    assert answer.status_code == 302
+    with app.app_context():
+        group = db.session.scalar(sa.select(Group).where(Group.name == "企业微信新群"))
+        assert (group.wecom_chat_id, group.wecom_owner) == ("wrNewCustomerGroup01", None)
+        assert drain() == 1  # its owner and members, read by the worker
+        db.session.refresh(group)
+        assert group.wecom_owner == "lisi"
+    again = submit_form(logged_in, form, {**fields, "wecom_chat_id": "wrNewCustomerGroup01"})
+    assert again.status_code == 422 and "该客户群已属于另一个群" in again.text
+
+
+def test_the_first_to_join_by_a_passed_on_qr_has_it_whatever_order_wecom_reports(
+    app, wecom_tier, apis
+):
+    """The payer joins group 1; a minute later a stranger with the same QR lands in group 2
+    (WeCom moved on: group 1 was full). Group 2 is read first: the stranger is credited
+    for a while, then the payer, who came first, has it and the stranger is a freeloader."""
+    apis.wecom.group_size = 2
+    mine = pay(app, 1)
+    with app.app_context():
+        drain()
+    state = state_of(app, mine)
+    assert apis.wecom.join(state, "wmPayer0001", "王小明") == CHATS[0]
+    later = int(time.time()) + 60
+    assert apis.wecom.join(state, "wmStranger01", "路人甲", at=later) == CHATS[1]
+    client = app.test_client()
+    deliver(client, group_change(CHATS[1]))
+    with app.app_context():
+        drain()
+    assert invitation_row(app, mine) == (InvitationStatus.JOINED, "wmStranger01", wecom_tier[1])
+    deliver(client, group_change(CHATS[0]))
+    with app.app_context():
+        drain()
+        [(loader, why)] = freeloaders(db.session.get(Group, wecom_tier[1]))
+        assert freeloaders(db.session.get(Group, wecom_tier[0])) == []
+    assert invitation_row(app, mine) == (InvitationStatus.JOINED, "wmPayer0001", wecom_tier[0])
+    assert (loader.user_id, why) == (
+        "wmStranger01",
+        "用了别人的邀请 · Came by someone else's invitation",
+    )
