@@ -186,9 +186,11 @@ def test_an_expired_telegram_link_is_made_anew_from_me(app, demo, apis):
     assert [browser.post(renew, data=form).status_code for _ in range(2)] == [302, 302]
     with app.app_context():
         grants = db.session.scalars(
-            sa.select(PlatformTask.status).where(
+            sa.select(PlatformTask.status)
+            .where(
                 PlatformTask.invitation_id == invitation.id, PlatformTask.action == TaskAction.GRANT
             )
+            .order_by(PlatformTask.id)
         ).all()
         assert grants == [TaskStatus.DONE, TaskStatus.PENDING]  # the double click made one
         drain()

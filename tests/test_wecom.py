@@ -505,7 +505,9 @@ def test_the_schedule_queues_one_reconciliation_at_a_time(app, wecom_tier, runne
     assert "WeCom reconciliation queued" in runner.invoke(args=["watch-groups"]).output
     with app.app_context():
         reconciliations = db.session.scalars(
-            sa.select(PlatformTask.status).where(PlatformTask.action == TaskAction.RECONCILE)
+            sa.select(PlatformTask.status)
+            .where(PlatformTask.action == TaskAction.RECONCILE)
+            .order_by(PlatformTask.id)
         ).all()
     assert reconciliations == [TaskStatus.DONE, TaskStatus.PENDING]
 
