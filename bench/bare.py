@@ -2,7 +2,8 @@
 the same way as the product (``core.db``: WAL, busy timeout and BEGIN IMMEDIATE on SQLite):
 a Flask endpoint that stores the request body with one INSERT (webhook ingest, order
 creation), one that takes one of a stock with one conditional UPDATE (perk redemption),
-and a Flask + Jinja page of a given size (page render)."""
+a Flask + Jinja page of a given size (page render), and a JSON answer from one indexed
+SELECT of a member by number (admin pages, lookups)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,14 @@ def create_app() -> Flask:
     @app.get("/page")
     def render_page():
         return render_template_string(page, title="群门读书会", filler=filler)
+
+    @app.get("/one")
+    def one_member():
+        row = db.session.execute(
+            sa.text("SELECT id, number_label FROM members WHERE community_id = 1 AND number = :n"),
+            {"n": request.args.get("n", 1, type=int)},
+        ).first()
+        return jsonify({"id": row[0] if row else None})
 
     @app.post("/ingest")
     def ingest():

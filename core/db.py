@@ -9,16 +9,18 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, Engine, MetaData, Select, event
 from sqlalchemy import Enum as EnumType
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -170,6 +172,16 @@ def _begins_its_own_transactions() -> bool:
 def is_postgresql() -> bool:
     """Whether the app's database is PostgreSQL (else SQLite)."""
     return db.engine.dialect.name == "postgresql"
+
+
+def session_dialect() -> str:
+    """``postgresql`` or ``sqlite``: the database the session's statements go to."""
+    return db.session.get_bind().dialect.name
+
+
+def insert_for(dialect: str) -> Callable[..., Any]:
+    """``dialect``'s INSERT construct, the one with ``ON CONFLICT`` (both databases)."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 #: Bytes of CSV text :func:`copy_csv` gathers before handing them on.

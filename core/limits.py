@@ -13,13 +13,13 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 
 import sqlalchemy as sa
 from flask import request
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.db import UTCDateTime, db
+from core.db import UTCDateTime, db, insert_for, session_dialect
 
 
 class AttemptCounter(db.Model):
@@ -66,16 +66,18 @@ def client_network(address: str | None = None) -> str:
     return str(ip)
 
 
-def _claim_one(key: str, window: timedelta, now: datetime) -> int:
-    """Add one try under ``key`` and return the tries in its current window, this one
-    included."""
-    dialect = db.session.get_bind().dialect.name
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert
+@cache
+def _upsert(dialect: str) -> sa.Insert:
+    """The statement that claims a try under ``:key`` at ``:now`` and returns the count,
+    a window that began at or before ``:cutoff`` starting over. Built once per dialect:
+    it runs on most public requests, and building the construct cost more than running
+    it."""
     table = AttemptCounter.__table__
-    expired = table.c.window_start <= now - window
-    statement = (
-        insert(table)
-        .values(key=key, window_start=now, count=1)
+    now = sa.bindparam("now", type_=UTCDateTime())
+    expired = table.c.window_start <= sa.bindparam("cutoff", type_=UTCDateTime())
+    return (
+        insert_for(dialect)(table)
+        .values(key=sa.bindparam("key", type_=sa.String()), window_start=now, count=1)
         .on_conflict_do_update(
             index_elements=[table.c.key],
             set_={
@@ -85,7 +87,15 @@ def _claim_one(key: str, window: timedelta, now: datetime) -> int:
         )
         .returning(table.c.count)
     )
-    return db.session.execute(statement).scalar_one()
+
+
+def _claim_one(key: str, window: timedelta, now: datetime) -> int:
+    """Add one try under ``key`` and return the tries in its current window, this one
+    included."""
+    statement = _upsert(session_dialect())
+    return db.session.execute(
+        statement, {"key": key, "now": now, "cutoff": now - window}
+    ).scalar_one()
 
 
 def claim(checks: list[tuple[Limit, str]], *, now: datetime) -> None:

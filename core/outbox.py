@@ -32,14 +32,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatException
 
 from core import audit
 from core.clock import utcnow
-from core.db import UTCDateTime, db, enum_column
+from core.db import UTCDateTime, db, enum_column, insert_for, session_dialect
 from core.sms import sms_sender
 
 log = logging.getLogger(__name__)
@@ -151,8 +150,7 @@ def enqueue_many(rows: list[dict[str, Any]], *, now: datetime) -> int:
     ``body``, ``params``, ``member_id`` and ``dedupe_key``. Not committed."""
     if not rows:
         return 0
-    dialect = db.session.get_bind().dialect.name
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert
+    insert = insert_for(session_dialect())
     values = [
         {
             "secret": False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from flask import (
     url_for,
 )
 from flask_login import current_user, login_required
+from sqlalchemy.orm import selectinload
 from wtforms import SelectChoice
 
 from core import audit
@@ -56,9 +58,11 @@ from membership.lifecycle import (
 )
 from membership.live_codes import group_warnings, seats_of
 from membership.models import (
+    LISTED_ORDER,
     Application,
     ApplicationStatus,
     Community,
+    ContactKind,
     Group,
     Invitation,
     InvitationStatus,
@@ -81,6 +85,7 @@ from membership.screening import ScreeningRefused, approve, reject
 from membership.services import (
     JoinRefused,
     give_staff_number,
+    normalise_contact,
     place_waiting_invitations,
     seats_taken,
     waiting_invitations,
@@ -384,6 +389,31 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
     ), 422 if form.errors else 200
 
 
+#: A member number as admins type it: ``42``, ``0042`` or ``#0042``.
+_NUMBER = re.compile(r"#?(\d{1,6})")
+#: A whole mainland phone number or e-mail address.
+_WHOLE_CONTACT = re.compile(r"(\+?86)?1\d{10}|[^@\s]+@[^@\s]+\.\w+")
+
+
+def _matching(text: str) -> sa.ColumnElement[bool]:
+    """What a search box's ``text`` finds. A number, or a whole phone number or e-mail
+    address, is looked up by its index (one row among 100,000); anything else is a part
+    of a name, contact or WeChat ID, read through the community's members."""
+    if number := _NUMBER.fullmatch(text):
+        return sa.or_(Member.number == int(number.group(1)), Member.number_label == number.group(1))
+    if _WHOLE_CONTACT.fullmatch(text):
+        kind = ContactKind.EMAIL if "@" in text else ContactKind.PHONE
+        return sa.and_(
+            Member.contact_kind == kind,
+            Member.contact_value == normalise_contact(kind, text),
+        )
+    return sa.or_(
+        Member.display_name.icontains(text, autoescape=True),
+        Member.contact_value.icontains(text, autoescape=True),
+        Member.wechat_id.icontains(text, autoescape=True),
+    )
+
+
 def _member_search(community: Community) -> sa.Select:
     """Members of ``community`` matching the list's filters: ``q`` (number, nickname or
     contact), ``tier``, ``state`` (of a membership; ``none`` for members without one) and
@@ -392,14 +422,7 @@ def _member_search(community: Community) -> sa.Select:
     query = sa.select(Member).where(Member.community_id == community.id)
     text = request.args.get("q", "").strip()
     if text:
-        query = query.where(
-            sa.or_(
-                Member.number_label == text.lstrip("#"),
-                Member.display_name.icontains(text, autoescape=True),
-                Member.contact_value.icontains(text, autoescape=True),
-                Member.wechat_id.icontains(text, autoescape=True),
-            )
-        )
+        query = query.where(_matching(text))
     if request.args.get("reach") == "none":
         query = query.where(~Member.reachable())
     tier_id = request.args.get("tier", type=int)
@@ -413,7 +436,7 @@ def _member_search(community: Community) -> sa.Select:
         if state:
             holds = holds.where(Membership.status == state)
         query = query.where(holds)
-    return query.order_by(Member.number.is_(None), Member.number, Member.id)
+    return query.order_by(*LISTED_ORDER)
 
 
 @bp.get("/communities/<int:community_id>/members")
@@ -422,7 +445,11 @@ def members(community_id: int):
     """Search and filter the community's members."""
     community = db.get_or_404(Community, community_id)
     page = db.paginate(
-        _member_search(community),
+        _member_search(community).options(
+            # A page's memberships and invitations in two statements, not two per row.
+            selectinload(Member.memberships).joinedload(Membership.tier),
+            selectinload(Member.invitations).joinedload(Invitation.group),
+        ),
         page=max(request.args.get("page", 1, type=int), 1),
         per_page=PAGE_SIZE,
     )

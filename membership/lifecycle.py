@@ -18,6 +18,7 @@ from core.clock import utcnow
 from core.db import db
 from core.outbox import MessageKind
 from membership.models import (
+    LISTED_ORDER,
     Application,
     ApplicationStatus,
     Community,
@@ -99,7 +100,7 @@ def purge_candidates(community: Community, inactive_since: datetime) -> list[Mem
                 Membership.status == MembershipStatus.ACTIVE,
                 last_seen < inactive_since,
             )
-            .order_by(Member.number.is_(None), Member.number, Member.id)
+            .order_by(*LISTED_ORDER)
         )
     )
 

@@ -9,7 +9,9 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import event
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core.clock import utcnow
 from core.db import UTCDateTime, db, enum_column
@@ -170,8 +172,17 @@ class Group(db.Model):
     wecom_chat_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
     wecom_owner: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Live invitations to the group (the seats taken), kept by :func:`_count_seats` on
+    #: every flush that gives or takes one: finding a free seat reads this, not a count
+    #: over every invitation the group ever had.
+    seats_taken: Mapped[int] = mapped_column(default=0, server_default="0")
 
     community: Mapped[Community] = relationship(back_populates="groups")
+
+    __table_args__ = (
+        sa.CheckConstraint("capacity >= 0", name="capacity_not_negative"),
+        sa.CheckConstraint("seats_taken >= 0", name="seats_taken_not_negative"),
+    )
 
     def qr_valid(self, now: datetime) -> bool:
         """Whether the group's uploaded QR image may be shown: there is one and it has
@@ -183,8 +194,6 @@ class Group(db.Model):
         """:meth:`qr_valid` now (for templates)."""
         return self.qr_valid(utcnow())
 
-    __table_args__ = (sa.CheckConstraint("capacity >= 0", name="capacity_not_negative"),)
-
 
 class ContactKind(StrEnum):
     WECHAT = "wechat"
@@ -194,6 +203,10 @@ class ContactKind(StrEnum):
 
 #: Contacts a code or a message can be sent to (a WeChat ID cannot receive one).
 SENDABLE_CONTACTS = (ContactKind.PHONE, ContactKind.EMAIL)
+
+
+#: Where members without a number sort in lists: after every numbered one.
+UNNUMBERED = 2_147_483_647
 
 
 class Member(db.Model):
@@ -245,6 +258,10 @@ class Member(db.Model):
         sa.UniqueConstraint("community_id", "staff_number"),
         sa.UniqueConstraint("community_id", "wechat_openid"),
         sa.Index(None, "community_id", "contact_kind", "contact_value"),
+        # Serves LISTED_ORDER: a page of a community's members without sorting them all.
+        sa.Index(
+            "ix_members_listed", "community_id", sa.text(f"coalesce(number, {UNNUMBERED})"), "id"
+        ),
     )
 
     @property
@@ -405,9 +422,14 @@ class Invitation(db.Model):
     token: Mapped[str] = mapped_column(sa.String(48), unique=True)
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
     membership_id: Mapped[int] = mapped_column(sa.ForeignKey("memberships.id"), index=True)
-    #: None while waiting for room.
-    group_id: Mapped[int | None] = mapped_column(sa.ForeignKey("groups.id"), index=True)
-    status: Mapped[InvitationStatus] = mapped_column(enum_column(InvitationStatus))
+    #: None while waiting for room. Both this and ``status`` keep their old value when
+    #: changed (``active_history``), for the seat counter (see :func:`_count_seats`).
+    group_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("groups.id"), index=True, active_history=True
+    )
+    status: Mapped[InvitationStatus] = mapped_column(
+        enum_column(InvitationStatus), active_history=True
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: A link for this invitation alone (Telegram's one-use invite link), once the
@@ -428,6 +450,9 @@ class Invitation(db.Model):
     member: Mapped[Member] = relationship(back_populates="invitations")
     membership: Mapped[Membership] = relationship()
     group: Mapped[Group | None] = relationship()
+
+    #: The few waiting ones are counted on every dashboard.
+    __table_args__ = (sa.Index(None, "status"),)
 
     @property
     def is_valid(self) -> bool:
@@ -631,3 +656,59 @@ class PageVisits(db.Model):
     community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), primary_key=True)
     day: Mapped[date] = mapped_column(primary_key=True)
     visits: Mapped[int]
+
+
+#: How member lists are ordered: by number, members without one after the numbered, each
+#: by id (the index ``ix_members_listed`` serves it; the literal must match the index's).
+LISTED_ORDER = (
+    sa.func.coalesce(Member.number, sa.literal_column(str(UNNUMBERED))),
+    Member.id,
+)
+
+
+def _seat(group_id: int | None, status: InvitationStatus | None) -> int | None:
+    """The group whose seat an invitation in this state holds, if any."""
+    return group_id if group_id is not None and status in LIVE_INVITATION_STATUSES else None
+
+
+@event.listens_for(Session, "after_flush")
+def _count_seats(session: Session, _context) -> None:
+    """Keep :attr:`Group.seats_taken` in step with the invitations this flush wrote: one
+    UPDATE per group whose seats changed, in group order (the order admissions lock
+    groups in), in the same transaction. Invitations change through the ORM only."""
+    delta: dict[int, int] = {}
+
+    def move(group_id: int | None, by: int) -> None:
+        if group_id is not None:
+            delta[group_id] = delta.get(group_id, 0) + by
+
+    for invitation in session.new:
+        if isinstance(invitation, Invitation):
+            move(_seat(invitation.group_id, invitation.status), 1)
+    for invitation in session.dirty:
+        if not isinstance(invitation, Invitation):
+            continue
+        state = sa.inspect(invitation)
+        status, group = state.attrs.status.history, state.attrs.group_id.history
+        if not (status.has_changes() or group.has_changes()):
+            continue
+        before = _seat(
+            group.deleted[0] if group.deleted else invitation.group_id,
+            status.deleted[0] if status.deleted else invitation.status,
+        )
+        move(before, -1)
+        move(_seat(invitation.group_id, invitation.status), 1)
+    for invitation in session.deleted:
+        if isinstance(invitation, Invitation):
+            move(_seat(invitation.group_id, invitation.status), -1)
+    for group_id in sorted(g for g, by in delta.items() if by):
+        taken = session.execute(
+            sa.update(Group)
+            .where(Group.id == group_id)
+            .values(seats_taken=Group.seats_taken + delta[group_id])
+            .returning(Group.seats_taken)
+            .execution_options(synchronize_session=False)
+        ).scalar_one()
+        loaded = session.identity_map.get(session.identity_key(Group, group_id))
+        if loaded is not None:
+            set_committed_value(loaded, "seats_taken", taken)

@@ -20,6 +20,7 @@ from core.security import new_token
 from membership.access import queue_platform_task
 from membership.live_codes import choose_group, tell_expired
 from membership.models import (
+    LAPSED_MEMBERSHIP_STATUSES,
     LIVE_INVITATION_STATUSES,
     SENDABLE_CONTACTS,
     Application,
@@ -39,8 +40,8 @@ from membership.models import (
     format_member_number,
     tier_groups,
 )
-from payments.models import Order, OrderStatus
-from payments.services import create_order
+from payments.models import FlagKind, Order, OrderStatus, PaymentStatus
+from payments.services import create_order, flag_order
 
 #: Join forms sent, per client and for the whole install (a flash re-entry brings about a
 #: hundred people within minutes, many behind one carrier's address).
@@ -80,13 +81,37 @@ def normalise_contact(kind: ContactKind, value: str) -> str:
     return value.lower()
 
 
+#: Statements every admission runs, built once (building them cost more than running).
+_MEMBER_BY_CONTACT = sa.select(Member).where(
+    Member.community_id == sa.bindparam("community_id"),
+    Member.contact_kind == sa.bindparam("kind", type_=Member.contact_kind.type),
+    Member.contact_value == sa.bindparam("value"),
+)
+_APPLICATION_OF_ORDER = (
+    sa.select(Application)
+    .where(Application.order_id == sa.bindparam("order_id"))
+    .options(joinedload(Application.tier))
+)
+_NEXT_MEMBER_NUMBER = (
+    sa.update(Community)
+    .where(Community.id == sa.bindparam("community_id"))
+    .values(last_member_number=Community.last_member_number + 1)
+    .returning(Community.last_member_number, Community.member_number_pattern)
+)
+_TIER_GROUPS_LOCKED = (
+    sa.select(Group)
+    .join(tier_groups, tier_groups.c.group_id == Group.id)
+    .where(tier_groups.c.tier_id == sa.bindparam("tier_id"))
+    .order_by(Group.id)
+    .with_for_update(of=Group)
+    .execution_options(populate_existing=True)
+)
+
+
 def find_member(community_id: int, kind: ContactKind, value: str) -> Member | None:
     return db.session.scalar(
-        sa.select(Member).where(
-            Member.community_id == community_id,
-            Member.contact_kind == kind,
-            Member.contact_value == normalise_contact(kind, value),
-        )
+        _MEMBER_BY_CONTACT,
+        {"community_id": community_id, "kind": kind, "value": normalise_contact(kind, value)},
     )
 
 
@@ -309,11 +334,7 @@ def _wait_in_lobby(application: Application, *, now: datetime) -> Member | None:
 def admit_paid_application(order: Order, *, now: datetime) -> None:
     """``order_paid`` receiver: the application this order paid for becomes a member."""
     with db.session.no_autoflush:  # the application was committed when it was made
-        application = db.session.scalar(
-            sa.select(Application)
-            .where(Application.order_id == order.id)
-            .options(joinedload(Application.tier))
-        )
+        application = db.session.scalar(_APPLICATION_OF_ORDER, {"order_id": order.id})
     if application is None or application.status is not ApplicationStatus.AWAITING_PAYMENT:
         return
     if application.renews is not None:
@@ -324,19 +345,54 @@ def admit_paid_application(order: Order, *, now: datetime) -> None:
 
 def extend_membership(application: Application, *, now: datetime) -> Membership:
     """A paid renewal: the membership runs on for the tier's days from its current end
-    (not from today), with the same member number and invitations."""
+    (not from today), with the same member number and invitations.
+
+    Paid after its term ran out or a purge ended it, the member paid for access: it is
+    active again for the tier's days from today, with a new invitation. Ended for a
+    refund, a lost chargeback or by an admin, it stays ended and the order is put before
+    the admins (refund it, or let the member back), as is a renewal of a tier the member
+    holds again by another membership."""
     membership = application.renews
-    days = membership.tier.duration_days or 0
-    membership.ends_at = (membership.ends_at or now) + timedelta(days=days)
+    member = membership.member
+    days = timedelta(days=membership.tier.duration_days or 0)
     application.status = ApplicationStatus.ADMITTED
+    order = db.session.get(Order, application.order_id)
+    if membership.status is MembershipStatus.ENDED or (
+        membership.status in LAPSED_MEMBERSHIP_STATUSES and member.holds(membership.tier_id)
+    ):
+        flag_order(
+            order,
+            FlagKind.BOUGHT_TWICE if member.holds(membership.tier_id) else FlagKind.PAID_AFTER_END,
+            payment=_paying(order),
+            detail=f"{membership.tier.name} · {membership.status}",
+            actor="system",
+            now=now,
+        )
+        return membership
+    restored = membership.status in LAPSED_MEMBERSHIP_STATUSES
+    membership.ends_at = max(membership.ends_at or now, now) + days
+    if restored:
+        membership.status = MembershipStatus.ACTIVE
     audit.record(
         "membership.renewed",
         membership,
         actor="system",
-        data={"ends_at": membership.ends_at.isoformat(), "application": application.id},
+        data={
+            "ends_at": membership.ends_at.isoformat(),
+            "application": application.id,
+            "restored": restored,
+        },
         now=now,
     )
+    if restored:
+        issue_invitation(membership, actor="system", now=now)
     return membership
+
+
+def _paying(order: Order):
+    """The order's latest confirmed payment: the one to refund when it was not needed."""
+    confirmed = [p for p in order.payments if p.status is PaymentStatus.CONFIRMED]
+    return confirmed[-1] if confirmed else None
 
 
 def admit(application: Application, *, actor: str, now: datetime) -> Member:
@@ -348,6 +404,8 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     claimed = member is None and _member_by_contact(application, now=now)
     if claimed:
         member = claimed
+    if member is not None and application.order_id is not None and member.holds(tier.id):
+        return _bought_twice(application, member, now=now)
     numbered = tier.kind is TierKind.PAID and (member is None or member.number is None)
     # The number before the member: a newcomer is then inserted with it in one statement.
     number, label = allocate_member_number(application.community_id) if numbered else (None, None)
@@ -394,6 +452,26 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     return member
 
 
+def _bought_twice(application: Application, member: Member, *, now: datetime) -> Member:
+    """A paid application of someone who holds its tier already (another of their orders
+    paid for it: a second try after the first payment seemed lost, which then came):
+    one person stays one member with one membership, and this order's payment is put
+    before the admins to refund."""
+    application.status = ApplicationStatus.ADMITTED
+    application.member = member
+    order = db.session.get(Order, application.order_id)
+    order.member_id = member.id
+    flag_order(
+        order,
+        FlagKind.BOUGHT_TWICE,
+        payment=_paying(order),
+        detail=f"{application.tier.name} · {member.number_label or member.display_name}",
+        actor="system",
+        now=now,
+    )
+    return member
+
+
 def _member_by_contact(application: Application, *, now: datetime) -> Member | None:
     """The member who has the contact a prospect typed, if any: one person is one member,
     so what the application buys lands on that record. The browser that applied gets only
@@ -403,9 +481,9 @@ def _member_by_contact(application: Application, *, now: datetime) -> Member | N
     unbound, so only a code sent to the contact opens the member's page from now on."""
     if application.wechat_openid and application.contact_kind not in SENDABLE_CONTACTS:
         # Proven by WeChat with only a WeChat ID or nickname typed: that text is nobody's
-        # identity (two people may type the same nickname); the openid is, and it was
-        # nobody's when they applied.
-        return None
+        # identity (two people may type the same nickname); the openid is. A member it is
+        # bound to is this person (who applied twice, say).
+        return find_member_by_openid(application.community_id, application.wechat_openid)
     member = find_member(
         application.community_id, application.contact_kind, application.contact_value
     )
@@ -597,36 +675,22 @@ def allocate_member_number(community_id: int) -> tuple[int, str]:
     admissions queue and get consecutive numbers; a rollback gives the number back, so
     there are no gaps.
     """
-    number, pattern = db.session.execute(
-        sa.update(Community)
-        .where(Community.id == community_id)
-        .values(last_member_number=Community.last_member_number + 1)
-        .returning(Community.last_member_number, Community.member_number_pattern)
-    ).one()
+    number, pattern = db.session.execute(_NEXT_MEMBER_NUMBER, {"community_id": community_id}).one()
     return number, format_member_number(pattern, number)
 
 
 def seats_taken(group_ids: list[int]) -> dict[int, int]:
-    """Live invitations per group: the seats taken. Groups with none are left out."""
-    rows = db.session.execute(
-        sa.select(Invitation.group_id, sa.func.count())
-        .where(Invitation.group_id.in_(group_ids), Invitation.status.in_(LIVE_INVITATION_STATUSES))
-        .group_by(Invitation.group_id)
-    )
+    """Live invitations per group: the seats taken (see :attr:`Group.seats_taken`)."""
+    rows = db.session.execute(sa.select(Group.id, Group.seats_taken).where(Group.id.in_(group_ids)))
     return dict(rows.all())
 
 
 def _first_group_with_room(tier_id: int, *, now: datetime) -> Group | None:
     """The tier's group a new member is seated in (see
-    :func:`~membership.live_codes.choose_group`), its row locked while we take it."""
-    groups = db.session.scalars(
-        sa.select(Group)
-        .join(tier_groups, tier_groups.c.group_id == Group.id)
-        .where(tier_groups.c.tier_id == tier_id)
-        .order_by(Group.id)
-        .with_for_update(of=Group)
-    ).all()
-    group = choose_group(groups, seats_taken([g.id for g in groups]), now=now)
+    :func:`~membership.live_codes.choose_group`), its row locked while we take it: one
+    read of the groups' seat counters, however many members they have had."""
+    groups = db.session.scalars(_TIER_GROUPS_LOCKED, {"tier_id": tier_id}).all()
+    group = choose_group(groups, {g.id: g.seats_taken for g in groups}, now=now)
     if group is not None:
         tell_expired(group, now=now)
     return group

@@ -100,6 +100,7 @@ from payments.discounts import DiscountRefused
 from payments.models import Order, OrderStatus
 from payments.providers import ProviderError, enabled_providers, get_provider
 from payments.providers.wechatpay import WeChatPayProvider
+from payments.services import open_flags
 from payments.views import (
     OPENID_SESSION_KEY,
     apply_discount_code,
@@ -653,6 +654,7 @@ def status(slug: str, public_id: str):
         order_open=order is not None
         and order.status is OrderStatus.OPEN
         and application.status is not ApplicationStatus.AWAITING_PROOF,
+        flags=open_flags(order) if order is not None and member is not None else set(),
         pay_form=pay_form,
     )
 

@@ -17,16 +17,13 @@ from datetime import date
 from zoneinfo import ZoneInfo
 
 from flask import Flask, current_app
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.clock import utcnow
-from core.db import db
+from core.db import db, insert_for
 from membership.models import Community, PageVisits
 
 log = logging.getLogger(__name__)
-
-_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 class VisitCounter:
@@ -56,7 +53,7 @@ class VisitCounter:
 def _add(batch: Counter[tuple[int, date]]) -> None:
     """Add the counts to the database and commit (called from a page that changed nothing
     else)."""
-    insert = _INSERTS[db.engine.dialect.name]
+    insert = insert_for(db.engine.dialect.name)
     for (community_id, day), visits in sorted(batch.items()):
         statement = insert(PageVisits).values(community_id=community_id, day=day, visits=visits)
         db.session.execute(

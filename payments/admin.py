@@ -8,8 +8,9 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired, FileSize
-from wtforms import BooleanField, RadioField, SelectChoice, StringField
-from wtforms.validators import DataRequired, InputRequired, Length
+from sqlalchemy.orm import joinedload
+from wtforms import BooleanField, HiddenField, RadioField, SelectChoice, StringField
+from wtforms.validators import DataRequired, InputRequired, Length, Regexp
 
 from core.auth import requires
 from core.clock import utcnow
@@ -18,6 +19,7 @@ from core.money import Money
 from payments.exports import major
 from payments.models import (
     Order,
+    OrderFlag,
     Payment,
     PaymentStatus,
     Reconciliation,
@@ -25,7 +27,13 @@ from payments.models import (
     WebhookEvent,
 )
 from payments.reconciliation import READERS, StatementError, reconcile
-from payments.services import PaymentError, request_refund, send_refund
+from payments.services import (
+    PaymentError,
+    request_refund,
+    resolve_flag,
+    send_refund,
+    surplus_payments,
+)
 
 bp = Blueprint("payments_admin", __name__, url_prefix="/admin/payments")
 
@@ -115,7 +123,47 @@ def refund(payment_id: int):
                     "ok",
                 )
             return redirect(url_for(".refund", payment_id=payment.id))
-    return render_template("admin/refund.html", payment=payment, form=form)
+    return render_template(
+        "admin/refund.html",
+        payment=payment,
+        form=form,
+        surplus=payment in surplus_payments(payment.order),
+        flags=db.session.scalars(
+            sa.select(OrderFlag).where(
+                OrderFlag.order_id == payment.order_id, OrderFlag.resolved_at.is_(None)
+            )
+        ).all(),
+    )
+
+
+class ResolveForm(FlaskForm):
+    flag = HiddenField(validators=[DataRequired(), Regexp(r"^\d{1,18}$")])
+
+
+@bp.route("/attention", methods=["GET", "POST"])
+@requires("payments.refund")
+def attention():
+    """Orders whose money needs a person: paid twice, bought twice, a second transaction,
+    a renewal of an ended membership, a coupon paid for past its limit. Each links to the
+    payment to refund; marking one dealt with keeps it in the audit log."""
+    form = ResolveForm()
+    if form.validate_on_submit():
+        flag = db.session.get(OrderFlag, int(form.flag.data))
+        if flag is None:
+            abort(404)
+        if resolve_flag(flag, actor=current_user.actor):
+            flash("已标记为已处理 · Marked as dealt with", "ok")
+        db.session.commit()
+        return redirect(url_for(".attention"))
+    rows = db.paginate(
+        sa.select(OrderFlag)
+        .where(OrderFlag.resolved_at.is_(None))
+        .order_by(OrderFlag.id.desc())
+        .options(joinedload(OrderFlag.order), joinedload(OrderFlag.payment)),
+        page=_page(),
+        per_page=PAGE_SIZE,
+    )
+    return render_template("admin/attention.html", page=rows, form=form)
 
 
 class StatementForm(FlaskForm):

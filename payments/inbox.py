@@ -31,7 +31,12 @@ from core.db import db
 from core.limits import Limit, TooManyTries, claim
 from payments.models import InboxStatus, WebhookEvent
 from payments.providers import InvalidNotification, Notification, ProviderError, get_provider
-from payments.services import PaymentMismatch, apply_notification, identify_payment
+from payments.services import (
+    NotOurPayment,
+    PaymentMismatch,
+    apply_notification,
+    identify_payment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,8 @@ def receive(
         notification = provider.parse_notification(body, headers, received_at=now)
     except InvalidNotification as error:
         return refuse(provider_name, headers, str(error), body=body, client=client, now=now)
+    # Added to the session with its outcome (one INSERT, committed with what it caused),
+    # or before the provider is asked about it (see _apply).
     event = WebhookEvent(
         provider=provider_name,
         received_at=now,
@@ -90,7 +97,6 @@ def receive(
         body=body,
         status=InboxStatus.RECEIVED,
     )
-    db.session.add(event)
     return _apply(event, notification, now)
 
 
@@ -145,22 +151,31 @@ def _stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS}
 
 
+#: Built once: every delivery runs it.
+_APPLIED_BEFORE = sa.select(WebhookEvent.id).where(
+    WebhookEvent.provider == sa.bindparam("provider"),
+    WebhookEvent.event_id == sa.bindparam("event_id"),
+    WebhookEvent.status == InboxStatus.PROCESSED,
+    WebhookEvent.id != sa.bindparam("this"),
+)
+
+
 def _apply(event: WebhookEvent, notification: Notification, now: datetime) -> InboxResult:
-    """Apply a verified delivery, stored as ``event`` (added to the session, perhaps not
-    yet committed): identify its payment, skip a duplicate, apply it. Commits."""
+    """Apply a verified delivery, ``event`` (new, or stored before and replayed): identify
+    its payment, skip a duplicate, apply it, and store the delivery with how it ended.
+    Commits."""
     event.event_id = notification.event_id
+    if notification.payment_public_id is None and notification.payment_external_id:
+        # The provider may be asked whose payment this is, with the delivery committed.
+        db.session.add(event)
     try:
         notification = identify_payment(notification, event.provider)
     except ProviderError as error:
         log.warning("webhook from %s: payment not identified: %s", event.provider, error)
         return _finish(_rolled_back(event), InboxStatus.FAILED, str(error), now)
     applied_before = db.session.scalar(
-        sa.select(WebhookEvent.id).where(
-            WebhookEvent.provider == event.provider,
-            WebhookEvent.event_id == notification.event_id,
-            WebhookEvent.status == InboxStatus.PROCESSED,
-            WebhookEvent.id != event.id,
-        )
+        _APPLIED_BEFORE,
+        {"provider": event.provider, "event_id": notification.event_id, "this": event.id or 0},
     )
     if applied_before:
         return _finish(event, InboxStatus.DUPLICATE, f"applied as event {applied_before}", now)
@@ -173,7 +188,10 @@ def _apply(event: WebhookEvent, notification: Notification, now: datetime) -> In
             status = InboxStatus.PROCESSED if changed else InboxStatus.DUPLICATE
         event.status = status
         event.processed_at = now
+        db.session.add(event)
         db.session.commit()
+    except NotOurPayment as error:
+        return _finish(_rolled_back(event), InboxStatus.IGNORED, str(error), now)
     except PaymentMismatch as error:
         return _finish(_rolled_back(event), InboxStatus.REJECTED, str(error), now)
     except Exception as error:
@@ -241,6 +259,7 @@ def _finish(event: WebhookEvent, status: InboxStatus, detail: str, now: datetime
     """Record how a delivery ended, commit, and give the answer."""
     if status is InboxStatus.REJECTED:
         log.warning("webhook from %s refused: %s", event.provider, detail)
+    db.session.add(event)
     event.status = status
     event.detail = detail[:2000]
     event.processed_at = now

@@ -43,6 +43,24 @@ class DisputeStatus(StrEnum):
     LOST = "lost"  #: decided for the payer
 
 
+class FlagKind(StrEnum):
+    """Why an order needs a person's attention (see :class:`OrderFlag`)."""
+
+    #: A payment came for an order its other payments cover already: refund this one.
+    PAID_TWICE = "paid_twice"
+    #: The buyer held what the order bought already (another order of theirs paid for
+    #: it): refund this order's payment.
+    BOUGHT_TWICE = "bought_twice"
+    #: A renewal paid for a membership that had been ended (a refund, a lost chargeback,
+    #: an admin): refund it, or let the member back.
+    PAID_AFTER_END = "paid_after_end"
+    #: The provider reported a second transaction for a payment it had confirmed.
+    SECOND_TRANSACTION = "second_transaction"
+    #: Paid after the order expired and its coupon went to someone else: the price paid
+    #: holds, but the coupon was not used a time more than its limit.
+    COUPON_OVER_LIMIT = "coupon_over_limit"
+
+
 class InboxStatus(StrEnum):
     RECEIVED = "received"  #: stored, not yet processed
     PROCESSED = "processed"  #: verified and applied
@@ -159,6 +177,27 @@ class Payment(db.Model):
         return Money(self.kept_total(), self.currency)
 
 
+class OrderFlag(db.Model):
+    """Money that arrived but should not have, or not like this: shown to admins until one
+    of them resolves it (usually by refunding the payment it names)."""
+
+    __tablename__ = "order_flags"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id"), index=True)
+    #: The payment to look at (to refund, for a surplus), when there is one.
+    payment_id: Mapped[int | None] = mapped_column(sa.ForeignKey("payments.id"))
+    kind: Mapped[FlagKind] = mapped_column(enum_column(FlagKind, 20))
+    #: What was seen, for the admin: ids and amounts, never secrets.
+    detail: Mapped[str] = mapped_column(sa.String(300), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    resolved_by: Mapped[str | None] = mapped_column(sa.String(64))
+
+    order: Mapped[Order] = relationship()
+    payment: Mapped[Payment | None] = relationship()
+
+
 class Refund(db.Model):
     """One attempt to give back some or all of a confirmed payment."""
 
@@ -254,7 +293,8 @@ class WebhookEvent(db.Model):
     detail: Mapped[str | None] = mapped_column(sa.Text)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    __table_args__ = (sa.Index(None, "provider", "event_id"),)
+    #: By status: the few failed and unfinished deliveries are counted on every dashboard.
+    __table_args__ = (sa.Index(None, "provider", "event_id"), sa.Index(None, "status"))
 
 
 class LedgerEntry(db.Model):

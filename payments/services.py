@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import cache
 
 import sqlalchemy as sa
 from flask import current_app
@@ -18,14 +19,16 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from core import audit
 from core.clock import utcnow
-from core.db import db, end_transaction_keeping_objects
+from core.db import db, end_transaction_keeping_objects, insert_for, session_dialect
 from core.money import Money
 from core.security import new_token
 from payments.models import (
     Dispute,
     DisputeStatus,
+    FlagKind,
     LedgerEntry,
     Order,
+    OrderFlag,
     OrderStatus,
     Payment,
     PaymentStatus,
@@ -54,8 +57,15 @@ class OrderClosed(PaymentError):
 
 
 class PaymentMismatch(PaymentError):
-    """A genuine notification that does not match our records (unknown payment, amount or
-    currency): refused, nothing changes."""
+    """A genuine notification that does not match our records (amount or currency):
+    refused, nothing changes."""
+
+
+class NotOurPayment(PaymentError):
+    """A genuine notification about a payment we never made: another system's sale on the
+    same merchant account, or one the provider says does not exist. Recorded and answered
+    with success (a refusal would only make the provider deliver it again for days);
+    nothing changes."""
 
 
 def create_order(
@@ -183,23 +193,51 @@ def register_with_provider(payment: Payment, payer: Payer, *, actor: str) -> str
     return start.url
 
 
+@cache
+def _map_reference(dialect: str) -> sa.Insert:
+    """The statement that maps a provider id to a payment (and refund), once: a second
+    mapping of the same id changes nothing. Built once per dialect (the money path)."""
+    table = ProviderReference.__table__
+    return (
+        insert_for(dialect)(table)
+        .values(
+            provider=sa.bindparam("provider", type_=sa.String()),
+            external_id=sa.bindparam("external_id", type_=sa.String()),
+            payment_id=sa.bindparam("payment_id", type_=sa.Integer()),
+            refund_id=sa.bindparam("refund_id", type_=sa.Integer()),
+        )
+        .on_conflict_do_nothing(index_elements=[table.c.provider, table.c.external_id])
+    )
+
+
 def _reference(payment: Payment, external_id: str, refund: Refund | None = None) -> None:
     """Map a provider id to ``payment`` (and ``refund``), once."""
-    known = db.session.scalar(
-        sa.select(ProviderReference).where(
-            ProviderReference.provider == payment.provider,
-            ProviderReference.external_id == external_id,
-        )
+    if refund is not None and refund.id is None:
+        db.session.flush()
+    db.session.execute(
+        _map_reference(session_dialect()),
+        {
+            "provider": payment.provider,
+            "external_id": external_id,
+            "payment_id": payment.id,
+            "refund_id": refund.id if refund else None,
+        },
     )
-    if known is None:
-        db.session.add(
-            ProviderReference(
-                provider=payment.provider,
-                external_id=external_id,
-                payment_id=payment.id,
-                refund_id=refund.id if refund else None,
-            )
-        )
+
+
+#: Built once: every notification runs them.
+_LOCK_PAYMENT = (
+    sa.select(Payment)
+    .where(Payment.public_id == sa.bindparam("public_id"))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+_LOCK_ORDER = (
+    sa.select(Order)
+    .where(Order.id == sa.bindparam("order_id"))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
 
 
 def _lock_payment(public_id: str | None) -> Payment | None:
@@ -210,19 +248,9 @@ def _lock_payment(public_id: str | None) -> Payment | None:
     """
     if public_id is None:
         return None
-    payment = db.session.scalar(
-        sa.select(Payment)
-        .where(Payment.public_id == public_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    payment = db.session.scalar(_LOCK_PAYMENT, {"public_id": public_id})
     if payment is not None:
-        order = db.session.scalar(
-            sa.select(Order)
-            .where(Order.id == payment.order_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+        order = db.session.scalar(_LOCK_ORDER, {"order_id": payment.order_id})
         # Held by the payment, so the session's weak identity map keeps it loaded.
         set_committed_value(payment, "order", order)
     return payment
@@ -271,15 +299,16 @@ def apply_notification(
     notification: Notification, provider_name: str, *, now: datetime | None = None
 ) -> tuple[Payment | None, bool]:
     """Apply a verified notification. Returns the payment (None for an ignored event) and
-    whether anything changed (False for a redelivery). Raises :class:`PaymentMismatch`
-    when it does not match our records."""
+    whether anything changed (False for a redelivery). Raises :class:`NotOurPayment` for
+    a payment we never made, :class:`PaymentMismatch` when it does not match our
+    records."""
     now = now or utcnow()
     kind = notification.kind
     if kind is EventKind.IGNORED:
         return None, False
     payment = _resolve_payment(notification, provider_name)
     if payment is None:
-        raise PaymentMismatch("unknown payment")
+        raise NotOurPayment("not one of our payments")
     actor = f"webhook:{provider_name}"
     if kind is EventKind.PAYMENT_SUCCEEDED:
         _check_money(notification.amount, payment.money, "amount paid")
@@ -318,6 +347,10 @@ def _end_attempt(
     }[kind]
     payment.failure_reason = (reason or "")[:200] or None
     audit.record(f"payment.{payment.status}", payment, actor=actor, now=now)
+    order = payment.order
+    if order.status is OrderStatus.OPEN and order.expires_at <= now:
+        order.status = OrderStatus.EXPIRED
+        audit.record("order.expired", order, actor=actor, now=now)
     return True
 
 
@@ -326,16 +359,19 @@ def confirm_payment(
 ) -> bool:
     """Record that ``payment``'s money moved. The caller holds the payment's row lock.
 
-    Returns False when it was confirmed already. A payment confirmed after it failed, was
-    cancelled or its order expired is still money received: it counts.
+    Returns False when it was confirmed already, under the same provider id. A payment
+    confirmed after it failed, was cancelled or its order expired is still money received:
+    it counts. One that comes for an order paid already is kept and flagged for a refund;
+    a second provider transaction for a confirmed payment is flagged, never swallowed.
+
+    Every attempt is for the whole of its order (an order's price is fixed once an
+    attempt exists), so the first confirmed attempt pays it.
     """
     if payment.status is PaymentStatus.CONFIRMED:
-        return False
+        return _second_transaction(payment, external_id, actor=actor, now=now)
     order = payment.order
     paid_before = order.status in (OrderStatus.PAID, OrderStatus.REFUNDED)
-    # Read before writing, so the reads need no flush of what is being written.
-    paid = order.confirmed_total().amount + payment.amount
-    pays_order = not paid_before and paid >= order.amount
+    pays_order = not paid_before and payment.amount >= order.amount
     if external_id:
         _reference(payment, external_id)
     payment.status = PaymentStatus.CONFIRMED
@@ -354,8 +390,16 @@ def confirm_payment(
         "payment.confirmed", payment, actor=actor, data={"amount": str(payment.money)}, now=now
     )
     if paid_before:
-        # Paid twice: the money is kept in the ledger and shown to admins for a refund.
+        # Paid twice: the money is kept in the ledger and put before admins for a refund.
         audit.record("order.paid_again", order, actor=actor, data={"payment": payment.id}, now=now)
+        flag_order(
+            order,
+            FlagKind.PAID_TWICE,
+            payment=payment,
+            detail=f"{payment.money} · {payment.provider} {external_id or ''}".strip(),
+            actor=actor,
+            now=now,
+        )
         return True
     if pays_order:
         order.status = OrderStatus.PAID
@@ -363,6 +407,130 @@ def confirm_payment(
         audit.record("order.paid", order, actor=actor, now=now)
         order_paid.send(order, now=now)
     return True
+
+
+def _second_transaction(
+    payment: Payment, external_id: str | None, *, actor: str, now: datetime
+) -> bool:
+    """A confirmation of a confirmed payment: a redelivery (False), or the provider naming
+    another transaction for it (money may have moved twice: flagged, True)."""
+    known = _transaction_id(payment)
+    if not external_id or not known or external_id == known:
+        return False
+    audit.record(
+        "payment.second_transaction",
+        payment,
+        actor=actor,
+        data={"known": known, "reported": external_id},
+        now=now,
+    )
+    return flag_order(
+        payment.order,
+        FlagKind.SECOND_TRANSACTION,
+        payment=payment,
+        detail=f"{payment.provider}: {known} · {external_id}",
+        actor=actor,
+        now=now,
+    )
+
+
+def flag_order(
+    order: Order,
+    kind: FlagKind,
+    *,
+    payment: Payment | None = None,
+    detail: str = "",
+    actor: str,
+    now: datetime,
+) -> bool:
+    """Put ``order`` before the admins (flushed; audited). Once per kind and payment
+    while unresolved. Returns whether a flag was added."""
+    known = db.session.scalar(
+        sa.select(OrderFlag.id).where(
+            OrderFlag.order_id == order.id,
+            OrderFlag.kind == kind,
+            OrderFlag.payment_id.is_(None)
+            if payment is None
+            else OrderFlag.payment_id == payment.id,
+            OrderFlag.resolved_at.is_(None),
+        )
+    )
+    if known is not None:
+        return False
+    flag = OrderFlag(order=order, payment=payment, kind=kind, detail=detail[:300], created_at=now)
+    db.session.add(flag)
+    audit.record(
+        "order.flagged",
+        order,
+        actor=actor,
+        data={"kind": kind.value, "payment": payment.id if payment else None, "detail": detail},
+        now=now,
+    )
+    return True
+
+
+def open_flags(order: Order) -> set[FlagKind]:
+    """What about ``order`` still waits for an admin."""
+    return set(
+        db.session.scalars(
+            sa.select(OrderFlag.kind).where(
+                OrderFlag.order_id == order.id, OrderFlag.resolved_at.is_(None)
+            )
+        )
+    )
+
+
+def resolve_flag(flag: OrderFlag, *, actor: str, now: datetime | None = None) -> bool:
+    """An admin dealt with ``flag``. Returns False when it was resolved before."""
+    if flag.resolved_at is not None:
+        return False
+    flag.resolved_at = now or utcnow()
+    flag.resolved_by = actor
+    audit.record(
+        "order.flag_resolved", flag.order, actor=actor, data={"flag": flag.id}, now=flag.resolved_at
+    )
+    return True
+
+
+def standing(payment: Payment) -> bool:
+    """Whether ``payment`` still pays for its order: confirmed, not wholly refunded, and
+    not taken back by a chargeback that is open or was lost. A partial refund leaves it
+    standing (a goodwill refund is not the end of a membership)."""
+    if payment.status is not PaymentStatus.CONFIRMED:
+        return False
+    refunded_whole = payment.amount > 0 and payment.refunded_total() >= payment.amount
+    return not refunded_whole and all(d.status is DisputeStatus.WON for d in payment.disputes)
+
+
+def covered(order: Order) -> bool:
+    """Whether the order's standing payments still cover its amount: what it bought lasts
+    as long as this holds (unless an admin ends it with a partial refund)."""
+    return sum(p.amount for p in order.payments if standing(p)) >= order.amount
+
+
+def surplus_payments(order: Order) -> list[Payment]:
+    """Standing payments beyond what the order needs, in the order they were confirmed:
+    the ones to refund when an order was paid twice."""
+    needed, surplus = order.amount, []
+    for payment in sorted(
+        (p for p in order.payments if standing(p)), key=lambda p: (p.confirmed_at, p.id)
+    ):
+        if needed > 0:
+            needed -= payment.amount
+        else:
+            surplus.append(payment)
+    return surplus
+
+
+def _money_went_back(order: Order, *, actor: str, now: datetime) -> None:
+    """After a refund or a chargeback: a paid order whose standing payments no longer
+    cover it, with no chargeback still open, is refunded."""
+    if order.status is not OrderStatus.PAID or covered(order):
+        return
+    if any(d.status is DisputeStatus.OPEN for p in order.payments for d in p.disputes):
+        return
+    order.status = OrderStatus.REFUNDED
+    audit.record("order.refunded", order, actor=actor, now=now)
 
 
 def _ledger(
@@ -553,8 +721,8 @@ def _refund_made_at_provider(payment: Payment, amount: int, *, actor: str, now: 
 
 
 def _succeed_refund(refund: Refund, external_id: str | None, *, actor: str, now: datetime) -> None:
-    """The money went back: ledger entry, audit, and access withdrawn when the payment is
-    refunded in full or the admin asked for it."""
+    """The money went back: ledger entry, audit, and access withdrawn when the order's
+    standing payments no longer cover it (see :func:`covered`) or the admin asked for it."""
     payment = refund.payment
     refund.status = RefundStatus.SUCCEEDED
     refund.completed_at = now
@@ -566,11 +734,8 @@ def _succeed_refund(refund: Refund, external_id: str | None, *, actor: str, now:
         "refund.succeeded", refund, actor=actor, data={"amount": str(refund.money)}, now=now
     )
     order = payment.order
-    refunded = sum(p.refunded_total() for p in order.payments)
-    if refunded >= order.confirmed_total().amount and order.status is OrderStatus.PAID:
-        order.status = OrderStatus.REFUNDED
-        audit.record("order.refunded", order, actor=actor, now=now)
-    if payment.refunded_total() >= payment.amount or refund.revoke_access:
+    _money_went_back(order, actor=actor, now=now)
+    if refund.revoke_access or not covered(order):
         access_withdrawn.send(order, now=now, reason="refunded")
 
 
@@ -630,11 +795,13 @@ def _apply_dispute(
         audit.record(f"dispute.{status}", dispute, actor=actor, now=now)
         if status is not DisputeStatus.WON:
             _ledger(payment, "dispute", -dispute.amount, now=now, dispute=dispute)
-            access_withdrawn.send(
-                order,
-                now=now,
-                reason="disputed" if status is DisputeStatus.OPEN else "dispute_lost",
-            )
+            _money_went_back(order, actor=actor, now=now)
+            if not covered(order):
+                access_withdrawn.send(
+                    order,
+                    now=now,
+                    reason="disputed" if status is DisputeStatus.OPEN else "dispute_lost",
+                )
         return True
     if dispute.status is not DisputeStatus.OPEN or status is DisputeStatus.OPEN:
         return False
@@ -643,10 +810,12 @@ def _apply_dispute(
     audit.record(f"dispute.{status}", dispute, actor=actor, now=now)
     if status is DisputeStatus.WON:
         _ledger(payment, "dispute_won", dispute.amount, now=now, dispute=dispute)
-        if sum(p.kept_total() for p in order.payments) >= order.amount:
+        if covered(order):
             access_restored.send(order, now=now)
     else:
-        access_withdrawn.send(order, now=now, reason="dispute_lost")
+        _money_went_back(order, actor=actor, now=now)
+        if not covered(order):
+            access_withdrawn.send(order, now=now, reason="dispute_lost")
     return True
 
 

@@ -21,7 +21,8 @@ from core.db import db
 from core.money import Money
 from membership.models import Community, Member
 from payments.discounts import UNKNOWN_CODE, DiscountRefused, Purchase
-from payments.models import Order, OrderStatus
+from payments.models import FlagKind, Order, OrderStatus
+from payments.services import flag_order
 from perks.eligibility import community_standings, is_eligible
 from perks.models import Coupon, CouponGrant, CouponUse, CouponUseStatus
 
@@ -140,13 +141,31 @@ def release(use: CouponUse, *, reason: str, now: datetime) -> None:
 
 def consume_paid_coupon(order: Order, *, now: datetime) -> None:
     """``order_paid`` receiver: the order's coupon use is consumed. A payment that came
-    after its reservation was released (the order had expired) consumes it all the same:
-    the money was received, so the price paid holds."""
+    after its reservation was released (the order had expired) consumes it all the same
+    (the money was received, so the price paid holds) while the coupon has a use left;
+    when the use went to someone else meanwhile, the coupon is not used past its limit:
+    the use stays released and the order is put before the admins."""
     if order.coupon_code is None:
         return
     use = db.session.scalar(sa.select(CouponUse).where(CouponUse.order_id == order.id))
     if use is None or use.status is CouponUseStatus.CONSUMED:
         return
+    if use.status is CouponUseStatus.RELEASED:
+        coupon = db.session.scalar(
+            sa.select(Coupon).where(Coupon.id == use.coupon_id).with_for_update()
+        )
+        uses, buyer_uses = _live_uses(coupon, use.buyer, now=now)
+        if (
+            coupon.max_uses is not None and uses >= coupon.max_uses
+        ) or buyer_uses >= coupon.max_uses_per_buyer:
+            flag_order(
+                order,
+                FlagKind.COUPON_OVER_LIMIT,
+                detail=f"{order.coupon_code} · {order.discount}",
+                actor="system",
+                now=now,
+            )
+            return
     use.status = CouponUseStatus.CONSUMED
     use.closed_at = now
     audit.record(

@@ -31,7 +31,7 @@ from app import create_app
 from core.auth import StaffUser, create_staff_user
 from core.db import db
 from membership.cli import seed_demo_community
-from membership.models import Community
+from membership.models import LIVE_INVITATION_STATUSES, Community, Group, Invitation
 from tests import fake_apis
 from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, log_in
 
@@ -206,11 +206,24 @@ def _rollback(request, app: Flask) -> Iterator[None]:
         engines[key] = connection
     try:
         yield
+        _seat_counters_agree(held[0][0])
     finally:
         for connection, transaction in held:
             transaction.rollback()
             connection.close()
         engines.update(originals)
+
+
+def _seat_counters_agree(connection) -> None:
+    """Every group's seat counter equals its live invitations, whatever the test did: the
+    counter the admissions read and the count it stands for agree on every path the
+    suite walks."""
+    live = sa.select(sa.func.count(Invitation.id)).where(
+        Invitation.group_id == Group.id, Invitation.status.in_(LIVE_INVITATION_STATUSES)
+    )
+    rows = connection.execute(sa.select(Group.id, Group.seats_taken, live.scalar_subquery()))
+    disagree = [(group, counter, count) for group, counter, count in rows if counter != count]
+    assert disagree == [], "seat counters (group, counter, live invitations) disagree"
 
 
 @pytest.fixture

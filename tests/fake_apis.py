@@ -176,6 +176,9 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                 return self._json(session)
             if url.path.startswith("/v1/payment_intents/"):
                 intent_id = url.path.rsplit("/", 1)[1]
+                if intent_id.startswith("pi_other_"):
+                    # Another system's sale on the same account: no metadata of ours.
+                    return self._json({"id": intent_id, "object": "payment_intent", "metadata": {}})
                 for session in state.stripe_sessions.values():
                     # Stripe makes the intent when the payer pays; here it is named after
                     # our payment, as the tests' events name it.
@@ -187,7 +190,14 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                                 "metadata": session["metadata"],
                             }
                         )
-                return self._json({"error": {"message": "No such payment_intent"}}, 404)
+                # As Stripe answers it: a definite "not found", not an outage.
+                missing = {
+                    "code": "resource_missing",
+                    "message": f"No such payment_intent: '{intent_id}'",
+                    "param": "id",
+                    "type": "invalid_request_error",
+                }
+                return self._json({"error": missing}, 404)
             return self._json({"error": {"message": "not found"}}, 404)
 
         def do_POST(self) -> None:

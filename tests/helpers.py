@@ -197,8 +197,10 @@ def stripe_delivery(
     event_id: str | None = None,
     secret: str = fake_apis.STRIPE_WEBHOOK_SECRET,
     timestamp: int | None = None,
+    livemode: bool = False,
 ) -> tuple[bytes, dict[str, str]]:
-    """A Stripe event as Stripe sends it, signed with stripe's own scheme."""
+    """A Stripe event as Stripe sends it, signed with stripe's own scheme (the tests' keys
+    are test-mode keys)."""
     payload = json.dumps(
         {
             "id": event_id or f"evt_{new_token(12)}",
@@ -206,6 +208,7 @@ def stripe_delivery(
             "type": event_type,
             "api_version": "2025-09-30.clover",
             "created": int(time.time()),
+            "livemode": livemode,
             "data": {"object": obj},
         }
     )

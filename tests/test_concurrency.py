@@ -15,22 +15,28 @@ from werkzeug.serving import make_server
 from core.db import db
 from membership.cli import seed_demo_community
 from membership.models import (
+    Group,
     Invitation,
     InvitationStatus,
     Member,
     Membership,
+    MembershipStatus,
     Tier,
 )
 from payments import inbox
 from payments.models import (
+    FlagKind,
     InboxStatus,
     LedgerEntry,
     Order,
+    OrderFlag,
     OrderStatus,
     Payment,
     PaymentStatus,
     WebhookEvent,
 )
+from payments.providers import Payer
+from payments.services import start_payment
 from tests.conftest import fresh_database
 from tests.helpers import (
     checkout_session,
@@ -39,6 +45,7 @@ from tests.helpers import (
     signed_notification,
     stripe_delivery,
     wechat_paid,
+    wechat_refunded,
 )
 
 PAYERS = 100
@@ -80,6 +87,13 @@ def test_parallel_confirmations_get_numbers_1_to_100(tmp_path, _api_server):
             assert paid == [OrderStatus.PAID] * PAYERS
             issued = db.session.scalars(sa.select(Invitation.status).order_by(Invitation.id)).all()
             assert issued == [InvitationStatus.ISSUED] * PAYERS
+            # The seat counters moved once per admission, under the group's lock.
+            counted: dict[int, int] = {}
+            for group_id in db.session.scalars(sa.select(Invitation.group_id)):
+                counted[group_id] = counted.get(group_id, 0) + 1
+            counters = dict(db.session.execute(sa.select(Group.id, Group.seats_taken)).all())
+            assert {g: counters[g] for g in counted} == counted
+            assert sum(counters.values()) == PAYERS
 
 
 def _serve(app):
@@ -176,3 +190,60 @@ def test_a_sqlite_transaction_waits_its_turn_for_the_write_lock(tmp_path, _api_s
             assert isinstance(waited[1], OperationalError)
             assert 0.2 <= time.monotonic() - start < 2
             holder.rollback()
+
+
+def _order_with_two_wechat_payments(app) -> list[Payment]:
+    """One order the payer tried to pay twice: a Native QR code and H5 (app context)."""
+    seed_demo_community()
+    tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+    first = open_payment(tier, "wechatpay", 0)
+    db.session.flush()
+    phone = Payer(user_agent="Mozilla/5.0 (Linux; Android 13) Mobile Safari/537.36")
+    second = start_payment(
+        first.order, "wechatpay", payer=phone, return_url="/", cancel_url="/", actor="prospect"
+    )
+    db.session.commit()
+    assert (first.method, second.method) == ("native", "mweb")
+    return [first, second]
+
+
+def _post_each(url: str, bodies: list[bytes]) -> list[int]:
+    """Each body posted at the same moment, on a connection of its own."""
+    start = threading.Barrier(len(bodies))
+
+    def post(body):
+        start.wait()
+        headers = {"Content-Type": "text/xml", "Host": "qunmen.test"}
+        return requests.post(url, data=body, headers=headers, timeout=60).status_code
+
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        return list(pool.map(post, bodies))
+
+
+@pytest.mark.committing
+def test_two_payments_of_one_order_confirmed_and_taken_back_at_once(tmp_path, _api_server):
+    """Both attempts of one order confirmed at the same moment: one membership, one
+    number, the later one flagged as the surplus. Then both refunded at the same moment:
+    whichever refund comes second sees the first, and access ends."""
+    with fresh_database(tmp_path, _api_server) as app:
+        with app.app_context():
+            payments = _order_with_two_wechat_payments(app)
+            paid = [wechat_paid(p) for p in payments]
+            refunded = [wechat_refunded(p, p.amount, f"at-provider-{p.id}") for p in payments]
+        server, base = _serve(app)
+        try:
+            assert _post_each(f"{base}/webhooks/wechatpay", paid) == [200, 200]
+            with app.app_context():
+                assert db.session.scalars(sa.select(Member.number)).all() == [1]
+                assert count(Membership) == 1
+                assert db.session.scalars(sa.select(OrderFlag.kind)).all() == [FlagKind.PAID_TWICE]
+                assert db.session.scalar(sa.select(Order.status)) is OrderStatus.PAID
+            assert _post_each(f"{base}/webhooks/wechatpay", refunded) == [200, 200]
+        finally:
+            server.shutdown()
+        with app.app_context():
+            assert db.session.scalar(sa.select(Order.status)) is OrderStatus.REFUNDED
+            assert db.session.scalar(sa.select(Membership.status)) is MembershipStatus.ENDED
+            assert db.session.scalars(sa.select(Invitation.status)).all() == [
+                InvitationStatus.REVOKED
+            ]

@@ -46,7 +46,7 @@ from membership.models import (
     TierAudience,
     TierKind,
 )
-from payments.models import LedgerEntry, Order, Payment, PaymentStatus
+from payments.models import FlagKind, LedgerEntry, Order, OrderFlag, Payment, PaymentStatus
 from tests import fake_apis
 from tests.helpers import (
     add_coupon,
@@ -210,14 +210,19 @@ def test_a_members_contact_is_answered_like_a_strangers_and_the_member_is_told(a
     # The member's phone proves itself with the code sent to it.
     response = prove_join(client, response.location, code=_code_sent_to(app, PHONE))
     assert response.location.startswith("/fake-pay/")
-    # Paid, it lands on the member's record (one person, one member); this browser sees
-    # what it bought, and is not logged in as the member.
+    # Paid, it lands on the member's record (one person, one member, who holds the tier
+    # already: the payment is put before the admins to refund); this browser is told so,
+    # and is not logged in as the member.
     status = cashier_action(client, response.location).location
-    assert 'id="member-number">0001<' not in client.get(status).get_data(as_text=True)
+    page = client.get(status).get_data(as_text=True)
+    assert 'id="member-number">0001<' not in page
+    assert 'id="bought-twice"' in page
     assert client.get("/me").status_code == 401
     with app.app_context():
         assert count(Member) == 1
-        assert count(Membership) == 2
+        assert count(Membership) == 1
+        flag = db.session.scalars(sa.select(OrderFlag)).one()
+        assert flag.kind is FlagKind.BOUGHT_TWICE and flag.payment is not None
 
 
 def test_purged_member_comes_back_at_the_reentry_price_keeping_the_number(app, demo):

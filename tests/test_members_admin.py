@@ -102,3 +102,13 @@ def test_staff_are_numbered_in_their_own_series(app, demo, logged_in):
             sa.select(Member.number_label, Member.staff_number_label).order_by(Member.id)
         ).all()
     assert labels == [("0001", "LS-01"), ("0002", "LS-02")]  # apart from member numbers
+
+
+def test_search_by_whole_contact_number_or_part(app, demo, logged_in):
+    join_and_pay(app.test_client(), "main", display_name="电话找", contact_value="13911112222")
+    join_and_pay(app.test_client(), "main", display_name="别人", contact_value="13733334444")
+    url = f"/admin/communities/{_community_id(app)}/members"
+    for typed in ("13911112222", "+8613911112222", "1111222", "#1", "0001"):
+        page = logged_in.get(url, query_string={"q": typed}).text
+        assert "电话找" in page and "别人" not in page, typed
+    assert "(0)" in logged_in.get(url, query_string={"q": "13911112223"}).text

@@ -266,7 +266,6 @@ def test_amount_tampered_after_signing_is_refused(app, client, payment_id):
     [
         ({"amount_total": 990}, "does not match"),
         ({"currency": "usd"}, "does not match"),
-        ({"metadata": {"payment": "not-ours"}}, "unknown payment"),
         ({"currency": "xxx"}, "not an amount"),
         ({"amount_total": "9900"}, "not an amount"),
     ],

@@ -141,13 +141,19 @@ def test_genuine_notification_with_a_wrong_amount_is_refused(app, client, paymen
         assert "does not match" in event.detail
 
 
-def test_notification_for_an_unknown_payment_is_refused(app, client, payment_id):
+def test_notification_for_a_payment_not_ours_is_recorded_not_refused(app, client, payment_id):
+    """Genuine, about another system's sale: a refusal would be delivered again for days."""
+    before = state(app)
     with app.app_context():
         payment = db.session.get(Payment, payment_id)
         payment.public_id = "someone-elses-payment"
         body, headers = signed_notification(payment)
         db.session.rollback()
-    assert client.post("/webhooks/fake", data=body, headers=headers).status_code == 400
+    assert client.post("/webhooks/fake", data=body, headers=headers).status_code == 200
+    assert state(app) == before
+    with app.app_context():
+        event = db.session.scalars(sa.select(WebhookEvent)).one()
+        assert (event.status, event.detail) == (InboxStatus.IGNORED, "not one of our payments")
 
 
 def test_redelivery_of_the_same_event_counts_once(app, client, payment_id):

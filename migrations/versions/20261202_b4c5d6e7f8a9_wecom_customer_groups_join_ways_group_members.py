@@ -7,7 +7,7 @@ each group are kept; platform tasks may be about a whole group (no invitation). 
 column is nullable.
 
 Revision ID: b4c5d6e7f8a9
-Revises: d1e2f3a4b5c6
+Revises: e6f7a8b9c0d1
 Create Date: 2026-12-02 01:40:57.841548
 
 """
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = 'b4c5d6e7f8a9'
-down_revision = 'd1e2f3a4b5c6'
+down_revision = 'e6f7a8b9c0d1'
 branch_labels = None
 depends_on = None
 

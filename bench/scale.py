@@ -1,0 +1,205 @@
+"""The money path and the admin pages at 1,000 and at 100,000 members and payments, in
+process: CPU milliseconds and SQL statements per request, beside bare baselines in the same
+run (one INSERT for the writes, one indexed SELECT for the pages). Prints each scenario's
+cost, its ratio to its baseline (baseline cost / scenario cost: higher is better, 1.0 is
+as cheap as the baseline) and how much it grew from the small size to the large one.
+
+    bench/run scale                       # 1,000 and 100,000 members, both databases
+    bench/run scale --sizes 1000 20000 --database sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import flask_migrate
+import sqlalchemy as sa
+from sqlalchemy import event
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app import create_app  # noqa: E402
+from bench import bare  # noqa: E402
+from bench.announce import EMAIL, PASSWORD, logged_in_client  # noqa: E402
+from bench.seed import seed_members  # noqa: E402
+from bench.webhook_ingest import SETTINGS, database  # noqa: E402
+from core.auth import create_staff_user  # noqa: E402
+from core.clock import utcnow  # noqa: E402
+from core.db import db  # noqa: E402
+from membership.cli import seed_demo_community  # noqa: E402
+from membership.models import Tier  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    checkout_session,
+    hidden_value,
+    open_payment,
+    stripe_delivery,
+)
+
+#: Requests measured per scenario (after a few unmeasured ones warm the caches).
+ROUNDS = {"write": 150, "page": 60}
+WARM = 10
+
+
+class Statements:
+    """Counts the SQL statements an engine runs."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.count = 0
+        event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *_args, **_kwargs) -> None:
+        self.count += 1
+
+
+def measure(send, rounds: int, statements: Statements) -> dict[str, float]:
+    """CPU ms (median of rounds), wall ms (median) and statements per call of ``send(i)``."""
+    for i in range(WARM):
+        send(i)
+    cpu, wall, counted = [], [], []
+    for i in range(WARM, WARM + rounds):
+        before, c0, w0 = statements.count, time.process_time(), time.perf_counter()
+        send(i)
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+        counted.append(statements.count - before)
+    return {
+        "cpu": statistics.median(cpu) * 1000,
+        "wall": statistics.median(wall) * 1000,
+        "statements": statistics.median(counted),
+    }
+
+
+def prepare(url: str, members: int):
+    """The demo community with ``members`` paid members, payments to deliver, a staff
+    login; the app and the deliveries."""
+    os.environ.update(SETTINGS)
+    os.environ["DATABASE_URL"] = url
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "QUEUE_IN_PROCESS": False})
+    with app.app_context():
+        flask_migrate.upgrade(directory=str(ROOT / "migrations"))
+        community = seed_demo_community()
+        tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+        seed_members(community, tier, members, now=utcnow(), paid=True)
+        deliveries = []
+        for i in range(WARM + ROUNDS["write"]):
+            payment = open_payment(tier, "stripe", members + i)
+            db.session.flush()
+            deliveries.append(
+                stripe_delivery("checkout.session.completed", checkout_session(payment))
+            )
+        create_staff_user(EMAIL, "bench", PASSWORD, actor="bench")
+        db.session.commit()
+        bare.bare_metadata.create_all(db.engine)
+    return app, deliveries
+
+
+def run(kind: str, members: int) -> dict[str, dict[str, float]]:
+    with tempfile.TemporaryDirectory() as scratch, database(kind, Path(scratch)) as url:
+        app, deliveries = prepare(url, members)
+        baseline = bare.create_app()
+        with app.app_context():
+            ours = Statements(db.engine)
+        with baseline.app_context():
+            theirs = Statements(db.engine)
+        plain = baseline.test_client()
+        results = {
+            "bare INSERT": measure(
+                lambda i: plain.post("/ingest", data=deliveries[i][0]), ROUNDS["write"], theirs
+            ),
+            "bare indexed SELECT": measure(
+                lambda i: plain.get(f"/one?n={i * 7 % members + 1}"), ROUNDS["page"], theirs
+            ),
+        }
+        client = app.test_client()
+
+        def deliver(i: int) -> None:
+            body, headers = deliveries[i]
+            assert client.post("/webhooks/stripe", data=body, headers=headers).status_code == 200
+
+        results["webhook, fresh"] = measure(deliver, ROUNDS["write"], ours)
+        results["webhook, duplicate"] = measure(deliver, ROUNDS["write"], ours)
+        results["join page"] = measure(lambda i: client.get("/join/demo"), ROUNDS["page"], ours)
+        results["join POST"] = measure(lambda i: _join(app, i), ROUNDS["write"], ours)
+        admin, _token = logged_in_client(app)
+        community = "/admin/communities/1"
+        for name, path in (
+            ("admin members list", f"{community}/members?page=3"),
+            ("admin member search", f"{community}/members?q=成员4242"),
+            ("admin dashboard", "/admin/"),
+        ):
+            results[name] = measure(lambda i, path=path: _ok(admin.get(path)), ROUNDS["page"], ours)
+        return results
+
+
+def _ok(response):
+    assert response.status_code == 200, response.status_code
+    return response
+
+
+def _join(app, i: int) -> None:
+    """One prospect's join form: opened (not measured), sent (measured by the caller)."""
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+    html = client.get("/join/demo/main").text
+    response = client.post(
+        "/join/demo/main",
+        data={
+            "csrf_token": hidden_value(html, "csrf_token"),
+            "submission_key": hidden_value(html, "submission_key"),
+            "display_name": f"新人{i}",
+            "wechat_id": f"newcomer_{i}",
+            "contact_kind": "phone",
+            "contact_value": f"139{i:08d}",
+            "accept_rules": "y",
+            "provider": "stripe",
+        },
+    )
+    assert response.status_code == 302, response.status_code
+
+
+#: Which baseline each scenario is measured against.
+BASELINE = {
+    "webhook, fresh": "bare INSERT",
+    "webhook, duplicate": "bare INSERT",
+    "join POST": "bare INSERT",
+    "join page": "bare indexed SELECT",
+    "admin members list": "bare indexed SELECT",
+    "admin member search": "bare indexed SELECT",
+    "admin dashboard": "bare indexed SELECT",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs=2, default=[1000, 100_000])
+    parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
+    args = parser.parse_args()
+    kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
+    small, large = args.sizes
+    print(f"in process, CPU ms per request (median), {os.cpu_count()} CPUs")
+    print(
+        f"{'database':9} {'scenario':22} {'members':>8} {'CPU ms':>7} {'wall ms':>8} "
+        f"{'stmts':>6} {'vs bare':>8} {'growth':>7}"
+    )
+    for kind in kinds:
+        sized = {size: run(kind, size) for size in (small, large)}
+        for size in (small, large):
+            rows = sized[size]
+            for name, r in rows.items():
+                base = rows.get(BASELINE.get(name, ""), r)
+                growth = r["cpu"] / sized[small][name]["cpu"]
+                print(
+                    f"{kind:9} {name:22} {size:8d} {r['cpu']:7.2f} {r['wall']:8.2f} "
+                    f"{r['statements']:6.0f} {base['cpu'] / r['cpu']:8.2f} {growth:7.2f}"
+                )
+
+
+if __name__ == "__main__":
+    main()
