@@ -26,6 +26,7 @@ from membership import admin as membership_admin
 from membership import cli as membership_cli
 from membership import telegram as membership_telegram
 from membership import views as membership_views
+from membership import wecom as membership_wecom
 from membership.access import start_in_process_worker
 from membership.services import (
     admit_paid_application,
@@ -107,6 +108,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.register_blueprint(membership_views.bp)
     app.register_blueprint(membership_admin.bp)
     app.register_blueprint(membership_telegram.bp)
+    app.register_blueprint(membership_wecom.bp)
     app.register_blueprint(payments_admin.bp)
     app.register_blueprint(perks_views.bp)
     app.register_blueprint(perks_admin.bp)
@@ -119,6 +121,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.cli.add_command(membership_cli.seed_demo_command)
     app.cli.add_command(membership_cli.expire_memberships_command)
     app.cli.add_command(membership_cli.worker_command)
+    app.cli.add_command(membership_cli.watch_groups_command)
     app.cli.add_command(membership_cli.export_revenue_command)
     app.cli.add_command(payments_cli)
     app.cli.add_command(perks_cli.seed_demo_perks_command)

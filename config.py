@@ -168,6 +168,14 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         "TELEGRAM_API_BASE": os.environ.get("TELEGRAM_API_BASE"),
         # The secret_token given to setWebhook: Telegram sends it with every update.
         "TELEGRAM_WEBHOOK_SECRET": os.environ.get("TELEGRAM_WEBHOOK_SECRET"),
+        # WeCom customer groups (企业微信客户群): the enterprise's corp id and the secret of
+        # the app configured for 客户联系 (join ways, group lists); the callback's token and
+        # EncodingAESKey (``/webhooks/wecom``); another API address (the tests' fake).
+        "WECOM_CORP_ID": os.environ.get("WECOM_CORP_ID"),
+        "WECOM_SECRET": os.environ.get("WECOM_SECRET"),
+        "WECOM_CALLBACK_TOKEN": os.environ.get("WECOM_CALLBACK_TOKEN"),
+        "WECOM_ENCODING_AES_KEY": os.environ.get("WECOM_ENCODING_AES_KEY"),
+        "WECOM_API_BASE": os.environ.get("WECOM_API_BASE"),
         # Drain the platform-call queue from a thread of the web process (the demo needs no
         # second process). Production runs ``flask worker`` instead and sets this to 0.
         "QUEUE_IN_PROCESS": _flag("QUEUE_IN_PROCESS", True),

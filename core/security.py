@@ -109,7 +109,8 @@ def init_security_headers(app: Flask) -> None:
         nonce = g.get("csp_nonce", "")
         response.headers.setdefault(
             "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+            # WeCom serves each join way's QR image from its own host (membership.wecom).
+            "default-src 'self'; img-src 'self' data: https://wework.qpic.cn; style-src 'self'; "
             f"script-src 'self' 'nonce-{nonce}'; frame-ancestors 'none'; "
             "form-action 'self' https:; base-uri 'none'",
         )

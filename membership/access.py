@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from datetime import datetime, timedelta
+from functools import partial
 
 import sqlalchemy as sa
 from flask import Flask
@@ -27,7 +28,7 @@ from membership.models import (
     TaskAction,
     TaskStatus,
 )
-from membership.platforms import PlatformError, adapter_for
+from membership.platforms import WECOM, PlatformError, adapter_for
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,23 @@ def queue_platform_task(invitation: Invitation, action: TaskAction, *, now: date
             created_at=now,
         )
     )
+
+
+def queue_group_task(
+    action: TaskAction, *, chat_id: str | None = None, now: datetime
+) -> PlatformTask:
+    """Queue a task about a whole group (``chat_id``) or every group rather than one
+    invitation: a WeCom group's members read again, or all of them (added, not flushed)."""
+    task = PlatformTask(
+        action=action,
+        chat_id=chat_id,
+        status=TaskStatus.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    db.session.add(task)
+    return task
 
 
 def _backoff(attempts: int) -> timedelta:
@@ -75,16 +93,26 @@ def run_task(task_id: int, *, now: datetime) -> TaskStatus:
     """Make one claimed task's platform call and record the outcome. Commits."""
     task = db.session.get(PlatformTask, task_id)
     invitation = task.invitation
-    group = invitation.group  # loaded now: the adapter reads it with no transaction open
-    adapter = adapter_for(group.platform if group else "")
-    call = {
-        TaskAction.GRANT: adapter.grant,
-        TaskAction.ADMIT: adapter.admit,
-        TaskAction.REVOKE: adapter.revoke,
-    }[task.action]
+    if invitation is None:  # a whole group's task: WeCom's, the one platform that has them
+        adapter = adapter_for(WECOM)
+        call = {
+            TaskAction.SYNC: partial(adapter.sync_chat, task.chat_id),
+            TaskAction.RECONCILE: adapter.reconcile,
+        }[task.action]
+    else:
+        group = invitation.group  # loaded now: the adapter reads it with no transaction open
+        adapter = adapter_for(group.platform if group else "")
+        call = partial(
+            {
+                TaskAction.GRANT: adapter.grant,
+                TaskAction.ADMIT: adapter.admit,
+                TaskAction.REVOKE: adapter.revoke,
+            }[task.action],
+            invitation,
+        )
     end_transaction_keeping_objects()
     try:
-        call(invitation, now=now)
+        call(now=now)
     except (PlatformError, OSError) as error:
         db.session.rollback()
         task = db.session.get(PlatformTask, task_id)

@@ -27,10 +27,10 @@ from wtforms import SelectChoice
 from core import audit
 from core.auth import requires
 from core.clock import utcnow
-from core.db import begin_snapshot, db
+from core.db import begin_snapshot, db, end_transaction_keeping_objects
 from core.exporters import csv_lines, write_xlsx
 from core.money import Money
-from membership.access import complete_removal, retry
+from membership.access import complete_removal, queue_group_task, retry
 from membership.exports import MembersExport, community_revenue, community_stats, day_start
 from membership.forms import (
     AccessForm,
@@ -56,6 +56,7 @@ from membership.lifecycle import (
     purge_candidates,
     run_purge,
 )
+from membership.live_codes import group_warnings, seats_of
 from membership.models import (
     LISTED_ORDER,
     Application,
@@ -73,21 +74,30 @@ from membership.models import (
     QuestionKind,
     RemovalTask,
     ScreeningQuestion,
+    TaskAction,
     TaskStatus,
     Tier,
     TierAudience,
     TierKind,
 )
+from membership.platforms import WECOM, PlatformError
 from membership.screening import ScreeningRefused, approve, reject
 from membership.services import (
     JoinRefused,
     give_staff_number,
     normalise_contact,
     place_waiting_invitations,
-    seats_of,
     seats_taken,
     waiting_invitations,
 )
+from membership.wecom import (
+    chat_choices,
+    freeloaders,
+    group_headcounts,
+    queue_reconciliation,
+    removal_details,
+)
+from membership.wecom import configured as wecom_configured
 from payments import inbox
 from payments.models import WebhookEvent
 
@@ -158,12 +168,16 @@ def dashboard():
             sa.select(sa.func.count(RemovalTask.id)).where(RemovalTask.done_at.is_(None))
         ),
     }
+    now = utcnow()
+    taken = seats_taken([g.id for c in communities for g in c.groups])
+    group_alerts = [w for c in communities for w in group_warnings(c, taken, now=now)]
     return render_template(
         "admin/dashboard.html",
         communities=communities,
         waiting=waiting,
         members=members,
         attention=attention,
+        group_alerts=group_alerts,
     )
 
 
@@ -323,16 +337,29 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
         upload = form.qr_image.data
         image = upload.read() if upload else None
         mime = sniff_image(image) if image else None
+        chat_taken = form.wecom_chat_id.data and db.session.scalar(
+            sa.select(Group.id).where(
+                Group.wecom_chat_id == form.wecom_chat_id.data, Group.id != (group_id or 0)
+            )
+        )
         if image and mime is None:
             form.qr_image.errors.append("不是有效的图片 · Not a PNG, JPEG or WebP image")
+        elif chat_taken:
+            form.wecom_chat_id.errors.append("该客户群已属于另一个群 · Another group has it")
         else:
             now = utcnow()
             if group is None:
                 group = Group(community=community, created_at=now)
                 db.session.add(group)
+            form.wecom_chat_id.data = form.wecom_chat_id.data or None
             changed = _changes(
-                group, form, ["name", "platform", "capacity", "join_link", "telegram_chat_id"]
+                group,
+                form,
+                ["name", "platform", "capacity", "join_link", "telegram_chat_id", "wecom_chat_id"],
             )
+            if "wecom_chat_id" in changed and group.wecom_chat_id:
+                # Its owner and members are read by the worker, not in this request.
+                queue_group_task(TaskAction.SYNC, chat_id=group.wecom_chat_id, now=now)
             expires = form.qr_expires_at.data
             group.qr_expires_at = (
                 day_start(community, expires + timedelta(days=1)) if expires else None
@@ -345,8 +372,20 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
             db.session.commit()
             flash(f"已保存，{placed} 位等待中的成员获得邀请 · Saved; {placed} waiting placed", "ok")
             return redirect(url_for(".community", community_id=community.id))
+    wecom_chats, wecom_error = [], None
+    if wecom_configured() and request.method == "GET":
+        end_transaction_keeping_objects()
+        try:
+            wecom_chats = chat_choices()
+        except (PlatformError, OSError):
+            wecom_error = "暂时无法读取企业微信客户群列表 · WeCom's group list is unavailable now"
     return render_template(
-        "admin/group_form.html", form=form, community=community, group=group
+        "admin/group_form.html",
+        form=form,
+        community=community,
+        group=group,
+        wecom_chats=wecom_chats,
+        wecom_error=wecom_error,
     ), 422 if form.errors else 200
 
 
@@ -628,7 +667,42 @@ def removals(community_id: int):
         .where(Group.community_id == community.id, RemovalTask.done_at.is_(None))
         .order_by(RemovalTask.id)
     ).all()
-    return render_template("admin/removals.html", community=community, pending=pending)
+    return render_template(
+        "admin/removals.html",
+        community=community,
+        pending=pending,
+        wecom_people=removal_details(pending),
+    )
+
+
+@bp.route("/wecom", methods=["GET", "POST"])
+@requires("members.removals")
+def wecom():
+    """The WeCom customer groups: owner, people, freeloaders; queue a reconciliation."""
+    if request.method == "POST":
+        queue_reconciliation(actor=current_user.actor, now=utcnow())
+        db.session.commit()
+        flash("已排队核对 · Reconciliation queued", "ok")
+        return redirect(url_for(".wecom"))
+    groups = db.session.scalars(
+        sa.select(Group).where(Group.platform == WECOM).order_by(Group.community_id, Group.id)
+    ).all()
+    return render_template(
+        "admin/wecom.html",
+        groups=groups,
+        people=group_headcounts([g.id for g in groups]),
+        loaders={g.id: len(freeloaders(g)) for g in groups},
+    )
+
+
+@bp.get("/groups/<int:group_id>/freeloaders")
+@requires("members.removals")
+def group_freeloaders(group_id: int):
+    """People in a WeCom group whom no valid invitation covers, when and how they came."""
+    group = db.get_or_404(Group, group_id)
+    return render_template(
+        "admin/freeloaders.html", group=group, community=group.community, rows=freeloaders(group)
+    )
 
 
 @bp.route("/platform-tasks", methods=["GET", "POST"])

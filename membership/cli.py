@@ -19,10 +19,13 @@ from core.clock import utcnow
 from core.db import begin_snapshot, db
 from core.exporters import csv_lines, write_xlsx
 from core.outbox import drain_outbox
+from membership import wecom
 from membership.access import drain
 from membership.exports import community_revenue
 from membership.lifecycle import expire_memberships, send_reminders
+from membership.live_codes import group_warnings, tell_admins
 from membership.models import Community, Group, Tier, TierAudience, TierKind
+from membership.services import seats_taken
 
 DEMO_SLUG = "demo"
 
@@ -145,6 +148,24 @@ def worker_command(once: bool, interval: float) -> None:
             return
         db.session.remove()
         time.sleep(interval)
+
+
+@click.command("watch-groups")
+@with_appcontext
+def watch_groups_command() -> None:
+    """Tell admins about group QR codes expiring within a day (or expired) and tiers whose
+    groups are nearly full, each once; queue a reconciliation of the WeCom groups. Run it
+    hourly."""
+    now, told = utcnow(), 0
+    communities = db.session.scalars(sa.select(Community).order_by(Community.id)).all()
+    taken = seats_taken([g.id for c in communities for g in c.groups])
+    for community in communities:
+        told += tell_admins(community, group_warnings(community, taken, now=now), now=now)
+    queued = wecom.configured() and not wecom.reconciliation_pending()
+    if queued:
+        wecom.queue_reconciliation(actor="system", now=now)
+    db.session.commit()
+    click.echo(f"{told} warnings sent, WeCom reconciliation {'queued' if queued else 'not queued'}")
 
 
 @click.command("export-revenue")

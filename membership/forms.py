@@ -304,6 +304,12 @@ class GroupForm(FlaskForm):
         filters=[strip_text],
         validators=[Optional(), Regexp(r"^-?[0-9]{5,20}$|^@[A-Za-z0-9_]{5,32}$")],
     )
+    wecom_chat_id = StringField(
+        "企业微信客户群 chat id · WeCom customer group's chat id",
+        filters=[strip_text],
+        validators=[Optional(), Regexp(r"^[A-Za-z0-9_-]{1,64}$")],
+        render_kw={"list": "wecom-chats"},
+    )
     qr_expires_at = DateField("二维码到期日 · QR code expires on", validators=[Optional()])
     qr_image = ImageUploadField(
         "群二维码图片 · QR image",

@@ -13,6 +13,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 from sqlalchemy.orm.attributes import set_committed_value
 
+from core.clock import utcnow
 from core.db import UTCDateTime, db, enum_column
 from core.money import Money
 
@@ -166,6 +167,10 @@ class Group(db.Model):
     #: Telegram groups: the chat id the bot manages (it must be an admin there).
     telegram_chat_id: Mapped[str | None] = mapped_column(sa.String(40))
     qr_mime: Mapped[str | None] = mapped_column(sa.String(40))
+    #: WeCom customer groups (客户群): the chat id the API lists it by, and its owner's
+    #: WeCom userid (the staff member who removes people: the API cannot).
+    wecom_chat_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    wecom_owner: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: Live invitations to the group (the seats taken), kept by :func:`_count_seats` on
     #: every flush that gives or takes one: finding a free seat reads this, not a count
@@ -178,6 +183,16 @@ class Group(db.Model):
         sa.CheckConstraint("capacity >= 0", name="capacity_not_negative"),
         sa.CheckConstraint("seats_taken >= 0", name="seats_taken_not_negative"),
     )
+
+    def qr_valid(self, now: datetime) -> bool:
+        """Whether the group's uploaded QR image may be shown: there is one and it has
+        not expired (WeChat group QR codes live 7 days)."""
+        return self.qr_mime is not None and (self.qr_expires_at is None or self.qr_expires_at > now)
+
+    @property
+    def qr_current(self) -> bool:
+        """:meth:`qr_valid` now (for templates)."""
+        return self.qr_valid(utcnow())
 
 
 class ContactKind(StrEnum):
@@ -420,9 +435,17 @@ class Invitation(db.Model):
     #: A link for this invitation alone (Telegram's one-use invite link), once the
     #: platform made it; otherwise the group's QR image or link is shown.
     join_link: Mapped[str | None] = mapped_column(sa.String(500))
+    #: When that link stops working (Telegram's ``expire_date``); the member may ask for a
+    #: new one from their page after that.
+    join_link_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: Telegram: the user who asked to join through the link (the first one is let in,
     #: and removed again on revoke).
     telegram_user_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: WeCom: the join way (「加入群聊」) made for this invitation alone, its QR code, and
+    #: the external userid of the person WeCom reports joined with it.
+    wecom_config_id: Mapped[str | None] = mapped_column(sa.String(64))
+    wecom_qr_url: Mapped[str | None] = mapped_column(sa.String(500))
+    wecom_user_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
 
     member: Mapped[Member] = relationship(back_populates="invitations")
     membership: Mapped[Membership] = relationship()
@@ -434,6 +457,20 @@ class Invitation(db.Model):
     @property
     def is_valid(self) -> bool:
         return self.status in LIVE_INVITATION_STATUSES and self.group is not None
+
+    def link_expired(self, now: datetime) -> bool:
+        """Whether its own join link ran out before anyone used it: a new one may be
+        made."""
+        return (
+            self.status is InvitationStatus.ISSUED
+            and self.join_link_expires_at is not None
+            and self.join_link_expires_at <= now
+        )
+
+    @property
+    def link_expired_now(self) -> bool:
+        """:meth:`link_expired` now (for templates)."""
+        return self.link_expired(utcnow())
 
 
 class LoginCode(db.Model):
@@ -521,6 +558,10 @@ class TaskAction(StrEnum):
     GRANT = "grant"
     REVOKE = "revoke"
     ADMIT = "admit"  #: let in the person who asked to join through the invitation
+    #: read one WeCom group's members again (``chat_id``), after its change callback
+    SYNC = "sync"
+    #: list every WeCom group and read each one's members (what callbacks missed)
+    RECONCILE = "reconcile"
 
 
 class TaskStatus(StrEnum):
@@ -536,7 +577,12 @@ class PlatformTask(db.Model):
     __tablename__ = "platform_tasks"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    invitation_id: Mapped[int] = mapped_column(sa.ForeignKey("invitations.id"), index=True)
+    #: None for the tasks about a whole group or platform (:attr:`TaskAction.SYNC`,
+    #: :attr:`TaskAction.RECONCILE`).
+    invitation_id: Mapped[int | None] = mapped_column(sa.ForeignKey("invitations.id"), index=True)
+    #: :attr:`TaskAction.SYNC`: the WeCom chat to read (perhaps not one of our groups yet:
+    #: a group WeCom opened when a join way's groups were full).
+    chat_id: Mapped[str | None] = mapped_column(sa.String(64))
     action: Mapped[TaskAction] = mapped_column(enum_column(TaskAction))
     status: Mapped[TaskStatus] = mapped_column(enum_column(TaskStatus))
     attempts: Mapped[int] = mapped_column(default=0)
@@ -545,7 +591,7 @@ class PlatformTask(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    invitation: Mapped[Invitation] = relationship()
+    invitation: Mapped[Invitation | None] = relationship()
 
     __table_args__ = (sa.Index(None, "status", "next_attempt_at"),)
 
@@ -565,6 +611,40 @@ class RemovalTask(db.Model):
 
     invitation: Mapped[Invitation] = relationship()
     group: Mapped[Group] = relationship()
+
+
+class WeComGroupMember(db.Model):
+    """A person WeCom lists in one of our WeCom groups (or listed: ``left_at``), as its
+    change callbacks and reconciliations read them from ``groupchat/get``."""
+
+    __tablename__ = "wecom_group_members"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id"))
+    #: Their WeCom userid (staff) or external userid (a WeChat user).
+    user_id: Mapped[str] = mapped_column(sa.String(64))
+    #: WeCom's member type: 1 staff of the enterprise, 2 an external contact.
+    member_type: Mapped[int]
+    #: Their WeCom / WeChat name and the nickname they set in this group.
+    name: Mapped[str | None] = mapped_column(sa.String(80))
+    group_nickname: Mapped[str | None] = mapped_column(sa.String(80))
+    joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: How: 1 invited directly, 2 by a link, 3 by scanning a QR code (WeCom's join_scene).
+    join_scene: Mapped[int | None]
+    #: Who invited them (a userid), when someone did.
+    invitor: Mapped[str | None] = mapped_column(sa.String(64))
+    #: The ``state`` of the join way they came by, when they came by one.
+    state: Mapped[str | None] = mapped_column(sa.String(30))
+    #: The invitation their joining was credited to; None for anyone else (freeloaders).
+    invitation_id: Mapped[int | None] = mapped_column(sa.ForeignKey("invitations.id"))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: When they were found gone from the group.
+    left_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    group: Mapped[Group] = relationship()
+    invitation: Mapped[Invitation | None] = relationship()
+
+    __table_args__ = (sa.UniqueConstraint("group_id", "user_id"),)
 
 
 class PageVisits(db.Model):

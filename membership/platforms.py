@@ -1,13 +1,16 @@
 """The chat platforms a group can live on, what we know of each, and the adapters that
 turn granting and revoking an invitation into what each platform needs: a removal task
-for moderators of QR-joined groups (WeChat, WeCom, QQ), Telegram's Bot API otherwise.
+for moderators of QR-joined groups (WeChat, QQ), Telegram's Bot API, WeCom's join ways
+(:mod:`membership.wecom`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import requests
 import sqlalchemy as sa
@@ -60,10 +63,19 @@ class PlatformAdapter(ABC):
     def admit(self, invitation: Invitation, *, now: datetime) -> None:  # noqa: B027
         """Let in the person who asked to join through the invitation (Telegram)."""
 
+    def sync_chat(self, chat_id: str, *, now: datetime) -> None:
+        """Read one group's members from the platform and apply them (WeCom)."""
+        raise PlatformError(f"{type(self).__name__} cannot read a group's members")
+
+    def reconcile(self, *, now: datetime) -> None:
+        """Read every group the platform lists and apply their members (WeCom)."""
+        raise PlatformError(f"{type(self).__name__} cannot list groups")
+
 
 class ModeratedQrAdapter(PlatformAdapter):
-    """WeChat, WeCom and QQ groups: no API joins or removes anyone. Members join by the
-    group's QR image or link; a revoke becomes a removal task for the moderators."""
+    """WeChat and QQ groups (and WeCom's while the WeCom API is not configured): no API
+    joins or removes anyone. Members join by the group's QR image or link; a revoke
+    becomes a removal task for the moderators."""
 
     def grant(self, invitation: Invitation, *, now: datetime) -> None:
         """Nothing to call: the invitation shows the group's QR code."""
@@ -114,6 +126,7 @@ class TelegramAdapter(PlatformAdapter):
             expire_date=int((now + self.LINK_LIFETIME).timestamp()),
         )
         invitation.join_link = result["invite_link"]
+        invitation.join_link_expires_at = now + self.LINK_LIFETIME
 
     def admit(self, invitation: Invitation, *, now: datetime) -> None:
         self._call(
@@ -144,8 +157,21 @@ class TelegramAdapter(PlatformAdapter):
             )
 
 
+#: The key of WeCom customer groups, whose adapter lives in :mod:`membership.wecom`.
+WECOM = "wecom"
+#: Adapters defined in a platform's own module, by platform key: each made from the app's
+#: settings, or None when the platform is not configured (registered by
+#: :mod:`membership.wecom`, which needs this module).
+ADAPTERS: dict[str, Callable[[Mapping[str, Any]], PlatformAdapter | None]] = {}
+
+
 def adapter_for(platform: str) -> PlatformAdapter:
-    """The adapter for a group's platform (Telegram needs TELEGRAM_BOT_TOKEN)."""
+    """The adapter for a group's platform (Telegram needs TELEGRAM_BOT_TOKEN, WeCom its
+    corp id and secret); without its settings, a QR code and removal tasks."""
+    factory = ADAPTERS.get(platform)
+    adapter = factory(current_app.config) if factory else None
+    if adapter is not None:
+        return adapter
     if platform == "telegram" and current_app.config.get("TELEGRAM_BOT_TOKEN"):
         return TelegramAdapter(
             current_app.config["TELEGRAM_BOT_TOKEN"],

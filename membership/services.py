@@ -18,6 +18,7 @@ from core.limits import Limit, TooManyTries, claim
 from core.outbox import Channel, MessageKind
 from core.security import new_token
 from membership.access import queue_platform_task
+from membership.live_codes import choose_group, tell_expired
 from membership.models import (
     LAPSED_MEMBERSHIP_STATUSES,
     LIVE_INVITATION_STATUSES,
@@ -39,7 +40,6 @@ from membership.models import (
     format_member_number,
     tier_groups,
 )
-from membership.platforms import PLATFORMS
 from payments.models import FlagKind, Order, OrderStatus, PaymentStatus
 from payments.services import create_order, flag_order
 
@@ -685,24 +685,21 @@ def seats_taken(group_ids: list[int]) -> dict[int, int]:
     return dict(rows.all())
 
 
-def _first_group_with_room(tier_id: int) -> Group | None:
-    """The first of the tier's groups with a free seat, its row locked while we take it:
-    one read of the groups' seat counters, however many members they have had."""
+def _first_group_with_room(tier_id: int, *, now: datetime) -> Group | None:
+    """The tier's group a new member is seated in (see
+    :func:`~membership.live_codes.choose_group`), its row locked while we take it: one
+    read of the groups' seat counters, however many members they have had."""
     groups = db.session.scalars(_TIER_GROUPS_LOCKED, {"tier_id": tier_id}).all()
-    return next((g for g in groups if g.seats_taken < seats_of(g)), None)
-
-
-def seats_of(group: Group) -> int:
-    """Invitations ``group`` can take: its capacity, and for QR-joined WeChat groups no
-    more than the 200 members past which their QR code stops working."""
-    platform = PLATFORMS.get(group.platform)
-    return platform.seats(group.capacity) if platform else group.capacity
+    group = choose_group(groups, {g.id: g.seats_taken for g in groups}, now=now)
+    if group is not None:
+        tell_expired(group, now=now)
+    return group
 
 
 def issue_invitation(membership: Membership, *, actor: str, now: datetime) -> Invitation:
     """An invitation for the membership's member to the first of its tier's groups with
     room; when every group is full the invitation waits for admins to add room."""
-    group = _first_group_with_room(membership.tier.id)  # tier_id is unset until a flush
+    group = _first_group_with_room(membership.tier.id, now=now)  # tier_id unset until a flush
     invitation = Invitation(
         token=new_token(24),
         member=membership.member,
@@ -745,7 +742,7 @@ def place_waiting_invitations(community: Community, *, actor: str, now: datetime
     many were placed."""
     placed = 0
     for invitation in waiting_invitations(community.id):
-        group = _first_group_with_room(invitation.membership.tier_id)
+        group = _first_group_with_room(invitation.membership.tier_id, now=now)
         if group is None:
             continue
         invitation.group = group

@@ -36,6 +36,7 @@ from core.security import (
     unsign,
     unsign_for_this_browser,
 )
+from membership.access import queue_platform_task
 from membership.forms import (
     ChannelForm,
     JoinForm,
@@ -72,6 +73,7 @@ from membership.models import (
     LoginCode,
     Member,
     Membership,
+    TaskAction,
     Tier,
     TierAudience,
     TierKind,
@@ -876,8 +878,8 @@ def invitation(token: str):
 @bp.get("/invitations/<token>/qr")
 def invitation_qr(token: str):
     group = _valid_invitation(token).group
-    if not group.qr_image:
-        abort(404)
+    if not group.qr_image or not group.qr_valid(utcnow()):
+        abort(404)  # an expired QR code is never shown
     response = Response(group.qr_image, mimetype=group.qr_mime)
     response.headers["Cache-Control"] = "private, no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -1030,6 +1032,37 @@ def apply_again_view(slug: str, token: str):
         return redirect(url_for(".pay_link", slug=slug, token=token))
     db.session.commit()
     return redirect(url_for(".status", slug=slug, public_id=again.public_id))
+
+
+@bp.post("/me/invitations/<token>/new-link")
+def new_join_link(token: str):
+    """A member's own join link (Telegram's lasts 7 days) ran out unused: a new one is
+    queued. Asking again before it is made, or for a link still valid, changes nothing."""
+    member = logged_in_member()
+    invitation = db.session.scalar(sa.select(Invitation).where(Invitation.token == token))
+    if member is None or invitation is None or invitation.member_id != member.id:
+        abort(404)
+    now = utcnow()
+    # One conditional UPDATE: of two clicks at once, one queues the new link.
+    renewed = (
+        invitation.link_expired(now)
+        and db.session.execute(
+            sa.update(Invitation)
+            .where(
+                Invitation.id == invitation.id,
+                Invitation.status == InvitationStatus.ISSUED,
+                Invitation.join_link_expires_at <= now,
+            )
+            .values(join_link=None, join_link_expires_at=None)
+            .execution_options(synchronize_session="fetch")
+        ).rowcount
+    )
+    if renewed:
+        queue_platform_task(invitation, TaskAction.GRANT, now=now)
+        audit.record("invitation.link_renewed", invitation, actor=f"member:{member.id}", now=now)
+        db.session.commit()
+        flash("正在生成新的入群链接，请稍后刷新 · A new join link is on its way", "ok")
+    return redirect(url_for(".me"))
 
 
 @bp.post("/invitations/<token>/joined")

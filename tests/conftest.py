@@ -96,6 +96,11 @@ def app_config(database_url: str, apis: fake_apis.FakeAPIs, certs: tuple[str, st
         # The tests' loopback servers speak plain http: cookies must travel without TLS.
         "SESSION_COOKIE_SECURE": False,
         "VISIT_FLUSH_SECONDS": 0,
+        "WECOM_CORP_ID": fake_apis.WECOM_CORP_ID,
+        "WECOM_SECRET": fake_apis.WECOM_SECRET,
+        "WECOM_CALLBACK_TOKEN": fake_apis.WECOM_CALLBACK_TOKEN,
+        "WECOM_ENCODING_AES_KEY": fake_apis.WECOM_ENCODING_AES_KEY,
+        "WECOM_API_BASE": f"{apis.base_url}/wecom",
     }
 
 

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
+from wechatpy.enterprise.crypto import WeChatCrypto as WeComCrypto
 from wechatpy.pay.utils import calculate_signature, dict_to_xml
 
 WECHAT_APP_ID = "wx0123456789abcdef"
@@ -103,6 +104,8 @@ class FakeAPIs:
     sms_errors: int = 0
     #: While set, the fake SMS providers fail every call with HTTP 503 (an outage).
     sms_down: bool = False
+    #: The fake WeCom (see :class:`FakeWeCom`).
+    wecom: FakeWeCom = field(default_factory=lambda: FakeWeCom())
     base_url: str = ""
     #: WeChat Pay API v3: orders by out_trade_no, as its query answers them (the tests may
     #: change trade_state); bills by day (``2026-11-24``); the status a refund request is
@@ -129,6 +132,7 @@ class FakeAPIs:
         self.wechat_v3_bills.clear()
         self.wechat_v3_refund_status = "PROCESSING"
         self.wechat_v3_certificates[:] = [WECHATPAY_PLATFORM_CERTIFICATE]
+        self.wecom.reset()
 
     def last(self, path_prefix: str) -> Recorded:
         return next(r for r in reversed(self.requests) if r.path.startswith(path_prefix))
@@ -170,6 +174,8 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                 return _wechat_v3(self, state, b"")
             query = dict(parse_qsl(url.query))
             state.requests.append(Recorded("GET", url.path, dict(self.headers), query))
+            if url.path.startswith("/wecom/"):
+                return self._json(_wecom_answer(state, url.path, query, {}))
             if url.path == "/sns/oauth2/access_token":
                 openid = openid_for(query.get("code", ""))
                 if query.get("secret") != WECHAT_APP_SECRET or openid is None:
@@ -226,6 +232,10 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                 return self._tencent_sms(url.path, body)
             if self.headers.get("x-acs-action"):
                 return self._aliyun_sms(url.path, url.query, body)
+            if url.path.startswith("/wecom/"):
+                data = json.loads(body or b"{}")
+                state.requests.append(Recorded("POST", url.path, dict(self.headers), data))
+                return self._json(_wecom_answer(state, url.path, dict(parse_qsl(url.query)), data))
             if url.path.startswith("/v1/"):
                 return self._stripe(url.path, dict(parse_qsl(body.decode())))
             if url.path.startswith("/v3/"):
@@ -883,3 +893,223 @@ def wechatpay_v3_settings(api_base: str) -> dict[str, str]:
         "WECHATPAY_PLATFORM_PUBLIC_KEY_ID": WECHATPAY_PLATFORM_KEY_ID,
         "WECHATPAY_V3_API_BASE": api_base,
     }
+
+
+# --- WeCom (企业微信) customer groups ---------------------------------------------------
+# A stand-in for WeCom's API under ``<base_url>/wecom/cgi-bin/`` (token, customer-group
+# list and detail, 「加入群聊」 join ways) that keeps groups and their members, and the
+# sender of WeCom's change callbacks, signed with the token and AES-encrypted with the
+# EncodingAESKey by wechatpy's own WeCom crypto.
+
+WECOM_CORP_ID = "ww0a1b2c3d4e5f6a7b"
+WECOM_SECRET = "test-wecom-customer-contact-secret"
+WECOM_CALLBACK_TOKEN = "wecomCallbackToken"
+#: 43 characters of base64: 32 bytes of AES key, as WeCom gives it.
+WECOM_ENCODING_AES_KEY = "q1u2n3m4e5n6W7e8C9o0m1T2e3s4t5K6e7y8A9b0c1d"
+WECOM_ACCESS_TOKEN = "fake-wecom-access-token"
+WECOM_OWNER = "zhangsan"
+
+
+@dataclass
+class FakeWeCom:
+    """What the fake WeCom knows: customer groups (by chat id, each with ``member_list``
+    as ``groupchat/get`` answers it) and join ways (by config id)."""
+
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    join_ways: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Most members a group takes before a join way moves on to the next one.
+    group_size: int = 500
+    #: When set, every call but the token's fails with this errcode; with ``failing``,
+    #: only the calls to those paths (``externalcontact/groupchat/get_join_way`` …).
+    error: int | None = None
+    failing: set[str] = field(default_factory=set)
+    made: int = 0
+
+    def reset(self) -> None:
+        self.groups.clear()
+        self.join_ways.clear()
+        self.failing.clear()
+        self.group_size, self.error, self.made = 500, None, 0
+
+    def add_group(self, chat_id: str, name: str, owner: str = WECOM_OWNER) -> None:
+        self.groups[chat_id] = {
+            "chat_id": chat_id,
+            "name": name,
+            "owner": owner,
+            "create_time": int(time.time()),
+            "notice": "",
+            "member_list": [
+                {"userid": owner, "type": 1, "join_time": int(time.time()), "join_scene": 1}
+            ],
+            "admin_list": [],
+        }
+
+    def join(
+        self, state: str, user_id: str, name: str, nickname: str = "", *, at: int | None = None
+    ) -> str:
+        """Someone scans the join way whose state is ``state`` (at ``at``, a Unix time;
+        now by default): they land in the first of its groups with room, or in a group
+        WeCom opens for it. Returns the chat id."""
+        way = next(w for w in self.join_ways.values() if w["state"] == state)
+        chat_id = next(
+            (
+                c
+                for c in way["chat_id_list"]
+                if len(self.groups[c]["member_list"]) < self.group_size
+            ),
+            None,
+        )
+        if chat_id is None:
+            assert way["auto_create_room"], "every group is full"
+            chat_id = f"wrAutoRoom{way['room_base_id']:04d}"
+            self.add_group(chat_id, f"{way['room_base_name']}{way['room_base_id']}")
+            way["room_base_id"] += 1
+            way["chat_id_list"] = [*way["chat_id_list"][-4:], chat_id]
+        self.add_member(chat_id, user_id, name, nickname, state=state, scene=3, at=at)
+        return chat_id
+
+    def add_member(
+        self,
+        chat_id: str,
+        user_id: str,
+        name: str,
+        nickname: str = "",
+        *,
+        state: str | None = None,
+        scene: int = 1,
+        at: int | None = None,
+    ) -> None:
+        """``user_id`` (an external user) is in ``chat_id`` now: by a join way's QR
+        (``state``) or invited by the owner."""
+        member = {
+            "userid": user_id,
+            "type": 2,
+            "join_time": at or int(time.time()),
+            "join_scene": scene,
+            "invitor": {"userid": self.groups[chat_id]["owner"]},
+            "group_nickname": nickname,
+            "name": name,
+            "unionid": f"union-{user_id}",
+        }
+        if state:
+            member["state"] = state
+        self.groups[chat_id]["member_list"].append(member)
+
+    def leave(self, chat_id: str, user_id: str) -> None:
+        members = self.groups[chat_id]["member_list"]
+        members[:] = [m for m in members if m["userid"] != user_id]
+
+    def answer(self, path: str, data: dict[str, Any]) -> dict[str, Any]:
+        """What WeCom answers a call to ``path`` (below ``cgi-bin/``) with ``data``."""
+        if self.error is not None and (not self.failing or path in self.failing):
+            return {"errcode": self.error, "errmsg": "fake WeCom error"}
+        if path == "externalcontact/groupchat/list":
+            chats = [{"chat_id": c, "status": 0} for c in self.groups]
+            start, size = int(data.get("cursor") or 0), int(data.get("limit") or 100)
+            page = chats[start : start + size]
+            cursor = str(start + size) if start + size < len(chats) else ""
+            return {"errcode": 0, "errmsg": "ok", "group_chat_list": page, "next_cursor": cursor}
+        if path == "externalcontact/groupchat/get":
+            group = self.groups.get(data.get("chat_id"))
+            if group is None:
+                return {"errcode": 40050, "errmsg": "chatid not found"}
+            members = [
+                {k: v for k, v in m.items() if k != "name" or data.get("need_name")}
+                for m in group["member_list"]
+            ]
+            return {"errcode": 0, "errmsg": "ok", "group_chat": {**group, "member_list": members}}
+        if path == "externalcontact/groupchat/add_join_way":
+            chats = data.get("chat_id_list") or []
+            valid = (
+                data.get("scene") in (1, 2)
+                and 1 <= len(chats) <= 5
+                and all(c in self.groups for c in chats)
+                and len(data.get("state") or "") <= 30
+                and (
+                    not data.get("auto_create_room")
+                    or (data.get("room_base_name") and data.get("room_base_id"))
+                )
+            )
+            if not valid:
+                return {"errcode": 40058, "errmsg": "invalid join way"}
+            self.made += 1
+            config_id = f"cfg{self.made:08d}"
+            self.join_ways[config_id] = {"config_id": config_id, **data}
+            return {"errcode": 0, "errmsg": "ok", "config_id": config_id}
+        if path in (
+            "externalcontact/groupchat/get_join_way",
+            "externalcontact/groupchat/del_join_way",
+        ):
+            config_id = data.get("config_id")
+            if config_id not in self.join_ways:
+                return {"errcode": 40058, "errmsg": "invalid config_id"}
+            if path.endswith("del_join_way"):
+                del self.join_ways[config_id]
+                return {"errcode": 0, "errmsg": "ok"}
+            way = self.join_ways[config_id]
+            qr = f"https://wework.qpic.cn/wwpic/fake/{config_id}"
+            return {"errcode": 0, "errmsg": "ok", "join_way": {**way, "qr_code": qr}}
+        return {"errcode": 404, "errmsg": "no such API"}
+
+
+def wecom_callback(
+    event: dict[str, Any],
+    *,
+    token: str = WECOM_CALLBACK_TOKEN,
+    aes_key: str = WECOM_ENCODING_AES_KEY,
+    corp_id: str = WECOM_CORP_ID,
+) -> tuple[bytes, dict[str, str]]:
+    """A WeCom callback as WeCom sends it: the event's XML encrypted with ``aes_key`` and
+    signed with ``token`` (wechatpy's own WeCom crypto); the body and the query string."""
+    inner = xmltodict.unparse({"xml": event}, full_document=False)
+    nonce = f"{secrets.randbelow(10**10):010d}"
+    signed = xmltodict.parse(WeComCrypto(token, aes_key, corp_id).encrypt_message(inner, nonce))[
+        "xml"
+    ]
+    body = xmltodict.unparse(
+        {"xml": {"ToUserName": corp_id, "Encrypt": signed["Encrypt"], "AgentID": "1000002"}},
+        full_document=False,
+    ).encode()
+    query = {
+        "msg_signature": signed["MsgSignature"],
+        "timestamp": signed["TimeStamp"],
+        "nonce": nonce,
+    }
+    return body, query
+
+
+def group_change(chat_id: str, detail: str = "add_member", **fields: Any) -> dict[str, Any]:
+    """A 客户群变更 (``change_external_chat``) event for ``chat_id``."""
+    return {
+        "ToUserName": WECOM_CORP_ID,
+        "FromUserName": "sys",
+        "CreateTime": str(int(time.time())),
+        "MsgType": "event",
+        "Event": "change_external_chat",
+        "ChatId": chat_id,
+        "ChangeType": "update",
+        "UpdateDetail": detail,
+        "JoinScene": "3",
+        "MemChangeCnt": "1",
+        **fields,
+    }
+
+
+def _wecom_answer(
+    state: FakeAPIs, path: str, query: dict[str, str], data: dict[str, Any]
+) -> dict[str, Any]:
+    """The fake WeCom's answer to a request for ``/wecom/cgi-bin/<path>``: the token for
+    the right corp id and secret; anything else only with that token."""
+    path = path.removeprefix("/wecom/cgi-bin/")
+    if path == "gettoken":
+        if (query.get("corpid"), query.get("corpsecret")) != (WECOM_CORP_ID, WECOM_SECRET):
+            return {"errcode": 40001, "errmsg": "invalid credential"}
+        return {
+            "errcode": 0,
+            "errmsg": "ok",
+            "access_token": WECOM_ACCESS_TOKEN,
+            "expires_in": 7200,
+        }
+    if query.get("access_token") != WECOM_ACCESS_TOKEN:
+        return {"errcode": 40014, "errmsg": "invalid access_token"}
+    return state.wecom.answer(path, data)

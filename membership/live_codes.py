@@ -1,0 +1,125 @@
+"""Group QR codes that never go stale: which of a tier's groups a new member is seated in
+(one with room and a QR code that still works), and the warnings admins get before a
+group's QR code expires, when a member was seated behind an expired one, and when a tier's
+groups are nearly full — on the dashboard and by message, each once.
+
+A member's invitation page shows the group's QR image only while it is valid, so it is the
+live code: an admin uploading the new QR is all it takes for every member waiting on that
+group to see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from core.auth import ROLES, StaffUser
+from core.db import db
+from core.outbox import Channel, MessageKind, enqueue_many
+from membership.models import Community, Group
+from membership.platforms import PLATFORMS
+
+#: Admins are warned this long before a group's QR code expires.
+QR_WARNING = timedelta(days=1)
+#: Admins are warned when a tier's groups have no more seats left than this.
+SEATS_WARNING = 20
+#: Who is told: the staff who may change groups (upload a new QR, add a group).
+TOLD_PERMISSION = "community.manage"
+
+
+def seats_of(group: Group) -> int:
+    """Invitations ``group`` can take: its capacity, and for QR-joined WeChat groups no
+    more than the 200 members past which their QR code stops working."""
+    platform = PLATFORMS.get(group.platform)
+    return platform.seats(group.capacity) if platform else group.capacity
+
+
+def choose_group(groups: Sequence[Group], taken: dict[int, int], *, now: datetime) -> Group | None:
+    """The group a new member is seated in: the first of ``groups`` with room whose way in
+    works now (a QR image not expired, or a way that is no shared QR: a link, a join way
+    of their own); failing that, the first with room at all, whose expired QR admins are
+    told to replace (see :func:`tell_expired`). None when all are full."""
+    with_room = [g for g in groups if taken.get(g.id, 0) < seats_of(g)]
+    return next(
+        (g for g in with_room if g.qr_mime is None or g.qr_valid(now)),
+        with_room[0] if with_room else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Warning:
+    key: str  #: once per key (the outbox's dedupe key, with each recipient's id)
+    text: str
+
+
+def group_warnings(community: Community, taken: dict[int, int], *, now: datetime) -> list[Warning]:
+    """What admins of ``community`` should act on about its groups now: QR codes expired
+    or expiring within :data:`QR_WARNING`, tiers whose groups have at most
+    :data:`SEATS_WARNING` seats left. ``taken``: seats taken by group."""
+    warnings = []
+    for group in community.groups:
+        expires = group.qr_expires_at
+        if group.qr_mime is None or expires is None or expires - QR_WARNING > now:
+            continue
+        stamp = expires.isoformat()
+        if expires <= now:
+            text = f"{group.name} 的群二维码已过期，请上传新的 · {group.name}'s QR code has expired"
+            warnings.append(Warning(f"qr-expired:{group.id}:{stamp}", text))
+        else:
+            text = (
+                f"{group.name} 的群二维码将在一天内过期，请上传新的 · "
+                f"{group.name}'s QR code expires within a day"
+            )
+            warnings.append(Warning(f"qr-expiring:{group.id}:{stamp}", text))
+    for tier in community.tiers:
+        if not tier.active or not tier.groups:
+            continue
+        total = sum(seats_of(g) for g in tier.groups)
+        left = total - sum(min(taken.get(g.id, 0), seats_of(g)) for g in tier.groups)
+        if left <= SEATS_WARNING:
+            text = (
+                f"{tier.name} 的群只剩 {left} 个空位，请加开新群 · "
+                f"{tier.name}'s groups have {left} seats left"
+            )
+            # Once per fill-up: adding a group changes the total, and the key with it.
+            warnings.append(Warning(f"seats:{tier.id}:{total}", text))
+    return warnings
+
+
+def tell_admins(community: Community, warnings: list[Warning], *, now: datetime) -> int:
+    """Message each warning to the staff who can act on it, once per warning and person
+    (queued, not committed). Returns how many messages are new."""
+    roles = [role for role, (_label, allowed) in ROLES.items() if TOLD_PERMISSION in allowed]
+    staff = db.session.execute(
+        sa.select(StaffUser.id, StaffUser.email).where(StaffUser.active, StaffUser.role.in_(roles))
+    ).all()
+    rows = [
+        {
+            "kind": MessageKind.NOTICE,
+            "routes": [[Channel.EMAIL.value, email]],
+            "subject": f"{community.name}：群需要处理 · A group needs attention",
+            "body": warning.text,
+            "params": {"community": community.name, "link": ""},
+            "member_id": None,
+            "dedupe_key": f"{warning.key}:{staff_id}"[:120],
+        }
+        for warning in warnings
+        for staff_id, email in staff
+    ]
+    return enqueue_many(rows, now=now)
+
+
+def tell_expired(group: Group, *, now: datetime) -> None:
+    """A member was just seated in ``group`` behind an expired QR code (no group of the
+    tier had a valid one): its admins are told, once per expiry. Queued, not committed."""
+    if group.qr_mime is None or group.qr_valid(now):
+        return
+    text = (
+        f"{group.name} 的群二维码已过期，有新成员在等待，请上传新的 · "
+        f"{group.name}'s QR code has expired and new members are waiting for it"
+    )
+    key = f"qr-expired:{group.id}:{group.qr_expires_at.isoformat()}"
+    tell_admins(group.community, [Warning(key, text)], now=now)
