@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,7 +90,11 @@ class Qunmen(Flask):
 def create_app(config: Mapping[str, object] | None = None) -> Flask:
     """Build the app. Raises :class:`config.SettingError`, naming the setting, when the
     settings are malformed or production lacks one it must not run without."""
-    app = Qunmen(__name__, instance_relative_config=True)
+    # INSTANCE_PATH: an instance folder of its own for each of several instances run from
+    # one checkout (Flask's default is instance/ beside app.py).
+    app = Qunmen(
+        __name__, instance_relative_config=True, instance_path=os.environ.get("INSTANCE_PATH")
+    )
     app.config.from_mapping(settings.from_environment(app.instance_path))
     if config:
         app.config.from_mapping(config)
