@@ -77,7 +77,7 @@ def scenarios(kind: str, size: float) -> list[str]:
         return max(int(full * size), 10)
 
     lines = _rates(kind, page_render.run(kind, n(3000), CLIENTS), {"join page /join/demo": 0.5})
-    lines += _rates(kind, order_create.run(kind, n(2000), CLIENTS), {})
+    lines += _rates(kind, order_create.run(kind, n(1000), CLIENTS), {})
     lines += _rates(
         kind,
         webhook_ingest.run(kind, n(1000), CLIENTS),
