@@ -1,7 +1,7 @@
 """Membership's consistency checks (see :mod:`core.checks`): member and staff numbers are
 unique in their community and known to its counters (or they would be given out again),
-no group holds more live invitations than it has seats, and the platform-call queue is
-not stuck."""
+each group's seat counter agrees with its live invitations and none holds more than its
+seats, and the platform-call queue is not stuck."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from membership.models import (
     PlatformTask,
     TaskStatus,
 )
-from membership.services import seats_of, seats_taken
+from membership.services import seats_of
 
 #: Each number series: the member's column and the community's counter of it.
 _SERIES = (
@@ -57,7 +57,8 @@ def numbers_unique(_now: datetime) -> Iterable[str]:
 
 @consistency_check("group seats agree with invitations")
 def seats_agree(_now: datetime) -> Iterable[str]:
-    """Live invitations name a group, and no group has more of them than seats."""
+    """Live invitations name a group; each group's seat counter is its live invitations,
+    and they are no more than its seats."""
     orphans = db.session.scalars(
         sa.select(Invitation.id).where(
             Invitation.status.in_(LIVE_INVITATION_STATUSES), Invitation.group_id.is_(None)
@@ -65,12 +66,20 @@ def seats_agree(_now: datetime) -> Iterable[str]:
     )
     for invitation_id in orphans:
         yield f"invitation {invitation_id} is live but names no group"
-    groups = db.session.scalars(sa.select(Group).order_by(Group.id)).all()
-    taken = seats_taken([group.id for group in groups])
-    for group in groups:
-        if taken.get(group.id, 0) > seats_of(group):
+    live = (
+        sa.select(sa.func.count(Invitation.id))
+        .where(Invitation.group_id == Group.id, Invitation.status.in_(LIVE_INVITATION_STATUSES))
+        .scalar_subquery()
+    )
+    for group, invitations in db.session.execute(sa.select(Group, live).order_by(Group.id)):
+        if group.seats_taken != invitations:
             yield (
-                f"group {group.id} ({group.name}) holds {taken[group.id]} live invitations "
+                f"group {group.id} ({group.name}): its seat counter says {group.seats_taken}, "
+                f"it holds {invitations} live invitations"
+            )
+        if invitations > seats_of(group):
+            yield (
+                f"group {group.id} ({group.name}) holds {invitations} live invitations "
                 f"for {seats_of(group)} seats"
             )
 

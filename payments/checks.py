@@ -93,9 +93,9 @@ def ledger_entries_belong(_now: datetime) -> Iterable[str]:
 
 @consistency_check("order states agree with their payments")
 def orders_agree(_now: datetime) -> Iterable[str]:
-    """A paid or refunded order is covered by confirmed payments and has its paid time;
+    """A paid or refunded order was covered by confirmed payments and has its paid time;
     an open or expired one is not covered (a payment that covers it makes it paid); a
-    refunded one had money given back."""
+    refunded one had money go back (a refund, or a chargeback lost)."""
     confirmed = (
         sa.select(sa.func.coalesce(sa.func.sum(Payment.amount), 0))
         .where(Payment.order_id == Order.id, Payment.status == PaymentStatus.CONFIRMED)
@@ -107,17 +107,23 @@ def orders_agree(_now: datetime) -> Iterable[str]:
         .where(Payment.order_id == Order.id, Refund.status == RefundStatus.SUCCEEDED)
         .scalar_subquery()
     )
+    lost = (
+        sa.select(sa.func.coalesce(sa.func.sum(Dispute.amount), 0))
+        .join(Payment, Payment.id == Dispute.payment_id)
+        .where(Payment.order_id == Order.id, Dispute.status == DisputeStatus.LOST)
+        .scalar_subquery()
+    )
     settled = Order.status.in_([OrderStatus.PAID, OrderStatus.REFUNDED])
     wrong = sa.or_(
         sa.and_(settled, sa.or_(confirmed < Order.amount, Order.paid_at.is_(None))),
         sa.and_(~settled, Order.amount > 0, confirmed >= Order.amount),
-        sa.and_(Order.status == OrderStatus.REFUNDED, refunded == 0),
+        sa.and_(Order.status == OrderStatus.REFUNDED, refunded + lost == 0),
     )
     rows = db.session.execute(
-        sa.select(Order.id, Order.status, Order.amount, confirmed, refunded).where(wrong)
+        sa.select(Order.id, Order.status, Order.amount, confirmed, refunded + lost).where(wrong)
     )
     for order_id, status, amount, paid, given_back in rows:
         yield (
             f"order {order_id} is {status}: owes {amount}, confirmed payments {paid}, "
-            f"refunded {given_back}"
+            f"given back {given_back}"
         )

@@ -80,17 +80,35 @@ BREAKAGES = {
 }
 
 
-@pytest.mark.parametrize("check", BREAKAGES)
-def test_a_broken_database_fails_the_check_that_owns_it(app, runner, paid, check):
+def _execute(app, statement) -> None:
     with app.app_context():
-        db.session.execute(BREAKAGES[check], execution_options={"synchronize_session": False})
+        db.session.execute(statement, execution_options={"synchronize_session": False})
         db.session.commit()
+
+
+def _fails(app, runner, check: str) -> None:
+    """``check`` finds something, and ``flask check`` says so and exits 1."""
     findings = _findings(app)
     assert findings[check], f"{check} found nothing"
     result = runner.invoke(args=["check"])
     assert result.exit_code == 1
     assert f"FAIL {check}" in result.output
     assert findings[check][0] in result.output
+
+
+@pytest.mark.parametrize("check", BREAKAGES)
+def test_a_broken_database_fails_the_check_that_owns_it(app, runner, paid, check):
+    _execute(app, BREAKAGES[check])
+    _fails(app, runner, check)
+
+
+def test_a_seat_counter_that_disagrees_fails(app, runner, paid):
+    """Put right before the test ends: the suite checks seat counters after every test."""
+    _execute(app, sa.update(Group).values(seats_taken=Group.seats_taken + 1))
+    try:
+        _fails(app, runner, "group seats agree with invitations")
+    finally:
+        _execute(app, sa.update(Group).values(seats_taken=Group.seats_taken - 1))
 
 
 def test_queues_not_drained_for_long_are_stuck(app, paid):
