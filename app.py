@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,11 +19,13 @@ from core import limits, outbox  # noqa: F401 (their models are part of the sche
 from core.admin import bp as core_admin_bp
 from core.auth import bp as auth_bp
 from core.auth import login_manager
+from core.checks import check_command
 from core.clock import local_time
 from core.db import db, init_db
 from core.observability import init_observability
 from core.security import csrf, init_security_headers
 from membership import admin as membership_admin
+from membership import checks as membership_checks  # noqa: F401 (registers its checks)
 from membership import cli as membership_cli
 from membership import telegram as membership_telegram
 from membership import views as membership_views
@@ -35,6 +38,7 @@ from membership.services import (
 )
 from membership.visits import init_visits
 from payments import admin as payments_admin
+from payments import checks as payments_checks  # noqa: F401 (registers its checks)
 from payments.cli import payments_cli
 from payments.discounts import register_discount_rule
 from payments.providers import init_providers
@@ -87,7 +91,11 @@ class Qunmen(Flask):
 def create_app(config: Mapping[str, object] | None = None) -> Flask:
     """Build the app. Raises :class:`config.SettingError`, naming the setting, when the
     settings are malformed or production lacks one it must not run without."""
-    app = Qunmen(__name__, instance_relative_config=True)
+    # INSTANCE_PATH: an instance folder of its own for each of several instances run from
+    # one checkout (Flask's default is instance/ beside app.py).
+    app = Qunmen(
+        __name__, instance_relative_config=True, instance_path=os.environ.get("INSTANCE_PATH")
+    )
     app.config.from_mapping(settings.from_environment(app.instance_path))
     if config:
         app.config.from_mapping(config)
@@ -125,6 +133,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.cli.add_command(membership_cli.export_revenue_command)
     app.cli.add_command(payments_cli)
     app.cli.add_command(perks_cli.seed_demo_perks_command)
+    app.cli.add_command(check_command)
 
     if app.config["QUEUE_IN_PROCESS"] and not app.testing:
         start_in_process_worker(app)

@@ -122,6 +122,8 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         "PUBLIC_BASE_URL": os.environ.get("PUBLIC_BASE_URL") or None,
         "SQLALCHEMY_DATABASE_URI": _database_url(instance_path),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # PostgreSQL is reached through PgBouncer in transaction mode (see complete()).
+        "DATABASE_PGBOUNCER": _flag("DATABASE_PGBOUNCER", False),
         # Payment providers offered on the join page, in order. Empty: every real provider
         # whose keys are set, and ``fake`` when none is (so the product runs with no keys).
         "PAYMENT_PROVIDERS": os.environ.get("PAYMENT_PROVIDERS", "").split(","),
@@ -250,6 +252,19 @@ def complete(config: MutableMapping[str, object], instance_path: str | Path) -> 
     if production and config.get("OUTBOX_TO_LOG"):
         raise SettingError("OUTBOX_TO_LOG is for the demo only: it writes login codes to the log")
     _check_sms(config)
+    _through_pgbouncer(config)
+
+
+def _through_pgbouncer(config: MutableMapping[str, object]) -> None:
+    """Behind PgBouncer in transaction mode, a connection's consecutive transactions may
+    run on different server connections, so psycopg must not prepare statements (it
+    prepares a query once it ran five times; the next server would not know it)."""
+    if config.get("DATABASE_PGBOUNCER") and str(config["SQLALCHEMY_DATABASE_URI"]).startswith(
+        "postgresql"
+    ):
+        options = {**config["SQLALCHEMY_ENGINE_OPTIONS"]}
+        options["connect_args"] = {**options.get("connect_args", {}), "prepare_threshold": None}
+        config["SQLALCHEMY_ENGINE_OPTIONS"] = options
 
 
 def _check_sms(config: MutableMapping[str, object]) -> None:

@@ -1,8 +1,8 @@
 """Every scenario beside its bare baseline, on SQLite and on PostgreSQL, in one table of
 absolute figures and ratios, with the production issue's targets:
 
-    bench/run all                 # the full sizes (about 15 minutes on 2 CPUs)
-    bench/run all --quick         # a tenth of them, to try it out
+    bench/run all                 # the full sizes (--size full)
+    bench/run all --size small    # a tenth of them, to try it out
 
 Rates are per second from 8 client processes on loopback against 2 gunicorn workers. The
 flash join's prospects arrive evenly over a minute; its p99 is of each tap (request), the
@@ -30,6 +30,8 @@ from bench import (  # noqa: E402
 from bench.webhook_ingest import SETTINGS  # noqa: E402
 
 CLIENTS = 8
+#: Each size's share of the full counts.
+SIZES = {"full": 1.0, "small": 0.1}
 HEADER = (
     f"{'database':9} {'scenario':34} {'ours':>10} {'bare':>10} {'ratio':>6} {'p99 ms':>8} "
     f"{'target':>14} {'met':>4}  notes"
@@ -75,7 +77,7 @@ def scenarios(kind: str, size: float) -> list[str]:
         return max(int(full * size), 10)
 
     lines = _rates(kind, page_render.run(kind, n(3000), CLIENTS), {"join page /join/demo": 0.5})
-    lines += _rates(kind, order_create.run(kind, n(2000), CLIENTS), {})
+    lines += _rates(kind, order_create.run(kind, n(1000), CLIENTS), {})
     lines += _rates(
         kind,
         webhook_ingest.run(kind, n(1000), CLIENTS),
@@ -86,7 +88,7 @@ def scenarios(kind: str, size: float) -> list[str]:
         },
     )
     lines += _rates(kind, perk_redeem.run(kind, n(2000), CLIENTS), {})
-    prospects = n(500)
+    prospects = n(1000)
     flash = flash_join.run(kind, prospects, 16, over=60 * size)
     lines.append(
         _line(
@@ -124,12 +126,14 @@ def scenarios(kind: str, size: float) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a tenth of the full sizes")
+    parser.add_argument(
+        "--size", choices=SIZES, default="full", help="full: the issue's sizes; small: a tenth"
+    )
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
     args = parser.parse_args()
     os.environ.update(SETTINGS)
     kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
-    lines = [line for kind in kinds for line in scenarios(kind, 0.1 if args.quick else 1)]
+    lines = [line for kind in kinds for line in scenarios(kind, SIZES[args.size])]
     print(f"Qunmen benchmarks: {os.cpu_count()} CPUs, gunicorn -c gunicorn.conf.py -w 2")
     print(HEADER)
     print("\n".join(lines))

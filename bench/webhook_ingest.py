@@ -165,17 +165,36 @@ def gunicorn(app_spec: str, url: str, **settings: str):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                requests.get(base + "/healthz-probe", timeout=1)
-                break
-            # Not up yet; on a loaded machine a worker may also take over a second.
-            except (requests.ConnectionError, requests.Timeout):
-                time.sleep(0.05)
+        wait_until_serving(base, process)
         yield base
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+#: How long a server may take to boot (gunicorn binds its port before its workers have
+#: loaded the app: a busy machine takes a while).
+BOOT_SECONDS = 120
+
+
+def wait_until_serving(base: str, process: subprocess.Popen) -> None:
+    """Return once the server at ``base`` answers /healthz; raise if ``process`` ended or
+    :data:`BOOT_SECONDS` passed first."""
+    deadline = time.monotonic() + BOOT_SECONDS
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server at {base} exited with {process.returncode}")
+        try:
+            requests.get(base + "/healthz", timeout=5)
+            return
+        except (requests.ConnectionError, requests.Timeout):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{base} did not answer in {BOOT_SECONDS} s") from None
+            time.sleep(0.2)
 
 
 def _send(args) -> list[tuple[float, int]]:
