@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from core.checks import STUCK_AFTER, consistency_check
 from core.db import db
+from membership.live_codes import seats_of
 from membership.models import (
     LIVE_INVITATION_STATUSES,
     Community,
@@ -21,7 +22,6 @@ from membership.models import (
     PlatformTask,
     TaskStatus,
 )
-from membership.services import seats_of
 
 #: Each number series: the member's column and the community's counter of it.
 _SERIES = (
