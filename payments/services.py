@@ -19,6 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from core import audit
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
+from core.events import record_event
 from core.money import Money
 from core.security import new_token
 from payments.models import (
@@ -353,6 +354,17 @@ def confirm_payment(
     audit.record(
         "payment.confirmed", payment, actor=actor, data={"amount": str(payment.money)}, now=now
     )
+    record_event(
+        order.community_id,
+        "payment.confirmed",
+        {
+            "payment": payment.public_id,
+            "order": order.public_id,
+            "amount": payment.amount,
+            "currency": payment.currency,
+        },
+        now=now,
+    )
     if paid_before:
         # Paid twice: the money is kept in the ledger and shown to admins for a refund.
         audit.record("order.paid_again", order, actor=actor, data={"payment": payment.id}, now=now)
@@ -565,6 +577,18 @@ def _succeed_refund(refund: Refund, external_id: str | None, *, actor: str, now:
     audit.record(
         "refund.succeeded", refund, actor=actor, data={"amount": str(refund.money)}, now=now
     )
+    record_event(
+        payment.order.community_id,
+        "payment.refunded",
+        {
+            "refund": refund.public_id,
+            "payment": payment.public_id,
+            "order": payment.order.public_id,
+            "amount": refund.amount,
+            "currency": refund.currency,
+        },
+        now=now,
+    )
     order = payment.order
     refunded = sum(p.refunded_total() for p in order.payments)
     if refunded >= order.confirmed_total().amount and order.status is OrderStatus.PAID:
@@ -628,6 +652,19 @@ def _apply_dispute(
         db.session.add(dispute)
         db.session.flush()
         audit.record(f"dispute.{status}", dispute, actor=actor, now=now)
+        record_event(
+            order.community_id,
+            "dispute.opened" if status is DisputeStatus.OPEN else "dispute.closed",
+            {
+                "dispute": dispute.id,
+                "payment": payment.public_id,
+                "order": order.public_id,
+                "status": status.value,
+                "amount": dispute.amount,
+                "currency": dispute.currency,
+            },
+            now=now,
+        )
         if status is not DisputeStatus.WON:
             _ledger(payment, "dispute", -dispute.amount, now=now, dispute=dispute)
             access_withdrawn.send(
@@ -641,6 +678,19 @@ def _apply_dispute(
     dispute.status = status
     dispute.closed_at = now
     audit.record(f"dispute.{status}", dispute, actor=actor, now=now)
+    record_event(
+        order.community_id,
+        "dispute.closed",
+        {
+            "dispute": dispute.id,
+            "payment": payment.public_id,
+            "order": order.public_id,
+            "status": status.value,
+            "amount": dispute.amount,
+            "currency": dispute.currency,
+        },
+        now=now,
+    )
     if status is DisputeStatus.WON:
         _ledger(payment, "dispute_won", dispute.amount, now=now, dispute=dispute)
         if sum(p.kept_total() for p in order.payments) >= order.amount:
