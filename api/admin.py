@@ -6,7 +6,7 @@ answers, and send an event again."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy.orm import selectinload
 
@@ -122,10 +122,14 @@ def endpoints(community_id: int):
     )
 
 
-@bp.post("/webhooks/<int:endpoint_id>/<any(enable, disable, roll):action>")
+@bp.post("/webhooks/<int:endpoint_id>")
 @requires("staff.manage")
-def endpoint_action(endpoint_id: int, action: str):
+def endpoint_action(endpoint_id: int):
+    """Turn an endpoint off or on, or roll its secret (the form's ``action``)."""
     endpoint = db.get_or_404(WebhookEndpoint, endpoint_id)
+    action = request.form.get("action")
+    if action not in ("enable", "disable", "roll"):
+        abort(400)
     now = utcnow()
     secret = None
     if action == "roll":

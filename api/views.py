@@ -20,15 +20,19 @@ from http import HTTPStatus
 
 import marshmallow as ma
 import sqlalchemy as sa
+from flask import Blueprint as FlaskBlueprint
 from flask import Flask, current_app, g, json, request
 from flask_smorest import Api, Blueprint
+from flask_smorest.spec.plugins import integerconverter2paramschema
 from flask_smorest.utils import prepare_response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, default_exceptions
+from werkzeug.routing import IntegerConverter
 
+from api.document import describe_machine_endpoints, document
 from api.models import IdempotentAnswer
-from api.problems import PROBLEM_TYPE, Problem, handle_http_exception
+from api.problems import PROBLEM_TYPE, Problem, handle_http_exception, problem_response
 from api.tokens import authenticate
 from core import audit
 from core.clock import utcnow
@@ -53,6 +57,8 @@ from perks.models import Coupon, Perk
 from perks.services import PerkRefused, redeem
 
 PREFIX = "/api/v1"
+#: The largest id (PostgreSQL's integer): larger ones are not found, not a database error.
+MAX_ID = 2**31 - 1
 #: How long an answer is kept for its ``Idempotency-Key``.
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
@@ -77,6 +83,13 @@ class QunmenApi(Api):
         self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
 
 
+class IdConverter(IntegerConverter):
+    """A row's id in a path: 1 to :data:`MAX_ID` (others match no route: a 404)."""
+
+    def __init__(self, map) -> None:
+        super().__init__(map, min=1, max=MAX_ID)
+
+
 class ProblemSchema(ma.Schema):
     type = ma.fields.String(required=True)
     title = ma.fields.String(required=True)
@@ -95,9 +108,10 @@ blp = Blueprint(
 )
 
 
-@blp.errorhandler(HTTPException)
-def _problem(error: HTTPException):
-    return handle_http_exception(error)
+# By status code too: Flask prefers the app's handlers of a code (its HTML error pages) to
+# a blueprint's handler of a class.
+for _code in (*default_exceptions, HTTPException):
+    blp.register_error_handler(_code, handle_http_exception)
 
 
 @blp.before_request
@@ -197,7 +211,7 @@ def json_response(body, status: int):
 class PageArgs(ma.Schema):
     after = ma.fields.Integer(
         load_default=0,
-        validate=ma.validate.Range(min=0),
+        validate=ma.validate.Range(min=0, max=MAX_ID),
         metadata={"description": "光标：上一页的 next · The previous page's next"},
     )
     limit = ma.fields.Integer(load_default=50, validate=ma.validate.Range(min=1, max=200))
@@ -293,7 +307,7 @@ class PerkSchema(ma.Schema):
 
 
 class RedeemArgs(ma.Schema):
-    member_id = ma.fields.Integer(required=True, validate=ma.validate.Range(min=1))
+    member_id = ma.fields.Integer(required=True, validate=ma.validate.Range(min=1, max=MAX_ID))
 
 
 class RedemptionSchema(ma.Schema):
@@ -328,7 +342,7 @@ class EventPage(ma.Schema):
 
 # Views -----------------------------------------------------------------------------------
 
-ERRORS = (401, 403, 429)
+ERRORS = (400, 401, 403, 429)
 
 
 def documented(*codes: int):
@@ -336,7 +350,7 @@ def documented(*codes: int):
 
     def decorate(view):
         for code in (*ERRORS, *codes):
-            view = blp.alt_response(code, description="problem+json")(view)
+            view = blp.alt_response(code, response=HTTPStatus(code).name)(view)
         return view
 
     return decorate
@@ -389,7 +403,7 @@ def list_members(after: int, limit: int, **filters):
     return _page(rows, limit)
 
 
-@blp.route("/members/<int:member_id>")
+@blp.route("/members/<id:member_id>")
 @scope("members:read")
 @blp.response(200, MemberSchema)
 @documented(404)
@@ -398,7 +412,7 @@ def get_member(member_id: int):
     return _member(member_id)
 
 
-@blp.route("/members/<int:member_id>/invitations")
+@blp.route("/members/<id:member_id>/invitations")
 @scope("members:read")
 @blp.response(200, InvitationSchema(many=True))
 @documented(404)
@@ -410,7 +424,7 @@ def member_invitations(member_id: int):
     ).all()
 
 
-@blp.route("/members/<int:member_id>/memberships", methods=["POST"])
+@blp.route("/members/<id:member_id>/memberships", methods=["POST"])
 @scope("members:write")
 @blp.arguments(GrantArgs)
 @write
@@ -431,7 +445,7 @@ def grant_membership(args: dict, member_id: int):
         raise Problem(409, str(refusal)) from refusal
 
 
-@blp.route("/memberships/<int:membership_id>/end", methods=["POST"])
+@blp.route("/memberships/<id:membership_id>/end", methods=["POST"])
 @scope("members:write")
 @blp.arguments(EndArgs)
 @write
@@ -478,7 +492,7 @@ def list_perks():
     ).all()
 
 
-@blp.route("/perks/<int:perk_id>/redemptions", methods=["POST"])
+@blp.route("/perks/<id:perk_id>/redemptions", methods=["POST"])
 @scope("perks:write")
 @blp.arguments(RedeemArgs)
 @write
@@ -503,7 +517,7 @@ def redeem_perk(args: dict, perk_id: int):
     return redemption
 
 
-@blp.route("/members/<int:member_id>/coupons", methods=["POST"])
+@blp.route("/members/<id:member_id>/coupons", methods=["POST"])
 @scope("perks:write")
 @blp.arguments(CouponArgs)
 @write
@@ -538,6 +552,16 @@ def list_events(after: int, limit: int):
     return _page(rows, limit)
 
 
+#: Whatever under the prefix no view takes (``/members/abc`` included) is a problem too,
+#: not the HTML error page.
+unknown = FlaskBlueprint("api_v1_unknown", __name__, url_prefix=PREFIX)
+
+
+@unknown.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+def no_such_resource(rest: str):
+    return problem_response(404, "没有该资源 · No such resource")
+
+
 def init_api(app: Flask) -> None:
     """Serve the API and its document (called by ``create_app``)."""
     app.config.setdefault("API_TITLE", "Qunmen (群门) API")
@@ -545,6 +569,7 @@ def init_api(app: Flask) -> None:
     app.config.setdefault("OPENAPI_VERSION", "3.1.0")
     app.config.setdefault("OPENAPI_URL_PREFIX", PREFIX)
     app.config.setdefault("OPENAPI_JSON_PATH", "openapi.json")
+    app.url_map.converters["id"] = IdConverter
     api = QunmenApi(
         app,
         spec_kwargs={
@@ -552,5 +577,10 @@ def init_api(app: Flask) -> None:
             "security": [{"token": []}],
         },
     )
+    api.register_converter(IdConverter, integerconverter2paramschema)
     csrf.exempt(blp)  # tokens, not cookies: no cross-site request can carry one
     api.register_blueprint(blp)
+    describe_machine_endpoints(api.spec)
+    app.register_blueprint(unknown)
+    app.extensions["qunmen.api"] = api
+    app.register_blueprint(document)

@@ -83,7 +83,6 @@ def ids(app, demo) -> dict[str, int]:
                 0
             ].id,
             "endpoint_id": endpoint.id,
-            "action": "disable",
             "event_id": db.session.scalar(sa.select(Event.id)),
             "delivery_id": db.session.scalar(sa.select(WebhookDelivery.id)),
         }
