@@ -57,8 +57,9 @@ from perks.models import Coupon, Perk
 from perks.services import PerkRefused, redeem
 
 PREFIX = "/api/v1"
-#: The largest id (PostgreSQL's integer): larger ones are not found, not a database error.
-MAX_ID = 2**31 - 1
+#: The largest id a path takes (nine digits, under PostgreSQL's integer): a larger one is
+#: not found, never a database error.
+MAX_ID = 999_999_999
 #: How long an answer is kept for its ``Idempotency-Key``.
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
@@ -84,7 +85,11 @@ class QunmenApi(Api):
 
 
 class IdConverter(IntegerConverter):
-    """A row's id in a path: 1 to :data:`MAX_ID` (others match no route: a 404)."""
+    """A row's id in a path: 1 to :data:`MAX_ID`. Anything else matches no route (the
+    catch-all's 404) by the pattern alone: a converter's refusal would end the matching
+    with the app's HTML 404 instead."""
+
+    regex = r"[1-9]\d{0,8}"
 
     def __init__(self, map) -> None:
         super().__init__(map, min=1, max=MAX_ID)
@@ -370,7 +375,7 @@ def _member(member_id: int) -> Member:
 
 @blp.route("/members")
 @scope("members:read")
-@blp.arguments(MemberFilter, location="query", as_kwargs=True)
+@blp.arguments(MemberFilter, location="query", as_kwargs=True, unknown=ma.RAISE)
 @blp.response(200, MemberPage)
 @documented()
 def list_members(after: int, limit: int, **filters):
@@ -466,7 +471,7 @@ def end_membership(args: dict, membership_id: int):
 
 @blp.route("/orders")
 @scope("orders:read")
-@blp.arguments(PageArgs, location="query", as_kwargs=True)
+@blp.arguments(PageArgs, location="query", as_kwargs=True, unknown=ma.RAISE)
 @blp.response(200, OrderPage)
 @documented()
 def list_orders(after: int, limit: int):
@@ -538,7 +543,7 @@ def issue_coupon(args: dict, member_id: int):
 
 @blp.route("/events")
 @scope("events:read")
-@blp.arguments(PageArgs, location="query", as_kwargs=True)
+@blp.arguments(PageArgs, location="query", as_kwargs=True, unknown=ma.RAISE)
 @blp.response(200, EventPage)
 @documented()
 def list_events(after: int, limit: int):
@@ -578,7 +583,9 @@ def init_api(app: Flask) -> None:
         },
     )
     api.register_converter(IdConverter, integerconverter2paramschema)
-    csrf.exempt(blp)  # tokens, not cookies: no cross-site request can carry one
+    # Tokens, not cookies: no cross-site request can carry one.
+    csrf.exempt(blp)
+    csrf.exempt(unknown)
     api.register_blueprint(blp)
     describe_machine_endpoints(api.spec)
     app.register_blueprint(unknown)
