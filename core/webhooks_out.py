@@ -26,7 +26,9 @@ import json
 import logging
 import secrets
 import socket
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -70,6 +72,8 @@ TIMEOUT = (3, 10)
 #: Answers are kept up to this many characters.
 ANSWER_LIMIT = 1024
 BATCH = 50
+#: Requests one worker has in flight at once.
+SENDERS = 8
 
 
 class UnsafeURL(ValueError):
@@ -81,13 +85,17 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
-def check_url(url: str) -> None:
+def private_urls_allowed() -> bool:
+    return bool(current_app.config.get("WEBHOOKS_ALLOW_PRIVATE_URLS"))
+
+
+def check_url(url: str, *, allow_private: bool) -> None:
     """Raise :class:`UnsafeURL` unless ``url`` is http(s) to a public address (or any
-    address, where ``WEBHOOKS_ALLOW_PRIVATE_URLS`` allows it). Resolves the name."""
+    address, with ``allow_private``: :func:`private_urls_allowed`). Resolves the name."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise UnsafeURL("地址须以 https:// 开头 · The address must start with https://")
-    if current_app.config.get("WEBHOOKS_ALLOW_PRIVATE_URLS"):
+    if allow_private:
         return
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
@@ -106,7 +114,7 @@ def create_endpoint(
     unknown = set(event_types) - EVENT_TYPES.keys()
     if unknown or not event_types:
         raise ValueError(f"未知的事件类型 · Unknown event types: {sorted(unknown)}")
-    check_url(url)
+    check_url(url, allow_private=private_urls_allowed())
     endpoint = WebhookEndpoint(
         community_id=community_id,
         url=url,
@@ -176,6 +184,8 @@ class _Envelope:
     secret: str
     event_public_id: str
     body: str
+    #: Its endpoint was failing when it was claimed: a success clears that.
+    endpoint_failing: bool
 
 
 def _claim(now: datetime, size: int) -> list[_Envelope]:
@@ -226,6 +236,7 @@ def _claim(now: datetime, size: int) -> list[_Envelope]:
             secret=endpoints[row.endpoint_id].secret,
             event_public_id=events[row.event_id].public_id,
             body=json.dumps(events[row.event_id].payload(), ensure_ascii=False),
+            endpoint_failing=endpoints[row.endpoint_id].failing_since is not None,
         )
         for row in claimed
     ]
@@ -246,11 +257,13 @@ def signed_headers(secret: str, webhook_id: str, body: str) -> dict[str, str]:
     }
 
 
-def _send(session: requests.Session, envelope: _Envelope) -> tuple[int | None, str]:
+def _send(
+    session: requests.Session, envelope: _Envelope, *, allow_private: bool
+) -> tuple[int | None, str]:
     """Post one delivery; returns the answer's status (None when there was none) and its
     body or the error, cut to :data:`ANSWER_LIMIT`."""
     try:
-        check_url(envelope.url)
+        check_url(envelope.url, allow_private=allow_private)
         headers = signed_headers(envelope.secret, envelope.event_public_id, envelope.body)
         with session.post(
             envelope.url,
@@ -269,8 +282,8 @@ def _send(session: requests.Session, envelope: _Envelope) -> tuple[int | None, s
 def _record(
     envelope: _Envelope, status: int | None, answer: str, *, elapsed_ms: int, now: datetime
 ) -> None:
-    """Write down one attempt and what it means for the delivery and its endpoint.
-    Commits."""
+    """Write down one attempt and what it means for the delivery and its endpoint. Not
+    committed: the worker commits the outcomes known at the same moment together."""
     db.session.add(
         WebhookAttempt(
             delivery_id=envelope.id,
@@ -283,14 +296,12 @@ def _record(
     endpoint_table = WebhookEndpoint.__table__
     if status is not None and 200 <= status < 300:
         values = {"status": DeliveryStatus.DELIVERED, "delivered_at": now}
-        db.session.execute(
-            endpoint_table.update()
-            .where(
-                endpoint_table.c.id == envelope.endpoint_id,
-                endpoint_table.c.failing_since.isnot(None),
+        if envelope.endpoint_failing:
+            db.session.execute(
+                endpoint_table.update()
+                .where(endpoint_table.c.id == envelope.endpoint_id)
+                .values(failing_since=None)
             )
-            .values(failing_since=None)
-        )
     else:
         delay = retry_delay(envelope.attempts)
         if delay is None:
@@ -303,7 +314,6 @@ def _record(
         .where(WebhookDelivery.id == envelope.id)
         .values(last_status=status, last_answer=answer, **values)
     )
-    db.session.commit()
 
 
 def _note_failure(endpoint_id: int, *, now: datetime) -> None:
@@ -342,22 +352,47 @@ def _tell_owners(endpoint: WebhookEndpoint, *, now: datetime) -> None:
 
 
 def drain_webhooks(*, now: datetime | None = None, limit: int = 500) -> int:
-    """Deliver the due events, up to ``limit``: claim a batch, commit, then send each and
-    record its outcome at once. Called by the worker. Returns how many were tried."""
+    """Deliver the due events, up to ``limit``: claim a batch, commit, then send its
+    deliveries :data:`SENDERS` at a time (a slow endpoint does not hold up the others) and
+    record each outcome as soon as it is known (those known at the same moment in one
+    commit), so a worker killed mid-batch sends again only those it was sending. Called
+    by the worker. Returns how many were tried."""
     tried = 0
-    with requests.Session() as session:
-        while tried < limit:
-            batch = _claim(now or utcnow(), min(BATCH, limit - tried))
-            if not batch:
-                break
-            for envelope in batch:
-                tried += 1
-                started = time.perf_counter()
-                status, answer = _send(session, envelope)
-                elapsed = int((time.perf_counter() - started) * 1000)
-                if status is None or status >= 300:
-                    log.warning(
-                        "webhook delivery %s failed: %s %s", envelope.id, status, answer[:200]
-                    )
-                _record(envelope, status, answer, elapsed_ms=elapsed, now=now or utcnow())
+    sessions: list[requests.Session] = []
+    local = threading.local()
+    allow_private = private_urls_allowed()  # read here: the senders have no app context
+
+    def send(envelope: _Envelope) -> tuple[_Envelope, int | None, str, int]:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+            sessions.append(local.session)
+        started = time.perf_counter()
+        status, answer = _send(local.session, envelope, allow_private=allow_private)
+        return envelope, status, answer, int((time.perf_counter() - started) * 1000)
+
+    try:
+        with ThreadPoolExecutor(SENDERS, thread_name_prefix="webhooks") as pool:
+            while tried < limit:
+                batch = _claim(now or utcnow(), min(BATCH, limit - tried))
+                if not batch:
+                    break
+                tried += len(batch)
+                sending = {pool.submit(send, envelope) for envelope in batch}
+                while sending:
+                    # The outcomes known by now, committed together.
+                    done, sending = wait(sending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        envelope, status, answer, elapsed = future.result()
+                        if status is None or status >= 300:
+                            log.warning(
+                                "webhook delivery %s failed: %s %s",
+                                envelope.id,
+                                status,
+                                answer[:200],
+                            )
+                        _record(envelope, status, answer, elapsed_ms=elapsed, now=now or utcnow())
+                    db.session.commit()
+    finally:
+        for session in sessions:
+            session.close()
     return tried
