@@ -7,6 +7,7 @@ refused outside the tests."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from core.webhooks_out import UnsafeURL, create_endpoint, drain_webhooks, replay
 from membership.models import Community, Member
 from tests import fake_receiver
 from tests.conftest import SECRET_KEY, fresh_database
-from tests.helpers import join_and_pay
+from tests.helpers import join_and_pay, log_in
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -284,3 +285,40 @@ def test_a_worker_killed_mid_delivery_delivers_again_with_the_same_id(tmp_path, 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_owner_adds_an_endpoint_sees_its_attempts_and_replays(
+    app, demo, admin, receiver, private_urls
+):
+    state, url = receiver
+    state.fail_first = 1
+    staff = app.test_client()
+    log_in(staff)
+    with app.app_context():
+        community_id = db.session.scalar(sa.select(Community.id))
+    page_url = f"/admin/communities/{community_id}/webhooks"
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', staff.get(page_url).text).group(1)
+    page = staff.post(
+        page_url, data={"csrf_token": csrf, "url": url, "event_types": ["member.admitted"]}
+    ).text
+    secret = re.search(r'id="new-secret">(whsec_[^<]+)<', page).group(1)
+    assert secret not in staff.get(page_url).text  # shown once
+    refused = staff.post(
+        page_url, data={"csrf_token": csrf, "url": url, "event_types": ["member.sneezed"]}
+    )
+    assert "未知的事件类型" in refused.text
+    join_and_pay(app.test_client(), "main")
+    with app.app_context():
+        drain_webhooks()
+        delivery_id = db.session.scalar(sa.select(WebhookDelivery.id))
+        event_id = db.session.scalar(sa.select(WebhookDelivery.event_id))
+    attempts = staff.get(f"/admin/webhook-deliveries/{delivery_id}").text
+    assert "500" in attempts and "down for now" in attempts
+    assert (
+        staff.post(f"/admin/events/{event_id}/replay", data={"csrf_token": csrf}).status_code == 302
+    )
+    with app.app_context():
+        drain_webhooks()
+        assert db.session.get(WebhookDelivery, delivery_id).status is DeliveryStatus.DELIVERED
+        assert db.session.scalar(sa.select(sa.func.count(WebhookEndpoint.id))) == 1
+    assert [verified(secret, r)["type"] for r in state.requests[1:]] == ["member.admitted"]
