@@ -5,6 +5,7 @@ feed, rate limits, and errors as problem+json."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from core.clock import utcnow
 from core.db import db
 from core.events import Event
 from membership.models import Community, Member, Membership, MembershipStatus
-from tests.helpers import join_and_pay, log_in
+from tests.helpers import add_coupon, join_and_pay, log_in
 
 ALL_SCOPES = [
     "members:read",
@@ -308,3 +309,29 @@ def test_only_the_owner_manages_tokens(app, demo, role):
     log_in(staff, email=f"{role}@example.com", password="a long password")
     assert staff.get(f"/admin/communities/{community_id}/api").status_code == 403
     assert staff.get(f"/admin/communities/{community_id}/webhooks").status_code == 403
+
+
+def test_an_idempotency_key_is_kept_a_day(app, demo, client):
+    join_and_pay(app.test_client(), "main")
+    with app.app_context():
+        member_id = db.session.scalar(sa.select(Member.id))
+    secret = make_token(app, ["perks:write"])
+    headers = {**bearer(secret), "Idempotency-Key": "coupon-1"}
+    add_coupon(app, "VIP20")
+    first = client.post(
+        f"/api/v1/members/{member_id}/coupons", json={"code": "VIP20"}, headers=headers
+    )
+    assert first.status_code == 201 and first.json["issued"] is True
+    with app.app_context():
+        db.session.execute(
+            sa.update(IdempotentAnswer).values(created_at=utcnow() - timedelta(hours=25))
+        )
+        db.session.commit()
+    later = client.post(
+        f"/api/v1/members/{member_id}/coupons", json={"code": "VIP20"}, headers=headers
+    )
+    assert later.status_code == 201
+    assert later.json["issued"] is False  # run again: the member holds it already
+    assert "Idempotent-Replayed" not in later.headers
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(IdempotentAnswer)) == 1
