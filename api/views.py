@@ -217,6 +217,17 @@ def json_response(body, status: int):
 # Schemas ---------------------------------------------------------------------------------
 
 
+class Text(ma.fields.String):
+    """A string a request gives: without NUL characters, which PostgreSQL's text cannot
+    hold (refused with the other field errors, not a database error)."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise ma.ValidationError("不能包含空字符 · NUL characters are not allowed")
+        return text
+
+
 class PageArgs(ma.Schema):
     after = ma.fields.Integer(
         load_default=0,
@@ -227,15 +238,15 @@ class PageArgs(ma.Schema):
 
 
 class MemberFilter(PageArgs):
-    number = ma.fields.String(
+    number = Text(
         validate=ma.validate.Regexp(r"^\d{1,9}$"), metadata={"description": "成员编号 · e.g. 42"}
     )
-    contact = ma.fields.String(
+    contact = Text(
         validate=ma.validate.Length(min=3, max=254),
         metadata={"description": "手机号或邮箱 · A phone number or e-mail address"},
     )
-    openid = ma.fields.String(validate=ma.validate.Length(min=1, max=64))
-    tier = ma.fields.String(
+    openid = Text(validate=ma.validate.Length(min=1, max=64))
+    tier = Text(
         validate=ma.validate.Length(max=40), metadata={"description": "持有该档位 · Tier code"}
     )
     current = ma.fields.Boolean(metadata={"description": "当前有资格 · Holds a current membership"})
@@ -265,12 +276,12 @@ class MemberPage(ma.Schema):
 
 
 class GrantArgs(ma.Schema):
-    tier = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=40))
-    reason = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+    tier = Text(required=True, validate=ma.validate.Length(min=1, max=40))
+    reason = Text(required=True, validate=ma.validate.Length(min=1, max=200))
 
 
 class EndArgs(ma.Schema):
-    reason = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+    reason = Text(required=True, validate=ma.validate.Length(min=1, max=200))
 
 
 class InvitationSchema(ma.Schema):
@@ -327,7 +338,7 @@ class RedemptionSchema(ma.Schema):
 
 
 class CouponArgs(ma.Schema):
-    code = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=40))
+    code = Text(required=True, validate=ma.validate.Length(min=1, max=40))
 
 
 class CouponIssued(ma.Schema):

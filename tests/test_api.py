@@ -260,6 +260,12 @@ def test_malformed_requests_get_a_problem_and_change_nothing(app, demo, client):
         assert answer.json["errors"]
     bad = client.get("/api/v1/members", query_string={"limit": "1000"}, headers=bearer(secret))
     assert bad.status_code == 422
+    for query in ({"openid": "a\x00b"}, {"contact": "\x00@example.com"}, {"tier": "\x00"}):
+        nul = client.get("/api/v1/members", query_string=query, headers=bearer(secret))
+        assert nul.status_code == 422, query  # PostgreSQL's text cannot hold it: not a 500
+        assert nul.mimetype == "application/problem+json"
+    typo = client.get("/api/v1/members", query_string={"numbr": "1"}, headers=bearer(secret))
+    assert typo.status_code == 422  # not everyone
     for header in ("", "Bearer", "Bearer qm_forged", "Basic abc"):
         answer = client.get("/api/v1/members", headers={"Authorization": header})
         assert answer.status_code == 401
