@@ -28,7 +28,7 @@ from flask_smorest.utils import prepare_response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException, default_exceptions
-from werkzeug.routing import IntegerConverter
+from werkzeug.routing import IntegerConverter, PathConverter
 
 from api.document import describe_machine_endpoints, document
 from api.models import IdempotentAnswer
@@ -219,7 +219,12 @@ def json_response(body, status: int):
 
 class Text(ma.fields.String):
     """A string a request gives: without NUL characters, which PostgreSQL's text cannot
-    hold (refused with the other field errors, not a database error)."""
+    hold (refused with the other field errors, not a database error; the document says so
+    by a pattern)."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs["metadata"] = {"pattern": r"^[^\x00]*$", **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
@@ -238,7 +243,7 @@ class PageArgs(ma.Schema):
 
 
 class MemberFilter(PageArgs):
-    number = Text(
+    number = ma.fields.String(  # its pattern has no room for a NUL
         validate=ma.validate.Regexp(r"^\d{1,9}$"), metadata={"description": "成员编号 · e.g. 42"}
     )
     contact = Text(
@@ -577,7 +582,14 @@ def list_events(after: int, limit: int):
 unknown = FlaskBlueprint("api_v1_unknown", __name__, url_prefix=PREFIX)
 
 
-@unknown.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+class AnyPath(PathConverter):
+    """Any rest of a path, new lines included (Werkzeug's ``path`` stops at them)."""
+
+    regex = r"[\s\S]+"
+    part_isolating = False  # Werkzeug guesses from the pattern, which has no "/"
+
+
+@unknown.route("/<anypath:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def no_such_resource(rest: str):
     return problem_response(404, "没有该资源 · No such resource")
 
@@ -590,6 +602,7 @@ def init_api(app: Flask) -> None:
     app.config.setdefault("OPENAPI_URL_PREFIX", PREFIX)
     app.config.setdefault("OPENAPI_JSON_PATH", "openapi.json")
     app.url_map.converters["id"] = IdConverter
+    app.url_map.converters["anypath"] = AnyPath
     api = QunmenApi(
         app,
         spec_kwargs={

@@ -266,6 +266,9 @@ def test_malformed_requests_get_a_problem_and_change_nothing(app, demo, client):
         assert nul.mimetype == "application/problem+json"
     typo = client.get("/api/v1/members", query_string={"numbr": "1"}, headers=bearer(secret))
     assert typo.status_code == 422  # not everyone
+    for path in ("/api/v1/members/abc", "/api/v1/members/a%0Ab", "/api/v1/members/0/invitations"):
+        missing = client.get(path, headers=bearer(secret))
+        assert (missing.status_code, missing.mimetype) == (404, "application/problem+json"), path
     for header in ("", "Bearer", "Bearer qm_forged", "Basic abc"):
         answer = client.get("/api/v1/members", headers={"Authorization": header})
         assert answer.status_code == 401
