@@ -15,7 +15,9 @@ from werkzeug.routing import MapAdapter
 from werkzeug.wrappers import Request
 
 import config as settings
-from core import limits, outbox  # noqa: F401 (their models are part of the schema)
+from api import admin as api_admin
+from api.views import init_api
+from core import events, limits, outbox  # noqa: F401 (their models are part of the schema)
 from core.admin import bp as core_admin_bp
 from core.auth import bp as auth_bp
 from core.auth import login_manager
@@ -125,6 +127,8 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.register_blueprint(wechatpay)
     app.register_blueprint(auth_bp)
     app.register_blueprint(core_admin_bp)
+    init_api(app)
+    app.register_blueprint(api_admin.bp)
 
     app.cli.add_command(membership_cli.seed_demo_command)
     app.cli.add_command(membership_cli.expire_memberships_command)

@@ -222,6 +222,12 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # Secure cookies and HSTS: on unless in the demo (which runs on plain http).
         "SESSION_COOKIE_SECURE": _flag("SESSION_COOKIE_SECURE", None),
         "WTF_CSRF_TIME_LIMIT": None,
+        # The public API and outgoing webhooks. Requests each API token may make a minute.
+        "API_REQUESTS_PER_MINUTE": _number("API_REQUESTS_PER_MINUTE", 600, int),
+        # Outgoing webhooks to private and loopback addresses: for the demo and the tests'
+        # local receivers only (production refuses it: an endpoint could reach the
+        # operator's own network).
+        "WEBHOOKS_ALLOW_PRIVATE_URLS": _flag("WEBHOOKS_ALLOW_PRIVATE_URLS", False),
     }
 
 
@@ -251,6 +257,11 @@ def complete(config: MutableMapping[str, object], instance_path: str | Path) -> 
         config["SESSION_COOKIE_SECURE"] = not demo
     if production and config.get("OUTBOX_TO_LOG"):
         raise SettingError("OUTBOX_TO_LOG is for the demo only: it writes login codes to the log")
+    if production and config.get("WEBHOOKS_ALLOW_PRIVATE_URLS"):
+        raise SettingError(
+            "WEBHOOKS_ALLOW_PRIVATE_URLS is for the demo and the tests only: webhooks could "
+            "reach private addresses"
+        )
     _check_sms(config)
     _through_pgbouncer(config)
 

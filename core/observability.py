@@ -18,12 +18,10 @@ import logging
 import re
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from flask import (
     Blueprint,
     Flask,
-    Response,
     g,
     has_request_context,
     jsonify,
@@ -37,8 +35,6 @@ from core.db import db
 from core.security import new_token
 
 REQUEST_ID_HEADER = "X-Request-ID"
-#: The OpenAPI description of the endpoints programs call.
-OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.yaml")
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{8,128}")
 _ATTRIBUTE = "request_id"
 #: What a redacted secret reads as in the log.
@@ -201,12 +197,6 @@ def init_observability(app: Flask) -> None:
 #: One line per request: method, route (never the path), status, milliseconds, client.
 request_log = logging.getLogger("qunmen.request")
 health = Blueprint("health", __name__)
-
-
-@health.get("/openapi.yaml")
-def openapi_document():
-    """The OpenAPI description of the endpoints programs call (health, webhooks)."""
-    return Response(OPENAPI_DOCUMENT.read_bytes(), mimetype="application/yaml")
 
 
 @health.get("/healthz")

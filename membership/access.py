@@ -21,6 +21,7 @@ from core import audit
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
 from core.outbox import drain_outbox
+from core.webhooks_out import drain_webhooks
 from membership.models import (
     Invitation,
     PlatformTask,
@@ -171,6 +172,7 @@ def start_in_process_worker(app: Flask, interval: float = 5.0) -> None:
                 with app.app_context():
                     drain()
                     drain_outbox()
+                    drain_webhooks()
             except Exception:  # the thread must outlive any one failure
                 log.exception("in-process queue worker")
             time.sleep(interval)

@@ -19,6 +19,7 @@ from core.clock import utcnow
 from core.db import begin_snapshot, db
 from core.exporters import csv_lines, write_xlsx
 from core.outbox import drain_outbox
+from core.webhooks_out import drain_webhooks
 from membership import wecom
 from membership.access import drain
 from membership.exports import community_revenue
@@ -142,9 +143,9 @@ def worker_command(once: bool, interval: float) -> None:
     """Make the queued platform calls (Telegram links, removal tasks) and send the queued
     messages, with retries."""
     while True:
-        ran, sent = drain(), drain_outbox()
+        ran, sent, posted = drain(), drain_outbox(), drain_webhooks()
         if once:
-            click.echo(f"{ran} platform tasks run, {sent} messages tried")
+            click.echo(f"{ran} platform tasks run, {sent} messages tried, {posted} webhooks tried")
             return
         db.session.remove()
         time.sleep(interval)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import joinedload
 from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
+from core.events import record_event
 from core.limits import Limit, TooManyTries, claim
 from core.outbox import Channel, MessageKind
 from core.security import new_token
@@ -219,6 +220,12 @@ def submit_application(
     audit.record(
         "application.submitted", application, actor=actor, data={"tier": tier.code}, now=now
     )
+    record_event(
+        tier.community_id,
+        "application.submitted",
+        {"application": application.public_id, "tier": tier.code},
+        now=now,
+    )
     if not awaiting_proof:
         _go_on(application, actor=actor, now=now)
     return application
@@ -384,6 +391,16 @@ def extend_membership(application: Application, *, now: datetime) -> Membership:
         },
         now=now,
     )
+    record_event(
+        application.community_id,
+        "membership.renewed",
+        {
+            "membership": membership.id,
+            "member": membership.member_id,
+            "ends_at": membership.ends_at.isoformat(),
+        },
+        now=now,
+    )
     if restored:
         issue_invitation(membership, actor="system", now=now)
     return membership
@@ -444,6 +461,17 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
         member,
         actor=actor,
         data={"tier": tier.code, "number": member.number_label, "application": application.id},
+        now=now,
+    )
+    record_event(
+        member.community_id,
+        "member.admitted",
+        {
+            "member": member.id,
+            "number": member.number_label,
+            "tier": tier.code,
+            "membership": membership.id,
+        },
         now=now,
     )
     issue_invitation(membership, actor=actor, now=now)
@@ -560,6 +588,17 @@ def end_membership(
         return False
     membership.status = status
     audit.record(f"membership.{status}", membership, actor=actor, data={"reason": reason}, now=now)
+    record_event(
+        membership.member.community_id,
+        "membership.ended",
+        {
+            "membership": membership.id,
+            "member": membership.member_id,
+            "status": status.value,
+            "reason": reason,
+        },
+        now=now,
+    )
     for invitation in membership.member.invitations:
         if invitation.membership_id == membership.id and invitation.status in (
             *LIVE_INVITATION_STATUSES,

@@ -12,6 +12,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 from core import audit
 from core.clock import utcnow
 from core.db import db
+from core.events import record_event
 from core.security import csrf, same_secret
 from membership.access import queue_platform_task
 from membership.models import Invitation, InvitationStatus, TaskAction
@@ -47,6 +48,16 @@ def updates():
         invitation.status = InvitationStatus.JOINED
         audit.record(
             "invitation.joined", invitation, actor="telegram", data={"user_id": user_id}, now=now
+        )
+        record_event(
+            invitation.member.community_id,
+            "invitation.joined",
+            {
+                "invitation": invitation.id,
+                "member": invitation.member_id,
+                "group": invitation.group_id,
+            },
+            now=now,
         )
         queue_platform_task(invitation, TaskAction.ADMIT, now=now)
         db.session.commit()

@@ -27,6 +27,7 @@ from wtforms import SelectChoice
 from core import audit
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
+from core.events import record_event
 from core.limits import TooManyTries, claim, client_network
 from core.security import (
     new_token,
@@ -1072,6 +1073,16 @@ def mark_joined(token: str):
     if invitation.status is InvitationStatus.ISSUED:
         invitation.status = InvitationStatus.JOINED
         audit.record("invitation.joined", invitation, actor=f"member:{invitation.member_id}")
+        record_event(
+            invitation.member.community_id,
+            "invitation.joined",
+            {
+                "invitation": invitation.id,
+                "member": invitation.member_id,
+                "group": invitation.group_id,
+            },
+            now=utcnow(),
+        )
         db.session.commit()
     return redirect(url_for(".invitation", token=token))
 

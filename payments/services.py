@@ -20,6 +20,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from core import audit
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects, insert_for, session_dialect
+from core.events import record_event
 from core.money import Money
 from core.security import new_token
 from payments.models import (
@@ -393,6 +394,17 @@ def confirm_payment(
     audit.record(
         "payment.confirmed", payment, actor=actor, data={"amount": str(payment.money)}, now=now
     )
+    record_event(
+        order.community_id,
+        "payment.confirmed",
+        {
+            "payment": payment.public_id,
+            "order": order.public_id,
+            "amount": payment.amount,
+            "currency": payment.currency,
+        },
+        now=now,
+    )
     if paid_before:
         # Paid twice: the money is kept in the ledger and put before admins for a refund.
         audit.record("order.paid_again", order, actor=actor, data={"payment": payment.id}, now=now)
@@ -737,6 +749,18 @@ def _succeed_refund(refund: Refund, external_id: str | None, *, actor: str, now:
     audit.record(
         "refund.succeeded", refund, actor=actor, data={"amount": str(refund.money)}, now=now
     )
+    record_event(
+        payment.order.community_id,
+        "payment.refunded",
+        {
+            "refund": refund.public_id,
+            "payment": payment.public_id,
+            "order": payment.order.public_id,
+            "amount": refund.amount,
+            "currency": refund.currency,
+        },
+        now=now,
+    )
     order = payment.order
     _money_went_back(order, actor=actor, now=now)
     if refund.revoke_access or not covered(order):
@@ -797,6 +821,19 @@ def _apply_dispute(
         db.session.add(dispute)
         db.session.flush()
         audit.record(f"dispute.{status}", dispute, actor=actor, now=now)
+        record_event(
+            order.community_id,
+            "dispute.opened" if status is DisputeStatus.OPEN else "dispute.closed",
+            {
+                "dispute": dispute.id,
+                "payment": payment.public_id,
+                "order": order.public_id,
+                "status": status.value,
+                "amount": dispute.amount,
+                "currency": dispute.currency,
+            },
+            now=now,
+        )
         if status is not DisputeStatus.WON:
             _ledger(payment, "dispute", -dispute.amount, now=now, dispute=dispute)
             _money_went_back(order, actor=actor, now=now)
@@ -812,6 +849,19 @@ def _apply_dispute(
     dispute.status = status
     dispute.closed_at = now
     audit.record(f"dispute.{status}", dispute, actor=actor, now=now)
+    record_event(
+        order.community_id,
+        "dispute.closed",
+        {
+            "dispute": dispute.id,
+            "payment": payment.public_id,
+            "order": order.public_id,
+            "status": status.value,
+            "amount": dispute.amount,
+            "currency": dispute.currency,
+        },
+        now=now,
+    )
     if status is DisputeStatus.WON:
         _ledger(payment, "dispute_won", dispute.amount, now=now, dispute=dispute)
         if covered(order):

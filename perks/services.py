@@ -15,6 +15,7 @@ from sqlalchemy.orm import selectinload
 
 from core import audit
 from core.db import db
+from core.events import record_event
 from membership.models import Member
 from perks.coupons import grant_coupon
 from perks.courses import enrol_free
@@ -112,6 +113,12 @@ def redeem(perk: Perk, standing: Standing, *, now: datetime) -> Redemption:
         perk,
         actor=f"member:{member.id}",
         data={"member": member.id, "redeemed_count": taken},
+        now=now,
+    )
+    record_event(
+        member.community_id,
+        "perk.redeemed",
+        {"perk": perk.id, "member": member.id, "redemption": redemption.id},
         now=now,
     )
     return redemption

@@ -167,3 +167,9 @@ def test_the_demo_files_are_private(tmp_path):
     assert stat.S_IMODE((instance / "qunmen.sqlite3").stat().st_mode) == 0o600
     assert stat.S_IMODE((instance / "secret_key").stat().st_mode) == 0o600
     assert (instance / "secret_key").read_text() == config["SECRET_KEY"]
+
+
+def test_production_refuses_webhooks_to_private_addresses(environment):
+    environment.setenv("WEBHOOKS_ALLOW_PRIVATE_URLS", "1")
+    with pytest.raises(SettingError, match="WEBHOOKS_ALLOW_PRIVATE_URLS"):
+        create_app()

@@ -7,9 +7,12 @@ import re
 import pytest
 import sqlalchemy as sa
 
+from api.tokens import create_token
 from core.auth import ROLES, StaffUser, create_staff_user
 from core.clock import utcnow
 from core.db import db
+from core.events import Event, WebhookDelivery, record_event
+from core.webhooks_out import create_endpoint
 from membership.models import Community, Group, Member, QuestionKind, ScreeningQuestion, Tier
 from payments.models import Payment
 from perks.models import Announcement, Coupon, Course, Offer, Perk, PerkKind
@@ -56,6 +59,10 @@ def ids(app, demo) -> dict[str, int]:
             community=community, title="公告", body="…", created_by="test", created_at=now
         )
         db.session.add_all([course, coupon, perk, offer, announcement])
+        endpoint = create_endpoint(
+            community.id, "https://93.184.215.14/hook", ["perk.redeemed"], actor="t", now=now
+        )
+        record_event(community.id, "perk.redeemed", {"perk": perk.id}, now=now)
         db.session.commit()
         return {
             "community_id": community.id,
@@ -71,6 +78,13 @@ def ids(app, demo) -> dict[str, int]:
             "offer_id": offer.id,
             "announcement_id": announcement.id,
             "campaign": "spring",
+            # The API's and the webhooks' pages.
+            "token_id": create_token(community.id, "bot", ["members:read"], actor="t", now=now)[
+                0
+            ].id,
+            "endpoint_id": endpoint.id,
+            "event_id": db.session.scalar(sa.select(Event.id)),
+            "delivery_id": db.session.scalar(sa.select(WebhookDelivery.id)),
         }
 
 

@@ -255,9 +255,11 @@ def test_ledger_entries_cannot_be_changed(app, client, payment_id):
 #: What a delivery that confirms a payment and admits a newcomer may cost: the inbox row,
 #: the locks, the payment, order, ledger and reference, the look for a member who has the
 #: contact already, the member with their number, the membership, the invitation and its
-#: platform call and seat counter, the audit entries in one statement. (The inbox row is
-#: written once, with its outcome; a provider id is mapped without a look first.)
-ADMISSION_STATEMENTS = 22
+#: platform call and seat counter, the audit entries in one statement; its events
+#: (payment.confirmed, member.admitted) in one more, after one look for the endpoints that
+#: subscribe. (The inbox row is written once, with its outcome; a provider id is mapped
+#: without a look first.)
+ADMISSION_STATEMENTS = 24
 
 
 def test_a_paying_delivery_costs_a_fixed_number_of_statements(app, client, payment_id):
