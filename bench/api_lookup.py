@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import requests
@@ -27,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from api.tokens import create_token  # noqa: E402
 from app import create_app  # noqa: E402
-from bench.webhook_ingest import SETTINGS, database, gunicorn, prepare  # noqa: E402
+from bench.webhook_ingest import SETTINGS, database, gunicorn, prepare, run_batches  # noqa: E402
 from core.clock import utcnow  # noqa: E402
 from core.db import db, init_db  # noqa: E402
 from membership.models import Community, Member, Membership, MembershipStatus, Tier  # noqa: E402
@@ -118,18 +116,7 @@ def _get(args) -> list[tuple[float, int]]:
 def load(base: str, paths: list[str], headers: dict[str, str], clients: int) -> dict:
     """GET every path from ``clients`` processes at once; rate and latencies."""
     batches = [(base, paths[i::clients], headers) for i in range(clients)]
-    with ProcessPoolExecutor(max_workers=clients) as pool:
-        start = time.perf_counter()
-        results = [r for batch in pool.map(_get, batches) for r in batch]
-        elapsed = time.perf_counter() - start
-    latencies = sorted(r[0] for r in results)
-    return {
-        "rate": len(results) / elapsed,
-        "errors": sum(1 for _, status in results if status >= 400),
-        "p50": statistics.median(latencies) * 1000,
-        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        "max": latencies[-1] * 1000,
-    }
+    return run_batches(_get, batches, clients)
 
 
 def run(kind: str, count: int, clients: int) -> list[tuple[str, dict[str, float]]]:

@@ -218,9 +218,15 @@ def _send(args) -> list[tuple[float, int]]:
 def load(url: str, deliveries: list, clients: int, method: str = "POST") -> dict[str, float]:
     """Send every delivery from ``clients`` processes at once; rate and latencies."""
     batches = [(url, deliveries[i::clients], method) for i in range(clients)]
+    return run_batches(_send, batches, clients)
+
+
+def run_batches(send, batches: list, clients: int) -> dict[str, float]:
+    """``send`` each batch in a process of its own, all at once (``send`` gives a
+    (seconds, status) per request); the rate, errors and latency percentiles."""
     with ProcessPoolExecutor(max_workers=clients) as pool:
         start = time.perf_counter()
-        results = [r for batch in pool.map(_send, batches) for r in batch]
+        results = [r for batch in pool.map(send, batches) for r in batch]
         elapsed = time.perf_counter() - start
     latencies = sorted(r[0] for r in results)
     return {

@@ -821,19 +821,7 @@ def _apply_dispute(
         db.session.add(dispute)
         db.session.flush()
         audit.record(f"dispute.{status}", dispute, actor=actor, now=now)
-        record_event(
-            order.community_id,
-            "dispute.opened" if status is DisputeStatus.OPEN else "dispute.closed",
-            {
-                "dispute": dispute.id,
-                "payment": payment.public_id,
-                "order": order.public_id,
-                "status": status.value,
-                "amount": dispute.amount,
-                "currency": dispute.currency,
-            },
-            now=now,
-        )
+        _dispute_event(dispute, order, now=now)
         if status is not DisputeStatus.WON:
             _ledger(payment, "dispute", -dispute.amount, now=now, dispute=dispute)
             _money_went_back(order, actor=actor, now=now)
@@ -849,19 +837,7 @@ def _apply_dispute(
     dispute.status = status
     dispute.closed_at = now
     audit.record(f"dispute.{status}", dispute, actor=actor, now=now)
-    record_event(
-        order.community_id,
-        "dispute.closed",
-        {
-            "dispute": dispute.id,
-            "payment": payment.public_id,
-            "order": order.public_id,
-            "status": status.value,
-            "amount": dispute.amount,
-            "currency": dispute.currency,
-        },
-        now=now,
-    )
+    _dispute_event(dispute, order, now=now)
     if status is DisputeStatus.WON:
         _ledger(payment, "dispute_won", dispute.amount, now=now, dispute=dispute)
         if covered(order):
@@ -871,6 +847,23 @@ def _apply_dispute(
         if not covered(order):
             access_withdrawn.send(order, now=now, reason="dispute_lost")
     return True
+
+
+def _dispute_event(dispute: Dispute, order: Order, *, now: datetime) -> None:
+    """The event for the operator's tools: a chargeback opened, or decided."""
+    record_event(
+        order.community_id,
+        "dispute.opened" if dispute.status is DisputeStatus.OPEN else "dispute.closed",
+        {
+            "dispute": dispute.id,
+            "payment": dispute.payment.public_id,
+            "order": order.public_id,
+            "status": dispute.status.value,
+            "amount": dispute.amount,
+            "currency": dispute.currency,
+        },
+        now=now,
+    )
 
 
 # Payments that were never notified -------------------------------------------------------

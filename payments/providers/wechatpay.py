@@ -131,6 +131,20 @@ class WeChatPayBase(PaymentProvider):
         self._app_secret = app_secret
         self._oauth_api_base = oauth_api_base
 
+    @staticmethod
+    def unpaid_answer(payment: Payment, state: str, reason: str | None) -> Notification | None:
+        """What an order query's ``trade_state`` other than paid says: the attempt ended
+        (closed, revoked, failed), or None while it may still be paid. Both versions
+        name the states alike."""
+        if state not in ("CLOSED", "REVOKED", "PAYERROR"):
+            return None
+        return Notification(
+            event_id=f"query:{payment.public_id}:{state}",
+            kind=EventKind.PAYMENT_FAILED if state == "PAYERROR" else EventKind.PAYMENT_EXPIRED,
+            payment_public_id=payment.public_id,
+            reason=reason or state,
+        )
+
     def method_for(self, payer: Payer) -> str:
         """JSAPI inside WeChat (needs OAuth, so the app secret); H5 in other phone
         browsers; a QR code to scan on a desktop."""
@@ -399,14 +413,7 @@ class WeChatPayProvider(WeChatPayBase):
                 payment_external_id=result["transaction_id"],
                 amount=self._money(result, "total_fee"),
             )
-        if state in ("CLOSED", "REVOKED", "PAYERROR"):
-            return Notification(
-                event_id=f"query:{payment.public_id}:{state}",
-                kind=EventKind.PAYMENT_FAILED if state == "PAYERROR" else EventKind.PAYMENT_EXPIRED,
-                payment_public_id=payment.public_id,
-                reason=result.get("trade_state_desc") or state,
-            )
-        return None
+        return self.unpaid_answer(payment, state, result.get("trade_state_desc"))
 
     def download_bill(self, day: date) -> str:
         """The day's bill of every payment and refund (``bill_type=ALL``): the text

@@ -507,14 +507,7 @@ class WeChatPayV3Provider(WeChatPayBase):
                 return self._paid(result, payment.public_id, str(result["transaction_id"]))
             except (InvalidNotification, KeyError) as error:
                 raise ProviderError(f"WeChat Pay: {error}") from error
-        if state in ("CLOSED", "REVOKED", "PAYERROR"):
-            return Notification(
-                event_id=f"query:{payment.public_id}:{state}",
-                kind=EventKind.PAYMENT_FAILED if state == "PAYERROR" else EventKind.PAYMENT_EXPIRED,
-                payment_public_id=payment.public_id,
-                reason=result.get("trade_state_desc") or state,
-            )
-        return None
+        return self.unpaid_answer(payment, state, result.get("trade_state_desc"))
 
     def close_payment(self, payment: Payment) -> None:
         self._call(self._client.close, out_trade_no=payment.public_id)
