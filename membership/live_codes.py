@@ -50,12 +50,14 @@ def choose_group(groups: Sequence[Group], taken: dict[int, int], *, now: datetim
 
 
 @dataclass(frozen=True, slots=True)
-class Warning:
+class GroupWarning:
     key: str  #: once per key (the outbox's dedupe key, with each recipient's id)
     text: str
 
 
-def group_warnings(community: Community, taken: dict[int, int], *, now: datetime) -> list[Warning]:
+def group_warnings(
+    community: Community, taken: dict[int, int], *, now: datetime
+) -> list[GroupWarning]:
     """What admins of ``community`` should act on about its groups now: QR codes expired
     or expiring within :data:`QR_WARNING`, tiers whose groups have at most
     :data:`SEATS_WARNING` seats left. ``taken``: seats taken by group."""
@@ -67,13 +69,13 @@ def group_warnings(community: Community, taken: dict[int, int], *, now: datetime
         stamp = expires.isoformat()
         if expires <= now:
             text = f"{group.name} 的群二维码已过期，请上传新的 · {group.name}'s QR code has expired"
-            warnings.append(Warning(f"qr-expired:{group.id}:{stamp}", text))
+            warnings.append(GroupWarning(f"qr-expired:{group.id}:{stamp}", text))
         else:
             text = (
                 f"{group.name} 的群二维码将在一天内过期，请上传新的 · "
                 f"{group.name}'s QR code expires within a day"
             )
-            warnings.append(Warning(f"qr-expiring:{group.id}:{stamp}", text))
+            warnings.append(GroupWarning(f"qr-expiring:{group.id}:{stamp}", text))
     for tier in community.tiers:
         if not tier.active or not tier.groups:
             continue
@@ -85,11 +87,11 @@ def group_warnings(community: Community, taken: dict[int, int], *, now: datetime
                 f"{tier.name}'s groups have {left} seats left"
             )
             # Once per fill-up: adding a group changes the total, and the key with it.
-            warnings.append(Warning(f"seats:{tier.id}:{total}", text))
+            warnings.append(GroupWarning(f"seats:{tier.id}:{total}", text))
     return warnings
 
 
-def tell_admins(community: Community, warnings: list[Warning], *, now: datetime) -> int:
+def tell_admins(community: Community, warnings: list[GroupWarning], *, now: datetime) -> int:
     """Message each warning to the staff who can act on it, once per warning and person
     (queued, not committed). Returns how many messages are new."""
     roles = [role for role, (_label, allowed) in ROLES.items() if TOLD_PERMISSION in allowed]
@@ -122,4 +124,4 @@ def tell_expired(group: Group, *, now: datetime) -> None:
         f"{group.name}'s QR code has expired and new members are waiting for it"
     )
     key = f"qr-expired:{group.id}:{group.qr_expires_at.isoformat()}"
-    tell_admins(group.community, [Warning(key, text)], now=now)
+    tell_admins(group.community, [GroupWarning(key, text)], now=now)
