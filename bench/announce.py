@@ -24,13 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import create_app  # noqa: E402
+from bench.seed import seed_members  # noqa: E402
 from bench.webhook_ingest import SETTINGS, database  # noqa: E402
 from core.auth import create_staff_user  # noqa: E402
 from core.clock import utcnow  # noqa: E402
 from core.db import UTCDateTime, db  # noqa: E402
 from core.outbox import OutboxMessage  # noqa: E402
 from membership.cli import seed_demo_community  # noqa: E402
-from membership.models import ContactKind, Member, Membership, MembershipStatus, Tier  # noqa: E402
+from membership.models import Tier  # noqa: E402
 from perks.models import Announcement  # noqa: E402
 
 EMAIL, PASSWORD = "bench@example.com", "a long bench password"
@@ -64,33 +65,7 @@ def prepare(url: str, members: int):
         community = seed_demo_community()
         main = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
         now = utcnow()
-        ids = db.session.scalars(
-            sa.insert(Member).returning(Member.id),
-            [
-                {
-                    "community_id": community.id,
-                    "display_name": f"成员{i}",
-                    "contact_kind": ContactKind.PHONE,
-                    "contact_value": f"138{i:08d}",
-                    "number": i + 1,
-                    "number_label": f"{i + 1:05d}",
-                    "created_at": now,
-                }
-                for i in range(members)
-            ],
-        ).all()
-        db.session.execute(
-            sa.insert(Membership),
-            [
-                {
-                    "member_id": i,
-                    "tier_id": main.id,
-                    "status": MembershipStatus.ACTIVE,
-                    "starts_at": now,
-                }
-                for i in ids
-            ],
-        )
+        seed_members(community, main, members, now=now)
         create_staff_user(EMAIL, "bench", PASSWORD, actor="bench")
         announcement = Announcement(
             community=community,
