@@ -17,9 +17,10 @@ from werkzeug.wrappers import Request
 import config as settings
 from api import admin as api_admin
 from api.views import init_api
-from core import events, limits, outbox  # noqa: F401 (their models are part of the schema)
+from core import events, i18n, limits, outbox  # noqa: F401 (their models are part of the schema)
 from core.admin import bp as core_admin_bp
 from core.auth import bp as auth_bp
+from core.auth import keep_locale_choice as auth_keep_locale_choice
 from core.auth import login_manager
 from core.checks import check_command
 from core.clock import local_time
@@ -108,6 +109,10 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     init_observability(app)
     init_security_headers(app)
     init_db(app)
+    i18n.init_i18n(app)
+    i18n.register_community_source(membership_views.community_preferences)
+    i18n.register_choice_keeper(membership_views.keep_locale_choice)
+    i18n.register_choice_keeper(auth_keep_locale_choice)
     migrate.init_app(app, db, directory=str(app.root_path + "/migrations"))
     login_manager.init_app(app)
     csrf.init_app(app)

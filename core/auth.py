@@ -40,6 +40,7 @@ from wtforms.validators import DataRequired, Email, EqualTo, Length, Optional
 from core import audit
 from core.clock import utcnow
 from core.db import UTCDateTime, db
+from core.i18n import settle_locale_at_login
 from core.limits import AttemptCounter, Limit, TooManyTries, claim, client_network
 from core.security import new_token, same_secret, same_site_path
 
@@ -129,6 +130,8 @@ class StaffUser(UserMixin, db.Model):
     totp_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: The time step of the last code accepted; a code of it or before is refused.
     totp_last_step: Mapped[int | None]
+    #: The language they chose with the switch; their logins start in it.
+    locale: Mapped[str | None] = mapped_column(sa.String(10))
 
     @property
     def is_active(self) -> bool:
@@ -403,6 +406,12 @@ def _confirm_password(user: StaffUser, password: str, *, now: datetime) -> str |
 bp = Blueprint("auth", __name__, cli_group=None)
 
 
+def keep_locale_choice(locale: str) -> None:
+    """The language switch, used by a logged-in member of staff: their logins start in it."""
+    if current_user.is_authenticated:
+        db.session.get(StaffUser, current_user.id).locale = locale
+
+
 class LoginForm(FlaskForm):
     email = EmailField("邮箱 · E-mail", validators=[DataRequired(), Email(), Length(max=254)])
     password = PasswordField(
@@ -471,6 +480,7 @@ def login():
         # The claim's commit expired ``user``: what is checked below is read afresh.
         if _credentials_hold(user, form.password.data, form.code.data or "", now):
             audit.record("staff.logged_in", user, actor=user.actor, now=now)
+            settle_locale_at_login(user)
             db.session.commit()
             login_user(user)
             if not user.uses_totp and user.role in ("owner", "finance"):

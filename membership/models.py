@@ -41,6 +41,9 @@ class Community(db.Model):
     currency: Mapped[str] = mapped_column(sa.String(3), default="CNY")
     #: IANA name; times are shown in it.
     time_zone: Mapped[str] = mapped_column(sa.String(40), default="Asia/Shanghai")
+    #: The language its pages speak to a visitor who has not chosen one (``core.i18n``);
+    #: None: the visitor's browser decides.
+    locale: Mapped[str | None] = mapped_column(sa.String(10), default="zh_CN")
     #: See :data:`NUMBER_PATTERN`.
     member_number_pattern: Mapped[str] = mapped_column(sa.String(30), default="####")
     #: The last member number given out; numbers are never reused.
@@ -224,6 +227,8 @@ class Member(db.Model):
     #: What moderators recognise them by in the group (a WeChat ID or a nickname), as they
     #: typed it: never a credential and never a channel.
     wechat_id: Mapped[str | None] = mapped_column(sa.String(64))
+    #: The language they chose with the switch: their pages and what is sent to them.
+    locale: Mapped[str | None] = mapped_column(sa.String(10))
     #: In join order, per community; never reused. None until a paid membership.
     number: Mapped[int | None]
     #: ``number`` in the community's pattern when it was given, e.g. ``0042``.

@@ -15,6 +15,7 @@ from flask import (
     Response,
     abort,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -28,6 +29,7 @@ from core import audit
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
 from core.events import record_event
+from core.i18n import CommunityPreferences, settle_locale_at_login
 from core.limits import TooManyTries, claim, client_network
 from core.security import (
     new_token,
@@ -154,10 +156,26 @@ def _never_cached(response: Response) -> Response:
 
 
 def _community(slug: str) -> Community:
+    """The community of the page; its language and time zone are the page's defaults."""
     community = db.session.scalar(sa.select(Community).where(Community.slug == slug))
     if community is None:
         abort(404)
+    g.community = community
     return community
+
+
+def community_preferences() -> CommunityPreferences | None:
+    """For ``core.i18n``: the language and time zone of the community whose page this is."""
+    community = g.get("community")
+    return (
+        None if community is None else CommunityPreferences(community.locale, community.time_zone)
+    )
+
+
+def keep_locale_choice(locale: str) -> None:
+    """The language switch, used by a logged-in member: their pages and messages use it."""
+    if (member := logged_in_member(proven=False)) is not None:
+        member.locale = locale
 
 
 def member_login(member_id: int, version: int, *, proven: bool, now: datetime) -> dict:
@@ -173,6 +191,7 @@ def log_member_in(member: Member, *, by: str, now: datetime) -> None:
     session[MEMBER_SESSION_KEY] = member_login(
         member.id, member.credential_version, proven=by != "status", now=now
     )
+    settle_locale_at_login(member)
     audit.record("member.logged_in", member, actor=f"member:{member.id}", data={"by": by}, now=now)
 
 

@@ -29,6 +29,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from core.auth import StaffUser, create_staff_user
+from core.catalogs import compile_catalogs
 from core.clock import utcnow
 from core.db import db
 from membership.checks import seats_agree
@@ -38,6 +39,11 @@ from tests import fake_apis
 from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, log_in
 
 SECRET_KEY = "test-secret-key-not-for-production"
+
+
+def pytest_sessionstart(session) -> None:
+    """The pages read compiled catalogs: build them from the ``.po`` files as they are."""
+    compile_catalogs(Path(__file__).resolve().parent.parent / "translations")
 
 
 def merchant_certificate(folder: Path) -> tuple[str, str]:

@@ -1,0 +1,141 @@
+"""Languages: which one a request is answered in, the switch between them, and the catalogs.
+
+Text lives in gettext catalogs under ``translations/`` (``bin/translations`` extracts,
+updates, compiles and checks them). Message ids are English; ``zh_CN`` is the default
+locale and its catalog is complete, as is ``en``'s. A page is in one language at a time.
+
+The locale of a request is, in order: the choice made with the switch in this browser
+(kept in the session, and copied from the member's or staff member's account when they
+log in), the default of the community the page belongs to, the browser's
+``Accept-Language``, and ``zh_CN``. Packages say which community a request belongs to
+through :func:`register_community_source`; ``core`` knows no communities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from babel import Locale
+from flask import Blueprint, Flask, abort, g, redirect, request, session
+from flask_babel import Babel, get_locale
+
+from core.security import same_site_path
+
+#: The locales there are catalogs for, with their own names (what the switch shows).
+LOCALES: dict[str, str] = {"zh_CN": "简体中文", "en": "English"}
+DEFAULT_LOCALE = "zh_CN"
+#: Where the switch keeps this browser's choice.
+LOCALE_SESSION_KEY = "locale"
+
+babel = Babel()
+bp = Blueprint("i18n", __name__)
+
+
+class CommunityPreferences(NamedTuple):
+    """What a community says about the pages that belong to it."""
+
+    locale: str | None
+    time_zone: str
+
+
+#: Callables answering "which community's page is this?" with its preferences, or None.
+_community_sources: list[Callable[[], CommunityPreferences | None]] = []
+#: Callables told of a choice made with the switch, to keep it on the account logged in.
+_choice_keepers: list[Callable[[str], None]] = []
+
+
+def register_community_source(source: Callable[[], CommunityPreferences | None]) -> None:
+    """Called once at start-up by a package whose pages belong to a community."""
+    if source not in _community_sources:
+        _community_sources.append(source)
+
+
+def register_choice_keeper(keeper: Callable[[str], None]) -> None:
+    """Called once at start-up by a package with accounts that remember their language.
+    ``keeper(locale)`` runs in the request that made the choice; it flushes, the switch
+    commits."""
+    if keeper not in _choice_keepers:
+        _choice_keepers.append(keeper)
+
+
+def _community() -> CommunityPreferences | None:
+    if "i18n_community" not in g:
+        g.i18n_community = next(
+            (found for source in _community_sources if (found := source()) is not None), None
+        )
+    return g.i18n_community
+
+
+def select_locale() -> str:
+    """Flask-Babel's locale selector (see the module's docstring for the order)."""
+    chosen = session.get(LOCALE_SESSION_KEY)
+    if chosen in LOCALES:
+        return chosen
+    community = _community()
+    if community is not None and community.locale in LOCALES:
+        return community.locale
+    return request.accept_languages.best_match(LOCALES, default=DEFAULT_LOCALE)
+
+
+def select_time_zone() -> str | None:
+    """Times are shown in the zone of the community the page belongs to, else the
+    install's default (``BABEL_DEFAULT_TIMEZONE``)."""
+    community = _community()
+    return community.time_zone if community is not None else None
+
+
+def current_locale() -> str:
+    """The locale this request is answered in, as the catalogs name it: ``zh_CN`` (Babel
+    spells it ``zh_Hans_CN``)."""
+    locale = get_locale()
+    return next((code for code in LOCALES if Locale.parse(code) == locale), DEFAULT_LOCALE)
+
+
+def html_lang() -> str:
+    """The locale as HTML's ``lang`` attribute wants it (BCP 47): ``zh-CN``, ``en``."""
+    return current_locale().replace("_", "-")
+
+
+def remember_locale(locale: str) -> None:
+    """Make ``locale`` this browser's choice (the member's or staff member's login copies
+    theirs here when they have one)."""
+    if locale in LOCALES:
+        session[LOCALE_SESSION_KEY] = locale
+
+
+def settle_locale_at_login(account) -> None:
+    """At a login (``account`` has a ``locale`` column): a choice this browser made becomes
+    the account's; else the account's becomes this browser's. Flushes nothing itself."""
+    chosen = session.get(LOCALE_SESSION_KEY)
+    if chosen in LOCALES:
+        account.locale = chosen
+    elif account.locale in LOCALES:
+        session[LOCALE_SESSION_KEY] = account.locale
+
+
+@bp.get("/lang/<locale>")
+def switch(locale: str):
+    """The language switch on every page: a link, so it works without JavaScript inside
+    WeChat. Keeps the choice in this browser and on the account logged in, then returns
+    to the page it was clicked on."""
+    from core.db import db
+
+    if locale not in LOCALES:
+        abort(404)
+    remember_locale(locale)
+    for keeper in _choice_keepers:
+        keeper(locale)
+    db.session.commit()
+    return redirect(same_site_path(request.args.get("next")) or "/")
+
+
+def init_i18n(app: Flask) -> None:
+    app.config.setdefault("BABEL_DEFAULT_LOCALE", DEFAULT_LOCALE)
+    app.config.setdefault("BABEL_DEFAULT_TIMEZONE", "Asia/Shanghai")
+    app.config.setdefault("BABEL_TRANSLATION_DIRECTORIES", app.root_path + "/translations")
+    babel.init_app(app, locale_selector=select_locale, timezone_selector=select_time_zone)
+    app.register_blueprint(bp)
+    app.add_template_global(html_lang)
+    app.add_template_global(current_locale)
+    app.add_template_global(LOCALES, "LOCALES")
