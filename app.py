@@ -27,6 +27,7 @@ from core.clock import local_time
 from core.db import db, init_db
 from core.observability import init_observability
 from core.security import csrf, init_security_headers
+from demo import demo_command
 from membership import admin as membership_admin
 from membership import checks as membership_checks  # noqa: F401 (registers its checks)
 from membership import cli as membership_cli
@@ -143,6 +144,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.cli.add_command(payments_cli)
     app.cli.add_command(perks_cli.seed_demo_perks_command)
     app.cli.add_command(check_command)
+    app.cli.add_command(demo_command)
 
     if app.config["QUEUE_IN_PROCESS"] and not app.testing:
         start_in_process_worker(app)

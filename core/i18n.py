@@ -17,7 +17,17 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from babel import Locale
-from flask import Blueprint, Flask, abort, g, redirect, request, session
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    g,
+    has_request_context,
+    redirect,
+    request,
+    session,
+)
 from flask_babel import Babel, get_locale
 
 from core.security import same_site_path
@@ -68,7 +78,10 @@ def _community() -> CommunityPreferences | None:
 
 
 def select_locale() -> str:
-    """Flask-Babel's locale selector (see the module's docstring for the order)."""
+    """Flask-Babel's locale selector (see the module's docstring for the order). Outside
+    a request (a ``flask`` command, the worker): the ``QUNMEN_LOCALE`` setting."""
+    if not has_request_context():
+        return current_app.config.get("QUNMEN_LOCALE", DEFAULT_LOCALE)
     chosen = session.get(LOCALE_SESSION_KEY)
     if chosen in LOCALES:
         return chosen
@@ -81,6 +94,8 @@ def select_locale() -> str:
 def select_time_zone() -> str | None:
     """Times are shown in the zone of the community the page belongs to, else the
     install's default (``BABEL_DEFAULT_TIMEZONE``)."""
+    if not has_request_context():
+        return None
     community = _community()
     return community.time_zone if community is not None else None
 
