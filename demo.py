@@ -81,15 +81,18 @@ def demo_command(host: str, port: int) -> None:
     _step(_("Database: bringing it to the newest schema"))
     flask_migrate.upgrade()
     _step(_("The demo community, its perks and an admin account (made once)"))
-    community = seed_demo_community()
+    slug = seed_demo_community().slug
     db.session.commit()
     seed_demo_perks()
     db.session.commit()
     password = _demo_admin_password()
+    # Nothing of this session may stay open while serving: on SQLite an open transaction
+    # holds the write lock every request and the queue worker wait for.
+    db.session.remove()
     base = current_app.config["PUBLIC_BASE_URL"]
     click.echo()
     click.secho(_("Qunmen demo"), bold=True)
-    click.echo(_("Join page: %(url)s", url=f"{base}/join/{community.slug}"))
+    click.echo(_("Join page: %(url)s", url=f"{base}/join/{slug}"))
     click.echo(
         _(
             "Admin: %(url)s  (%(email)s / %(password)s)",

@@ -30,9 +30,15 @@ def test_a_busy_port_is_named_with_the_fix(app):
 @pytest.mark.committing
 def test_a_second_start_sets_nothing_up_again(tmp_path, _api_server, monkeypatch):
     """The database upgraded, the community, perks and admin made once; the password kept
-    in the instance folder for its owner only; the same app served on the asked port."""
+    in the instance folder for its owner only; the same app served on the asked port, with
+    no session left open (on SQLite its transaction would hold the write lock while
+    serving, and every request would wait for it)."""
     served = []
-    monkeypatch.setattr(demo, "run_simple", lambda *args, **kwargs: served.append(args))
+
+    def serve(*args, **kwargs):
+        served.append((*args[1:], db.session.registry.has()))
+
+    monkeypatch.setattr(demo, "run_simple", serve)
     with fresh_database(tmp_path, _api_server) as app:
         app.instance_path = str(tmp_path)
         runner = app.test_cli_runner()
@@ -43,7 +49,7 @@ def test_a_second_start_sets_nothing_up_again(tmp_path, _api_server, monkeypatch
         email, password = saved.read_text().split()
         assert stat.S_IMODE(saved.stat().st_mode) == 0o600
         assert password in first.output and password in second.output
-        assert [args[1:] for args in served] == [(0, app), (0, app)]
+        assert served == [(0, app, False), (0, app, False)]
         with app.app_context():
             assert db.session.scalar(sa.select(sa.func.count()).select_from(Community)) == 1
             admin = db.session.scalar(sa.select(StaffUser).where(StaffUser.email == email))
