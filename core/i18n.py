@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from babel import Locale
+from babel import Locale, support
 from flask import Blueprint, Flask, abort, g, redirect, request, session
-from flask_babel import Babel, get_locale
+from flask_babel import Babel, Domain, get_locale
 
 from core.security import same_site_path
 
@@ -130,11 +130,34 @@ def switch(locale: str):
     return redirect(same_site_path(request.args.get("next")) or "/")
 
 
+class _CatalogDomain(Domain):
+    """Flask-Babel's message domain, finding each catalog by its folder's name: Babel
+    spells zh_CN ``zh_Hans_CN``, a folder gettext looks for in vain (every page would then
+    speak the English ids)."""
+
+    def get_translations(self) -> support.NullTranslations:
+        locale = get_locale()
+        code = next((c for c in LOCALES if Locale.parse(c) == locale), None)
+        if locale is None or code is None or code == str(locale):
+            return super().get_translations()
+        key = (code, self.domain[0])
+        if key not in self.cache:
+            translations = support.Translations()
+            for dirname in self.translation_directories:
+                catalog = support.Translations.load(dirname, [code], self.domain[0])
+                translations.merge(catalog)
+                if hasattr(catalog, "plural"):  # merge() does not copy it
+                    translations.plural = catalog.plural
+            self.cache[key] = translations
+        return self.cache[key]
+
+
 def init_i18n(app: Flask) -> None:
     app.config.setdefault("BABEL_DEFAULT_LOCALE", DEFAULT_LOCALE)
     app.config.setdefault("BABEL_DEFAULT_TIMEZONE", "Asia/Shanghai")
     app.config.setdefault("BABEL_TRANSLATION_DIRECTORIES", app.root_path + "/translations")
     babel.init_app(app, locale_selector=select_locale, timezone_selector=select_time_zone)
+    babel.domain_instance = _CatalogDomain()
     app.register_blueprint(bp)
     app.add_template_global(html_lang)
     app.add_template_global(current_locale)
