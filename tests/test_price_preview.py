@@ -17,7 +17,7 @@ from membership.lifecycle import expire_memberships
 from membership.models import Application, Membership, Tier
 from payments.discounts import CODE_TRIES_PER_CLIENT
 from payments.models import Order, Payment
-from perks.models import Coupon, Course, CouponUse
+from perks.models import Coupon, CouponUse, Course
 from tests.helpers import (
     PROSPECT,
     add_coupon,

@@ -55,9 +55,7 @@ def the_membership() -> Membership:
     return db.session.scalars(sa.select(Membership).order_by(Membership.id.desc())).first()
 
 
-def test_the_band_is_early_before_the_end_grace_from_the_end_and_late_from_end_plus_n(
-    app, banded
-):
+def test_the_band_is_early_before_the_end_grace_from_the_end_and_late_from_end_plus_n(app, banded):
     member_browser(app)
     with app.app_context():
         membership = the_membership()
@@ -84,7 +82,8 @@ def test_defaults_keep_the_renewal_price_in_every_band(app, demo):
         tier.duration_days = 30
         membership = the_membership()
         membership.ends_at = utcnow() + timedelta(days=30)
-        for now in (membership.ends_at - timedelta(days=1), membership.ends_at + timedelta(days=99)):
+        end = membership.ends_at
+        for now in (end - timedelta(days=1), end + timedelta(days=99)):
             assert renewal_price(membership, now).price == tier.price_money
 
 
@@ -142,9 +141,10 @@ def test_an_order_opened_early_and_paid_after_the_end_keeps_its_price(app, clien
     with app.app_context():
         order = db.session.get(Order, order_id)
         assert (order.status, order.amount) == (OrderStatus.PAID, 4000)
-        assert db.session.scalar(
-            sa.select(LedgerEntry.amount).where(LedgerEntry.order_id == order.id)
-        ) == 4000
+        assert (
+            db.session.scalar(sa.select(LedgerEntry.amount).where(LedgerEntry.order_id == order.id))
+            == 4000
+        )
         assert the_membership().status is MembershipStatus.ACTIVE
 
 
@@ -188,25 +188,25 @@ def test_the_renew_button_appears_within_the_window_not_a_year_early(app, banded
     assert "¥10.00 less than the base price" in english
 
 
+#: How the system ends a membership: its status, the reason it gives, who does it.
+_ENDED_BY = {
+    "purged": (MembershipStatus.PURGED, "purge", "staff:1"),  # a purge an admin ran
+    "refunded": (MembershipStatus.ENDED, "refunded", "system"),
+    "disputed": (MembershipStatus.SUSPENDED, "disputed", "system"),
+    "dispute_lost": (MembershipStatus.ENDED, "dispute_lost", "system"),
+}
+
+
 def _end(how: str, membership: Membership) -> None:
     now = utcnow()
     if how == "expired":
         membership.ends_at = now - timedelta(days=1)
         expire_memberships(now=now)
-    elif how == "purged":
-        end_membership(membership, MembershipStatus.PURGED, reason="purge", actor="staff:1", now=now)
-    elif how == "refunded":
-        end_membership(membership, MembershipStatus.ENDED, reason="refunded", actor="system", now=now)
-    elif how == "disputed":
-        end_membership(
-            membership, MembershipStatus.SUSPENDED, reason="disputed", actor="system", now=now
-        )
-    elif how == "dispute_lost":
-        end_membership(
-            membership, MembershipStatus.ENDED, reason="dispute_lost", actor="system", now=now
-        )
-    else:
+    elif how == "by_admin":
         end_by_hand(membership, reason="在群里发广告", actor="staff:1", now=now)
+    else:
+        status, reason, actor = _ENDED_BY[how]
+        end_membership(membership, status, reason=reason, actor=actor, now=now)
 
 
 @pytest.mark.parametrize(
