@@ -103,13 +103,13 @@ def days_left(membership: Membership, now: datetime, time_zone: str) -> int:
 @dataclass(frozen=True, slots=True)
 class RenewalOffer:
     """What ``/me`` shows of one membership with a term: the days left (None once it has
-    ended), the bands, the band a renewal started now falls in, and whether the renew
+    ended), the bands, the band a renewal started now falls in (``current``), and whether the renew
     button is there (and if not yet, when it will be)."""
 
     membership: Membership
     days_left: int | None
     bands: list[BandPrice]
-    now: BandPrice
+    current: BandPrice
     renewable: bool
     opens_at: datetime
 
@@ -125,7 +125,7 @@ def renewal_offers(member: Member, now: datetime) -> dict[int, RenewalOffer]:
             if m.status is MembershipStatus.ACTIVE
             else None,
             bands=band_prices(m.tier),
-            now=renewal_price(m, now),
+            current=renewal_price(m, now),
             renewable=renewable(m, now),
             opens_at=renewal_opens_at(m),
         )
