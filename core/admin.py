@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_babel import lazy_pgettext
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, SelectChoice, SelectField, StringField
@@ -49,7 +50,7 @@ def _staff_only() -> None:
 
 class StaffForm(FlaskForm):
     email = EmailField(_l("E-mail"), validators=[DataRequired(), Email(), Length(max=254)])
-    name = StringField(_l("Name"), validators=[Optional(), Length(max=80)])
+    name = StringField(lazy_pgettext("staff", "Name"), validators=[Optional(), Length(max=80)])
     community = SelectField(_l("Community"), coerce=int)
     role = SelectField(_l("Role"), choices=[SelectChoice(k, v[0]) for k, v in ROLES.items()])
     password = PasswordField(
