@@ -697,8 +697,15 @@ def removals(community_id: int):
     """Members moderators must remove by hand from QR-joined groups; tick them off."""
     community = load_for(Community, community_id, "members.removals")
     if request.method == "POST":
-        task = db.session.get(RemovalTask, request.form.get("task", type=int))
-        if task is None or task.group.community_id != community.id:
+        task = db.session.scalar(
+            sa.select(RemovalTask)
+            .join(Group)
+            .where(
+                RemovalTask.id == request.form.get("task", type=int),
+                Group.community_id == community.id,
+            )
+        )
+        if task is None:
             abort(404)
         complete_removal(task, actor=current_user.actor)
         db.session.commit()
