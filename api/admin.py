@@ -12,7 +12,7 @@ from sqlalchemy.orm import selectinload
 
 from api.models import SCOPES, ApiToken
 from api.tokens import create_token, revoke_token
-from core.auth import requires
+from core.auth import load_for, requires
 from core.clock import utcnow
 from core.db import db
 from core.events import EVENT_TYPES, Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -35,7 +35,7 @@ def _staff_only() -> None:
 @requires("staff.manage")
 def tokens(community_id: int):
     """The community's tokens; POST makes one, shown once on the answer."""
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "staff.manage")
     secret = None
     if request.method == "POST":
         try:
@@ -62,7 +62,7 @@ def tokens(community_id: int):
 @bp.post("/api-tokens/<int:token_id>/revoke")
 @requires("staff.manage")
 def revoke(token_id: int):
-    token = db.get_or_404(ApiToken, token_id)
+    token = load_for(ApiToken, token_id, "staff.manage")
     revoke_token(token, actor=current_user.actor, now=utcnow())
     db.session.commit()
     flash(f"令牌 {token.name} 已吊销 · Token revoked", "ok")
@@ -74,7 +74,7 @@ def revoke(token_id: int):
 def endpoints(community_id: int):
     """The community's endpoints and its latest events with their deliveries; POST adds
     an endpoint, whose secret is shown once on the answer."""
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "staff.manage")
     secret = None
     if request.method == "POST":
         try:
@@ -126,7 +126,7 @@ def endpoints(community_id: int):
 @requires("staff.manage")
 def endpoint_action(endpoint_id: int):
     """Turn an endpoint off or on, or roll its secret (the form's ``action``)."""
-    endpoint = db.get_or_404(WebhookEndpoint, endpoint_id)
+    endpoint = load_for(WebhookEndpoint, endpoint_id, "staff.manage")
     action = request.form.get("action")
     if action not in ("enable", "disable", "roll"):
         abort(400)
@@ -146,7 +146,7 @@ def endpoint_action(endpoint_id: int):
 @requires("staff.manage")
 def delivery(delivery_id: int):
     """One delivery's attempts, each with its answer."""
-    shown = db.get_or_404(WebhookDelivery, delivery_id)
+    shown = load_for(WebhookDelivery, delivery_id, "staff.manage")
     attempts = db.session.scalars(
         sa.select(WebhookAttempt)
         .where(WebhookAttempt.delivery_id == shown.id)
@@ -159,7 +159,7 @@ def delivery(delivery_id: int):
 @bp.post("/events/<int:event_id>/replay")
 @requires("staff.manage")
 def replay(event_id: int):
-    event = db.get_or_404(Event, event_id)
+    event = load_for(Event, event_id, "staff.manage")
     count = replay_event(event, actor=current_user.actor, now=utcnow())
     db.session.commit()
     flash(f"已重新发送到 {count} 个地址 · Queued again for {count} endpoints", "ok")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_babel import lazy_pgettext
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, SelectChoice, SelectField, StringField
-from wtforms.validators import DataRequired, Email, Length
+from wtforms.validators import DataRequired, Email, Length, Optional
 
 from core import audit
 from core.audit import AuditEntry
@@ -15,11 +18,16 @@ from core.auth import (
     PASSWORD_MAX,
     PASSWORD_MIN,
     ROLES,
+    StaffRole,
     StaffUser,
     create_staff_user,
     end_sessions,
+    in_visible_communities,
     requires,
     reset_password,
+    set_install_owner,
+    set_role,
+    visible_communities,
 )
 from core.clock import utcnow
 from core.db import db
@@ -29,6 +37,10 @@ bp = Blueprint("core_admin", __name__, url_prefix="/admin")
 
 PAGE_SIZE = 50
 
+#: The tables of ``membership`` this package reads by name (it imports nothing above it).
+_COMMUNITIES = sa.table("communities", sa.column("id"), sa.column("name"))
+_MEMBERS = sa.table("members", sa.column("id"), sa.column("community_id"))
+
 
 @bp.before_request
 @login_required
@@ -37,74 +49,158 @@ def _staff_only() -> None:
 
 
 class StaffForm(FlaskForm):
-    email = EmailField("邮箱 · E-mail", validators=[DataRequired(), Email(), Length(max=254)])
-    name = StringField("称呼 · Name", validators=[DataRequired(), Length(max=80)])
-    role = SelectField("角色 · Role", choices=[SelectChoice(k, v[0]) for k, v in ROLES.items()])
+    email = EmailField(_l("E-mail"), validators=[DataRequired(), Email(), Length(max=254)])
+    name = StringField(lazy_pgettext("staff", "Name"), validators=[Optional(), Length(max=80)])
+    community = SelectField(_l("Community"), coerce=int)
+    role = SelectField(_l("Role"), choices=[SelectChoice(k, v[0]) for k, v in ROLES.items()])
     password = PasswordField(
-        f"初始密码（{PASSWORD_MIN}–{PASSWORD_MAX}位，首次登录须更改）"
-        f"· First password ({PASSWORD_MIN}–{PASSWORD_MAX}, changed at first login)",
-        validators=[DataRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)],
+        _l(
+            "First password (%(least)s–%(most)s characters, changed at the first login; "
+            "not needed for someone on the team already)",
+            least=PASSWORD_MIN,
+            most=PASSWORD_MAX,
+        ),
+        validators=[Optional(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)],
     )
 
 
 class RoleForm(FlaskForm):
-    role = SelectField("角色 · Role", choices=[SelectChoice(k, v[0]) for k, v in ROLES.items()])
+    community = SelectField(_l("Community"), coerce=int)
+    #: Empty: the role is taken away.
+    role = SelectField(
+        _l("Role"),
+        choices=[SelectChoice("", _l("No role"))]
+        + [SelectChoice(k, v[0]) for k, v in ROLES.items()],
+    )
+
+
+def _communities_to_manage() -> list[tuple[int, str]]:
+    """The communities whose team the logged-in person manages: (id, name)."""
+    managed = current_user.community_ids("staff.manage")
+    query = sa.select(_COMMUNITIES.c.id, _COMMUNITIES.c.name).order_by(_COMMUNITIES.c.id)
+    if managed is not None:
+        query = query.where(_COMMUNITIES.c.id.in_(sorted(managed)))
+    return [tuple(row) for row in db.session.execute(query)]
+
+
+def _may_manage_account(user: StaffUser) -> bool:
+    """Whether the logged-in person may disable, enable or reset the password of
+    ``user``: install owners may; a community's owner may when every role of the account
+    is in a community they manage (so no one takes over an account that acts in another
+    community)."""
+    if current_user.install_owner:
+        return True
+    managed = current_user.community_ids("staff.manage")
+    return (
+        not user.install_owner
+        and bool(user.roles)
+        and {role.community_id for role in user.roles} <= managed
+    )
+
+
+def _team(communities: list[tuple[int, str]]) -> list[StaffUser]:
+    """The accounts listed on the team page: every account for an install owner, else
+    those holding a role in a community the person manages."""
+    query = sa.select(StaffUser).order_by(StaffUser.id)
+    if not current_user.install_owner:
+        holders = sa.select(StaffRole.staff_user_id).where(
+            StaffRole.community_id.in_([community_id for community_id, _name in communities])
+        )
+        query = query.where(StaffUser.id.in_(holders))
+    return list(db.session.scalars(query))
+
+
+def _add_to_team(form: StaffForm, *, now) -> str | None:
+    """Called when the team page's form is sent: gives the role to the account with that
+    e-mail, or makes the account (its password chosen again at the first login). None,
+    or what is wrong."""
+    email = form.email.data.strip().lower()
+    user = db.session.scalar(sa.select(StaffUser).where(StaffUser.email == email))
+    if user is not None:
+        if user.role_in(form.community.data) is not None:
+            return _("This person has a role in this community already.")
+        set_role(user, form.community.data, form.role.data, actor=current_user.actor, now=now)
+        return None
+    if not (form.name.data and form.password.data):
+        return _("A new account needs a name and a first password.")
+    try:
+        create_staff_user(
+            email,
+            form.name.data,
+            form.password.data,
+            actor=current_user.actor,
+            role=form.role.data,
+            community_id=form.community.data,
+            must_change_password=True,
+            now=now,
+        )
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 @bp.route("/staff", methods=["GET", "POST"])
 @requires("staff.manage")
 def staff():
-    """The team: add someone with a role and a first password, which they must change
-    at their first login."""
+    """The team of the communities the person manages: add someone to a community with a
+    role (a new account gets a first password, which they must change at their first
+    login). Install owners see every account and may give any community its first
+    owner."""
+    communities = _communities_to_manage()
     form = StaffForm()
+    form.community.choices = communities
     if form.validate_on_submit():
-        try:
-            create_staff_user(
-                form.email.data,
-                form.name.data,
-                form.password.data,
-                actor=current_user.actor,
-                role=form.role.data,
-                must_change_password=True,
-            )
-        except ValueError as error:
-            form.email.errors.append(str(error))
+        error = _add_to_team(form, now=utcnow())
+        if error:
+            form.email.errors.append(error)
         else:
             db.session.commit()
-            flash("已添加 · Added", "ok")
+            flash(_("Added"), "ok")
             return redirect(url_for(".staff"))
-    team = db.session.scalars(sa.select(StaffUser).order_by(StaffUser.id)).all()
+    role_form = RoleForm()
+    role_form.community.choices = communities
     return render_template(
-        "admin/staff.html", form=form, team=team, roles=ROLES, role_form=RoleForm()
+        "admin/staff.html",
+        form=form,
+        team=_team(communities),
+        communities=communities,
+        roles=ROLES,
+        role_form=role_form,
+        manages_account=_may_manage_account,
     )
 
 
 @bp.post("/staff/<int:user_id>")
 @requires("staff.manage")
 def change_staff(user_id: int):
-    """Change someone's role, disable or enable their account, or reset their password.
-    A new role, disabling and a reset end the account's sessions. Owners cannot change
-    themselves this way (a team always keeps an owner)."""
+    """Change someone's role in a community the person manages (or take it away),
+    disable or enable their account, reset their password, or (install owners) make
+    them an owner of the install or stop that. Role changes, disabling and a reset end
+    the account's sessions. No one changes themselves this way (a team always keeps an
+    owner). Accounts outside the person's team answer 404."""
+    communities = _communities_to_manage()
     user = db.session.get(StaffUser, user_id)
-    if user is None:
+    if user is None or user not in _team(communities):
         abort(404)
     form = RoleForm()
+    form.community.choices = communities
     action = request.form.get("action")
     now = utcnow()
     if user.id == current_user.id:
-        flash("不能修改自己的角色或停用自己 · You cannot change yourself", "error")
+        flash(_("You cannot change yourself."), "error")
     elif action == "role" and form.validate_on_submit():
-        audit.record(
-            "staff.role_changed",
-            user,
-            actor=current_user.actor,
-            data={"from": user.role, "to": form.role.data},
-            now=now,
+        set_role(
+            user, form.community.data, form.role.data or None, actor=current_user.actor, now=now
         )
-        user.role = form.role.data
-        end_sessions(user)
         db.session.commit()
-    elif action in ("disable", "enable") and form.validate_on_submit():
+    elif action in ("install_owner", "not_install_owner") and FlaskForm().validate_on_submit():
+        if not current_user.install_owner:
+            abort(403)
+        set_install_owner(user, action == "install_owner", actor=current_user.actor, now=now)
+        db.session.commit()
+    elif action in ("disable", "enable", "reset_password") and not _may_manage_account(user):
+        abort(403)
+    elif action in ("disable", "enable") and FlaskForm().validate_on_submit():
         user.active = action == "enable"
         if not user.active:
             end_sessions(user)
@@ -124,7 +220,11 @@ def change_staff(user_id: int):
 @requires("audit.view")
 def audit_log():
     """Who did what and when, newest first; filter by object, actor or action."""
-    query = sa.select(AuditEntry).order_by(AuditEntry.id.desc())
+    query = (
+        sa.select(AuditEntry)
+        .where(in_visible_communities(AuditEntry.community_id, "audit.view"))
+        .order_by(AuditEntry.id.desc())
+    )
     filters = {
         key: request.args.get(key, "").strip()
         for key in ("target_type", "target_id", "actor", "action")
@@ -147,9 +247,15 @@ def audit_log():
 @requires("platform.tasks")
 def failed_messages():
     """Messages the worker gave up on after their retries (or that no channel reaches):
-    see why, and queue them again."""
+    see why, and queue them again. Staff see the messages to members of their
+    communities; messages to no member are the install owners'."""
+    visible = _visible_messages()
     if request.method == "POST":
-        message = db.session.get(OutboxMessage, request.form.get("message", type=int))
+        message = db.session.scalar(
+            sa.select(OutboxMessage).where(
+                OutboxMessage.id == request.form.get("message", type=int), visible
+            )
+        )
         if message is None or message.status is not OutboxStatus.FAILED:
             abort(404)
         retry_message(message, actor=current_user.actor)
@@ -158,8 +264,18 @@ def failed_messages():
         return redirect(url_for(".failed_messages"))
     failed = db.session.scalars(
         sa.select(OutboxMessage)
-        .where(OutboxMessage.status == OutboxStatus.FAILED)
+        .where(OutboxMessage.status == OutboxStatus.FAILED, visible)
         .order_by(OutboxMessage.id.desc())
         .limit(500)
     ).all()
     return render_template("admin/messages.html", failed=failed)
+
+
+def _visible_messages() -> sa.ColumnElement[bool]:
+    """The outbox messages the logged-in person may see: to members of the communities
+    they may retry platform calls in (all, for an install owner who picked none)."""
+    visible = visible_communities("platform.tasks")
+    if visible is None:
+        return sa.true()
+    members = sa.select(_MEMBERS.c.id).where(_MEMBERS.c.community_id.in_(sorted(visible)))
+    return OutboxMessage.member_id.in_(members)

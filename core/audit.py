@@ -33,6 +33,9 @@ class AuditEntry(db.Model):
     target_id: Mapped[int | None]
     #: Details worth keeping; never secrets.
     data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    #: The community the change happened in (None for the install's own things): the
+    #: log shows staff only their communities' entries.
+    community_id: Mapped[int | None] = mapped_column(index=True)
     #: The client address of the request that made the change (none for CLI and workers).
     ip: Mapped[str | None] = mapped_column(sa.String(45))
 
@@ -50,10 +53,14 @@ def record(
     actor: str,
     data: dict[str, Any] | None = None,
     now: datetime | None = None,
+    community_id: int | None = None,
 ) -> None:
-    """Append an audit entry for ``action`` on ``target``, written when the session commits."""
+    """Append an audit entry for ``action`` on ``target``, written when the session commits.
+    It is filed under ``community_id``, by default the target's community."""
     if target.id is None:
         db.session.flush()
+    if community_id is None:
+        community_id = community_id_of(target)
     db.session.info.setdefault(_PENDING, []).append(
         {
             "created_at": now or utcnow(),
@@ -62,9 +69,29 @@ def record(
             "target_type": target.__tablename__,
             "target_id": target.id,
             "data": data or {},
+            "community_id": community_id,
             "ip": request.remote_addr if has_request_context() else None,
         }
     )
+
+
+#: The relationships by which an object leads to its community, tried in this order (a
+#: payment through its order, a removal task through its group …).
+_TOWARDS_COMMUNITY = ("community", "order", "member", "group", "invitation", "event", "payment")
+
+
+def community_id_of(obj) -> int | None:
+    """The id of the community ``obj`` belongs to (a community is its own), or None for
+    things of the install as a whole (a staff account, a provider notification matched to
+    no payment, a message to no member)."""
+    if obj.__tablename__ == "communities":
+        return obj.id
+    if (community_id := getattr(obj, "community_id", None)) is not None:
+        return community_id
+    for name in _TOWARDS_COMMUNITY:
+        if (related := getattr(obj, name, None)) is not None:
+            return community_id_of(related)
+    return None
 
 
 @event.listens_for(Session, "before_commit")

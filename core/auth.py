@@ -1,8 +1,13 @@
 """Staff accounts (the admin team), their roles, passwords, second factor and sessions.
 
-Roles follow a community's class committee: the owner (班长) assigns them. Every admin
-view declares the permission it needs with :func:`requires`; a role grants a fixed set of
-permissions. Passwords are hashed with Werkzeug's scrypt. Login tries are counted with
+Roles follow a community's class committee: the owner (班长) assigns them. A role is held
+in one community (:class:`StaffRole`): a person can be owner of one community and moderator
+of another. The install's owners (``StaffUser.install_owner``) create communities and their
+first owners and may act in every community. Every admin view declares the permission it
+needs with :func:`requires` (held in at least one community); objects reached by id are
+loaded with :func:`load_for`, which answers 404 when the object's community is not one the
+person may act on, and lists are limited with :func:`visible_communities`. Passwords are
+hashed with Werkzeug's scrypt. Login tries are counted with
 :mod:`core.limits` per client and account, per client and in all, claimed before the
 password is checked. A staff session carries the account's ``session_epoch``; logging out,
 changing the password or the role and disabling the account bump it, which ends every
@@ -21,7 +26,9 @@ import pyotp
 import qrcode
 import qrcode.image.svg
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import (
     LoginManager,
     UserMixin,
@@ -31,13 +38,14 @@ from flask_login import (
     logout_user,
 )
 from flask_wtf import FlaskForm
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.orm.attributes import set_committed_value
 from werkzeug.security import check_password_hash, generate_password_hash
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Email, EqualTo, Length, Optional
 
 from core import audit
+from core.audit import community_id_of
 from core.clock import utcnow
 from core.db import UTCDateTime, db
 from core.i18n import settle_locale_at_login
@@ -60,14 +68,19 @@ PERMISSIONS = {
     "platform.tasks": "处理平台调用失败 · Retry failed platform calls",
     "audit.view": "查看操作日志 · See the audit log",
     "staff.manage": "管理团队与角色 · Manage the team and roles",
+    # Held by the install's owners only, never through a role.
+    "install.manage": _l("Create communities and their first owners"),
 }
 
-#: Roles, what they are called, and what they may do.
+#: What a community's roles may grant: everything but the install's own permission.
+COMMUNITY_PERMISSIONS = frozenset(PERMISSIONS) - {"install.manage"}
+
+#: Roles, what they are called, and what they may do in the community they are held in.
 ROLES: dict[str, tuple[str, frozenset[str]]] = {
-    "owner": ("班长 · Owner", frozenset(PERMISSIONS)),
+    "owner": ("班长 · Owner", COMMUNITY_PERMISSIONS),
     "admin": (
         "管理员 · Admin",
-        frozenset(PERMISSIONS) - {"staff.manage", "payments.refund", "finance.export"},
+        COMMUNITY_PERMISSIONS - {"staff.manage", "payments.refund", "finance.export"},
     ),
     "finance": (
         "财务 · Finance",
@@ -116,8 +129,9 @@ class StaffUser(UserMixin, db.Model):
     email: Mapped[str] = mapped_column(sa.String(254), unique=True)
     name: Mapped[str] = mapped_column(sa.String(80))
     password_hash: Mapped[str] = mapped_column(sa.String(255))
-    #: A key of :data:`ROLES`.
-    role: Mapped[str] = mapped_column(sa.String(20), default="owner")
+    #: An owner of the install: creates communities and their first owners, and may act
+    #: in every community.
+    install_owner: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: Carried in every session of the account; bumping it ends them all.
@@ -133,6 +147,10 @@ class StaffUser(UserMixin, db.Model):
     #: The language they chose with the switch; their logins start in it.
     locale: Mapped[str | None] = mapped_column(sa.String(10))
 
+    roles: Mapped[list[StaffRole]] = relationship(
+        back_populates="user", order_by="StaffRole.community_id", cascade="all, delete-orphan"
+    )
+
     @property
     def is_active(self) -> bool:
         return self.active
@@ -146,12 +164,47 @@ class StaffUser(UserMixin, db.Model):
         """How this user appears in the audit log."""
         return f"staff:{self.id}"
 
-    def can(self, permission: str) -> bool:
-        return permission in ROLES.get(self.role, ("", frozenset()))[1]
+    def can(self, permission: str, community=None) -> bool:
+        """Whether this person may do ``permission`` in ``community`` (a community or its
+        id), or, without one, in at least one community. Install owners may do anything."""
+        if self.install_owner:
+            return True
+        if community is None:
+            return any(permission in role.permissions for role in self.roles)
+        community_id = getattr(community, "id", community)
+        return any(
+            permission in role.permissions
+            for role in self.roles
+            if role.community_id == community_id
+        )
+
+    def community_ids(self, permission: str) -> set[int] | None:
+        """The communities in which this person may do ``permission``; None for an
+        install owner (every community)."""
+        if self.install_owner:
+            return None
+        return {role.community_id for role in self.roles if permission in role.permissions}
+
+    def can_everywhere(self, permission: str) -> bool:
+        """Whether this person may do ``permission`` in every community: what an action on
+        something the install's communities share needs (its WeCom corporation, a
+        statement of its one merchant account)."""
+        allowed = self.community_ids(permission)
+        if allowed is None:
+            return True
+        communities = sa.table("communities", sa.column("id"))
+        return allowed >= set(db.session.scalars(sa.select(communities.c.id)))
+
+    def role_in(self, community_id: int) -> StaffRole | None:
+        return next((r for r in self.roles if r.community_id == community_id), None)
 
     @property
     def role_label(self) -> str:
-        return ROLES.get(self.role, (self.role,))[0]
+        """What the page header calls this person's standing."""
+        if self.install_owner:
+            return _("Install owner")
+        labels = {ROLES[role.role][0] for role in self.roles if role.role in ROLES}
+        return " / ".join(sorted(labels))
 
     @property
     def uses_totp(self) -> bool:
@@ -159,6 +212,35 @@ class StaffUser(UserMixin, db.Model):
 
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)
+
+
+class StaffRole(db.Model):
+    """One person's role in one community."""
+
+    __tablename__ = "staff_roles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    staff_user_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("staff_users.id", ondelete="CASCADE"), index=True
+    )
+    community_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("communities.id", ondelete="CASCADE"), index=True
+    )
+    #: A key of :data:`ROLES`.
+    role: Mapped[str] = mapped_column(sa.String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    user: Mapped[StaffUser] = relationship(back_populates="roles")
+
+    __table_args__ = (sa.UniqueConstraint("staff_user_id", "community_id"),)
+
+    @property
+    def permissions(self) -> frozenset[str]:
+        return ROLES.get(self.role, ("", frozenset()))[1]
+
+    @property
+    def label(self) -> str:
+        return ROLES.get(self.role, (self.role,))[0]
 
 
 @login_manager.user_loader
@@ -175,7 +257,9 @@ def _load_user(session_id: str) -> StaffUser | None:
 
 
 def requires(permission: str):
-    """Mark an admin view as needing ``permission``; staff without it get a 403."""
+    """Mark an admin view as needing ``permission`` in at least one community; staff
+    without it anywhere get a 403. Which community's objects they may reach is checked
+    where the view loads them (:func:`load_for`, :func:`visible_communities`)."""
     if permission not in PERMISSIONS:
         raise ValueError(f"unknown permission {permission!r}")
 
@@ -192,6 +276,47 @@ def requires(permission: str):
     return decorate
 
 
+def may_act_on(obj, permission: str) -> bool:
+    """Whether the logged-in person may do ``permission`` on ``obj``: in its community,
+    or, for an object of no community, as an install owner."""
+    community_id = community_id_of(obj)
+    if community_id is None:
+        return current_user.install_owner
+    return current_user.can(permission, community_id)
+
+
+def load_for(model, object_id, permission: str):
+    """Called by admin views to load the object an URL or a form names: the object, or a
+    404 when there is none or its community is not one the person may act on with
+    ``permission`` (a 404, not a 403: ids of other communities are not confirmed)."""
+    obj = db.session.get(model, object_id) if object_id is not None else None
+    if obj is None or not may_act_on(obj, permission):
+        abort(404)
+    return obj
+
+
+#: Where the session keeps the community picked for the admin lists.
+PICKED_COMMUNITY = "admin_community"
+
+
+def visible_communities(permission: str) -> set[int] | None:
+    """Called by admin lists that span communities: the ids of the communities whose rows
+    they may show (those where the person may do ``permission``, narrowed to the one
+    picked with ``?community=``), or None for every community (an install owner who
+    picked none)."""
+    allowed = current_user.community_ids(permission)
+    picked = session.get(PICKED_COMMUNITY)
+    if picked is None:
+        return allowed
+    return {picked} if allowed is None else allowed & {picked}
+
+
+def in_visible_communities(column, permission: str) -> sa.ColumnElement[bool]:
+    """A WHERE clause keeping the rows whose community ``column`` is visible."""
+    visible = visible_communities(permission)
+    return sa.true() if visible is None else column.in_(sorted(visible))
+
+
 def check_password_rules(password: str) -> None:
     """Raise ValueError when ``password`` may not be chosen (only its length counts)."""
     if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
@@ -205,23 +330,28 @@ def create_staff_user(
     *,
     actor: str,
     role: str = "owner",
+    community_id: int | None = None,
     must_change_password: bool = False,
     now: datetime | None = None,
 ) -> StaffUser:
     """Create an active staff account (flushed); with ``must_change_password`` its owner
-    chooses a password of their own at first login. Raises ValueError if the e-mail is
-    taken, the role unknown or the password too short or too long."""
+    chooses a password of their own at first login. With ``community_id`` the account
+    holds ``role`` there; without, it holds ``role`` in every community of the install
+    and an owner also owns the install (how the install's operator makes the first
+    account, from the CLI). Raises ValueError if the e-mail is taken, the role unknown or
+    the password too short or too long."""
     email = email.strip().lower()
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     check_password_rules(password)
     if db.session.scalar(sa.select(StaffUser.id).where(StaffUser.email == email)):
         raise ValueError(f"a staff account with e-mail {email} exists already")
+    now = now or utcnow()
     user = StaffUser(
         email=email,
         name=name,
-        role=role,
-        created_at=now or utcnow(),
+        install_owner=community_id is None and role == "owner",
+        created_at=now,
         password_hash=generate_password_hash(password),
         session_epoch=1,
         must_change_password=must_change_password,
@@ -231,10 +361,77 @@ def create_staff_user(
         "staff.created",
         user,
         actor=actor,
-        data={"email": email, "role": role, "must_change_password": must_change_password},
+        data={
+            "email": email,
+            "install_owner": user.install_owner,
+            "must_change_password": must_change_password,
+        },
         now=now,
     )
+    communities = sa.table("communities", sa.column("id"))
+    everywhere = db.session.scalars(sa.select(communities.c.id)).all()
+    for each in [community_id] if community_id is not None else everywhere:
+        set_role(user, each, role, actor=actor, now=now)
     return user
+
+
+def set_role(
+    user: StaffUser, community_id: int, role: str | None, *, actor: str, now: datetime
+) -> bool:
+    """Called when an owner gives someone a role in a community, changes it or takes it
+    away (``role`` None): changes the account's roles (flushed), ends its sessions when a
+    role changes or goes, and audits it on the account and the community. False (nothing
+    changes) when the account holds that role there already."""
+    if role is not None and role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    held = user.role_in(community_id)
+    before = held.role if held else None
+    if before == role:
+        return False
+    if held is None:
+        user.roles.append(StaffRole(community_id=community_id, role=role, created_at=now))
+    elif role is None:
+        user.roles.remove(held)
+        end_sessions(user)
+    else:
+        held.role = role
+        end_sessions(user)
+    db.session.flush()
+    audit.record(
+        "staff.role_changed",
+        user,
+        actor=actor,
+        data={"community": community_id, "from": before, "to": role},
+        community_id=community_id,
+        now=now,
+    )
+    return True
+
+
+def set_install_owner(user: StaffUser, install_owner: bool, *, actor: str, now: datetime) -> None:
+    """Called when an install owner makes someone an install owner or stops them being
+    one: ends the account's sessions and audits it."""
+    if user.install_owner == install_owner:
+        return
+    user.install_owner = install_owner
+    end_sessions(user)
+    audit.record(
+        "staff.install_owner_changed", user, actor=actor, data={"to": install_owner}, now=now
+    )
+
+
+def staff_who_can(permission: str, community_id: int) -> sa.Select:
+    """The active accounts that may do ``permission`` in the community (its staff with a
+    role granting it, and the install's owners): a SELECT of (id, e-mail)."""
+    roles = [role for role, (_label, allowed) in ROLES.items() if permission in allowed]
+    holds = sa.select(StaffRole.staff_user_id).where(
+        StaffRole.community_id == community_id, StaffRole.role.in_(roles)
+    )
+    return (
+        sa.select(StaffUser.id, StaffUser.email)
+        .where(StaffUser.active, sa.or_(StaffUser.install_owner, StaffUser.id.in_(holds)))
+        .order_by(StaffUser.id)
+    )
 
 
 def end_sessions(user: StaffUser) -> None:
@@ -483,7 +680,9 @@ def login():
             settle_locale_at_login(user)
             db.session.commit()
             login_user(user)
-            if not user.uses_totp and user.role in ("owner", "finance"):
+            if not user.uses_totp and (
+                user.install_owner or any(r.role in ("owner", "finance") for r in user.roles)
+            ):
                 flash(
                     "建议开启两步验证（页首“两步验证”）· Consider turning on two-step "
                     "login (Two-step, at the top)",
@@ -526,6 +725,38 @@ def _new_password_first():
         flash("请先设置自己的密码 · Choose your own password first", "error")
         return redirect(url_for("auth.change_password"))
     return None
+
+
+@bp.before_app_request
+def _pick_community():
+    """``?community=<id>`` on an admin page picks the community the lists show, kept in
+    the session (``?community=`` alone shows all again). A community the person holds no
+    role in is ignored."""
+    if not (request.path.startswith("/admin") and "community" in request.args):
+        return
+    if not current_user.is_authenticated:
+        return
+    picked = request.args.get("community", type=int)
+    if picked is None:
+        session.pop(PICKED_COMMUNITY, None)
+    elif current_user.install_owner or current_user.role_in(picked) is not None:
+        session[PICKED_COMMUNITY] = picked
+
+
+@bp.app_context_processor
+def _community_picker() -> dict:
+    """The admin header's community picker: the communities the logged-in person holds a
+    role in (every community for an install owner), and the one picked."""
+    if not (current_user and current_user.is_authenticated and request.path.startswith("/admin")):
+        return {}
+    communities = sa.table("communities", sa.column("id"), sa.column("name"))
+    query = sa.select(communities.c.id, communities.c.name).order_by(communities.c.id)
+    if not current_user.install_owner:
+        query = query.where(communities.c.id.in_([r.community_id for r in current_user.roles]))
+    return {
+        "staff_communities": db.session.execute(query).all(),
+        "picked_community": session.get(PICKED_COMMUNITY),
+    }
 
 
 @bp.route("/admin/account/password", methods=["GET", "POST"])
@@ -595,16 +826,40 @@ def two_step():
 @click.option("--name", prompt=True)
 @click.option("--role", default="owner", type=click.Choice(list(ROLES)), show_default=True)
 @click.option(
+    "--community",
+    "slug",
+    default=None,
+    help="The community (its slug) the role is held in; without one, the role is held in "
+    "every community and an owner also owns the install.",
+)
+@click.option(
     "--temporary",
     is_flag=True,
     help="The password is temporary: it must be changed at the first login.",
 )
 @click.password_option(envvar="ADMIN_PASSWORD", help="Prompted for unless ADMIN_PASSWORD is set.")
-def create_admin_command(email: str, name: str, role: str, temporary: bool, password: str) -> None:
-    """Create a staff account (the first one is the owner)."""
+def create_admin_command(
+    email: str, name: str, role: str, slug: str | None, temporary: bool, password: str
+) -> None:
+    """Create a staff account (the first one is the install's owner). Run by the install's
+    operator, who may act on every community."""
+    community_id = None
+    if slug is not None:
+        communities = sa.table("communities", sa.column("id"), sa.column("slug"))
+        community_id = db.session.scalar(
+            sa.select(communities.c.id).where(communities.c.slug == slug)
+        )
+        if community_id is None:
+            raise click.ClickException(f"no community {slug!r}")
     try:
         create_staff_user(
-            email, name, password, actor="cli", role=role, must_change_password=temporary
+            email,
+            name,
+            password,
+            actor="cli",
+            role=role,
+            community_id=community_id,
+            must_change_password=temporary,
         )
     except ValueError as error:
         raise click.ClickException(str(error)) from error

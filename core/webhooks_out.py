@@ -39,7 +39,7 @@ from flask import current_app
 from standardwebhooks.webhooks import Webhook
 
 from core import audit
-from core.auth import StaffUser
+from core.auth import staff_who_can
 from core.clock import utcnow
 from core.db import db
 from core.events import (
@@ -337,9 +337,10 @@ def _note_failure(endpoint_id: int, *, now: datetime) -> None:
 
 
 def _tell_owners(endpoint: WebhookEndpoint, *, now: datetime) -> None:
-    owners = db.session.scalars(
-        sa.select(StaffUser.email).where(StaffUser.role == "owner", StaffUser.active)
-    ).all()
+    owners = [
+        email
+        for _id, email in db.session.execute(staff_who_can("staff.manage", endpoint.community_id))
+    ]
     if owners:
         enqueue(
             MessageKind.NOTICE,

@@ -25,7 +25,12 @@ from sqlalchemy.orm import selectinload
 from wtforms import SelectChoice
 
 from core import audit
-from core.auth import requires
+from core.auth import (
+    in_visible_communities,
+    load_for,
+    requires,
+    visible_communities,
+)
 from core.clock import utcnow
 from core.db import begin_snapshot, db, end_transaction_keeping_objects
 from core.exporters import csv_lines, write_xlsx
@@ -99,6 +104,7 @@ from membership.wecom import (
 )
 from membership.wecom import configured as wecom_configured
 from payments import inbox
+from payments.admin import visible_webhook_events
 from payments.models import WebhookEvent
 
 bp = Blueprint("membership_admin", __name__, url_prefix="/admin")
@@ -128,6 +134,24 @@ def _staff_only() -> None:
     """Every page here is for logged-in staff."""
 
 
+def _visible_platform_tasks() -> sa.ColumnElement[bool]:
+    """The platform calls the logged-in person may see and retry: those about an
+    invitation or a WeCom group of a community where they may (install owners: all)."""
+    visible = visible_communities("platform.tasks")
+    if visible is None:
+        return sa.true()
+    communities = sorted(visible)
+    invitations = (
+        sa.select(Invitation.id)
+        .join(Member, Invitation.member_id == Member.id)
+        .where(Member.community_id.in_(communities))
+    )
+    chats = sa.select(Group.wecom_chat_id).where(
+        Group.community_id.in_(communities), Group.wecom_chat_id.is_not(None)
+    )
+    return sa.or_(PlatformTask.invitation_id.in_(invitations), PlatformTask.chat_id.in_(chats))
+
+
 def _changes(obj, form, fields: list[str]) -> dict[str, str]:
     """Copy ``fields`` from the form to ``obj``; the ones that changed, for the audit log."""
     return audit.apply_changes(obj, {name: getattr(form, name).data for name in fields})
@@ -136,36 +160,47 @@ def _changes(obj, form, fields: list[str]) -> dict[str, str]:
 @bp.get("/")
 @requires("members.view")
 def dashboard():
-    communities = db.session.scalars(sa.select(Community).order_by(Community.id)).all()
+    shown = in_visible_communities(Community.id, "members.view")
+    communities = db.session.scalars(sa.select(Community).where(shown).order_by(Community.id)).all()
     waiting = dict(
         db.session.execute(
             sa.select(Member.community_id, sa.func.count())
             .join(Invitation, Invitation.member_id == Member.id)
             .where(Invitation.status == InvitationStatus.WAITING)
+            .where(in_visible_communities(Member.community_id, "members.view"))
             .group_by(Member.community_id)
         ).all()
     )
     members = dict(
         db.session.execute(
-            sa.select(Member.community_id, sa.func.count()).group_by(Member.community_id)
+            sa.select(Member.community_id, sa.func.count())
+            .where(in_visible_communities(Member.community_id, "members.view"))
+            .group_by(Member.community_id)
         ).all()
     )
     attention = {
         "failed_webhooks": db.session.scalar(
-            sa.select(sa.func.count(WebhookEvent.id)).where(inbox.needs_replay(utcnow()))
+            sa.select(sa.func.count(WebhookEvent.id)).where(
+                inbox.needs_replay(utcnow()), visible_webhook_events()
+            )
         ),
         "failed_platform_calls": db.session.scalar(
             sa.select(sa.func.count(PlatformTask.id)).where(
-                PlatformTask.status == TaskStatus.FAILED
+                PlatformTask.status == TaskStatus.FAILED, _visible_platform_tasks()
             )
         ),
         "queued_platform_calls": db.session.scalar(
             sa.select(sa.func.count(PlatformTask.id)).where(
-                PlatformTask.status == TaskStatus.PENDING
+                PlatformTask.status == TaskStatus.PENDING, _visible_platform_tasks()
             )
         ),
         "removals": db.session.scalar(
-            sa.select(sa.func.count(RemovalTask.id)).where(RemovalTask.done_at.is_(None))
+            sa.select(sa.func.count(RemovalTask.id))
+            .join(Group)
+            .where(
+                RemovalTask.done_at.is_(None),
+                in_visible_communities(Group.community_id, "members.removals"),
+            )
         ),
     }
     now = utcnow()
@@ -182,10 +217,17 @@ def dashboard():
 
 
 @bp.route("/communities/new", methods=["GET", "POST"])
+@requires("install.manage")
+def new_community():
+    """The install's owners create communities; each gets its first owner on the team
+    page."""
+    return community_form.__wrapped__()
+
+
 @bp.route("/communities/<int:community_id>/edit", methods=["GET", "POST"])
 @requires("community.manage")
 def community_form(community_id: int | None = None):
-    community = db.get_or_404(Community, community_id) if community_id else None
+    community = load_for(Community, community_id, "community.manage") if community_id else None
     form = CommunityForm(obj=community)
     if form.validate_on_submit():
         taken = db.session.scalar(
@@ -228,7 +270,7 @@ def community_form(community_id: int | None = None):
 @bp.get("/communities/<int:community_id>")
 @requires("members.view")
 def community(community_id: int):
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "members.view")
     seats = seats_taken([group.id for group in community.groups])
     waiting = waiting_invitations(community.id)
     return render_template(
@@ -246,8 +288,8 @@ def community(community_id: int):
 @bp.route("/tiers/<int:tier_id>/edit", methods=["GET", "POST"])
 @requires("community.manage")
 def tier_form(community_id: int | None = None, tier_id: int | None = None):
-    tier = db.get_or_404(Tier, tier_id) if tier_id else None
-    community = tier.community if tier else db.get_or_404(Community, community_id)
+    tier = load_for(Tier, tier_id, "community.manage") if tier_id else None
+    community = tier.community if tier else load_for(Community, community_id, "community.manage")
     form = TierForm(obj=tier)
     if tier is not None and request.method == "GET":
         form.price.data = tier.price_money.major_str()
@@ -328,8 +370,8 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
 @bp.route("/groups/<int:group_id>/edit", methods=["GET", "POST"])
 @requires("community.manage")
 def group_form(community_id: int | None = None, group_id: int | None = None):
-    group = db.get_or_404(Group, group_id) if group_id else None
-    community = group.community if group else db.get_or_404(Community, community_id)
+    group = load_for(Group, group_id, "community.manage") if group_id else None
+    community = group.community if group else load_for(Community, community_id, "community.manage")
     form = GroupForm(obj=group)
     if group is not None and group.qr_expires_at and request.method == "GET":
         local = group.qr_expires_at.astimezone(ZoneInfo(community.time_zone))
@@ -444,7 +486,7 @@ def _member_search(community: Community) -> sa.Select:
 @requires("members.view")
 def members(community_id: int):
     """Search and filter the community's members."""
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "members.view")
     page = db.paginate(
         _member_search(community).options(
             # A page's memberships and invitations in two statements, not two per row.
@@ -463,7 +505,7 @@ def members(community_id: int):
 @requires("members.manage")
 def members_csv(community_id: int):
     """The members matching the list's filters, as CSV."""
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "members.manage")
     exporter = MembersExport(_member_search(community), community.time_zone)
     audit.record(
         "community.members_exported", community, actor=current_user.actor, data=dict(request.args)
@@ -481,7 +523,7 @@ def members_csv(community_id: int):
 def member(member_id: int):
     """One member: their memberships and invitations; grant a tier by hand or end a
     membership, with a reason kept in the audit log."""
-    member = db.get_or_404(Member, member_id)
+    member = load_for(Member, member_id, "members.manage")
     community = member.community
     form = AccessForm()
     form.tier.choices = [SelectChoice(t.id, t.name) for t in community.tiers]
@@ -518,7 +560,7 @@ def member(member_id: int):
 @requires("members.activity")
 def activity(community_id: int):
     """Mark members active, by hand or from a CSV, before a purge."""
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "members.activity")
     form = ActivityForm()
     result = None
     if form.validate_on_submit():
@@ -536,7 +578,7 @@ def activity(community_id: int):
 @requires("members.purge")
 def purge(community_id: int):
     """Preview, then run, a purge of members not active since a date."""
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "members.purge")
     form = PurgeForm(
         request.form if request.method == "POST" else request.args,
         meta={"csrf": request.method == "POST"},
@@ -567,7 +609,7 @@ def purge(community_id: int):
 @requires("community.manage")
 def questions(community_id: int):
     """The screening questions: add one; switch one off or on."""
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "community.manage")
     form = QuestionForm()
     if form.validate_on_submit():
         question = ScreeningQuestion(
@@ -592,7 +634,7 @@ def questions(community_id: int):
 @bp.post("/questions/<int:question_id>/toggle")
 @requires("community.manage")
 def toggle_question(question_id: int):
-    question = db.get_or_404(ScreeningQuestion, question_id)
+    question = load_for(ScreeningQuestion, question_id, "community.manage")
     question.active = not question.active
     audit.record(
         "question.toggled", question, actor=current_user.actor, data={"active": question.active}
@@ -605,7 +647,7 @@ def toggle_question(question_id: int):
 @requires("members.review")
 def applications(community_id: int):
     """The screening queue: answers in full; approve or reject one or many at once."""
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "members.review")
     form = ReviewForm()
     if form.validate_on_submit():
         action = request.form.get("action")
@@ -654,10 +696,17 @@ def applications(community_id: int):
 @requires("members.removals")
 def removals(community_id: int):
     """Members moderators must remove by hand from QR-joined groups; tick them off."""
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "members.removals")
     if request.method == "POST":
-        task = db.session.get(RemovalTask, request.form.get("task", type=int))
-        if task is None or task.group.community_id != community.id:
+        task = db.session.scalar(
+            sa.select(RemovalTask)
+            .join(Group)
+            .where(
+                RemovalTask.id == request.form.get("task", type=int),
+                Group.community_id == community.id,
+            )
+        )
+        if task is None:
             abort(404)
         complete_removal(task, actor=current_user.actor)
         db.session.commit()
@@ -679,14 +728,23 @@ def removals(community_id: int):
 @bp.route("/wecom", methods=["GET", "POST"])
 @requires("members.removals")
 def wecom():
-    """The WeCom customer groups: owner, people, freeloaders; queue a reconciliation."""
+    """The WeCom customer groups of the person's communities: owner, people, freeloaders;
+    queue a reconciliation (of the install's one WeCom corporation, so only for staff
+    who may remove members in every community)."""
     if request.method == "POST":
+        if not current_user.can_everywhere("members.removals"):
+            abort(403)
         queue_reconciliation(actor=current_user.actor, now=utcnow())
         db.session.commit()
         flash("已排队核对 · Reconciliation queued", "ok")
         return redirect(url_for(".wecom"))
     groups = db.session.scalars(
-        sa.select(Group).where(Group.platform == WECOM).order_by(Group.community_id, Group.id)
+        sa.select(Group)
+        .where(
+            Group.platform == WECOM,
+            in_visible_communities(Group.community_id, "members.removals"),
+        )
+        .order_by(Group.community_id, Group.id)
     ).all()
     return render_template(
         "admin/wecom.html",
@@ -700,7 +758,7 @@ def wecom():
 @requires("members.removals")
 def group_freeloaders(group_id: int):
     """People in a WeCom group whom no valid invitation covers, when and how they came."""
-    group = db.get_or_404(Group, group_id)
+    group = load_for(Group, group_id, "members.removals")
     return render_template(
         "admin/freeloaders.html", group=group, community=group.community, rows=freeloaders(group)
     )
@@ -711,7 +769,11 @@ def group_freeloaders(group_id: int):
 def platform_tasks():
     """Platform calls that gave up after their retries: see why, and retry."""
     if request.method == "POST":
-        task = db.session.get(PlatformTask, request.form.get("task", type=int))
+        task = db.session.scalar(
+            sa.select(PlatformTask).where(
+                PlatformTask.id == request.form.get("task", type=int), _visible_platform_tasks()
+            )
+        )
         if task is None or task.status is not TaskStatus.FAILED:
             abort(404)
         retry(task, actor=current_user.actor)
@@ -720,7 +782,7 @@ def platform_tasks():
         return redirect(url_for(".platform_tasks"))
     failed = db.session.scalars(
         sa.select(PlatformTask)
-        .where(PlatformTask.status == TaskStatus.FAILED)
+        .where(PlatformTask.status == TaskStatus.FAILED, _visible_platform_tasks())
         .order_by(PlatformTask.id)
     ).all()
     return render_template("admin/platform_tasks.html", failed=failed)
@@ -730,7 +792,7 @@ def platform_tasks():
 @requires("community.manage")
 def season(tier_id: int):
     """Open a new season: invite another tier's current members to this tier's groups."""
-    tier = db.get_or_404(Tier, tier_id)
+    tier = load_for(Tier, tier_id, "community.manage")
     community = tier.community
     form = SeasonForm()
     form.from_tier.choices = [
@@ -752,7 +814,7 @@ def season(tier_id: int):
 def export(community_id: int):
     """Revenue for a date range: CSV (streamed; ?sheet=totals for the totals) or XLSX
     (both sheets in one workbook)."""
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "finance.export")
     form = ExportForm(request.args, meta={"csrf": False})
     if not (request.args and form.validate()):
         return render_template("admin/export.html", community=community, form=form)
@@ -792,7 +854,7 @@ def export(community_id: int):
 @requires("members.manage")
 def import_members(community_id: int):
     """Bring in an existing community's members from a CSV: dry run, then all or nothing."""
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "members.manage")
     form = ImportForm()
     check = None
     if form.validate_on_submit():

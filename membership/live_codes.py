@@ -14,9 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import sqlalchemy as sa
-
-from core.auth import ROLES, StaffUser
+from core.auth import staff_who_can
 from core.db import db
 from core.outbox import Channel, MessageKind, enqueue_many
 from membership.models import Community, Group
@@ -94,10 +92,7 @@ def group_warnings(
 def tell_admins(community: Community, warnings: list[GroupWarning], *, now: datetime) -> int:
     """Message each warning to the staff who can act on it, once per warning and person
     (queued, not committed). Returns how many messages are new."""
-    roles = [role for role, (_label, allowed) in ROLES.items() if TOLD_PERMISSION in allowed]
-    staff = db.session.execute(
-        sa.select(StaffUser.id, StaffUser.email).where(StaffUser.active, StaffUser.role.in_(roles))
-    ).all()
+    staff = db.session.execute(staff_who_can(TOLD_PERMISSION, community.id)).all()
     rows = [
         {
             "kind": MessageKind.NOTICE,

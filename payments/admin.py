@@ -12,7 +12,7 @@ from sqlalchemy.orm import joinedload
 from wtforms import BooleanField, HiddenField, RadioField, SelectChoice, StringField
 from wtforms.validators import DataRequired, InputRequired, Length, Regexp
 
-from core.auth import requires
+from core.auth import in_visible_communities, load_for, requires
 from core.clock import utcnow
 from core.db import db
 from core.money import Money
@@ -50,10 +50,35 @@ def _page() -> int:
     return max(request.args.get("page", 1, type=int), 1)
 
 
+def _in_visible_orders(order_id, permission: str = "payments.view") -> sa.ColumnElement[bool]:
+    """Rows whose ``order_id`` is an order of a community the person may see."""
+    return order_id.in_(
+        sa.select(Order.id).where(in_visible_communities(Order.community_id, permission))
+    )
+
+
+def visible_webhook_events() -> sa.ColumnElement[bool]:
+    """The provider notifications the logged-in person may see: those about a payment of
+    a community they see payments of. Notifications matched to no payment (refused,
+    unknown) belong to the install: its owners see them."""
+    about_payments = WebhookEvent.payment_id.in_(
+        sa.select(Payment.id).where(_in_visible_orders(Payment.order_id))
+    )
+    if current_user.install_owner:
+        return sa.or_(about_payments, WebhookEvent.payment_id.is_(None))
+    return about_payments
+
+
 @bp.get("/orders")
 @requires("payments.view")
 def orders():
-    rows = db.paginate(sa.select(Order).order_by(Order.id.desc()), page=_page(), per_page=PAGE_SIZE)
+    rows = db.paginate(
+        sa.select(Order)
+        .where(in_visible_communities(Order.community_id, "payments.view"))
+        .order_by(Order.id.desc()),
+        page=_page(),
+        per_page=PAGE_SIZE,
+    )
     return render_template("admin/orders.html", page=rows)
 
 
@@ -61,7 +86,9 @@ def orders():
 @requires("payments.view")
 def payments():
     rows = db.paginate(
-        sa.select(Payment).order_by(Payment.id.desc()), page=_page(), per_page=PAGE_SIZE
+        sa.select(Payment).where(_in_visible_orders(Payment.order_id)).order_by(Payment.id.desc()),
+        page=_page(),
+        per_page=PAGE_SIZE,
     )
     return render_template("admin/payments.html", page=rows)
 
@@ -70,7 +97,9 @@ def payments():
 @requires("payments.view")
 def inbox():
     rows = db.paginate(
-        sa.select(WebhookEvent).order_by(WebhookEvent.id.desc()), page=_page(), per_page=PAGE_SIZE
+        sa.select(WebhookEvent).where(visible_webhook_events()).order_by(WebhookEvent.id.desc()),
+        page=_page(),
+        per_page=PAGE_SIZE,
     )
     return render_template("admin/inbox.html", page=rows)
 
@@ -90,9 +119,7 @@ class RefundForm(FlaskForm):
 def refund(payment_id: int):
     """Refund some or all of a confirmed payment through its provider. A full refund
     always ends the access it paid for; a partial one only when asked."""
-    payment = db.session.get(Payment, payment_id)
-    if payment is None:
-        abort(404)
+    payment = load_for(Payment, payment_id, "payments.refund")
     form = RefundForm()
     if request.method == "GET":
         form.amount.data = payment.kept().major_str()
@@ -148,16 +175,17 @@ def attention():
     payment to refund; marking one dealt with keeps it in the audit log."""
     form = ResolveForm()
     if form.validate_on_submit():
-        flag = db.session.get(OrderFlag, int(form.flag.data))
-        if flag is None:
-            abort(404)
+        flag = load_for(OrderFlag, int(form.flag.data), "payments.refund")
         if resolve_flag(flag, actor=current_user.actor):
             flash("已标记为已处理 · Marked as dealt with", "ok")
         db.session.commit()
         return redirect(url_for(".attention"))
     rows = db.paginate(
         sa.select(OrderFlag)
-        .where(OrderFlag.resolved_at.is_(None))
+        .where(
+            OrderFlag.resolved_at.is_(None),
+            _in_visible_orders(OrderFlag.order_id, "payments.refund"),
+        )
         .order_by(OrderFlag.id.desc())
         .options(joinedload(OrderFlag.order), joinedload(OrderFlag.payment)),
         page=_page(),
@@ -190,7 +218,11 @@ class StatementForm(FlaskForm):
 @requires("finance.export")
 def reconcile_page():
     """Upload a provider's statement: what is missing on either side or differs, a line
-    per day, and the fees recorded."""
+    per day, and the fees recorded. A statement is the install's merchant account's and
+    covers every community, so only staff who may export every community's revenue
+    reconcile."""
+    if not current_user.can_everywhere("finance.export"):
+        abort(403)
     form = StatementForm()
     report = None
     if form.validate_on_submit():

@@ -20,7 +20,7 @@ from wtforms import SelectChoice, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from core import audit
-from core.auth import requires
+from core.auth import load_for, requires
 from core.clock import from_local, to_local, utcnow
 from core.db import db
 from core.exporters import Exporter, csv_lines
@@ -82,7 +82,7 @@ def _money(form_field, currency: str) -> Money | None:
 @bp.get("/communities/<int:community_id>/perks")
 @requires("perks.manage")
 def overview(community_id: int):
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "perks.manage")
     coupons = db.session.scalars(
         sa.select(Coupon).where(Coupon.community_id == community.id, Coupon.campaign.is_(None))
     ).all()
@@ -139,8 +139,8 @@ def overview(community_id: int):
 @bp.route("/perks/<int:perk_id>/edit", methods=["GET", "POST"])
 @requires("perks.manage")
 def perk_form(community_id: int | None = None, perk_id: int | None = None):
-    perk = db.get_or_404(Perk, perk_id) if perk_id else None
-    community = perk.community if perk else db.get_or_404(Community, community_id)
+    perk = load_for(Perk, perk_id, "perks.manage") if perk_id else None
+    community = perk.community if perk else load_for(Community, community_id, "perks.manage")
     form = PerkForm(obj=perk)
     _rule_choices(form, community)
     coupons = db.session.scalars(
@@ -231,8 +231,8 @@ def _coupon_choices(form: CouponForm, community: Community, coupon: Coupon | Non
 @requires("perks.manage")
 def coupon_form(community_id: int | None = None, coupon_id: int | None = None):
     """A coupon's terms, and below them its uses."""
-    coupon = db.get_or_404(Coupon, coupon_id) if coupon_id else None
-    community = coupon.community if coupon else db.get_or_404(Community, community_id)
+    coupon = load_for(Coupon, coupon_id, "perks.manage") if coupon_id else None
+    community = coupon.community if coupon else load_for(Community, community_id, "perks.manage")
     form = CouponForm(obj=coupon)
     _coupon_choices(form, community, coupon)
     if form.validate_on_submit():
@@ -276,7 +276,7 @@ def coupon_form(community_id: int | None = None, coupon_id: int | None = None):
 @requires("perks.manage")
 def issue_coupon(coupon_id: int):
     """Issue the coupon to every member its eligibility rule picks."""
-    coupon = db.get_or_404(Coupon, coupon_id)
+    coupon = load_for(Coupon, coupon_id, "perks.manage")
     issued = issue_to_eligible(coupon, actor=current_user.actor, now=utcnow())
     db.session.commit()
     flash(f"已发放给 {issued} 位成员 · Issued to {issued} members", "ok")
@@ -287,7 +287,7 @@ def issue_coupon(coupon_id: int):
 @requires("perks.manage")
 def campaign_form(community_id: int):
     """Generate N unique codes with the same terms."""
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "perks.manage")
     form = CampaignForm()
     _coupon_choices(form, community, None)
     if form.validate_on_submit():
@@ -349,7 +349,7 @@ class CampaignCodes(Exporter):
 @bp.get("/communities/<int:community_id>/campaigns/<campaign>.csv")
 @requires("perks.manage")
 def campaign_csv(community_id: int, campaign: str):
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "perks.manage")
     exporter = CampaignCodes(community, campaign)
     audit.record(
         "coupon.campaign_exported", community, actor=current_user.actor, data={"campaign": campaign}
@@ -366,8 +366,8 @@ def campaign_csv(community_id: int, campaign: str):
 @bp.route("/courses/<int:course_id>/edit", methods=["GET", "POST"])
 @requires("perks.manage")
 def course_form(community_id: int | None = None, course_id: int | None = None):
-    course = db.get_or_404(Course, course_id) if course_id else None
-    community = course.community if course else db.get_or_404(Community, community_id)
+    course = load_for(Course, course_id, "perks.manage") if course_id else None
+    community = course.community if course else load_for(Community, community_id, "perks.manage")
     form = CourseForm(obj=course)
     _rule_choices(form, community)
     if course is not None and request.method == "GET":
@@ -415,7 +415,7 @@ def course_form(community_id: int | None = None, course_id: int | None = None):
 def launch_course(course_id: int):
     """Put the course on sale and queue a message to each eligible member (each once);
     the outbox's worker sends them, not this request."""
-    course = db.get_or_404(Course, course_id)
+    course = load_for(Course, course_id, "perks.manage")
     told = launch(course, actor=current_user.actor, now=utcnow())
     db.session.commit()
     flash(f"已开售，通知{told}位成员（排队发送中）· On sale; {told} members queued", "ok")
@@ -426,11 +426,11 @@ def launch_course(course_id: int):
 @bp.route("/offers/<int:offer_id>/edit", methods=["GET", "POST"])
 @requires("perks.manage")
 def offer_form(community_id: int | None = None, offer_id: int | None = None):
-    offer = db.get_or_404(Offer, offer_id) if offer_id else None
+    offer = load_for(Offer, offer_id, "perks.manage") if offer_id else None
     community = (
-        db.get_or_404(Community, offer.community_id)
+        load_for(Community, offer.community_id, "perks.manage")
         if offer
-        else db.get_or_404(Community, community_id)
+        else load_for(Community, community_id, "perks.manage")
     )
     form = OfferForm(obj=offer)
     _rule_choices(form, community)
@@ -488,7 +488,7 @@ class AnnouncementForm(EligibilityForm):
 @bp.get("/communities/<int:community_id>/announcements")
 @requires("perks.manage")
 def announcement_list(community_id: int):
-    community = db.get_or_404(Community, community_id)
+    community = load_for(Community, community_id, "perks.manage")
     return render_template(
         "admin/perks/announcements.html",
         community=community,
@@ -505,8 +505,8 @@ def announcement_list(community_id: int):
 @requires("perks.manage")
 def announcement_form(community_id: int | None = None, announcement_id: int | None = None):
     """Write an announcement, or change it until it is sent."""
-    item = db.get_or_404(Announcement, announcement_id) if announcement_id else None
-    community = item.community if item else db.get_or_404(Community, community_id)
+    item = load_for(Announcement, announcement_id, "perks.manage") if announcement_id else None
+    community = item.community if item else load_for(Community, community_id, "perks.manage")
     if item is not None and item.sent_at is not None:
         flash("已发送的公告不能修改 · A sent announcement cannot be changed", "error")
         return redirect(url_for(".announcement", announcement_id=item.id))
@@ -540,7 +540,7 @@ def announcement_form(community_id: int | None = None, announcement_id: int | No
 def announcement(announcement_id: int):
     """The announcement, whom it would reach now (a count and a sample), and once sent,
     how its messages stand."""
-    item = db.get_or_404(Announcement, announcement_id)
+    item = load_for(Announcement, announcement_id, "perks.manage")
     return render_template(
         "admin/perks/announcement.html",
         item=item,
@@ -555,7 +555,7 @@ def announcement(announcement_id: int):
 def send_announcement(announcement_id: int):
     """Queue the announcement to the members its rule selects, in one insert; the outbox's
     worker sends. Sending again queues only members selected since."""
-    item = db.get_or_404(Announcement, announcement_id)
+    item = load_for(Announcement, announcement_id, "perks.manage")
     queued = announcements.send(item, actor=current_user.actor, now=utcnow())
     db.session.commit()
     flash(f"已排队 {queued} 条消息 · {queued} messages queued", "ok")

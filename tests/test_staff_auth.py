@@ -98,18 +98,17 @@ def test_a_copied_session_ends_at_logout(app, client, admin):
 
 
 @pytest.mark.parametrize("action", ["role", "disable"])
-def test_the_owners_change_ends_the_accounts_sessions(app, client, admin, action):
-    add_staff(app, "money@example.com")
+def test_the_owners_change_ends_the_accounts_sessions(app, client, demo, admin, action):
+    user_id = add_staff(app, "money@example.com")
     staff = app.test_client()
     assert log_in(staff, email="money@example.com", password="first password").status_code == 302
     copy = copy_session(app, staff)
     assert logged_in_now(staff)
     log_in(client)
-    with app.app_context():
-        user_id = db.session.scalar(sa.select(StaffUser.id).where(StaffUser.role == "finance"))
     token = csrf_token(client, "/admin/staff")
     client.post(
-        f"/admin/staff/{user_id}", data={"csrf_token": token, "action": action, "role": "admin"}
+        f"/admin/staff/{user_id}",
+        data={"csrf_token": token, "action": action, "community": demo.id, "role": "admin"},
     )
     assert not logged_in_now(staff)
     assert not logged_in_now(copy)
@@ -156,7 +155,9 @@ def test_changing_the_password_needs_the_current_one_and_ends_other_sessions(app
     assert long not in str(entries[0].data)
 
 
-def test_an_owners_reset_shows_a_temporary_password_once_and_forces_a_change(app, client, admin):
+def test_an_owners_reset_shows_a_temporary_password_once_and_forces_a_change(
+    app, client, demo, admin
+):
     user_id = add_staff(app, "money@example.com")
     staff = app.test_client()
     log_in(staff, email="money@example.com", password="first password")
@@ -186,7 +187,7 @@ def test_an_owners_reset_shows_a_temporary_password_once_and_forces_a_change(app
     assert temporary not in str([e.data for e in audit_actions(app)])
 
 
-def test_staff_added_by_the_owner_choose_their_password_at_first_login(app, client, admin):
+def test_staff_added_by_the_owner_choose_their_password_at_first_login(app, client, demo, admin):
     log_in(client)
     submit_form(
         client,
@@ -194,6 +195,7 @@ def test_staff_added_by_the_owner_choose_their_password_at_first_login(app, clie
         {
             "email": "mod@example.com",
             "name": "组织委员",
+            "community": demo.id,
             "role": "moderator",
             "password": "given by the owner",
         },
