@@ -66,7 +66,10 @@ _SHARED_SETTINGS = (
 
 
 def account_of(community_id: int, provider: str) -> PaymentAccount | None:
-    """The community's own account at ``provider``, or None (it uses the install's)."""
+    """The community's own account at ``provider``, or None (it uses the install's;
+    always for a provider that takes no accounts, like ``fake``: nothing is asked)."""
+    if provider not in FIELDS:
+        return None
     return db.session.scalar(
         sa.select(PaymentAccount).where(
             PaymentAccount.community_id == community_id, PaymentAccount.provider == provider

@@ -243,10 +243,8 @@ def get_provider(name: str | None, community_id: int | None = None) -> PaymentPr
     install = current_app.extensions["qunmen.payment_providers"].get(name) if name else None
     if community_id is None or name is None:
         return install
-    from payments.accounts import FIELDS, account_of
+    from payments.accounts import account_of
 
-    if name not in FIELDS:
-        return install
     account = account_of(community_id, name)
     if account is None:
         return install
