@@ -10,7 +10,8 @@ the tests, with ``SECRETS_KEYS`` unset, the key is derived from ``SECRET_KEY``;
 production has no such fallback (see :func:`config.complete`).
 
 A sealed value is shown to no one again: pages show :func:`hint` (that one is set, and
-its last four characters at most). Nothing here logs.
+its last four characters at most). Nothing here logs, and every value unsealed is
+redacted from the logs from then on (:func:`core.observability.keep_out_of_logs`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import hmac
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from flask import current_app
+
+from core.observability import keep_out_of_logs
 
 #: Shown in a hint in place of the characters that are not shown.
 _HIDDEN = "••••"
@@ -86,12 +89,14 @@ def unseal(token: str) -> str:
     """The value :func:`seal` sealed. Raises :class:`SecretsUnavailable` when no
     configured key opens it."""
     try:
-        return _fernet().decrypt(token.encode()).decode()
+        plain = _fernet().decrypt(token.encode()).decode()
     except InvalidToken:
         raise SecretsUnavailable(
             "no key in SECRETS_KEYS opens a stored secret: was a key dropped before "
             "`flask payments rotate-secrets` ran?"
         ) from None
+    keep_out_of_logs(plain)
+    return plain
 
 
 def reseal(token: str) -> str:

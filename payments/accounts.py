@@ -7,6 +7,7 @@ A community without an account at a provider uses the install's keys for it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -77,6 +78,12 @@ def account_of(community_id: int, provider: str) -> PaymentAccount | None:
     )
 
 
+def fingerprint(account: PaymentAccount) -> str:
+    """What ``account`` holds, as text: it differs after any change (a sealed value is
+    sealed afresh each time, even when it is the same secret)."""
+    return json.dumps([account.id, account.settings, account.sealed], sort_keys=True)
+
+
 def provider_settings(account: PaymentAccount) -> dict[str, Any]:
     """The settings ``account``'s provider is built from, secrets unsealed: the
     community's own and the install's API addresses, never the install's keys. Raises
@@ -115,7 +122,6 @@ def save_account(
         db.session.add(account)
         action = "payment_account.created"
     else:
-        account.version += 1
         action = "payment_account.updated"
     settings = {name: value.strip() for name, value in plain.items() if name in names and value}
     sealed, hints = dict(account.sealed), dict(account.hints)
@@ -160,7 +166,6 @@ def reseal_all(*, actor: str, now: datetime | None = None) -> int:
         if not account.sealed:
             continue
         account.sealed = {name: reseal(token) for name, token in account.sealed.items()}
-        account.version += 1
         audit.record(
             "payment_account.resealed",
             account,

@@ -373,8 +373,6 @@ class PaymentAccount(db.Model):
     sealed: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
     #: What a page may show of each sealed setting (``••••abcd``).
     hints: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
-    #: Bumped on every change: each process rebuilds its cached provider when it moves.
-    version: Mapped[int] = mapped_column(default=1, server_default="1")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_by: Mapped[str] = mapped_column(sa.String(64))
 

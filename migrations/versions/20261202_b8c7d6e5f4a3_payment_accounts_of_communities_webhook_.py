@@ -42,7 +42,6 @@ def upgrade():
     sa.Column('settings', sa.JSON(), nullable=False),
     sa.Column('sealed', sa.JSON(), nullable=False),
     sa.Column('hints', sa.JSON(), nullable=False),
-    sa.Column('version', sa.Integer(), server_default='1', nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_by', sa.String(length=64), nullable=False),
     sa.ForeignKeyConstraint(['community_id'], ['communities.id'], name=op.f('fk_payment_accounts_community_id_communities')),

@@ -237,23 +237,24 @@ def enabled_providers(community_id: int | None = None) -> dict[str, PaymentProvi
 
 def get_provider(name: str | None, community_id: int | None = None) -> PaymentProvider | None:
     """The provider ``name`` as ``community_id`` uses it: built from the community's own
-    account when it has one (cached per process until the account changes), else the
+    account when it has one (kept per process while the account is unchanged), else the
     install's; None when neither is configured. Raises :class:`ProviderError` when the
     community's secrets cannot be unsealed or do not make a provider."""
     install = current_app.extensions["qunmen.payment_providers"].get(name) if name else None
     if community_id is None or name is None:
         return install
-    from payments.accounts import account_of
+    from payments.accounts import account_of, fingerprint
 
     account = account_of(community_id, name)
     if account is None:
         return install
     cache = current_app.extensions.setdefault("qunmen.community_providers", {})
+    held = fingerprint(account)
     cached = cache.get((community_id, name))
-    if cached is not None and cached[0] == account.version:
+    if cached is not None and cached[0] == held:
         return cached[1]
     provider = build_community_provider(account)
-    cache[(community_id, name)] = (account.version, provider)
+    cache[(community_id, name)] = (held, provider)
     return provider
 
 
