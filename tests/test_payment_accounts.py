@@ -484,9 +484,11 @@ def test_admin_page_refuses_an_incomplete_account(app, logged_in, communities):
 
 def test_admin_page_speaks_the_reader_language(app, logged_in, communities):
     a, _b = communities
+    assert '<html lang="zh-CN">' in logged_in.get(PAGE.format(a)).text
     logged_in.get("/lang/en")
     page = logged_in.get(PAGE.format(a)).text
-    assert "Uses the install's keys" in page
+    assert '<html lang="en">' in page
+    assert "Uses the install's keys" in page and "使用本站的密钥" not in page
     response = post_account(
         logged_in, a, "stripe", {"save": "1", "STRIPE_SECRET_KEY": A_STRIPE_KEY}
     )
