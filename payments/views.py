@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import replace
 from datetime import datetime
 
 import qrcode
@@ -32,7 +33,7 @@ from core.security import csrf, new_token, sign_for_this_browser, unsign_for_thi
 from payments import inbox
 from payments.discounts import DiscountRefused, Purchase, claim_code_try, discount_order
 from payments.models import Order, Payment, PaymentStatus
-from payments.providers import EventKind, Payer, ProviderError, get_provider
+from payments.providers import EventKind, Payer, PaymentProvider, ProviderError, get_provider
 from payments.providers.fake import FakeProvider
 from payments.providers.wechatpay import WeChatPayBase
 from payments.services import PaymentError, register_with_provider, start_payment
@@ -94,13 +95,36 @@ def current_payer() -> Payer:
     )
 
 
+def _openid_key(provider: WeChatPayBase) -> str:
+    """Where this browser's openid under ``provider``'s official account is kept: the
+    install's account's under :data:`OPENID_SESSION_KEY` (which the join and the member
+    login read as proof of who the payer is), a community's own account's apart (an openid
+    is an id under one official account only)."""
+    install = get_provider(WeChatPayBase.name)
+    if install is None or install.app_id == provider.app_id:
+        return OPENID_SESSION_KEY
+    return f"{OPENID_SESSION_KEY}:{provider.app_id}"
+
+
+def _payer_of(provider: PaymentProvider | None) -> Payer:
+    """The payer as ``provider`` knows them: WeChat Pay, with their openid under its own
+    official account, when this browser has one."""
+    payer = current_payer()
+    if isinstance(provider, WeChatPayBase):
+        payer = replace(payer, wechat_openid=session.get(_openid_key(provider)))
+    return payer
+
+
 def send_to_provider(
     order: Order, provider_name: str | None, *, return_url: str, cancel_url: str, actor: str
 ) -> Response:
     """Send the payer on to pay ``order``: to the provider's page, through WeChat's OAuth
     first when a JSAPI payment needs their openid. Commits. On a refusal the payer goes
     back to ``return_url`` with a message; nothing is charged."""
-    payer = current_payer()
+    try:
+        payer = _payer_of(get_provider(provider_name, order.community_id))
+    except ProviderError:
+        payer = current_payer()  # start_payment refuses it, with the message for the payer
     try:
         payment = start_payment(
             order,
@@ -253,9 +277,9 @@ def oauth_return():
     except ProviderError:
         flash("微信授权失败，请重试 · WeChat authorisation failed, please try again", "error")
         return redirect(payment.return_url)
-    session[OPENID_SESSION_KEY] = openid
+    session[_openid_key(provider)] = openid
     try:
-        return redirect(register_with_provider(payment, current_payer(), actor="prospect"))
+        return redirect(register_with_provider(payment, _payer_of(provider), actor="prospect"))
     except ProviderError:
         flash(
             "微信支付暂时不可用，请稍后重试 · WeChat Pay is unavailable, try again later", "error"

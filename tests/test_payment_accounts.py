@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -37,6 +38,7 @@ from payments.services import (
     settle_from_provider,
     start_payment,
 )
+from payments.views import OPENID_SESSION_KEY
 from tests import fake_apis
 from tests.conftest import app_config, fresh_database
 from tests.helpers import (
@@ -44,9 +46,11 @@ from tests.helpers import (
     csrf_token,
     log_in,
     stripe_delivery,
+    submit_join,
     wechat_notification,
     wechat_paid,
 )
+from tests.test_wechatpay import IN_WECHAT
 
 A_STRIPE_KEY = "sk_test_community_a_0001"
 A_WEBHOOK_SECRET = "whsec_community_a_secret"
@@ -506,3 +510,42 @@ def test_payment_accounts_are_for_the_owner(app, client, admin, communities):
     assert client.get(PAGE.format(a)).status_code == 403
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count(Order.id))) == 0
+
+
+def test_jsapi_with_a_community_official_account_asks_its_own_openid(
+    app, client, apis, communities
+):
+    """An openid is an id under one official account: the one the join proved (the
+    install's account) is not sent to a community's own merchant, whose account's OAuth
+    gives the payer's openid under it; the install's stays as the join proved it."""
+    a, _b = communities
+    apis.wechat_merchants[A_MCH_ID] = (A_APP_ID, A_API_KEY)
+    with app.test_request_context():
+        save_account(
+            a,
+            "wechatpay",
+            plain={"WECHATPAY_APP_ID": A_APP_ID, "WECHATPAY_MCH_ID": A_MCH_ID},
+            secrets={
+                "WECHATPAY_API_KEY": A_API_KEY,
+                # The fake OAuth knows one secret; the app id is what differs.
+                "WECHATPAY_APP_SECRET": fake_apis.WECHAT_APP_SECRET,
+            },
+            cleared=set(),
+            actor="test",
+        )
+        db.session.commit()
+    client.environ_base["HTTP_USER_AGENT"] = IN_WECHAT
+    response = submit_join(client, "main", provider="wechatpay")
+    assert response.location.startswith("https://open.weixin.qq.com/connect/oauth2/authorize")
+    query = parse_qs(urlsplit(response.location).query)
+    assert query["appid"] == [A_APP_ID]
+    assert not any(r.path == "/pay/unifiedorder" for r in apis.requests)
+
+    callback = urlsplit(query["redirect_uri"][0]).path
+    back = client.get(callback, query_string={"code": "good-code-a", "state": query["state"][0]})
+    assert back.status_code == 302
+    order = apis.last("/pay/unifiedorder").data
+    assert (order["trade_type"], order["appid"], order["mch_id"]) == ("JSAPI", A_APP_ID, A_MCH_ID)
+    assert order["openid"] == fake_apis.openid_for("good-code-a")
+    with client.session_transaction() as session:
+        assert session[OPENID_SESSION_KEY] == fake_apis.WECHAT_OPENID
