@@ -16,6 +16,7 @@ from app import create_app
 from config import SettingError
 from core.audit import AuditEntry
 from core.auth import create_staff_user
+from core.clock import utcnow
 from core.db import db
 from core.money import Money
 from membership.models import Community
@@ -31,6 +32,7 @@ from payments.models import (
 )
 from payments.providers import Payer, ProviderError, get_provider
 from payments.services import (
+    confirm_payment,
     create_order,
     register_with_provider,
     request_refund,
@@ -50,6 +52,7 @@ from tests.helpers import (
     wechat_notification,
     wechat_paid,
 )
+from tests.test_reconciliation import BEIJING, wechat_bill, wechat_line
 from tests.test_wechatpay import IN_WECHAT
 
 A_STRIPE_KEY = "sk_test_community_a_0001"
@@ -549,3 +552,48 @@ def test_jsapi_with_a_community_official_account_asks_its_own_openid(
     assert order["openid"] == fake_apis.openid_for("good-code-a")
     with client.session_transaction() as session:
         assert session[OPENID_SESSION_KEY] == fake_apis.WECHAT_OPENID
+
+
+def confirmed(app, community_id: int, provider: str, reference: str) -> None:
+    """A confirmed ¥99 payment of the community at ``provider``, known there as
+    ``reference``."""
+    with app.test_request_context():
+        order = create_order(
+            Money(9900, "CNY"), "Test", community_id=community_id, product="test", actor="test"
+        )
+        payment = start_payment(
+            order,
+            provider,
+            payer=Payer(),
+            return_url="http://qunmen.test/",
+            cancel_url="http://qunmen.test/",
+            actor="test",
+        )
+        db.session.flush()
+        confirm_payment(payment, reference, actor="test", now=utcnow())
+        db.session.commit()
+
+
+def test_a_community_statement_is_matched_with_its_own_ledger(
+    app, apis, runner, communities, tmp_path
+):
+    """A's bill (downloaded through A's merchant) against A's payments only; the
+    install's bill against the payments of communities without a merchant of their own."""
+    a, b = communities
+    give_wechatpay(app, apis, a)
+    confirmed(app, a, "wechatpay", "4200000001")
+    confirmed(app, b, "wechatpay", "4200000002")
+    day = utcnow().astimezone(BEIJING).date()
+    apis.wechat_bills[day.strftime("%Y%m%d")] = wechat_bill(wechat_line("4200000001"))
+    own = runner.invoke(
+        args=["payments", "reconcile", "wechatpay", "--day", str(day), "--community", str(a)]
+    )
+    assert own.exit_code == 0, own.output
+    assert apis.last("/pay/downloadbill").data["mch_id"] == A_MCH_ID
+    assert f"{day}       1      1        1             0               0       0" in own.output
+
+    bill = tmp_path / "install.txt"
+    bill.write_text(wechat_bill(wechat_line("4200000002")), encoding="utf-8")
+    install = runner.invoke(args=["payments", "reconcile", "wechatpay", "--file", str(bill)])
+    assert install.exit_code == 0, install.output
+    assert f"{day}       1      1        1             0               0       0" in install.output
