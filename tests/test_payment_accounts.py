@@ -30,7 +30,7 @@ from payments.models import (
     RefundStatus,
     WebhookEvent,
 )
-from payments.providers import Payer, ProviderError, get_provider
+from payments.providers import Payer, ProviderError, enabled_providers, get_provider
 from payments.services import (
     confirm_payment,
     create_order,
@@ -597,3 +597,15 @@ def test_a_community_statement_is_matched_with_its_own_ledger(
     install = runner.invoke(args=["payments", "reconcile", "wechatpay", "--file", str(bill)])
     assert install.exit_code == 0, install.output
     assert f"{day}       1      1        1             0               0       0" in install.output
+
+
+def test_a_community_is_offered_its_own_providers_in_the_install_order(app, apis, communities):
+    a, b = communities
+    give_stripe(app, apis, b, B_STRIPE_KEY, B_WEBHOOK_SECRET)
+    with app.app_context():
+        install = enabled_providers()
+        own = enabled_providers(b)
+        assert list(own) == list(install)
+        assert own["stripe"] is get_provider("stripe", b) is not install["stripe"]
+        assert own["wechatpay"] is install["wechatpay"]
+        assert enabled_providers(a) == install
