@@ -283,24 +283,20 @@ def _render_accounts(community: sa.Row, forms: dict[str, FlaskForm], status: int
     ), status
 
 
-@bp.get("/accounts/<int:community_id>")
+@bp.route("/accounts/<int:community_id>", methods=["GET", "POST"])
 @requires("staff.manage")
 def accounts(community_id: int):
     """A community's own WeChat Pay merchant and Stripe account: what is set (secrets
     only as set, with their last characters), the webhook address to give the provider,
-    and a form for each."""
+    and a form for each. Posting one form saves, replaces or clears that account, or
+    removes it; the settings must make a working provider, or nothing is saved."""
     community = _community_row(community_id)
-    return _render_accounts(community, _saved_forms(community_id))
-
-
-@bp.post("/accounts/<int:community_id>/<provider>")
-@requires("staff.manage")
-def save_accounts(community_id: int, provider: str):
-    """Save, replace or clear a community's account at ``provider``, or remove it. The
-    settings must make a working provider, or nothing is saved."""
-    community = _community_row(community_id)
-    if provider not in FIELDS:
-        abort(404)
+    if request.method == "GET":
+        return _render_accounts(community, _saved_forms(community_id))
+    # Which form was sent: its buttons are named after its provider.
+    provider = next((p for p in FIELDS if {f"{p}-save", f"{p}-remove"} & set(request.form)), None)
+    if provider is None:
+        abort(400)
     form = _account_form(provider)
     if not form.validate_on_submit():
         return _render_accounts(community, {**_saved_forms(community_id), provider: form}, 422)

@@ -405,7 +405,7 @@ def post_account(client, community_id: int, provider: str, data: dict):
     token = csrf_token(client, PAGE.format(community_id))
     fields = {f"{provider}-{name}": value for name, value in data.items()}
     return client.post(
-        f"{PAGE.format(community_id)}/{provider}",
+        PAGE.format(community_id),
         data={f"{provider}-csrf_token": token, **fields},
     )
 
