@@ -42,7 +42,7 @@ from payments.services import (
 )
 from payments.views import OPENID_SESSION_KEY
 from tests import fake_apis
-from tests.conftest import app_config, fresh_database
+from tests.conftest import app_config, dispose_engines, fresh_database
 from tests.helpers import (
     checkout_session,
     csrf_token,
@@ -391,6 +391,7 @@ def test_production_refuses_to_start_with_sealed_secrets_and_no_key(
                 create_app({**production, "SECRETS_KEYS": "not-a-key"})
             started = create_app({**production, "SECRETS_KEYS": f"{wrong},{key}"})
             assert not started.testing
+            dispose_engines(started)
         finally:
             root.handlers[:] = handlers
             root.setLevel(level)

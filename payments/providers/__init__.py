@@ -285,13 +285,15 @@ def notify_url(provider_name: str, community_id: int) -> str:
 def check_community_secrets(app: Flask) -> None:
     """Called by ``create_app``: refuse to start (:class:`~config.SettingError`) when
     communities' secrets are stored and no key in ``SECRETS_KEYS`` opens them. A
-    database without the table yet (before ``flask db upgrade``) has none."""
+    database without the table yet (before ``flask db upgrade``) has none. The pool is
+    left empty, as it was: a server that forks its workers after this shares no
+    connection between them."""
     from core.secrets import SecretsUnavailable, keys_configured, unseal
     from payments.accounts import sealed_accounts
 
     with app.app_context():
         try:
-            if not sa.inspect(db.engine).has_table("payment_accounts"):
+            if not sa.inspect(db.session.connection()).has_table("payment_accounts"):
                 return
             accounts = sealed_accounts()
         except OperationalError as error:
@@ -299,6 +301,7 @@ def check_community_secrets(app: Flask) -> None:
             return
         finally:
             db.session.remove()
+            db.engine.dispose()
         if accounts and not keys_configured():
             raise SettingError(
                 f"SECRETS_KEYS is not set: {len(accounts)} communities' payment secrets are "
