@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask_babel import lazy_gettext as _l
 
+from config import SettingError
 from core import audit
 from core.clock import utcnow
 from core.db import db
@@ -87,7 +88,8 @@ def fingerprint(account: PaymentAccount) -> str:
 def provider_settings(account: PaymentAccount) -> dict[str, Any]:
     """The settings ``account``'s provider is built from, secrets unsealed: the
     community's own and the install's API addresses, never the install's keys. Raises
-    :class:`~core.secrets.SecretsUnavailable`."""
+    :class:`~core.secrets.SecretsUnavailable`, and :class:`~config.SettingError` for a
+    PEM setting that is not PEM text."""
     config = current_app.config
     settings: dict[str, Any] = {name: config.get(name) for name in _SHARED_SETTINGS}
     settings["WECHATPAY_PLATFORM_CERT_DIR"] = (
@@ -95,7 +97,16 @@ def provider_settings(account: PaymentAccount) -> dict[str, Any]:
     )
     settings.update(account.settings)
     settings.update({name: unseal(token) for name, token in account.sealed.items()})
+    for field in FIELDS[account.provider]:
+        # The install's PEM settings may name a file; a community's never: it would have
+        # us read a file of the server.
+        if field.pem and settings.get(field.name) and not _is_pem(settings[field.name]):
+            raise SettingError(f"{field.name} is not PEM text (-----BEGIN …)")
     return settings
+
+
+def _is_pem(text: str) -> bool:
+    return text.lstrip().startswith("-----BEGIN ")
 
 
 def save_account(

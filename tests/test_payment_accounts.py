@@ -610,3 +610,28 @@ def test_a_community_is_offered_its_own_providers_in_the_install_order(app, apis
         assert own["stripe"] is get_provider("stripe", b) is not install["stripe"]
         assert own["wechatpay"] is install["wechatpay"]
         assert enabled_providers(a) == install
+
+
+def test_a_community_pem_setting_is_never_read_as_a_file(app, logged_in, communities, tmp_path):
+    """The install's PEM settings may name a file; a community's would have the server
+    read one of its files: refused, nothing saved."""
+    a, _b = communities
+    key_file = tmp_path / "apiclient_key.pem"
+    key_file.write_text(fake_apis.private_pem(fake_apis.WECHATPAY_V3_MCH_KEY))
+    response = post_account(
+        logged_in,
+        a,
+        "wechatpay",
+        {
+            "save": "1",
+            "WECHATPAY_APP_ID": A_APP_ID,
+            "WECHATPAY_MCH_ID": A_MCH_ID,
+            "WECHATPAY_V3_KEY": "k" * 32,
+            "WECHATPAY_MCH_PRIVATE_KEY": str(key_file),
+            "WECHATPAY_MCH_CERT_SERIAL": "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+        },
+    )
+    assert response.status_code == 422
+    assert "WECHATPAY_MCH_PRIVATE_KEY is not PEM text" in response.text
+    with app.app_context():
+        assert account_of(a, "wechatpay") is None
