@@ -1,5 +1,5 @@
-"""Admin pages for money: orders, payment attempts, refunds, the webhook inbox and
-reconciliation with the providers' statements."""
+"""Admin pages for money: orders, payment attempts, refunds, the webhook inbox,
+reconciliation with the providers' statements, and communities' own payment accounts."""
 
 from __future__ import annotations
 
