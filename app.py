@@ -45,7 +45,7 @@ from payments import admin as payments_admin
 from payments import checks as payments_checks  # noqa: F401 (registers its checks)
 from payments.cli import payments_cli
 from payments.discounts import register_discount_quote, register_discount_rule
-from payments.providers import init_providers
+from payments.providers import check_community_secrets, init_providers
 from payments.signals import access_restored, access_withdrawn, order_paid
 from payments.views import fake_cashier, webhooks, wechatpay
 from perks import admin as perks_admin
@@ -123,6 +123,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     login_manager.init_app(app)
     csrf.init_app(app)
     init_providers(app)
+    check_community_secrets(app)
     register_discount_rule(app, reserve_coupon)
     register_discount_quote(app, quote_coupon)
     init_visits(app)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from core.secrets import parse_keys
+
 #: Where the demo's links point when ``PUBLIC_BASE_URL`` is unset (``flask run``'s address).
 DEMO_BASE_URL = "http://127.0.0.1:5000"
 _TRUE = {"1", "true", "yes", "on"}
@@ -228,6 +230,11 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # local receivers only (production refuses it: an endpoint could reach the
         # operator's own network).
         "WEBHOOKS_ALLOW_PRIVATE_URLS": _flag("WEBHOOKS_ALLOW_PRIVATE_URLS", False),
+        # Communities' own payment keys, sealed at rest (core/secrets.py): Fernet keys,
+        # comma-separated, the newest first (it seals; all unseal). Unset in the demo and
+        # the tests: derived from SECRET_KEY. Production stops when community secrets are
+        # stored and this is unset.
+        "SECRETS_KEYS": os.environ.get("SECRETS_KEYS") or None,
     }
 
 
@@ -263,7 +270,16 @@ def complete(config: MutableMapping[str, object], instance_path: str | Path) -> 
             "reach private addresses"
         )
     _check_sms(config)
+    _check_secrets_keys(config)
     _through_pgbouncer(config)
+
+
+def _check_secrets_keys(config: MutableMapping[str, object]) -> None:
+    """``SECRETS_KEYS``, when set, must be Fernet keys (the message never shows one)."""
+    try:
+        parse_keys(str(config.get("SECRETS_KEYS") or ""))
+    except ValueError as error:
+        raise SettingError(f"SECRETS_KEYS: {error}") from None
 
 
 def _through_pgbouncer(config: MutableMapping[str, object]) -> None:

@@ -106,6 +106,12 @@ def _remember_secrets(values: Iterable[object]) -> None:
     _secrets[:] = sorted(known, key=len, reverse=True)
 
 
+def keep_out_of_logs(value: str) -> None:
+    """Redact ``value`` from every log record from now on: a secret read at run time
+    rather than configured (a community's payment key, see :mod:`core.secrets`)."""
+    _remember_secrets([value])
+
+
 def _database_password(uri: str) -> str | None:
     try:
         return make_url(uri).password

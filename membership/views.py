@@ -248,9 +248,12 @@ def community_page(slug: str):
     )
 
 
-def offer_providers(form: JoinForm | PayAgainForm) -> None:
-    """Fill the form's provider choice with the enabled providers, the first preselected."""
-    form.provider.choices = [SelectChoice(p.name, p.label) for p in enabled_providers().values()]
+def offer_providers(form: JoinForm | PayAgainForm, community_id: int) -> None:
+    """Fill the form's provider choice with the providers the community takes payments
+    with (its own accounts, else the install's), the first preselected."""
+    form.provider.choices = [
+        SelectChoice(p.name, p.label) for p in enabled_providers(community_id).values()
+    ]
     if form.provider.data is None and form.provider.choices:
         form.provider.data = form.provider.choices[0].value
 
@@ -280,7 +283,7 @@ def _join_form(tier: Tier, member: Member | None) -> JoinForm:
     if tier.kind is TierKind.FREE:
         del form.provider  # nothing to pay
     else:
-        offer_providers(form)
+        offer_providers(form, tier.community_id)
     if not form.submission_key.data:
         form.submission_key.data = new_token(24)
     return form
@@ -658,7 +661,7 @@ def status(slug: str, public_id: str):
                 if application.order_id and i.membership.order_id == application.order_id
             ]
     pay_form = PayAgainForm()
-    offer_providers(pay_form)
+    offer_providers(pay_form, application.community_id)
     return render_template(
         "join/status.html",
         application=application,
@@ -715,7 +718,7 @@ def pay_again(slug: str, public_id: str):
     """Try paying the application's order again, after a failure or a cancel."""
     application = _application(slug, public_id)
     form = PayAgainForm()
-    offer_providers(form)
+    offer_providers(form, application.community_id)
     if not form.validate_on_submit():
         abort(400)
     return _continue(application, form.provider.data)
@@ -840,7 +843,7 @@ def renew(membership_id: int):
     if member is None or membership is None or membership.member_id != member.id:
         abort(404)
     form = PayForm()
-    offer_providers(form)
+    offer_providers(form, member.community_id)
     if not form.validate_on_submit():
         if not form.coupon.errors:
             abort(400)
@@ -980,7 +983,7 @@ def pay_link(slug: str, token: str):
     application = _approved_application(community, token)
     member = logged_in_member(community, proven=False)
     form = PayForm()
-    offer_providers(form)
+    offer_providers(form, community.id)
     refusal, status, limited = None, 200, None
     if request.method == "POST":  # counted before the order can be made
         try:
@@ -1255,7 +1258,7 @@ def _member_page(member: Member, **checked: Any) -> str:
     check (:func:`renew_price`): the form it was typed in and its answer."""
     now = utcnow()
     pay_form = checked.pop("pay_form", None) or PayForm(formdata=None)
-    offer_providers(pay_form)
+    offer_providers(pay_form, member.community_id)
     bind = session.get(WECHAT_BIND_SESSION_KEY)
     return render_template(
         "me/member.html",

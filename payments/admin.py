@@ -1,21 +1,36 @@
-"""Admin pages for money: orders, payment attempts, refunds, the webhook inbox and
-reconciliation with the providers' statements."""
+"""Admin pages for money: orders, payment attempts, refunds, the webhook inbox,
+reconciliation with the providers' statements, and communities' own payment accounts."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired, FileSize
 from sqlalchemy.orm import joinedload
-from wtforms import BooleanField, HiddenField, RadioField, SelectChoice, StringField
-from wtforms.validators import DataRequired, InputRequired, Length, Regexp
+from wtforms import (
+    BooleanField,
+    HiddenField,
+    PasswordField,
+    RadioField,
+    SelectChoice,
+    StringField,
+    SubmitField,
+    TextAreaField,
+)
+from wtforms.validators import DataRequired, InputRequired, Length, Optional, Regexp
 
 from core.auth import in_visible_communities, load_for, requires
 from core.clock import utcnow
 from core.db import db
 from core.money import Money
+from core.secrets import SecretsUnavailable
+from payments.accounts import FIELDS, account_of, remove_account, save_account
 from payments.exports import major
 from payments.models import (
     Order,
@@ -26,6 +41,7 @@ from payments.models import (
     RefundStatus,
     WebhookEvent,
 )
+from payments.providers import ProviderError, build_community_provider, notify_url
 from payments.reconciliation import READERS, StatementError, reconcile
 from payments.services import (
     PaymentError,
@@ -248,3 +264,117 @@ def reconcile_page():
     return render_template(
         "admin/reconcile.html", form=form, report=report, history=history, major=major
     ), 422 if form.errors else 200
+
+
+# Communities' own payment accounts ------------------------------------------------------
+
+_COMMUNITIES = sa.table("communities", sa.column("id"), sa.column("name"), sa.column("slug"))
+
+
+def _account_form(provider: str) -> FlaskForm:
+    """The form for a community's account at ``provider``: a field per setting of
+    :data:`~payments.accounts.FIELDS`, and for each secret a box to clear it. Secret
+    fields are never filled in from what was saved."""
+    fields: dict[str, Any] = {}
+    for setting in FIELDS[provider]:
+        limit = Length(max=8000 if setting.pem else 300)
+        if setting.secret:
+            kind = TextAreaField if setting.pem else PasswordField
+            fields[setting.name] = kind(setting.label, validators=[Optional(), limit])
+            fields[f"clear_{setting.name}"] = BooleanField(_l("Clear it"))
+        else:
+            kind = TextAreaField if setting.pem else StringField
+            fields[setting.name] = kind(setting.label, validators=[Optional(), limit])
+    fields["save"] = SubmitField(_l("Save"))
+    fields["remove"] = SubmitField(_l("Remove this account"))
+    return type(f"{provider.title()}AccountForm", (FlaskForm,), fields)(prefix=provider)
+
+
+def _community_row(community_id: int) -> sa.Row:
+    """The community whose accounts the page shows: a 404 when there is none or the
+    person may not manage that community's team (its owners)."""
+    row = db.session.execute(
+        sa.select(_COMMUNITIES).where(_COMMUNITIES.c.id == community_id)
+    ).first()
+    if row is None or not current_user.can("staff.manage", community_id):
+        abort(404)
+    return row
+
+
+def _render_accounts(community: sa.Row, forms: dict[str, FlaskForm], status: int = 200):
+    """The page, with every secret field emptied: a secret is never sent back."""
+    for provider, form in forms.items():
+        for setting in FIELDS[provider]:
+            if setting.secret:
+                form[setting.name].data = ""
+    return render_template(
+        "admin/payment_accounts.html",
+        community=community,
+        forms=forms,
+        fields=FIELDS,
+        accounts={p: account_of(community.id, p) for p in FIELDS},
+        webhook_urls={p: notify_url(p, community.id) for p in FIELDS},
+    ), status
+
+
+@bp.route("/accounts/<int:community_id>", methods=["GET", "POST"])
+@requires("staff.manage")
+def accounts(community_id: int):
+    """A community's own WeChat Pay merchant and Stripe account: what is set (secrets
+    only as set, with their last characters), the webhook address to give the provider,
+    and a form for each. Posting one form saves, replaces or clears that account, or
+    removes it; the settings must make a working provider, or nothing is saved."""
+    community = _community_row(community_id)
+    if request.method == "GET":
+        return _render_accounts(community, _saved_forms(community_id))
+    # Which form was sent: its buttons are named after its provider.
+    provider = next((p for p in FIELDS if {f"{p}-save", f"{p}-remove"} & set(request.form)), None)
+    if provider is None:
+        abort(400)
+    form = _account_form(provider)
+    if not form.validate_on_submit():
+        return _render_accounts(community, {**_saved_forms(community_id), provider: form}, 422)
+    actor = current_user.actor
+    if form.remove.data:
+        account = account_of(community_id, provider)
+        if account is not None:
+            remove_account(account, actor=actor)
+            db.session.commit()
+        flash(_("The community now uses the install's keys for this provider."), "ok")
+        return redirect(url_for(".accounts", community_id=community_id))
+    values = {s.name: form[s.name].data or "" for s in FIELDS[provider]}
+    try:
+        account = save_account(
+            community_id,
+            provider,
+            plain={s.name: values[s.name] for s in FIELDS[provider] if not s.secret},
+            secrets={s.name: values[s.name] for s in FIELDS[provider] if s.secret},
+            cleared={s.name for s in FIELDS[provider] if s.secret and form[f"clear_{s.name}"].data},
+            actor=actor,
+        )
+        build_community_provider(account)
+    except SecretsUnavailable:
+        db.session.rollback()
+        form.save.errors = [_("Secrets cannot be stored: the install has no SECRETS_KEYS.")]
+        return _render_accounts(community, {**_saved_forms(community_id), provider: form}, 422)
+    except ProviderError as error:
+        db.session.rollback()
+        form.save.errors = [
+            _("These settings do not make a working account: %(error)s", error=str(error))
+        ]
+        return _render_accounts(community, {**_saved_forms(community_id), provider: form}, 422)
+    db.session.commit()
+    flash(_("Saved. Secrets are not shown again."), "ok")
+    return redirect(url_for(".accounts", community_id=community_id))
+
+
+def _saved_forms(community_id: int) -> dict[str, FlaskForm]:
+    """A form per provider, filled in with the community's saved plain settings."""
+    forms = {}
+    for provider in FIELDS:
+        form = _account_form(provider)
+        account = account_of(community_id, provider)
+        for name, value in (account.settings if account else {}).items():
+            form[name].data = value
+        forms[provider] = form
+    return forms

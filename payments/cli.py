@@ -14,7 +14,9 @@ from flask.cli import AppGroup
 
 from core.clock import utcnow
 from core.db import db
+from core.secrets import SecretsUnavailable
 from payments import inbox
+from payments.accounts import reseal_all
 from payments.models import Payment, PaymentStatus, WebhookEvent
 from payments.providers import ProviderError, get_provider
 from payments.reconciliation import READERS, StatementError, reconcile
@@ -99,15 +101,24 @@ def settle_command(older_than: int, every: int | None) -> None:
 @click.argument("provider", type=click.Choice(sorted(READERS)))
 @click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), help="Statement.")
 @click.option("--day", type=click.DateTime(["%Y-%m-%d"]), help="Download WeChat Pay's bill.")
-def reconcile_command(provider: str, path: str | None, day: datetime | None) -> None:
+@click.option(
+    "--community", "community_id", type=int, help="The community id whose own account it is."
+)
+def reconcile_command(
+    provider: str, path: str | None, day: datetime | None, community_id: int | None
+) -> None:
     """Match a provider's statement (WeChat Pay's daily bill, Stripe's itemized balance
-    report CSV) against the ledger; record the fees. --day downloads WeChat Pay's bill."""
+    report CSV) against the ledger; record the fees. --day downloads WeChat Pay's bill.
+    --community: the statement of that community's own account (else the install's)."""
     if (path is None) == (day is None):
         raise click.UsageError("give --file, or --day (WeChat Pay)")
     if path is not None:
         text, name = Path(path).read_text(encoding="utf-8-sig"), Path(path).name
     else:
-        wechat = get_provider("wechatpay")
+        try:
+            wechat = get_provider("wechatpay", community_id)
+        except ProviderError as error:
+            raise click.ClickException(str(error)) from error
         if provider != "wechatpay" or wechat is None:
             raise click.UsageError("--day downloads WeChat Pay's bill, when it is configured")
         try:
@@ -119,7 +130,9 @@ def reconcile_command(provider: str, path: str | None, day: datetime | None) -> 
         lines = READERS[provider](text)
     except StatementError as error:
         raise click.ClickException(str(error)) from error
-    report = reconcile(provider, lines, filename=name, actor="cli", now=utcnow())
+    report = reconcile(
+        provider, lines, filename=name, actor="cli", now=utcnow(), community_id=community_id
+    )
     db.session.commit()
     click.echo("day         theirs   ours  matched  missing-ours  missing-theirs  differ")
     for s in report.days:
@@ -132,3 +145,16 @@ def reconcile_command(provider: str, path: str | None, day: datetime | None) -> 
             f"{d.problem}\t{d.day}\t{d.kind}\t{d.reference}\tours={d.ours}\ttheirs={d.theirs}"
         )
     click.echo(f"{report.reconciliation.fees_recorded} fees recorded")
+
+
+@payments_cli.command("rotate-secrets")
+def rotate_secrets_command() -> None:
+    """Seal every community's payment secrets again under the first key of SECRETS_KEYS.
+    Rotate by setting SECRETS_KEYS="new,old", running this, then dropping the old key."""
+    try:
+        count = reseal_all(actor="cli")
+    except SecretsUnavailable as error:
+        db.session.rollback()
+        raise click.ClickException(str(error)) from error
+    db.session.commit()
+    click.echo(f"{count} accounts resealed")

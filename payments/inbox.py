@@ -76,22 +76,38 @@ def receive(
     headers: Mapping[str, str],
     *,
     client: str = "local",
+    community_id: int | None = None,
     now: datetime | None = None,
 ) -> InboxResult:
-    """Verify one delivery from ``provider_name`` (sent from the network ``client``); store
-    and apply a genuine one, record a refused one with :func:`refuse`. Commits."""
+    """Verify one delivery from ``provider_name`` (sent from the network ``client``) with
+    the keys of ``community_id``, whose URL it came to (None: the install's); store and
+    apply a genuine one, record a refused one with :func:`refuse`. Commits."""
     now = now or utcnow()
-    provider = get_provider(provider_name)
+    refused = {"client": client, "community_id": community_id, "now": now}
+    try:
+        provider = get_provider(provider_name, community_id)
+    except ProviderError as error:
+        # The community's keys are broken on our side: kept whole, to replay once fixed.
+        log.error("webhook from %s for community %s: %s", provider_name, community_id, error)
+        event = WebhookEvent(
+            provider=provider_name,
+            community_id=community_id,
+            received_at=now,
+            headers=_stored_headers(headers),
+            body=body,
+        )
+        return _finish(event, InboxStatus.FAILED, str(error), now)
     if provider is None:
-        return refuse(provider_name, headers, "provider not enabled", client=client, now=now)
+        return refuse(provider_name, headers, "provider not enabled", **refused)
     try:
         notification = provider.parse_notification(body, headers, received_at=now)
     except InvalidNotification as error:
-        return refuse(provider_name, headers, str(error), body=body, client=client, now=now)
+        return refuse(provider_name, headers, str(error), body=body, **refused)
     # Added to the session with its outcome (one INSERT, committed with what it caused),
     # or before the provider is asked about it (see _apply).
     event = WebhookEvent(
         provider=provider_name,
+        community_id=community_id,
         received_at=now,
         headers=_stored_headers(headers),
         body=body,
@@ -107,12 +123,14 @@ def refuse(
     *,
     body: bytes = b"",
     client: str = "local",
+    community_id: int | None = None,
     now: datetime | None = None,
 ) -> InboxResult:
-    """Answer a delivery refused before anything was applied (forged, malformed, too
-    large). It is recorded for admins to see, cut to :data:`REFUSED_BODY_BYTES` and a few
-    short headers, unless ``client`` had more than :data:`REFUSED_RECORDED` refused
-    already; then it is only counted. Commits."""
+    """Answer a delivery (to the URL of ``community_id``, None: the install's) refused
+    before anything was applied (forged, malformed, too large). It is recorded for admins
+    to see, cut to :data:`REFUSED_BODY_BYTES` and a few short headers, unless ``client``
+    had more than :data:`REFUSED_RECORDED` refused already; then it is only counted.
+    Commits."""
     now = now or utcnow()
     try:
         claim([(REFUSED_RECORDED, client)], now=now)
@@ -124,6 +142,7 @@ def refuse(
     kept = list(_stored_headers(headers).items())[:REFUSED_HEADERS]
     event = WebhookEvent(
         provider=provider_name,
+        community_id=community_id,
         received_at=now,
         headers={name: value[:REFUSED_HEADER_CHARS] for name, value in kept},
         body=body[:REFUSED_BODY_BYTES],
@@ -133,9 +152,13 @@ def refuse(
 
 
 def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
-    """Verify and apply a stored delivery again (a replay). Commits."""
+    """Verify and apply a stored delivery again (a replay), with the keys of the community
+    whose URL it came to. Commits."""
     now = now or utcnow()
-    provider = get_provider(event.provider)
+    try:
+        provider = get_provider(event.provider, event.community_id)
+    except ProviderError as error:
+        return _finish(event, InboxStatus.FAILED, str(error), now)
     if provider is None:
         return _finish(event, InboxStatus.REJECTED, "provider not enabled", now)
     try:
@@ -169,7 +192,7 @@ def _apply(event: WebhookEvent, notification: Notification, now: datetime) -> In
         # The provider may be asked whose payment this is, with the delivery committed.
         db.session.add(event)
     try:
-        notification = identify_payment(notification, event.provider)
+        notification = identify_payment(notification, event.provider, event.community_id)
     except ProviderError as error:
         log.warning("webhook from %s: payment not identified: %s", event.provider, error)
         return _finish(_rolled_back(event), InboxStatus.FAILED, str(error), now)
@@ -180,7 +203,9 @@ def _apply(event: WebhookEvent, notification: Notification, now: datetime) -> In
     if applied_before:
         return _finish(event, InboxStatus.DUPLICATE, f"applied as event {applied_before}", now)
     try:
-        payment, changed = apply_notification(notification, event.provider, now=now)
+        payment, changed = apply_notification(
+            notification, event.provider, community_id=event.community_id, now=now
+        )
         event.payment_id = payment.id if payment else None
         if payment is None:
             status = InboxStatus.IGNORED
@@ -240,6 +265,7 @@ def _rolled_back(event: WebhookEvent) -> WebhookEvent:
     (a new row if it had not been committed before, else its committed row)."""
     fields = {
         "provider": event.provider,
+        "community_id": event.community_id,
         "received_at": event.received_at,
         "headers": event.headers,
         "body": event.body,

@@ -278,6 +278,8 @@ class WebhookEvent(db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     provider: Mapped[str] = mapped_column(sa.String(20))
+    #: The community whose keys verify it, as its URL names it; None: the install's.
+    community_id: Mapped[int | None] = mapped_column(sa.ForeignKey("communities.id"))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     #: The request as it came: headers (without cookies) and body bytes.
     headers: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
@@ -350,3 +352,28 @@ class Reconciliation(db.Model):
 @event.listens_for(LedgerEntry, "before_delete")
 def _ledger_is_append_only(_mapper, _connection, entry: LedgerEntry) -> None:
     raise RuntimeError(f"ledger entry {entry.id} is immutable: append a correcting entry")
+
+
+class PaymentAccount(db.Model):
+    """A community's own account at a provider (its WeChat Pay merchant, its Stripe
+    account), used for its orders instead of the install's. Settings are kept by the
+    install's setting names (``STRIPE_SECRET_KEY`` …): the plain ones in ``settings``,
+    the secret ones sealed (:mod:`core.secrets`) in ``sealed``, with what a page may
+    show of each in ``hints``. See :mod:`payments.accounts`."""
+
+    __tablename__ = "payment_accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"))
+    #: ``wechatpay`` or ``stripe``.
+    provider: Mapped[str] = mapped_column(sa.String(20))
+    #: Plain settings by name: ids, serial numbers, public keys.
+    settings: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
+    #: Secret settings by name, each a Fernet token; never shown, logged or audited.
+    sealed: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
+    #: What a page may show of each sealed setting (``••••abcd``).
+    hints: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str] = mapped_column(sa.String(64))
+
+    __table_args__ = (sa.UniqueConstraint("community_id", "provider"),)

@@ -30,7 +30,8 @@ import sqlalchemy as sa
 from core import audit
 from core.db import db
 from core.money import CURRENCIES
-from payments.models import Dispute, LedgerEntry, Reconciliation
+from payments.accounts import account_of
+from payments.models import Dispute, LedgerEntry, Order, PaymentAccount, Reconciliation
 
 
 class StatementError(ValueError):
@@ -225,12 +226,27 @@ class Report:
     differences: list[Difference]
 
 
-def _ours(provider: str, start: datetime, end: datetime) -> dict[tuple[str, str], LedgerEntry]:
-    """Our movements at ``provider`` between two times, by (kind, the provider's id)."""
+def statement_scope(provider: str, community_id: int | None) -> sa.ColumnElement[bool]:
+    """SQL on ``Order``: the orders whose money a statement of ``provider`` covers. A
+    community's own account's statement: that community's orders. The install's: the
+    orders of every community without an account of its own there."""
+    if community_id is not None and account_of(community_id, provider) is not None:
+        return Order.community_id == community_id
+    own = sa.select(PaymentAccount.community_id).where(PaymentAccount.provider == provider)
+    return Order.community_id.not_in(own)
+
+
+def _ours(
+    provider: str, start: datetime, end: datetime, scope: sa.ColumnElement[bool]
+) -> dict[tuple[str, str], LedgerEntry]:
+    """Our movements at ``provider`` between two times, of the orders in ``scope`` (see
+    :func:`statement_scope`), by (kind, the provider's id)."""
     rows = db.session.execute(
         sa.select(LedgerEntry, Dispute.external_id)
+        .join(Order, Order.id == LedgerEntry.order_id)
         .outerjoin(Dispute, Dispute.id == LedgerEntry.dispute_id)
         .where(
+            scope,
             LedgerEntry.provider == provider,
             LedgerEntry.kind != "fee",
             LedgerEntry.created_at >= start,
@@ -258,12 +274,21 @@ def _recorded_fees(provider: str, references: list[str]) -> dict[str, int]:
 
 
 def reconcile(
-    provider: str, lines: list[StatementLine], *, filename: str, actor: str, now: datetime
+    provider: str,
+    lines: list[StatementLine],
+    *,
+    filename: str,
+    actor: str,
+    now: datetime,
+    community_id: int | None = None,
 ) -> Report:
-    """Match ``lines`` of ``provider``'s statement with our ledger over the statement's
-    days (the provider's calendar), record the fees of matched lines not recorded before,
-    and keep a record of the import (flushed, audited). The caller commits."""
+    """Match ``lines`` of ``provider``'s statement (of ``community_id``'s own account,
+    or the install's when None or the community has none) with our ledger over the
+    statement's days (the provider's calendar), record the fees of matched lines not
+    recorded before, and keep a record of the import (flushed, audited). The caller
+    commits."""
     zone = PROVIDER_ZONES[provider]
+    scope = statement_scope(provider, community_id)
     day_of = {line: line.occurred_at.astimezone(zone).date() for line in lines}
     days = sorted(set(day_of.values()))
     summaries = {day: DaySummary(day) for day in days}
@@ -271,7 +296,7 @@ def reconcile(
     ours: dict[tuple[str, str], LedgerEntry] = {}
     for day in days:
         start = datetime.combine(day, datetime.min.time(), zone).astimezone(UTC)
-        ours.update(_ours(provider, start, start + timedelta(days=1)))
+        ours.update(_ours(provider, start, start + timedelta(days=1), scope))
     for entry in ours.values():
         summaries[entry.created_at.astimezone(zone).date()].ours += 1
     fees = _recorded_fees(provider, [line.reference for line in lines])
@@ -364,7 +389,12 @@ def reconcile(
         "reconciliation.imported",
         record,
         actor=actor,
-        data={"provider": provider, "lines": len(lines), "problems": len(differences)},
+        data={
+            "provider": provider,
+            "community": community_id,
+            "lines": len(lines),
+            "problems": len(differences),
+        },
         now=now,
     )
     return Report(record, [summaries[day] for day in days], differences)

@@ -23,6 +23,7 @@ from core.db import db, end_transaction_keeping_objects, insert_for, session_dia
 from core.events import record_event
 from core.money import Money
 from core.security import new_token
+from payments.accounts import account_of
 from payments.models import (
     Dispute,
     DisputeStatus,
@@ -119,7 +120,7 @@ def start_payment(
     registered with the provider: commit, then call :func:`register_with_provider`.
     """
     now = now or utcnow()
-    provider = get_provider(provider_name)
+    provider = get_provider(provider_name, order.community_id)
     if provider is None:
         raise PaymentError(f"payment provider {provider_name!r} is not offered")
     if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
@@ -172,9 +173,9 @@ def register_with_provider(payment: Payment, payer: Payer, *, actor: str) -> str
     no transaction open. Raises :class:`ProviderError`."""
     if payment.provider_data.get("url"):
         return payment.provider_data["url"]
-    payment.order  # noqa: B018 (loaded now, read by the provider with no transaction open)
+    # The order is loaded now, read by the provider with no transaction open.
+    provider = get_provider(payment.provider, payment.order.community_id)
     end_transaction_keeping_objects()
-    provider = get_provider(payment.provider)
     try:
         start: PaymentStart = provider.start_payment(payment, payer)
     except ProviderError as error:
@@ -257,10 +258,13 @@ def _lock_payment(public_id: str | None) -> Payment | None:
     return payment
 
 
-def identify_payment(notification: Notification, provider_name: str) -> Notification:
+def identify_payment(
+    notification: Notification, provider_name: str, community_id: int | None = None
+) -> Notification:
     """``notification`` naming our payment: an event that names only the provider's id for
-    it is looked up in the references table, else asked of the provider. The provider is
-    asked with no transaction open (what is pending is committed first: on SQLite an open
+    it is looked up in the references table, else asked of the provider (with the keys of
+    ``community_id``, whose URL it came to; None: the install's). The provider is asked
+    with no transaction open (what is pending is committed first: on SQLite an open
     transaction holds the write lock). Raises :class:`ProviderError`."""
     external_id = notification.payment_external_id
     if notification.payment_public_id is not None or not external_id:
@@ -274,17 +278,28 @@ def identify_payment(notification: Notification, provider_name: str) -> Notifica
         )
     )
     if public_id is None:
+        provider = get_provider(provider_name, community_id)
         end_transaction_keeping_objects()
-        public_id = get_provider(provider_name).lookup_payment_public_id(external_id)
+        public_id = provider.lookup_payment_public_id(external_id)
     return replace(notification, payment_public_id=public_id)
 
 
-def _resolve_payment(notification: Notification, provider_name: str) -> Payment | None:
+def _resolve_payment(
+    notification: Notification, provider_name: str, community_id: int | None
+) -> Payment | None:
     """The payment an identified notification (see :func:`identify_payment`) is about,
-    locked."""
+    locked. Raises :class:`PaymentMismatch` when the keys that verified it are not the
+    ones its community uses (see :func:`apply_notification`)."""
     payment = _lock_payment(notification.payment_public_id)
     if payment is None or payment.provider != provider_name:
         return None
+    owner = payment.order.community_id
+    if community_id is not None and community_id != owner:
+        raise PaymentMismatch(f"the payment is community {owner}'s, not {community_id}'s")
+    if community_id is None and account_of(owner, provider_name) is not None:
+        raise PaymentMismatch(
+            f"the payment is community {owner}'s, which has its own {provider_name} account"
+        )
     return payment
 
 
@@ -297,17 +312,23 @@ def _check_money(reported: Money | None, expected: Money, what: str) -> None:
 
 
 def apply_notification(
-    notification: Notification, provider_name: str, *, now: datetime | None = None
+    notification: Notification,
+    provider_name: str,
+    *,
+    community_id: int | None = None,
+    now: datetime | None = None,
 ) -> tuple[Payment | None, bool]:
-    """Apply a verified notification. Returns the payment (None for an ignored event) and
-    whether anything changed (False for a redelivery). Raises :class:`NotOurPayment` for
-    a payment we never made, :class:`PaymentMismatch` when it does not match our
-    records."""
+    """Apply a verified notification, verified with the keys of ``community_id`` (the
+    community its URL names; None: the install's). Returns the payment (None for an
+    ignored event) and whether anything changed (False for a redelivery). Raises
+    :class:`NotOurPayment` for a payment we never made, :class:`PaymentMismatch` when it
+    does not match our records, or is another community's, or its community has keys of
+    its own and it was verified with the install's."""
     now = now or utcnow()
     kind = notification.kind
     if kind is EventKind.IGNORED:
         return None, False
-    payment = _resolve_payment(notification, provider_name)
+    payment = _resolve_payment(notification, provider_name, community_id)
     if payment is None:
         raise NotOurPayment("not one of our payments")
     actor = f"webhook:{provider_name}"
@@ -633,8 +654,8 @@ def send_refund(refund: Refund, *, actor: str, now: datetime | None = None) -> R
     before calling the provider and after."""
     now = now or utcnow()
     transaction_id = _transaction_id(refund.payment)
+    provider = get_provider(refund.payment.provider, refund.payment.order.community_id)
     end_transaction_keeping_objects()
-    provider = get_provider(refund.payment.provider)
     try:
         if provider is None:
             raise ProviderError(f"payment provider {refund.payment.provider!r} is not enabled")
@@ -873,7 +894,8 @@ def settle_from_provider(payment: Payment, *, now: datetime | None = None) -> bo
     """Ask the provider about a waiting payment and apply its answer; close it at the
     provider when its order expired unpaid. Commits. Returns whether anything changed."""
     now = now or utcnow()
-    provider = get_provider(payment.provider)
+    community_id = payment.order.community_id
+    provider = get_provider(payment.provider, community_id)
     if provider is None or payment.status is not PaymentStatus.CREATED:
         return False
     expired = payment.order.expires_at <= now
@@ -889,6 +911,8 @@ def settle_from_provider(payment: Payment, *, now: datetime | None = None) -> bo
         )
     if answer is None:
         return False
-    _payment, changed = apply_notification(answer, payment.provider, now=now)
+    _payment, changed = apply_notification(
+        answer, payment.provider, community_id=community_id, now=now
+    )
     db.session.commit()
     return changed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import replace
 from datetime import datetime
 
 import qrcode
@@ -32,7 +33,7 @@ from core.security import csrf, new_token, sign_for_this_browser, unsign_for_thi
 from payments import inbox
 from payments.discounts import DiscountRefused, Purchase, claim_code_try, discount_order
 from payments.models import Order, Payment, PaymentStatus
-from payments.providers import EventKind, Payer, ProviderError, get_provider
+from payments.providers import EventKind, Payer, PaymentProvider, ProviderError, get_provider
 from payments.providers.fake import FakeProvider
 from payments.providers.wechatpay import WeChatPayBase
 from payments.services import PaymentError, register_with_provider, start_payment
@@ -94,13 +95,36 @@ def current_payer() -> Payer:
     )
 
 
+def _openid_key(provider: WeChatPayBase) -> str:
+    """Where this browser's openid under ``provider``'s official account is kept: the
+    install's account's under :data:`OPENID_SESSION_KEY` (which the join and the member
+    login read as proof of who the payer is), a community's own account's apart (an openid
+    is an id under one official account only)."""
+    install = get_provider(WeChatPayBase.name)
+    if install is None or install.app_id == provider.app_id:
+        return OPENID_SESSION_KEY
+    return f"{OPENID_SESSION_KEY}:{provider.app_id}"
+
+
+def _payer_of(provider: PaymentProvider | None) -> Payer:
+    """The payer as ``provider`` knows them: WeChat Pay, with their openid under its own
+    official account, when this browser has one."""
+    payer = current_payer()
+    if isinstance(provider, WeChatPayBase):
+        payer = replace(payer, wechat_openid=session.get(_openid_key(provider)))
+    return payer
+
+
 def send_to_provider(
     order: Order, provider_name: str | None, *, return_url: str, cancel_url: str, actor: str
 ) -> Response:
     """Send the payer on to pay ``order``: to the provider's page, through WeChat's OAuth
     first when a JSAPI payment needs their openid. Commits. On a refusal the payer goes
     back to ``return_url`` with a message; nothing is charged."""
-    payer = current_payer()
+    try:
+        payer = _payer_of(get_provider(provider_name, order.community_id))
+    except ProviderError:
+        payer = current_payer()  # start_payment refuses it, with the message for the payer
     try:
         payment = start_payment(
             order,
@@ -116,7 +140,7 @@ def send_to_provider(
         return redirect(return_url)
     if payment.method == "jsapi" and not payer.wechat_openid:
         db.session.commit()
-        provider: WeChatPayBase = get_provider(payment.provider)
+        provider: WeChatPayBase = get_provider(payment.provider, order.community_id)
         oauth = provider.oauth(
             url_for("wechatpay.oauth_return", _external=True),
             sign_for_this_browser("wechat-oauth", payment.public_id),
@@ -136,25 +160,48 @@ def send_to_provider(
 webhooks = Blueprint("webhooks", __name__)
 
 
-@webhooks.post("/webhooks/<provider_name>")
+_COMMUNITIES = sa.table("communities", sa.column("id"), sa.column("slug"))
+
+
+def _community_named(name: str) -> int | None:
+    """The id of the community a webhook URL names by its id or its slug, or None."""
+    where = _COMMUNITIES.c.slug == name
+    if name.isascii() and name.isdigit():
+        where = sa.or_(_COMMUNITIES.c.id == int(name), where)
+    return db.session.scalar(sa.select(_COMMUNITIES.c.id).where(where).limit(1))
+
+
+@webhooks.post("/webhooks/<provider_name>", defaults={"community": None})
+@webhooks.post("/webhooks/<provider_name>/<community>")
 @csrf.exempt
-def receive(provider_name: str):
-    """A provider's notification: verified, then applied (see :mod:`payments.inbox`). A
-    body over :data:`MAX_NOTIFICATION_BYTES` is refused after reading at most that much."""
-    provider = get_provider(provider_name)
+def receive(provider_name: str, community: str | None):
+    """A provider's notification: verified, then applied (see :mod:`payments.inbox`). The
+    URL names the community (by id or slug) whose keys verify it, or none for the
+    install's keys. A body over :data:`MAX_NOTIFICATION_BYTES` is refused after reading
+    at most that much."""
+    community_id = None
+    if community is not None:
+        community_id = _community_named(community)
+        if community_id is None:
+            abort(404)
+    try:
+        provider = get_provider(provider_name, community_id)
+    except ProviderError:
+        provider = get_provider(provider_name)  # to answer; the inbox records why
     if provider is None:
         abort(404)
     headers, client = dict(request.headers), client_network()
     too_large = f"body over {MAX_NOTIFICATION_BYTES // 1024} KB"
+    where = {"client": client, "community_id": community_id}
     try:
         if (request.content_length or 0) > MAX_NOTIFICATION_BYTES:
-            result = inbox.refuse(provider_name, headers, too_large, client=client)
+            result = inbox.refuse(provider_name, headers, too_large, **where)
             return provider.acknowledge(False, result.message, 413)
         body = request.stream.read(MAX_NOTIFICATION_BYTES + 1)
         if len(body) > MAX_NOTIFICATION_BYTES:
-            result = inbox.refuse(provider_name, headers, too_large, body=body, client=client)
+            result = inbox.refuse(provider_name, headers, too_large, body=body, **where)
             return provider.acknowledge(False, result.message, 413)
-        result = inbox.receive(provider_name, body, headers, client=client)
+        result = inbox.receive(provider_name, body, headers, **where)
     except OperationalError:
         # The database is unreachable: nothing was stored; the provider must deliver again.
         log.exception("webhook from %s not stored: database unreachable", provider_name)
@@ -174,7 +221,9 @@ class CashierForm(FlaskForm):
 
 def _payment(public_id: str, provider_name: str) -> Payment:
     payment = db.session.scalar(sa.select(Payment).where(Payment.public_id == public_id))
-    if get_provider(provider_name) is None or payment is None or payment.provider != provider_name:
+    if payment is None or payment.provider != provider_name:
+        abort(404)
+    if get_provider(provider_name, payment.order.community_id) is None:
         abort(404)
     return payment
 
@@ -221,16 +270,16 @@ def oauth_return():
     if not isinstance(public_id, str) or not code:
         abort(400)
     payment = _payment(public_id, WeChatPayBase.name)
-    provider: WeChatPayBase = get_provider(WeChatPayBase.name)
+    provider: WeChatPayBase = get_provider(WeChatPayBase.name, payment.order.community_id)
     end_transaction_keeping_objects()
     try:
         openid = provider.openid_from_code(url_for(".oauth_return", _external=True), code)
     except ProviderError:
         flash("微信授权失败，请重试 · WeChat authorisation failed, please try again", "error")
         return redirect(payment.return_url)
-    session[OPENID_SESSION_KEY] = openid
+    session[_openid_key(provider)] = openid
     try:
-        return redirect(register_with_provider(payment, current_payer(), actor="prospect"))
+        return redirect(register_with_provider(payment, _payer_of(provider), actor="prospect"))
     except ProviderError:
         flash(
             "微信支付暂时不可用，请稍后重试 · WeChat Pay is unavailable, try again later", "error"

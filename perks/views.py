@@ -109,7 +109,7 @@ def course(slug: str, code: str):
     course = _course(slug, code)
     member = logged_in_member(course.community)
     form = CourseBuyForm()
-    offer_providers(form)
+    offer_providers(form, course.community_id)
     if not form.submission_key.data:
         form.submission_key.data = new_token(24)
     context = {"course": course, "community": course.community, "member": member, "form": form}
@@ -186,7 +186,7 @@ def course_price(slug: str, code: str):
     if member is None or not course.on_sale:
         abort(404)
     form = CourseBuyForm()
-    offer_providers(form)
+    offer_providers(form, course.community_id)
     now = utcnow()
     quote = price_for(course, standing_of(member, now=now), now=now)
     context = {

@@ -117,6 +117,11 @@ class FakeAPIs:
     wechat_v3_certificates: list[tuple[x509.Certificate, rsa.RSAPrivateKey]] = field(
         default_factory=list
     )
+    #: Other accounts than the install's the fake knows (communities' own): Stripe secret
+    #: keys it accepts, WeChat Pay v2 merchants by mch_id (app id, API key). Which one a
+    #: call used is in its recorded ``Authorization`` header (Stripe) or ``mch_id``.
+    stripe_keys: set[str] = field(default_factory=set)
+    wechat_merchants: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.sms_messages.clear()
@@ -133,21 +138,28 @@ class FakeAPIs:
         self.wechat_v3_refund_status = "PROCESSING"
         self.wechat_v3_certificates[:] = [WECHATPAY_PLATFORM_CERTIFICATE]
         self.wecom.reset()
+        self.stripe_keys.clear()
+        self.wechat_merchants.clear()
 
     def last(self, path_prefix: str) -> Recorded:
         return next(r for r in reversed(self.requests) if r.path.startswith(path_prefix))
 
 
-def _wechat_answer(fields: dict[str, str]) -> bytes:
+def _wechat_answer(
+    fields: dict[str, str],
+    merchant: tuple[str, str, str] = (WECHAT_APP_ID, WECHAT_MCH_ID, WECHAT_API_KEY),
+) -> bytes:
+    """A v2 answer signed as ``merchant`` (app id, merchant id, API key) gets it."""
+    app_id, mch_id, api_key = merchant
     data = {
         "return_code": "SUCCESS",
         "result_code": "SUCCESS",
-        "appid": WECHAT_APP_ID,
-        "mch_id": WECHAT_MCH_ID,
+        "appid": app_id,
+        "mch_id": mch_id,
         "nonce_str": "fakeapinonce",
         **fields,
     }
-    return dict_to_xml(data, calculate_signature(data, WECHAT_API_KEY)).encode()
+    return dict_to_xml(data, calculate_signature(data, api_key)).encode()
 
 
 def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
@@ -254,7 +266,8 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
 
         def _stripe(self, path: str, form: dict[str, str]) -> None:
             state.requests.append(Recorded("POST", path, dict(self.headers), form))
-            if self.headers.get("Authorization") != f"Bearer {STRIPE_SECRET_KEY}":
+            keys = {STRIPE_SECRET_KEY, *state.stripe_keys}
+            if self.headers.get("Authorization") not in {f"Bearer {key}" for key in keys}:
                 return self._json({"error": {"message": "Invalid API Key"}}, 401)
             if path == "/v1/checkout/sessions":
                 session_id = f"cs_test_{len(state.stripe_sessions) + 1:04d}"
@@ -575,7 +588,10 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
             data = dict(xmltodict.parse(body)["xml"])
             state.requests.append(Recorded("POST", path, dict(self.headers), dict(data)))
             sign = data.pop("sign", None)
-            if sign != calculate_signature(data, WECHAT_API_KEY):
+            merchants = {WECHAT_MCH_ID: (WECHAT_APP_ID, WECHAT_API_KEY), **state.wechat_merchants}
+            app_id, api_key = merchants.get(data.get("mch_id"), ("", ""))
+            merchant = (app_id, data.get("mch_id", ""), api_key)
+            if not api_key or sign != calculate_signature(data, api_key):
                 answer = {"return_code": "FAIL", "return_msg": "签名错误"}
                 return self._send(200, dict_to_xml(answer).encode(), "text/xml")
             if path == "/pay/unifiedorder":
@@ -586,12 +602,12 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                     fields["mweb_url"] = (
                         "https://wx.tenpay.test/cgi-bin/mmpayweb-bin/checkmweb?prepay_id=wx2016prepay0001"
                     )
-                return self._send(200, _wechat_answer(fields), "text/xml")
+                return self._send(200, _wechat_answer(fields, merchant), "text/xml")
             if path == "/pay/orderquery":
                 fields = state.wechat_orders.get(data["out_trade_no"], {"trade_state": "NOTPAY"})
                 return self._send(
                     200,
-                    _wechat_answer({"out_trade_no": data["out_trade_no"], **fields}),
+                    _wechat_answer({"out_trade_no": data["out_trade_no"], **fields}, merchant),
                     "text/xml",
                 )
             if path == "/pay/downloadbill":
@@ -601,7 +617,7 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                     return self._send(200, dict_to_xml(answer).encode(), "text/xml")
                 return self._send(200, bill.encode(), "text/plain; charset=utf-8")
             if path == "/pay/closeorder":
-                return self._send(200, _wechat_answer({}), "text/xml")
+                return self._send(200, _wechat_answer({}, merchant), "text/xml")
             if path == "/secapi/pay/refund":
                 fields = {
                     "out_trade_no": data["out_trade_no"],
@@ -610,7 +626,7 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                     "refund_fee": data["refund_fee"],
                     "total_fee": data["total_fee"],
                 }
-                return self._send(200, _wechat_answer(fields), "text/xml")
+                return self._send(200, _wechat_answer(fields, merchant), "text/xml")
             return self._send(404, b"not found", "text/plain")
 
     return Handler

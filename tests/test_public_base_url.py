@@ -51,7 +51,8 @@ def test_stripe_return_urls_are_on_the_public_base(client, demo, apis):
 
 def test_wechat_pay_notify_url_is_on_the_public_base(client, demo, apis):
     assert join(client, "wechatpay").status_code == 302
-    assert apis.last("/pay/unifiedorder").data["notify_url"] == f"{PUBLIC}/webhooks/wechatpay"
+    notify_url = apis.last("/pay/unifiedorder").data["notify_url"]
+    assert notify_url == f"{PUBLIC}/webhooks/wechatpay/{demo.id}"
 
 
 def test_h5_redirect_url_is_on_the_public_base(client, demo, apis):

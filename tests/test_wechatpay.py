@@ -71,7 +71,9 @@ def test_desktop_gets_a_native_qr_code(app, client, payment_id, apis):
         assert data["trade_type"] == "NATIVE"
         assert data["total_fee"] == "9900"
         assert data["out_trade_no"] == payment.public_id
-        assert data["notify_url"] == "http://qunmen.test/webhooks/wechatpay"
+        # The URL names the community whose keys verify the notification.
+        community_id = payment.order.community_id
+        assert data["notify_url"] == f"http://qunmen.test/webhooks/wechatpay/{community_id}"
         assert payment.method == "native"
         page = f"/pay/wechat/{payment.public_id}"
     html = client.get(page).get_data(as_text=True)

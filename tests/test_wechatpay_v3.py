@@ -122,10 +122,12 @@ def test_desktop_native_qr_then_notification_admits(app, client, payment_id, api
     # The fake took it: the Authorization verified with the merchant's public key.
     assert request.headers["Authorization"].startswith("WECHATPAY2-SHA256-RSA2048 ")
     assert request.data["amount"] == {"total": 9900, "currency": "CNY"}
-    assert request.data["notify_url"] == "http://qunmen.test/webhooks/wechatpay"
     assert request.data["time_expire"].endswith("+08:00")
     with app.app_context():
         payment = db.session.get(Payment, payment_id)
+        # The URL names the community whose keys verify the notification.
+        community_id = payment.order.community_id
+        assert request.data["notify_url"] == f"http://qunmen.test/webhooks/wechatpay/{community_id}"
         assert payment.method == "native"
         assert (
             payment.provider_data["code_url"] == f"weixin://wxpay/bizpayurl?pr={payment.public_id}"

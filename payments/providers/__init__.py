@@ -8,6 +8,7 @@ and the payment services do.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,9 +16,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flask import Flask, current_app, jsonify
+import sqlalchemy as sa
+from flask import Flask, current_app, jsonify, url_for
+from sqlalchemy.exc import OperationalError
 
 from config import SettingError
+from core.db import db
 from core.money import Money
 
 if TYPE_CHECKING:
@@ -217,10 +221,95 @@ def init_providers(app: Flask) -> None:
     app.extensions["qunmen.payment_providers"] = enabled
 
 
-def enabled_providers() -> dict[str, PaymentProvider]:
-    """The providers offered to payers, in the configured order."""
-    return current_app.extensions["qunmen.payment_providers"]
+def enabled_providers(community_id: int | None = None) -> dict[str, PaymentProvider]:
+    """The providers offered to payers, in the configured order; for ``community_id``,
+    with its own accounts in place of the install's (and after them, those it has and
+    the install has not)."""
+    install = current_app.extensions["qunmen.payment_providers"]
+    if community_id is None:
+        return install
+    from payments.accounts import FIELDS
+
+    names = [*install, *(name for name in FIELDS if name not in install)]
+    offered = {name: get_provider(name, community_id) for name in names}
+    return {name: provider for name, provider in offered.items() if provider is not None}
 
 
-def get_provider(name: str | None) -> PaymentProvider | None:
-    return enabled_providers().get(name) if name else None
+def get_provider(name: str | None, community_id: int | None = None) -> PaymentProvider | None:
+    """The provider ``name`` as ``community_id`` uses it: built from the community's own
+    account when it has one (kept per process while the account is unchanged), else the
+    install's; None when neither is configured. Raises :class:`ProviderError` when the
+    community's secrets cannot be unsealed or do not make a provider."""
+    install = current_app.extensions["qunmen.payment_providers"].get(name) if name else None
+    if community_id is None or name is None:
+        return install
+    from payments.accounts import account_of, fingerprint
+
+    account = account_of(community_id, name)
+    if account is None:
+        return install
+    cache = current_app.extensions.setdefault("qunmen.community_providers", {})
+    held = fingerprint(account)
+    cached = cache.get((community_id, name))
+    if cached is not None and cached[0] == held:
+        return cached[1]
+    provider = build_community_provider(account)
+    cache[(community_id, name)] = (held, provider)
+    return provider
+
+
+def build_community_provider(account) -> PaymentProvider:
+    """The provider built from a community's account (a
+    :class:`~payments.models.PaymentAccount`) alone. Raises :class:`ProviderError` when
+    its secrets cannot be unsealed, or its settings are incomplete or wrong."""
+    from core.secrets import SecretsUnavailable
+    from payments.accounts import provider_settings
+
+    try:
+        provider = _provider_classes()[account.provider].from_config(provider_settings(account))
+    except (SecretsUnavailable, SettingError) as error:
+        raise ProviderError(str(error)) from error
+    if provider is None:
+        raise ProviderError(f"{account.provider}: the community's account is incomplete")
+    return provider
+
+
+def notify_url(provider_name: str, community_id: int) -> str:
+    """Where ``provider_name`` sends notifications about a payment of ``community_id``:
+    the URL names the community, whose keys verify them (see :mod:`payments.views`)."""
+    return url_for(
+        "webhooks.receive", provider_name=provider_name, community=community_id, _external=True
+    )
+
+
+def check_community_secrets(app: Flask) -> None:
+    """Called by ``create_app``: refuse to start (:class:`~config.SettingError`) when
+    communities' secrets are stored and no key in ``SECRETS_KEYS`` opens them. A
+    database without the table yet (before ``flask db upgrade``) has none. The pool is
+    left empty, as it was: a server that forks its workers after this shares no
+    connection between them."""
+    from core.secrets import SecretsUnavailable, keys_configured, unseal
+    from payments.accounts import sealed_accounts
+
+    with app.app_context():
+        try:
+            if not sa.inspect(db.session.connection()).has_table("payment_accounts"):
+                return
+            accounts = sealed_accounts()
+        except OperationalError as error:
+            logging.getLogger(__name__).warning("community secrets not checked: %s", error.orig)
+            return
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+        if accounts and not keys_configured():
+            raise SettingError(
+                f"SECRETS_KEYS is not set: {len(accounts)} communities' payment secrets are "
+                "stored sealed and need the key they were sealed with"
+            )
+        try:
+            for account in accounts:
+                for token in account.sealed.values():
+                    unseal(token)
+        except SecretsUnavailable as error:
+            raise SettingError(str(error)) from None

@@ -42,6 +42,7 @@ from payments.providers import (
     PaymentStart,
     ProviderError,
     RefundResult,
+    notify_url,
 )
 
 TIMEOUT_SECONDS = 10
@@ -260,7 +261,7 @@ class WeChatPayProvider(WeChatPayBase):
             body=self._description(payment),
             total_fee=payment.amount,
             fee_type=payment.currency,
-            notify_url=url_for("webhooks.receive", provider_name=self.name, _external=True),
+            notify_url=notify_url(self.name, order.community_id),
             client_ip=payer.client_ip,
             user_id=payer.wechat_openid if method == "jsapi" else None,
             out_trade_no=payment.public_id,
@@ -397,7 +398,7 @@ class WeChatPayProvider(WeChatPayBase):
             out_trade_no=payment.public_id,
             fee_type=payment.currency,
             refund_desc=refund.reason[:80] or None,
-            notify_url=url_for("webhooks.receive", provider_name=self.name, _external=True),
+            notify_url=notify_url(self.name, payment.order.community_id),
         )
         # WeChat Pay accepted the request; its notification says when the money is back.
         return RefundResult(external_id=result.get("refund_id"), succeeded=None)

@@ -39,7 +39,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from flask import Response, jsonify, request, url_for
+from flask import Response, jsonify, request
 from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpayv3.core import Core
 from wechatpayv3.utils import aes_decrypt, rsa_verify
@@ -57,6 +57,7 @@ from payments.providers import (
     PaymentStart,
     ProviderError,
     RefundResult,
+    notify_url,
 )
 from payments.providers.wechatpay import (
     _CHINA,
@@ -249,8 +250,8 @@ class WeChatPayV3Provider(WeChatPayBase):
             )
         return answer
 
-    def _notify_url(self) -> str:
-        return url_for("webhooks.receive", provider_name=self.name, _external=True)
+    def _notify_url(self, payment: Payment) -> str:
+        return notify_url(self.name, payment.order.community_id)
 
     # Starting a payment --------------------------------------------------------------
 
@@ -271,7 +272,7 @@ class WeChatPayV3Provider(WeChatPayBase):
             out_trade_no=payment.public_id,
             amount={"total": payment.amount, "currency": payment.currency},
             time_expire=order.expires_at.astimezone(_CHINA).isoformat(timespec="seconds"),
-            notify_url=self._notify_url(),
+            notify_url=self._notify_url(payment),
             pay_type=pay_type,
             **extra,
         )
@@ -484,7 +485,7 @@ class WeChatPayV3Provider(WeChatPayBase):
             transaction_id=transaction_id,
             out_trade_no=payment.public_id,
             reason=refund.reason[:80] or None,
-            notify_url=self._notify_url(),
+            notify_url=self._notify_url(payment),
         )
         state = result.get("status")
         # PROCESSING: WeChat Pay's notification says when the money is back.
