@@ -31,6 +31,7 @@ from core.db import begin_snapshot, db, end_transaction_keeping_objects
 from core.exporters import csv_lines, write_xlsx
 from core.money import Money
 from membership.access import complete_removal, queue_group_task, retry
+from membership.dashboard import BUCKETS, DEFAULT_PERIOD, PERIODS, dashboard_charts
 from membership.exports import MembersExport, community_revenue, community_stats, day_start
 from membership.forms import (
     AccessForm,
@@ -136,6 +137,9 @@ def _changes(obj, form, fields: list[str]) -> dict[str, str]:
 @bp.get("/")
 @requires("members.view")
 def dashboard():
+    """The first page after logging in: what needs attention, the communities, and one
+    community's figures (``?community=``, the first by default) over ``?days=`` 7, 30 or
+    90, revenue by ``?by=`` day, week or month. Reads only."""
     communities = db.session.scalars(sa.select(Community).order_by(Community.id)).all()
     waiting = dict(
         db.session.execute(
@@ -143,11 +147,6 @@ def dashboard():
             .join(Invitation, Invitation.member_id == Member.id)
             .where(Invitation.status == InvitationStatus.WAITING)
             .group_by(Member.community_id)
-        ).all()
-    )
-    members = dict(
-        db.session.execute(
-            sa.select(Member.community_id, sa.func.count()).group_by(Member.community_id)
         ).all()
     )
     attention = {
@@ -169,15 +168,29 @@ def dashboard():
         ),
     }
     now = utcnow()
-    taken = seats_taken([g.id for c in communities for g in c.groups])
+    taken = {g.id: g.seats_taken for c in communities for g in c.groups}
     group_alerts = [w for c in communities for w in group_warnings(c, taken, now=now)]
+    chosen = next(
+        (c for c in communities if str(c.id) == request.args.get("community")),
+        communities[0] if communities else None,
+    )
+    days = request.args.get("days", type=int)
+    days = days if days in PERIODS else DEFAULT_PERIOD
+    by = request.args.get("by") if request.args.get("by") in BUCKETS else "day"
     return render_template(
         "admin/dashboard.html",
         communities=communities,
         waiting=waiting,
-        members=members,
         attention=attention,
         group_alerts=group_alerts,
+        chosen=chosen,
+        days=days,
+        by=by,
+        charts=dashboard_charts(
+            chosen, days, by, now=now, money=current_user.can("finance.export")
+        )
+        if chosen
+        else None,
     )
 
 
