@@ -20,6 +20,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask_babel import ngettext
 from flask_login import current_user, login_required
 from sqlalchemy.orm import selectinload
 from wtforms import SelectChoice
@@ -32,7 +33,13 @@ from core.exporters import csv_lines, write_xlsx
 from core.money import Money
 from membership.access import complete_removal, queue_group_task, retry
 from membership.dashboard import BUCKETS, DEFAULT_PERIOD, PERIODS, dashboard_charts
-from membership.exports import MembersExport, community_revenue, community_stats, day_start
+from membership.exports import (
+    MembersExport,
+    community_revenue,
+    community_stats,
+    date_presets,
+    day_start,
+)
 from membership.forms import (
     AccessForm,
     ActivityForm,
@@ -46,7 +53,7 @@ from membership.forms import (
     SeasonForm,
     TierForm,
 )
-from membership.imports import check_import, run_import
+from membership.imports import HEADERS, check_import, run_import, sample_csv
 from membership.lifecycle import (
     PurgeRefused,
     end_by_hand,
@@ -186,9 +193,7 @@ def dashboard():
         chosen=chosen,
         days=days,
         by=by,
-        charts=dashboard_charts(
-            chosen, days, by, now=now, money=current_user.can("finance.export")
-        )
+        charts=dashboard_charts(chosen, days, by, now=now, money=current_user.can("finance.export"))
         if chosen
         else None,
     )
@@ -763,11 +768,20 @@ def season(tier_id: int):
 @requires("finance.export")
 def export(community_id: int):
     """Revenue for a date range: CSV (streamed; ?sheet=totals for the totals) or XLSX
-    (both sheets in one workbook)."""
+    (both sheets in one workbook), in the page's language. ``?preset=`` (this month, last
+    month …, on the community's calendar) fills the form in without exporting."""
     community = db.get_or_404(Community, community_id)
+    today = utcnow().astimezone(ZoneInfo(community.time_zone)).date()
+    presets = date_presets(today)
+    chosen = next((p for p in presets if p[0] == request.args.get("preset")), None)
+    if chosen is not None:
+        form = ExportForm(
+            data={"first_day": chosen[2], "last_day": chosen[3]}, meta={"csrf": False}
+        )
+        return render_template("admin/export.html", community=community, form=form, presets=presets)
     form = ExportForm(request.args, meta={"csrf": False})
     if not (request.args and form.validate()):
-        return render_template("admin/export.html", community=community, form=form)
+        return render_template("admin/export.html", community=community, form=form, presets=presets)
     audit.record(
         "finance.exported",
         community,
@@ -816,7 +830,24 @@ def import_members(community_id: int):
         if form.run.data and check.ok:
             count = run_import(community, check, actor=current_user.actor)
             db.session.commit()
-            flash(f"已导入 {count} 位成员 · {count} members imported", "ok")
+            flash(ngettext("%(num)d member imported", "%(num)d members imported", count), "ok")
             return redirect(url_for(".members", community_id=community.id))
         db.session.rollback()
-    return render_template("admin/import.html", community=community, form=form, check=check)
+    columns = ", ".join(str(name) for name in HEADERS.values())
+    return render_template(
+        "admin/import.html", community=community, form=form, check=check, columns=columns
+    )
+
+
+@bp.get("/communities/<int:community_id>/import/sample.csv")
+@requires("members.manage")
+def import_sample(community_id: int):
+    """A sample import file in the page's language, to fill in and send back."""
+    community = db.get_or_404(Community, community_id)
+    return Response(
+        sample_csv(),
+        mimetype="text/csv",
+        headers={
+            "Content-Disposition": f'attachment; filename="{community.slug}-members-sample.csv"'
+        },
+    )

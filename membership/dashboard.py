@@ -251,7 +251,7 @@ def dashboard_figures(community: Community, days: int, *, now: datetime) -> Figu
     revenue_days = _revenue(period)
     revenue: dict[str, Change] = {}
     by_currency: dict[str, dict[str, int]] = defaultdict(dict)
-    for currency in sorted({currency for _, currency in revenue_days}):
+    for currency in sorted({key[1] for key in revenue_days}):
         days_of = {day: n for (day, c), n in revenue_days.items() if c == currency}
         revenue[currency] = _halves(days_of, period)
         first = period.first.isoformat()
@@ -340,12 +340,17 @@ def dashboard_charts(
     revenue = []
     if money:
         for currency, change in figures.revenue.items():
+
             def text(amount, currency=currency):
                 return str(Money(int(amount), currency))
 
             cards.append(
-                _card(f"revenue-{currency}", _("Revenue (%(currency)s)", currency=currency),
-                      change, text)
+                _card(
+                    f"revenue-{currency}",
+                    _("Revenue (%(currency)s)", currency=currency),
+                    change,
+                    text,
+                )
             )
             values = bucketed(figures.revenue_by_day[currency], groups)
             revenue.append(
