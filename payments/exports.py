@@ -155,7 +155,7 @@ class RevenueRows(Exporter):
         ]
         details = len(query.details)
         self.widths = [19, 14, 26, *[12] * details, 24, 10, 30, 12, 12, 12, 12, 8, 14, 12]
-        self.gross_column = 7 + details
+        self.gross_column = 6 + details
         self.currency_column = self.gross_column + 4
 
     def count(self) -> int:
