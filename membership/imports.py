@@ -44,9 +44,9 @@ COLUMNS = ("number", "display_name", "contact_kind", "contact_value", "joined", 
 #: :data:`COLUMNS` are accepted too. Any language is read, whatever the page's.
 HEADERS = {
     "number": lazy_pgettext("import column", "number"),
-    "display_name": lazy_pgettext("import column", "name"),
-    "contact_kind": lazy_pgettext("import column", "contact kind"),
-    "contact_value": lazy_pgettext("import column", "contact"),
+    "display_name": lazy_pgettext("import column", "display_name"),
+    "contact_kind": lazy_pgettext("import column", "contact_kind"),
+    "contact_value": lazy_pgettext("import column", "contact_value"),
     "joined": lazy_pgettext("import column", "joined"),
     "tier": lazy_pgettext("import column", "tier"),
 }
