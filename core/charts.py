@@ -14,9 +14,9 @@ from decimal import Decimal
 #: The drawing's size in SVG units; it is scaled to the width of its box.
 WIDTH, HEIGHT = 320, 160
 #: Room left of the plot for the value axis' labels, and below it for the categories'.
-LEFT, BOTTOM, TOP = 44, 20, 8
+LEFT, BOTTOM, TOP = 52, 20, 14
 #: Category labels shown at most along the bottom (every n-th one when there are more).
-MAX_LABELS = 8
+MAX_LABELS = 6
 #: Bars with their value written above them at most (more would overlap at 360 px).
 MAX_VALUE_LABELS = 12
 
