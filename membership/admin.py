@@ -778,9 +778,9 @@ def export(community_id: int):
         form = ExportForm(
             data={"first_day": chosen[2], "last_day": chosen[3]}, meta={"csrf": False}
         )
-        return render_template("admin/export.html", community=community, form=form, presets=presets)
-    form = ExportForm(request.args, meta={"csrf": False})
-    if not (request.args and form.validate()):
+    else:
+        form = ExportForm(request.args, meta={"csrf": False})
+    if chosen is not None or not (request.args and form.validate()):
         return render_template("admin/export.html", community=community, form=form, presets=presets)
     audit.record(
         "finance.exported",
