@@ -6,6 +6,7 @@ as cheap as the baseline) and how much it grew from the small size to the large 
 
     bench/run scale                       # 1,000 and 100,000 members, both databases
     bench/run scale --sizes 1000 20000 --database sqlite
+    bench/run scale --only dashboard      # the dashboard's scenarios and their baseline
 """
 
 from __future__ import annotations
@@ -100,7 +101,13 @@ def prepare(url: str, members: int):
     return app, deliveries
 
 
-def run(kind: str, members: int) -> dict[str, dict[str, float]]:
+def run(kind: str, members: int, only: list[str]) -> dict[str, dict[str, float]]:
+    """Each scenario's cost at ``members`` members on the ``kind`` database; only those
+    whose names contain a word of ``only`` when given (the baselines always)."""
+
+    def wanted(name: str) -> bool:
+        return not only or any(word in name for word in only)
+
     with tempfile.TemporaryDirectory() as scratch, database(kind, Path(scratch)) as url:
         app, deliveries = prepare(url, members)
         baseline = bare.create_app()
@@ -123,18 +130,28 @@ def run(kind: str, members: int) -> dict[str, dict[str, float]]:
             body, headers = deliveries[i]
             assert client.post("/webhooks/stripe", data=body, headers=headers).status_code == 200
 
-        results["webhook, fresh"] = measure(deliver, ROUNDS["write"], ours)
-        results["webhook, duplicate"] = measure(deliver, ROUNDS["write"], ours)
-        results["join page"] = measure(lambda i: client.get("/join/demo"), ROUNDS["page"], ours)
-        results["join POST"] = measure(lambda i: _join(app, i), ROUNDS["write"], ours)
+        writes = {
+            "webhook, fresh": deliver,
+            "webhook, duplicate": deliver,
+            "join POST": lambda i: _join(app, i),
+        }
+        for name, send in writes.items():
+            if wanted(name) or (name == "webhook, duplicate" and wanted("webhook, fresh")):
+                results[name] = measure(send, ROUNDS["write"], ours)
+        if wanted("join page"):
+            results["join page"] = measure(lambda i: client.get("/join/demo"), ROUNDS["page"], ours)
         admin, _token = logged_in_client(app)
         community = "/admin/communities/1"
         for name, path in (
             ("admin members list", f"{community}/members?page=3"),
             ("admin member search", f"{community}/members?q=成员4242"),
             ("admin dashboard", "/admin/"),
+            ("admin dashboard, 90 days", "/admin/?days=90&by=week"),
         ):
-            results[name] = measure(lambda i, path=path: _ok(admin.get(path)), ROUNDS["page"], ours)
+            if wanted(name):
+                results[name] = measure(
+                    lambda i, path=path: _ok(admin.get(path)), ROUNDS["page"], ours
+                )
         return results
 
 
@@ -173,6 +190,7 @@ BASELINE = {
     "admin members list": "bare indexed SELECT",
     "admin member search": "bare indexed SELECT",
     "admin dashboard": "bare indexed SELECT",
+    "admin dashboard, 90 days": "bare indexed SELECT",
 }
 
 
@@ -180,6 +198,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs=2, default=[1000, 100_000])
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="Scenarios whose names contain these words."
+    )
     args = parser.parse_args()
     kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
     small, large = args.sizes
@@ -189,7 +210,7 @@ def main() -> None:
         f"{'stmts':>6} {'vs bare':>8} {'growth':>7}"
     )
     for kind in kinds:
-        sized = {size: run(kind, size) for size in (small, large)}
+        sized = {size: run(kind, size, args.only) for size in (small, large)}
         for size in (small, large):
             rows = sized[size]
             for name, r in rows.items():

@@ -16,6 +16,8 @@ import csv
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from itertools import islice
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import xlsxwriter
 from sqlalchemy.types import TypeDecorator
+from xlsxwriter.utility import xl_col_to_name
 
 from core.db import copy_csv, is_postgresql, read_parts
 
@@ -30,15 +33,24 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class Exporter(ABC):
-    """A table: a title, its column headers, and its rows (generated, never all held)."""
+    """A table: a title, its column headers, and its rows (generated, never all held).
+    Titles and headers may be lazy strings: they are read in the language of the request
+    (or ``force_locale`` block) that writes the export."""
 
     title: str
     headers: Sequence[str]
     #: Whether every text cell ``rows()`` yields comes defused from the query.
     defused_in_query: bool = False
+    #: Column widths in a workbook, in characters (the rest keep the default).
+    widths: Sequence[int] = ()
 
     @abstractmethod
     def rows(self) -> Iterator[Sequence[object]]: ...
+
+    def footer(self) -> Iterator[Sequence[object]]:
+        """Rows under the rows of a workbook (totals), bold; CSV has none. Cells may be
+        :class:`ColumnTotal`."""
+        return iter(())
 
     def text_query(self) -> sa.Select | None:
         """The rows as a query whose cells are the text the CSV shows, formula injection
@@ -58,6 +70,16 @@ class FreeText(TypeDecorator):
 
     impl = sa.String
     cache_ok = True
+
+
+@dataclass(frozen=True)
+class ColumnTotal:
+    """A workbook cell summing its column over the rows whose ``criteria_column`` holds
+    ``criteria`` (a SUMIFS, so the accountant sees how it is made), with its value."""
+
+    value: Decimal
+    criteria_column: int
+    criteria: str
 
 
 def defused(column: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
@@ -116,7 +138,7 @@ def csv_lines(
     copying = text_query is not None and is_postgresql()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n" if copying else "\r\n")
-    writer.writerow(safe_row(exporter.headers))
+    writer.writerow(safe_row([str(header) for header in exporter.headers]))
     yield "\ufeff" + buffer.getvalue()
     if copying:
         for lines, rows in copy_csv(text_query):
@@ -146,25 +168,58 @@ XLSX_PROGRESS_ROWS = 1000
 
 
 def write_xlsx(path: Path, *exporters: Exporter, progress: Progress = lambda rows: None) -> None:
-    """The exports as sheets of one workbook, written row by row in constant memory.
-    Decimal amounts become numbers shown with two decimals."""
+    """The exports as sheets of one workbook, written row by row in constant memory, ready
+    for an accountant: a bold header row that stays in view and filters, the exporters'
+    column widths, decimal amounts as numbers with two decimals, date-times as date-time
+    cells (the wall-clock times the exporter gives), then the exporter's footer rows."""
     workbook = xlsxwriter.Workbook(
         str(path), {"constant_memory": True, "strings_to_formulas": False}
     )
     money = workbook.add_format({"num_format": "0.00"})
+    moment = workbook.add_format({"num_format": "yyyy-mm-dd hh:mm:ss"})
     bold = workbook.add_format({"bold": True})
+    bold_money = workbook.add_format({"bold": True, "num_format": "0.00"})
     for exporter in exporters:
-        sheet = workbook.add_worksheet(exporter.title[:31])
-        sheet.write_row(0, 0, exporter.headers, bold)
+        sheet = workbook.add_worksheet(str(exporter.title)[:31])
+        for column, width in enumerate(exporter.widths):
+            sheet.set_column(column, column, width)
+        headers = [str(header) for header in exporter.headers]
+        sheet.write_row(0, 0, headers, bold)
+        sheet.freeze_panes(1, 0)
         rows = exporter.rows() if exporter.defused_in_query else map(safe_row, exporter.rows())
         number = 0
         for number, row in enumerate(rows, start=1):
             for column, cell in enumerate(row):
                 if isinstance(cell, Decimal):
                     sheet.write_number(number, column, float(cell), money)
+                elif isinstance(cell, datetime):
+                    sheet.write_datetime(number, column, cell, moment)
                 elif cell is not None:
                     sheet.write(number, column, cell)
             if number % XLSX_PROGRESS_ROWS == 0:
                 progress(XLSX_PROGRESS_ROWS)
         progress(number % XLSX_PROGRESS_ROWS)
+        sheet.autofilter(0, 0, max(number, 1), len(headers) - 1)
+        for offset, row in enumerate(exporter.footer(), start=number + 1):
+            for column, cell in enumerate(row):
+                if isinstance(cell, ColumnTotal):
+                    sheet.write_formula(
+                        offset,
+                        column,
+                        _sumifs(column, cell.criteria_column, number, cell.criteria),
+                        bold_money,
+                        float(cell.value),
+                    )
+                elif cell is not None:
+                    sheet.write(offset, column, cell, bold)
     workbook.close()
+
+
+def _sumifs(column: int, criteria_column: int, last_row: int, criteria: str) -> str:
+    """``=SUMIFS(H2:H9,L2:L9,"CNY")``: ``column`` of rows 2 to ``last_row`` + 1 where
+    ``criteria_column`` holds ``criteria``."""
+
+    def span(index: int) -> str:
+        return f"{xl_col_to_name(index)}2:{xl_col_to_name(index)}{max(last_row, 1) + 1}"
+
+    return f'=SUMIFS({span(column)},{span(criteria_column)},"{criteria}")'

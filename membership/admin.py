@@ -20,6 +20,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask_babel import ngettext
 from flask_login import current_user, login_required
 from sqlalchemy.orm import selectinload
 from wtforms import SelectChoice
@@ -36,7 +37,14 @@ from core.db import begin_snapshot, db, end_transaction_keeping_objects
 from core.exporters import csv_lines, write_xlsx
 from core.money import Money
 from membership.access import complete_removal, queue_group_task, retry
-from membership.exports import MembersExport, community_revenue, community_stats, day_start
+from membership.dashboard import BUCKETS, DEFAULT_PERIOD, PERIODS, dashboard_charts
+from membership.exports import (
+    MembersExport,
+    community_revenue,
+    community_stats,
+    date_presets,
+    day_start,
+)
 from membership.forms import (
     AccessForm,
     ActivityForm,
@@ -50,7 +58,7 @@ from membership.forms import (
     SeasonForm,
     TierForm,
 )
-from membership.imports import check_import, run_import
+from membership.imports import HEADERS, check_import, run_import, sample_csv
 from membership.lifecycle import (
     PurgeRefused,
     end_by_hand,
@@ -160,6 +168,10 @@ def _changes(obj, form, fields: list[str]) -> dict[str, str]:
 @bp.get("/")
 @requires("members.view")
 def dashboard():
+    """The first page after logging in: what needs attention, the communities, and one
+    community's figures (``?community=``, the first by default) over ``?days=`` 7, 30 or
+    90, revenue by ``?by=`` day, week or month. Reads only; only the communities where
+    the person may see members."""
     shown = in_visible_communities(Community.id, "members.view")
     communities = db.session.scalars(sa.select(Community).where(shown).order_by(Community.id)).all()
     waiting = dict(
@@ -167,13 +179,6 @@ def dashboard():
             sa.select(Member.community_id, sa.func.count())
             .join(Invitation, Invitation.member_id == Member.id)
             .where(Invitation.status == InvitationStatus.WAITING)
-            .where(in_visible_communities(Member.community_id, "members.view"))
-            .group_by(Member.community_id)
-        ).all()
-    )
-    members = dict(
-        db.session.execute(
-            sa.select(Member.community_id, sa.func.count())
             .where(in_visible_communities(Member.community_id, "members.view"))
             .group_by(Member.community_id)
         ).all()
@@ -204,15 +209,29 @@ def dashboard():
         ),
     }
     now = utcnow()
-    taken = seats_taken([g.id for c in communities for g in c.groups])
+    taken = {g.id: g.seats_taken for c in communities for g in c.groups}
     group_alerts = [w for c in communities for w in group_warnings(c, taken, now=now)]
+    chosen = next(
+        (c for c in communities if str(c.id) == request.args.get("community")),
+        communities[0] if communities else None,
+    )
+    days = request.args.get("days", type=int)
+    days = days if days in PERIODS else DEFAULT_PERIOD
+    by = request.args.get("by") if request.args.get("by") in BUCKETS else "day"
     return render_template(
         "admin/dashboard.html",
         communities=communities,
         waiting=waiting,
-        members=members,
         attention=attention,
         group_alerts=group_alerts,
+        chosen=chosen,
+        days=days,
+        by=by,
+        charts=dashboard_charts(
+            chosen, days, by, now=now, money=current_user.can("finance.export", chosen.id)
+        )
+        if chosen
+        else None,
     )
 
 
@@ -813,11 +832,20 @@ def season(tier_id: int):
 @requires("finance.export")
 def export(community_id: int):
     """Revenue for a date range: CSV (streamed; ?sheet=totals for the totals) or XLSX
-    (both sheets in one workbook)."""
+    (both sheets in one workbook), in the page's language. ``?preset=`` (this month, last
+    month …, on the community's calendar) fills the form in without exporting."""
     community = load_for(Community, community_id, "finance.export")
-    form = ExportForm(request.args, meta={"csrf": False})
-    if not (request.args and form.validate()):
-        return render_template("admin/export.html", community=community, form=form)
+    today = utcnow().astimezone(ZoneInfo(community.time_zone)).date()
+    presets = date_presets(today)
+    chosen = next((p for p in presets if p[0] == request.args.get("preset")), None)
+    if chosen is not None:
+        form = ExportForm(
+            data={"first_day": chosen[2], "last_day": chosen[3]}, meta={"csrf": False}
+        )
+    else:
+        form = ExportForm(request.args, meta={"csrf": False})
+    if chosen is not None or not (request.args and form.validate()):
+        return render_template("admin/export.html", community=community, form=form, presets=presets)
     audit.record(
         "finance.exported",
         community,
@@ -866,7 +894,24 @@ def import_members(community_id: int):
         if form.run.data and check.ok:
             count = run_import(community, check, actor=current_user.actor)
             db.session.commit()
-            flash(f"已导入 {count} 位成员 · {count} members imported", "ok")
+            flash(ngettext("%(num)d member imported", "%(num)d members imported", count), "ok")
             return redirect(url_for(".members", community_id=community.id))
         db.session.rollback()
-    return render_template("admin/import.html", community=community, form=form, check=check)
+    columns = ", ".join(str(name) for name in HEADERS.values())
+    return render_template(
+        "admin/import.html", community=community, form=form, check=check, columns=columns
+    )
+
+
+@bp.get("/communities/<int:community_id>/import/sample.csv")
+@requires("members.manage")
+def import_sample(community_id: int):
+    """A sample import file in the page's language, to fill in and send back."""
+    community = load_for(Community, community_id, "members.manage")
+    return Response(
+        sample_csv(),
+        mimetype="text/csv",
+        headers={
+            "Content-Disposition": f'attachment; filename="{community.slug}-members-sample.csv"'
+        },
+    )

@@ -12,12 +12,14 @@ import click
 import qrcode
 import sqlalchemy as sa
 from flask.cli import with_appcontext
+from flask_babel import force_locale
 from qrcode.image.pure import PyPNGImage
 
 from core import audit
 from core.clock import utcnow
 from core.db import begin_snapshot, db
 from core.exporters import csv_lines, write_xlsx
+from core.i18n import DEFAULT_LOCALE, LOCALES
 from core.outbox import drain_outbox
 from core.webhooks_out import drain_webhooks
 from membership import wecom
@@ -181,16 +183,32 @@ def watch_groups_command() -> None:
     show_default="the CPUs",
     help="Processes writing the movements' CSV side by side (SQLite).",
 )
+@click.option(
+    "--locale",
+    type=click.Choice(list(LOCALES)),
+    help="The language of the column names and labels (default: the community's, else zh_CN).",
+)
 @with_appcontext
-def export_revenue_command(slug: str, first_day, last_day, out: Path, jobs: int) -> None:
+def export_revenue_command(
+    slug: str, first_day, last_day, out: Path, jobs: int, locale: str | None
+) -> None:
     """Export a community's revenue: OUT.csv (movements) and OUT-totals.csv, or one
-    workbook when OUT ends in .xlsx. Streams, with a progress bar."""
+    workbook when OUT ends in .xlsx. Streams, with a progress bar. A range that ends
+    before it starts is refused (exit status 1), nothing written."""
     community = db.session.scalar(sa.select(Community).where(Community.slug == slug))
     if community is None:
         raise click.ClickException(f"no community {slug!r}")
+    if last_day < first_day:
+        raise click.ClickException(
+            f"--to {last_day:%Y-%m-%d} is before --from {first_day:%Y-%m-%d}: "
+            "the range ends before it starts"
+        )
     begin_snapshot()  # the totals and the movements read the same ledger
     rows, totals = community_revenue(community, first_day.date(), last_day.date(), jobs=jobs)
-    with click.progressbar(length=rows.count(), label="导出 Exporting", file=sys.stderr) as bar:
+    with (
+        force_locale(locale or community.locale or DEFAULT_LOCALE),
+        click.progressbar(length=rows.count(), label="Exporting", file=sys.stderr) as bar,
+    ):
         if out.suffix == ".xlsx":
             write_xlsx(out, rows, totals, progress=bar.update)
         else:

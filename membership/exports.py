@@ -9,6 +9,8 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
+from flask_babel import lazy_pgettext
 
 from core.clock import utcnow
 from core.db import db
@@ -23,6 +25,21 @@ def day_start(community: Community, day: date) -> datetime:
     return datetime.combine(day, time(), ZoneInfo(community.time_zone)).astimezone(UTC)
 
 
+def date_presets(today: date) -> list[tuple[str, object, date, date]]:
+    """The ranges the export page offers, from ``today`` on the community's calendar: this
+    month, last month, this quarter, this year (to today). Each is (key, label, first day,
+    last day)."""
+    month = today.replace(day=1)
+    last_month_end = month - timedelta(days=1)
+    quarter = today.replace(month=(today.month - 1) // 3 * 3 + 1, day=1)
+    return [
+        ("this_month", _l("This month"), month, today),
+        ("last_month", _l("Last month"), last_month_end.replace(day=1), last_month_end),
+        ("this_quarter", _l("This quarter"), quarter, today),
+        ("this_year", _l("This year"), today.replace(month=1, day=1), today),
+    ]
+
+
 def community_revenue(
     community: Community, first_day: date, last_day: date, *, jobs: int = 1
 ) -> tuple[RevenueRows, RevenueTotals]:
@@ -33,7 +50,7 @@ def community_revenue(
         start=day_start(community, first_day),
         end=day_start(community, last_day + timedelta(days=1)),
         time_zone=community.time_zone,
-        details=[("成员编号 Member", Member.number_label)],
+        details=[(_l("Member number"), Member.number_label)],
         joins=lambda select: select.outerjoin(Member, Member.id == Order.member_id),
     )
     totals = RevenueTotals(query, jobs=jobs)
@@ -43,15 +60,15 @@ def community_revenue(
 class MembersExport(Exporter):
     """Members as the admin list filters them: number, name, contact, memberships."""
 
-    title = "成员 Members"
+    title = _l("Members")
     headers = (
-        "编号 Number",
-        "昵称 Name",
-        "联系方式类型 Contact kind",
-        "联系方式 Contact",
-        "档位与状态 Tiers",
-        "加入时间 Joined",
-        "最后活跃 Last active",
+        _l("Number"),
+        lazy_pgettext("member", "Name"),
+        _l("Contact kind"),
+        _l("Contact"),
+        _l("Tiers"),
+        lazy_pgettext("member", "Joined"),
+        _l("Last active"),
     )
 
     def __init__(self, query: sa.Select, time_zone: str) -> None:

@@ -515,17 +515,19 @@ class SeasonForm(FlaskForm):
 
 
 class ExportForm(FlaskForm):
-    first_day = DateField("从 · From", validators=[InputRequired(REQUIRED)])
-    last_day = DateField("到（含）· To (inclusive)", validators=[InputRequired(REQUIRED)])
+    first_day = DateField(_l("From"), validators=[InputRequired(_l("Choose the first day."))])
+    last_day = DateField(
+        _l("To (inclusive)"), validators=[InputRequired(_l("Choose the last day."))]
+    )
     format = RadioField(
-        "格式 · Format",
-        choices=[SelectChoice("csv", "CSV"), SelectChoice("xlsx", "Excel (XLSX)")],
+        _l("Format"),
+        choices=[SelectChoice("csv", "CSV"), SelectChoice("xlsx", _l("Excel workbook (XLSX)"))],
         default="csv",
     )
 
     def validate_last_day(self, field: DateField) -> None:
         if self.first_day.data and field.data and field.data < self.first_day.data:
-            raise ValidationError("结束日期早于开始日期 · The range ends before it starts")
+            raise ValidationError(_l("The range ends before it starts."))
 
 
 class AccessForm(FlaskForm):
@@ -551,11 +553,11 @@ class AccessForm(FlaskForm):
 
 class ImportForm(FlaskForm):
     csv_file = FileField(
-        "成员CSV · Members CSV",
+        _l("Members CSV"),
         validators=[
-            FileRequired("请选择文件 · Choose a file"),
-            FileAllowed(["csv", "txt"], "仅限CSV · CSV only"),
+            FileRequired(_l("Choose a file.")),
+            FileAllowed(["csv", "txt"], _l("Only CSV files can be imported.")),
         ],
     )
-    dry_run = SubmitField("试运行 · Dry run")
-    run = SubmitField("导入 · Import")
+    dry_run = SubmitField(_l("Dry run"))
+    run = SubmitField(_l("Import"))

@@ -2,23 +2,30 @@
 kept. A dry run lists each row's problems; the real run is all or nothing, and numbering
 carries on after the highest number imported.
 
-Columns, with a header row: ``number, display_name, contact_kind, contact_value, joined,
-tier`` — ``joined`` as YYYY-MM-DD in the community's time zone, ``tier`` a tier code.
+Columns, with a header row in English or in Chinese, in any order (:data:`HEADERS`):
+``number, display_name, contact_kind, contact_value, joined, tier`` — ``joined`` as
+YYYY-MM-DD in the community's time zone, ``tier`` a tier code, ``contact_kind`` wechat,
+phone or email (or their names in a catalog language). Problems are told in the
+reader's language.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
+from flask_babel import force_locale, lazy_pgettext
+from flask_babel import gettext as _
 
 from core import audit
 from core.clock import utcnow
 from core.db import db
+from core.i18n import LOCALES
 from membership.exports import day_start
 from membership.forms import CONTACT_RULES
 from membership.models import (
@@ -33,6 +40,22 @@ from membership.models import (
 from membership.services import issue_invitation, normalise_contact
 
 COLUMNS = ("number", "display_name", "contact_kind", "contact_value", "joined", "tier")
+#: Each column's name in a header, in the catalogs' languages; the keys of
+#: :data:`COLUMNS` are accepted too. Any language is read, whatever the page's.
+HEADERS = {
+    "number": lazy_pgettext("import column", "number"),
+    "display_name": lazy_pgettext("import column", "display_name"),
+    "contact_kind": lazy_pgettext("import column", "contact_kind"),
+    "contact_value": lazy_pgettext("import column", "contact_value"),
+    "joined": lazy_pgettext("import column", "joined"),
+    "tier": lazy_pgettext("import column", "tier"),
+}
+#: Contact kinds as a file may spell them, in the catalogs' languages (or the values).
+KIND_NAMES = {
+    ContactKind.WECHAT: lazy_pgettext("import contact kind", "wechat"),
+    ContactKind.PHONE: lazy_pgettext("import contact kind", "phone"),
+    ContactKind.EMAIL: lazy_pgettext("import contact kind", "email"),
+}
 MAX_ROWS = 20_000
 
 
@@ -64,13 +87,17 @@ def check_import(community: Community, data: bytes) -> ImportCheck:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        check.problems.append((0, "文件不是UTF-8编码 · The file is not UTF-8"))
+        check.problems.append((0, _("The file is not UTF-8 text.")))
         return check
     reader = csv.DictReader(io.StringIO(text))
-    if tuple(reader.fieldnames or ()) != COLUMNS:
-        check.problems.append((1, f"表头须为 · The header must be: {','.join(COLUMNS)}"))
+    columns = _columns(reader.fieldnames or ())
+    if columns is None:
+        names = ", ".join(str(name) for name in HEADERS.values())
+        check.problems.append((1, _("The header must name these columns: %(names)s.", names=names)))
         return check
+    reader.fieldnames = columns
     tiers = {t.code: t for t in community.tiers}
+    kinds = _in_every_language(KIND_NAMES)
     taken_numbers = set(
         db.session.scalars(
             sa.select(Member.number).where(
@@ -88,59 +115,90 @@ def check_import(community: Community, data: bytes) -> ImportCheck:
     }
     for line, record in enumerate(reader, start=2):
         if line - 1 > MAX_ROWS:
-            check.problems.append((line, f"最多 {MAX_ROWS} 行 · At most {MAX_ROWS} rows"))
+            check.problems.append((line, _("At most %(count)s rows.", count=MAX_ROWS)))
             break
-        row, problems = _read(record, tiers)
+        row, problems = _read(record, tiers, kinds)
         number = (record.get("number") or "").strip().lstrip("#")
         if number.isascii() and number.isdigit():
             # Checked even on a row with other problems: a later row may repeat it.
             if int(number) in taken_numbers:
-                problems.append(f"编号 {int(number)} 已被使用 · Number {int(number)} is taken")
+                problems.append(_("Number %(number)s is taken.", number=int(number)))
             taken_numbers.add(int(number))
         if row is not None:
             if (row.contact_kind, row.contact_value) in taken_contacts:
-                problems.append("联系方式已属于一位成员 · The contact belongs to a member")
+                problems.append(_("The contact belongs to a member already."))
             taken_contacts.add((row.contact_kind, row.contact_value))
         check.problems.extend((line, problem) for problem in problems)
         if row is not None and not problems:
             check.rows.append(row)
     if not check.rows and not check.problems:
-        check.problems.append((2, "没有数据行 · No rows"))
+        check.problems.append((2, _("The file has no rows.")))
     return check
 
 
-def _read(record: dict[str, str | None], tiers: dict) -> tuple[ImportRow | None, list[str]]:
+def _in_every_language(labels: dict) -> dict[str, object]:
+    """Each key of ``labels`` by its own text and its label's text in every catalog
+    language, case-folded: what a file may write."""
+    names = {str(key).casefold(): key for key in labels}
+    for locale in LOCALES:
+        with force_locale(locale):
+            names.update({str(label).strip().casefold(): key for key, label in labels.items()})
+    return names
+
+
+def _columns(header: Sequence[str]) -> list[str] | None:
+    """The columns a header names, in its order, whichever language each name is in; None
+    unless it names each column once and nothing else."""
+    names = _in_every_language(HEADERS)
+    columns = [names.get(name.strip().casefold()) for name in header]
+    if None in columns or sorted(columns) != sorted(COLUMNS):
+        return None
+    return columns
+
+
+def sample_csv() -> str:
+    """A sample file in the reader's language (header, contact kinds, names): two members,
+    for the import page's download. UTF-8 with a BOM, for Excel."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow([str(HEADERS[column]) for column in COLUMNS])
+    phone, wechat = str(KIND_NAMES[ContactKind.PHONE]), str(KIND_NAMES[ContactKind.WECHAT])
+    writer.writerow(["1", _("Reader"), phone, "13800000001", "2024-01-15", "main"])
+    writer.writerow(["2", _("Bookworm"), wechat, "bookworm_2", "2024-02-01", "main"])
+    return "\ufeff" + buffer.getvalue()
+
+
+def _read(
+    record: dict[str, str | None], tiers: dict, kinds: dict
+) -> tuple[ImportRow | None, list[str]]:
     values = {key: (record.get(key) or "").strip() for key in COLUMNS}
-    problems = []
+    problems: list[str] = []
     number = values["number"].lstrip("#")
     if not (number.isascii() and number.isdigit() and 0 < int(number) < 10**8):
-        problems.append("编号须为正整数 · The number must be a positive whole number")
+        problems.append(_("The number must be a positive whole number."))
     if not values["display_name"] or len(values["display_name"]) > 40:
-        problems.append("昵称须为1–40个字 · The name must be 1–40 characters")
-    try:
-        kind = ContactKind(values["contact_kind"])
-    except ValueError:
-        kind = None
-        problems.append(
-            "联系方式类型须为 wechat/phone/email · Contact kind: wechat, phone or email"
-        )
+        problems.append(_("The name must be 1–40 characters."))
+    kind = kinds.get(values["contact_kind"].casefold())
+    if kind is None:
+        kinds = ", ".join(str(name) for name in KIND_NAMES.values())
+        problems.append(_("The contact kind must be one of: %(kinds)s.", kinds=kinds))
     contact = values["contact_value"]
     if kind is ContactKind.EMAIL:
         try:
             validate_email(contact, check_deliverability=False)
         except EmailNotValidError:
-            problems.append("邮箱格式不正确 · Not a valid e-mail address")
+            problems.append(_("Not a valid e-mail address."))
     elif kind is not None:
         pattern, message = CONTACT_RULES[kind]
         if not pattern.fullmatch(contact.replace(" ", "").replace("-", "")):
-            problems.append(message)
+            problems.append(str(message))
     try:
         joined = date.fromisoformat(values["joined"])
     except ValueError:
         joined = None
-        problems.append("加入日期须为 YYYY-MM-DD · The joined date must be YYYY-MM-DD")
+        problems.append(_("The joined date must be YYYY-MM-DD."))
     if values["tier"] not in tiers:
-        problems.append(f"没有代号为 {values['tier']!r} 的档位 · No tier {values['tier']!r}")
+        problems.append(_("There is no tier with the code %(code)s.", code=repr(values["tier"])))
     if problems:
         return None, problems
     return (

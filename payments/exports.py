@@ -1,7 +1,9 @@
 """Finance exports: every ledger movement of a community in a date range (in the
 community's time zone) — payments, refunds, disputes and the providers' fees — with its
-product, coupon and discount, and net totals by day and by month × product (tier or
-course) × provider.
+product, coupon and discount, split into gross, fees, refunds and net; grand totals per
+currency; and net totals by day and by month × product (tier or course) × provider.
+Column names and labels are in the language of the request (or of a ``force_locale``
+block): catalogs, read when the export is written.
 
 Amounts are in major units (yuan) as exact decimals: the rows sum to the totals to the
 fen. The movements are read in batches, or written as CSV by the database itself, so a
@@ -18,14 +20,23 @@ from datetime import datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
 
 from core.clock import local_timestamp_sql
 from core.db import db, is_postgresql, read_parts
-from core.exporters import Exporter, defused
+from core.exporters import ColumnTotal, Exporter, defused
 from core.money import CURRENCIES
 from payments.models import LedgerEntry, Order
 
 BATCH = 5000
+#: What each kind of ledger movement is called in an export.
+KIND_LABELS = {
+    "payment": _l("Payment"),
+    "refund": _l("Refund"),
+    "dispute": _l("Chargeback"),
+    "dispute_won": _l("Chargeback won"),
+    "fee": _l("Provider fee"),
+}
 #: Ledger ids per part of an export that SQLite writes (:meth:`RevenueRows.text_parts`).
 PART_IDS = 20_000
 
@@ -66,7 +77,8 @@ class LedgerQuery:
     start: datetime
     end: datetime
     time_zone: str
-    #: Extra columns describing the order: (label, SQL expression), e.g. member number.
+    #: Extra columns describing the order: (label, SQL expression), e.g. member number;
+    #: labels may be lazy strings, read when the export is written.
     details: list[tuple[str, sa.ColumnElement]] = field(default_factory=list)
     #: Extra joins from ``orders`` for those columns.
     joins: Callable[[sa.Select], sa.Select] = lambda select: select
@@ -106,30 +118,45 @@ class LedgerQuery:
         return local_timestamp_sql(LedgerEntry.created_at, self.time_zone, self.start, self.end)
 
 
-class RevenueRows(Exporter):
-    """One row per ledger movement: payment, refund, dispute, fee."""
+def kind_label_sql() -> sa.ColumnElement[str]:
+    """SQL for a movement's kind as :data:`KIND_LABELS` names it in the current language."""
+    labels = {kind: str(label) for kind, label in KIND_LABELS.items()}
+    return sa.case(labels, value=LedgerEntry.kind, else_=LedgerEntry.kind)
 
-    title = "流水 Movements"
+
+class RevenueRows(Exporter):
+    """One row per ledger movement: payment, refund, dispute, fee; the movement's time as
+    a date-time on the community's clock (a real date-time cell in a workbook), and a
+    total row per currency under the rows of a workbook."""
+
+    title = _l("Movements")
     defused_in_query = True
+    #: Where the amounts are, for the totals under them.
+    AMOUNTS = ("gross", "fee", "refunds", "net")
 
     def __init__(self, query: LedgerQuery, totals: RevenueTotals) -> None:
         self.query = query
         self.totals = totals
         self.headers = [
-            "时间 Time",
-            "类型 Kind",
-            "订单号 Order",
+            _l("Time"),
+            _l("Kind"),
+            _l("Order"),
             *[label for label, _ in query.details],
-            "产品 Product",
-            "渠道 Provider",
-            "渠道流水号 Provider transaction",
-            "金额 Gross",
-            "手续费 Fee",
-            "净额 Net",
-            "币种 Currency",
-            "优惠码 Coupon",
-            "优惠 Discount",
+            _l("Product"),
+            _l("Provider"),
+            _l("Provider transaction"),
+            _l("Gross"),
+            _l("Fee"),
+            _l("Refunds"),
+            _l("Net"),
+            _l("Currency"),
+            _l("Coupon"),
+            _l("Discount"),
         ]
+        details = len(query.details)
+        self.widths = [19, 14, 26, *[12] * details, 24, 10, 30, 12, 12, 12, 12, 8, 14, 12]
+        self.gross_column = 6 + details
+        self.currency_column = self.gross_column + 4
 
     def count(self) -> int:
         """How many movements the export has (for a progress bar)."""
@@ -144,7 +171,7 @@ class RevenueRows(Exporter):
         """The text columns before the amounts, formula injection defused."""
         return [
             self.query.local_time(),
-            LedgerEntry.kind,
+            kind_label_sql(),
             defused(Order.public_id),
             *[defused(column) for _, column in self.query.details],
             defused(Order.product),
@@ -155,6 +182,7 @@ class RevenueRows(Exporter):
     def rows(self) -> Iterator[tuple[object, ...]]:
         select = self._select(
             *self._described(),
+            LedgerEntry.kind,
             LedgerEntry.amount,
             LedgerEntry.currency,
             defused(LedgerEntry.coupon_code),
@@ -164,20 +192,40 @@ class RevenueRows(Exporter):
         # the ORM's row handling and Python's time zones would cost more than the rest.
         result = db.session.connection().execute(select.execution_options(yield_per=BATCH))
         for rows in result.partitions():
-            for *described, amount, currency, coupon, discount in rows:
-                gross, fee, net, discounted = _amounts(described[1], amount, currency, discount)
-                yield (*described, gross, fee, net, currency, coupon, discounted)
+            for when, *described, kind, amount, currency, coupon, discount in rows:
+                amounts = _amounts(kind, amount, currency, discount)
+                yield (
+                    datetime.fromisoformat(when),
+                    *described,
+                    *amounts[:4],
+                    currency,
+                    coupon,
+                    amounts[4],
+                )
+
+    def footer(self) -> Iterator[list[object]]:
+        """A grand total row per currency: gross, fees, refunds and net of the rows, each
+        a SUMIFS over its column for that currency (its value summed by the database)."""
+        for currency, sums in sorted(self.totals.by_currency().items()):
+            row: list[object] = [None] * len(self.headers)
+            row[0] = str(_l("Total"))
+            for offset, name in enumerate(self.AMOUNTS):
+                row[self.gross_column + offset] = ColumnTotal(
+                    major(sums[name], currency), self.currency_column, currency
+                )
+            row[self.currency_column] = currency
+            yield row
 
     def text_query(self, ids: range | None = None) -> sa.Select:
         """The rows as text, as :meth:`rows` gives them, for the database to write; those
         of the ledger ids in ``ids`` if given."""
-        gross = sa.case((LedgerEntry.kind == "fee", 0), else_=LedgerEntry.amount)
-        fee = sa.case((LedgerEntry.kind == "fee", -LedgerEntry.amount), else_=0)
+        gross, fee, refunds = _split_sql()
         currency = LedgerEntry.currency
         return self._select(
             *self._described(),
             major_sql(gross, currency),
             major_sql(fee, currency),
+            major_sql(refunds, currency),
             major_sql(LedgerEntry.amount, currency),
             currency,
             defused(LedgerEntry.coupon_code),
@@ -191,27 +239,49 @@ class RevenueRows(Exporter):
             yield self.text_query(ids)
 
 
+def _split_sql() -> tuple[sa.ColumnElement[int], ...]:
+    """SQL for :func:`_amounts`' gross, fee and refunds of a movement (minor units)."""
+    kind, amount = LedgerEntry.kind, LedgerEntry.amount
+    return (
+        sa.case((kind == "payment", amount), else_=0),
+        sa.case((kind == "fee", -amount), else_=0),
+        sa.case((kind.in_(["payment", "fee"]), 0), else_=amount),
+    )
+
+
 @functools.lru_cache(maxsize=4096)
 def _amounts(
     kind: str, amount: int, currency: str, discount: int
-) -> tuple[Decimal, Decimal, Decimal, Decimal]:
-    """A movement's gross, fee, net and discount. A fee entry is money the provider kept:
-    no gross, all fee."""
-    gross, fee = (0, -amount) if kind == "fee" else (amount, 0)
+) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal]:
+    """A movement's gross, fee, refunds, net and discount. A payment is gross; a fee entry
+    is money the provider kept (shown as a positive fee); refunds, chargebacks and won
+    chargebacks are refunds. Gross − fee + refunds is the net."""
+    gross, fee, refunds = _split(kind, amount)
     return (
         major(gross, currency),
         major(fee, currency),
+        major(refunds, currency),
         major(amount, currency),
         major(discount, currency),
     )
 
 
-class RevenueTotals(Exporter):
-    """Net totals (gross less fees) by day, and by month × product × provider, of the
-    movements the rows list."""
+def _split(kind: str, amount: int) -> tuple[int, int, int]:
+    """Gross, fee and refunds of a movement, as :func:`_split_sql` splits them."""
+    if kind == "payment":
+        return amount, 0, 0
+    if kind == "fee":
+        return 0, -amount, 0
+    return 0, 0, amount
 
-    title = "汇总 Totals"
-    headers = ("期间 Period", "产品 Product", "渠道 Provider", "币种 Currency", "净额 Net")
+
+class RevenueTotals(Exporter):
+    """Net totals (gross less fees and refunds) by day, and by month × product × provider,
+    of the movements the rows list."""
+
+    title = _l("Totals")
+    headers = (_l("Period"), _l("Product"), _l("Provider"), _l("Currency"), _l("Net"))
+    widths = (12, 24, 10, 8, 14)
 
     def __init__(self, query: LedgerQuery, *, jobs: int = 1) -> None:
         self.query = query
@@ -219,12 +289,12 @@ class RevenueTotals(Exporter):
 
     @functools.cached_property
     def _sums(self) -> list[tuple]:
-        """Net amount (minor units) and count of movements by day × product × provider ×
-        currency, summed by the database; with ``jobs`` > 1 by parts of the ledger side by
-        side (see :func:`core.db.read_parts`), so a key may come once per part: every use
-        adds them up."""
+        """Amount (minor units) and count of movements by day × product × provider ×
+        currency × kind, summed by the database; with ``jobs`` > 1 by parts of the ledger
+        side by side (see :func:`core.db.read_parts`), so a key may come once per part:
+        every use adds them up."""
         day = sa.func.substr(self.query.local_time(), 1, 10).label("day")
-        keys = (day, Order.product, LedgerEntry.provider, LedgerEntry.currency)
+        keys = (day, Order.product, LedgerEntry.provider, LedgerEntry.currency, LedgerEntry.kind)
         sums = (sa.func.sum(LedgerEntry.amount), sa.func.count(LedgerEntry.id))
         if self.jobs == 1 or is_postgresql():
             select = self.query.select(*keys, *sums).group_by("day", *keys[1:])
@@ -243,13 +313,27 @@ class RevenueTotals(Exporter):
     def by_day(self) -> dict[tuple[str, str], int]:
         """Net minor units by (day, currency)."""
         sums: dict[tuple[str, str], int] = defaultdict(int)
-        for day, _, _, currency, amount, _ in self._sums:
+        for day, _, _, currency, _, amount, _ in self._sums:
             sums[(day, currency)] += amount
         return sums
 
+    def by_currency(self) -> dict[str, dict[str, int]]:
+        """Gross, fee, refunds and net (minor units) by currency: the grand totals."""
+        sums: dict[str, dict[str, int]] = defaultdict(
+            lambda: {"gross": 0, "fee": 0, "refunds": 0, "net": 0}
+        )
+        for _, _, _, currency, kind, amount, _ in self._sums:
+            gross, fee, refunds = _split(kind, amount)
+            totals = sums[currency]
+            totals["gross"] += gross
+            totals["fee"] += fee
+            totals["refunds"] += refunds
+            totals["net"] += amount
+        return dict(sums)
+
     def rows(self) -> Iterator[list[object]]:
         by_month: dict[tuple[str, str, str, str], int] = defaultdict(int)
-        for day, product, provider, currency, amount, _ in self._sums:
+        for day, product, provider, currency, _, amount, _ in self._sums:
             by_month[(day[:7], product, provider, currency)] += amount
         for (day, currency), amount in sorted(self.by_day().items()):
             yield [day, "", "", currency, major(amount, currency)]

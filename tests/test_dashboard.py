@@ -1,18 +1,33 @@
-"""The admin's view at a glance: revenue chart, members by tier, funnel, what needs care."""
+"""The admin's view at a glance: KPI cards against the previous period, revenue per
+currency, members joined and ended, renewals due, seats, the funnel, what needs care;
+and the community page's chart."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
+from bench.seed import seed_members
 from core.clock import utcnow
 from core.db import db
+from core.events import Event
 from membership import visits
-from membership.models import Community, PageVisits
-from payments.models import InboxStatus, WebhookEvent
-from tests.helpers import count, join_and_pay, submit_join
+from membership.dashboard import Change, dashboard_figures
+from membership.models import (
+    Application,
+    Community,
+    ContactKind,
+    Member,
+    Membership,
+    MembershipStatus,
+    PageVisits,
+    Tier,
+)
+from payments.models import InboxStatus, LedgerEntry, Payment, WebhookEvent
+from tests.helpers import count, join_and_pay, open_payment, submit_join
 
 
 def test_community_page_shows_revenue_members_and_funnel(app, demo, logged_in):
@@ -68,6 +83,8 @@ def test_dashboard_flags_what_needs_attention(app, demo, logged_in):
     page = logged_in.get("/admin/").text
     assert 'id="attention"' in page
     assert "1 条支付通知处理失败" in page
+    logged_in.get("/lang/en")
+    assert "1 failed webhook delivery" in logged_in.get("/admin/").text
 
 
 def test_a_failed_visit_write_never_fails_the_page_and_keeps_the_counts(app, demo, monkeypatch):
@@ -80,3 +97,166 @@ def test_a_failed_visit_write_never_fails_the_page_and_keeps_the_counts(app, dem
     assert app.test_client().get("/join/demo").status_code == 200
     with app.app_context():
         assert db.session.scalar(sa.select(PageVisits.visits)) == 2
+
+
+#: The dashboard's clock in the figures test: 2026-12-02 10:00 in Shanghai.
+NOW = datetime(2026, 12, 2, 2, 0, tzinfo=UTC)
+
+
+def _movement(payment: Payment, when: datetime, amount: int, currency: str, kind="payment"):
+    db.session.add(
+        LedgerEntry(
+            created_at=when,
+            kind=kind,
+            amount=amount,
+            currency=currency,
+            order_id=payment.order_id,
+            payment_id=payment.id,
+            provider=payment.provider,
+        )
+    )
+
+
+def _member(community: Community, tier: Tier, n: int, starts: datetime, **membership):
+    member = Member(
+        community_id=community.id,
+        display_name=f"成员{n}",
+        contact_kind=ContactKind.PHONE,
+        contact_value=f"1380000{n:04d}",
+        number=n,
+        number_label=f"{n:04d}",
+        created_at=starts,
+    )
+    values = {"status": MembershipStatus.ACTIVE, "ends_at": None, **membership}
+    db.session.add(Membership(member=member, tier=tier, starts_at=starts, **values))
+    return member
+
+
+def _ended(community: Community, when: datetime, status: str = "expired") -> None:
+    db.session.add(
+        Event(
+            public_id=f"evt_{when.timestamp()}_{status}",
+            community_id=community.id,
+            type="membership.ended",
+            data={"status": status},
+            created_at=when,
+        )
+    )
+
+
+def test_figures_of_a_known_week_against_the_week_before(app, demo):
+    """Seven days to 2026-12-02 (Shanghai) against the seven before: revenue per currency
+    and per local day (a payment at 17:00 UTC counts on the next Shanghai day), members
+    joined and ended, the paying members then and now, renewals due, the funnel."""
+    day = timedelta(days=1)
+    with app.app_context():
+        community = db.session.get(Community, demo.id)
+        tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+        payment = open_payment(tier, "fake", 1)
+        db.session.flush()
+        _movement(payment, NOW - day, 9900, "CNY")  # this week, 12-01
+        _movement(payment, datetime(2026, 11, 30, 17, tzinfo=UTC), 9900, "CNY")  # 12-01 01:00
+        _movement(payment, NOW - day, -2000, "CNY", kind="refund")
+        _movement(payment, NOW - 2 * day, 2500, "USD")  # never added to yuan
+        _movement(payment, NOW - 10 * day, 9900, "CNY")  # the week before
+        _movement(payment, NOW - 20 * day, 5000, "CNY")  # before both
+        for n in (1, 2, 3):
+            _member(community, tier, n, NOW - 3 * day)  # joined this week
+        _member(community, tier, 4, NOW - 9 * day)  # joined the week before
+        _member(community, tier, 5, NOW - 40 * day, ends_at=NOW + 5 * day)  # renewal due
+        _member(community, tier, 6, NOW - 40 * day, ends_at=NOW + 40 * day)  # not yet
+        _ended(community, NOW - day)
+        _ended(community, NOW - 2 * day, "purged")
+        _ended(community, NOW - 2 * day, "suspended")  # a dispute: not ended
+        _ended(community, NOW - 8 * day)
+        db.session.add(PageVisits(community_id=community.id, day=date(2026, 12, 1), visits=40))
+        db.session.add(PageVisits(community_id=community.id, day=date(2026, 11, 20), visits=7))
+        db.session.flush()
+        application = db.session.scalar(sa.select(Application))
+        application.created_at = NOW - day
+        figures = dashboard_figures(community, 7, now=NOW)
+        groups = [group.name for group in community.groups]
+        db.session.rollback()
+    assert figures.period.first == date(2026, 11, 26)
+    assert figures.revenue == {"CNY": Change(17800, 9900), "USD": Change(2500, 0)}
+    assert figures.revenue_by_day == {
+        "CNY": {"2026-12-01": 17800},
+        "USD": {"2026-11-30": 2500},
+    }
+    assert figures.new == Change(3, 1)
+    assert figures.new.percent == 200
+    assert figures.ended == Change(2, 1)
+    assert figures.ended_by_day == {"2026-12-01": 1, "2026-11-30": 1}
+    # Six paying now (the open payment's applicant has no membership); a week ago six
+    # less the three who joined, plus the two who left since.
+    assert figures.paying == Change(6, 5)
+    assert figures.renewals_by_day == {"2026-12-07": 1}
+    assert figures.funnel == (40, 1, 1, 0)
+    assert figures.seats == [(name, 0, 500) for name in groups]
+
+
+def test_the_dashboard_shows_cards_charts_and_each_currency_apart(app, demo, logged_in):
+    join_and_pay(app.test_client(), "main")
+    join_and_pay(app.test_client(), "main")
+    with app.app_context():
+        payment = db.session.scalar(sa.select(Payment).order_by(Payment.id))
+        _movement(payment, utcnow(), 2500, "USD")
+        db.session.commit()
+    page = logged_in.get("/admin/?days=7").text
+    assert re.search(r'id="kpi-paying" data-current="2" data-previous="0"', page)
+    assert re.search(r'id="kpi-revenue-CNY" data-current="19800" data-previous="0"', page)
+    assert re.search(r'id="kpi-revenue-USD" data-current="2500"', page)
+    assert "¥198.00" in page and "$25.00" in page
+    assert "较前7天 +2" in page
+    # One chart per currency, each with its own axis; values written as text.
+    for currency, top in (("CNY", "¥200.00"), ("USD", "$25.00")):
+        chart = re.search(rf'<svg[^>]*id="revenue-chart-{currency}".*?</svg>', page, re.S)[0]
+        assert 'role="img"' in chart and "<title" in chart
+        assert '<text class="tick"' in chart and top in chart
+        assert len(re.findall(r"<rect class=\"series-0\"", chart)) == 7
+    assert 'data-funnel="0,2,2,2"' in page
+    assert 'id="flow-chart"' in page and 'id="renewals-chart"' in page
+    assert "各群已用席位" in page
+    logged_in.get("/lang/en")
+    english = logged_in.get("/admin/?days=30&by=week").text
+    assert "Paying members" in english and "+2 vs previous 30 days" in english
+    assert 'data-by="week"' in english
+    assert "Net revenue in USD: $25.00" in english
+
+
+def _dashboard_statements(app, client) -> int:
+    with app.app_context():
+        engine = db.engine
+    statements = []
+
+    def watch(_connection, _cursor, statement, *_):
+        if not statement.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
+            statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", watch)
+    try:
+        assert client.get("/admin/?days=90&by=month").status_code == 200
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", watch)
+    return len(statements)
+
+
+def test_the_dashboard_costs_the_same_statements_for_5_or_300_members(app, demo, logged_in):
+    """Every figure is an aggregate: no statement per member, payment or day."""
+    statements = []
+    for size in (5, 300):
+        with app.app_context():
+            # The seeding numbers from 1 again: the members before move out of its way.
+            db.session.execute(
+                sa.update(Member).values(
+                    number=Member.number + 10_000, contact_value=Member.contact_value + "0"
+                )
+            )
+            tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+            seed_members(db.session.get(Community, demo.id), tier, size, now=utcnow(), paid=True)
+            db.session.commit()
+        statements.append(_dashboard_statements(app, logged_in))
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count(LedgerEntry.id))) == 305
+        assert logged_in.get("/admin/").text.count('id="kpi-paying" data-current="305"') == 1
+    assert statements[0] == statements[1], statements

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import openpyxl
 import pytest
 import sqlalchemy as sa
+from flask_babel import force_locale
 
 from core import db as core_db
 from core.clock import local_timestamp_sql, utc_offsets, utcnow
@@ -59,34 +60,94 @@ def test_movements_csv_from_the_admin_page(app, demo, logged_in):
     assert response.mimetype == "text/csv"
     assert response.is_streamed
     rows = read_csv(response)
-    assert rows[0][:3] == ["时间 Time", "类型 Kind", "订单号 Order"]
-    kinds = [(r[1], r[3], r[7], r[9]) for r in rows[1:]]
+    assert rows[0][:3] == ["时间", "类型", "订单号"]
+    assert rows[0][7:11] == ["收款", "手续费", "退款", "净额"]
+    kinds = [(r[1], r[3], r[7], r[9], r[10]) for r in rows[1:]]
     assert kinds == [
-        ("payment", "0001", "99.00", "99.00"),
-        ("payment", "0002", "99.00", "99.00"),
-        ("refund", "0001", "-50.00", "-50.00"),
+        ("收款", "0001", "99.00", "0.00", "99.00"),
+        ("收款", "0002", "99.00", "0.00", "99.00"),
+        ("退款", "0001", "0.00", "-50.00", "-50.00"),
     ]
     assert {r[4] for r in rows[1:]} == {"'=HYPERLINK(1)"}  # never a live formula
     totals = read_csv(
         logged_in.get(url, query_string={"first_day": first, "last_day": last, "sheet": "totals"})
     )
+    assert totals[0] == ["期间", "产品", "渠道", "币种", "净额"]
     assert totals[1][3:] == ["CNY", "148.00"]
-    assert sum(Decimal(r[7]) for r in rows[1:]) == Decimal("148.00")
+    assert sum(Decimal(r[10]) for r in rows[1:]) == Decimal("148.00")
+    logged_in.get("/lang/en")
+    english = read_csv(logged_in.get(url, query_string={"first_day": first, "last_day": last}))
+    assert english[0][:4] == ["Time", "Kind", "Order", "Member number"]
+    assert [r[1] for r in english[1:]] == ["Payment", "Payment", "Refund"]
 
 
-def test_xlsx_holds_both_sheets(app, demo, logged_in):
-    community_id = _paid_and_refunded(app, logged_in)
+def _workbook(logged_in, community_id: int, **options) -> openpyxl.Workbook:
     first, last = _range()
     response = logged_in.get(
         f"/admin/communities/{community_id}/export",
         query_string={"first_day": first, "last_day": last, "format": "xlsx"},
     )
-    book = openpyxl.load_workbook(io.BytesIO(response.data))
+    return openpyxl.load_workbook(io.BytesIO(response.data), **options)
+
+
+def test_the_workbook_is_ready_for_an_accountant(app, demo, logged_in):
+    """Real date-time cells on the community's clock, a frozen header with filters,
+    column widths, gross/fees/refunds/net and a total row per currency that sums them."""
+    community_id = _paid_and_refunded(app, logged_in)
+    with app.app_context():
+        payment = db.session.scalar(sa.select(Payment).order_by(Payment.id))
+        _ledger_entry(payment, kind="fee", amount=-60, provider_transaction_id="fee-1")
+        _ledger_entry(payment, kind="payment", amount=2500, currency="USD")
+        db.session.commit()
+        ledger = db.session.scalars(
+            sa.select(LedgerEntry.created_at).order_by(LedgerEntry.id)
+        ).all()
+    book = _workbook(logged_in, community_id)
     movements, totals = book.worksheets
-    values = [row for row in movements.iter_rows(min_row=2, values_only=True)]
-    assert len(values) == 3
-    assert round(sum(row[7] for row in values), 2) == 148.0
-    assert next(totals.iter_rows(min_row=2, values_only=True))[4] == 148.0
+    assert (movements.title, totals.title) == ("流水", "汇总")
+    header = [cell.value for cell in movements[1]]
+    assert header[:3] == ["时间", "类型", "订单号"]
+    assert header[7:12] == ["收款", "手续费", "退款", "净额", "币种"]
+    assert movements.freeze_panes == "A2"
+    assert movements.auto_filter.ref == "A1:N6"
+    assert movements.column_dimensions["A"].width > 18  # the date-times fit
+    rows = list(movements.iter_rows(min_row=2, values_only=True))
+    data, footer = rows[:5], rows[5:]
+    shanghai = ZoneInfo("Asia/Shanghai")
+    for row, moment in zip(data, ledger, strict=True):
+        assert isinstance(row[0], datetime)
+        assert row[0] == moment.astimezone(shanghai).replace(tzinfo=None, microsecond=0)
+    assert [row[1] for row in data] == ["收款", "收款", "退款", "渠道手续费", "收款"]
+    assert data[3][7:11] == (0, 0.6, 0, -0.6)
+    assert [row[0] for row in footer] == ["合计", "合计"]
+    assert [row[11] for row in footer] == ["CNY", "USD"]
+    assert footer[0][7].startswith("=SUMIFS(H2:H6,L2:L6,")  # a live total, not a typed one
+    values = _workbook(logged_in, community_id, data_only=True).worksheets[0]
+    cny, usd = list(values.iter_rows(min_row=7, values_only=True))
+    for column in range(7, 11):
+        expected = sum(Decimal(str(row[column])) for row in data if row[11] == "CNY")
+        assert Decimal(str(cny[column])) == expected, column
+    assert cny[7:11] == (198.0, 0.6, -50.0, 147.4)
+    assert usd[7:11] == (25.0, 0, 0, 25.0)
+    assert next(iter(totals.iter_rows(min_row=2, values_only=True)))[3:] == ("CNY", 147.4)
+
+
+def test_export_page_offers_presets_on_the_community_calendar(app, demo, logged_in):
+    with app.app_context():
+        community_id = db.session.scalar(sa.select(Community.id))
+    url = f"/admin/communities/{community_id}/export"
+    page = logged_in.get(url).text
+    assert all(f"preset={key}" in page for key in ("this_month", "last_month", "this_year"))
+    assert "上月" in page and "本季度" in page
+    today = utcnow().astimezone(ZoneInfo("Asia/Shanghai")).date()
+    last_month_end = today.replace(day=1) - timedelta(days=1)
+    filled = logged_in.get(url, query_string={"preset": "last_month"})
+    assert filled.mimetype == "text/html"  # filled in, not exported yet
+    assert f'value="{last_month_end.replace(day=1)}"' in filled.text
+    assert f'value="{last_month_end}"' in filled.text
+    quarter = logged_in.get(url, query_string={"preset": "this_quarter"}).text
+    first = today.replace(month=(today.month - 1) // 3 * 3 + 1, day=1)
+    assert f'value="{first}"' in quarter and f'value="{today}"' in quarter
 
 
 def test_dates_outside_the_range_are_left_out_and_bad_ranges_refused(app, demo, logged_in):
@@ -102,26 +163,34 @@ def test_dates_outside_the_range_are_left_out_and_bad_ranges_refused(app, demo, 
     assert "结束日期早于开始日期" in backwards.text
 
 
+def _export_command(runner, first: str, last: str, out, *more: str):
+    args = ["export-revenue", "--community", "demo", "--from", first, "--to", last]
+    return runner.invoke(args=[*args, "--out", str(out), *more])
+
+
 def test_cli_export(app, demo, logged_in, runner, tmp_path):
     _paid_and_refunded(app, logged_in)
     first, last = _range()
     out = tmp_path / "revenue.csv"
-    result = runner.invoke(
-        args=[
-            "export-revenue",
-            "--community",
-            "demo",
-            "--from",
-            first,
-            "--to",
-            last,
-            "--out",
-            str(out),
-        ]
-    )
+    result = _export_command(runner, first, last, out)
     assert result.exit_code == 0, result.output
-    assert len(out.read_text(encoding="utf-8").splitlines()) == 4
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4
+    assert lines[0].lstrip("\ufeff").startswith("时间,类型,订单号,成员编号")  # zh_CN by default
     assert "148.00" in (tmp_path / "revenue-totals.csv").read_text(encoding="utf-8")
+    book = tmp_path / "revenue.xlsx"
+    assert _export_command(runner, first, last, book, "--locale", "en").exit_code == 0
+    sheet = openpyxl.load_workbook(book).worksheets[0]
+    assert [cell.value for cell in sheet[1]][:2] == ["Time", "Kind"]
+    assert sheet["B2"].value == "Payment"
+
+
+def test_cli_refuses_a_reversed_range(app, demo, runner, tmp_path):
+    out = tmp_path / "revenue.csv"
+    result = _export_command(runner, "2026-02-01", "2026-01-01", out)
+    assert result.exit_code == 1
+    assert "--to 2026-01-01 is before --from 2026-02-01" in result.output
+    assert not out.exists()
 
 
 def test_amounts_and_cells():
@@ -205,15 +274,29 @@ def test_csv_reads_as_the_rows_whoever_writes_it(app, demo):
         community = db.session.scalar(sa.select(Community))
         today = utcnow().date()
         rows, _ = community_revenue(community, today - timedelta(days=1), today + timedelta(days=1))
-        expected = [["" if cell is None else str(cell) for cell in row] for row in rows.rows()]
-        assert len(expected) == 7
-        assert expected[2][7:10] == ["-0.05", "0.00", "-0.05"]
-        assert expected[3][7:] == ["123456", "0", "123456", "JPY", "'-5OFF", "1000"]
-        assert expected[6][7:] == ["1000000.07", "0.00", "1000000.07", "CNY", "", "0.10"]
-        rows.rows = lambda: pytest.fail("the database writes this CSV")
-        text = "".join(csv_lines(rows))
+        with force_locale("en"):
+            expected = [["" if cell is None else str(cell) for cell in row] for row in rows.rows()]
+            assert len(expected) == 7
+            assert expected[1][1:2] + expected[1][7:11] == [
+                "Provider fee",
+                *["0.00", "0.60", "0.00", "-0.60"],
+            ]
+            assert expected[2][7:11] == ["0.00", "0.00", "-0.05", "-0.05"]
+            assert expected[3][7:] == ["123456", "0", "0", "123456", "JPY", "'-5OFF", "1000"]
+            assert expected[6][7:] == [
+                "1000000.07",
+                "0.00",
+                "0.00",
+                "1000000.07",
+                "CNY",
+                "",
+                "0.10",
+            ]
+            rows.rows = lambda: pytest.fail("the database writes this CSV")
+            text = "".join(csv_lines(rows))
+            headers = [str(header) for header in rows.headers]
     written = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
-    assert written[0] == rows.headers
+    assert written[0] == headers
     assert written[1:] == expected
 
 
@@ -238,7 +321,8 @@ def test_sqlite_writes_the_parts_side_by_side(tmp_path, _api_server, monkeypatch
         community = db.session.scalar(sa.select(Community))
         days = today - timedelta(days=1), today + timedelta(days=1)
         rows, totals = community_revenue(community, *days)
-        expected = [["" if cell is None else str(cell) for cell in row] for row in rows.rows()]
+        with force_locale("zh_CN"):
+            expected = [["" if c is None else str(c) for c in row] for row in rows.rows()]
         expected_totals = list(totals.rows())
         submitted = []
         monkeypatch.setattr(exports, "PART_IDS", 3)
@@ -246,7 +330,8 @@ def test_sqlite_writes_the_parts_side_by_side(tmp_path, _api_server, monkeypatch
         begin_snapshot()
         rows, totals = community_revenue(community, *days, jobs=2)
         assert totals.movements == 7
-        text = "".join(csv_lines(rows, jobs=2))
+        with force_locale("zh_CN"):
+            text = "".join(csv_lines(rows, jobs=2))
         db.session.rollback()
     assert len(submitted) == 6  # ledger ids 1–7, three at a time: the totals, then the rows
     assert len(expected) == 7
@@ -285,8 +370,9 @@ def test_totals_and_movements_read_the_same_ledger(tmp_path, _api_server):
                 with app.app_context():
                     _ledger_entry(db.session.scalar(sa.select(Payment)))
                     db.session.commit()
-            lines = list(csv.reader(io.StringIO("".join(csv_lines(rows)))))
-            assert [line[9] for line in lines[1:]] == ["99.00"]
+            with force_locale("zh_CN"):
+                lines = list(csv.reader(io.StringIO("".join(csv_lines(rows)))))
+            assert [line[10] for line in lines[1:]] == ["99.00"]
             assert [row[4] for row in totals.rows()] == [Decimal("99.00")] * 2
         with app.app_context():
             assert db.session.scalar(sa.select(sa.func.count(LedgerEntry.id))) == (

@@ -53,11 +53,15 @@ def test_dry_run_lists_every_problem_and_changes_nothing(app, demo, logged_in):
     for button in ("dry_run", "run"):
         page = send(app, logged_in, bad, button).text
         for line in range(2, 11):
-            assert f"line {line}:" in page, line
+            assert f"第 {line} 行：" in page, line
         assert "未导入" in page
     assert members(app) == before
     wrong_header = send(app, logged_in, "no,name\n1,x\n", "dry_run").text
-    assert "表头须为" in wrong_header
+    assert "表头须包含这些列：编号, 昵称, 联系方式类型, 联系方式, 加入日期, 档位" in wrong_header
+    logged_in.get("/lang/en")
+    english = send(app, logged_in, bad, "dry_run").text
+    assert "Line 4: The contact kind must be one of: wechat, phone, email." in english
+    assert "9 problems, nothing imported" in english
 
 
 def test_clean_import_keeps_numbers_and_numbering_carries_on(app, demo, logged_in):
@@ -77,3 +81,40 @@ def test_clean_import_keeps_numbers_and_numbering_carries_on(app, demo, logged_i
     again = send(app, logged_in, CLEAN, "run").text  # the same file twice
     assert "编号 5 已被使用" in again
     assert len(members(app)) == 3
+
+
+def test_chinese_headers_in_any_order_and_chinese_contact_kinds(app, demo, logged_in):
+    """A file written in Chinese imports as the English one does, on a page in either
+    language."""
+    chinese = (
+        "档位,编号,昵称,联系方式类型,联系方式,加入日期\n"
+        "main,5,老会员甲,手机,13800138005,2024-03-01\n"
+        "main,42,老会员乙,邮箱,Old.Member@Example.com,2025-01-15\n"
+        "main,43,老会员丙,微信,old_member_c,2025-02-01\n"
+    )
+    logged_in.get("/lang/en")
+    assert "Dry run: 3 members can be imported" in send(app, logged_in, chinese, "dry_run").text
+    assert send(app, logged_in, chinese, "run").status_code == 302
+    assert members(app) == [("0005", "老会员甲"), ("0042", "老会员乙"), ("0043", "老会员丙")]
+    with app.app_context():
+        kinds = db.session.scalars(sa.select(Member.contact_kind).order_by(Member.id)).all()
+    assert [kind.value for kind in kinds] == ["phone", "email", "wechat"]
+
+
+def test_the_sample_file_speaks_the_page_language_and_imports_as_it_is(app, demo, logged_in):
+    with app.app_context():
+        community_id = db.session.scalar(sa.select(Community.id))
+    page = logged_in.get(f"/admin/communities/{community_id}/import").text
+    sample_url = f"/admin/communities/{community_id}/import/sample.csv"
+    assert f'href="{sample_url}"' in page
+    chinese = logged_in.get(sample_url)
+    assert chinese.mimetype == "text/csv"
+    text = chinese.get_data(as_text=True).lstrip("\ufeff")
+    assert text.splitlines()[0] == "编号,昵称,联系方式类型,联系方式,加入日期,档位"
+    assert text.splitlines()[1].split(",")[1:3] == ["读书人", "手机"]
+    logged_in.get("/lang/en")
+    english = logged_in.get(sample_url).get_data(as_text=True).lstrip("\ufeff")
+    assert english.splitlines()[0] == HEADER.strip()
+    assert english.splitlines()[1].split(",")[1:3] == ["Reader", "phone"]
+    assert send(app, logged_in, text, "run").status_code == 302  # the sample imports
+    assert members(app) == [("0001", "读书人"), ("0002", "书虫")]

@@ -130,15 +130,15 @@ def test_fees_are_rows_of_the_revenue_export_and_the_totals_are_net(app, demo, l
     )
     header = rows[0]
     by_kind = {r[1]: dict(zip(header, r, strict=True)) for r in rows[1:]}
-    assert by_kind["fee"]["金额 Gross"] == "0.00"
-    assert by_kind["fee"]["手续费 Fee"] == "0.59"
-    assert by_kind["fee"]["净额 Net"] == "-0.59"
-    assert by_kind["payment"]["净额 Net"] == "99.00"
+    assert by_kind["渠道手续费"]["收款"] == "0.00"
+    assert by_kind["渠道手续费"]["手续费"] == "0.59"
+    assert by_kind["渠道手续费"]["净额"] == "-0.59"
+    assert by_kind["收款"]["净额"] == "99.00"
     totals = list(csv.reader(io.StringIO(
         logged_in.get(url, query_string={**span, "sheet": "totals"}).text.lstrip("\ufeff")
     )))  # fmt: skip
     assert totals[1][3:] == ["CNY", "98.41"]
-    assert sum(Decimal(r[header.index("净额 Net")]) for r in rows[1:]) == Decimal("98.41")
+    assert sum(Decimal(r[header.index("净额")]) for r in rows[1:]) == Decimal("98.41")
 
 
 @pytest.mark.parametrize(
