@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, SelectChoice, SelectField, StringField
@@ -23,7 +34,8 @@ from core.auth import (
 )
 from core.clock import utcnow
 from core.db import db
-from core.outbox import OutboxMessage, OutboxStatus, retry_message
+from core.labels import label
+from core.outbox import CHANNEL_LABELS, OutboxMessage, OutboxStatus, retry_message
 
 bp = Blueprint("core_admin", __name__, url_prefix="/admin")
 
@@ -37,18 +49,21 @@ def _staff_only() -> None:
 
 
 class StaffForm(FlaskForm):
-    email = EmailField("邮箱 · E-mail", validators=[DataRequired(), Email(), Length(max=254)])
-    name = StringField("称呼 · Name", validators=[DataRequired(), Length(max=80)])
-    role = SelectField("角色 · Role", choices=[SelectChoice(k, v[0]) for k, v in ROLES.items()])
+    email = EmailField(_l("E-mail"), validators=[DataRequired(), Email(), Length(max=254)])
+    name = StringField(_l("Name"), validators=[DataRequired(), Length(max=80)])
+    role = SelectField(_l("Role"), choices=[SelectChoice(k, v[0]) for k, v in ROLES.items()])
     password = PasswordField(
-        f"初始密码（{PASSWORD_MIN}–{PASSWORD_MAX}位，首次登录须更改）"
-        f"· First password ({PASSWORD_MIN}–{PASSWORD_MAX}, changed at first login)",
+        _l(
+            "First password (%(min)s–%(max)s characters, changed at first login)",
+            min=PASSWORD_MIN,
+            max=PASSWORD_MAX,
+        ),
         validators=[DataRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)],
     )
 
 
 class RoleForm(FlaskForm):
-    role = SelectField("角色 · Role", choices=[SelectChoice(k, v[0]) for k, v in ROLES.items()])
+    role = SelectField(_l("Role"), choices=[SelectChoice(k, v[0]) for k, v in ROLES.items()])
 
 
 @bp.route("/staff", methods=["GET", "POST"])
@@ -71,7 +86,7 @@ def staff():
             form.email.errors.append(str(error))
         else:
             db.session.commit()
-            flash("已添加 · Added", "ok")
+            flash(_("Added"), "ok")
             return redirect(url_for(".staff"))
     team = db.session.scalars(sa.select(StaffUser).order_by(StaffUser.id)).all()
     return render_template(
@@ -92,7 +107,7 @@ def change_staff(user_id: int):
     action = request.form.get("action")
     now = utcnow()
     if user.id == current_user.id:
-        flash("不能修改自己的角色或停用自己 · You cannot change yourself", "error")
+        flash(_("You cannot change yourself"), "error")
     elif action == "role" and form.validate_on_submit():
         audit.record(
             "staff.role_changed",
@@ -140,7 +155,15 @@ def audit_log():
     page = db.paginate(
         query, page=max(request.args.get("page", 1, type=int), 1), per_page=PAGE_SIZE
     )
-    return render_template("admin/audit.html", page=page, filters=filters)
+    return render_template(
+        "admin/audit.html",
+        page=page,
+        filters=filters,
+        actors=audit.actor_names(entry.actor for entry in page.items),
+        actions=audit.registered_actions(),
+        targets=audit.registered_targets(),
+        zone=current_app.config["BABEL_DEFAULT_TIMEZONE"],
+    )
 
 
 @bp.route("/messages", methods=["GET", "POST"])
@@ -154,7 +177,7 @@ def failed_messages():
             abort(404)
         retry_message(message, actor=current_user.actor)
         db.session.commit()
-        flash("已重新排队 · Queued again", "ok")
+        flash(_("Queued again"), "ok")
         return redirect(url_for(".failed_messages"))
     failed = db.session.scalars(
         sa.select(OutboxMessage)
@@ -162,4 +185,51 @@ def failed_messages():
         .order_by(OutboxMessage.id.desc())
         .limit(500)
     ).all()
-    return render_template("admin/messages.html", failed=failed)
+    return render_template("admin/messages.html", failed=failed, channel_labels=CHANNEL_LABELS)
+
+
+#: What this package's audit actions and tables are called on the audit log.
+audit.register_labels(
+    {
+        "staff.created": _l("Team member added"),
+        "staff.logged_in": _l("Logged in"),
+        "staff.logged_out": _l("Logged out"),
+        "staff.password_changed": _l("Password changed"),
+        "staff.password_reset": _l("Password reset"),
+        "staff.totp_disabled": _l("Two-step login turned off"),
+        "staff.totp_enabled": _l("Two-step login turned on"),
+        "staff.totp_enrolment_started": _l("Two-step login being set up"),
+        "staff.role_changed": _l("Role changed"),
+        "staff.enabled": _l("Team member enabled"),
+        "staff.disabled": _l("Team member disabled"),
+        "message.failed": _l("Message not delivered"),
+        "message.retried": _l("Message retried"),
+        "webhook_endpoint.created": _l("Webhook endpoint added"),
+        "webhook_endpoint.enabled": _l("Webhook endpoint turned on"),
+        "webhook_endpoint.disabled": _l("Webhook endpoint turned off"),
+        "webhook_endpoint.secret_rolled": _l("Webhook signing secret changed"),
+        "event.replayed": _l("Event sent again"),
+    },
+    {
+        "staff_users": _l("Team member"),
+        "outbox_messages": _l("Message"),
+        "webhook_endpoints": _l("Webhook endpoint"),
+        "events": _l("Event"),
+    },
+)
+
+
+def _staff_names(ids: list[str]) -> dict[str, str]:
+    """The audit log's names for ``staff:<id>`` actors: the staff member's name."""
+    wanted = [int(staff_id) for staff_id in ids if staff_id.isdigit()]
+    rows = db.session.execute(
+        sa.select(StaffUser.id, StaffUser.name).where(StaffUser.id.in_(wanted))
+    )
+    return {str(staff_id): name for staff_id, name in rows}
+
+
+audit.register_actor_names("staff", _staff_names)
+bp.add_app_template_filter(label, "label")
+bp.add_app_template_global(audit.action_label, "audit_action")
+bp.add_app_template_global(audit.target_label, "audit_target")
+bp.add_app_template_global(audit.detail_lines, "audit_details")
