@@ -477,7 +477,7 @@ def login():
         email = form.email.data.strip().lower()
         user = db.session.scalar(sa.select(StaffUser).where(StaffUser.email == email))
         if not _claim_login_try(email, user, now=now):
-            flash(TOO_MANY_TRIES, "error")
+            flash(str(TOO_MANY_TRIES), "error")
             return render_template("auth/login.html", form=form)
         # The claim's commit expired ``user``: what is checked below is read afresh.
         if _credentials_hold(user, form.password.data, form.code.data or "", now):
@@ -494,7 +494,7 @@ def login():
             return redirect(target or url_for("membership_admin.dashboard"))
         _record_login_event("staff.login_failed", user, {}, now)
         db.session.commit()
-        flash(WRONG_LOGIN, "error")
+        flash(str(WRONG_LOGIN), "error")
     return render_template("auth/login.html", form=form)
 
 
