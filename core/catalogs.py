@@ -21,6 +21,7 @@ import tokenize
 from collections.abc import Iterator
 from pathlib import Path
 
+from babel import Locale
 from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po, write_po
@@ -151,12 +152,21 @@ def text_outside_catalogs(root: Path, sources: list[str]) -> Iterator[str]:
 
 def compile_catalogs(translations: Path) -> None:
     """Write each catalog's ``.mo`` file, which the app reads, when the ``.po`` is newer.
-    Untranslated and fuzzy messages are left out (they show their English id)."""
+    Untranslated and fuzzy messages are left out (they show their English id).
+
+    Flask-Babel asks for a locale's catalog by Babel's full name of it (``zh_Hans_CN`` for
+    ``zh_CN``), which gettext's lookup never shortens to ``zh_CN``: such a catalog's
+    ``.mo`` is also written under the full name."""
     for path in translations.glob("*/LC_MESSAGES/messages.po"):
-        target = path.with_suffix(".mo")
-        if not target.exists() or target.stat().st_mtime < path.stat().st_mtime:
-            with target.open("wb") as mo:
-                write_mo(mo, _read(path))
+        name = path.parent.parent.name
+        targets = [path.with_suffix(".mo")]
+        if (full := str(Locale.parse(name))) != name:
+            targets.append(translations / full / "LC_MESSAGES" / "messages.mo")
+        for target in targets:
+            if not target.exists() or target.stat().st_mtime < path.stat().st_mtime:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("wb") as mo:
+                    write_mo(mo, _read(path))
 
 
 def report(translations: Path) -> None:
