@@ -318,7 +318,7 @@ class TierForm(FlaskForm):
         ],
     )
     active = BooleanField(_l("Open"), default=True)
-    sort_order = IntegerField(_l("Order"), default=0, validators=[Optional()])
+    sort_order = IntegerField(_l("Sort order"), default=0, validators=[Optional()])
     requires_screening = BooleanField(_l("Applicants are screened"))
     is_lobby = BooleanField(_l("The lobby screened applicants wait in"))
     groups = checkbox_list(_l("Groups"))
