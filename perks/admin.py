@@ -578,6 +578,7 @@ audit.register_labels(
         "enrolment.paid": _l("Course paid"),
         "enrolment.given": _l("Course place given"),
         "enrolment.restored": _l("Course access restored"),
+        "enrolment.active": _l("Course access active"),
         "enrolment.suspended": _l("Course access suspended"),
         "enrolment.revoked": _l("Course access revoked"),
         "perk.redeemed": _l("Perk claimed"),
