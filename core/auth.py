@@ -416,9 +416,7 @@ def keep_locale_choice(locale: str) -> None:
 
 class LoginForm(FlaskForm):
     email = EmailField(_l("E-mail"), validators=[DataRequired(), Email(), Length(max=254)])
-    password = PasswordField(
-        _l("Password"), validators=[DataRequired(), Length(max=PASSWORD_MAX)]
-    )
+    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=PASSWORD_MAX)])
     code = StringField(
         _l("Authenticator code (when two-step login is on)"),
         validators=[Optional(), Length(max=12)],

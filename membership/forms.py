@@ -291,9 +291,7 @@ class TierForm(FlaskForm):
     name = StringField(
         _l("Name"), filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
     )
-    includes = TextAreaField(
-        _l("Includes, one per line"), validators=[Length(max=4000)]
-    )
+    includes = TextAreaField(_l("Includes, one per line"), validators=[Length(max=4000)])
     kind = SelectField(
         _l("Kind"),
         choices=[
@@ -302,9 +300,7 @@ class TierForm(FlaskForm):
         ],
     )
     price = StringField(_l("Price"), filters=[strip_text], default="0")
-    renewal_price = StringField(
-        _l("Renewal price (empty = the price)"), filters=[strip_text]
-    )
+    renewal_price = StringField(_l("Renewal price (empty = the price)"), filters=[strip_text])
     duration_days = IntegerField(
         _l("Days (empty = lifetime)"),
         validators=[Optional(), NumberRange(min=1, max=36500)],

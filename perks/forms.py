@@ -36,9 +36,7 @@ from membership.forms import (
 )
 from perks.models import PerkKind
 
-CODE = Regexp(
-    r"^[A-Za-z0-9][-_A-Za-z0-9]{0,39}$", message=_l("Letters, digits, - or _")
-)
+CODE = Regexp(r"^[A-Za-z0-9][-_A-Za-z0-9]{0,39}$", message=_l("Letters, digits, - or _"))
 MONEY_HINT = _l("Enter an amount like 9.90")
 
 
@@ -122,12 +120,8 @@ class PerkForm(EligibilityForm):
 
 
 class CouponForm(EligibilityForm):
-    code = StringField(
-        _l("Code"), filters=[strip_text], validators=[DataRequired(REQUIRED), CODE]
-    )
-    description = StringField(
-        _l("Description"), filters=[strip_text], validators=[Length(max=200)]
-    )
+    code = StringField(_l("Code"), filters=[strip_text], validators=[DataRequired(REQUIRED), CODE])
+    description = StringField(_l("Description"), filters=[strip_text], validators=[Length(max=200)])
     kind = RadioField(
         _l("Discount"),
         choices=[
@@ -199,9 +193,7 @@ class CourseForm(EligibilityForm):
         _l("Title"), filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=80)]
     )
     description = TextAreaField(_l("Description"), validators=[Length(max=4000)])
-    price = StringField(
-        _l("Price"), filters=[strip_text], validators=[DataRequired(REQUIRED)]
-    )
+    price = StringField(_l("Price"), filters=[strip_text], validators=[DataRequired(REQUIRED)])
     access_url = StringField(
         _l("Content link (shown once bought)"),
         filters=[strip_text],

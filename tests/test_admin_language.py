@@ -229,12 +229,7 @@ def test_the_community_language_can_be_left_to_the_browser(app, demo, logged_in)
         assert db.session.get(Community, cid).locale == "en"
 
 
-def test_one_applicant_is_approved_or_rejected_from_their_card(
-    app,
-    client,
-    screened,
-    logged_in,  # noqa: F811
-):
+def test_one_applicant_decided_from_their_card(app, client, screened, logged_in):  # noqa: F811
     apply(client, screened, phone="13800138001")
     apply(app.test_client(), screened, phone="13800138002")
     apply(app.test_client(), screened, phone="13800138003")
