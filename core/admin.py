@@ -159,7 +159,9 @@ def audit_log():
         "admin/audit.html",
         page=page,
         filters=filters,
-        actors=audit.actor_names(entry.actor for entry in page.items),
+        actors=audit.actor_names(
+            [entry.actor for entry in page.items] + ([filters["actor"]] if filters["actor"] else [])
+        ),
         actions=audit.registered_actions(),
         targets=audit.registered_targets(),
         zone=current_app.config["BABEL_DEFAULT_TIMEZONE"],
