@@ -7,15 +7,27 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_babel import lazy_pgettext
 from flask_login import current_user, login_required
 from sqlalchemy.orm import selectinload
 
 from api.models import SCOPES, ApiToken
 from api.tokens import create_token, revoke_token
+from core import audit
 from core.auth import load_for, requires
 from core.clock import utcnow
 from core.db import db
-from core.events import EVENT_TYPES, Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from core.events import (
+    EVENT_TYPES,
+    DeliveryStatus,
+    Event,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from core.labels import enum_labels
 from core.webhooks_out import UnsafeURL, create_endpoint, replay_event, roll_secret, set_enabled
 from membership.models import Community
 
@@ -50,7 +62,7 @@ def tokens(community_id: int):
             flash(str(refusal), "error")
         else:
             db.session.commit()
-            flash(f"令牌 {token.name} 已创建，只显示这一次 · Token made; shown this once", "ok")
+            flash(_("Token %(name)s made; it is shown this once", name=token.name), "ok")
     listed = db.session.scalars(
         sa.select(ApiToken).where(ApiToken.community_id == community.id).order_by(ApiToken.id)
     ).all()
@@ -65,7 +77,7 @@ def revoke(token_id: int):
     token = load_for(ApiToken, token_id, "staff.manage")
     revoke_token(token, actor=current_user.actor, now=utcnow())
     db.session.commit()
-    flash(f"令牌 {token.name} 已吊销 · Token revoked", "ok")
+    flash(_("Token %(name)s revoked", name=token.name), "ok")
     return redirect(url_for(".tokens", community_id=token.community_id))
 
 
@@ -90,7 +102,7 @@ def endpoints(community_id: int):
         else:
             db.session.commit()
             secret = endpoint.secret
-            flash("已添加，签名密钥只显示这一次 · Endpoint added; its secret is shown once", "ok")
+            flash(_("Endpoint added; its secret is shown once"), "ok")
     listed = db.session.scalars(
         sa.select(WebhookEndpoint)
         .where(WebhookEndpoint.community_id == community.id)
@@ -138,7 +150,7 @@ def endpoint_action(endpoint_id: int):
         set_enabled(endpoint, action == "enable", actor=current_user.actor, now=now)
     db.session.commit()
     if secret:
-        flash(f"新的签名密钥（只显示这一次）· New signing secret (shown once): {secret}", "ok")
+        flash(_("New signing secret (shown once): %(secret)s", secret=secret), "ok")
     return redirect(url_for(".endpoints", community_id=endpoint.community_id))
 
 
@@ -153,7 +165,10 @@ def delivery(delivery_id: int):
         .order_by(WebhookAttempt.id.desc())
         .limit(RECENT)
     ).all()
-    return render_template("admin/webhook_delivery.html", delivery=shown, attempts=attempts)
+    community = db.session.get(Community, shown.event.community_id)
+    return render_template(
+        "admin/webhook_delivery.html", delivery=shown, attempts=attempts, community=community
+    )
 
 
 @bp.post("/events/<int:event_id>/replay")
@@ -162,5 +177,36 @@ def replay(event_id: int):
     event = load_for(Event, event_id, "staff.manage")
     count = replay_event(event, actor=current_user.actor, now=utcnow())
     db.session.commit()
-    flash(f"已重新发送到 {count} 个地址 · Queued again for {count} endpoints", "ok")
+    flash(_("Queued again for %(count)s endpoints", count=count), "ok")
     return redirect(url_for(".endpoints", community_id=event.community_id))
+
+
+#: What a delivery's state is called on the webhook pages (core knows no words).
+DELIVERY_STATUS_LABELS = enum_labels(
+    DeliveryStatus,
+    {
+        DeliveryStatus.PENDING: lazy_pgettext("status", "Pending"),
+        DeliveryStatus.SENDING: lazy_pgettext("status", "Sending"),
+        DeliveryStatus.DELIVERED: lazy_pgettext("status", "Delivered"),
+        DeliveryStatus.FAILED: lazy_pgettext("status", "Failed"),
+    },
+)
+
+
+def _token_names(names: list[str]) -> dict[str, str]:
+    """The audit log's names for ``token:<name>`` actors (what a token did through the API)."""
+    return {name: _("API token %(name)s", name=name) for name in names}
+
+
+audit.register_actor_names("token", _token_names)
+
+#: What this package's audit actions and tables are called on the audit log.
+audit.register_labels(
+    {
+        "api_token.created": _l("API token made"),
+        "api_token.revoked": _l("API token revoked"),
+    },
+    {
+        "api_tokens": _l("API token"),
+    },
+)

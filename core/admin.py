@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_babel import lazy_pgettext
@@ -31,7 +40,8 @@ from core.auth import (
 )
 from core.clock import utcnow
 from core.db import db
-from core.outbox import OutboxMessage, OutboxStatus, retry_message
+from core.labels import label
+from core.outbox import CHANNEL_LABELS, OutboxMessage, OutboxStatus, retry_message
 
 bp = Blueprint("core_admin", __name__, url_prefix="/admin")
 
@@ -240,7 +250,17 @@ def audit_log():
     page = db.paginate(
         query, page=max(request.args.get("page", 1, type=int), 1), per_page=PAGE_SIZE
     )
-    return render_template("admin/audit.html", page=page, filters=filters)
+    return render_template(
+        "admin/audit.html",
+        page=page,
+        filters=filters,
+        actors=audit.actor_names(
+            [entry.actor for entry in page.items] + ([filters["actor"]] if filters["actor"] else [])
+        ),
+        actions=audit.registered_actions(),
+        targets=audit.registered_targets(),
+        zone=current_app.config["BABEL_DEFAULT_TIMEZONE"],
+    )
 
 
 @bp.route("/messages", methods=["GET", "POST"])
@@ -260,7 +280,7 @@ def failed_messages():
             abort(404)
         retry_message(message, actor=current_user.actor)
         db.session.commit()
-        flash("已重新排队 · Queued again", "ok")
+        flash(_("Queued again"), "ok")
         return redirect(url_for(".failed_messages"))
     failed = db.session.scalars(
         sa.select(OutboxMessage)
@@ -268,7 +288,7 @@ def failed_messages():
         .order_by(OutboxMessage.id.desc())
         .limit(500)
     ).all()
-    return render_template("admin/messages.html", failed=failed)
+    return render_template("admin/messages.html", failed=failed, channel_labels=CHANNEL_LABELS)
 
 
 def _visible_messages() -> sa.ColumnElement[bool]:
@@ -279,3 +299,51 @@ def _visible_messages() -> sa.ColumnElement[bool]:
         return sa.true()
     members = sa.select(_MEMBERS.c.id).where(_MEMBERS.c.community_id.in_(sorted(visible)))
     return OutboxMessage.member_id.in_(members)
+
+
+#: What this package's audit actions and tables are called on the audit log.
+audit.register_labels(
+    {
+        "staff.created": _l("Team member added"),
+        "staff.logged_in": _l("Logged in"),
+        "staff.logged_out": _l("Logged out"),
+        "staff.password_changed": _l("Password changed"),
+        "staff.password_reset": _l("Password reset"),
+        "staff.totp_disabled": _l("Two-step login turned off"),
+        "staff.totp_enabled": _l("Two-step login turned on"),
+        "staff.totp_enrolment_started": _l("Two-step login being set up"),
+        "staff.role_changed": _l("Role changed"),
+        "staff.install_owner_changed": _l("Install owner changed"),
+        "staff.enabled": _l("Team member enabled"),
+        "staff.disabled": _l("Team member disabled"),
+        "message.failed": _l("Message not delivered"),
+        "message.retried": _l("Message retried"),
+        "webhook_endpoint.created": _l("Webhook endpoint added"),
+        "webhook_endpoint.enabled": _l("Webhook endpoint turned on"),
+        "webhook_endpoint.disabled": _l("Webhook endpoint turned off"),
+        "webhook_endpoint.secret_rolled": _l("Webhook signing secret changed"),
+        "event.replayed": _l("Event sent again"),
+    },
+    {
+        "staff_users": _l("Team member"),
+        "outbox_messages": _l("Message"),
+        "webhook_endpoints": _l("Webhook endpoint"),
+        "events": _l("Event"),
+    },
+)
+
+
+def _staff_names(ids: list[str]) -> dict[str, str]:
+    """The audit log's names for ``staff:<id>`` actors: the staff member's name."""
+    wanted = [int(staff_id) for staff_id in ids if staff_id.isdigit()]
+    rows = db.session.execute(
+        sa.select(StaffUser.id, StaffUser.name).where(StaffUser.id.in_(wanted))
+    )
+    return {str(staff_id): name for staff_id, name in rows}
+
+
+audit.register_actor_names("staff", _staff_names)
+bp.add_app_template_filter(label, "label")
+bp.add_app_template_global(audit.action_label, "audit_action")
+bp.add_app_template_global(audit.target_label, "audit_target")
+bp.add_app_template_global(audit.detail_lines, "audit_details")

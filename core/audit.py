@@ -2,15 +2,23 @@
 prospect or a webhook makes. Written in the same transaction as the change it describes:
 the transaction's entries are held until it commits and inserted then, together (a
 webhook's five entries cost one statement, not five); a rollback drops them with the
-changes they describe."""
+changes they describe.
+
+The log is read by people: each package registers what its actions and the rows they touch
+are called (:func:`register_labels`) and how its actors are named
+(:func:`register_actor_names`), as it registers its checks with :mod:`core.checks`."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from flask import has_request_context, request
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -115,3 +123,96 @@ def apply_changes(target: db.Model, values: dict[str, Any]) -> dict[str, str]:
             changed[name] = str([v.id for v in value] if isinstance(value, list) else value)
             setattr(target, name, value)
     return changed
+
+
+#: What each action is called on the audit log (lazy strings), by action.
+_ACTION_LABELS: dict[str, object] = {}
+#: What the rows actions touch are called, by table name.
+_TARGET_LABELS: dict[str, object] = {}
+#: For each kind of actor (``staff`` in ``staff:1``), how to name those of a page at once:
+#: given their ids, a name for each id it knows.
+_ACTOR_NAMERS: dict[str, Callable[[list[str]], Mapping[str, str]]] = {}
+#: Actors named by what they are, not by a row.
+_PLAIN_ACTORS = {
+    "system": _l("System"),
+    "system:auto-approve": _l("System (automatic approval)"),
+    "cli": _l("Command line"),
+    "prospect": _l("A prospect"),
+    "telegram": _l("Telegram"),
+}
+
+
+def register_labels(
+    actions: Mapping[str, object], targets: Mapping[str, object] | None = None
+) -> None:
+    """Called once at import by a package, for the actions it records and the tables it
+    owns: each with its label (a lazy string), shown on the audit log."""
+    _ACTION_LABELS.update(actions)
+    _TARGET_LABELS.update(targets or {})
+
+
+def register_actor_names(kind: str, namer: Callable[[list[str]], Mapping[str, str]]) -> None:
+    """Called once at import by the package whose people act as ``kind:<id>``; ``namer``
+    is given the ids of one page's entries and answers with a name for each."""
+    _ACTOR_NAMERS[kind] = namer
+
+
+def registered_actions() -> list[tuple[str, str]]:
+    """Every registered action with its label, in the order of the labels (for a filter)."""
+    return sorted(((action, str(label)) for action, label in _ACTION_LABELS.items()), key=_second)
+
+
+def registered_targets() -> list[tuple[str, str]]:
+    return sorted(((table, str(label)) for table, label in _TARGET_LABELS.items()), key=_second)
+
+
+def _second(pair: tuple[str, str]) -> str:
+    return pair[1]
+
+
+def action_label(action: str) -> str:
+    """What ``action`` is called in the reader's language; an action nobody registered
+    (a test checks there is none) shows as it is."""
+    label = _ACTION_LABELS.get(action)
+    return str(label) if label is not None else action
+
+
+def target_label(target_type: str) -> str:
+    label = _TARGET_LABELS.get(target_type)
+    return str(label) if label is not None else target_type
+
+
+def actor_names(actors: Iterable[str]) -> dict[str, str]:
+    """A name for each of ``actors`` (as entries store them): the staff member's name,
+    "member 0042", "Stripe", "System". Asks each kind's namer once for all its ids."""
+    names = {}
+    ids: dict[str, set[str]] = {}
+    for actor in actors:
+        if actor in _PLAIN_ACTORS:
+            names[actor] = str(_PLAIN_ACTORS[actor])
+        else:
+            kind, _sep, actor_id = actor.partition(":")
+            ids.setdefault(kind, set()).add(actor_id)
+    for kind, kind_ids in ids.items():
+        namer = _ACTOR_NAMERS.get(kind)
+        found = namer(sorted(kind_ids)) if namer is not None else {}
+        for actor_id in kind_ids:
+            actor = f"{kind}:{actor_id}"
+            names[actor] = found.get(actor_id) or _("Unknown (%(actor)s)", actor=actor)
+    return names
+
+
+def detail_lines(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """An entry's details as (key, value) lines a person can read: words for keys, text
+    with its own characters (never ``\\uXXXX`` escapes), lists joined with commas."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, list | tuple):
+            return ", ".join(text(item) for item in value)
+        if isinstance(value, dict):
+            return json.dumps(value, ensure_ascii=False, sort_keys=True)
+        if value is None:
+            return "—"
+        return str(value)
+
+    return [(key.replace("_", " "), text(value)) for key, value in data.items()]

@@ -54,20 +54,20 @@ from core.security import new_token, same_secret, same_site_path
 
 #: What each permission lets staff do.
 PERMISSIONS = {
-    "members.view": "查看社群与成员 · See communities and members",
-    "community.manage": "管理社群、档位、群、问答、新一季 · Manage communities, tiers, groups",
-    "members.review": "审核申请 · Review applications",
-    "members.activity": "登记活跃 · Mark members active",
-    "members.purge": "清退 · Purge members",
-    "members.removals": "移出群 · Remove members from groups",
-    "members.manage": "手动开通或取消资格、导出成员 · Grant or end access by hand, export",
-    "payments.view": "查看订单与支付 · See orders and payments",
-    "payments.refund": "退款 · Refund",
-    "finance.export": "导出财务报表 · Export revenue",
-    "perks.manage": "管理福利、优惠券、课程与推荐 · Manage perks, coupons, courses, offers",
-    "platform.tasks": "处理平台调用失败 · Retry failed platform calls",
-    "audit.view": "查看操作日志 · See the audit log",
-    "staff.manage": "管理团队与角色 · Manage the team and roles",
+    "members.view": _l("See communities and members"),
+    "community.manage": _l("Manage communities, tiers, groups"),
+    "members.review": _l("Review applications"),
+    "members.activity": _l("Mark members active"),
+    "members.purge": _l("Purge members"),
+    "members.removals": _l("Remove members from groups"),
+    "members.manage": _l("Grant or end access by hand, export"),
+    "payments.view": _l("See orders and payments"),
+    "payments.refund": _l("Refund"),
+    "finance.export": _l("Export revenue"),
+    "perks.manage": _l("Manage perks, coupons, courses, offers"),
+    "platform.tasks": _l("Retry failed platform calls"),
+    "audit.view": _l("See the audit log"),
+    "staff.manage": _l("Manage the team and roles"),
     # Held by the install's owners only, never through a role.
     "install.manage": _l("Create communities and their first owners"),
 }
@@ -77,19 +77,19 @@ COMMUNITY_PERMISSIONS = frozenset(PERMISSIONS) - {"install.manage"}
 
 #: Roles, what they are called, and what they may do in the community they are held in.
 ROLES: dict[str, tuple[str, frozenset[str]]] = {
-    "owner": ("班长 · Owner", COMMUNITY_PERMISSIONS),
+    "owner": (_l("Owner"), COMMUNITY_PERMISSIONS),
     "admin": (
-        "管理员 · Admin",
+        _l("Admin"),
         COMMUNITY_PERMISSIONS - {"staff.manage", "payments.refund", "finance.export"},
     ),
     "finance": (
-        "财务 · Finance",
+        _l("Finance"),
         frozenset(
             {"members.view", "payments.view", "payments.refund", "finance.export", "audit.view"}
         ),
     ),
     "moderator": (
-        "组织委员 · Moderator",
+        _l("Moderator"),
         frozenset({"members.view", "members.review", "members.activity", "members.removals"}),
     ),
 }
@@ -114,12 +114,12 @@ TOTP_ISSUER = "Qunmen"
 #: Time steps of clock drift accepted either side of the current one.
 TOTP_DRIFT_STEPS = 1
 
-TOO_MANY_TRIES = "尝试次数过多，请15分钟后再试 · Too many tries: wait 15 minutes"
-WRONG_LOGIN = "邮箱或密码不正确，或动态码无效 · Wrong e-mail or password, or a wrong code"
+TOO_MANY_TRIES = _l("Too many tries: wait 15 minutes")
+WRONG_LOGIN = _l("Wrong e-mail or password, or a wrong code")
 
 login_manager = LoginManager()
 login_manager.login_view = "auth.login"
-login_manager.login_message = "请先登录 · Please log in"
+login_manager.login_message = _l("Please log in")
 
 
 class StaffUser(UserMixin, db.Model):
@@ -203,7 +203,7 @@ class StaffUser(UserMixin, db.Model):
         """What the page header calls this person's standing."""
         if self.install_owner:
             return _("Install owner")
-        labels = {ROLES[role.role][0] for role in self.roles if role.role in ROLES}
+        labels = {str(ROLES[role.role][0]) for role in self.roles if role.role in ROLES}
         return " / ".join(sorted(labels))
 
     @property
@@ -596,7 +596,7 @@ def _confirm_password(user: StaffUser, password: str, *, now: datetime) -> str |
         return TOO_MANY_TRIES
     db.session.commit()
     if not user.check_password(password):
-        return "密码不正确 · Wrong password"
+        return _("Wrong password")
     return None
 
 
@@ -610,12 +610,10 @@ def keep_locale_choice(locale: str) -> None:
 
 
 class LoginForm(FlaskForm):
-    email = EmailField("邮箱 · E-mail", validators=[DataRequired(), Email(), Length(max=254)])
-    password = PasswordField(
-        "密码 · Password", validators=[DataRequired(), Length(max=PASSWORD_MAX)]
-    )
+    email = EmailField(_l("E-mail"), validators=[DataRequired(), Email(), Length(max=254)])
+    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=PASSWORD_MAX)])
     code = StringField(
-        "动态码（开启两步验证后需要）· Authenticator code (when two-step login is on)",
+        _l("Authenticator code (when two-step login is on)"),
         validators=[Optional(), Length(max=12)],
         render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"},
     )
@@ -623,15 +621,15 @@ class LoginForm(FlaskForm):
 
 class NewPasswordMixin:
     password = PasswordField(
-        f"新密码（{PASSWORD_MIN}–{PASSWORD_MAX}位）· New password ({PASSWORD_MIN}–{PASSWORD_MAX})",
+        _l("New password (%(min)s–%(max)s characters)", min=PASSWORD_MIN, max=PASSWORD_MAX),
         validators=[DataRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)],
         render_kw={"autocomplete": "new-password"},
     )
     confirm = PasswordField(
-        "再输一次 · Again",
+        _l("Again"),
         validators=[
             DataRequired(),
-            EqualTo("password", message="两次输入不一致 · The two do not match"),
+            EqualTo("password", message=_l("The two do not match")),
         ],
         render_kw={"autocomplete": "new-password"},
     )
@@ -639,7 +637,7 @@ class NewPasswordMixin:
 
 class ChangePasswordForm(NewPasswordMixin, FlaskForm):
     current = PasswordField(
-        "当前密码 · Current password",
+        _l("Current password"),
         validators=[DataRequired(), Length(max=PASSWORD_MAX)],
         render_kw={"autocomplete": "current-password"},
     )
@@ -647,7 +645,7 @@ class ChangePasswordForm(NewPasswordMixin, FlaskForm):
 
 class EnableTotpForm(FlaskForm):
     code = StringField(
-        "应用中的动态码 · Code from the app",
+        _l("Code from the app"),
         validators=[DataRequired(), Length(max=12)],
         render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"},
     )
@@ -655,7 +653,7 @@ class EnableTotpForm(FlaskForm):
 
 class DisableTotpForm(FlaskForm):
     current = PasswordField(
-        "当前密码 · Current password",
+        _l("Current password"),
         validators=[DataRequired(), Length(max=PASSWORD_MAX)],
         render_kw={"autocomplete": "current-password"},
     )
@@ -672,7 +670,7 @@ def login():
         email = form.email.data.strip().lower()
         user = db.session.scalar(sa.select(StaffUser).where(StaffUser.email == email))
         if not _claim_login_try(email, user, now=now):
-            flash(TOO_MANY_TRIES, "error")
+            flash(str(TOO_MANY_TRIES), "error")
             return render_template("auth/login.html", form=form)
         # The claim's commit expired ``user``: what is checked below is read afresh.
         if _credentials_hold(user, form.password.data, form.code.data or "", now):
@@ -684,15 +682,14 @@ def login():
                 user.install_owner or any(r.role in ("owner", "finance") for r in user.roles)
             ):
                 flash(
-                    "建议开启两步验证（页首“两步验证”）· Consider turning on two-step "
-                    "login (Two-step, at the top)",
+                    _("Consider turning on two-step login (Two-step, at the top)"),
                     "ok",
                 )
             target = same_site_path(request.args.get("next"))
             return redirect(target or url_for("membership_admin.dashboard"))
         _record_login_event("staff.login_failed", user, {}, now)
         db.session.commit()
-        flash(WRONG_LOGIN, "error")
+        flash(str(WRONG_LOGIN), "error")
     return render_template("auth/login.html", form=form)
 
 
@@ -722,7 +719,7 @@ def _new_password_first():
         and current_user.is_authenticated
         and current_user.must_change_password
     ):
-        flash("请先设置自己的密码 · Choose your own password first", "error")
+        flash(_("Choose your own password first"), "error")
         return redirect(url_for("auth.change_password"))
     return None
 
@@ -774,7 +771,7 @@ def change_password():
             set_own_password(user, form.password.data, now=now)
             db.session.commit()
             login_user(user)  # this session carries the new epoch; the others end
-            flash("密码已更新 · Password changed", "ok")
+            flash(_("Password changed"), "ok")
             return redirect(url_for("membership_admin.dashboard"))
     return render_template("auth/password.html", form=form, forced=user.must_change_password)
 
@@ -803,10 +800,10 @@ def two_step():
     if action == "confirm" and enable_form.validate_on_submit():
         if enable_totp(user, enable_form.code.data, now=now):
             db.session.commit()
-            flash("两步验证已开启 · Two-step login is on", "ok")
+            flash(_("Two-step login is on"), "ok")
             return redirect(url_for(".two_step"))
         db.session.commit()  # a code that matched is used up even if enrolment failed
-        enable_form.code.errors.append("动态码不正确 · Wrong code")
+        enable_form.code.errors.append(_("Wrong code"))
     elif action == "disable" and user.uses_totp and disable_form.validate_on_submit():
         error = _confirm_password(user, disable_form.current.data, now=now)
         if error:
@@ -814,7 +811,7 @@ def two_step():
         else:
             disable_totp(user, now=now)
             db.session.commit()
-            flash("两步验证已关闭 · Two-step login is off", "ok")
+            flash(_("Two-step login is off"), "ok")
             return redirect(url_for(".two_step"))
     return render_template(
         "auth/two_step.html", user=user, enable_form=enable_form, disable_form=disable_form

@@ -32,6 +32,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import lazy_gettext as _l
+from flask_babel import lazy_pgettext
 from sqlalchemy.orm import Mapped, mapped_column
 from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatException
@@ -39,6 +41,7 @@ from wechatpy.exceptions import WeChatException
 from core import audit
 from core.clock import utcnow
 from core.db import UTCDateTime, db, enum_column, insert_for, session_dialect
+from core.labels import enum_labels
 from core.sms import sms_sender
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,17 @@ class OutboxStatus(StrEnum):
     FAILED = "failed"
 
 
+OUTBOX_STATUS_LABELS = enum_labels(
+    OutboxStatus,
+    {
+        OutboxStatus.PENDING: lazy_pgettext("status", "Pending"),
+        OutboxStatus.SENDING: lazy_pgettext("status", "Sending"),
+        OutboxStatus.SENT: lazy_pgettext("status", "Sent"),
+        OutboxStatus.FAILED: lazy_pgettext("status", "Failed"),
+    },
+)
+
+
 class MessageKind(StrEnum):
     LOGIN_CODE = "login_code"
     PAY_LINK = "pay_link"
@@ -63,11 +77,32 @@ class MessageKind(StrEnum):
     NOTICE = "notice"
 
 
+MESSAGE_KIND_LABELS = enum_labels(
+    MessageKind,
+    {
+        MessageKind.LOGIN_CODE: _l("Login code"),
+        MessageKind.PAY_LINK: _l("Pay link"),
+        MessageKind.REMINDER: _l("Renewal reminder"),
+        MessageKind.ANNOUNCEMENT: _l("Announcement"),
+        MessageKind.NOTICE: _l("Notice"),
+    },
+)
+
+
 class Channel(StrEnum):
     WECHAT = "wechat"
     SMS = "sms"
     EMAIL = "email"
 
+
+CHANNEL_LABELS = enum_labels(
+    Channel,
+    {
+        Channel.WECHAT: _l("WeChat"),
+        Channel.SMS: _l("SMS"),
+        Channel.EMAIL: _l("E-mail"),
+    },
+)
 
 #: The channels each kind of message may take, best first. A login code never goes by
 #: WeChat: it is what lets someone in who is not in WeChat.

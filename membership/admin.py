@@ -20,6 +20,8 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_babel import ngettext
 from flask_login import current_user, login_required
 from sqlalchemy.orm import selectinload
@@ -93,7 +95,7 @@ from membership.models import (
     TierAudience,
     TierKind,
 )
-from membership.platforms import WECOM, PlatformError
+from membership.platforms import PLATFORMS, WECOM, PlatformError
 from membership.screening import ScreeningRefused, approve, reject
 from membership.services import (
     JoinRefused,
@@ -255,7 +257,7 @@ def community_form(community_id: int | None = None):
             )
         )
         if taken:
-            form.slug.errors.append("链接名已被使用 · Slug already taken")
+            form.slug.errors.append(_("Slug already taken"))
         else:
             now = utcnow()
             if community is None:
@@ -271,6 +273,7 @@ def community_form(community_id: int | None = None):
                     "rules",
                     "currency",
                     "time_zone",
+                    "locale",
                     "member_number_pattern",
                     "staff_number_pattern",
                     "pay_link_days",
@@ -281,7 +284,7 @@ def community_form(community_id: int | None = None):
                 "community.saved", community, actor=current_user.actor, data=changed, now=now
             )
             db.session.commit()
-            flash("已保存 · Saved", "ok")
+            flash(_("Saved"), "ok")
             return redirect(url_for(".community", community_id=community.id))
     return render_template("admin/community_form.html", form=form, community=community)
 
@@ -323,20 +326,18 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
         try:
             price = form.price_in(community.currency)
         except ValueError:
-            form.price.errors.append("价格格式不正确，例如 99 或 99.00 · Enter a price like 99.00")
+            form.price.errors.append(_("Enter a price like 99.00"))
             price = None
         renewal = None
         if form.renewal_price.data:
             try:
                 renewal = Money.parse_major(form.renewal_price.data, community.currency)
             except ValueError:
-                form.renewal_price.errors.append("价格格式不正确 · Enter a price like 99.00")
+                form.renewal_price.errors.append(_("Enter a price like 99.00"))
                 price = None
         kind = TierKind(form.kind.data)
         if price is not None and (kind is TierKind.FREE) != (price.amount == 0):
-            form.price.errors.append(
-                "免费档价格为0，付费档价格大于0 · Free tiers cost 0, paid tiers more than 0"
-            )
+            form.price.errors.append(_("Free tiers cost 0, paid tiers more than 0"))
             price = None
         code_taken = db.session.scalar(
             sa.select(Tier.id).where(
@@ -346,7 +347,7 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
             )
         )
         if code_taken:
-            form.code.errors.append("代号已被使用 · Code already taken")
+            form.code.errors.append(_("Code already taken"))
         if price is not None and not code_taken:
             now = utcnow()
             if tier is None:
@@ -380,7 +381,7 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
             audit.record("tier.saved", tier, actor=current_user.actor, data=changed, now=now)
             place_waiting_invitations(community, actor=current_user.actor, now=now)
             db.session.commit()
-            flash("已保存 · Saved", "ok")
+            flash(_("Saved"), "ok")
             return redirect(url_for(".community", community_id=community.id))
     return render_template("admin/tier_form.html", form=form, community=community, tier=tier)
 
@@ -405,9 +406,9 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
             )
         )
         if image and mime is None:
-            form.qr_image.errors.append("不是有效的图片 · Not a PNG, JPEG or WebP image")
+            form.qr_image.errors.append(_("Not a PNG, JPEG or WebP image"))
         elif chat_taken:
-            form.wecom_chat_id.errors.append("该客户群已属于另一个群 · Another group has it")
+            form.wecom_chat_id.errors.append(_("Another group has it"))
         else:
             now = utcnow()
             if group is None:
@@ -432,7 +433,7 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
             audit.record("group.saved", group, actor=current_user.actor, data=changed, now=now)
             placed = place_waiting_invitations(community, actor=current_user.actor, now=now)
             db.session.commit()
-            flash(f"已保存，{placed} 位等待中的成员获得邀请 · Saved; {placed} waiting placed", "ok")
+            flash(_("Saved; %(count)s waiting members placed", count=placed), "ok")
             return redirect(url_for(".community", community_id=community.id))
     wecom_chats, wecom_error = [], None
     if wecom_configured() and request.method == "GET":
@@ -440,7 +441,7 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
         try:
             wecom_chats = chat_choices()
         except (PlatformError, OSError):
-            wecom_error = "暂时无法读取企业微信客户群列表 · WeCom's group list is unavailable now"
+            wecom_error = _("WeCom's group list is unavailable now")
     return render_template(
         "admin/group_form.html",
         form=form,
@@ -570,7 +571,7 @@ def member(member_id: int):
             flash(str(refusal), "error")
         else:
             db.session.commit()
-            flash("已保存 · Saved", "ok")
+            flash(_("Saved"), "ok")
         return redirect(url_for(".member", member_id=member.id))
     return render_template("admin/member.html", member=member, community=community, form=form)
 
@@ -613,14 +614,19 @@ def purge(community_id: int):
                 flash(str(refusal), "error")
             else:
                 db.session.commit()
-                flash(f"已清退 {done.purged_count} 位成员 · {done.purged_count} purged", "ok")
+                flash(_("%(count)s members purged", count=done.purged_count), "ok")
             return redirect(url_for(".purge", community_id=community.id))
         candidates = purge_candidates(community, inactive_since)
     purges = db.session.scalars(
         sa.select(Purge).where(Purge.community_id == community.id).order_by(Purge.id.desc())
     ).all()
     return render_template(
-        "admin/purge.html", community=community, form=form, candidates=candidates, purges=purges
+        "admin/purge.html",
+        community=community,
+        form=form,
+        candidates=candidates,
+        purges=purges,
+        actors=audit.actor_names(purge.run_by for purge in purges),
     )
 
 
@@ -645,7 +651,7 @@ def questions(community_id: int):
             "question.created", question, actor=current_user.actor, data={"prompt": question.prompt}
         )
         db.session.commit()
-        flash("已添加 · Added", "ok")
+        flash(_("Added"), "ok")
         return redirect(url_for(".questions", community_id=community.id))
     return render_template("admin/questions.html", community=community, form=form)
 
@@ -662,15 +668,26 @@ def toggle_question(question_id: int):
     return redirect(url_for(".questions", community_id=question.community_id))
 
 
+def _review_decision(posted) -> tuple[str | None, list[int]]:
+    """What the review form asks: a button on one applicant's card (``decide`` =
+    ``approve:42``) decides for that applicant alone; the buttons below the queue
+    (``action``) for every ticked ``application``."""
+    verdict, _sep, one = posted.get("decide", "").partition(":")
+    if verdict:
+        return verdict, [int(one)] if one.isdigit() else []
+    chosen = [int(i) for i in posted.getlist("application") if i.isdigit()]
+    return posted.get("action"), chosen
+
+
 @bp.route("/communities/<int:community_id>/applications", methods=["GET", "POST"])
 @requires("members.review")
 def applications(community_id: int):
-    """The screening queue: answers in full; approve or reject one or many at once."""
+    """The screening queue: answers in full; approve or reject one applicant with the
+    buttons on their card, or those ticked at once with the buttons below."""
     community = load_for(Community, community_id, "members.review")
     form = ReviewForm()
     if form.validate_on_submit():
-        action = request.form.get("action")
-        chosen = [int(i) for i in request.form.getlist("application") if i.isdigit()]
+        action, chosen = _review_decision(request.form)
         pending = db.session.scalars(
             sa.select(Application).where(
                 Application.id.in_(chosen), Application.community_id == community.id
@@ -692,7 +709,7 @@ def applications(community_id: int):
             flash(str(refusal), "error")
         else:
             db.session.commit()
-            flash(f"已处理 {len(messages)} 份申请 · {len(messages)} reviewed", "ok")
+            flash(_("%(count)s applications reviewed", count=len(messages)), "ok")
         return redirect(url_for(".applications", community_id=community.id))
     queue = db.session.scalars(
         sa.select(Application)
@@ -755,7 +772,7 @@ def wecom():
             abort(403)
         queue_reconciliation(actor=current_user.actor, now=utcnow())
         db.session.commit()
-        flash("已排队核对 · Reconciliation queued", "ok")
+        flash(_("Reconciliation queued"), "ok")
         return redirect(url_for(".wecom"))
     groups = db.session.scalars(
         sa.select(Group)
@@ -797,7 +814,7 @@ def platform_tasks():
             abort(404)
         retry(task, actor=current_user.actor)
         db.session.commit()
-        flash("已重新排队 · Queued again", "ok")
+        flash(_("Queued again"), "ok")
         return redirect(url_for(".platform_tasks"))
     failed = db.session.scalars(
         sa.select(PlatformTask)
@@ -823,7 +840,7 @@ def season(tier_id: int):
             tier, from_tier, free=form.mode.data == "free", actor=current_user.actor
         )
         db.session.commit()
-        flash(f"已邀请 {invited} 位成员 · {invited} members invited", "ok")
+        flash(_("%(count)s members invited", count=invited), "ok")
         return redirect(url_for(".community", community_id=community.id))
     return render_template("admin/season.html", form=form, tier=tier, community=community)
 
@@ -915,3 +932,95 @@ def import_sample(community_id: int):
             "Content-Disposition": f'attachment; filename="{community.slug}-members-sample.csv"'
         },
     )
+
+
+@bp.app_template_filter("platform")
+def platform_label(key: str) -> str:
+    """A group's platform as the reader calls it."""
+    platform = PLATFORMS.get(key)
+    return str(platform.label) if platform is not None else key
+
+
+def _member_names(ids: list[str]) -> dict[str, str]:
+    """The audit log's names for ``member:<id>`` actors: "member 0042", or the member's
+    name before they have a number."""
+    wanted = [int(member_id) for member_id in ids if member_id.isdigit()]
+    rows = db.session.execute(
+        sa.select(Member.id, Member.number_label, Member.display_name).where(Member.id.in_(wanted))
+    )
+    return {
+        str(member_id): _("member %(number)s", number=number)
+        if number
+        else _("member %(name)s", name=name)
+        for member_id, number, name in rows
+    }
+
+
+audit.register_actor_names("member", _member_names)
+
+#: What this package's audit actions and tables are called on the audit log.
+audit.register_labels(
+    {
+        "community.seeded": _l("Demo community made"),
+        "community.saved": _l("Community saved"),
+        "community.members_exported": _l("Members exported"),
+        "community.members_imported": _l("Members imported"),
+        "community.activity_marked": _l("Members marked active"),
+        "community.purged": _l("Inactive members purged"),
+        "finance.exported": _l("Revenue exported"),
+        "tier.saved": _l("Tier saved"),
+        "tier.season_opened": _l("New season opened"),
+        "group.saved": _l("Group saved"),
+        "group.adopted": _l("WeCom group linked"),
+        "question.created": _l("Question added"),
+        "question.toggled": _l("Question turned on or off"),
+        "application.submitted": _l("Application sent"),
+        "application.channel_proven": _l("Applicant's contact proven"),
+        "application.approved": _l("Application approved"),
+        "application.rejected": _l("Application rejected"),
+        "invitation.issued": _l("Invited to a group"),
+        "invitation.joined": _l("Joined the group"),
+        "invitation.revoked": _l("Invitation revoked"),
+        "invitation.expired": _l("Invitation expired"),
+        "invitation.waiting": _l("Waiting for a group seat"),
+        "invitation.link_renewed": _l("Invite link renewed"),
+        "member.admitted": _l("Became a member"),
+        "member.claim_reset": _l("Contact claim reset"),
+        "member.contact_proven": _l("Contact proven"),
+        "member.staff_numbered": _l("Staff number given"),
+        "member.login_code_sent": _l("Login code sent"),
+        "member.logged_in": _l("Member logged in"),
+        "member.logged_out": _l("Member logged out"),
+        "member.logged_out_everywhere": _l("Member logged out everywhere"),
+        "member.wechat_bound": _l("WeChat linked"),
+        "membership.granted": _l("Access granted by hand"),
+        "membership.renewed": _l("Membership renewed"),
+        "membership.renewal_started": _l("Renewal started"),
+        "membership.reminded": _l("Renewal reminder sent"),
+        "membership.restored": _l("Membership restored"),
+        "membership.pay_link": _l("Pay link sent"),
+        "membership.active": _l("Membership active"),
+        "membership.suspended": _l("Membership suspended"),
+        "membership.ended": _l("Membership ended"),
+        "membership.expired": _l("Membership expired"),
+        "membership.purged": _l("Membership purged"),
+        "platform_task.failed": _l("Platform call failed"),
+        "platform_task.retried": _l("Platform call retried"),
+        "removal.done": _l("Removed from the group"),
+        "wecom.member_left": _l("Left the WeCom group"),
+        "wecom.reconcile_queued": _l("WeCom check queued"),
+    },
+    {
+        "communities": _l("Community"),
+        "tiers": _l("Tier"),
+        "groups": _l("Group"),
+        "members": _l("Member"),
+        "memberships": _l("Membership"),
+        "applications": _l("Application"),
+        "invitations": _l("Invitation"),
+        "screening_questions": _l("Question"),
+        "platform_tasks": _l("Platform call"),
+        "removal_tasks": _l("Removal"),
+        "purges": _l("Purge"),
+    },
+)

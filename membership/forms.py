@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from functools import cache
+from zoneinfo import available_timezones
 
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired, FileSize
@@ -34,6 +37,7 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
+from core.i18n import LOCALES
 from core.money import CURRENCIES, Money
 from membership.models import (
     NUMBER_PATTERN,
@@ -45,7 +49,7 @@ from membership.models import (
 )
 from membership.platforms import PLATFORMS
 
-REQUIRED = "必填 · Required"
+REQUIRED = _l("Required")
 
 
 def strip_text(value: str | None) -> str | None:
@@ -155,76 +159,129 @@ class PayForm(PayAgainForm):
     coupon = coupon_code_field()
 
 
+def checkbox_list(label: object) -> SelectMultipleField:
+    """A choice of several rows (tiers, groups, courses) as a list of checkboxes, which a
+    thumb can tick, not a multiple select that wants Ctrl-click."""
+    return SelectMultipleField(
+        label,
+        coerce=int,
+        widget=ListWidget(prefix_label=False),
+        option_widget=CheckboxInput(),
+    )
+
+
+#: The zones our communities are usually in, offered first.
+COMMON_TIME_ZONES = (
+    "Asia/Shanghai",
+    "Asia/Hong_Kong",
+    "Asia/Taipei",
+    "Asia/Singapore",
+    "Asia/Kuala_Lumpur",
+    "Asia/Tokyo",
+    "Asia/Seoul",
+    "Australia/Sydney",
+    "Europe/London",
+    "Europe/Berlin",
+    "America/Los_Angeles",
+    "America/New_York",
+    "America/Toronto",
+    "UTC",
+)
+
+
+@cache
+def all_time_zones() -> frozenset[str]:
+    """Every IANA zone this machine knows (read once: it walks the zone files)."""
+    return frozenset(available_timezones())
+
+
+def time_zone_choices() -> dict[str, list[SelectChoice]]:
+    """The community form's zones: the common ones first, then every other, by name."""
+    others = sorted(all_time_zones() - set(COMMON_TIME_ZONES))
+    return {
+        _("Common"): [SelectChoice(zone, zone) for zone in COMMON_TIME_ZONES],
+        _("All zones"): [SelectChoice(zone, zone) for zone in others],
+    }
+
+
 class CommunityForm(FlaskForm):
     name = StringField(
-        "社群名称 · Name", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
+        _l("Name"), filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
     )
     slug = StringField(
-        "链接名 · Slug (/join/…)",
+        _l("Slug (/join/…)"),
         filters=[strip_text],
         validators=[
             DataRequired(REQUIRED),
             Regexp(
                 r"^[a-z0-9][a-z0-9-]{1,39}$",
-                message="2–40位小写字母、数字或- · 2–40 lowercase letters, digits or -",
+                message=_l("2–40 lowercase letters, digits or -"),
             ),
         ],
     )
-    pitch = TextAreaField("介绍 · Pitch", validators=[Length(max=4000)])
-    rules = TextAreaField("群规 · Rules", validators=[Length(max=8000)])
-    currency = SelectField("币种 · Currency", choices=sorted(CURRENCIES))
-    time_zone = StringField(
-        "时区 · Time zone", default="Asia/Shanghai", validators=[DataRequired(REQUIRED)]
+    pitch = TextAreaField(_l("Pitch"), validators=[Length(max=4000)])
+    rules = TextAreaField(_l("Rules"), validators=[Length(max=8000)])
+    currency = SelectField(_l("Currency"), choices=sorted(CURRENCIES))
+    time_zone = SelectField(
+        _l("Time zone"),
+        choices=lambda: time_zone_choices(),
+        default="Asia/Shanghai",
+        validate_choice=False,
+        validators=[DataRequired(REQUIRED)],
+    )
+    locale = SelectField(
+        _l("Language of its pages"),
+        choices=lambda: [
+            SelectChoice("", _("The visitor's browser decides")),
+            *(SelectChoice(code, name) for code, name in LOCALES.items()),
+        ],
+        coerce=lambda value: value or None,
+        default="zh_CN",
     )
     member_number_pattern = StringField(
-        "编号格式 · Member number pattern",
+        _l("Member number pattern"),
         default="####",
         validators=[
             DataRequired(REQUIRED),
             Regexp(
                 NUMBER_PATTERN.pattern,
-                message="一段 # 表示数字位数，例如 #### 或 LS-## · "
-                "One run of #, e.g. #### or LS-##",
+                message=_l("One run of #, e.g. #### or LS-##"),
             ),
         ],
     )
 
     staff_number_pattern = StringField(
-        "工作人员编号格式 · Staff number pattern",
+        _l("Staff number pattern"),
         default="LS-##",
         validators=[
             DataRequired(REQUIRED),
-            Regexp(NUMBER_PATTERN.pattern, message="一段 # 表示数字位数 · One run of #"),
+            Regexp(NUMBER_PATTERN.pattern, message=_l("One run of #")),
         ],
     )
     pay_link_days = IntegerField(
-        "审核通过后付款链接有效天数 · Days an approved applicant's pay link works",
+        _l("Days an approved applicant's pay link works"),
         default=7,
         validators=[InputRequired(REQUIRED), NumberRange(min=1, max=90)],
     )
     reminder_days = IntegerField(
-        "到期前几天提醒 · Remind members this many days before their term ends",
+        _l("Remind members this many days before their term ends"),
         default=7,
         validators=[InputRequired(REQUIRED), NumberRange(min=1, max=60)],
     )
 
-    def validate_time_zone(self, field: StringField) -> None:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(field.data)
-        except (ZoneInfoNotFoundError, ValueError) as error:
-            raise ValidationError("未知时区 · Unknown time zone") from error
+    def validate_time_zone(self, field: SelectField) -> None:
+        if field.data not in all_time_zones():
+            raise ValidationError(_("Unknown time zone"))
 
 
 def url_code_field() -> StringField:
     """The code that names a tier or a course in its URLs: a-z, 0-9 and -."""
     return StringField(
-        "代号 · Code",
+        _l("Code"),
         filters=[strip_text],
         validators=[
             DataRequired(REQUIRED),
-            Regexp(r"^[a-z0-9][a-z0-9-]{0,39}$", message="小写字母、数字或- · a-z, 0-9 or -"),
+            Regexp(r"^[a-z0-9][a-z0-9-]{0,39}$", message=_l("a-z, 0-9 or -")),
         ],
     )
 
@@ -232,39 +289,35 @@ def url_code_field() -> StringField:
 class TierForm(FlaskForm):
     code = url_code_field()
     name = StringField(
-        "名称 · Name", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
+        _l("Name"), filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
     )
-    includes = TextAreaField(
-        "包含内容（每行一条）· Includes, one per line", validators=[Length(max=4000)]
-    )
+    includes = TextAreaField(_l("Includes, one per line"), validators=[Length(max=4000)])
     kind = SelectField(
-        "类型 · Kind",
+        _l("Kind"),
         choices=[
-            SelectChoice(TierKind.PAID.value, "付费 · Paid"),
-            SelectChoice(TierKind.FREE.value, "免费 · Free"),
+            SelectChoice(TierKind.PAID.value, _l("Paid")),
+            SelectChoice(TierKind.FREE.value, _l("Free")),
         ],
     )
-    price = StringField("价格（元）· Price", filters=[strip_text], default="0")
-    renewal_price = StringField(
-        "续费价（元，空=同价格）· Renewal price (empty = the price)", filters=[strip_text]
-    )
+    price = StringField(_l("Price"), filters=[strip_text], default="0")
+    renewal_price = StringField(_l("Renewal price (empty = the price)"), filters=[strip_text])
     duration_days = IntegerField(
-        "有效天数（空=永久）· Days (empty = lifetime)",
+        _l("Days (empty = lifetime)"),
         validators=[Optional(), NumberRange(min=1, max=36500)],
     )
     audience = SelectField(
-        "面向 · For",
+        _l("For"),
         choices=[
-            SelectChoice(TierAudience.EVERYONE.value, "所有人 · Everyone"),
-            SelectChoice(TierAudience.RETURNING.value, "回归老成员 · Returning members"),
-            SelectChoice(TierAudience.MEMBERS.value, "现有成员（新一季）· Current members"),
+            SelectChoice(TierAudience.EVERYONE.value, _l("Everyone")),
+            SelectChoice(TierAudience.RETURNING.value, _l("Returning members")),
+            SelectChoice(TierAudience.MEMBERS.value, _l("Current members")),
         ],
     )
-    active = BooleanField("开放报名 · Open", default=True)
-    sort_order = IntegerField("排序 · Order", default=0, validators=[Optional()])
-    requires_screening = BooleanField("需回答问题并审核 · Applicants are screened")
-    is_lobby = BooleanField("大厅（审核期间先进此群）· The lobby screened applicants wait in")
-    groups = SelectMultipleField("邀请进入的群 · Groups", coerce=int)
+    active = BooleanField(_l("Open"), default=True)
+    sort_order = IntegerField(_l("Sort order"), default=0, validators=[Optional()])
+    requires_screening = BooleanField(_l("Applicants are screened"))
+    is_lobby = BooleanField(_l("The lobby screened applicants wait in"))
+    groups = checkbox_list(_l("Groups"))
     # Renewal by band (``membership.renewal``): percentages of the renewal price. Left out
     # or left empty, each keeps its default (today's behaviour: 100 %, no grace days).
     #: The renewal fields, saved on the tier as they are.
@@ -321,49 +374,49 @@ class ImageUploadField(FileField):
 
     def process_formdata(self, valuelist: list) -> None:
         if any(value and not isinstance(value, FileStorage) for value in valuelist):
-            raise ValueError("请上传图片文件 · Send the image as a file")
+            raise ValueError(_("Send the image as a file"))
         super().process_formdata(valuelist)
 
 
 class GroupForm(FlaskForm):
     name = StringField(
-        "群名称 · Name", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
+        _l("Name"), filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
     )
     platform = SelectField(
-        "平台 · Platform", choices=[SelectChoice(p.key, p.label) for p in PLATFORMS.values()]
+        _l("Platform"), choices=[SelectChoice(p.key, p.label) for p in PLATFORMS.values()]
     )
     capacity = IntegerField(
-        "容量 · Capacity", validators=[InputRequired(REQUIRED), NumberRange(min=0, max=200_000)]
+        _l("Capacity"), validators=[InputRequired(REQUIRED), NumberRange(min=0, max=200_000)]
     )
     join_link = StringField(
-        "入群链接 · Join link",
+        _l("Join link"),
         filters=[strip_text],
-        validators=[Optional(), URL(message="链接格式不正确 · Not a link"), Length(max=500)],
+        validators=[Optional(), URL(message=_l("Not a link")), Length(max=500)],
     )
     telegram_chat_id = StringField(
-        "Telegram 群 chat id（机器人需为管理员）· Telegram chat id (the bot must be an admin)",
+        _l("Telegram chat id (the bot must be an admin)"),
         filters=[strip_text],
         validators=[Optional(), Regexp(r"^-?[0-9]{5,20}$|^@[A-Za-z0-9_]{5,32}$")],
     )
     wecom_chat_id = StringField(
-        "企业微信客户群 chat id · WeCom customer group's chat id",
+        _l("WeCom customer group's chat id"),
         filters=[strip_text],
         validators=[Optional(), Regexp(r"^[A-Za-z0-9_-]{1,64}$")],
         render_kw={"list": "wecom-chats"},
     )
-    qr_expires_at = DateField("二维码到期日 · QR code expires on", validators=[Optional()])
+    qr_expires_at = DateField(_l("QR code expires on"), validators=[Optional()])
     qr_image = ImageUploadField(
-        "群二维码图片 · QR image",
+        _l("QR image"),
         validators=[
-            FileAllowed(["png", "jpg", "jpeg", "webp"], "仅限图片 · Images only"),
-            FileSize(max_size=2 * 1024 * 1024, message="最大2MB · At most 2 MB"),
+            FileAllowed(["png", "jpg", "jpeg", "webp"], _l("Images only")),
+            FileSize(max_size=2 * 1024 * 1024, message=_l("At most 2 MB")),
         ],
     )
 
     def validate_capacity(self, field: IntegerField) -> None:
         limit = PLATFORMS[self.platform.data].max_members if self.platform.data in PLATFORMS else 0
         if field.data is not None and field.data > limit:
-            raise ValidationError(f"该平台一个群最多 {limit} 人 · At most {limit} on this platform")
+            raise ValidationError(_("At most %(limit)s on this platform", limit=limit))
 
 
 class MemberLoginForm(FlaskForm):
@@ -416,18 +469,18 @@ class ActivityForm(FlaskForm):
     """Members seen taking part: numbers or nicknames, typed or in a CSV's first column."""
 
     identifiers = TextAreaField(
-        "成员编号或昵称，每行一个 · Member numbers or nicknames, one per line",
+        _l("Member numbers or nicknames, one per line"),
         validators=[Length(max=200_000)],
     )
     csv_file = FileField(
-        "或上传CSV（第一列）· Or a CSV file (first column)",
-        validators=[FileAllowed(["csv", "txt"], "仅限CSV · CSV only")],
+        _l("Or a CSV file (first column)"),
+        validators=[FileAllowed(["csv", "txt"], _l("CSV only"))],
     )
 
 
 class PurgeForm(FlaskForm):
     inactive_since = DateField(
-        "清退此日期之后未活跃的成员 · Purge members not active since",
+        _l("Purge members not active since"),
         validators=[InputRequired(REQUIRED)],
     )
 
@@ -461,23 +514,22 @@ def answers_of(form: FlaskForm, questions: list[ScreeningQuestion]) -> dict[str,
 
 class QuestionForm(FlaskForm):
     prompt = StringField(
-        "问题 · Question",
+        _l("Question"),
         filters=[strip_text],
         validators=[DataRequired(REQUIRED), Length(max=300)],
     )
     kind = SelectField(
-        "类型 · Kind",
+        _l("Kind"),
         choices=[
-            SelectChoice(QuestionKind.TEXT.value, "文字 · Text"),
-            SelectChoice(QuestionKind.SINGLE.value, "单选 · One choice"),
-            SelectChoice(QuestionKind.MULTIPLE.value, "多选 · Several choices"),
+            SelectChoice(QuestionKind.TEXT.value, _l("Text")),
+            SelectChoice(QuestionKind.SINGLE.value, _l("One choice")),
+            SelectChoice(QuestionKind.MULTIPLE.value, _l("Several choices")),
         ],
     )
-    choices = TextAreaField("选项，每行一个 · Choices, one per line", validators=[Length(max=4000)])
-    required = BooleanField("必答 · Required", default=True)
+    choices = TextAreaField(_l("Choices, one per line"), validators=[Length(max=4000)])
+    required = BooleanField(_l("Required"), default=True)
     auto_approve_answer = StringField(
-        "自动通过的答案（选填，须为选项之一）· Auto-approve on this answer (optional, one "
-        "of the choices)",
+        _l("Auto-approve on this answer (optional, one of the choices)"),
         filters=[strip_text],
         validators=[Optional(), Length(max=300)],
     )
@@ -485,29 +537,29 @@ class QuestionForm(FlaskForm):
     def validate_auto_approve_answer(self, field: StringField) -> None:
         choices = [line.strip() for line in (self.choices.data or "").splitlines()]
         if field.data and (self.kind.data == QuestionKind.TEXT or field.data not in choices):
-            raise ValidationError("须为选择题的一个选项 · Must be one of the choices")
+            raise ValidationError(_("Must be one of the choices"))
 
     def validate_choices(self, field: TextAreaField) -> None:
         lines = [line for line in (field.data or "").splitlines() if line.strip()]
         if self.kind.data != QuestionKind.TEXT and len(lines) < 2:
-            raise ValidationError("选择题至少两个选项 · A choice question needs two choices")
+            raise ValidationError(_("A choice question needs two choices"))
 
 
 class ReviewForm(FlaskForm):
     """Approve or reject one or more applications."""
 
-    reason = StringField("拒绝原因（拒绝时必填）· Reason, to reject", validators=[Length(max=300)])
+    reason = StringField(_l("Reason, to reject"), validators=[Length(max=300)])
 
 
 class SeasonForm(FlaskForm):
     """Invite the members of one tier to this tier's groups: a new season."""
 
-    from_tier = SelectField("邀请哪个档位的现有成员 · Members of", coerce=int)
+    from_tier = SelectField(_l("Members of"), coerce=int)
     mode = RadioField(
-        "方式 · How",
+        _l("How"),
         choices=[
-            SelectChoice("free", "免费直接邀请 · Invite them free"),
-            SelectChoice("fee", "通知他们付本档位的季费加入 · Ask them to pay this tier's fee"),
+            SelectChoice("free", _l("Invite them free")),
+            SelectChoice("fee", _l("Ask them to pay this tier's fee")),
         ],
         default="free",
         validators=[InputRequired(REQUIRED)],
@@ -534,18 +586,18 @@ class AccessForm(FlaskForm):
     """Grant a tier to a member by hand, or end one of their memberships."""
 
     action = RadioField(
-        "操作 · Action",
+        _l("Action"),
         choices=[
-            SelectChoice("grant", "开通档位 · Grant a tier"),
-            SelectChoice("end", "取消资格 · End a membership"),
-            SelectChoice("staff", "给工作人员编号 · Give a staff number"),
+            SelectChoice("grant", _l("Grant a tier")),
+            SelectChoice("end", _l("End a membership")),
+            SelectChoice("staff", _l("Give a staff number")),
         ],
         validators=[InputRequired(REQUIRED)],
     )
-    tier = SelectField("档位 · Tier", coerce=int, validate_choice=False)
-    membership = SelectField("会员资格 · Membership", coerce=int, validate_choice=False)
+    tier = SelectField(_l("Tier"), coerce=int, validate_choice=False)
+    membership = SelectField(_l("Membership"), coerce=int, validate_choice=False)
     reason = StringField(
-        "原因（记入日志）· Reason (kept in the log)",
+        _l("Reason (kept in the log)"),
         filters=[strip_text],
         validators=[DataRequired(REQUIRED), Length(max=200)],
     )

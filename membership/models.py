@@ -9,12 +9,15 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
+from flask_babel import lazy_pgettext
 from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 from sqlalchemy.orm.attributes import set_committed_value
 
 from core.clock import utcnow
 from core.db import UTCDateTime, db, enum_column
+from core.labels import enum_labels
 from core.money import Money
 
 #: A member-number pattern: literal text around one run of ``#``, one ``#`` per digit of
@@ -82,11 +85,29 @@ class TierKind(StrEnum):
     PAID = "paid"
 
 
+TIER_KIND_LABELS = enum_labels(
+    TierKind,
+    {
+        TierKind.FREE: _l("Free"),
+        TierKind.PAID: _l("Paid"),
+    },
+)
+
+
 class TierAudience(StrEnum):
     EVERYONE = "everyone"  #: listed on the join page
     RETURNING = "returning"  #: only for former members, once they have identified themselves
     MEMBERS = "members"  #: only for current members (a new season's fee), once logged in
 
+
+TIER_AUDIENCE_LABELS = enum_labels(
+    TierAudience,
+    {
+        TierAudience.EVERYONE: _l("Everyone"),
+        TierAudience.RETURNING: _l("Returning members"),
+        TierAudience.MEMBERS: _l("Current members"),
+    },
+)
 
 #: Which groups a tier's members are invited to, tried in ``position`` order.
 tier_groups = sa.Table(
@@ -217,6 +238,15 @@ class ContactKind(StrEnum):
     EMAIL = "email"
 
 
+CONTACT_KIND_LABELS = enum_labels(
+    ContactKind,
+    {
+        ContactKind.WECHAT: _l("WeChat ID"),
+        ContactKind.PHONE: _l("Phone"),
+        ContactKind.EMAIL: _l("E-mail"),
+    },
+)
+
 #: Contacts a code or a message can be sent to (a WeChat ID cannot receive one).
 SENDABLE_CONTACTS = (ContactKind.PHONE, ContactKind.EMAIL)
 
@@ -333,6 +363,17 @@ class MembershipStatus(StrEnum):
     PURGED = "purged"  #: ended by a purge of inactive members
 
 
+MEMBERSHIP_STATUS_LABELS = enum_labels(
+    MembershipStatus,
+    {
+        MembershipStatus.ACTIVE: lazy_pgettext("status", "Active"),
+        MembershipStatus.SUSPENDED: lazy_pgettext("status", "Suspended (payment disputed)"),
+        MembershipStatus.ENDED: lazy_pgettext("status", "Ended"),
+        MembershipStatus.EXPIRED: lazy_pgettext("status", "Expired"),
+        MembershipStatus.PURGED: lazy_pgettext("status", "Purged"),
+    },
+)
+
 #: Memberships after which a member may come back at a re-entry price.
 LAPSED_MEMBERSHIP_STATUSES = (MembershipStatus.EXPIRED, MembershipStatus.PURGED)
 #: Memberships that are still the member's (access now, or pending a dispute).
@@ -369,6 +410,19 @@ class ApplicationStatus(StrEnum):
     AWAITING_PROOF = "awaiting_proof"
     AWAITING_PAYMENT = "awaiting_payment"
     ADMITTED = "admitted"
+
+
+APPLICATION_STATUS_LABELS = enum_labels(
+    ApplicationStatus,
+    {
+        ApplicationStatus.PENDING_REVIEW: lazy_pgettext("status", "Waiting for review"),
+        ApplicationStatus.APPROVED: lazy_pgettext("status", "Approved"),
+        ApplicationStatus.REJECTED: lazy_pgettext("status", "Rejected"),
+        ApplicationStatus.AWAITING_PROOF: lazy_pgettext("status", "Contact to prove"),
+        ApplicationStatus.AWAITING_PAYMENT: lazy_pgettext("status", "Waiting for payment"),
+        ApplicationStatus.ADMITTED: lazy_pgettext("status", "Admitted"),
+    },
+)
 
 
 class Application(db.Model):
@@ -425,6 +479,17 @@ class InvitationStatus(StrEnum):
     REVOKED = "revoked"
     EXPIRED = "expired"
 
+
+INVITATION_STATUS_LABELS = enum_labels(
+    InvitationStatus,
+    {
+        InvitationStatus.WAITING: lazy_pgettext("status", "Waiting for a seat"),
+        InvitationStatus.ISSUED: lazy_pgettext("status", "Invited"),
+        InvitationStatus.JOINED: lazy_pgettext("status", "Joined"),
+        InvitationStatus.REVOKED: lazy_pgettext("status", "Revoked"),
+        InvitationStatus.EXPIRED: lazy_pgettext("status", "Expired"),
+    },
+)
 
 #: Invitations that hold a seat in their group.
 LIVE_INVITATION_STATUSES = (InvitationStatus.ISSUED, InvitationStatus.JOINED)
@@ -541,6 +606,16 @@ class QuestionKind(StrEnum):
     MULTIPLE = "multiple"  #: any of the choices
 
 
+QUESTION_KIND_LABELS = enum_labels(
+    QuestionKind,
+    {
+        QuestionKind.TEXT: _l("Text"),
+        QuestionKind.SINGLE: _l("One choice"),
+        QuestionKind.MULTIPLE: _l("Several choices"),
+    },
+)
+
+
 class ScreeningQuestion(db.Model):
     """A question prospects answer when they apply to a tier that requires screening."""
 
@@ -582,10 +657,32 @@ class TaskAction(StrEnum):
     RECONCILE = "reconcile"
 
 
+TASK_ACTION_LABELS = enum_labels(
+    TaskAction,
+    {
+        TaskAction.GRANT: _l("Invite"),
+        TaskAction.REVOKE: _l("Remove"),
+        TaskAction.ADMIT: _l("Let in"),
+        TaskAction.SYNC: _l("Sync"),
+        TaskAction.RECONCILE: _l("Reconcile"),
+    },
+)
+
+
 class TaskStatus(StrEnum):
     PENDING = "pending"  #: due at ``next_attempt_at``
     DONE = "done"
     FAILED = "failed"  #: gave up after the last retry; admins see it and can retry
+
+
+TASK_STATUS_LABELS = enum_labels(
+    TaskStatus,
+    {
+        TaskStatus.PENDING: lazy_pgettext("status", "Pending"),
+        TaskStatus.DONE: lazy_pgettext("status", "Done"),
+        TaskStatus.FAILED: lazy_pgettext("status", "Failed"),
+    },
+)
 
 
 class PlatformTask(db.Model):

@@ -6,7 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_required
@@ -25,6 +34,7 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, InputRequired, Length, Optional, Regexp
 
+from core import audit
 from core.auth import in_visible_communities, load_for, requires
 from core.clock import utcnow
 from core.db import db
@@ -33,6 +43,7 @@ from core.secrets import SecretsUnavailable
 from payments.accounts import FIELDS, account_of, remove_account, save_account
 from payments.exports import major
 from payments.models import (
+    PROVIDER_LABELS,
     Order,
     OrderFlag,
     Payment,
@@ -85,6 +96,42 @@ def visible_webhook_events() -> sa.ColumnElement[bool]:
     return about_payments
 
 
+#: The communities' time zones, read by table name: payments imports nothing from
+#: membership, and an order only knows its community's id.
+_communities = sa.table("communities", sa.column("id"), sa.column("time_zone"))
+
+
+def _zones(community_ids: set[int]) -> dict[int, str]:
+    """The time zone of each of ``community_ids``: the pages of money show each time in
+    the zone of the community it belongs to."""
+    rows = db.session.execute(
+        sa.select(_communities.c.id, _communities.c.time_zone).where(
+            _communities.c.id.in_(community_ids)
+        )
+    )
+    return dict(rows.all())
+
+
+def _default_zone() -> str:
+    """The install's zone, for times that belong to no community (named on the page)."""
+    return current_app.config["BABEL_DEFAULT_TIMEZONE"]
+
+
+@bp.app_template_filter("provider")
+def provider_label(name: str) -> str:
+    """A payment provider's name as the reader calls it."""
+    label = PROVIDER_LABELS.get(name)
+    return str(label) if label is not None else name
+
+
+def _webhook_names(providers: list[str]) -> dict[str, str]:
+    """The audit log's names for ``webhook:<provider>`` actors: the provider."""
+    return {provider: provider_label(provider) for provider in providers}
+
+
+audit.register_actor_names("webhook", _webhook_names)
+
+
 @bp.get("/orders")
 @requires("payments.view")
 def orders():
@@ -95,18 +142,23 @@ def orders():
         page=_page(),
         per_page=PAGE_SIZE,
     )
-    return render_template("admin/orders.html", page=rows)
+    zones = _zones({order.community_id for order in rows.items})
+    return render_template("admin/orders.html", page=rows, zones=zones)
 
 
 @bp.get("/payments")
 @requires("payments.view")
 def payments():
     rows = db.paginate(
-        sa.select(Payment).where(_in_visible_orders(Payment.order_id)).order_by(Payment.id.desc()),
+        sa.select(Payment)
+        .where(_in_visible_orders(Payment.order_id))
+        .order_by(Payment.id.desc())
+        .options(joinedload(Payment.order)),
         page=_page(),
         per_page=PAGE_SIZE,
     )
-    return render_template("admin/payments.html", page=rows)
+    zones = _zones({payment.order.community_id for payment in rows.items})
+    return render_template("admin/payments.html", page=rows, zones=zones)
 
 
 @bp.get("/inbox")
@@ -117,17 +169,13 @@ def inbox():
         page=_page(),
         per_page=PAGE_SIZE,
     )
-    return render_template("admin/inbox.html", page=rows)
+    return render_template("admin/inbox.html", page=rows, zone=_default_zone())
 
 
 class RefundForm(FlaskForm):
-    amount = StringField("退款金额 · Amount", validators=[DataRequired("必填 · Required")])
-    reason = StringField(
-        "原因 · Reason", validators=[DataRequired("必填 · Required"), Length(max=200)]
-    )
-    revoke_access = BooleanField(
-        "同时取消入群资格（部分退款时）· Also end access (for a partial refund)"
-    )
+    amount = StringField(_l("Amount"), validators=[DataRequired(_l("Required"))])
+    reason = StringField(_l("Reason"), validators=[DataRequired(_l("Required")), Length(max=200)])
+    revoke_access = BooleanField(_l("Also end access (for a partial refund)"))
 
 
 @bp.route("/payments/<int:payment_id>/refund", methods=["GET", "POST"])
@@ -150,24 +198,26 @@ def refund(payment_id: int):
                 actor=current_user.actor,
             )
         except ValueError:
-            form.amount.errors.append("金额格式不正确，例如 99.00 · Enter an amount like 99.00")
+            form.amount.errors.append(_("Enter an amount like 99.00"))
         except PaymentError as refusal:
             db.session.rollback()
             form.amount.errors.append(str(refusal))
         else:
             refund = send_refund(refund, actor=current_user.actor)
             if refund.status is RefundStatus.FAILED:
-                flash(f"退款失败 · Refund failed: {refund.failure_reason}", "error")
+                flash(_("Refund failed: %(reason)s", reason=refund.failure_reason), "error")
             elif refund.status is RefundStatus.SUCCEEDED:
-                flash(f"已退款 {refund.money} · Refunded", "ok")
+                flash(_("%(amount)s refunded", amount=refund.money), "ok")
             else:
                 flash(
-                    f"已提交退款 {refund.money}，等待渠道确认 · Refund sent, awaiting the provider",
+                    _("Refund of %(amount)s sent, awaiting the provider", amount=refund.money),
                     "ok",
                 )
             return redirect(url_for(".refund", payment_id=payment.id))
     return render_template(
         "admin/refund.html",
+        zone=_zones({payment.order.community_id})[payment.order.community_id],
+        actors=audit.actor_names(refund.requested_by for refund in payment.refunds),
         payment=payment,
         form=form,
         surplus=payment in surplus_payments(payment.order),
@@ -193,7 +243,7 @@ def attention():
     if form.validate_on_submit():
         flag = load_for(OrderFlag, int(form.flag.data), "payments.refund")
         if resolve_flag(flag, actor=current_user.actor):
-            flash("已标记为已处理 · Marked as dealt with", "ok")
+            flash(_("Marked as dealt with"), "ok")
         db.session.commit()
         return redirect(url_for(".attention"))
     rows = db.paginate(
@@ -207,25 +257,26 @@ def attention():
         page=_page(),
         per_page=PAGE_SIZE,
     )
-    return render_template("admin/attention.html", page=rows, form=form)
+    zones = _zones({flag.order.community_id for flag in rows.items})
+    return render_template("admin/attention.html", page=rows, form=form, zones=zones)
 
 
 class StatementForm(FlaskForm):
     provider = RadioField(
-        "渠道 · Provider",
+        _l("Provider"),
         choices=[
-            SelectChoice("wechatpay", "微信支付对账单 · WeChat Pay daily bill"),
-            SelectChoice("stripe", "Stripe 余额明细报表 · Stripe itemized balance report"),
+            SelectChoice("wechatpay", _l("WeChat Pay daily bill")),
+            SelectChoice("stripe", _l("Stripe itemized balance report")),
         ],
         default="wechatpay",
-        validators=[InputRequired("必填 · Required")],
+        validators=[InputRequired(_l("Required"))],
     )
     statement = FileField(
-        "对账文件 · Statement",
+        _l("Statement"),
         validators=[
-            FileRequired("请选择文件 · Choose a file"),
-            FileAllowed(["csv", "txt"], "仅限CSV或TXT · CSV or TXT only"),
-            FileSize(20 * 1024 * 1024, message="文件太大 · Too large"),
+            FileRequired(_l("Choose a file")),
+            FileAllowed(["csv", "txt"], _l("CSV or TXT only")),
+            FileSize(20 * 1024 * 1024, message=_l("Too large")),
         ],
     )
 
@@ -246,7 +297,7 @@ def reconcile_page():
         try:
             lines = READERS[form.provider.data](upload.read().decode("utf-8-sig"))
         except UnicodeDecodeError:
-            form.statement.errors.append("不是UTF-8文本 · Not UTF-8 text")
+            form.statement.errors.append(_("Not UTF-8 text"))
         except StatementError as error:
             form.statement.errors.append(str(error))
         else:
@@ -262,7 +313,13 @@ def reconcile_page():
         sa.select(Reconciliation).order_by(Reconciliation.id.desc()).limit(20)
     ).all()
     return render_template(
-        "admin/reconcile.html", form=form, report=report, history=history, major=major
+        "admin/reconcile.html",
+        form=form,
+        report=report,
+        history=history,
+        major=major,
+        zone=_default_zone(),
+        actors=audit.actor_names(row.imported_by for row in history),
     ), 422 if form.errors else 200
 
 
@@ -378,3 +435,45 @@ def _saved_forms(community_id: int) -> dict[str, FlaskForm]:
             form[name].data = value
         forms[provider] = form
     return forms
+
+
+#: What this package's audit actions and tables are called on the audit log.
+audit.register_labels(
+    {
+        "order.created": _l("Order created"),
+        "order.expired": _l("Order expired"),
+        "order.paid": _l("Order paid"),
+        "order.paid_again": _l("Order paid again"),
+        "order.refunded": _l("Order refunded"),
+        "order.discounted": _l("Coupon applied to an order"),
+        "order.flagged": _l("Order needs attention"),
+        "order.flag_resolved": _l("Marked as dealt with"),
+        "payment.started": _l("Payment started"),
+        "payment.start_failed": _l("Payment could not start"),
+        "payment.confirmed": _l("Payment confirmed"),
+        "payment.failed": _l("Payment failed"),
+        "payment.cancelled": _l("Payment cancelled"),
+        "payment.expired": _l("Payment expired"),
+        "payment.second_transaction": _l("Second transaction reported"),
+        "refund.requested": _l("Refund requested"),
+        "refund.succeeded": _l("Refunded"),
+        "refund.failed": _l("Refund failed"),
+        "dispute.open": _l("Payment disputed"),
+        "dispute.won": _l("Dispute won"),
+        "dispute.lost": _l("Dispute lost"),
+        "reconciliation.imported": _l("Statement reconciled"),
+        "payment_account.created": _l("Payment account added"),
+        "payment_account.updated": _l("Payment account changed"),
+        "payment_account.removed": _l("Payment account removed"),
+        "payment_account.resealed": _l("Payment account secrets re-encrypted"),
+    },
+    {
+        "orders": _l("Order"),
+        "payments": _l("Payment"),
+        "refunds": _l("Refund"),
+        "disputes": _l("Dispute"),
+        "order_flags": _l("Needs attention"),
+        "reconciliations": _l("Reconciliation"),
+        "payment_accounts": _l("Payment account"),
+    },
+)

@@ -9,10 +9,13 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
+from flask_babel import lazy_pgettext
 from sqlalchemy import event
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db import UTCDateTime, db, enum_column
+from core.labels import enum_labels
 from core.money import Money
 
 
@@ -23,6 +26,17 @@ class OrderStatus(StrEnum):
     REFUNDED = "refunded"  #: was paid; refunds or lost disputes took the money back
 
 
+ORDER_STATUS_LABELS = enum_labels(
+    OrderStatus,
+    {
+        OrderStatus.OPEN: lazy_pgettext("status", "Waiting for payment"),
+        OrderStatus.PAID: lazy_pgettext("status", "Paid"),
+        OrderStatus.EXPIRED: lazy_pgettext("status", "Expired"),
+        OrderStatus.REFUNDED: lazy_pgettext("status", "Refunded"),
+    },
+)
+
+
 class PaymentStatus(StrEnum):
     CREATED = "created"  #: sent to the provider, no answer yet
     CONFIRMED = "confirmed"  #: the provider confirmed the money moved
@@ -31,16 +45,48 @@ class PaymentStatus(StrEnum):
     EXPIRED = "expired"  #: the provider closed the attempt unpaid
 
 
+PAYMENT_STATUS_LABELS = enum_labels(
+    PaymentStatus,
+    {
+        PaymentStatus.CREATED: lazy_pgettext("status", "Started"),
+        PaymentStatus.CONFIRMED: lazy_pgettext("status", "Confirmed"),
+        PaymentStatus.FAILED: lazy_pgettext("status", "Failed"),
+        PaymentStatus.CANCELLED: lazy_pgettext("status", "Cancelled"),
+        PaymentStatus.EXPIRED: lazy_pgettext("status", "Expired"),
+    },
+)
+
+
 class RefundStatus(StrEnum):
     REQUESTED = "requested"  #: asked of the provider, no final answer yet
     SUCCEEDED = "succeeded"  #: the money went back
     FAILED = "failed"  #: the provider refused or could not
 
 
+REFUND_STATUS_LABELS = enum_labels(
+    RefundStatus,
+    {
+        RefundStatus.REQUESTED: lazy_pgettext("status", "Requested"),
+        RefundStatus.SUCCEEDED: lazy_pgettext("status", "Refunded"),
+        RefundStatus.FAILED: lazy_pgettext("status", "Failed"),
+    },
+)
+
+
 class DisputeStatus(StrEnum):
     OPEN = "open"  #: the payer's bank took the money back pending a decision
     WON = "won"  #: decided for us: the money came back
     LOST = "lost"  #: decided for the payer
+
+
+DISPUTE_STATUS_LABELS = enum_labels(
+    DisputeStatus,
+    {
+        DisputeStatus.OPEN: lazy_pgettext("status", "Open"),
+        DisputeStatus.WON: lazy_pgettext("status", "Won"),
+        DisputeStatus.LOST: lazy_pgettext("status", "Lost"),
+    },
+)
 
 
 class FlagKind(StrEnum):
@@ -61,6 +107,26 @@ class FlagKind(StrEnum):
     COUPON_OVER_LIMIT = "coupon_over_limit"
 
 
+FLAG_KIND_LABELS = enum_labels(
+    FlagKind,
+    {
+        FlagKind.PAID_TWICE: _l("Paid twice"),
+        FlagKind.BOUGHT_TWICE: _l("Bought twice"),
+        FlagKind.PAID_AFTER_END: _l("Renewed after it ended"),
+        FlagKind.SECOND_TRANSACTION: _l("Second transaction"),
+        FlagKind.COUPON_OVER_LIMIT: _l("Coupon past its limit"),
+    },
+)
+
+
+#: What each payment provider is called on a page (the keys of the provider registry).
+PROVIDER_LABELS = {
+    "fake": _l("Test payments"),
+    "stripe": _l("Stripe"),
+    "wechatpay": _l("WeChat Pay"),
+}
+
+
 class InboxStatus(StrEnum):
     RECEIVED = "received"  #: stored, not yet processed
     PROCESSED = "processed"  #: verified and applied
@@ -68,6 +134,19 @@ class InboxStatus(StrEnum):
     IGNORED = "ignored"  #: verified; an event we do not act on
     REJECTED = "rejected"  #: failed verification or did not match our records: no change
     FAILED = "failed"  #: our side failed while applying it; the provider retries, or replay
+
+
+INBOX_STATUS_LABELS = enum_labels(
+    InboxStatus,
+    {
+        InboxStatus.RECEIVED: lazy_pgettext("status", "Received"),
+        InboxStatus.PROCESSED: lazy_pgettext("status", "Processed"),
+        InboxStatus.DUPLICATE: lazy_pgettext("status", "Duplicate"),
+        InboxStatus.IGNORED: lazy_pgettext("status", "Ignored"),
+        InboxStatus.REJECTED: lazy_pgettext("status", "Rejected"),
+        InboxStatus.FAILED: lazy_pgettext("status", "Failed"),
+    },
+)
 
 
 class Order(db.Model):

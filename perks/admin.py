@@ -15,6 +15,8 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_required
 from wtforms import SelectChoice, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
@@ -53,7 +55,7 @@ def _staff_only() -> None:
     """Every page here is for logged-in staff."""
 
 
-ANY = SelectChoice(0, "— 不限 · Any —")
+ANY = SelectChoice(0, _l("— Any —"))
 
 
 def _rule_choices(form, community: Community) -> None:
@@ -75,7 +77,7 @@ def _money(form_field, currency: str) -> Money | None:
     try:
         return Money.parse_major(form_field.data or "0", currency)
     except ValueError:
-        form_field.errors.append("金额格式不正确，例如 9 或 9.90 · Enter an amount like 9.90")
+        form_field.errors.append(_("Enter an amount like 9.90"))
         return None
 
 
@@ -170,15 +172,13 @@ def perk_form(community_id: int | None = None, perk_id: int | None = None):
         )
         if perk.stock is not None and perk.stock < perk.redeemed_count:
             db.session.rollback()
-            form.stock.errors.append(
-                "库存不能少于已领取数量 · Stock cannot be below the redemptions made"
-            )
+            form.stock.errors.append(_("Stock cannot be below the redemptions made"))
         else:
             db.session.commit()
-            flash("已保存 · Saved", "ok")
+            flash(_("Saved"), "ok")
             return redirect(url_for(".overview", community_id=community.id))
     return render_template(
-        "admin/perks/form.html", form=form, community=community, title="福利 · Perk", obj=perk
+        "admin/perks/form.html", form=form, community=community, title=_("Perk"), obj=perk
     )
 
 
@@ -190,7 +190,7 @@ def _coupon_values(form: CouponForm, community: Community) -> dict[str, object] 
         form.kind.data == "amount" and (amount_off is None or amount_off.is_zero)
     ):
         if amount_off is not None and amount_off.is_zero:
-            form.amount_off.errors.append("须大于0 · Must be more than 0")
+            form.amount_off.errors.append(_("Must be more than 0"))
         return None
     zone = community.time_zone
     return {
@@ -245,7 +245,7 @@ def coupon_form(community_id: int | None = None, coupon_id: int | None = None):
             )
         )
         if taken:
-            form.code.errors.append("优惠码已存在 · Code already taken")
+            form.code.errors.append(_("Code already taken"))
         values = _coupon_values(form, community)
         if values is not None and not taken:
             if coupon is None:
@@ -253,7 +253,7 @@ def coupon_form(community_id: int | None = None, coupon_id: int | None = None):
                 db.session.add(coupon)
             _save(coupon, {**values, "code": code}, "coupon.saved")
             db.session.commit()
-            flash("已保存 · Saved", "ok")
+            flash(_("Saved"), "ok")
             return redirect(url_for(".overview", community_id=community.id))
     uses = (
         db.session.scalars(
@@ -266,7 +266,7 @@ def coupon_form(community_id: int | None = None, coupon_id: int | None = None):
         "admin/perks/form.html",
         form=form,
         community=community,
-        title="优惠券 · Coupon",
+        title=_("Coupon"),
         obj=coupon,
         uses=uses,
     )
@@ -279,7 +279,7 @@ def issue_coupon(coupon_id: int):
     coupon = load_for(Coupon, coupon_id, "perks.manage")
     issued = issue_to_eligible(coupon, actor=current_user.actor, now=utcnow())
     db.session.commit()
-    flash(f"已发放给 {issued} 位成员 · Issued to {issued} members", "ok")
+    flash(_("Issued to %(count)s members", count=issued), "ok")
     return redirect(url_for(".overview", community_id=coupon.community_id))
 
 
@@ -297,7 +297,7 @@ def campaign_form(community_id: int):
             )
         )
         if taken:
-            form.campaign.errors.append("活动名已存在 · Campaign name already used")
+            form.campaign.errors.append(_("Campaign name already used"))
         values = _coupon_values(form, community)
         if values is not None and not taken:
             codes = generate_codes(
@@ -309,22 +309,23 @@ def campaign_form(community_id: int):
                 now=utcnow(),
             )
             db.session.commit()
-            flash(f"已生成 {len(codes)} 个优惠码 · {len(codes)} codes made", "ok")
+            flash(_("%(count)s codes made", count=len(codes)), "ok")
             return redirect(url_for(".overview", community_id=community.id))
     return render_template(
-        "admin/perks/form.html", form=form, community=community, title="批量优惠码 · Campaign"
+        "admin/perks/form.html", form=form, community=community, title=_("Campaign")
     )
 
 
 class CampaignCodes(Exporter):
     """A campaign's codes with their terms and uses, to hand out."""
 
-    title = "优惠码 Codes"
-    headers = ("优惠码 Code", "优惠 Discount", "截止 Valid until", "已使用 Used", "状态 Active")
-
     def __init__(self, community: Community, campaign: str) -> None:
-        # Plain values: rows are read while the response streams, after the commit.
+        # Plain values: rows are read while the response streams, after the commit, and
+        # the words in the reader's language are chosen now, inside the request.
         self.community_id, self.zone, self.campaign = community.id, community.time_zone, campaign
+        self.title = _("Codes")
+        self.headers = (_("Coupon code"), _("Discount"), _("Valid until"), _("Used"), _("Active"))
+        self.answers = {True: _("yes"), False: _("no")}
 
     def rows(self):
         consumed = sa.func.count(CouponUse.id).filter(CouponUse.status == CouponUseStatus.CONSUMED)
@@ -342,7 +343,7 @@ class CampaignCodes(Exporter):
                 coupon.describe(),
                 to_local(until, self.zone).isoformat(" ") if until else "",
                 used,
-                "yes" if coupon.active else "no",
+                self.answers[coupon.active],
             ]
 
 
@@ -382,9 +383,9 @@ def course_form(community_id: int | None = None, course_id: int | None = None):
             )
         )
         if taken:
-            form.code.errors.append("代号已被使用 · Code already taken")
+            form.code.errors.append(_("Code already taken"))
         if price is not None and price.is_zero:
-            form.price.errors.append("须大于0 · Must be more than 0")
+            form.price.errors.append(_("Must be more than 0"))
         elif price is not None and not taken:
             if course is None:
                 course = Course(community=community, created_at=utcnow())
@@ -403,10 +404,10 @@ def course_form(community_id: int | None = None, course_id: int | None = None):
                 "course.saved",
             )
             db.session.commit()
-            flash("已保存 · Saved", "ok")
+            flash(_("Saved"), "ok")
             return redirect(url_for(".overview", community_id=community.id))
     return render_template(
-        "admin/perks/form.html", form=form, community=community, title="课程 · Course", obj=course
+        "admin/perks/form.html", form=form, community=community, title=_("Course"), obj=course
     )
 
 
@@ -418,7 +419,7 @@ def launch_course(course_id: int):
     course = load_for(Course, course_id, "perks.manage")
     told = launch(course, actor=current_user.actor, now=utcnow())
     db.session.commit()
-    flash(f"已开售，通知{told}位成员（排队发送中）· On sale; {told} members queued", "ok")
+    flash(_("On sale; %(count)s members will be told", count=told), "ok")
     return redirect(url_for(".overview", community_id=course.community_id))
 
 
@@ -454,10 +455,10 @@ def offer_form(community_id: int | None = None, offer_id: int | None = None):
             "offer.saved",
         )
         db.session.commit()
-        flash("已保存 · Saved", "ok")
+        flash(_("Saved"), "ok")
         return redirect(url_for(".overview", community_id=community.id))
     return render_template(
-        "admin/perks/form.html", form=form, community=community, title="推荐 · Offer", obj=offer
+        "admin/perks/form.html", form=form, community=community, title=_("Offer"), obj=offer
     )
 
 
@@ -466,10 +467,10 @@ class AnnouncementForm(EligibilityForm):
 
     active = None
     title = StringField(
-        "标题 · Title", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=80)]
+        _l("Title"), filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=80)]
     )
     body = TextAreaField(
-        "正文（末尾自动附退订链接）· Message (an unsubscribe link is added)",
+        _l("Message (an unsubscribe link is added)"),
         filters=[strip_text],
         validators=[DataRequired(REQUIRED), Length(max=2000)],
     )
@@ -508,7 +509,7 @@ def announcement_form(community_id: int | None = None, announcement_id: int | No
     item = load_for(Announcement, announcement_id, "perks.manage") if announcement_id else None
     community = item.community if item else load_for(Community, community_id, "perks.manage")
     if item is not None and item.sent_at is not None:
-        flash("已发送的公告不能修改 · A sent announcement cannot be changed", "error")
+        flash(_("A sent announcement cannot be changed"), "error")
         return redirect(url_for(".announcement", announcement_id=item.id))
     form = AnnouncementForm(obj=item)
     _rule_choices(form, community)
@@ -524,13 +525,13 @@ def announcement_form(community_id: int | None = None, announcement_id: int | No
             "announcement.saved",
         )
         db.session.commit()
-        flash("已保存，请预览后发送 · Saved; preview it, then send", "ok")
+        flash(_("Saved; preview it, then send"), "ok")
         return redirect(url_for(".announcement", announcement_id=item.id))
     return render_template(
         "admin/perks/form.html",
         form=form,
         community=community,
-        title="公告 · Announcement",
+        title=_("Announcement"),
         obj=item,
     )
 
@@ -558,5 +559,37 @@ def send_announcement(announcement_id: int):
     item = load_for(Announcement, announcement_id, "perks.manage")
     queued = announcements.send(item, actor=current_user.actor, now=utcnow())
     db.session.commit()
-    flash(f"已排队 {queued} 条消息 · {queued} messages queued", "ok")
+    flash(_("%(count)s messages queued", count=queued), "ok")
     return redirect(url_for(".announcement", announcement_id=item.id))
+
+
+#: What this package's audit actions and tables are called on the audit log.
+audit.register_labels(
+    {
+        "announcement.sent": _l("Announcement sent"),
+        "coupon.campaign_generated": _l("Coupon codes made"),
+        "coupon.campaign_exported": _l("Coupon codes exported"),
+        "coupon.granted": _l("Coupon given"),
+        "coupon.reserved": _l("Coupon reserved"),
+        "coupon.consumed": _l("Coupon used"),
+        "coupon.released": _l("Coupon released"),
+        "course.launched": _l("Course on sale"),
+        "enrolment.started": _l("Course purchase started"),
+        "enrolment.paid": _l("Course paid"),
+        "enrolment.given": _l("Course place given"),
+        "enrolment.restored": _l("Course access restored"),
+        "enrolment.active": _l("Course access active"),
+        "enrolment.suspended": _l("Course access suspended"),
+        "enrolment.revoked": _l("Course access revoked"),
+        "perk.redeemed": _l("Perk claimed"),
+        "perk.redeemed_for": _l("Perk claimed for a member"),
+        "member.unsubscribed": _l("Unsubscribed from announcements"),
+    },
+    {
+        "perks": _l("Perk"),
+        "coupons": _l("Coupon"),
+        "courses": _l("Course"),
+        "enrolments": _l("Course place"),
+        "announcements": _l("Announcement"),
+    },
+)

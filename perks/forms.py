@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
@@ -11,7 +13,6 @@ from wtforms import (
     RadioField,
     SelectChoice,
     SelectField,
-    SelectMultipleField,
     StringField,
     TextAreaField,
 )
@@ -26,13 +27,17 @@ from wtforms.validators import (
     ValidationError,
 )
 
-from membership.forms import REQUIRED, coupon_code_field, strip_text, url_code_field
+from membership.forms import (
+    REQUIRED,
+    checkbox_list,
+    coupon_code_field,
+    strip_text,
+    url_code_field,
+)
 from perks.models import PerkKind
 
-CODE = Regexp(
-    r"^[A-Za-z0-9][-_A-Za-z0-9]{0,39}$", message="字母、数字、-或_ · Letters, digits, - or _"
-)
-MONEY_HINT = "价格格式不正确，例如 9 或 9.90 · Enter an amount like 9.90"
+CODE = Regexp(r"^[A-Za-z0-9][-_A-Za-z0-9]{0,39}$", message=_l("Letters, digits, - or _"))
+MONEY_HINT = _l("Enter an amount like 9.90")
 
 
 class CourseBuyForm(FlaskForm):
@@ -44,21 +49,21 @@ class CourseBuyForm(FlaskForm):
 class EligibilityForm(FlaskForm):
     """The conditions of an :class:`~perks.models.EligibilityRule`; blank ones do not count."""
 
-    tier_id = SelectField("须持有档位 · Holds tier", coerce=int, default=0)
+    tier_id = SelectField(_l("Holds tier"), coerce=int, default=0)
     min_tenure_days = IntegerField(
-        "入群至少天数 · Member for at least (days)",
+        _l("Member for at least (days)"),
         validators=[Optional(), NumberRange(min=1, max=36500)],
     )
     max_member_number = IntegerField(
-        "成员编号不大于（元老）· Member number at most (founders)",
+        _l("Member number at most (founders)"),
         validators=[Optional(), NumberRange(min=1)],
     )
     min_seasons_paid = IntegerField(
-        "至少付费次数 · Paid at least (times)",
+        _l("Paid at least (times)"),
         validators=[Optional(), NumberRange(min=1, max=1000)],
     )
-    staff_only = BooleanField("仅限工作人员 · Staff only")
-    active = BooleanField("上架 · Active", default=True)
+    staff_only = BooleanField(_l("Staff only"))
+    active = BooleanField(_l("Active"), default=True)
 
     def rule_values(self) -> dict[str, object]:
         return {
@@ -73,83 +78,79 @@ class EligibilityForm(FlaskForm):
 
 class PerkForm(EligibilityForm):
     name = StringField(
-        "名称 · Name", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
+        _l("Name"), filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
     )
-    description = TextAreaField("说明 · Description", validators=[Length(max=2000)])
+    description = TextAreaField(_l("Description"), validators=[Length(max=2000)])
     kind = SelectField(
-        "类型 · Kind",
+        _l("Kind"),
         choices=[
-            SelectChoice(PerkKind.LINK.value, "下载或链接 · A download or link"),
-            SelectChoice(PerkKind.ITEM.value, "限量物品 · A limited item"),
-            SelectChoice(PerkKind.COUPON.value, "优惠券 · A coupon"),
-            SelectChoice(PerkKind.COURSE.value, "免费课程 · A free course"),
+            SelectChoice(PerkKind.LINK.value, _l("A download or link")),
+            SelectChoice(PerkKind.ITEM.value, _l("A limited item")),
+            SelectChoice(PerkKind.COUPON.value, _l("A coupon")),
+            SelectChoice(PerkKind.COURSE.value, _l("A free course")),
         ],
     )
     link_url = StringField(
-        "链接或领取方式 · Link, or how to claim",
+        _l("Link, or how to claim"),
         filters=[strip_text],
-        validators=[Optional(), URL(message="请填写完整网址 · Enter a full URL"), Length(max=500)],
+        validators=[Optional(), URL(message=_l("Enter a full URL")), Length(max=500)],
     )
-    coupon_id = SelectField("优惠券 · Coupon", coerce=int, default=0)
-    course_id = SelectField("课程 · Course", coerce=int, default=0)
+    coupon_id = SelectField(_l("Coupon"), coerce=int, default=0)
+    course_id = SelectField(_l("Course"), coerce=int, default=0)
     stock = IntegerField(
-        "库存（空=不限）· Stock (empty = no limit)", validators=[Optional(), NumberRange(min=0)]
+        _l("Stock (empty = no limit)"), validators=[Optional(), NumberRange(min=0)]
     )
     per_member_limit = IntegerField(
-        "每人可领次数 · Per member",
+        _l("Per member"),
         default=1,
         validators=[InputRequired(REQUIRED), NumberRange(min=1, max=100)],
     )
 
     def validate_link_url(self, field: StringField) -> None:
         if self.kind.data == PerkKind.LINK and not field.data:
-            raise ValidationError("链接类福利须填写链接 · A link perk needs its link")
+            raise ValidationError(_("A link perk needs its link"))
 
     def validate_coupon_id(self, field: SelectField) -> None:
         if self.kind.data == PerkKind.COUPON and not field.data:
-            raise ValidationError("请选择优惠券 · Choose the coupon")
+            raise ValidationError(_("Choose the coupon"))
 
     def validate_course_id(self, field: SelectField) -> None:
         if self.kind.data == PerkKind.COURSE and not field.data:
-            raise ValidationError("请选择课程 · Choose the course")
+            raise ValidationError(_("Choose the course"))
 
 
 class CouponForm(EligibilityForm):
-    code = StringField(
-        "优惠码 · Code", filters=[strip_text], validators=[DataRequired(REQUIRED), CODE]
-    )
-    description = StringField(
-        "说明 · Description", filters=[strip_text], validators=[Length(max=200)]
-    )
+    code = StringField(_l("Code"), filters=[strip_text], validators=[DataRequired(REQUIRED), CODE])
+    description = StringField(_l("Description"), filters=[strip_text], validators=[Length(max=200)])
     kind = RadioField(
-        "优惠方式 · Discount",
+        _l("Discount"),
         choices=[
-            SelectChoice("percent", "按比例 · Percent off"),
-            SelectChoice("amount", "减金额 · Amount off"),
+            SelectChoice("percent", _l("Percent off")),
+            SelectChoice("amount", _l("Amount off")),
         ],
         default="percent",
         validators=[InputRequired(REQUIRED)],
     )
     percent_off = IntegerField(
-        "折扣百分比（20 = 减20%）· Percent off",
+        _l("Percent off"),
         validators=[Optional(), NumberRange(min=1, max=100)],
     )
-    amount_off = StringField("减免金额（元）· Amount off", filters=[strip_text])
-    min_amount = StringField("最低订单金额（元）· Minimum order", filters=[strip_text], default="0")
-    tiers = SelectMultipleField("适用档位（都不选=全部）· Tiers (none = all)", coerce=int)
-    courses = SelectMultipleField("适用课程 · Courses", coerce=int)
-    valid_from = DateTimeLocalField("生效时间 · Valid from", validators=[Optional()])
-    valid_until = DateTimeLocalField("截止时间 · Valid until", validators=[Optional()])
+    amount_off = StringField(_l("Amount off"), filters=[strip_text])
+    min_amount = StringField(_l("Minimum order"), filters=[strip_text], default="0")
+    tiers = checkbox_list(_l("Tiers (none = all)"))
+    courses = checkbox_list(_l("Courses"))
+    valid_from = DateTimeLocalField(_l("Valid from"), validators=[Optional()])
+    valid_until = DateTimeLocalField(_l("Valid until"), validators=[Optional()])
     max_uses = IntegerField(
-        "总次数（空=不限）· Uses in all (empty = no limit)",
+        _l("Uses in all (empty = no limit)"),
         validators=[Optional(), NumberRange(min=1)],
     )
     max_uses_per_buyer = IntegerField(
-        "每人次数 · Uses per person",
+        _l("Uses per person"),
         default=1,
         validators=[InputRequired(REQUIRED), NumberRange(min=1, max=100)],
     )
-    issued_only = BooleanField("仅限获赠成员使用 · Only members it is issued to")
+    issued_only = BooleanField(_l("Only members it is issued to"))
 
     def validate_percent_off(self, field: IntegerField) -> None:
         if self.kind.data == "percent" and not field.data:
@@ -161,7 +162,7 @@ class CouponForm(EligibilityForm):
 
     def validate_valid_until(self, field: DateTimeLocalField) -> None:
         if self.valid_from.data and field.data and field.data <= self.valid_from.data:
-            raise ValidationError("截止时间须晚于生效时间 · Must be after the start")
+            raise ValidationError(_("Must be after the start"))
 
 
 class CampaignForm(CouponForm):
@@ -169,38 +170,36 @@ class CampaignForm(CouponForm):
 
     code = None
     prefix = StringField(
-        "前缀 · Prefix",
+        _l("Prefix"),
         filters=[strip_text],
         validators=[
             Optional(),
-            Regexp(r"^[A-Z0-9-]{0,12}$", message="大写字母、数字或- · A-Z, 0-9 or -"),
+            Regexp(r"^[A-Z0-9-]{0,12}$", message=_l("A-Z, 0-9 or -")),
         ],
     )
     campaign = StringField(
-        "活动名 · Campaign",
+        _l("Campaign"),
         filters=[strip_text],
         validators=[DataRequired(REQUIRED), Length(max=60)],
     )
     count = IntegerField(
-        "生成数量 · How many", validators=[InputRequired(REQUIRED), NumberRange(min=1, max=10000)]
+        _l("How many"), validators=[InputRequired(REQUIRED), NumberRange(min=1, max=10000)]
     )
 
 
 class CourseForm(EligibilityForm):
     code = url_code_field()
     title = StringField(
-        "课程名 · Title", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=80)]
+        _l("Title"), filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=80)]
     )
-    description = TextAreaField("介绍 · Description", validators=[Length(max=4000)])
-    price = StringField(
-        "价格（元）· Price", filters=[strip_text], validators=[DataRequired(REQUIRED)]
-    )
+    description = TextAreaField(_l("Description"), validators=[Length(max=4000)])
+    price = StringField(_l("Price"), filters=[strip_text], validators=[DataRequired(REQUIRED)])
     access_url = StringField(
-        "学习链接（购买后可见）· Content link (shown once bought)",
+        _l("Content link (shown once bought)"),
         filters=[strip_text],
         validators=[
             DataRequired(REQUIRED),
-            URL(message="请填写完整网址 · Enter a full URL"),
+            URL(message=_l("Enter a full URL")),
             Length(max=500),
         ],
     )
@@ -208,12 +207,12 @@ class CourseForm(EligibilityForm):
 
 class OfferForm(EligibilityForm):
     name = StringField(
-        "名称（如：老成员七折）· Name (e.g. veterans 30% off)",
+        _l("Name (e.g. veterans' discount)"),
         filters=[strip_text],
         validators=[DataRequired(REQUIRED), Length(max=60)],
     )
-    course_id = SelectField("课程 · Course", coerce=int)
+    course_id = SelectField(_l("Course"), coerce=int)
     percent_off = IntegerField(
-        "优惠百分比 · Percent off", validators=[InputRequired(REQUIRED), NumberRange(min=1, max=99)]
+        _l("Percent off"), validators=[InputRequired(REQUIRED), NumberRange(min=1, max=99)]
     )
-    valid_until = DateTimeLocalField("截止时间 · Valid until", validators=[Optional()])
+    valid_until = DateTimeLocalField(_l("Valid until"), validators=[Optional()])

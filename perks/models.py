@@ -8,9 +8,12 @@ from datetime import datetime
 from enum import StrEnum
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
+from flask_babel import lazy_pgettext
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
 
 from core.db import UTCDateTime, db, enum_column
+from core.labels import enum_labels
 from core.money import Money
 from membership.models import Community, Member, Tier
 
@@ -43,6 +46,17 @@ class PerkKind(StrEnum):
     LINK = "link"  #: a download or a link
     ITEM = "item"  #: a physical or digital item, usually with stock (a book voucher …)
     COURSE = "course"  #: a free place on a course
+
+
+PERK_KIND_LABELS = enum_labels(
+    PerkKind,
+    {
+        PerkKind.COUPON: _l("Coupon"),
+        PerkKind.LINK: _l("Link"),
+        PerkKind.ITEM: _l("Item"),
+        PerkKind.COURSE: _l("Course place"),
+    },
+)
 
 
 class Perk(EligibilityRule, db.Model):
@@ -175,6 +189,16 @@ class CouponUseStatus(StrEnum):
     RELEASED = "released"  #: the order expired, or was refunded (if the community says so)
 
 
+COUPON_USE_STATUS_LABELS = enum_labels(
+    CouponUseStatus,
+    {
+        CouponUseStatus.RESERVED: lazy_pgettext("status", "Reserved"),
+        CouponUseStatus.CONSUMED: lazy_pgettext("status", "Used"),
+        CouponUseStatus.RELEASED: lazy_pgettext("status", "Released"),
+    },
+)
+
+
 class CouponUse(db.Model):
     """A coupon on one order (one coupon per order)."""
 
@@ -257,6 +281,17 @@ class EnrolmentStatus(StrEnum):
     ACTIVE = "active"  #: paid (or given by a perk): the content is theirs
     SUSPENDED = "suspended"  #: the payment is disputed
     REVOKED = "revoked"  #: refunded, or the dispute was lost
+
+
+ENROLMENT_STATUS_LABELS = enum_labels(
+    EnrolmentStatus,
+    {
+        EnrolmentStatus.AWAITING_PAYMENT: lazy_pgettext("status", "Waiting for payment"),
+        EnrolmentStatus.ACTIVE: lazy_pgettext("status", "Active"),
+        EnrolmentStatus.SUSPENDED: lazy_pgettext("status", "Suspended (payment disputed)"),
+        EnrolmentStatus.REVOKED: lazy_pgettext("status", "Revoked"),
+    },
+)
 
 
 class Enrolment(db.Model):

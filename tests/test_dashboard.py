@@ -37,15 +37,19 @@ def test_community_page_shows_revenue_members_and_funnel(app, demo, logged_in):
     with app.app_context():
         community_id = db.session.scalar(sa.select(Community.id))
     page = logged_in.get(f"/admin/communities/{community_id}").text
-    assert "近30天收入 · Revenue, last 30 days: 198.00 CNY" in page
+    assert re.search(r'id="revenue"><span class="muted">近30天收入</span><strong>198.00 CNY<', page)
     heights = [
         float(h) for h in re.findall(r'<rect x="\d+" y="[\d.]+" width="8" height="([\d.]+)"', page)
     ]
     assert len(heights) == 30
     assert heights[-1] == 100.0  # today is the tallest bar
     assert sum(1 for h in heights if h > 0) == 1
-    assert "访问 visits 0 → 申请 applications 3 → 下单 orders 3 → 付款 paid 2" in page
-    assert re.search(r"<td>正式成员 · Member</td><td>active</td><td>2</td>", page)
+    assert "报名漏斗（30天）：访问 0 → 申请 3 → 下单 3 → 付款 2" in page
+    assert re.search(
+        r'<td data-label="档位">正式成员 · Member</td>'
+        r'<td data-label="状态" data-status="active">有效</td><td data-label="成员">2</td>',
+        page,
+    )
 
 
 def test_join_page_visits_open_the_funnel_written_in_batches(app, demo, logged_in):
@@ -63,7 +67,7 @@ def test_join_page_visits_open_the_funnel_written_in_batches(app, demo, logged_i
         app.config["VISIT_FLUSH_SECONDS"] = 0
     join_and_pay(app.test_client(), "main")
     page = logged_in.get(f"/admin/communities/{community_id}").text
-    assert "访问 visits 4 → 申请 applications 1 → 下单 orders 1 → 付款 paid 1" in page
+    assert "报名漏斗（30天）：访问 4 → 申请 1 → 下单 1 → 付款 1" in page
 
 
 def test_dashboard_flags_what_needs_attention(app, demo, logged_in):

@@ -301,12 +301,12 @@ def test_purge_preview_run_and_run_again(app, demo, logged_in):
     preview = logged_in.get(purge_url, query_string={"inactive_since": later}).get_data(
         as_text=True
     )
-    assert "将被清退 · Will be purged (2)" in preview
+    assert "将被清退 (2)" in preview
     yesterday = (utcnow() - timedelta(days=1)).date().isoformat()
     preview = logged_in.get(purge_url, query_string={"inactive_since": yesterday}).get_data(
         as_text=True
     )
-    assert "将被清退 · Will be purged (0)" in preview
+    assert "将被清退 (0)" in preview
 
     data = {"csrf_token": csrf_token(logged_in, purge_url), "inactive_since": later}
     assert logged_in.post(purge_url, data=data).status_code == 302

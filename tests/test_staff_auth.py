@@ -23,7 +23,6 @@ from core.auth import (
     LOGIN_WINDOW,
     LOGINS_PER_CLIENT,
     LOGINS_PER_CLIENT_AND_ACCOUNT,
-    WRONG_LOGIN,
     StaffUser,
 )
 from core.clock import utcnow
@@ -139,7 +138,7 @@ def test_changing_the_password_needs_the_current_one_and_ends_other_sessions(app
     short = submit_form(
         client, url, {"current": ADMIN_PASSWORD, "password": "short7!", "confirm": "short7!"}
     )
-    assert "New password" in short.text and short.status_code == 200
+    assert "新密码（" in short.text and short.status_code == 200
     long = "long " * 13  # 65 characters: long passphrases are welcome
     changed = submit_form(
         client, url, {"current": ADMIN_PASSWORD, "password": long, "confirm": long}
@@ -167,7 +166,7 @@ def test_an_owners_reset_shows_a_temporary_password_once_and_forces_a_change(
         f"/admin/staff/{user_id}", data={"csrf_token": token, "action": "reset_password"}
     )
     assert page.headers["Cache-Control"] == "no-store"
-    temporary = re.search(r"<code>([^<]+)</code>", page.text).group(1)
+    temporary = re.search(r'id="temporary-password">([^<]+)</code>', page.text).group(1)
     assert len(temporary) >= 16
     assert staff.get("/admin/").location.startswith("/admin/login")  # their session ended
     assert "不正确" in log_in(staff, email="money@example.com", password="first password").text
@@ -223,7 +222,7 @@ def enrol(client: FlaskClient) -> pyotp.TOTP:
     """Turn TOTP on for the logged-in member of staff; their authenticator app."""
     url = "/admin/account/two-step"
     page = client.post(url, data={"csrf_token": csrf_token(client, url), "action": "start"})
-    secret = re.search(r"Key: <code>([A-Z2-7]+)</code>", page.text).group(1)
+    secret = re.search(r'id="totp-key">([A-Z2-7]+)</code>', page.text).group(1)
     assert "otpauth://totp/" in page.text
     assert secret not in client.get(url).text  # shown once
     app_ = pyotp.TOTP(secret)
@@ -278,7 +277,7 @@ def test_a_stranger_cannot_lock_the_owner_out_from_elsewhere(app, client, admin,
     tries = LOGINS_PER_CLIENT_AND_ACCOUNT.tries
     for _ in range(tries):
         failed = log_in(client, password="guess", environ_base=STRANGER)
-        assert WRONG_LOGIN in failed.text
+        assert "邮箱或密码不正确" in failed.text
     refused = log_in(client, environ_base=STRANGER)  # even the right password
     assert "尝试次数过多" in refused.text
     assert not logged_in_now(client)
@@ -325,7 +324,7 @@ def test_the_shared_limit_holds_across_clients(app, admin, monkeypatch, password
 def test_unknown_and_known_emails_get_the_same_answer(app, client, admin, password_checks):
     unknown = log_in(client, email="nobody@example.com", password="guess")
     known = log_in(client, password="guess")
-    assert WRONG_LOGIN in unknown.text and WRONG_LOGIN in known.text
+    assert "邮箱或密码不正确" in unknown.text and "邮箱或密码不正确" in known.text
     assert len(password_checks) == 2  # a stand-in hash is checked for the unknown e-mail
     assert password_checks[0].startswith("scrypt:")
     first, second = [e for e in audit_actions(app) if e.action == "staff.login_failed"]

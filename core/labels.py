@@ -1,0 +1,33 @@
+"""Labels: what a person reads for a value the code keeps as a code (a status, a kind, a
+provider). Each package writes the label table of its enums next to them with
+:func:`enum_labels`; pages show a value through the ``label`` template filter, never the
+raw value."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import Enum
+from typing import TypeVar
+
+E = TypeVar("E", bound=Enum)
+
+#: Every registered table, by the enum it labels.
+_TABLES: dict[type[Enum], Mapping[Enum, object]] = {}
+
+
+def enum_labels(kind: type[E], table: Mapping[E, object]) -> Mapping[E, object]:
+    """Called at import, next to the enum ``kind``, with a label (a lazy string) for each of
+    its members. Refuses a table that leaves a member out, so a new status cannot reach a
+    page unlabelled. Returns the table."""
+    missing = [member.value for member in kind if member not in table]
+    if missing:
+        raise ValueError(f"{kind.__name__}: no label for {', '.join(missing)}")
+    _TABLES[kind] = table
+    return table
+
+
+def label(value: object) -> str:
+    """The label of ``value`` (an enum member with a registered table) in the reader's
+    language; other values as they are. The ``label`` template filter."""
+    table = _TABLES.get(type(value)) if isinstance(value, Enum) else None
+    return str(table[value]) if table is not None else ("" if value is None else str(value))
