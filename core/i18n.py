@@ -14,11 +14,22 @@ through :func:`register_community_source`; ``core`` knows no communities.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from typing import NamedTuple
 
-from babel import Locale
-from flask import Blueprint, Flask, abort, g, redirect, request, session
-from flask_babel import Babel, get_locale
+from babel import Locale, support
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    g,
+    has_request_context,
+    redirect,
+    request,
+    session,
+)
+from flask_babel import Babel, Domain, get_locale
 
 from core.security import same_site_path
 
@@ -28,7 +39,31 @@ DEFAULT_LOCALE = "zh_CN"
 #: Where the switch keeps this browser's choice.
 LOCALE_SESSION_KEY = "locale"
 
-babel = Babel()
+
+
+class _Catalogs(Domain):
+    """Flask-Babel's message domain, reading each locale's catalog under the name
+    ``translations/`` gives it. Babel spells zh_CN ``zh_Hans_CN``, which gettext looks
+    for under ``zh_Hans_CN`` and ``zh`` only: without this no Chinese is ever found."""
+
+    def get_translations(self) -> support.NullTranslations:
+        if get_locale() is None:  # outside an app context
+            return support.NullTranslations()
+        key = (current_locale(), self.domain[0])
+        if key not in self.cache:
+            self.cache[key] = support.Translations.load(
+                self.translation_directories[0], [key[0]], key[1]
+            )
+        return self.cache[key]
+
+
+class _Babel(Babel):
+    @cached_property
+    def domain_instance(self) -> Domain:
+        return _Catalogs(domain=self.domain)
+
+
+babel = _Babel()
 bp = Blueprint("i18n", __name__)
 
 
@@ -68,7 +103,10 @@ def _community() -> CommunityPreferences | None:
 
 
 def select_locale() -> str:
-    """Flask-Babel's locale selector (see the module's docstring for the order)."""
+    """Flask-Babel's locale selector (see the module's docstring for the order). Outside
+    a request (a ``flask`` command, the worker): the ``QUNMEN_LOCALE`` setting."""
+    if not has_request_context():
+        return current_app.config.get("QUNMEN_LOCALE", DEFAULT_LOCALE)
     chosen = session.get(LOCALE_SESSION_KEY)
     if chosen in LOCALES:
         return chosen

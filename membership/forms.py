@@ -33,7 +33,8 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from core.money import CURRENCIES, Money
+from core.forms import MoneyField
+from core.money import CURRENCIES
 from membership.models import (
     NUMBER_PATTERN,
     ContactKind,
@@ -243,9 +244,9 @@ class TierForm(FlaskForm):
             SelectChoice(TierKind.FREE.value, "免费 · Free"),
         ],
     )
-    price = StringField("价格（元）· Price", filters=[strip_text], default="0")
-    renewal_price = StringField(
-        "续费价（元，空=同价格）· Renewal price (empty = the price)", filters=[strip_text]
+    price = MoneyField("价格（元）· Price", default="0")
+    renewal_price = MoneyField(
+        "续费价（元，空=同价格）· Renewal price (empty = the price)", validators=[Optional()]
     )
     duration_days = IntegerField(
         "有效天数（空=永久）· Days (empty = lifetime)",
@@ -264,10 +265,6 @@ class TierForm(FlaskForm):
     requires_screening = BooleanField("需回答问题并审核 · Applicants are screened")
     is_lobby = BooleanField("大厅（审核期间先进此群）· The lobby screened applicants wait in")
     groups = SelectMultipleField("邀请进入的群 · Groups", coerce=int)
-
-    def price_in(self, currency: str) -> Money:
-        """The price typed, in ``currency``; raises ValueError if it is not an amount."""
-        return Money.parse_major(self.price.data or "", currency)
 
 
 class ImageUploadField(FileField):

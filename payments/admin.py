@@ -15,7 +15,7 @@ from wtforms.validators import DataRequired, InputRequired, Length, Regexp
 from core.auth import requires
 from core.clock import utcnow
 from core.db import db
-from core.money import Money
+from core.forms import MoneyField
 from payments.exports import major
 from payments.models import (
     Order,
@@ -76,7 +76,7 @@ def inbox():
 
 
 class RefundForm(FlaskForm):
-    amount = StringField("退款金额 · Amount", validators=[DataRequired("必填 · Required")])
+    amount = MoneyField("退款金额 · Amount", validators=[DataRequired("必填 · Required")])
     reason = StringField(
         "原因 · Reason", validators=[DataRequired("必填 · Required"), Length(max=200)]
     )
@@ -94,20 +94,18 @@ def refund(payment_id: int):
     if payment is None:
         abort(404)
     form = RefundForm()
+    form.amount.currency = payment.currency
     if request.method == "GET":
         form.amount.data = payment.kept().major_str()
     if payment.status is PaymentStatus.CONFIRMED and form.validate_on_submit():
         try:
-            amount = Money.parse_major(form.amount.data, payment.currency)
             refund = request_refund(
                 payment,
-                amount,
+                form.amount.money,
                 reason=form.reason.data,
                 revoke_access=form.revoke_access.data,
                 actor=current_user.actor,
             )
-        except ValueError:
-            form.amount.errors.append("金额格式不正确，例如 99.00 · Enter an amount like 99.00")
         except PaymentError as refusal:
             db.session.rollback()
             form.amount.errors.append(str(refusal))

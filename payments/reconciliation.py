@@ -59,7 +59,7 @@ _SIGNED_AMOUNT = re.compile(r"(-?)(\d{1,12})(?:\.(\d{1,3}))?", re.ASCII)
 
 def _minor(text: str, currency: str, what: str) -> int:
     """A signed decimal amount in major units as exact minor units."""
-    exponent = CURRENCIES[currency][0]
+    exponent = CURRENCIES[currency]
     match = _SIGNED_AMOUNT.fullmatch(text.strip())
     if match is None or len(match.group(3) or "") > exponent:
         raise StatementError(f"金额格式不正确 · Not an amount in {what}: {text!r}")

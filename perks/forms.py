@@ -26,13 +26,13 @@ from wtforms.validators import (
     ValidationError,
 )
 
+from core.forms import MoneyField
 from membership.forms import REQUIRED, coupon_code_field, strip_text, url_code_field
 from perks.models import PerkKind
 
 CODE = Regexp(
     r"^[A-Za-z0-9][-_A-Za-z0-9]{0,39}$", message="字母、数字、-或_ · Letters, digits, - or _"
 )
-MONEY_HINT = "价格格式不正确，例如 9 或 9.90 · Enter an amount like 9.90"
 
 
 class CourseBuyForm(FlaskForm):
@@ -134,8 +134,8 @@ class CouponForm(EligibilityForm):
         "折扣百分比（20 = 减20%）· Percent off",
         validators=[Optional(), NumberRange(min=1, max=100)],
     )
-    amount_off = StringField("减免金额（元）· Amount off", filters=[strip_text])
-    min_amount = StringField("最低订单金额（元）· Minimum order", filters=[strip_text], default="0")
+    amount_off = MoneyField("减免金额（元）· Amount off")
+    min_amount = MoneyField("最低订单金额（元）· Minimum order", default="0")
     tiers = SelectMultipleField("适用档位（都不选=全部）· Tiers (none = all)", coerce=int)
     courses = SelectMultipleField("适用课程 · Courses", coerce=int)
     valid_from = DateTimeLocalField("生效时间 · Valid from", validators=[Optional()])
@@ -155,7 +155,7 @@ class CouponForm(EligibilityForm):
         if self.kind.data == "percent" and not field.data:
             raise ValidationError(REQUIRED)
 
-    def validate_amount_off(self, field: StringField) -> None:
+    def validate_amount_off(self, field: MoneyField) -> None:
         if self.kind.data == "amount" and not field.data:
             raise ValidationError(REQUIRED)
 
@@ -192,9 +192,7 @@ class CourseForm(EligibilityForm):
         "课程名 · Title", filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=80)]
     )
     description = TextAreaField("介绍 · Description", validators=[Length(max=4000)])
-    price = StringField(
-        "价格（元）· Price", filters=[strip_text], validators=[DataRequired(REQUIRED)]
-    )
+    price = MoneyField("价格（元）· Price", validators=[DataRequired(REQUIRED)])
     access_url = StringField(
         "学习链接（购买后可见）· Content link (shown once bought)",
         filters=[strip_text],
