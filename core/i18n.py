@@ -40,7 +40,6 @@ DEFAULT_LOCALE = "zh_CN"
 LOCALE_SESSION_KEY = "locale"
 
 
-
 class _Catalogs(Domain):
     """Flask-Babel's message domain, reading each locale's catalog under the name
     ``translations/`` gives it. Babel spells zh_CN ``zh_Hans_CN``, which gettext looks
