@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import smtplib
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -32,6 +33,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import force_locale
 from sqlalchemy.orm import Mapped, mapped_column
 from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatException
@@ -39,6 +41,7 @@ from wechatpy.exceptions import WeChatException
 from core import audit
 from core.clock import utcnow
 from core.db import UTCDateTime, db, enum_column, insert_for, session_dialect
+from core.i18n import DEFAULT_LOCALE, LOCALES
 from core.sms import sms_sender
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,16 @@ class OutboxMessage(db.Model):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (sa.Index(None, "status", "next_attempt_at"),)
+
+
+@contextmanager
+def written_in(locale: str | None) -> Iterator[None]:
+    """Text made inside this block (``gettext``, money) is in ``locale``: the language of
+    the person a message is for (theirs, else their community's; None, or a locale with no
+    catalog: zh_CN). Messages are composed where they are queued — in a request, the
+    worker or a command — so this works in any app context, not only a request's."""
+    with force_locale(locale if locale in LOCALES else DEFAULT_LOCALE):
+        yield
 
 
 def enqueue(

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import url_for
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import joinedload, selectinload
 
 from core import audit
@@ -231,9 +232,13 @@ def send_reminders(*, now: datetime | None = None) -> list[int]:
             message_member(
                 member,
                 MessageKind.REMINDER,
-                f"{community.name}：会员即将到期 · Your membership ends soon",
-                f"你的{membership.tier.name}将于 {local_end:%Y-%m-%d} 到期，续费价 "
-                f"{membership.tier.renewal_money}。Your membership ends on {local_end:%Y-%m-%d}.",
+                _l("%(community)s: your membership ends soon", community=community.name),
+                _l(
+                    "Your %(tier)s membership ends on %(date)s; renewing costs %(price)s.",
+                    tier=membership.tier.name,
+                    date=local_end.date().isoformat(),
+                    price=membership.tier.renewal_money,
+                ),
                 params={"community": community.name, "date": f"{local_end:%Y-%m-%d}"},
                 now=now,
             )

@@ -16,6 +16,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from flask import url_for
+from flask_babel import gettext as _
 
 from core import audit, outbox
 from core.db import db
@@ -54,6 +55,8 @@ class Recipient:
     contact_kind: ContactKind
     contact_value: str
     wechat_openid: str | None
+    #: The language they chose (None: their community's).
+    locale: str | None
     memberships: list[_Term] = field(default_factory=list)
 
 
@@ -75,6 +78,7 @@ def selected_members(rule: EligibilityRule, community_id: int, *, now: datetime)
                 Member.contact_kind,
                 Member.contact_value,
                 Member.wechat_openid,
+                Member.locale,
             )
             .where(Member.community_id == community_id, Member.id.not_in(unsubscribed))
             .order_by(Member.id)
@@ -118,7 +122,8 @@ def message_row(
     member: Recipient, *, subject: str, body: str, key: str, params: dict[str, str], link: str
 ) -> dict | None:
     """The outbox row telling ``member``, the unsubscribe ``link`` after ``body``; None
-    when no route reaches them."""
+    when no route reaches them. Called inside :func:`core.outbox.written_in` the member's
+    language, which the unsubscribe line is written in."""
     routes = member_routes(member)  # type: ignore[arg-type]  # reads the same attributes
     if not routes:
         return None
@@ -126,7 +131,7 @@ def message_row(
         "kind": MessageKind.ANNOUNCEMENT,
         "routes": routes,
         "subject": subject,
-        "body": f"{body}\n退订 · Unsubscribe: {link}",
+        "body": body + "\n" + _("Unsubscribe: %(link)s", link=link),
         "params": {**params, "unsubscribe": link},
         "member_id": member.id,
         "dedupe_key": key,
@@ -161,30 +166,31 @@ def send(announcement: Announcement, *, actor: str, now: datetime) -> int:
     twice adds only members selected since. Sets ``sent_at`` the first time, counts the
     recipients, audits. Returns how many messages were queued now."""
     _lock(announcement)
-    subject = f"{announcement.community.name}：{announcement.title}"
+    community = announcement.community
     # What an SMS or WeChat template carries instead of the body (core.sms names them); the
     # link is the member's page until members have a page to read announcements on.
     params = {
-        "community": announcement.community.name,
+        "community": community.name,
         "title": announcement.title,
         "link": url_for("membership.me", _external=True),
     }
     link = unsubscribe_links()
-    rows = [
-        row
-        for standing in selected_members(announcement, announcement.community_id, now=now)
-        if (
-            row := message_row(
-                standing.member,
-                subject=subject,
+    rows = []
+    for standing in selected_members(announcement, announcement.community_id, now=now):
+        member = standing.member
+        with outbox.written_in(member.locale or community.locale):
+            row = message_row(
+                member,
+                subject=_(
+                    "%(community)s: %(title)s", community=community.name, title=announcement.title
+                ),
                 body=announcement.body,
-                key=message_key("announcement", announcement.id, standing.member.id),
+                key=message_key("announcement", announcement.id, member.id),
                 params=params,
-                link=link(standing.member.id),
+                link=link(member.id),
             )
-        )
-        is not None
-    ]
+        if row is not None:
+            rows.append(row)
     queued = outbox.enqueue_many(rows, now=now)
     if announcement.sent_at is None:
         announcement.sent_at = now
