@@ -117,16 +117,30 @@ def select_locale() -> str:
     if not has_request_context():
         return current_app.config.get("QUNMEN_LOCALE", DEFAULT_LOCALE)
     if request.blueprint in _client_chosen:
-        default = _client_chosen[request.blueprint]
-        offered = [default, *(code for code in LOCALES if code != default)]
-        return request.accept_languages.best_match(offered, default=default)
+        return accepted_locale(_client_chosen[request.blueprint])
     chosen = session.get(LOCALE_SESSION_KEY)
     if chosen in LOCALES:
         return chosen
     community = _community()
     if community is not None and community.locale in LOCALES:
         return community.locale
-    return request.accept_languages.best_match(LOCALES, default=DEFAULT_LOCALE)
+    return accepted_locale(DEFAULT_LOCALE)
+
+
+def accepted_locale(default: str) -> str:
+    """The first of the request's ``Accept-Language`` languages, best quality first, that
+    one of :data:`LOCALES` speaks (``en-US`` is ``en``; ``zh``, ``zh-Hans`` are
+    ``zh_CN``); ``default`` for ``*``, for none, or when the header is absent. (Werkzeug's
+    ``best_match`` would prefer ``zh-CN;q=0.5`` to ``en-US``, an exact match to a better
+    one.)"""
+    for value, _quality in request.accept_languages:
+        if value == "*":
+            return default
+        language = value.replace("_", "-").lower().split("-")[0]
+        for code in LOCALES:
+            if code.replace("_", "-").lower().split("-")[0] == language:
+                return code
+    return default
 
 
 def select_time_zone() -> str | None:
