@@ -46,12 +46,14 @@ class _Catalogs(Domain):
     for under ``zh_Hans_CN`` and ``zh`` only: without this no Chinese is ever found."""
 
     def get_translations(self) -> support.NullTranslations:
-        if get_locale() is None:  # outside an app context
+        locale = get_locale()
+        if locale is None:  # outside an app context
             return support.NullTranslations()
-        key = (current_locale(), self.domain[0])
+        key = (str(locale), self.domain[0])
         if key not in self.cache:
+            catalog = _CATALOG_NAMES.get(key[0], DEFAULT_LOCALE)
             self.cache[key] = support.Translations.load(
-                self.translation_directories[0], [key[0]], key[1]
+                self.translation_directories[0], [catalog], key[1]
             )
         return self.cache[key]
 
@@ -63,6 +65,8 @@ class _Babel(Babel):
 
 
 babel = _Babel()
+#: The catalog of each locale, by the name Babel gives the locale (``zh_Hans_CN``).
+_CATALOG_NAMES = {str(Locale.parse(code)): code for code in LOCALES}
 bp = Blueprint("i18n", __name__)
 
 

@@ -69,6 +69,19 @@ def _currency_pattern(locale: Locale, digits: int) -> NumberPattern:
     return pattern
 
 
+@functools.lru_cache(maxsize=4096)  # amounts repeat (prices), and CLDR formatting is slow
+def _formatted(amount: int, currency: str, locale_name: str) -> str:
+    """:meth:`Money.format`'s text."""
+    exponent = CURRENCIES[currency]
+    digits = min(exponent, get_currency_precision(currency))
+    if amount % 10 ** (exponent - digits):
+        digits = exponent
+    locale = Locale.parse(locale_name)
+    return _currency_pattern(locale, digits).apply(
+        Decimal(amount).scaleb(-exponent), locale, currency=currency, currency_digits=False
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Money:
     amount: int  #: minor units (fen, cents)
@@ -116,17 +129,7 @@ class Money:
         CLDR: 9900 CNY is "¥99.00" in zh_CN and "CN¥99.00" in en; 100 JPY is "JP¥100" in
         zh_CN. Exact: the digits CLDR shows for the currency, and any further minor digit
         that is not zero (an ISK amount of 4010 is "ISK40.10", of 4000 "ISK40")."""
-        exponent = CURRENCIES[self.currency]
-        digits = min(exponent, get_currency_precision(self.currency))
-        if self.amount % 10 ** (exponent - digits):
-            digits = exponent
-        locale = Locale.parse(locale or get_locale() or DEFAULT_LOCALE)
-        return _currency_pattern(locale, digits).apply(
-            Decimal(self.amount).scaleb(-exponent),
-            locale,
-            currency=self.currency,
-            currency_digits=False,
-        )
+        return _formatted(self.amount, self.currency, str(locale or get_locale() or DEFAULT_LOCALE))
 
     def __str__(self) -> str:
         """The amount as the request's reader reads it (:meth:`format`)."""

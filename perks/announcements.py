@@ -10,6 +10,7 @@ the request or command that calls them commits.
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -175,22 +176,29 @@ def send(announcement: Announcement, *, actor: str, now: datetime) -> int:
         "link": url_for("membership.me", _external=True),
     }
     link = unsubscribe_links()
-    rows = []
+    # Each member reads it in their language (theirs, else the community's): composed
+    # once per language, not once per member.
+    by_language: dict[str | None, list[Recipient]] = defaultdict(list)
     for standing in selected_members(announcement, announcement.community_id, now=now):
-        member = standing.member
-        with outbox.written_in(member.locale or community.locale):
-            row = message_row(
-                member,
-                subject=_(
-                    "%(community)s: %(title)s", community=community.name, title=announcement.title
-                ),
-                body=announcement.body,
-                key=message_key("announcement", announcement.id, member.id),
-                params=params,
-                link=link(member.id),
+        by_language[standing.member.locale or community.locale].append(standing.member)
+    rows = []
+    for language, members in by_language.items():
+        with outbox.written_in(language):
+            subject = _(
+                "%(community)s: %(title)s", community=community.name, title=announcement.title
             )
-        if row is not None:
-            rows.append(row)
+            for member in members:
+                row = message_row(
+                    member,
+                    subject=subject,
+                    body=announcement.body,
+                    key=message_key("announcement", announcement.id, member.id),
+                    params=params,
+                    link=link(member.id),
+                )
+                if row is not None:
+                    rows.append(row)
+    rows.sort(key=lambda row: row["member_id"])
     queued = outbox.enqueue_many(rows, now=now)
     if announcement.sent_at is None:
         announcement.sent_at = now
