@@ -308,5 +308,5 @@ def _check_sms(config: MutableMapping[str, object]) -> None:
 def _check_locale(config: MutableMapping[str, object]) -> None:
     from core.i18n import LOCALES
 
-    if config.get("QUNMEN_LOCALE") not in LOCALES:
+    if config.setdefault("QUNMEN_LOCALE", "zh_CN") not in LOCALES:
         raise SettingError(f"QUNMEN_LOCALE must be one of {', '.join(LOCALES)}")
