@@ -21,6 +21,7 @@ import tokenize
 from collections.abc import Iterator
 from pathlib import Path
 
+from babel import Locale
 from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po, write_po
@@ -154,9 +155,13 @@ def text_outside_catalogs(root: Path, sources: list[str]) -> Iterator[str]:
 
 def compile_catalogs(translations: Path) -> None:
     """Write each catalog's ``.mo`` file, which the app reads, when the ``.po`` is newer.
-    Untranslated and fuzzy messages are left out (they show their English id)."""
+    Untranslated and fuzzy messages are left out (they show their English id). The file
+    goes where Flask-Babel looks for it: under the locale as Babel spells it (``zh_CN``
+    is ``zh_Hans_CN`` to Babel, and gettext would never try ``zh_CN``)."""
     for path in translations.glob("*/LC_MESSAGES/messages.po"):
-        target = path.with_suffix(".mo")
+        spelled = str(Locale.parse(path.parent.parent.name))
+        target = translations / spelled / "LC_MESSAGES" / "messages.mo"
+        target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists() or target.stat().st_mtime < path.stat().st_mtime:
             with target.open("wb") as mo:
                 write_mo(mo, _read(path))

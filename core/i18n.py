@@ -14,10 +14,9 @@ through :func:`register_community_source`; ``core`` knows no communities.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cached_property
 from typing import NamedTuple
 
-from babel import Locale, support
+from babel import Locale
 from flask import (
     Blueprint,
     Flask,
@@ -29,7 +28,7 @@ from flask import (
     request,
     session,
 )
-from flask_babel import Babel, Domain, get_locale
+from flask_babel import Babel, get_locale
 
 from core.security import same_site_path
 
@@ -39,34 +38,7 @@ DEFAULT_LOCALE = "zh_CN"
 #: Where the switch keeps this browser's choice.
 LOCALE_SESSION_KEY = "locale"
 
-
-class _Catalogs(Domain):
-    """Flask-Babel's message domain, reading each locale's catalog under the name
-    ``translations/`` gives it. Babel spells zh_CN ``zh_Hans_CN``, which gettext looks
-    for under ``zh_Hans_CN`` and ``zh`` only: without this no Chinese is ever found."""
-
-    def get_translations(self) -> support.NullTranslations:
-        locale = get_locale()
-        if locale is None:  # outside an app context
-            return support.NullTranslations()
-        key = (str(locale), self.domain[0])
-        if key not in self.cache:
-            catalog = _CATALOG_NAMES.get(key[0], DEFAULT_LOCALE)
-            self.cache[key] = support.Translations.load(
-                self.translation_directories[0], [catalog], key[1]
-            )
-        return self.cache[key]
-
-
-class _Babel(Babel):
-    @cached_property
-    def domain_instance(self) -> Domain:
-        return _Catalogs(domain=self.domain)
-
-
-babel = _Babel()
-#: The catalog of each locale, by the name Babel gives the locale (``zh_Hans_CN``).
-_CATALOG_NAMES = {str(Locale.parse(code)): code for code in LOCALES}
+babel = Babel()
 bp = Blueprint("i18n", __name__)
 
 
@@ -150,6 +122,8 @@ def accepted_locale(default: str) -> str:
 def select_time_zone() -> str | None:
     """Times are shown in the zone of the community the page belongs to, else the
     install's default (``BABEL_DEFAULT_TIMEZONE``)."""
+    if not has_request_context():
+        return None
     community = _community()
     return community.time_zone if community is not None else None
 
