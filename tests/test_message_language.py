@@ -53,7 +53,7 @@ def test_a_renewal_reminder_is_in_the_members_language(app, member_with_a_term):
     subject, body = _remind(app, member_with_a_term, "en", "zh_CN")
     assert subject == "群门读书会: your membership ends soon"
     assert body.startswith("Your 正式成员 membership ends on ")
-    assert body.endswith("; renewing costs CN¥50.00.")  # money in the member's locale too
+    assert body.endswith(". Renewing now costs CN¥50.00.")  # money in their locale too
 
 
 def test_a_renewal_reminder_is_in_the_communitys_language_unless_the_member_chose(
@@ -61,7 +61,7 @@ def test_a_renewal_reminder_is_in_the_communitys_language_unless_the_member_chos
 ):
     subject, body = _remind(app, member_with_a_term, None, "zh_CN")
     assert subject == "群门读书会：会员即将到期"
-    assert body.startswith("你的正式成员将于 ") and body.endswith("到期，续费价 ¥50.00。")
+    assert body.startswith("你的正式成员将于 ") and body.endswith("到期，现在续费价 ¥50.00。")
     # A community that leaves the language to each visitor's browser: zh_CN for messages.
     assert _remind(app, member_with_a_term, None, None)[0] == "群门读书会：会员即将到期"
 
