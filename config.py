@@ -218,7 +218,7 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         "MAIL_USE_TLS": _flag("MAIL_USE_TLS", True),
         "MAIL_USERNAME": os.environ.get("MAIL_USERNAME"),
         "MAIL_PASSWORD": os.environ.get("MAIL_PASSWORD"),
-        "MAIL_FROM": os.environ.get("MAIL_FROM", "群门 Qunmen <noreply@localhost>"),
+        "MAIL_FROM": os.environ.get("MAIL_FROM", "Qunmen <noreply@localhost>"),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         # Secure cookies and HSTS: on unless in the demo (which runs on plain http).
@@ -235,6 +235,10 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # the tests: derived from SECRET_KEY. Production stops when community secrets are
         # stored and this is unset.
         "SECRETS_KEYS": os.environ.get("SECRETS_KEYS") or None,
+        # The language of what is written outside a web request: the output of the
+        # ``flask`` commands and the worker's own text (``zh_CN`` or ``en``). Messages to a
+        # person are in that person's language whatever this says.
+        "QUNMEN_LOCALE": os.environ.get("QUNMEN_LOCALE") or "zh_CN",
     }
 
 
@@ -272,6 +276,7 @@ def complete(config: MutableMapping[str, object], instance_path: str | Path) -> 
     _check_sms(config)
     _check_secrets_keys(config)
     _through_pgbouncer(config)
+    _check_locale(config)
 
 
 def _check_secrets_keys(config: MutableMapping[str, object]) -> None:
@@ -314,3 +319,10 @@ def _check_sms(config: MutableMapping[str, object]) -> None:
     parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
         raise SettingError(f"{name}={endpoint!r} is not an API address like https://host[:port]")
+
+
+def _check_locale(config: MutableMapping[str, object]) -> None:
+    from core.i18n import LOCALES
+
+    if config.setdefault("QUNMEN_LOCALE", "zh_CN") not in LOCALES:
+        raise SettingError(f"QUNMEN_LOCALE must be one of {', '.join(LOCALES)}")

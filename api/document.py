@@ -74,16 +74,16 @@ def _json(schema: str) -> dict:
 #: our side (5xx: deliver again).
 PROVIDER_ANSWERS = {
     "200": {
-        "description": "已保存并处理 · Stored and applied, or a repeat",
+        "description": "Stored and applied, or a repeat",
         "content": _json("Answer"),
     },
     **{
-        code: {"description": "拒绝或未处理 · Refused or not applied", "content": _json("Answer")}
+        code: {"description": "Refused or not applied", "content": _json("Answer")}
         for code in ("400", "413", "500", "503")
     },
 }
 #: Refusals answered with the HTML error page.
-PAGE = {"description": "拒绝 · Refused", "content": {"text/html": {"schema": {"type": "string"}}}}
+PAGE = {"description": "Refused", "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
 @dataclass(frozen=True)
@@ -101,24 +101,24 @@ class InboundWebhook:
 WEBHOOKS = [
     InboundWebhook(
         "/webhooks/stripe",
-        "Stripe 事件，以端点密钥签名 · A Stripe event, signed with the endpoint's secret",
+        "A Stripe event, signed with the endpoint's secret",
         ("Stripe-Signature",),
         "StripeEvent",
     ),
     InboundWebhook(
         "/webhooks/fake",
-        "演示收银台的通知，签名同 Stripe · The demo cashier's notification, signed like Stripe's",
+        "The demo cashier's notification, signed like Stripe's",
         ("Fake-Signature",),
         "FakeEvent",
     ),
     InboundWebhook(
         "/webhooks/telegram",
-        "Telegram 更新（通过邀请链接的入群申请）· A Telegram Bot API update (join requests)",
+        "A Telegram Bot API update (join requests)",
         ("X-Telegram-Bot-Api-Secret-Token",),
         "TelegramUpdate",
         {
             "200": {
-                "description": "已接收（或无需处理）· Taken, or not one we act on",
+                "description": "Taken, or not one we act on",
                 "content": _json("TelegramAnswer"),
             },
             "400": PAGE,
@@ -152,12 +152,12 @@ def describe_machine_endpoints(spec: APISpec) -> None:
         rule=_rule("/healthz"),
         operations={
             "get": {
-                "summary": "应用与数据库是否正常 · Whether the app and its database answer",
+                "summary": "Whether the app and its database answer",
                 "tags": ["machine"],
                 "security": [],
                 "responses": {
-                    "200": {"description": "正常 · Up", **health},
-                    "503": {"description": "数据库无响应 · The database does not answer", **health},
+                    "200": {"description": "Up", **health},
+                    "503": {"description": "The database does not answer", **health},
                 },
             }
         },

@@ -6,18 +6,19 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import UTCDateTime, db
 
 #: What a token may be allowed to do.
 SCOPES = {
-    "members:read": "查看成员、资格、邀请 · Read members, memberships, invitations",
-    "members:write": "开通或结束资格 · Grant and end memberships",
-    "orders:read": "查看订单与付款 · Read orders and payments",
-    "perks:read": "查看福利与领取 · Read perks and redemptions",
-    "perks:write": "为成员领取福利、发放优惠券 · Redeem perks and issue coupons for members",
-    "events:read": "读取事件 · Read the event feed",
+    "members:read": _l("Read members, memberships, invitations"),
+    "members:write": _l("Grant and end memberships"),
+    "orders:read": _l("Read orders and payments"),
+    "perks:read": _l("Read perks and redemptions"),
+    "perks:write": _l("Redeem perks and issue coupons for members"),
+    "events:read": _l("Read the event feed"),
 }
 
 

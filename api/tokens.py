@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import gettext as _
 
 from api.models import SCOPES, ApiToken
 from core import audit
@@ -36,9 +37,9 @@ def create_token(
     an unknown scope or an empty name."""
     unknown = set(scopes) - SCOPES.keys()
     if unknown or not scopes:
-        raise ValueError(f"未知的权限 · Unknown scopes: {sorted(unknown)}")
+        raise ValueError(_("Unknown scopes: %(scopes)s", scopes=", ".join(sorted(unknown))))
     if not name.strip():
-        raise ValueError("请填写名称 · A name is needed")
+        raise ValueError(_("A name is needed"))
     secret = TOKEN_PREFIX + new_token(32)
     token = ApiToken(
         community_id=community_id,

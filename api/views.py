@@ -22,6 +22,7 @@ import marshmallow as ma
 import sqlalchemy as sa
 from flask import Blueprint as FlaskBlueprint
 from flask import Flask, current_app, g, json, request
+from flask_babel import gettext as _
 from flask_smorest import Api, Blueprint
 from flask_smorest.spec.plugins import integerconverter2paramschema
 from flask_smorest.utils import prepare_response
@@ -38,6 +39,7 @@ from core import audit
 from core.clock import utcnow
 from core.db import db
 from core.events import Event
+from core.i18n import answer_in_accepted_language
 from core.limits import TooManyTries
 from core.security import csrf
 from membership.lifecycle import end_by_hand, grant_by_hand
@@ -105,11 +107,16 @@ class ProblemSchema(ma.Schema):
 
 QunmenApi.ERROR_SCHEMA = ProblemSchema
 
+#: The language of an API answer whose client asks for none we have (or any): English.
+#: The API's readers are developers, whose lingua franca it is, and its document is in
+#: English; a client that wants Chinese sends ``Accept-Language: zh-CN``.
+API_LOCALE = "en"
+
 blp = Blueprint(
     "api_v1",
     __name__,
     url_prefix=PREFIX,
-    description="成员、资格、订单、福利与事件 · Members, memberships, orders, perks and events",
+    description="Members, memberships, orders, perks and events",
 )
 
 
@@ -125,9 +132,9 @@ def _authenticate() -> None:
     try:
         token = authenticate(request.headers.get("Authorization"), now=utcnow())
     except TooManyTries as refused:
-        raise Problem(429, "请求过于频繁，请稍后再试 · Too many requests: slow down") from refused
+        raise Problem(429, _("Too many requests: slow down")) from refused
     if token is None:
-        raise Problem(401, "缺少或无效的令牌 · A valid API token is needed")
+        raise Problem(401, _("A valid API token is needed"))
     g.api_token = token
 
 
@@ -138,7 +145,7 @@ def scope(needed: str):
         @wraps(view)
         def checked(*args, **kwargs):
             if needed not in g.api_token.scopes:
-                raise Problem(403, f"令牌缺少权限 · The token lacks the scope {needed}")
+                raise Problem(403, _("The token lacks the scope %(scope)s", scope=needed))
             return view(*args, **kwargs)
 
         return checked
@@ -160,7 +167,7 @@ def write(view):
             db.session.commit()
             return response
         if len(key) > 255:
-            raise Problem(400, "Idempotency-Key 过长 · Idempotency-Key is too long")
+            raise Problem(400, _("Idempotency-Key is too long"))
         token, now = g.api_token, utcnow()
         digest = hashlib.sha256(
             b"\n".join([request.method.encode(), request.path.encode(), request.get_data()])
@@ -200,11 +207,7 @@ def _stored_answer(token_id: int, key: str, digest: str, *, now):
     if stored is None:
         return None
     if stored.request_hash != digest:
-        raise Problem(
-            422,
-            "该 Idempotency-Key 已用于另一个请求 · "
-            "This Idempotency-Key was used for another request",
-        )
+        raise Problem(422, _("This Idempotency-Key was used for another request"))
     response = json_response(stored.body, stored.status)
     response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -229,7 +232,7 @@ class Text(ma.fields.String):
     def _deserialize(self, value, attr, data, **kwargs) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
         if "\x00" in text:
-            raise ma.ValidationError("不能包含空字符 · NUL characters are not allowed")
+            raise ma.ValidationError(_("NUL characters are not allowed"))
         return text
 
 
@@ -237,24 +240,25 @@ class PageArgs(ma.Schema):
     after = ma.fields.Integer(
         load_default=0,
         validate=ma.validate.Range(min=0, max=MAX_ID),
-        metadata={"description": "光标：上一页的 next · The previous page's next"},
+        metadata={"description": "The previous page's next"},
     )
     limit = ma.fields.Integer(load_default=50, validate=ma.validate.Range(min=1, max=200))
 
 
 class MemberFilter(PageArgs):
     number = ma.fields.String(  # its pattern has no room for a NUL
-        validate=ma.validate.Regexp(r"^\d{1,9}$"), metadata={"description": "成员编号 · e.g. 42"}
+        validate=ma.validate.Regexp(r"^\d{1,9}$"),
+        metadata={"description": "A member number, e.g. 42"},
     )
     contact = Text(
         validate=ma.validate.Length(min=3, max=254),
-        metadata={"description": "手机号或邮箱 · A phone number or e-mail address"},
+        metadata={"description": "A phone number or e-mail address"},
     )
     openid = Text(validate=ma.validate.Length(min=1, max=64))
     tier = Text(
-        validate=ma.validate.Length(max=40), metadata={"description": "持有该档位 · Tier code"}
+        validate=ma.validate.Length(max=40), metadata={"description": "Holds this tier (its code)"}
     )
-    current = ma.fields.Boolean(metadata={"description": "当前有资格 · Holds a current membership"})
+    current = ma.fields.Boolean(metadata={"description": "Holds a current membership"})
 
 
 class MembershipSchema(ma.Schema):
@@ -310,7 +314,7 @@ class OrderSchema(ma.Schema):
     id = ma.fields.String(attribute="public_id", required=True)
     member_id = ma.fields.Integer(allow_none=True)
     product = ma.fields.String(required=True)
-    amount = ma.fields.Integer(required=True, metadata={"description": "分 · Minor units"})
+    amount = ma.fields.Integer(required=True, metadata={"description": "Minor units (fen, cents)"})
     currency = ma.fields.String(required=True)
     status = ma.fields.Function(lambda o: o.status.value, required=True)
     created_at = ma.fields.AwareDateTime(required=True)
@@ -389,7 +393,7 @@ def _page(rows, limit: int) -> dict:
 def _member(member_id: int) -> Member:
     member = db.session.get(Member, member_id)
     if member is None or member.community_id != g.api_token.community_id:
-        raise Problem(404, "没有该成员 · No such member")
+        raise Problem(404, _("No such member"))
     return member
 
 
@@ -399,7 +403,7 @@ def _member(member_id: int) -> Member:
 @blp.response(200, MemberPage)
 @documented()
 def list_members(after: int, limit: int, **filters):
-    """成员列表 · Members, in join order, filtered."""
+    """Members, in join order, filtered."""
     community_id = g.api_token.community_id
     query = sa.select(Member).where(Member.community_id == community_id, Member.id > after)
     if "number" in filters:
@@ -433,7 +437,7 @@ def list_members(after: int, limit: int, **filters):
 @blp.response(200, MemberSchema)
 @documented(404)
 def get_member(member_id: int):
-    """一个成员 · One member, with their memberships."""
+    """One member, with their memberships."""
     return _member(member_id)
 
 
@@ -442,7 +446,7 @@ def get_member(member_id: int):
 @blp.response(200, InvitationSchema(many=True))
 @documented(404)
 def member_invitations(member_id: int):
-    """成员的邀请 · A member's invitations to groups."""
+    """A member's invitations to groups."""
     member = _member(member_id)
     return db.session.scalars(
         sa.select(Invitation).where(Invitation.member_id == member.id).order_by(Invitation.id)
@@ -456,13 +460,13 @@ def member_invitations(member_id: int):
 @blp.response(201, MembershipSchema)
 @documented(404, 409)
 def grant_membership(args: dict, member_id: int):
-    """开通资格 · Grant a member a tier, without payment, with a reason."""
+    """Grant a member a tier, without payment, with a reason."""
     member = _member(member_id)
     tier = db.session.scalar(
         sa.select(Tier).where(Tier.community_id == member.community_id, Tier.code == args["tier"])
     )
     if tier is None:
-        raise Problem(404, "没有该档位 · No such tier")
+        raise Problem(404, _("No such tier"))
     try:
         return grant_by_hand(member, tier, reason=args["reason"], actor=g.api_token.actor)
     except JoinRefused as refusal:
@@ -477,10 +481,10 @@ def grant_membership(args: dict, member_id: int):
 @blp.response(200, MembershipSchema)
 @documented(404, 409)
 def end_membership(args: dict, membership_id: int):
-    """结束资格 · End a membership, with a reason; its invitations are revoked."""
+    """End a membership, with a reason; its invitations are revoked."""
     membership = db.session.get(Membership, membership_id)
     if membership is None or membership.member.community_id != g.api_token.community_id:
-        raise Problem(404, "没有该资格 · No such membership")
+        raise Problem(404, _("No such membership"))
     try:
         end_by_hand(membership, reason=args["reason"], actor=g.api_token.actor)
     except JoinRefused as refusal:
@@ -495,7 +499,7 @@ def end_membership(args: dict, membership_id: int):
 @blp.response(200, OrderPage)
 @documented()
 def list_orders(after: int, limit: int):
-    """订单与付款 · Orders, oldest first, each with its payments."""
+    """Orders, oldest first, each with its payments."""
     rows = db.session.scalars(
         sa.select(Order)
         .where(Order.community_id == g.api_token.community_id, Order.id > after)
@@ -511,7 +515,7 @@ def list_orders(after: int, limit: int):
 @blp.response(200, PerkSchema(many=True))
 @documented()
 def list_perks():
-    """福利 · The community's perks."""
+    """The community's perks."""
     return db.session.scalars(
         sa.select(Perk).where(Perk.community_id == g.api_token.community_id).order_by(Perk.id)
     ).all()
@@ -524,10 +528,10 @@ def list_perks():
 @blp.response(201, RedemptionSchema)
 @documented(404, 409)
 def redeem_perk(args: dict, perk_id: int):
-    """为成员领取福利 · Redeem a perk for a member (their eligibility and the stock hold)."""
+    """Redeem a perk for a member (their eligibility and the stock hold)."""
     perk = db.session.get(Perk, perk_id)
     if perk is None or perk.community_id != g.api_token.community_id:
-        raise Problem(404, "没有该福利 · No such perk")
+        raise Problem(404, _("No such perk"))
     member = _member(args["member_id"])
     now = utcnow()
     try:
@@ -549,14 +553,14 @@ def redeem_perk(args: dict, perk_id: int):
 @blp.response(201, CouponIssued)
 @documented(404)
 def issue_coupon(args: dict, member_id: int):
-    """发放优惠券 · Issue a coupon to a member."""
+    """Issue a coupon to a member."""
     member = _member(member_id)
     code = args["code"].strip().upper()
     coupon = db.session.scalar(
         sa.select(Coupon).where(Coupon.community_id == member.community_id, Coupon.code == code)
     )
     if coupon is None:
-        raise Problem(404, "没有该优惠券 · No such coupon")
+        raise Problem(404, _("No such coupon"))
     issued = grant_coupon(coupon, member, source=g.api_token.actor, now=utcnow())
     return {"code": coupon.code, "member_id": member.id, "issued": issued}
 
@@ -567,7 +571,7 @@ def issue_coupon(args: dict, member_id: int):
 @blp.response(200, EventPage)
 @documented()
 def list_events(after: int, limit: int):
-    """事件 · What happened, in order, after the cursor (each event's ``cursor``)."""
+    """What happened, in order, after the cursor (each event's ``cursor``)."""
     rows = db.session.scalars(
         sa.select(Event)
         .where(Event.community_id == g.api_token.community_id, Event.id > after)
@@ -591,12 +595,12 @@ class AnyPath(PathConverter):
 
 @unknown.route("/<anypath:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def no_such_resource(rest: str):
-    return problem_response(404, "没有该资源 · No such resource")
+    return problem_response(404, _("No such resource"))
 
 
 def init_api(app: Flask) -> None:
     """Serve the API and its document (called by ``create_app``)."""
-    app.config.setdefault("API_TITLE", "Qunmen (群门) API")
+    app.config.setdefault("API_TITLE", "Qunmen API")
     app.config.setdefault("API_VERSION", "1")
     app.config.setdefault("OPENAPI_VERSION", "3.1.0")
     app.config.setdefault("OPENAPI_URL_PREFIX", PREFIX)
@@ -615,6 +619,8 @@ def init_api(app: Flask) -> None:
     csrf.exempt(blp)
     csrf.exempt(unknown)
     api.register_blueprint(blp)
+    for blueprint in (blp, unknown):
+        answer_in_accepted_language(blueprint.name, API_LOCALE)
     describe_machine_endpoints(api.spec)
     app.register_blueprint(unknown)
     app.extensions["qunmen.api"] = api

@@ -101,7 +101,7 @@ def prepare(url: str, events: int) -> dict[str, list]:
     with app.app_context():
         flask_migrate.upgrade(directory=str(ROOT / "migrations"))
         seed_demo_community()
-        group = db.session.scalar(sa.select(Group).where(Group.name == "正式一群 · Main 1"))
+        group = db.session.scalar(sa.select(Group).where(Group.name == "正式一群"))
         group.platform, group.capacity = "telegram", 200_000  # room for everyone
         tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
         for provider in deliveries:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 import click
 import sqlalchemy as sa
 from flask.cli import with_appcontext
+from flask_babel import gettext as _
 
 from core.clock import utcnow
 from core.db import db
@@ -67,12 +68,15 @@ def check_command() -> None:
     """Check the database's consistency: ledger against orders, payments and refunds;
     member numbers; seats against invitations; queues not stuck. Exits 1 on a finding."""
     failed = 0
+    marks = {True: _("FAIL"), False: _("ok")}
     for name, findings in run_checks().items():
-        click.echo(f"{'FAIL' if findings else 'ok  '} {name}")
+        click.echo(f"{marks[bool(findings)]} {name}")
         for finding in findings:
             click.echo(f"     - {finding}")
         failed += bool(findings)
     db.session.rollback()
     if failed:
-        raise click.ClickException(f"{failed} of {len(_checks)} checks failed")
-    click.echo(f"all {len(_checks)} checks passed")
+        raise click.ClickException(
+            _("%(failed)s of %(total)s checks failed", failed=failed, total=len(_checks))
+        )
+    click.echo(_("All %(total)s checks passed", total=len(_checks)))

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from core.db import UTCDateTime, db, enum_column
@@ -29,16 +30,16 @@ from core.security import new_token
 
 #: The event types, and what each says (for the admin page and the API's document).
 EVENT_TYPES = {
-    "member.admitted": "成员入群 · A member was admitted",
-    "membership.renewed": "续费 · A membership was renewed",
-    "membership.ended": "资格结束 · A membership ended or was suspended",
-    "invitation.joined": "已进群 · An invitation was used to join",
-    "payment.confirmed": "付款成功 · A payment was confirmed",
-    "payment.refunded": "已退款 · A refund went through",
-    "dispute.opened": "争议开启 · A chargeback was opened",
-    "dispute.closed": "争议结束 · A chargeback was won or lost",
-    "perk.redeemed": "福利领取 · A perk was redeemed",
-    "application.submitted": "提交申请 · An application was submitted",
+    "member.admitted": _l("A member was admitted"),
+    "membership.renewed": _l("A membership was renewed"),
+    "membership.ended": _l("A membership ended or was suspended"),
+    "invitation.joined": _l("An invitation was used to join"),
+    "payment.confirmed": _l("A payment was confirmed"),
+    "payment.refunded": _l("A refund went through"),
+    "dispute.opened": _l("A chargeback was opened"),
+    "dispute.closed": _l("A chargeback was won or lost"),
+    "perk.redeemed": _l("A perk was redeemed"),
+    "application.submitted": _l("An application was submitted"),
 }
 
 

@@ -53,6 +53,9 @@ class CommunityPreferences(NamedTuple):
 _community_sources: list[Callable[[], CommunityPreferences | None]] = []
 #: Callables told of a choice made with the switch, to keep it on the account logged in.
 _choice_keepers: list[Callable[[str], None]] = []
+#: Blueprints answered in the language the client's ``Accept-Language`` asks for, else in
+#: the blueprint's own default (:func:`answer_in_accepted_language`).
+_client_chosen: dict[str, str] = {}
 
 
 def register_community_source(source: Callable[[], CommunityPreferences | None]) -> None:
@@ -69,6 +72,13 @@ def register_choice_keeper(keeper: Callable[[str], None]) -> None:
         _choice_keepers.append(keeper)
 
 
+def answer_in_accepted_language(blueprint: str, default: str) -> None:
+    """Called once at start-up by a blueprint that serves programs, not people's pages (an
+    API): no switch and no community decide, only the request's ``Accept-Language``;
+    ``default`` when it names none of :data:`LOCALES` (or is absent), and for ``*``."""
+    _client_chosen[blueprint] = default
+
+
 def _community() -> CommunityPreferences | None:
     if "i18n_community" not in g:
         g.i18n_community = next(
@@ -82,13 +92,31 @@ def select_locale() -> str:
     a request (a ``flask`` command, the worker): the ``QUNMEN_LOCALE`` setting."""
     if not has_request_context():
         return current_app.config.get("QUNMEN_LOCALE", DEFAULT_LOCALE)
+    if request.blueprint in _client_chosen:
+        return accepted_locale(_client_chosen[request.blueprint])
     chosen = session.get(LOCALE_SESSION_KEY)
     if chosen in LOCALES:
         return chosen
     community = _community()
     if community is not None and community.locale in LOCALES:
         return community.locale
-    return request.accept_languages.best_match(LOCALES, default=DEFAULT_LOCALE)
+    return accepted_locale(DEFAULT_LOCALE)
+
+
+def accepted_locale(default: str) -> str:
+    """The first of the request's ``Accept-Language`` languages, best quality first, that
+    one of :data:`LOCALES` speaks (``en-US`` is ``en``; ``zh``, ``zh-Hans`` are
+    ``zh_CN``); ``default`` for ``*``, for none, or when the header is absent. (Werkzeug's
+    ``best_match`` would prefer ``zh-CN;q=0.5`` to ``en-US``, an exact match to a better
+    one.)"""
+    for value, _quality in request.accept_languages:
+        if value == "*":
+            return default
+        language = value.replace("_", "-").lower().split("-")[0]
+        for code in LOCALES:
+            if code.replace("_", "-").lower().split("-")[0] == language:
+                return code
+    return default
 
 
 def select_time_zone() -> str | None:

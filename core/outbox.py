@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import smtplib
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -32,8 +33,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import force_locale, lazy_pgettext
 from flask_babel import lazy_gettext as _l
-from flask_babel import lazy_pgettext
 from sqlalchemy.orm import Mapped, mapped_column
 from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatException
@@ -41,6 +42,7 @@ from wechatpy.exceptions import WeChatException
 from core import audit
 from core.clock import utcnow
 from core.db import UTCDateTime, db, enum_column, insert_for, session_dialect
+from core.i18n import DEFAULT_LOCALE, LOCALES
 from core.labels import enum_labels
 from core.sms import sms_sender
 
@@ -145,6 +147,16 @@ class OutboxMessage(db.Model):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (sa.Index(None, "status", "next_attempt_at"),)
+
+
+@contextmanager
+def written_in(locale: str | None) -> Iterator[None]:
+    """Text made inside this block (``gettext``, money) is in ``locale``: the language of
+    the person a message is for (theirs, else their community's; None, or a locale with no
+    catalog: zh_CN). Messages are composed where they are queued — in a request, the
+    worker or a command — so this works in any app context, not only a request's."""
+    with force_locale(locale if locale in LOCALES else DEFAULT_LOCALE):
+        yield
 
 
 def enqueue(

@@ -36,10 +36,13 @@ from urllib.parse import urlsplit
 import requests
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import LazyString
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from standardwebhooks.webhooks import Webhook
 
 from core import audit
-from core.auth import staff_who_can
+from core.auth import StaffUser, staff_who_can
 from core.clock import utcnow
 from core.db import db
 from core.events import (
@@ -50,7 +53,7 @@ from core.events import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from core.outbox import MessageKind, enqueue
+from core.outbox import MessageKind, enqueue, written_in
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,8 @@ SENDERS = 8
 
 
 class UnsafeURL(ValueError):
-    """The endpoint's address may not be called; the message says why, Chinese first."""
+    """The endpoint's address may not be called; the message (a lazy string) says why, in
+    the reader's language."""
 
 
 def new_secret() -> str:
@@ -94,16 +98,16 @@ def check_url(url: str, *, allow_private: bool) -> None:
     address, with ``allow_private``: :func:`private_urls_allowed`). Resolves the name."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise UnsafeURL("地址须以 https:// 开头 · The address must start with https://")
+        raise UnsafeURL(_l("The address must start with https://"))
     if allow_private:
         return
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
     except (socket.gaierror, UnicodeError) as error:
-        raise UnsafeURL(f"无法解析该地址 · The name does not resolve: {error}") from error
+        raise UnsafeURL(_l("The name does not resolve: %(error)s", error=error)) from error
     for address in addresses:
         if not ipaddress.ip_address(address.split("%")[0]).is_global:
-            raise UnsafeURL("不能发往内网地址 · Private and local addresses are refused")
+            raise UnsafeURL(_l("Private and local addresses are refused"))
 
 
 def create_endpoint(
@@ -113,7 +117,7 @@ def create_endpoint(
     Raises :class:`UnsafeURL` or ValueError (an unknown event type)."""
     unknown = set(event_types) - EVENT_TYPES.keys()
     if unknown or not event_types:
-        raise ValueError(f"未知的事件类型 · Unknown event types: {sorted(unknown)}")
+        raise ValueError(_("Unknown event types: %(types)s", types=", ".join(sorted(unknown))))
     check_url(url, allow_private=private_urls_allowed())
     endpoint = WebhookEndpoint(
         community_id=community_id,
@@ -259,9 +263,10 @@ def signed_headers(secret: str, webhook_id: str, body: str) -> dict[str, str]:
 
 def _send(
     session: requests.Session, envelope: _Envelope, *, allow_private: bool
-) -> tuple[int | None, str]:
+) -> tuple[int | None, str | LazyString]:
     """Post one delivery; returns the answer's status (None when there was none) and its
-    body or the error, cut to :data:`ANSWER_LIMIT`."""
+    body or the error, cut to :data:`ANSWER_LIMIT` (our own refusal of the address: a
+    lazy string, for the caller to translate)."""
     try:
         check_url(envelope.url, allow_private=allow_private)
         headers = signed_headers(envelope.secret, envelope.event_public_id, envelope.body)
@@ -275,7 +280,9 @@ def _send(
         ) as answer:
             text = answer.raw.read(ANSWER_LIMIT, decode_content=True).decode(errors="replace")
             return answer.status_code, text[:ANSWER_LIMIT]
-    except (requests.RequestException, UnsafeURL, OSError) as error:
+    except UnsafeURL as refused:
+        return None, refused.args[0]  # translated by the caller: this thread has no app
+    except (requests.RequestException, OSError) as error:
         return None, (str(error) or type(error).__name__)[:ANSWER_LIMIT]
 
 
@@ -337,19 +344,20 @@ def _note_failure(endpoint_id: int, *, now: datetime) -> None:
 
 
 def _tell_owners(endpoint: WebhookEndpoint, *, now: datetime) -> None:
-    owners = [
-        email
-        for _id, email in db.session.execute(staff_who_can("staff.manage", endpoint.community_id))
-    ]
-    if owners:
-        enqueue(
-            MessageKind.NOTICE,
-            [["email", email] for email in owners],
-            "Webhook 已停用 · A webhook endpoint was disabled",
-            f"{endpoint.url} 三天来一直失败，已停用。"
-            f" · Every delivery to {endpoint.url} failed for three days; it is disabled.",
-            now=now,
-        )
+    """One message to each of the community's owners (and the install's), in the
+    language of their account (else zh_CN)."""
+    who = staff_who_can("staff.manage", endpoint.community_id).subquery()
+    owners = db.session.execute(
+        sa.select(StaffUser.email, StaffUser.locale).where(StaffUser.id.in_(sa.select(who.c.id)))
+    ).all()
+    for email, locale in owners:
+        with written_in(locale):
+            subject = _("A webhook endpoint was disabled")
+            body = _(
+                "Every delivery to %(url)s failed for three days; it is disabled.",
+                url=endpoint.url,
+            )
+        enqueue(MessageKind.NOTICE, [["email", email]], subject, body, now=now)
 
 
 def drain_webhooks(*, now: datetime | None = None, limit: int = 500) -> int:
@@ -363,7 +371,7 @@ def drain_webhooks(*, now: datetime | None = None, limit: int = 500) -> int:
     local = threading.local()
     allow_private = private_urls_allowed()  # read here: the senders have no app context
 
-    def send(envelope: _Envelope) -> tuple[_Envelope, int | None, str, int]:
+    def send(envelope: _Envelope) -> tuple[_Envelope, int | None, str | LazyString, int]:
         if not hasattr(local, "session"):
             local.session = requests.Session()
             sessions.append(local.session)
@@ -384,6 +392,7 @@ def drain_webhooks(*, now: datetime | None = None, limit: int = 500) -> int:
                     done, sending = wait(sending, return_when=FIRST_COMPLETED)
                     for future in done:
                         envelope, status, answer, elapsed = future.result()
+                        answer = str(answer)[:ANSWER_LIMIT]  # a refusal: in our language
                         if status is None or status >= 300:
                             log.warning(
                                 "webhook delivery %s failed: %s %s",

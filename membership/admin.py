@@ -322,19 +322,10 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
         )
         form.groups.data = [g.id for g in tier.groups]
     form.groups.choices = [SelectChoice(g.id, g.name) for g in community.groups]
+    form.price.currency = form.renewal_price.currency = community.currency
     if form.validate_on_submit():
-        try:
-            price = form.price_in(community.currency)
-        except ValueError:
-            form.price.errors.append(_("Enter a price like 99.00"))
-            price = None
-        renewal = None
-        if form.renewal_price.data:
-            try:
-                renewal = Money.parse_major(form.renewal_price.data, community.currency)
-            except ValueError:
-                form.renewal_price.errors.append(_("Enter a price like 99.00"))
-                price = None
+        price = form.price.money
+        renewal = form.renewal_price.money
         kind = TierKind(form.kind.data)
         if price is not None and (kind is TierKind.FREE) != (price.amount == 0):
             form.price.errors.append(_("Free tiers cost 0, paid tiers more than 0"))

@@ -13,6 +13,7 @@ import qrcode
 import sqlalchemy as sa
 from flask.cli import with_appcontext
 from flask_babel import force_locale
+from flask_babel import gettext as _
 from qrcode.image.pure import PyPNGImage
 
 from core import audit
@@ -22,7 +23,7 @@ from core.exporters import csv_lines, write_xlsx
 from core.i18n import DEFAULT_LOCALE, LOCALES
 from core.outbox import drain_outbox
 from core.webhooks_out import drain_webhooks
-from membership import wecom
+from membership import demo_content, wecom
 from membership.access import drain
 from membership.exports import community_revenue
 from membership.lifecycle import expire_memberships, send_reminders
@@ -47,11 +48,8 @@ def seed_demo_community() -> Community:
         return community
     now = utcnow()
     community = Community(
-        name="群门读书会",
+        **demo_content.COMMUNITY,
         slug=DEMO_SLUG,
-        pitch="每周一次共读分享，按入群顺序编号，老成员专享福利与课程折扣。\n"
-        "A weekly reading circle: members numbered in join order, perks for veterans.",
-        rules="1. 友善交流，不发广告。\n2. 每月至少参与一次分享。\n3. 不外传群内资料。",
         currency="CNY",
         time_zone="Asia/Shanghai",
         member_number_pattern="####",
@@ -59,19 +57,19 @@ def seed_demo_community() -> Community:
     )
     lobby_group = Group(
         community=community,
-        name="大厅群 · Lobby",
+        name=demo_content.LOBBY_GROUP,
         platform="wechat",
         capacity=500,
-        qr_image=_qr_png("群门演示 Qunmen demo: 大厅群 lobby"),
+        qr_image=_qr_png(demo_content.QR_TEXT[demo_content.LOBBY_GROUP]),
         qr_mime="image/png",
         created_at=now,
     )
     main_group = Group(
         community=community,
-        name="正式一群 · Main 1",
+        name=demo_content.MAIN_GROUP,
         platform="wechat",
         capacity=500,
-        qr_image=_qr_png("群门演示 Qunmen demo: 正式一群 main 1"),
+        qr_image=_qr_png(demo_content.QR_TEXT[demo_content.MAIN_GROUP]),
         qr_mime="image/png",
         created_at=now,
     )
@@ -79,37 +77,34 @@ def seed_demo_community() -> Community:
         Tier(
             community=community,
             code="lobby",
-            name="大厅 · Lobby",
+            **demo_content.TIERS["lobby"],
             kind=TierKind.FREE,
             is_lobby=True,
             price=0,
             currency="CNY",
             sort_order=0,
             groups=[lobby_group],
-            includes="免费进入大厅群\n了解社群，等待审核",
         ),
         Tier(
             community=community,
             code="main",
-            name="正式成员 · Member",
+            **demo_content.TIERS["main"],
             kind=TierKind.PAID,
             price=9900,
             currency="CNY",
             sort_order=1,
             groups=[main_group],
-            includes="正式群成员编号\n每周共读分享\n老成员福利与课程折扣",
         ),
         Tier(
             community=community,
             code="reentry",
-            name="回归 · Re-entry",
+            **demo_content.TIERS["reentry"],
             kind=TierKind.PAID,
             price=900,
             currency="CNY",
             sort_order=2,
             audience=TierAudience.RETURNING,
             groups=[main_group],
-            includes="清退后回归，保留原编号",
         ),
     ]
     db.session.add_all([community, lobby_group, main_group, *tiers])
@@ -123,7 +118,7 @@ def seed_demo_command() -> None:
     """Create the demo community (once) and print its join page path."""
     community = seed_demo_community()
     db.session.commit()
-    click.echo(f"Demo community ready: /join/{community.slug}")
+    click.echo(_("Demo community ready: %(path)s", path="/join/" + community.slug))
 
 
 @click.command("expire-memberships")
@@ -134,7 +129,13 @@ def expire_memberships_command() -> None:
     messages = send_reminders()
     count = expire_memberships()
     db.session.commit()
-    click.echo(f"{len(messages)} reminders sent, {count} memberships expired")
+    click.echo(
+        _(
+            "Reminders sent: %(reminders)s; memberships expired: %(expired)s",
+            reminders=len(messages),
+            expired=count,
+        )
+    )
 
 
 @click.command("worker")
@@ -147,7 +148,15 @@ def worker_command(once: bool, interval: float) -> None:
     while True:
         ran, sent, posted = drain(), drain_outbox(), drain_webhooks()
         if once:
-            click.echo(f"{ran} platform tasks run, {sent} messages tried, {posted} webhooks tried")
+            click.echo(
+                _(
+                    "Platform tasks run: %(ran)s; messages tried: %(sent)s; "
+                    "webhooks tried: %(posted)s",
+                    ran=ran,
+                    sent=sent,
+                    posted=posted,
+                )
+            )
             return
         db.session.remove()
         time.sleep(interval)
@@ -168,7 +177,10 @@ def watch_groups_command() -> None:
     if queued:
         wecom.queue_reconciliation(actor="system", now=now)
     db.session.commit()
-    click.echo(f"{told} warnings sent, WeCom reconciliation {'queued' if queued else 'not queued'}")
+    if queued:
+        click.echo(_("Warnings sent: %(told)s; WeCom reconciliation queued", told=told))
+    else:
+        click.echo(_("Warnings sent: %(told)s; WeCom reconciliation not queued", told=told))
 
 
 @click.command("export-revenue")

@@ -37,8 +37,9 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
+from core.forms import MoneyField
 from core.i18n import LOCALES
-from core.money import CURRENCIES, Money
+from core.money import CURRENCIES
 from membership.models import (
     NUMBER_PATTERN,
     ContactKind,
@@ -299,8 +300,8 @@ class TierForm(FlaskForm):
             SelectChoice(TierKind.FREE.value, _l("Free")),
         ],
     )
-    price = StringField(_l("Price"), filters=[strip_text], default="0")
-    renewal_price = StringField(_l("Renewal price (empty = the price)"), filters=[strip_text])
+    price = MoneyField(_l("Price"), default="0")
+    renewal_price = MoneyField(_l("Renewal price (empty = the price)"), validators=[Optional()])
     duration_days = IntegerField(
         _l("Days (empty = lifetime)"),
         validators=[Optional(), NumberRange(min=1, max=36500)],
@@ -358,10 +359,6 @@ class TierForm(FlaskForm):
         filters=[lambda value: 30 if value is None else value],
         validators=[Optional(), NumberRange(min=1, max=3650)],
     )
-
-    def price_in(self, currency: str) -> Money:
-        """The price typed, in ``currency``; raises ValueError if it is not an amount."""
-        return Money.parse_major(self.price.data or "", currency)
 
 
 class ImageUploadField(FileField):

@@ -11,7 +11,6 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import url_for
-from flask_babel import force_locale
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import joinedload, selectinload
@@ -19,7 +18,6 @@ from sqlalchemy.orm import joinedload, selectinload
 from core import audit
 from core.clock import utcnow
 from core.db import db
-from core.i18n import DEFAULT_LOCALE
 from core.outbox import MessageKind
 from membership.models import (
     LISTED_ORDER,
@@ -41,6 +39,7 @@ from membership.services import (
     follow_up_application,
     issue_invitation,
     message_member,
+    speaking_to,
 )
 from payments.models import Order, OrderStatus
 from payments.services import create_order
@@ -157,12 +156,6 @@ def expire_memberships(*, now: datetime | None = None) -> int:
     return len(due)
 
 
-def in_language_of(member: Member):
-    """Text made inside this block speaks ``member``'s language (their choice, else their
-    community's default): messages sent to them, and the order they pay."""
-    return force_locale(member.locale or member.community.locale or DEFAULT_LOCALE)
-
-
 class RenewalRefused(Exception):
     """The message says why, in the reader's language; nothing changed."""
 
@@ -198,7 +191,7 @@ def start_renewal(membership: Membership, *, now: datetime | None = None) -> App
     member = membership.member
     actor = f"member:{member.id}"
     band = renewal_price(membership, now)
-    with in_language_of(member):
+    with speaking_to(member):
         description = _(
             "%(community)s · %(tier)s renewal", community=tier.community.name, tier=tier.name
         )
@@ -254,7 +247,7 @@ def send_reminders(*, now: datetime | None = None) -> list[int]:
             continue
         member = membership.member
         local_end = membership.ends_at.astimezone(ZoneInfo(community.time_zone))
-        with in_language_of(member):
+        with speaking_to(member):
             subject = _("%(community)s: your membership ends soon", community=community.name)
             body = _(
                 "Your %(tier)s membership ends on %(date)s. Renewing now costs %(price)s.",
@@ -314,7 +307,7 @@ def open_season(
             db.session.add(membership)
             issue_invitation(membership, actor=actor, now=now)
             link = url_for("membership.login", slug=community.slug, _external=True)
-            with in_language_of(member):
+            with speaking_to(member):
                 body = _(
                     "%(community)s has opened %(season)s. Your invitation to its group is "
                     "ready: log in to see it: %(link)s",
@@ -326,7 +319,7 @@ def open_season(
             link = url_for(
                 "membership.join", slug=community.slug, tier_code=season.code, _external=True
             )
-            with in_language_of(member):
+            with speaking_to(member):
                 body = _(
                     "%(community)s has opened %(season)s, for a fee of %(price)s. Log in to "
                     "join it: %(link)s",

@@ -14,9 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from core.auth import staff_who_can
+import sqlalchemy as sa
+from flask_babel import LazyString
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+
+from core.auth import StaffUser, staff_who_can
 from core.db import db
-from core.outbox import Channel, MessageKind, enqueue_many
+from core.outbox import Channel, MessageKind, enqueue_many, written_in
 from membership.models import Community, Group
 from membership.platforms import PLATFORMS
 
@@ -50,7 +55,9 @@ def choose_group(groups: Sequence[Group], taken: dict[int, int], *, now: datetim
 @dataclass(frozen=True, slots=True)
 class GroupWarning:
     key: str  #: once per key (the outbox's dedupe key, with each recipient's id)
-    text: str
+    #: Translated when shown: on the dashboard in its reader's language, in a message in
+    #: its recipient's.
+    text: LazyString
 
 
 def group_warnings(
@@ -66,12 +73,12 @@ def group_warnings(
             continue
         stamp = expires.isoformat()
         if expires <= now:
-            text = f"{group.name} 的群二维码已过期，请上传新的 · {group.name}'s QR code has expired"
+            text = _l("The QR code of %(group)s has expired: upload a new one", group=group.name)
             warnings.append(GroupWarning(f"qr-expired:{group.id}:{stamp}", text))
         else:
-            text = (
-                f"{group.name} 的群二维码将在一天内过期，请上传新的 · "
-                f"{group.name}'s QR code expires within a day"
+            text = _l(
+                "The QR code of %(group)s expires within a day: upload a new one",
+                group=group.name,
             )
             warnings.append(GroupWarning(f"qr-expiring:{group.id}:{stamp}", text))
     for tier in community.tiers:
@@ -80,9 +87,10 @@ def group_warnings(
         total = sum(seats_of(g) for g in tier.groups)
         left = total - sum(min(taken.get(g.id, 0), seats_of(g)) for g in tier.groups)
         if left <= SEATS_WARNING:
-            text = (
-                f"{tier.name} 的群只剩 {left} 个空位，请加开新群 · "
-                f"{tier.name}'s groups have {left} seats left"
+            text = _l(
+                "The groups of %(tier)s have %(left)s seats left: open a new group",
+                tier=tier.name,
+                left=left,
             )
             # Once per fill-up: adding a group changes the total, and the key with it.
             warnings.append(GroupWarning(f"seats:{tier.id}:{total}", text))
@@ -90,22 +98,31 @@ def group_warnings(
 
 
 def tell_admins(community: Community, warnings: list[GroupWarning], *, now: datetime) -> int:
-    """Message each warning to the staff who can act on it, once per warning and person
-    (queued, not committed). Returns how many messages are new."""
-    staff = db.session.execute(staff_who_can(TOLD_PERMISSION, community.id)).all()
-    rows = [
-        {
-            "kind": MessageKind.NOTICE,
-            "routes": [[Channel.EMAIL.value, email]],
-            "subject": f"{community.name}：群需要处理 · A group needs attention",
-            "body": warning.text,
-            "params": {"community": community.name, "link": ""},
-            "member_id": None,
-            "dedupe_key": f"{warning.key}:{staff_id}"[:120],
-        }
-        for warning in warnings
-        for staff_id, email in staff
-    ]
+    """Message each warning to the staff who can act on it, once per warning and person,
+    in the language of their account (queued, not committed). Returns how many messages
+    are new."""
+    who = staff_who_can(TOLD_PERMISSION, community.id).subquery()
+    staff = db.session.execute(
+        sa.select(StaffUser.id, StaffUser.email, StaffUser.locale).where(
+            StaffUser.id.in_(sa.select(who.c.id))
+        )
+    ).all()
+    rows = []
+    for staff_id, email, locale in staff:
+        with written_in(locale):
+            subject = _("%(community)s: a group needs attention", community=community.name)
+            rows.extend(
+                {
+                    "kind": MessageKind.NOTICE,
+                    "routes": [[Channel.EMAIL.value, email]],
+                    "subject": subject,
+                    "body": str(warning.text),
+                    "params": {"community": community.name, "link": ""},
+                    "member_id": None,
+                    "dedupe_key": f"{warning.key}:{staff_id}"[:120],
+                }
+                for warning in warnings
+            )
     return enqueue_many(rows, now=now)
 
 
@@ -114,9 +131,9 @@ def tell_expired(group: Group, *, now: datetime) -> None:
     tier had a valid one): its admins are told, once per expiry. Queued, not committed."""
     if group.qr_mime is None or group.qr_valid(now):
         return
-    text = (
-        f"{group.name} 的群二维码已过期，有新成员在等待，请上传新的 · "
-        f"{group.name}'s QR code has expired and new members are waiting for it"
+    text = _l(
+        "The QR code of %(group)s has expired and new members are waiting: upload a new one",
+        group=group.name,
     )
     key = f"qr-expired:{group.id}:{group.qr_expires_at.isoformat()}"
     tell_admins(group.community, [GroupWarning(key, text)], now=now)

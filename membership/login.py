@@ -21,10 +21,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import gettext as _
 
 from core import audit, outbox
 from core.clock import utcnow
@@ -47,6 +49,7 @@ from membership.services import (
     normalise_contact,
     prove_application,
     prove_contact,
+    speaking_to,
 )
 
 CODE_LIFETIME = timedelta(minutes=10)
@@ -122,11 +125,16 @@ def send_code(
 ) -> int:
     """Queue the message carrying ``code`` to the contact (flushed; the worker sends it,
     and blanks it once sent); its outbox id. Every code message goes through here."""
+    member = db.session.get(Member, member_id) if member_id is not None else None
+    # To a member in their language; to someone not yet one, in the page's they asked on.
+    with speaking_to(member) if member is not None else nullcontext():
+        subject = _("%(community)s: your code", community=community.name)
+        body = _("Your code is %(code)s; it works for 10 minutes.", code=code)
     return outbox.enqueue(
         MessageKind.LOGIN_CODE,
         contact_routes(kind, value),
-        f"{community.name} 验证码 · Your code",
-        f"你的验证码是 {code}，10分钟内有效。Your code is {code}; it works for 10 minutes.",
+        subject,
+        body,
         params={"code": code},
         secret=True,
         member_id=member_id,

@@ -15,6 +15,8 @@ from typing import Any
 import requests
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import LazyString
+from flask_babel import lazy_gettext as _l
 
 from core.db import db
 from membership.models import Invitation, RemovalTask
@@ -23,7 +25,7 @@ from membership.models import Invitation, RemovalTask
 @dataclass(frozen=True, slots=True)
 class Platform:
     key: str
-    label: str
+    label: LazyString  #: what people read, translated when shown
     #: Most members a group can hold.
     max_members: int
     #: Past this many members a group's QR code stops letting people in (WeChat: 200);
@@ -38,10 +40,10 @@ class Platform:
 PLATFORMS: dict[str, Platform] = {
     p.key: p
     for p in (
-        Platform("wechat", "微信群 · WeChat", 500, qr_join_limit=200),
-        Platform("wecom", "企业微信群 · WeCom", 500, qr_join_limit=200),
-        Platform("qq", "QQ群 · QQ", 2000),
-        Platform("telegram", "Telegram", 200_000),
+        Platform("wechat", _l("WeChat group"), 500, qr_join_limit=200),
+        Platform("wecom", _l("WeCom group"), 500, qr_join_limit=200),
+        Platform("qq", _l("QQ group"), 2000),
+        Platform("telegram", _l("Telegram group"), 200_000),
     )
 }
 

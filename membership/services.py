@@ -5,10 +5,12 @@ Functions here flush but never commit; the request or command that calls them co
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from flask_babel import gettext as _
 from sqlalchemy.orm import joinedload
 
 from core import audit, outbox
@@ -63,10 +65,7 @@ class AlreadyAMember(JoinRefused):
     never two members of one community."""
 
     def __init__(self) -> None:
-        super().__init__(
-            "该联系方式已是本社群成员，请先登录 · This contact belongs to a member: "
-            "please log in first"
-        )
+        super().__init__(_("This contact belongs to a member: please log in first"))
 
 
 def normalise_contact(kind: ContactKind, value: str) -> str:
@@ -120,28 +119,22 @@ def check_tier_open(tier: Tier, member: Member | None = None) -> None:
     """Raise :class:`JoinRefused` unless ``tier`` takes this applicant now: anyone from the
     join page, or, for a re-entry tier, a logged-in member whose access lapsed."""
     if not tier.active:
-        raise JoinRefused("该档位已停止报名 · This tier is closed to new members")
+        raise JoinRefused(_("This tier is closed to new members"))
     if member is not None and member.community_id != tier.community_id:
         member = None
     if tier.audience is TierAudience.RETURNING:
         if member is None:
-            raise JoinRefused(
-                "该档位仅限回归的老成员，请先登录 · This tier is for returning members: "
-                "please log in first"
-            )
+            raise JoinRefused(_("This tier is for returning members: please log in first"))
         if not member.may_reenter:
             raise JoinRefused(
-                "回归价仅限曾被清退或到期的老成员 · The re-entry price is for former members "
-                "whose access was purged or ran out"
+                _("The re-entry price is for former members whose access was purged or ran out")
             )
     if tier.audience is TierAudience.MEMBERS and (
         member is None or member.current_membership() is None
     ):
-        raise JoinRefused(
-            "该档位仅限现有成员，请先登录 · This tier is for current members: please log in"
-        )
+        raise JoinRefused(_("This tier is for current members: please log in"))
     if member is not None and member.holds(tier.id):
-        raise JoinRefused("你已是该档位成员 · You are a member of this tier already")
+        raise JoinRefused(_("You are a member of this tier already"))
 
 
 def submit_application(
@@ -559,12 +552,19 @@ def notify_member_of_their_contact(
         claim([(ALREADY_A_MEMBER_NOTICES, str(member.id))], now=now)
     except TooManyTries:
         return None
+    with speaking_to(member):
+        subject = _("%(community)s: you are a member already", community=community.name)
+        body = _(
+            "Someone used this contact to join %(community)s. If it was you: you are a "
+            "member already; log in at %(link)s",
+            community=community.name,
+            link=login_url,
+        )
     return outbox.enqueue(
         MessageKind.NOTICE,
         contact_routes(kind, member.contact_value),
-        f"{community.name} 你已是成员 · You are a member already",
-        f"有人用这个联系方式在{community.name}报名。你已是成员，请登录：{login_url} "
-        f"If this was you: you are a member already; log in at {login_url}",
+        subject,
+        body,
         params={"community": community.name, "link": login_url},
         member_id=member.id,
         now=now,
@@ -647,6 +647,18 @@ def member_routes(member: Member) -> list[list[str]]:
     return wechat + contact_routes(member.contact_kind, member.contact_value)
 
 
+def member_locale(member: Member) -> str | None:
+    """The language what is sent to ``member`` is written in: the one they chose with the
+    switch, else their community's (None: zh_CN, see :func:`core.outbox.written_in`)."""
+    return member.locale or member.community.locale
+
+
+def speaking_to(member: Member) -> AbstractContextManager[None]:
+    """Compose a message to ``member`` inside this block: its text (and money) is then
+    in their language (:func:`member_locale`), wherever it is queued from."""
+    return outbox.written_in(member_locale(member))
+
+
 def message_member(
     member: Member,
     kind: MessageKind,
@@ -657,7 +669,12 @@ def message_member(
     now: datetime,
 ) -> int:
     """Queue a message to ``member`` by the best channel that reaches them when it is sent
-    (flushed). ``params`` fill the channel's template. Returns the outbox id."""
+    (flushed). ``params`` fill the channel's template. ``subject`` and ``body`` are
+    composed in the member's language: inside :func:`speaking_to`, or given as lazy
+    strings (``lazy_gettext(…, name=value)``), which are rendered here, in it. Returns
+    the outbox id."""
+    with speaking_to(member):
+        subject, body = str(subject), str(body)
     return outbox.enqueue(
         kind, member_routes(member), subject, body, params=params, member_id=member.id, now=now
     ).id
@@ -689,7 +706,7 @@ def give_staff_number(member: Member, *, actor: str, now: datetime | None = None
     """Number a member in the community's staff series (once), the way member numbers
     are allocated: one UPDATE … RETURNING, so never twice the same."""
     if member.staff_number is not None:
-        raise JoinRefused("已有工作人员编号 · They have a staff number already")
+        raise JoinRefused(_("They have a staff number already"))
     number, pattern = db.session.execute(
         sa.update(Community)
         .where(Community.id == member.community_id)

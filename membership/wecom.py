@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 import xmltodict
 from flask import Blueprint, Response, abort, current_app, request
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.exc import IntegrityError, OperationalError
 from wechatpy.enterprise import WeChatClient
 from wechatpy.enterprise.crypto import WeChatCrypto
@@ -434,10 +435,10 @@ def _left(group: Group, row: WeComGroupMember, *, now: datetime) -> None:
 
 #: Why someone in a WeCom group is not covered by a valid invitation.
 FREELOADER_REASONS = {
-    "no_state": "未通过邀请入群 · Joined without an invitation",
-    "not_ours": "未知的入群方式 · A join way that is not ours",
-    "revoked": "邀请已失效 · Their invitation was revoked or ended",
-    "someone_elses": "用了别人的邀请 · Came by someone else's invitation",
+    "no_state": _l("Joined without an invitation"),
+    "not_ours": _l("A join way that is not ours"),
+    "revoked": _l("Their invitation was revoked or ended"),
+    "someone_elses": _l("Came by someone else's invitation"),
 }
 
 

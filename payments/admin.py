@@ -18,6 +18,7 @@ from flask import (
 )
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_babel import lazy_pgettext
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired, FileSize
@@ -38,7 +39,7 @@ from core import audit
 from core.auth import in_visible_communities, load_for, requires
 from core.clock import utcnow
 from core.db import db
-from core.money import Money
+from core.forms import MoneyField
 from core.secrets import SecretsUnavailable
 from payments.accounts import FIELDS, account_of, remove_account, save_account
 from payments.exports import major
@@ -173,7 +174,7 @@ def inbox():
 
 
 class RefundForm(FlaskForm):
-    amount = StringField(_l("Amount"), validators=[DataRequired(_l("Required"))])
+    amount = MoneyField(_l("Amount"), validators=[DataRequired(_l("Required"))])
     reason = StringField(_l("Reason"), validators=[DataRequired(_l("Required")), Length(max=200)])
     revoke_access = BooleanField(_l("Also end access (for a partial refund)"))
 
@@ -185,20 +186,18 @@ def refund(payment_id: int):
     always ends the access it paid for; a partial one only when asked."""
     payment = load_for(Payment, payment_id, "payments.refund")
     form = RefundForm()
+    form.amount.currency = payment.currency
     if request.method == "GET":
         form.amount.data = payment.kept().major_str()
     if payment.status is PaymentStatus.CONFIRMED and form.validate_on_submit():
         try:
-            amount = Money.parse_major(form.amount.data, payment.currency)
             refund = request_refund(
                 payment,
-                amount,
+                form.amount.money,
                 reason=form.reason.data,
                 revoke_access=form.revoke_access.data,
                 actor=current_user.actor,
             )
-        except ValueError:
-            form.amount.errors.append(_("Enter an amount like 99.00"))
         except PaymentError as refusal:
             db.session.rollback()
             form.amount.errors.append(str(refusal))
@@ -468,8 +467,8 @@ audit.register_labels(
         "payment_account.resealed": _l("Payment account secrets re-encrypted"),
     },
     {
-        "orders": _l("Order"),
-        "payments": _l("Payment"),
+        "orders": lazy_pgettext("object", "Order"),
+        "payments": lazy_pgettext("object", "Payment"),
         "refunds": _l("Refund"),
         "disputes": _l("Dispute"),
         "order_flags": _l("Needs attention"),

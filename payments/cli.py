@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 from flask.cli import AppGroup
+from flask_babel import gettext as _
 
 from core.clock import utcnow
 from core.db import db
@@ -31,13 +32,14 @@ payments_cli = AppGroup("payments", help="Payments: failed webhooks, unsettled p
 def failed_command() -> None:
     """List webhook deliveries that failed on our side, or were left unfinished."""
     events = inbox.failed_events()
+    unfinished = _("never finished")
     for event in events:
         click.echo(
             f"{event.id}\t{event.provider}\t{event.status}\t"
             f"{event.received_at:%Y-%m-%d %H:%M:%S}Z\t{event.event_id or '-'}\t"
-            f"{event.detail or '未处理完 never finished'}"
+            f"{event.detail or unfinished}"
         )
-    click.echo(f"{len(events)} failed")
+    click.echo(_("Failed: %(count)s", count=len(events)))
 
 
 @payments_cli.command("replay")
@@ -46,7 +48,7 @@ def failed_command() -> None:
 def replay_command(event_ids: tuple[int, ...], replay_all: bool) -> None:
     """Process failed or unfinished deliveries again (by inbox id, or --all)."""
     if not event_ids and not replay_all:
-        raise click.UsageError("give inbox ids, or --all")
+        raise click.UsageError(_("Give inbox ids, or --all"))
     events = (
         inbox.failed_events()
         if replay_all
@@ -54,7 +56,7 @@ def replay_command(event_ids: tuple[int, ...], replay_all: bool) -> None:
     )
     for event in events:
         if event is None:
-            raise click.ClickException("no such inbox event")
+            raise click.ClickException(_("No such inbox event"))
         result = inbox.replay(event)
         click.echo(f"{event.id}\t{result.status}\t{result.message}")
 
@@ -88,7 +90,7 @@ def settle_command(older_than: int, every: int | None) -> None:
     ones whose orders expired. Run it on a schedule (cron, or --every)."""
     while True:
         changed, errors = settle_once(older_than)
-        click.echo(f"{changed} settled, {errors} errors")
+        click.echo(_("Settled: %(changed)s; errors: %(errors)s", changed=changed, errors=errors))
         if not every:
             if errors:
                 raise SystemExit(1)
@@ -111,7 +113,7 @@ def reconcile_command(
     report CSV) against the ledger; record the fees. --day downloads WeChat Pay's bill.
     --community: the statement of that community's own account (else the install's)."""
     if (path is None) == (day is None):
-        raise click.UsageError("give --file, or --day (WeChat Pay)")
+        raise click.UsageError(_("Give --file, or --day (WeChat Pay)"))
     if path is not None:
         text, name = Path(path).read_text(encoding="utf-8-sig"), Path(path).name
     else:
@@ -120,7 +122,7 @@ def reconcile_command(
         except ProviderError as error:
             raise click.ClickException(str(error)) from error
         if provider != "wechatpay" or wechat is None:
-            raise click.UsageError("--day downloads WeChat Pay's bill, when it is configured")
+            raise click.UsageError(_("--day downloads WeChat Pay's bill, when it is configured"))
         try:
             text = wechat.download_bill(day.date())
         except ProviderError as error:
@@ -134,17 +136,29 @@ def reconcile_command(
         provider, lines, filename=name, actor="cli", now=utcnow(), community_id=community_id
     )
     db.session.commit()
-    click.echo("day         theirs   ours  matched  missing-ours  missing-theirs  differ")
+    click.echo(
+        "\t".join(
+            (
+                _("day"),
+                _("theirs"),
+                _("ours"),
+                _("matched"),
+                _("missing from ours"),
+                _("missing from theirs"),
+                _("differ"),
+            )
+        )
+    )
     for s in report.days:
         click.echo(
-            f"{s.day}  {s.theirs:6d} {s.ours:6d} {s.matched:8d} {s.missing_ours:13d} "
-            f"{s.missing_theirs:15d} {s.differ:7d}"
+            f"{s.day}\t{s.theirs}\t{s.ours}\t{s.matched}\t{s.missing_ours}\t"
+            f"{s.missing_theirs}\t{s.differ}"
         )
     for d in report.differences:
         click.echo(
             f"{d.problem}\t{d.day}\t{d.kind}\t{d.reference}\tours={d.ours}\ttheirs={d.theirs}"
         )
-    click.echo(f"{report.reconciliation.fees_recorded} fees recorded")
+    click.echo(_("Fees recorded: %(count)s", count=report.reconciliation.fees_recorded))
 
 
 @payments_cli.command("rotate-secrets")
@@ -157,4 +171,4 @@ def rotate_secrets_command() -> None:
         db.session.rollback()
         raise click.ClickException(str(error)) from error
     db.session.commit()
-    click.echo(f"{count} accounts resealed")
+    click.echo(_("Accounts re-encrypted: %(count)s", count=count))

@@ -44,7 +44,7 @@ PART_IDS = 20_000
 @functools.lru_cache(maxsize=4096)  # prices repeat: most movements are a few amounts
 def major(amount: int, currency: str) -> Decimal:
     """Minor units as an exact decimal of major units: 9900 CNY → Decimal("99.00")."""
-    exponent = CURRENCIES[currency][0]
+    exponent = CURRENCIES[currency]
     return Decimal(amount).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent))
 
 
@@ -53,13 +53,13 @@ def major_sql(amount: sa.ColumnElement[int], currency: sa.ColumnElement[str]) ->
     scale (9900 × 0.01 is 99.00); SQLite, which would give a float, prints the integer's
     digits either side of the point."""
     if is_postgresql():
-        units = {code: Decimal(1).scaleb(-exponent) for code, (exponent, _) in CURRENCIES.items()}
+        units = {code: Decimal(1).scaleb(-exponent) for code, exponent in CURRENCIES.items()}
         unit = sa.case({code: sa.literal(value) for code, value in units.items()}, value=currency)
         return sa.cast(amount, sa.Numeric) * unit
     size = sa.func.abs(amount)
     sign = sa.case((amount < 0, "-"), else_="")
     texts = {}
-    for code, (exponent, _) in CURRENCIES.items():
+    for code, exponent in CURRENCIES.items():
         scale = 10**exponent  # SQLite's / of integers is integer division
         texts[code] = (
             sa.func.printf(f"%s%d.%0{exponent}d", sign, size.op("/")(scale), size % scale)

@@ -26,10 +26,12 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from flask_babel import gettext as _
 
 from core import audit
 from core.db import db
 from core.money import CURRENCIES
+from payments import wechat_bill
 from payments.accounts import account_of
 from payments.models import Dispute, LedgerEntry, Order, PaymentAccount, Reconciliation
 
@@ -58,12 +60,15 @@ PROVIDER_ZONES = {"wechatpay": ZoneInfo("Asia/Shanghai"), "stripe": ZoneInfo("UT
 _SIGNED_AMOUNT = re.compile(r"(-?)(\d{1,12})(?:\.(\d{1,3}))?", re.ASCII)
 
 
-def _minor(text: str, currency: str, what: str) -> int:
-    """A signed decimal amount in major units as exact minor units."""
-    exponent = CURRENCIES[currency][0]
+def _minor(text: str, currency: str, column: str) -> int:
+    """A signed decimal amount in major units as exact minor units (``column``: where it
+    was, as the statement names it)."""
+    exponent = CURRENCIES[currency]
     match = _SIGNED_AMOUNT.fullmatch(text.strip())
     if match is None or len(match.group(3) or "") > exponent:
-        raise StatementError(f"金额格式不正确 · Not an amount in {what}: {text!r}")
+        raise StatementError(
+            _("Not an amount in the column %(column)s: %(text)s", column=column, text=text)
+        )
     sign, whole, fraction = match.groups()
     minor = int(whole) * 10**exponent + int((fraction or "").ljust(exponent, "0") or 0)
     return -minor if sign else minor
@@ -74,14 +79,14 @@ def _time(text: str, zone: ZoneInfo, number: int) -> datetime:
     try:
         local = datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=zone)
     except ValueError as error:
-        raise StatementError(f"第{number}行时间有误 · Bad time on line {number}") from error
+        raise StatementError(_("Bad time on line %(number)s", number=number)) from error
     return local.astimezone(UTC)
 
 
 def _currency(text: str) -> str:
     currency = text.strip().upper()
     if currency not in CURRENCIES:
-        raise StatementError(f"不支持的币种 · Unsupported currency {text!r}")
+        raise StatementError(_("Unsupported currency: %(currency)s", currency=text))
     return currency
 
 
@@ -91,47 +96,36 @@ def _columns(header: list[str], wanted: dict[str, tuple[str, ...]]) -> dict[str,
     for key, names in wanted.items():
         index = next((header.index(n) for n in names if n in header), None)
         if index is None:
-            raise StatementError(f"缺少列 · The statement has no column {names[0]}")
+            raise StatementError(_("The statement has no column %(column)s", column=names[0]))
         found[key] = index
     return found
-
-
-_WECHAT_COLUMNS = {
-    "time": ("交易时间",),
-    "transaction": ("微信订单号",),
-    "status": ("交易状态",),
-    "currency": ("货币种类",),
-    "amount": ("订单金额", "总金额", "应结订单金额"),
-    "refund_id": ("微信退款单号",),
-    "refund_amount": ("申请退款金额", "退款金额"),
-    "fee": ("手续费",),
-}
 
 
 def read_wechat_bill(text: str) -> list[StatementLine]:
     """The payments and refunds of a WeChat Pay bill (``bill_type=ALL``)."""
     rows = [line for line in text.replace("\r", "").split("\n") if line.strip()]
-    if not rows or not rows[0].startswith("交易时间"):
-        raise StatementError("不是微信支付对账单 · Not a WeChat Pay bill")
-    columns = _columns(rows[0].split(","), _WECHAT_COLUMNS)
+    if not rows or not rows[0].startswith(wechat_bill.FIRST_COLUMN):
+        raise StatementError(_("Not a WeChat Pay bill"))
+    columns = _columns(rows[0].split(","), wechat_bill.COLUMNS)
     zone = PROVIDER_ZONES["wechatpay"]
     lines = []
     for number, row in enumerate(rows[1:], start=2):
-        if row.startswith("总交易单数"):
+        if row.startswith(wechat_bill.TOTALS_MARKER):
             break  # the totals follow
         cells = [cell.strip().removeprefix("`") for cell in row.split(",")]
         if len(cells) < len(rows[0].split(",")):
-            raise StatementError(f"第{number}行不完整 · Line {number} is incomplete")
+            raise StatementError(_("Line %(number)s is incomplete", number=number))
         occurred_at = _time(cells[columns["time"]], zone, number)
         currency = _currency(cells[columns["currency"]])
         status = cells[columns["status"]]
-        fee = _minor(cells[columns["fee"]], currency, "手续费")
+        fee = _minor(cells[columns["fee"]], currency, wechat_bill.COLUMNS["fee"][0])
         if status == "SUCCESS":
             kind, reference = "payment", cells[columns["transaction"]]
-            amount = _minor(cells[columns["amount"]], currency, "订单金额")
+            amount = _minor(cells[columns["amount"]], currency, wechat_bill.COLUMNS["amount"][0])
         elif status == "REFUND":
             kind, reference = "refund", cells[columns["refund_id"]]
-            amount = -_minor(cells[columns["refund_amount"]], currency, "退款金额")
+            refunded = cells[columns["refund_amount"]]
+            amount = -_minor(refunded, currency, wechat_bill.COLUMNS["refund_amount"][0])
         else:
             continue  # revoked and other attempts moved no money
         lines.append(StatementLine(kind, reference, occurred_at, amount, fee, currency))
@@ -162,7 +156,7 @@ def read_stripe_report(text: str) -> list[StatementLine]:
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
     header = next(reader, None)
     if not header or "balance_transaction_id" not in header:
-        raise StatementError("不是Stripe余额明细报表 · Not a Stripe itemized balance report")
+        raise StatementError(_("Not a Stripe itemized balance report"))
     columns = _columns(header, _STRIPE_COLUMNS)
     zone = PROVIDER_ZONES["stripe"]
     lines = []
@@ -170,7 +164,7 @@ def read_stripe_report(text: str) -> list[StatementLine]:
         if not cells:
             continue
         if len(cells) < len(header):
-            raise StatementError(f"第{number}行不完整 · Line {number} is incomplete")
+            raise StatementError(_("Line %(number)s is incomplete", number=number))
         kind = _STRIPE_KINDS.get(cells[columns["category"]])
         if kind is None:
             continue

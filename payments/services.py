@@ -15,6 +15,7 @@ from functools import cache
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import gettext as _
 from sqlalchemy.orm.attributes import set_committed_value
 
 from core import audit
@@ -124,12 +125,12 @@ def start_payment(
     if provider is None:
         raise PaymentError(f"payment provider {provider_name!r} is not offered")
     if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
-        raise OrderClosed("订单已支付 · This order is paid already")
+        raise OrderClosed(_("This order is paid already"))
     if order.expires_at <= now:
         if order.status is OrderStatus.OPEN:
             order.status = OrderStatus.EXPIRED
             audit.record("order.expired", order, actor=actor, now=now)
-        raise OrderClosed("订单已过期，请重新下单 · This order has expired, please start again")
+        raise OrderClosed(_("This order has expired: please start again"))
     method = provider.method_for(payer)
     waiting = next(
         (
@@ -618,14 +619,16 @@ def request_refund(
     now = now or utcnow()
     payment = _lock_payment(payment.public_id)
     if payment.status is not PaymentStatus.CONFIRMED:
-        raise PaymentError("只有已确认的支付可以退款 · Only confirmed payments can be refunded")
+        raise PaymentError(_("Only confirmed payments can be refunded"))
     if amount.currency != payment.currency or amount.amount <= 0:
-        raise PaymentError("退款金额不正确 · Not a valid refund amount")
+        raise PaymentError(_("Not a valid refund amount"))
     pending = sum(r.amount for r in payment.refunds if r.status is RefundStatus.REQUESTED)
     if amount.amount > payment.kept_total() - pending:
         raise PaymentError(
-            f"最多可退 {Money(payment.kept_total() - pending, payment.currency)} · "
-            "More than is left to refund"
+            _(
+                "More than is left to refund: at most %(left)s",
+                left=Money(payment.kept_total() - pending, payment.currency),
+            )
         )
     refund = Refund(
         public_id=new_token(16),
@@ -747,7 +750,7 @@ def _refund_made_at_provider(payment: Payment, amount: int, *, actor: str, now: 
         amount=amount,
         currency=payment.currency,
         status=RefundStatus.REQUESTED,
-        reason="在支付平台发起 · Made at the provider",
+        reason=_("Made at the provider"),
         revoke_access=False,
         requested_by=actor,
         created_at=now,
@@ -907,7 +910,7 @@ def settle_from_provider(payment: Payment, *, now: datetime | None = None) -> bo
             event_id=f"closed:{payment.public_id}",
             kind=EventKind.PAYMENT_EXPIRED,
             payment_public_id=payment.public_id,
-            reason="订单超时未支付 · Not paid in time",
+            reason=_("Not paid in time"),
         )
     if answer is None:
         return False

@@ -73,14 +73,6 @@ def _save(obj, values: dict[str, object], action: str) -> None:
     audit.record(action, obj, actor=current_user.actor, data=audit.apply_changes(obj, values))
 
 
-def _money(form_field, currency: str) -> Money | None:
-    try:
-        return Money.parse_major(form_field.data or "0", currency)
-    except ValueError:
-        form_field.errors.append(_("Enter an amount like 9.90"))
-        return None
-
-
 @bp.get("/communities/<int:community_id>/perks")
 @requires("perks.manage")
 def overview(community_id: int):
@@ -184,8 +176,8 @@ def perk_form(community_id: int | None = None, perk_id: int | None = None):
 
 def _coupon_values(form: CouponForm, community: Community) -> dict[str, object] | None:
     """The coupon's terms from the form, or None (with the errors on the form)."""
-    amount_off = _money(form.amount_off, community.currency) if form.kind.data == "amount" else None
-    minimum = _money(form.min_amount, community.currency)
+    amount_off = form.amount_off.money if form.kind.data == "amount" else None
+    minimum = form.min_amount.money
     if minimum is None or (
         form.kind.data == "amount" and (amount_off is None or amount_off.is_zero)
     ):
@@ -214,6 +206,7 @@ def _coupon_choices(form: CouponForm, community: Community, coupon: Coupon | Non
     _rule_choices(form, community)
     form.tiers.choices = [SelectChoice(t.id, t.name) for t in community.tiers]
     form.courses.choices = [SelectChoice(c.id, c.title) for c in _courses(community)]
+    form.amount_off.currency = form.min_amount.currency = community.currency
     if coupon is not None and request.method == "GET":
         form.kind.data = "percent" if coupon.percent_off is not None else "amount"
         if coupon.amount_off is not None:
@@ -371,10 +364,11 @@ def course_form(community_id: int | None = None, course_id: int | None = None):
     community = course.community if course else load_for(Community, community_id, "perks.manage")
     form = CourseForm(obj=course)
     _rule_choices(form, community)
+    form.price.currency = community.currency
     if course is not None and request.method == "GET":
         form.price.data = course.price_money.major_str()
     if form.validate_on_submit():
-        price = _money(form.price, community.currency)
+        price = form.price.money
         taken = db.session.scalar(
             sa.select(Course.id).where(
                 Course.community_id == community.id,

@@ -10,12 +10,14 @@ the request or command that calls them commits.
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
 from flask import url_for
+from flask_babel import gettext as _
 
 from core import audit, outbox
 from core.db import db
@@ -54,6 +56,8 @@ class Recipient:
     contact_kind: ContactKind
     contact_value: str
     wechat_openid: str | None
+    #: The language they chose (None: their community's).
+    locale: str | None
     memberships: list[_Term] = field(default_factory=list)
 
 
@@ -75,6 +79,7 @@ def selected_members(rule: EligibilityRule, community_id: int, *, now: datetime)
                 Member.contact_kind,
                 Member.contact_value,
                 Member.wechat_openid,
+                Member.locale,
             )
             .where(Member.community_id == community_id, Member.id.not_in(unsubscribed))
             .order_by(Member.id)
@@ -118,7 +123,8 @@ def message_row(
     member: Recipient, *, subject: str, body: str, key: str, params: dict[str, str], link: str
 ) -> dict | None:
     """The outbox row telling ``member``, the unsubscribe ``link`` after ``body``; None
-    when no route reaches them."""
+    when no route reaches them. Called inside :func:`core.outbox.written_in` the member's
+    language, which the unsubscribe line is written in."""
     routes = member_routes(member)  # type: ignore[arg-type]  # reads the same attributes
     if not routes:
         return None
@@ -126,7 +132,7 @@ def message_row(
         "kind": MessageKind.ANNOUNCEMENT,
         "routes": routes,
         "subject": subject,
-        "body": f"{body}\n退订 · Unsubscribe: {link}",
+        "body": body + "\n" + _("Unsubscribe: %(link)s", link=link),
         "params": {**params, "unsubscribe": link},
         "member_id": member.id,
         "dedupe_key": key,
@@ -161,30 +167,38 @@ def send(announcement: Announcement, *, actor: str, now: datetime) -> int:
     twice adds only members selected since. Sets ``sent_at`` the first time, counts the
     recipients, audits. Returns how many messages were queued now."""
     _lock(announcement)
-    subject = f"{announcement.community.name}：{announcement.title}"
+    community = announcement.community
     # What an SMS or WeChat template carries instead of the body (core.sms names them); the
     # link is the member's page until members have a page to read announcements on.
     params = {
-        "community": announcement.community.name,
+        "community": community.name,
         "title": announcement.title,
         "link": url_for("membership.me", _external=True),
     }
     link = unsubscribe_links()
-    rows = [
-        row
-        for standing in selected_members(announcement, announcement.community_id, now=now)
-        if (
-            row := message_row(
-                standing.member,
-                subject=subject,
-                body=announcement.body,
-                key=message_key("announcement", announcement.id, standing.member.id),
-                params=params,
-                link=link(standing.member.id),
+    # Each member reads it in their language (theirs, else the community's): composed
+    # once per language, not once per member.
+    by_language: dict[str | None, list[Recipient]] = defaultdict(list)
+    for standing in selected_members(announcement, announcement.community_id, now=now):
+        by_language[standing.member.locale or community.locale].append(standing.member)
+    rows = []
+    for language, members in by_language.items():
+        with outbox.written_in(language):
+            subject = _(
+                "%(community)s: %(title)s", community=community.name, title=announcement.title
             )
-        )
-        is not None
-    ]
+            for member in members:
+                row = message_row(
+                    member,
+                    subject=subject,
+                    body=announcement.body,
+                    key=message_key("announcement", announcement.id, member.id),
+                    params=params,
+                    link=link(member.id),
+                )
+                if row is not None:
+                    rows.append(row)
+    rows.sort(key=lambda row: row["member_id"])
     queued = outbox.enqueue_many(rows, now=now)
     if announcement.sent_at is None:
         announcement.sent_at = now

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 import sqlalchemy as sa
+from flask_babel import gettext as _
 
 from core.clock import utcnow
 from core.db import db
+from membership import demo_content
 from membership.cli import DEMO_SLUG
 from membership.models import Community, Tier
 from perks.models import Coupon, Course, Offer, Perk, PerkKind
@@ -30,7 +32,7 @@ def seed_demo_perks() -> bool:
     coupon = Coupon(
         community=community,
         code=DEMO_COUPON,
-        description="新成员九折 · 10% off for newcomers",
+        description=demo_content.COUPON_DESCRIPTION,
         percent_off=10,
         currency=community.currency,
         created_at=now,
@@ -39,8 +41,7 @@ def seed_demo_perks() -> bool:
     course = Course(
         community=community,
         code="writing",
-        title="21天写作课 · Writing in 21 days",
-        description="每天一篇短文，老师逐篇点评。\nA short text a day, each one reviewed.",
+        **demo_content.COURSE,
         price=19900,
         currency=community.currency,
         access_url="https://example.com/qunmen-demo/writing",
@@ -53,8 +54,7 @@ def seed_demo_perks() -> bool:
             course,
             Perk(
                 community=community,
-                name="读书券 · Book voucher",
-                description="凭券到合作书店领一本书 · One book at our partner bookshop",
+                **demo_content.BOOK_VOUCHER,
                 kind=PerkKind.ITEM,
                 link_url="https://example.com/qunmen-demo/voucher",
                 stock=20,
@@ -63,7 +63,7 @@ def seed_demo_perks() -> bool:
             ),
             Perk(
                 community=community,
-                name="元老礼包 · Founders' pack",
+                name=demo_content.FOUNDERS_PACK,
                 kind=PerkKind.LINK,
                 link_url="https://example.com/qunmen-demo/founders",
                 max_member_number=100,
@@ -73,14 +73,14 @@ def seed_demo_perks() -> bool:
             Offer(
                 community_id=community.id,
                 course=course,
-                name="成员八折 · Members 20% off",
+                name=demo_content.MEMBERS_OFFER,
                 percent_off=20,
                 created_at=now,
             ),
             Offer(
                 community_id=community.id,
                 course=course,
-                name="老成员七折 · Veterans 30% off",
+                name=demo_content.VETERANS_OFFER,
                 percent_off=30,
                 min_tenure_days=365,
                 created_at=now,
@@ -95,4 +95,7 @@ def seed_demo_perks_command() -> None:
     """Add the demo community's perks, coupon, course and offers (after seed-demo)."""
     added = seed_demo_perks()
     db.session.commit()
-    click.echo(f"demo perks added; coupon {DEMO_COUPON}" if added else "demo perks exist already")
+    if added:
+        click.echo(_("Demo perks added; coupon %(code)s", code=DEMO_COUPON))
+    else:
+        click.echo(_("The demo perks exist already"))

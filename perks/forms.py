@@ -27,6 +27,7 @@ from wtforms.validators import (
     ValidationError,
 )
 
+from core.forms import MoneyField
 from membership.forms import (
     REQUIRED,
     checkbox_list,
@@ -37,7 +38,6 @@ from membership.forms import (
 from perks.models import PerkKind
 
 CODE = Regexp(r"^[A-Za-z0-9][-_A-Za-z0-9]{0,39}$", message=_l("Letters, digits, - or _"))
-MONEY_HINT = _l("Enter an amount like 9.90")
 
 
 class CourseBuyForm(FlaskForm):
@@ -135,8 +135,8 @@ class CouponForm(EligibilityForm):
         _l("Percent off"),
         validators=[Optional(), NumberRange(min=1, max=100)],
     )
-    amount_off = StringField(_l("Amount off"), filters=[strip_text])
-    min_amount = StringField(_l("Minimum order"), filters=[strip_text], default="0")
+    amount_off = MoneyField(_l("Amount off"))
+    min_amount = MoneyField(_l("Minimum order"), default="0")
     tiers = checkbox_list(_l("Tiers (none = all)"))
     courses = checkbox_list(_l("Courses"))
     valid_from = DateTimeLocalField(_l("Valid from"), validators=[Optional()])
@@ -156,7 +156,7 @@ class CouponForm(EligibilityForm):
         if self.kind.data == "percent" and not field.data:
             raise ValidationError(REQUIRED)
 
-    def validate_amount_off(self, field: StringField) -> None:
+    def validate_amount_off(self, field: MoneyField) -> None:
         if self.kind.data == "amount" and not field.data:
             raise ValidationError(REQUIRED)
 
@@ -193,7 +193,7 @@ class CourseForm(EligibilityForm):
         _l("Title"), filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=80)]
     )
     description = TextAreaField(_l("Description"), validators=[Length(max=4000)])
-    price = StringField(_l("Price"), filters=[strip_text], validators=[DataRequired(REQUIRED)])
+    price = MoneyField(_l("Price"), validators=[DataRequired(REQUIRED)])
     access_url = StringField(
         _l("Content link (shown once bought)"),
         filters=[strip_text],

@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 
 import sqlalchemy as sa
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_babel import lazy_pgettext
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
@@ -174,13 +175,13 @@ class Coupon(EligibilityRule, db.Model):
     )
 
     def describe(self) -> str:
-        """How the discount reads: ``8折 · 20% off`` or ``减¥10.00 · ¥10.00 off``."""
+        """How the discount reads, in the reader's language: "20% off", "Free",
+        "¥10.00 off"."""
+        if self.percent_off == 100:
+            return _("Free")
         if self.percent_off is not None:
-            rest = 100 - self.percent_off
-            label = f"{rest // 10}{'' if rest % 10 == 0 else rest % 10}折" if rest else "免费"
-            return f"{label} · {self.percent_off}% off"
-        off = Money(self.amount_off, self.currency)
-        return f"减{off} · {off} off"
+            return _("%(percent)s%% off", percent=self.percent_off)
+        return _("%(amount)s off", amount=Money(self.amount_off, self.currency))
 
 
 class CouponUseStatus(StrEnum):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from flask_babel import gettext as _
 from sqlalchemy.orm import selectinload
 
 from core import audit
@@ -79,10 +80,10 @@ def redeem(perk: Perk, standing: Standing, *, now: datetime) -> Redemption:
     """
     member = standing.member
     if not perk.active or perk.community_id != member.community_id:
-        raise PerkRefused("该福利已下架 · This perk is no longer offered")
+        raise PerkRefused(_("This perk is no longer offered"))
     unmet = [c.text for c in conditions(perk, standing) if not c.met]
     if unmet:
-        raise PerkRefused("你暂不符合条件：" + "；".join(unmet))
+        raise PerkRefused(_("You do not qualify yet: %(unmet)s", unmet=_("; ").join(unmet)))
     taken = db.session.execute(
         sa.update(Perk)
         .where(
@@ -94,14 +95,14 @@ def redeem(perk: Perk, standing: Standing, *, now: datetime) -> Redemption:
         .execution_options(synchronize_session=False)
     ).scalar()
     if taken is None:
-        raise PerkRefused("已被领完 · None left")
+        raise PerkRefused(_("None left"))
     before = db.session.scalar(
         sa.select(sa.func.count(Redemption.id)).where(
             Redemption.perk_id == perk.id, Redemption.member_id == member.id
         )
     )
     if before >= perk.per_member_limit:
-        raise PerkRefused("你已领取过该福利 · You have redeemed this perk already")
+        raise PerkRefused(_("You have redeemed this perk already"))
     redemption = Redemption(perk=perk, member=member, created_at=now)
     db.session.add(redemption)
     if perk.kind is PerkKind.COUPON and perk.coupon is not None:

@@ -200,9 +200,9 @@ def _tier_form(client, community_id, **overrides):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"price": "19.999"}, "价格格式不正确"),
-        ({"price": "-5"}, "价格格式不正确"),
-        ({"price": "1e3"}, "价格格式不正确"),
+        ({"price": "19.999"}, "金额格式不正确，例如 99.00"),
+        ({"price": "-5"}, "金额格式不正确"),
+        ({"price": "1e3"}, "金额格式不正确"),
         ({"price": "0"}, "免费档价格为0"),
         ({"kind": "free", "price": "9"}, "免费档价格为0"),
         ({"code": "main"}, "代号已被使用"),

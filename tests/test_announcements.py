@@ -156,7 +156,7 @@ def test_sending_queues_one_message_per_member_with_its_routes_and_unsubscribe_l
             assert message.kind is MessageKind.ANNOUNCEMENT
             assert message.status is OutboxStatus.PENDING  # the worker sends, not the request
             assert message.dedupe_key == message_key("announcement", everyone, message.member_id)
-            assert message.body.startswith("本周六晚八点，线上分享。\n退订 · Unsubscribe: ")
+            assert message.body.startswith("本周六晚八点，线上分享。\n退订：http")
             assert "/unsubscribe/" in message.params["unsubscribe"]
             assert set(TEMPLATE_PARAMETERS["announcement"]) <= set(message.params)  # SMS can go
             assert message.subject.endswith("周末分享会")
@@ -272,3 +272,21 @@ def test_ten_thousand_recipients_are_queued_by_one_request(app, demo, logged_in)
     with app.app_context():
         assert len(queued_for(everyone)) == 10_000
         assert db.session.get(Announcement, everyone).recipients == 10_000
+
+
+def test_each_member_reads_the_announcement_in_their_own_language(app, people, logged_in):
+    """The text around the admin's (the subject's form, the unsubscribe line) is in each
+    member's language: theirs, else the community's; not the language of the admin's page."""
+    logged_in.get("/lang/en")  # the admin writes from an English page
+    with app.app_context():
+        db.session.get(Member, people["乙"]).locale = "en"
+        db.session.commit()
+    everyone = write(logged_in, community_id(app))
+    assert send(logged_in, everyone).status_code == 302
+    with app.app_context():
+        by_member = {m.member_id: m for m in queued_for(everyone)}
+    english, chinese = by_member[people["乙"]], by_member[people["己"]]
+    assert english.subject == "群门读书会: 周末分享会"
+    assert english.body.startswith("本周六晚八点，线上分享。\nUnsubscribe: http")
+    assert chinese.subject == "群门读书会：周末分享会"
+    assert chinese.body.startswith("本周六晚八点，线上分享。\n退订：http")

@@ -10,9 +10,10 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from api.models import ApiToken, IdempotentAnswer
+from api.models import SCOPES, ApiToken, IdempotentAnswer
 from api.tokens import create_token, token_hash
 from core.audit import AuditEntry
+from core.catalogs import HAN
 from core.clock import utcnow
 from core.db import db
 from core.events import Event
@@ -344,3 +345,41 @@ def test_an_idempotency_key_is_kept_a_day(app, demo, client):
     assert "Idempotent-Replayed" not in later.headers
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(IdempotentAnswer)) == 1
+
+
+@pytest.mark.parametrize(
+    ("accept_language", "title", "detail"),
+    [
+        (None, "Not found", "No such member"),  # says nothing: English, for developers
+        ("fr-FR, de;q=0.8", "Not found", "No such member"),  # nothing we have: English
+        ("*", "Not found", "No such member"),
+        ("zh-CN,zh;q=0.9,en;q=0.5", "未找到", "没有该成员"),
+        ("en-US,zh-CN;q=0.5", "Not found", "No such member"),
+    ],
+)
+def test_a_problem_speaks_the_language_the_client_accepts(
+    app, demo, client, accept_language, title, detail
+):
+    headers = bearer(make_token(app))
+    if accept_language:
+        headers["Accept-Language"] = accept_language
+    client.get("/lang/zh_CN")  # a browser's choice of its pages does not decide the API's
+    answer = client.get("/api/v1/members/999999", headers=headers)
+    assert answer.status_code == 404
+    assert (answer.json["title"], answer.json["detail"]) == (title, detail)
+    unknown = client.get("/api/v1/nothing-here", headers=headers)
+    assert unknown.json["title"] == title
+
+
+def test_the_openapi_document_is_english_whatever_the_client_accepts(app, client):
+    english = client.get("/api/v1/openapi.json").get_data(as_text=True)
+    chinese = client.get("/api/v1/openapi.json", headers={"Accept-Language": "zh-CN"})
+    assert chinese.get_data(as_text=True) == english
+    assert not HAN.search(english)
+
+
+def test_scope_descriptions_are_labels_in_the_readers_language(app):
+    with app.test_request_context(headers={"Accept-Language": "en"}):
+        assert str(SCOPES["members:read"]) == "Read members, memberships, invitations"
+    with app.test_request_context(headers={"Accept-Language": "zh-CN"}):
+        assert str(SCOPES["members:read"]) == "查看成员、资格、邀请"

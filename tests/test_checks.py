@@ -56,8 +56,8 @@ def test_a_consistent_database_passes(app, runner, paid):
     assert all(not found for found in _findings(app).values())
     result = runner.invoke(args=["check"])
     assert result.exit_code == 0, result.output
-    assert "FAIL" not in result.output
-    assert "checks passed" in result.output
+    assert "失败" not in result.output
+    assert "项检查全部通过" in result.output
 
 
 def _first_payment_entry():
@@ -92,7 +92,7 @@ def _fails(app, runner, check: str) -> None:
     assert findings[check], f"{check} found nothing"
     result = runner.invoke(args=["check"])
     assert result.exit_code == 1
-    assert f"FAIL {check}" in result.output
+    assert f"失败 {check}" in result.output
     assert findings[check][0] in result.output
 
 

@@ -46,7 +46,7 @@ def test_community_page_shows_revenue_members_and_funnel(app, demo, logged_in):
     assert sum(1 for h in heights if h > 0) == 1
     assert "报名漏斗（30天）：访问 0 → 申请 3 → 下单 3 → 付款 2" in page
     assert re.search(
-        r'<td data-label="档位">正式成员 · Member</td>'
+        r'<td data-label="档位">正式成员</td>'
         r'<td data-label="状态" data-status="active">有效</td><td data-label="成员">2</td>',
         page,
     )

@@ -39,7 +39,7 @@ def test_paid_journey_ends_with_number_and_group_qr(app, client, demo):
     with app.app_context():
         invitation = db.session.scalars(sa.select(Invitation)).one()
         assert invitation.status is InvitationStatus.ISSUED
-        assert invitation.group.name == "正式一群 · Main 1"
+        assert invitation.group.name == "正式一群"
     assert f"/invitations/{invitation.token}/qr" in html
 
     qr = client.get(f"/invitations/{invitation.token}/qr")
@@ -99,7 +99,7 @@ def test_free_lobby_admits_at_once_without_a_number(app, client, demo):
     with app.app_context():
         member = db.session.scalars(sa.select(Member)).one()
         assert member.number is None
-        assert member.invitations[0].group.name == "大厅群 · Lobby"
+        assert member.invitations[0].group.name == "大厅群"
         assert count(Order) == 0
 
 

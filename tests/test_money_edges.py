@@ -382,7 +382,7 @@ def test_settle_closing_an_expired_orders_payment_expires_the_order(
         order.payments[0].created_at = utcnow() - timedelta(minutes=40)
         db.session.commit()
     result = runner.invoke(args=["payments", "settle"])
-    assert "1 settled" in result.output, result.output
+    assert "已核实：1；" in result.output, result.output
     state = money_snapshot(app)
     assert state["payment"] == [PaymentStatus.EXPIRED]
     assert state["order"] == [OrderStatus.EXPIRED]

@@ -328,7 +328,7 @@ def test_rotation_reseals_under_the_new_key(app, apis, runner, communities, monk
     monkeypatch.setitem(app.config, "SECRETS_KEYS", f"{new},{old}")
     result = runner.invoke(args=["payments", "rotate-secrets"])
     assert result.exit_code == 0, result.output
-    assert "1 accounts resealed" in result.output
+    assert "已重新加密的账户：1" in result.output
 
     monkeypatch.setitem(app.config, "SECRETS_KEYS", new)
     with app.app_context():
@@ -591,13 +591,13 @@ def test_a_community_statement_is_matched_with_its_own_ledger(
     )
     assert own.exit_code == 0, own.output
     assert apis.last("/pay/downloadbill").data["mch_id"] == A_MCH_ID
-    assert f"{day}       1      1        1             0               0       0" in own.output
+    assert f"{day}\t1\t1\t1\t0\t0\t0" in own.output
 
     bill = tmp_path / "install.txt"
     bill.write_text(wechat_bill(wechat_line("4200000002")), encoding="utf-8")
     install = runner.invoke(args=["payments", "reconcile", "wechatpay", "--file", str(bill)])
     assert install.exit_code == 0, install.output
-    assert f"{day}       1      1        1             0               0       0" in install.output
+    assert f"{day}\t1\t1\t1\t0\t0\t0" in install.output
 
 
 def test_a_community_is_offered_its_own_providers_in_the_install_order(app, apis, communities):

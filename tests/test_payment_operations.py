@@ -92,7 +92,7 @@ def test_failed_delivery_is_replayed_from_the_cli(app, client, demo, runner, bro
     assert client.post("/webhooks/fake", data=body, headers=headers).status_code == 500
     _nothing_written(app)
     listed = runner.invoke(args=["payments", "failed"])
-    assert "1 failed" in listed.output
+    assert "失败：1" in listed.output
     assert "disk I/O error" in listed.output
     result = runner.invoke(args=["payments", "replay", "--all"])
     assert result.exit_code == 0, result.output
@@ -128,7 +128,7 @@ def test_a_delivery_left_unfinished_is_listed_and_replayed(app, client, demo, ru
         stalled_id = stalled.id
     listed = runner.invoke(args=["payments", "failed"])
     assert f"{stalled_id}\tfake\treceived" in listed.output
-    assert "1 failed" in listed.output
+    assert "失败：1" in listed.output
     result = runner.invoke(args=["payments", "replay", "--all"])
     assert f"{stalled_id}\tprocessed" in result.output
     with app.app_context():
@@ -147,7 +147,7 @@ def test_settle_confirms_a_payment_whose_notification_never_came(app, client, de
     }
     result = runner.invoke(args=["payments", "settle", "--older-than", "0"])
     assert result.exit_code == 0, result.output
-    assert "1 settled" in result.output
+    assert "已核实：1；" in result.output
     with app.app_context():
         assert db.session.scalars(sa.select(Member.number_label)).all() == ["0001"]
     # The notification arriving late changes nothing more.
@@ -176,7 +176,7 @@ def test_settle_closes_unpaid_payments_of_expired_orders(app, client, demo, apis
 def test_settle_leaves_pending_payments_alone(app, client, demo, apis, runner):
     submit_join(client, "main", provider="wechatpay")
     result = runner.invoke(args=["payments", "settle", "--older-than", "0"])
-    assert "0 settled" in result.output
+    assert "已核实：0；" in result.output
     assert _payment(app).status is PaymentStatus.CREATED
 
 

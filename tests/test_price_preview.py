@@ -116,8 +116,8 @@ def test_the_refusal_speaks_the_reader_s_language(app, client, demo):
     add_coupon(app, "VIP20", min_amount=10000)
     client.get("/lang/en")
     html = check_join_price(client, "VIP20").text
-    assert "For orders of ¥100.00 or more" in html
-    assert "You pay ¥99.00" in html
+    assert "For orders of CN¥100.00 or more" in html
+    assert "You pay CN¥99.00" in html
 
 
 def test_price_checks_count_against_the_coupon_try_limit(app, client, demo):

@@ -203,8 +203,8 @@ def test_the_cli_downloads_the_wechat_bill_through_wechatpy(app, demo, apis, run
     apis.wechat_bills[day.strftime("%Y%m%d")] = wechat_bill(wechat_line("4200000001"))
     result = runner.invoke(args=["payments", "reconcile", "wechatpay", "--day", str(day)])
     assert result.exit_code == 0, result.output
-    assert f"{day}       1      1        1" in result.output
-    assert "1 fees recorded" in result.output
+    assert f"{day}\t1\t1\t1\t0\t0\t0" in result.output  # theirs, ours, matched …
+    assert "已记录手续费：1" in result.output
     assert apis.last("/pay/downloadbill").data["bill_type"] == "ALL"
     missing = runner.invoke(
         args=["payments", "reconcile", "wechatpay", "--day", str(day - timedelta(days=1))]

@@ -424,7 +424,7 @@ def test_an_event_we_do_not_act_on_is_taken(app, client, payment_id):
 
 def test_settle_queries_v3_and_closes_expired(app, client, payment_id, apis, runner):
     result = runner.invoke(args=["payments", "settle", "--older-than", "0"])
-    assert "0 settled" in result.output  # NOTPAY: still waiting
+    assert "已核实：0；" in result.output  # NOTPAY: still waiting
     with app.app_context():
         public_id = the_payment().public_id
     apis.wechat_v3_orders[public_id] |= {
@@ -434,7 +434,7 @@ def test_settle_queries_v3_and_closes_expired(app, client, payment_id, apis, run
     }
     result = runner.invoke(args=["payments", "settle", "--older-than", "0"])
     assert result.exit_code == 0, result.output
-    assert "1 settled" in result.output
+    assert "已核实：1；" in result.output
     assert apis.last("/v3/pay/transactions/out-trade-no/").method == "GET"
     with app.app_context():
         assert db.session.scalars(sa.select(Member.number_label)).all() == ["0001"]
@@ -465,8 +465,8 @@ def test_reconcile_from_the_v3_trade_bill(app, client, payment_id, apis, runner)
     apis.wechat_v3_bills[day.isoformat()] = wechat_bill(wechat_line(transaction))
     result = runner.invoke(args=["payments", "reconcile", "wechatpay", "--day", str(day)])
     assert result.exit_code == 0, result.output
-    assert f"{day}       1      1        1" in result.output
-    assert "1 fees recorded" in result.output
+    assert f"{day}\t1\t1\t1\t0\t0\t0" in result.output  # theirs, ours, matched …
+    assert "已记录手续费：1" in result.output
     assert apis.last("/v3/bill/tradebill").data["bill_type"] == "ALL"
     missing = runner.invoke(
         args=["payments", "reconcile", "wechatpay", "--day", str(day - timedelta(days=1))]

@@ -135,7 +135,7 @@ def test_join_journey_on_a_phone(live_server, browser):
     shot(page, "01-join-page")
 
     page.locator("#tier-main a.button").click()
-    expect(page.locator("h1")).to_have_text("正式成员 · Member")
+    expect(page.locator("h1")).to_have_text("正式成员")
     shot(page, "02-join-form")
 
     page.get_by_role("button", name="去支付 ¥99.00 · Pay").click()

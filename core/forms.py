@@ -1,0 +1,44 @@
+"""Form fields every package's forms share: an amount of money typed by an admin.
+
+Forms are declared before their currency is known (it is the community's, the payment's),
+so a :class:`MoneyField` is told its currency by the view before the form is validated.
+"""
+
+from __future__ import annotations
+
+from wtforms import StringField
+from wtforms.validators import ValidationError
+
+from core.money import AmountError, Money
+
+
+class MoneyField(StringField):
+    """An amount typed in major units ("99", "99.00"), read by :meth:`Money.parse_major`.
+
+    ``data`` stays the text typed (a refused amount is shown again as it was typed);
+    ``money`` is the amount once the form has validated, else None. The view sets
+    ``currency`` before validating; an empty field is an amount of zero unless the field
+    has a validator that stops on empty input (``Optional``, ``DataRequired``)."""
+
+    def __init__(self, label=None, validators=None, currency: str | None = None, **kwargs):
+        super().__init__(label, validators, **kwargs)
+        self.currency = currency
+        self.money: Money | None = None
+
+    def process_formdata(self, valuelist: list) -> None:
+        """What was typed, trimmed; a form sent without the field typed nothing (never
+        the object's amount in minor units, which a form filled from a model holds)."""
+        self.data = valuelist[0].strip() if valuelist else ""
+
+    def post_validate(self, form, validation_stopped: bool) -> None:
+        """Called by WTForms after the field's validators: read the amount, unless a
+        validator already settled the field (an optional field left empty)."""
+        self.money = None
+        if validation_stopped or self.errors:
+            return
+        if self.currency is None:
+            raise RuntimeError(f"set {self.name}.currency before validating the form")
+        try:
+            self.money = Money.parse_major(self.data or "0", self.currency)
+        except AmountError as refused:
+            raise ValidationError(str(refused.message)) from refused
