@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
@@ -87,7 +88,7 @@ def redeem_perk(perk_id: int):
         db.session.rollback()
         flash(str(refusal), "error")
         return redirect(url_for("membership.me"), 303)
-    flash(f"已领取：{perk.name} · Redeemed", "ok")
+    flash(_("Redeemed: %(perk)s", perk=perk.name), "ok")
     return redirect(url_for("membership.me"), 303)
 
 
