@@ -21,6 +21,7 @@ import tokenize
 from collections.abc import Iterator
 from pathlib import Path
 
+from babel import Locale
 from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po, write_po
@@ -153,10 +154,23 @@ def compile_catalogs(translations: Path) -> None:
     """Write each catalog's ``.mo`` file, which the app reads, when the ``.po`` is newer.
     Untranslated and fuzzy messages are left out (they show their English id)."""
     for path in translations.glob("*/LC_MESSAGES/messages.po"):
-        target = path.with_suffix(".mo")
-        if not target.exists() or target.stat().st_mtime < path.stat().st_mtime:
-            with target.open("wb") as mo:
-                write_mo(mo, _read(path))
+        for target in _compiled_paths(translations, path):
+            if not target.exists() or target.stat().st_mtime < path.stat().st_mtime:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("wb") as mo:
+                    write_mo(mo, _read(path))
+
+
+def _compiled_paths(translations: Path, po: Path) -> list[Path]:
+    """Where the ``.mo`` of catalog ``po`` goes: beside it, and also under Babel's own
+    spelling of its locale when that differs (Flask-Babel looks for ``zh_CN``'s catalog in
+    ``zh_Hans_CN/``: ``Locale.parse("zh_CN")`` adds the script)."""
+    code = po.parent.parent.name
+    spelled = str(Locale.parse(code))
+    paths = [po.with_suffix(".mo")]
+    if spelled != code:
+        paths.append(translations / spelled / "LC_MESSAGES" / po.with_suffix(".mo").name)
+    return paths
 
 
 def report(translations: Path) -> None:
