@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from babel import Locale
-from flask import Blueprint, Flask, abort, g, redirect, request, session
+from flask import Blueprint, Flask, abort, g, has_request_context, redirect, request, session
 from flask_babel import Babel, get_locale
 
 from core.security import same_site_path
@@ -68,7 +68,11 @@ def _community() -> CommunityPreferences | None:
 
 
 def select_locale() -> str:
-    """Flask-Babel's locale selector (see the module's docstring for the order)."""
+    """Flask-Babel's locale selector (see the module's docstring for the order). Outside
+    a request (the CLI, the worker, a test's app context) there is no browser to ask:
+    the default, unless the caller chose one with ``flask_babel.force_locale``."""
+    if not has_request_context():
+        return DEFAULT_LOCALE
     chosen = session.get(LOCALE_SESSION_KEY)
     if chosen in LOCALES:
         return chosen

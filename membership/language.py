@@ -5,13 +5,14 @@ else the default. Used with :func:`flask_babel.force_locale`."""
 from __future__ import annotations
 
 from core.i18n import DEFAULT_LOCALE, LOCALES
-from membership.models import Community, Member
+from membership.models import Community
 
 
-def reader_locale(member: Member | None, community: Community) -> str:
-    """Called before writing a message that leaves through the outbox; returns a locale
-    there is a catalog for."""
-    for locale in (member.locale if member is not None else None, community.locale):
+def reader_locale(chosen: str | None, community: Community) -> str:
+    """Called before writing a message that leaves through the outbox, with the locale
+    the reader chose (``Member.locale``), if known; returns a locale there is a catalog
+    for."""
+    for locale in (chosen, community.locale):
         if locale in LOCALES:
             return locale
     return DEFAULT_LOCALE

@@ -48,6 +48,10 @@ def _tell(
     ).id
 
 
+def _chosen_locale(application: Application) -> str | None:
+    return application.member.locale if application.member is not None else None
+
+
 def _pending(application: Application) -> None:
     if application.status is not ApplicationStatus.PENDING_REVIEW:
         raise ScreeningRefused(_("This application was reviewed already"))
@@ -67,7 +71,7 @@ def approve(application: Application, *, actor: str, now: datetime | None = None
     link = url_for(
         "membership.pay_link", slug=community.slug, token=application.pay_token, _external=True
     )
-    with force_locale(reader_locale(application.member, community)):
+    with force_locale(reader_locale(_chosen_locale(application), community)):
         subject = _("%(community)s: you are approved", community=community.name)
         body = ngettext(
             "Welcome to %(community)s! Pay within %(num)s day with your own link: %(link)s",
@@ -111,7 +115,7 @@ def reject(
     application.review_reason = reason.strip()[:300]
     audit.record("application.rejected", application, actor=actor, data={"reason": reason}, now=now)
     community = application.community
-    with force_locale(reader_locale(application.member, community)):
+    with force_locale(reader_locale(_chosen_locale(application), community)):
         subject = _("%(community)s: about your application", community=community.name)
         body = _(
             "Thank you for applying to %(community)s. This time we could not accept you: "

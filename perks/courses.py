@@ -279,7 +279,8 @@ def launch(course: Course, *, actor: str, now: datetime) -> int:
         if member.id in skipped:
             continue
         quote = _best_price(course, standing, offers)
-        with force_locale(reader_locale(member, course.community)):
+        # A Recipient (perks.announcements) does not load the member's own choice.
+        with force_locale(reader_locale(getattr(member, "locale", None), course.community)):
             subject = _(
                 "%(community)s: a new course, %(title)s",
                 community=course.community.name,

@@ -20,7 +20,7 @@ from perks.models import EligibilityRule
 @dataclass(frozen=True, slots=True)
 class Condition:
     met: bool
-    #: Chinese first, English second.
+    #: What the member reads, in the language of the request (or the default outside one).
     text: str
 
 
