@@ -99,6 +99,7 @@ from membership.services import (
     prove_application,
     submit_application,
 )
+from membership.share import wechat_share_config
 from membership.visits import count_visit
 from payments.discounts import DiscountRefused
 from payments.models import Order, OrderStatus
@@ -115,6 +116,8 @@ from payments.views import (
 )
 
 bp = Blueprint("membership", __name__)
+#: The join pages' WeChat share settings (``templates/join/_share.html``).
+bp.add_app_template_global(wechat_share_config)
 
 #: The session key that holds the member this browser is logged in as: their id, their
 #: credential version, whether the login was proven, and when it was made.
