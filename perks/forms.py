@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
@@ -37,7 +38,7 @@ MONEY_HINT = "价格格式不正确，例如 9 或 9.90 · Enter an amount like 
 
 class CourseBuyForm(FlaskForm):
     coupon = coupon_code_field()
-    provider = RadioField("支付方式 · Pay with", validators=[InputRequired(REQUIRED)])
+    provider = RadioField(_l("Pay with"), validators=[InputRequired(REQUIRED)])
     submission_key = HiddenField(validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")])
 
 
