@@ -28,6 +28,7 @@ from core.db import db, init_db
 from core.observability import init_observability
 from core.security import csrf, init_security_headers
 from core.static_files import init_static_files
+from demo import demo_command
 from membership import admin as membership_admin
 from membership import checks as membership_checks  # noqa: F401 (registers its checks)
 from membership import cli as membership_cli
@@ -44,14 +45,19 @@ from membership.visits import init_visits
 from payments import admin as payments_admin
 from payments import checks as payments_checks  # noqa: F401 (registers its checks)
 from payments.cli import payments_cli
-from payments.discounts import register_discount_rule
+from payments.discounts import register_discount_quote, register_discount_rule
 from payments.providers import init_providers
 from payments.signals import access_restored, access_withdrawn, order_paid
 from payments.views import fake_cashier, webhooks, wechatpay
 from perks import admin as perks_admin
 from perks import cli as perks_cli
 from perks import views as perks_views
-from perks.coupons import consume_paid_coupon, release_refunded_coupon, reserve_coupon
+from perks.coupons import (
+    consume_paid_coupon,
+    quote_coupon,
+    release_refunded_coupon,
+    reserve_coupon,
+)
 from perks.courses import activate_paid_enrolment, restore_enrolment, withdraw_enrolment
 
 migrate = Migrate()
@@ -119,6 +125,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     csrf.init_app(app)
     init_providers(app)
     register_discount_rule(app, reserve_coupon)
+    register_discount_quote(app, quote_coupon)
     init_visits(app)
     init_static_files(app)
 
@@ -145,6 +152,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.cli.add_command(payments_cli)
     app.cli.add_command(perks_cli.seed_demo_perks_command)
     app.cli.add_command(check_command)
+    app.cli.add_command(demo_command)
 
     if app.config["QUEUE_IN_PROCESS"] and not app.testing:
         start_in_process_worker(app)

@@ -152,25 +152,16 @@ def text_outside_catalogs(root: Path, sources: list[str]) -> Iterator[str]:
 
 def compile_catalogs(translations: Path) -> None:
     """Write each catalog's ``.mo`` file, which the app reads, when the ``.po`` is newer.
-    Untranslated and fuzzy messages are left out (they show their English id)."""
+    Untranslated and fuzzy messages are left out (they show their English id). The file
+    goes where Flask-Babel looks for it: under the locale as Babel spells it (``zh_CN``
+    is ``zh_Hans_CN`` to Babel, and gettext would never try ``zh_CN``)."""
     for path in translations.glob("*/LC_MESSAGES/messages.po"):
-        for target in _compiled_paths(translations, path):
-            if not target.exists() or target.stat().st_mtime < path.stat().st_mtime:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with target.open("wb") as mo:
-                    write_mo(mo, _read(path))
-
-
-def _compiled_paths(translations: Path, po: Path) -> list[Path]:
-    """Where the ``.mo`` of catalog ``po`` goes: beside it, and also under Babel's own
-    spelling of its locale when that differs (Flask-Babel looks for ``zh_CN``'s catalog in
-    ``zh_Hans_CN/``: ``Locale.parse("zh_CN")`` adds the script)."""
-    code = po.parent.parent.name
-    spelled = str(Locale.parse(code))
-    paths = [po.with_suffix(".mo")]
-    if spelled != code:
-        paths.append(translations / spelled / "LC_MESSAGES" / po.with_suffix(".mo").name)
-    return paths
+        spelled = str(Locale.parse(path.parent.parent.name))
+        target = translations / spelled / "LC_MESSAGES" / "messages.mo"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists() or target.stat().st_mtime < path.stat().st_mtime:
+            with target.open("wb") as mo:
+                write_mo(mo, _read(path))
 
 
 def report(translations: Path) -> None:

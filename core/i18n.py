@@ -17,7 +17,17 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from babel import Locale
-from flask import Blueprint, Flask, abort, g, has_request_context, redirect, request, session
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    g,
+    has_request_context,
+    redirect,
+    request,
+    session,
+)
 from flask_babel import Babel, get_locale
 
 from core.security import same_site_path
@@ -69,10 +79,9 @@ def _community() -> CommunityPreferences | None:
 
 def select_locale() -> str:
     """Flask-Babel's locale selector (see the module's docstring for the order). Outside
-    a request (the CLI, the worker, a test's app context) there is no browser to ask:
-    the default, unless the caller chose one with ``flask_babel.force_locale``."""
+    a request (a ``flask`` command, the worker): the ``QUNMEN_LOCALE`` setting."""
     if not has_request_context():
-        return DEFAULT_LOCALE
+        return current_app.config.get("QUNMEN_LOCALE", DEFAULT_LOCALE)
     chosen = session.get(LOCALE_SESSION_KEY)
     if chosen in LOCALES:
         return chosen
@@ -85,6 +94,8 @@ def select_locale() -> str:
 def select_time_zone() -> str | None:
     """Times are shown in the zone of the community the page belongs to, else the
     install's default (``BABEL_DEFAULT_TIMEZONE``)."""
+    if not has_request_context():
+        return None
     community = _community()
     return community.time_zone if community is not None else None
 

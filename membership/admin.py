@@ -308,6 +308,7 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
                     "sort_order",
                     "requires_screening",
                     "is_lobby",
+                    *TierForm.renewal_fields,
                 ],
             )
             if (tier.price, tier.currency) != (price.amount, price.currency):

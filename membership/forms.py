@@ -269,6 +269,46 @@ class TierForm(FlaskForm):
     requires_screening = BooleanField("需回答问题并审核 · Applicants are screened")
     is_lobby = BooleanField("大厅（审核期间先进此群）· The lobby screened applicants wait in")
     groups = SelectMultipleField("邀请进入的群 · Groups", coerce=int)
+    # Renewal by band (``membership.renewal``): percentages of the renewal price. Left out
+    # or left empty, each keeps its default (today's behaviour: 100 %, no grace days).
+    #: The renewal fields, saved on the tier as they are.
+    renewal_fields = (
+        "renewal_early_percent",
+        "renewal_grace_days",
+        "renewal_grace_percent",
+        "renewal_late_percent",
+        "renewal_window_days",
+    )
+    renewal_early_percent = IntegerField(
+        _l("Renewal price before the end (percent)"),
+        default=100,
+        filters=[lambda value: 100 if value is None else value],
+        validators=[Optional(), NumberRange(min=1, max=500)],
+    )
+    renewal_grace_days = IntegerField(
+        _l("Grace days after the end (0: none)"),
+        default=0,
+        filters=[lambda value: 0 if value is None else value],
+        validators=[Optional(), NumberRange(min=0, max=365)],
+    )
+    renewal_grace_percent = IntegerField(
+        _l("Renewal price within the grace days (percent)"),
+        default=100,
+        filters=[lambda value: 100 if value is None else value],
+        validators=[Optional(), NumberRange(min=1, max=500)],
+    )
+    renewal_late_percent = IntegerField(
+        _l("Renewal price later (percent)"),
+        default=100,
+        filters=[lambda value: 100 if value is None else value],
+        validators=[Optional(), NumberRange(min=1, max=500)],
+    )
+    renewal_window_days = IntegerField(
+        _l("The renew button appears this many days before the end"),
+        default=30,
+        filters=[lambda value: 30 if value is None else value],
+        validators=[Optional(), NumberRange(min=1, max=3650)],
+    )
 
     def price_in(self, currency: str) -> Money:
         """The price typed, in ``currency``; raises ValueError if it is not an amount."""

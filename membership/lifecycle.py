@@ -11,11 +11,15 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import url_for
+from flask_babel import force_locale
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import joinedload, selectinload
 
 from core import audit
 from core.clock import utcnow
 from core.db import db
+from core.i18n import DEFAULT_LOCALE
 from core.outbox import MessageKind
 from membership.models import (
     LISTED_ORDER,
@@ -29,6 +33,7 @@ from membership.models import (
     Tier,
     TierKind,
 )
+from membership.renewal import renewable, renewal_opens_at, renewal_price
 from membership.services import (
     JoinRefused,
     allocate_member_number,
@@ -42,7 +47,7 @@ from payments.services import create_order
 
 
 class PurgeRefused(Exception):
-    """The message says why, Chinese first; nothing changed."""
+    """The message says why, in the reader's language; nothing changed."""
 
 
 def identifiers_from_csv(data: bytes) -> list[str]:
@@ -117,7 +122,7 @@ def run_purge(
         )
     )
     if done is not None:
-        raise PurgeRefused("这次清退已经执行过 · This purge was run already")
+        raise PurgeRefused(_l("This purge was run already"))
     candidates = purge_candidates(community, inactive_since)
     for membership in candidates:
         end_membership(membership, MembershipStatus.PURGED, reason="purge", actor=actor, now=now)
@@ -152,25 +157,36 @@ def expire_memberships(*, now: datetime | None = None) -> int:
     return len(due)
 
 
+def in_language_of(member: Member):
+    """Text made inside this block speaks ``member``'s language (their choice, else their
+    community's default): messages sent to them, and the order they pay."""
+    return force_locale(member.locale or member.community.locale or DEFAULT_LOCALE)
+
+
 class RenewalRefused(Exception):
-    """The message says why, Chinese first; nothing changed."""
+    """The message says why, in the reader's language; nothing changed."""
 
 
 def start_renewal(membership: Membership, *, now: datetime | None = None) -> Application:
-    """The renewal a member pays to extend ``membership``: its order is at the tier's
-    renewal price. Asking again while one waits for payment gives that one back.
+    """The renewal a member pays to extend ``membership``: its order is at the price of the
+    band ``now`` falls in (:func:`membership.renewal.renewal_price`), which it keeps however
+    late it is paid. Asking again while one waits for payment gives that one back.
 
-    A tier that costs nothing to renew is refused rather than extended for free: its term
-    is a trial or a lobby stay, which the member may join again once it ends."""
+    Refused before the tier's renewal window opens, and for a membership that is neither
+    current nor expired (see :func:`membership.renewal.renewable`). A tier that costs
+    nothing to renew is refused rather than extended for free: its term is a trial or a
+    lobby stay, which the member may join again once it ends."""
     now = now or utcnow()
     tier = membership.tier
-    if membership.status is not MembershipStatus.ACTIVE or not tier.duration_days:
-        raise RenewalRefused("只有有期限的有效会员可以续费 · Only a current term can be renewed")
+    if membership.ends_at is None or not tier.duration_days:
+        raise RenewalRefused(_l("Only a membership with a term can be renewed"))
     if tier.renewal_money.amount == 0:
-        raise RenewalRefused(
-            "免费档位无需续费，到期后可再次免费加入 · A free tier is not renewed: join it "
-            "again, free, once it ends"
-        )
+        raise RenewalRefused(_l("A free tier is not renewed: join it again, free, once it ends"))
+    if not renewable(membership, now):
+        if membership.status is MembershipStatus.ACTIVE:
+            opens = renewal_opens_at(membership).astimezone(ZoneInfo(tier.community.time_zone))
+            raise RenewalRefused(_l("Renewal opens on %(date)s", date=opens.strftime("%Y-%m-%d")))
+        raise RenewalRefused(_l("This membership can no longer be renewed"))
     waiting = db.session.scalar(
         sa.select(Application).where(
             Application.renews_membership_id == membership.id,
@@ -181,9 +197,14 @@ def start_renewal(membership: Membership, *, now: datetime | None = None) -> App
         return waiting
     member = membership.member
     actor = f"member:{member.id}"
+    band = renewal_price(membership, now)
+    with in_language_of(member):
+        description = _(
+            "%(community)s · %(tier)s renewal", community=tier.community.name, tier=tier.name
+        )
     order = create_order(
-        tier.renewal_money,
-        f"{tier.community.name} · {tier.name} 续费",
+        band.price,
+        description,
         community_id=tier.community_id,
         product=tier.name,
         member_id=member.id,
@@ -200,7 +221,13 @@ def start_renewal(membership: Membership, *, now: datetime | None = None) -> App
         renews=membership,
         order_id=order.id,
     )
-    audit.record("membership.renewal_started", membership, actor=actor, now=now)
+    audit.record(
+        "membership.renewal_started",
+        membership,
+        actor=actor,
+        data={"band": band.band.value, "percent": band.percent, "price": str(band.price)},
+        now=now,
+    )
     return renewal
 
 
@@ -227,13 +254,20 @@ def send_reminders(*, now: datetime | None = None) -> list[int]:
             continue
         member = membership.member
         local_end = membership.ends_at.astimezone(ZoneInfo(community.time_zone))
+        with in_language_of(member):
+            subject = _("%(community)s: your membership ends soon", community=community.name)
+            body = _(
+                "Your %(tier)s membership ends on %(date)s. Renewing now costs %(price)s.",
+                tier=membership.tier.name,
+                date=local_end.strftime("%Y-%m-%d"),
+                price=str(renewal_price(membership, now).price),
+            )
         messages.append(
             message_member(
                 member,
                 MessageKind.REMINDER,
-                f"{community.name}：会员即将到期 · Your membership ends soon",
-                f"你的{membership.tier.name}将于 {local_end:%Y-%m-%d} 到期，续费价 "
-                f"{membership.tier.renewal_money}。Your membership ends on {local_end:%Y-%m-%d}.",
+                subject,
+                body,
                 params={"community": community.name, "date": f"{local_end:%Y-%m-%d}"},
                 now=now,
             )
@@ -279,23 +313,33 @@ def open_season(
             )
             db.session.add(membership)
             issue_invitation(membership, actor=actor, now=now)
-            body = (
-                f"{community.name}开启了{season.name}，已为你准备好入群邀请，登录后查看：{{link}}"
-            )
             link = url_for("membership.login", slug=community.slug, _external=True)
+            with in_language_of(member):
+                body = _(
+                    "%(community)s has opened %(season)s. Your invitation to its group is "
+                    "ready: log in to see it: %(link)s",
+                    community=community.name,
+                    season=season.name,
+                    link=link,
+                )
         else:
-            body = (
-                f"{community.name}开启了{season.name}，季费 {season.price_money}，"
-                "登录后即可加入：{link}"
-            )
             link = url_for(
                 "membership.join", slug=community.slug, tier_code=season.code, _external=True
             )
+            with in_language_of(member):
+                body = _(
+                    "%(community)s has opened %(season)s, for a fee of %(price)s. Log in to "
+                    "join it: %(link)s",
+                    community=community.name,
+                    season=season.name,
+                    price=str(season.price_money),
+                    link=link,
+                )
         message_member(
             member,
             MessageKind.NOTICE,
-            f"{community.name}：{season.name}",
-            body.format(link=link) + f"\nA new season, {season.name}: {link}",
+            f"{community.name}: {season.name}",
+            body,
             params={"community": community.name, "link": link},
             now=now,
         )
@@ -317,9 +361,9 @@ def grant_by_hand(
     right): a membership and an invitation. Refused if they hold it already."""
     now = now or utcnow()
     if tier.community_id != member.community_id:
-        raise JoinRefused("档位不属于该社群 · Not this community's tier")
+        raise JoinRefused(_l("Not this community's tier"))
     if member.holds(tier.id):
-        raise JoinRefused("已有该档位 · They hold this tier already")
+        raise JoinRefused(_l("They hold this tier already"))
     if tier.kind is TierKind.PAID and member.number is None:
         member.number, member.number_label = allocate_member_number(member.community_id)
     membership = Membership(
@@ -346,7 +390,7 @@ def end_by_hand(
 ) -> None:
     """An admin ends a membership; its invitations are revoked."""
     if membership.status not in (MembershipStatus.ACTIVE, MembershipStatus.SUSPENDED):
-        raise JoinRefused("该资格已结束 · This membership has ended already")
+        raise JoinRefused(_l("This membership has ended already"))
     end_membership(
         membership, MembershipStatus.ENDED, reason=reason, actor=actor, now=now or utcnow()
     )

@@ -135,6 +135,19 @@ class Tier(db.Model):
         sa.CheckConstraint("(kind = 'free') = (price = 0)", name="free_means_zero"),
     )
 
+    # Renewal as 知识星球 does it (``membership.renewal``): the renewal price by band, each
+    # a percentage of :attr:`renewal_money`, and when the renew button appears.
+    #: Renewing before the membership ends ("early").
+    renewal_early_percent: Mapped[int] = mapped_column(default=100, server_default="100")
+    #: Renewing within :attr:`renewal_grace_days` after it ended ("grace").
+    renewal_grace_percent: Mapped[int] = mapped_column(default=100, server_default="100")
+    #: Renewing later than that ("late").
+    renewal_late_percent: Mapped[int] = mapped_column(default=100, server_default="100")
+    #: Days after the end that renew at the grace percentage; 0: none.
+    renewal_grace_days: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: The renew button appears this many days before the end, not a term early.
+    renewal_window_days: Mapped[int] = mapped_column(default=30, server_default="30")
+
     @property
     def price_money(self) -> Money:
         return Money(self.price, self.currency)

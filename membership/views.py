@@ -32,6 +32,7 @@ from core.db import db, end_transaction_keeping_objects
 from core.events import record_event
 from core.i18n import CommunityPreferences, settle_locale_at_login
 from core.limits import TooManyTries, claim, client_network
+from core.money import Money
 from core.security import (
     new_token,
     same_site_path,
@@ -82,6 +83,7 @@ from membership.models import (
     TierAudience,
     TierKind,
 )
+from membership.renewal import endings_of, renewable, renewal_offers, renewal_price
 from membership.screening import (
     ScreeningRefused,
     apply_again,
@@ -95,13 +97,14 @@ from membership.services import (
     check_tier_open,
     find_member_by_openid,
     needs_proof,
+    normalise_contact,
     notify_member_of_their_contact,
     prove_application,
     submit_application,
 )
 from membership.share import wechat_share_config
 from membership.visits import count_visit
-from payments.discounts import DiscountRefused
+from payments.discounts import DiscountRefused, PriceCheck, Purchase, Sale, check_price
 from payments.models import Order, OrderStatus
 from payments.providers import ProviderError, enabled_providers, get_provider
 from payments.providers.wechatpay import WeChatPayBase
@@ -290,11 +293,7 @@ def _join_form(tier: Tier, member: Member | None) -> JoinForm:
 @bp.route("/join/<slug>/<tier_code>", methods=["GET", "POST"])
 def join(slug: str, tier_code: str):
     community = _community(slug)
-    tier = db.session.scalar(
-        sa.select(Tier).where(Tier.community_id == community.id, Tier.code == tier_code)
-    )
-    if tier is None:
-        abort(404)
+    tier = _tier(community, tier_code)
     member = logged_in_member(community, proven=False)
     try:
         check_tier_open(tier, member)
@@ -772,19 +771,7 @@ def me():
             communities=communities,
             wechat_login=_wechat_oauth_provider() is not None and current_payer().in_wechat,
         ), 401
-    pay_form = PayForm()
-    offer_providers(pay_form)
-    bind = session.get(WECHAT_BIND_SESSION_KEY)
-    return render_template(
-        "me/member.html",
-        member=member,
-        invitations=invitations_to_scan(member.invitations),
-        community=member.community,
-        pay_form=pay_form,
-        confirm_wechat=isinstance(bind, dict) and bind.get("member") == member.id,
-        channel_form=None if member.is_reachable else ChannelForm(),
-        wechat_oauth=_wechat_oauth_provider() is not None and current_payer().in_wechat,
-    )
+    return _member_page(member)
 
 
 @bp.post("/me/channel")
@@ -906,8 +893,8 @@ def renew(membership_id: int):
         flash(str(refusal), "error")
         return redirect(url_for(".me"))
     except DiscountRefused as refusal:
-        flash(refuse_discount_code(refusal), "error")
-        return redirect(url_for(".me"))
+        form.coupon.errors.append(refuse_discount_code(refusal))
+        return _member_page(member, pay_form=form, checked_membership=membership.id), 422
     return _continue(renewal, form.provider.data)
 
 
@@ -1209,3 +1196,139 @@ def login_wechat_return(slug: str):
     log_member_in(owner, by="wechat", now=utcnow())
     db.session.commit()
     return redirect(state.get("next") or url_for(".me"))
+
+
+# The price before paying, and renewal by band ---------------------------------------------
+
+
+def _tier(community: Community, tier_code: str) -> Tier:
+    """The community's tier of the page, or a 404."""
+    tier = db.session.scalar(
+        sa.select(Tier).where(Tier.community_id == community.id, Tier.code == tier_code)
+    )
+    if tier is None:
+        abort(404)
+    return tier
+
+
+def check_typed_price(
+    list_price: Money,
+    code: str | None,
+    *,
+    community_id: int,
+    member_id: int | None,
+    product: str,
+    buyer: str,
+) -> PriceCheck:
+    """A page's "check price" button: the price with the coupon code typed, checked by the
+    same rules as the order (:func:`payments.discounts.check_price`). The code counts as a
+    coupon try (claimed and committed first, as when an order is made); over the limit, the
+    undiscounted price and the limit's message. Creates nothing else."""
+    try:
+        claim_discount_code_try(code)
+    except DiscountRefused as refusal:
+        return PriceCheck(list_price, Money(0, list_price.currency), str(refusal))
+    purchase = Purchase(product=product, buyer=buyer)
+    return check_price(
+        Sale(community_id, member_id, list_price), code or "", purchase, now=utcnow()
+    )
+
+
+def _join_buyer(form: JoinForm, member: Member | None) -> str:
+    """Whom a price check on the join form counts per-person coupon limits for: the member,
+    or the contact typed (spelt as the application will keep it)."""
+    if member is not None:
+        return f"member:{member.id}"
+    if form.contact_value.data and form.contact_kind.data in set(ContactKind):
+        kind = ContactKind(form.contact_kind.data)
+        return f"{kind}:{normalise_contact(kind, form.contact_value.data)}"
+    return "prospect"
+
+
+@bp.post("/join/<slug>/<tier_code>/price")
+def join_price(slug: str, tier_code: str):
+    """The join form's "check price" button: the same form again, as it was typed, with
+    the price the coupon code gives ("You save ¥X, you pay ¥Y") or its refusal beside it.
+    Nothing is made (no application, no order); the other fields are not checked yet."""
+    community = _community(slug)
+    tier = _tier(community, tier_code)
+    member = logged_in_member(community, proven=False)
+    try:
+        check_tier_open(tier, member)
+    except JoinRefused:
+        abort(404)
+    form = _join_form(tier, member)
+    if "coupon" not in form or not form.coupon.validate(form):
+        return render_template(
+            "join/form.html", community=community, tier=tier, form=form, member=member
+        ), 422
+    priced = check_typed_price(
+        tier.price_money,
+        form.coupon.data,
+        community_id=community.id,
+        member_id=member.id if member else None,
+        product=f"tier:{tier.id}",
+        buyer=_join_buyer(form, member),
+    )
+    if priced.refusal:
+        form.coupon.errors.append(priced.refusal)
+    return render_template(
+        "join/form.html",
+        community=community,
+        tier=tier,
+        form=form,
+        member=member,
+        price_check=priced,
+    ), 422 if priced.refusal else 200
+
+
+def _member_page(member: Member, **checked: Any) -> str:
+    """The member's page: memberships with their days left, renewal bands and renew
+    buttons (or why they ended), invitations, perks. ``checked`` carries a renewal's price
+    check (:func:`renew_price`): the form it was typed in and its answer."""
+    now = utcnow()
+    pay_form = checked.pop("pay_form", None) or PayForm(formdata=None)
+    offer_providers(pay_form)
+    bind = session.get(WECHAT_BIND_SESSION_KEY)
+    return render_template(
+        "me/member.html",
+        member=member,
+        invitations=invitations_to_scan(member.invitations),
+        community=member.community,
+        pay_form=pay_form,
+        confirm_wechat=isinstance(bind, dict) and bind.get("member") == member.id,
+        channel_form=None if member.is_reachable else ChannelForm(),
+        wechat_oauth=_wechat_oauth_provider() is not None and current_payer().in_wechat,
+        renewals=renewal_offers(member, now),
+        endings=endings_of(member),
+        **checked,
+    )
+
+
+@bp.post("/me/renew/<int:membership_id>/price")
+def renew_price(membership_id: int):
+    """The renewal's "check price" button on ``/me``: the page again, with the price of
+    the renewal band now and the coupon code typed ("You save ¥X, you pay ¥Y"), or the
+    code's refusal beside it. Nothing is made (no renewal, no order)."""
+    member = logged_in_member()
+    membership = db.session.get(Membership, membership_id)
+    if member is None or membership is None or membership.member_id != member.id:
+        abort(404)
+    now = utcnow()
+    if not renewable(membership, now):
+        abort(404)
+    form = PayForm()
+    if not form.coupon.validate(form):
+        return _member_page(member, pay_form=form, checked_membership=membership.id), 422
+    priced = check_typed_price(
+        renewal_price(membership, now).price,
+        form.coupon.data,
+        community_id=member.community_id,
+        member_id=member.id,
+        product=f"tier:{membership.tier_id}",
+        buyer=f"member:{member.id}",
+    )
+    if priced.refusal:
+        form.coupon.errors.append(priced.refusal)
+    page = _member_page(member, pay_form=form, price_check=priced, checked_membership=membership.id)
+    return page, 422 if priced.refusal else 200

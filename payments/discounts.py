@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import Flask, current_app
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 
 from core import audit
 from core.db import db
@@ -38,8 +40,37 @@ class Purchase:
     buyer: str
 
 
+@dataclass(frozen=True, slots=True)
+class Sale:
+    """What a discount rule reads of an order, which a price check has before any order
+    exists: the community selling, the member buying (when known), the list price."""
+
+    community_id: int
+    member_id: int | None
+    list_price: Money
+
+    @classmethod
+    def of(cls, order: Order) -> Sale:
+        return cls(order.community_id, order.member_id, Money(order.list_amount, order.currency))
+
+
+@dataclass(frozen=True, slots=True)
+class PriceCheck:
+    """The answer of :func:`check_price`: the price before the discount, what the code
+    takes off (zero when it was refused or none was typed), and why it was refused."""
+
+    list_price: Money
+    discount: Money
+    refusal: str | None = None
+
+    @property
+    def price(self) -> Money:
+        return self.list_price - self.discount
+
+
 class DiscountRefused(PaymentError):
-    """The code does not apply to this order; the message says why, Chinese first."""
+    """The code does not apply to this order; the message says why, in the reader's
+    language."""
 
 
 #: ``rule(order, code, purchase, now=)`` → the discount, or raises :class:`DiscountRefused`.
@@ -47,18 +78,53 @@ class DiscountRefused(PaymentError):
 DiscountRule = Callable[..., Money]
 
 _RULE = "qunmen.discount_rule"
-UNKNOWN_CODE = "优惠码不存在 · Unknown coupon code"
+UNKNOWN_CODE = _l("Unknown coupon code")
 #: Codes one client (an IPv4 address or an IPv6 /64) may try in a window, right or wrong.
 CODE_TRIES_PER_CLIENT = Limit("coupon-try:client", 10, timedelta(minutes=15))
 #: Codes all clients together may try in a window: a guesser with many addresses meets it.
 CODE_TRIES_IN_ALL = Limit("coupon-try:all", 1000, timedelta(minutes=15))
-TOO_MANY_TRIES = (
-    "优惠码尝试次数过多，请15分钟后再试 · Too many coupon codes tried: try again in 15 minutes"
-)
+TOO_MANY_TRIES = _l("Too many coupon codes tried: try again in 15 minutes")
 
 
 def register_discount_rule(app: Flask, rule: DiscountRule) -> None:
     app.extensions[_RULE] = rule
+
+
+#: ``quote(sale, code, purchase, now=)`` → the discount the rule would give, or raises
+#: :class:`DiscountRefused`, with the same checks as the rule and recording nothing.
+DiscountQuote = Callable[..., Money]
+_QUOTE = "qunmen.discount_quote"
+
+
+def register_discount_quote(app: Flask, quote: DiscountQuote) -> None:
+    """Called once at start-up with the read-only twin of the discount rule."""
+    app.extensions[_QUOTE] = quote
+
+
+def check_price(sale: Sale, code: str, purchase: Purchase, *, now: datetime) -> PriceCheck:
+    """The price a payer would pay with ``code``, before they leave for the cashier ("check
+    price" on the join form, a renewal, a course page): the discount the registered rule
+    would give an order for ``sale`` made now, by the same checks. Creates nothing (no
+    order, no reservation); the caller counts the try first (:func:`claim_code_try`). The
+    order made afterwards computes its own discount: this is an estimate the payer reads,
+    never what is charged. A refused code gives the undiscounted price and the refusal."""
+    code = normalise_code(code)
+    zero = Money(0, sale.list_price.currency)
+    quote = current_app.extensions.get(_QUOTE)
+    if not code:
+        return PriceCheck(sale.list_price, zero)
+    try:
+        if quote is None:
+            raise DiscountRefused(UNKNOWN_CODE)
+        discount = quote(sale, code, purchase, now=now)
+        if (
+            not 0 < discount.amount <= sale.list_price.amount
+            or discount.currency != sale.list_price.currency
+        ):
+            raise DiscountRefused(UNKNOWN_CODE)
+    except DiscountRefused as refusal:
+        return PriceCheck(sale.list_price, zero, str(refusal))
+    return PriceCheck(sale.list_price, discount)
 
 
 def normalise_code(code: str) -> str:
@@ -79,12 +145,9 @@ def discount_order(
     if order.coupon_code == code:
         return order.discount
     if order.coupon_code is not None:
-        raise DiscountRefused("每笔订单只能使用一张优惠券 · One coupon per order")
+        raise DiscountRefused(_("One coupon per order"))
     if order.status is not OrderStatus.OPEN or order.expires_at <= now or order.payments:
-        raise DiscountRefused(
-            "订单已开始支付，不能再用优惠券 · This order is being paid: a coupon can no longer "
-            "be applied"
-        )
+        raise DiscountRefused(_("This order is being paid: a coupon can no longer be applied"))
     rule = current_app.extensions.get(_RULE)
     if rule is None or not code:
         raise DiscountRefused(UNKNOWN_CODE)

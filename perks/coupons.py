@@ -15,12 +15,13 @@ import secrets
 from datetime import datetime
 
 import sqlalchemy as sa
+from flask_babel import gettext as _
 
 from core import audit
 from core.db import db
 from core.money import Money
 from membership.models import Community, Member
-from payments.discounts import UNKNOWN_CODE, DiscountRefused, Purchase
+from payments.discounts import UNKNOWN_CODE, DiscountRefused, Purchase, Sale
 from payments.models import FlagKind, Order, OrderStatus
 from payments.services import flag_order
 from perks.eligibility import community_standings, is_eligible
@@ -34,10 +35,28 @@ def discount_for(coupon: Coupon, list_amount: int) -> int:
     return min(coupon.amount_off, list_amount)
 
 
-def _live_uses(coupon: Coupon, buyer: str, *, now: datetime) -> tuple[int, int]:
+def _counted_uses(coupon: Coupon, buyer: str, *, now: datetime) -> tuple[int, int]:
     """How many uses count against the limits, in all and by ``buyer``: consumed ones, and
-    reservations whose order can still be paid. Reservations of orders that can no longer
-    be paid (expired) are released here first."""
+    reservations whose order can still be paid (not those of orders that expired)."""
+    lapsed = sa.and_(
+        CouponUse.status == CouponUseStatus.RESERVED,
+        sa.or_(Order.status != OrderStatus.OPEN, Order.expires_at <= now),
+    )
+    counted = sa.func.count(CouponUse.id)
+    return db.session.execute(
+        sa.select(counted, counted.filter(CouponUse.buyer == buyer))
+        .join(Order, Order.id == CouponUse.order_id)
+        .where(
+            CouponUse.coupon_id == coupon.id,
+            CouponUse.status != CouponUseStatus.RELEASED,
+            sa.not_(lapsed),
+        )
+    ).one()
+
+
+def _live_uses(coupon: Coupon, buyer: str, *, now: datetime) -> tuple[int, int]:
+    """:func:`_counted_uses`, after releasing the reservations of orders that can no
+    longer be paid (expired)."""
     lapsed = db.session.scalars(
         sa.select(CouponUse)
         .join(Order, Order.id == CouponUse.order_id)
@@ -49,53 +68,56 @@ def _live_uses(coupon: Coupon, buyer: str, *, now: datetime) -> tuple[int, int]:
     ).all()
     for use in lapsed:
         release(use, reason="order_expired", now=now)
-    counted = sa.func.count(CouponUse.id)
-    return db.session.execute(
-        sa.select(counted, counted.filter(CouponUse.buyer == buyer)).where(
-            CouponUse.coupon_id == coupon.id, CouponUse.status != CouponUseStatus.RELEASED
-        )
-    ).one()
+    return _counted_uses(coupon, buyer, now=now)
+
+
+def _applicable(
+    sale: Sale, code: str, purchase: Purchase, *, now: datetime, reserving: bool
+) -> tuple[Coupon, int]:
+    """The coupon behind ``code`` and the minor units it takes off ``sale`` for
+    ``purchase`` at ``now``, or :class:`DiscountRefused` saying why not. ``reserving``
+    locks the coupon's row (its uses are counted for a reservation) and releases lapsed
+    reservations; without it nothing is locked or changed (a price check)."""
+    query = sa.select(Coupon).where(Coupon.community_id == sale.community_id, Coupon.code == code)
+    coupon = db.session.scalar(query.with_for_update() if reserving else query)
+    if coupon is None or not coupon.active:
+        raise DiscountRefused(UNKNOWN_CODE)
+    if coupon.valid_from is not None and now < coupon.valid_from:
+        raise DiscountRefused(_("This coupon is not valid yet"))
+    if coupon.valid_until is not None and now >= coupon.valid_until:
+        raise DiscountRefused(_("This coupon has expired"))
+    scoped = {f"tier:{t.id}" for t in coupon.tiers} | {f"course:{c.id}" for c in coupon.courses}
+    if (scoped and purchase.product not in scoped) or coupon.currency != sale.list_price.currency:
+        raise DiscountRefused(_("This coupon does not apply to this purchase"))
+    if sale.list_price.amount < coupon.min_amount:
+        minimum = Money(coupon.min_amount, coupon.currency)
+        raise DiscountRefused(_("For orders of %(amount)s or more", amount=str(minimum)))
+    if coupon.issued_only and not _granted(coupon, sale.member_id):
+        raise DiscountRefused(_("This coupon is only for the members it was given to"))
+    count_uses = _live_uses if reserving else _counted_uses
+    uses, buyer_uses = count_uses(coupon, purchase.buyer, now=now)
+    if coupon.max_uses is not None and uses >= coupon.max_uses:
+        raise DiscountRefused(_("This coupon has been used up"))
+    if buyer_uses >= coupon.max_uses_per_buyer:
+        raise DiscountRefused(_("You have used this coupon already"))
+    discount = discount_for(coupon, sale.list_price.amount)
+    if discount <= 0:
+        raise DiscountRefused(_("Nothing to take off this order"))
+    return coupon, discount
+
+
+def quote_coupon(sale: Sale, code: str, purchase: Purchase, *, now: datetime) -> Money:
+    """The discount quote registered with :mod:`payments.discounts` (a price check): what
+    :func:`reserve_coupon` would take off, by the same checks, recording nothing. Raises
+    :class:`DiscountRefused`."""
+    _coupon, discount = _applicable(sale, code, purchase, now=now, reserving=False)
+    return Money(discount, sale.list_price.currency)
 
 
 def reserve_coupon(order: Order, code: str, purchase: Purchase, *, now: datetime) -> Money:
     """The discount rule registered with :mod:`payments.discounts`: ``code`` on ``order``
     for ``purchase``, its use reserved (flushed). Raises :class:`DiscountRefused`."""
-    coupon = db.session.scalar(
-        sa.select(Coupon)
-        .where(Coupon.community_id == order.community_id, Coupon.code == code)
-        .with_for_update()
-    )
-    if coupon is None or not coupon.active:
-        raise DiscountRefused(UNKNOWN_CODE)
-    if coupon.valid_from is not None and now < coupon.valid_from:
-        raise DiscountRefused("优惠券尚未生效 · This coupon is not valid yet")
-    if coupon.valid_until is not None and now >= coupon.valid_until:
-        raise DiscountRefused("优惠券已过期 · This coupon has expired")
-    kind = purchase.product.partition(":")[0]
-    scoped = {f"tier:{t.id}" for t in coupon.tiers} | {f"course:{c.id}" for c in coupon.courses}
-    if scoped and purchase.product not in scoped:
-        raise DiscountRefused(
-            "该优惠券不适用于此商品 · This coupon does not apply to this purchase"
-        )
-    if coupon.currency != order.currency:
-        raise DiscountRefused(
-            "该优惠券不适用于此商品 · This coupon does not apply to this purchase"
-        )
-    if order.list_amount < coupon.min_amount:
-        minimum = Money(coupon.min_amount, coupon.currency)
-        raise DiscountRefused(f"满{minimum}可用 · For orders of {minimum} or more")
-    if coupon.issued_only and not _granted(coupon, order.member_id):
-        raise DiscountRefused(
-            "该优惠券仅限获赠的成员使用 · This coupon is only for the members it was given to"
-        )
-    uses, buyer_uses = _live_uses(coupon, purchase.buyer, now=now)
-    if coupon.max_uses is not None and uses >= coupon.max_uses:
-        raise DiscountRefused("优惠券已被领完 · This coupon has been used up")
-    if buyer_uses >= coupon.max_uses_per_buyer:
-        raise DiscountRefused("你已使用过该优惠券 · You have used this coupon already")
-    discount = discount_for(coupon, order.list_amount)
-    if discount <= 0:
-        raise DiscountRefused("该订单无法再优惠 · Nothing to take off this order")
+    coupon, discount = _applicable(Sale.of(order), code, purchase, now=now, reserving=True)
     use = CouponUse(
         coupon=coupon,
         order_id=order.id,
@@ -110,7 +132,11 @@ def reserve_coupon(order: Order, code: str, purchase: Purchase, *, now: datetime
         "coupon.reserved",
         coupon,
         actor=purchase.buyer,
-        data={"order": order.public_id, "discount": discount, "kind": kind},
+        data={
+            "order": order.public_id,
+            "discount": discount,
+            "kind": purchase.product.partition(":")[0],
+        },
         now=now,
     )
     return Money(discount, order.currency)

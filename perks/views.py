@@ -13,7 +13,7 @@ from core.clock import utcnow
 from core.db import db
 from core.security import new_token, unsign
 from membership.models import Community, Member
-from membership.views import logged_in_member, offer_providers
+from membership.views import check_typed_price, logged_in_member, offer_providers
 from payments.discounts import DiscountRefused
 from payments.models import Order, OrderStatus
 from payments.views import (
@@ -178,3 +178,41 @@ def unsubscribe_page(token: str):
     return render_template(
         "perks/unsubscribe.html", member=member, done=done is not None, token=token
     )
+
+
+@bp.post("/courses/<slug>/<code>/price")
+def course_price(slug: str, code: str):
+    """The course page's "check price" button: the page again, with the member's price
+    and the coupon code typed ("You save ¥X, you pay ¥Y"), or the code's refusal beside
+    it. Nothing is made (no enrolment, no order)."""
+    course = _course(slug, code)
+    member = logged_in_member(course.community)
+    if member is None or not course.on_sale:
+        abort(404)
+    form = CourseBuyForm()
+    offer_providers(form)
+    now = utcnow()
+    quote = price_for(course, standing_of(member, now=now), now=now)
+    context = {
+        "course": course,
+        "community": course.community,
+        "member": member,
+        "form": form,
+        "enrolment": enrolment_of(course, member),
+        "quote": quote,
+    }
+    if not form.coupon.validate(form):
+        return render_template("perks/course.html", **context), 422
+    priced = check_typed_price(
+        quote.price,
+        form.coupon.data,
+        community_id=course.community_id,
+        member_id=member.id,
+        product=f"course:{course.id}",
+        buyer=f"member:{member.id}",
+    )
+    if priced.refusal:
+        form.coupon.errors.append(priced.refusal)
+    return render_template(
+        "perks/course.html", **context, price_check=priced
+    ), 422 if priced.refusal else 200

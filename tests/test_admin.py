@@ -206,7 +206,7 @@ def _tier_form(client, community_id, **overrides):
         ({"price": "0"}, "免费档价格为0"),
         ({"kind": "free", "price": "9"}, "免费档价格为0"),
         ({"code": "main"}, "代号已被使用"),
-        ({"duration_days": "0"}, "Number must be"),
+        ({"duration_days": "0"}, "必须介于 1 到 36500"),  # WTForms' own message, in Chinese
     ],
 )
 def test_bad_tier_form_is_refused(app, logged_in, demo, overrides, message):

@@ -52,6 +52,13 @@ def test_a_community_page_speaks_the_community_language_first(app, client, demo)
     assert lang_of(client.get("/join/demo").text) == "en"
 
 
+def test_each_language_s_catalog_is_read(client, demo):
+    """The Chinese catalog is found although Babel spells zh_CN ``zh_Hans_CN``."""
+    assert 'aria-label="语言"' in client.get("/join/demo").text
+    client.get("/lang/en")
+    assert 'aria-label="Language"' in client.get("/join/demo").text
+
+
 def test_the_switch_is_this_browser_s_choice_and_goes_back(client, demo):
     response = client.get("/lang/en?next=/join/demo")
     assert response.status_code == 302

@@ -24,12 +24,14 @@ def _set_main_group_capacity(app, capacity: int) -> None:
 def test_wrong_token_reveals_nothing(app, client, demo):
     join_and_pay(client, "main")
     token = _token(app)
-    close = "/invitations/" + token[:-1] + ("A" if token[-1] != "A" else "B")
-    wrong, missing = client.get(close), client.get("/invitations/nothing-here")
+    wrong_path = "/invitations/" + token[:-1] + ("A" if token[-1] != "A" else "B")
+    wrong, missing = client.get(wrong_path), client.get("/invitations/nothing-here")
     assert wrong.status_code == missing.status_code == 404
-    # No hint that the first was close: the pages differ only by the path the language
-    # switch returns to.
-    assert wrong.text.replace(close, "") == missing.text.replace("/invitations/nothing-here", "")
+    # No hint that the first was close: the pages differ only in the path each names (the
+    # language switch returns to it).
+    assert wrong.text.replace(wrong_path, "") == missing.text.replace(
+        "/invitations/nothing-here", ""
+    )
     for path in ("/invitations/nothing-here/qr", f"/invitations/{token}x/qr"):
         response = client.get(path)
         assert response.status_code == 404

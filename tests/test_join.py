@@ -138,8 +138,9 @@ def test_bad_fields_rerender_with_errors_and_create_nothing(app, client, demo):
         "phone": ({"contact_kind": "phone", "contact_value": "12345"}, "11位手机号"),
         "email": ({"contact_kind": "email", "contact_value": "not-mail"}, "邮箱格式不正确"),
         "rules": ({"accept_rules": None}, "请阅读并同意群规"),
-        "contact kind": ({"contact_kind": "fax"}, "Not a valid choice"),
-        "provider": ({"provider": "paypal"}, "Not a valid choice"),
+        # WTForms' own message, from its Chinese catalog.
+        "contact kind": ({"contact_kind": "fax"}, "不是有效的选择"),
+        "provider": ({"provider": "paypal"}, "不是有效的选择"),
         "too long": ({"display_name": "长" * 41}, "最多40个字"),
     }
     for name, (fields, message) in cases.items():
