@@ -27,6 +27,7 @@ from core.clock import local_time
 from core.db import db, init_db
 from core.observability import init_observability
 from core.security import csrf, init_security_headers
+from core.static_files import init_static_files
 from demo import demo_command
 from membership import admin as membership_admin
 from membership import checks as membership_checks  # noqa: F401 (registers its checks)
@@ -127,6 +128,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     register_discount_rule(app, reserve_coupon)
     register_discount_quote(app, quote_coupon)
     init_visits(app)
+    init_static_files(app)
 
     app.register_blueprint(membership_views.bp)
     app.register_blueprint(membership_admin.bp)
@@ -171,19 +173,23 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
 
 
 def _register_error_pages(app: Flask) -> None:
-    messages = {
-        400: ("请求有误", "Bad request"),
-        403: ("没有权限", "Forbidden"),
-        404: ("页面不存在", "Page not found"),
-        405: ("不支持的操作", "Method not allowed"),
-        413: ("内容太大", "Too large"),
-        500: ("服务器出错了，请稍后再试", "Something went wrong, please try again later"),
-        503: ("服务暂时不可用，请稍后再试", "Temporarily unavailable, please try again shortly"),
-    }
-    for code, (zh, en) in messages.items():
+    """Called once by :func:`create_app`: each HTTP error answers with a page in the
+    reader's language (lazy messages, translated when the page is drawn)."""
+    from flask_babel import lazy_gettext as _l
 
-        def handler(error, code=code, zh=zh, en=en):
-            return render_template("errors/error.html", code=code, zh=zh, en=en), code
+    messages = {
+        400: _l("Bad request"),
+        403: _l("You may not do this"),
+        404: _l("Page not found"),
+        405: _l("This action is not supported"),
+        413: _l("What you sent is too large"),
+        500: _l("Something went wrong, please try again later"),
+        503: _l("Temporarily unavailable, please try again shortly"),
+    }
+    for code, message in messages.items():
+
+        def handler(error, code=code, message=message):
+            return render_template("errors/error.html", code=code, message=message), code
 
         app.register_error_handler(code, handler)
 
@@ -193,5 +199,4 @@ def _register_error_pages(app: Flask) -> None:
         clients and load balancers retry."""
         app.logger.error("database unreachable: %s", error.orig)
         db.session.rollback()
-        zh, en = messages[503]
-        return render_template("errors/error.html", code=503, zh=zh, en=en), 503
+        return render_template("errors/error.html", code=503, message=messages[503]), 503

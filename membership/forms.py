@@ -8,6 +8,7 @@ from zoneinfo import available_timezones
 
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_babel import lazy_pgettext
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired, FileSize
 from werkzeug.datastructures import FileStorage
@@ -53,6 +54,14 @@ from membership.platforms import PLATFORMS
 REQUIRED = _l("Required")
 
 
+#: Where a code can go, as a person picks it.
+CONTACT_CHOICES = [
+    SelectChoice(ContactKind.PHONE.value, _l("Phone")),
+    SelectChoice(ContactKind.EMAIL.value, _l("E-mail")),
+]
+TOO_LONG = _l("Too long")
+
+
 def strip_text(value: str | None) -> str | None:
     return value.strip() if isinstance(value, str) else value
 
@@ -61,13 +70,11 @@ def strip_text(value: str | None) -> str | None:
 CONTACT_RULES: dict[ContactKind, tuple[re.Pattern[str], str]] = {
     ContactKind.WECHAT: (
         re.compile(r"[A-Za-z][-_A-Za-z0-9]{5,19}", re.ASCII),
-        "微信号为6–20位，以字母开头，可含字母、数字、-、_ · "
-        "A WeChat ID has 6–20 letters, digits, - or _, starting with a letter",
+        _l("A WeChat ID has 6–20 letters, digits, - or _, starting with a letter"),
     ),
     ContactKind.PHONE: (
         re.compile(r"(\+?86)?1[3-9][0-9]{9}|\+[1-9][0-9]{6,14}", re.ASCII),
-        "请填写11位手机号，或带国家区号的号码 · "
-        "Enter an 11-digit mobile number, or a number with its country code",
+        _l("Enter an 11-digit mobile number, or a number with its country code"),
     ),
 }
 
@@ -75,9 +82,10 @@ CONTACT_RULES: dict[ContactKind, tuple[re.Pattern[str], str]] = {
 def coupon_code_field() -> StringField:
     """The optional coupon code a payer types before paying (see :mod:`payments.discounts`)."""
     return StringField(
-        "优惠码（选填）· Coupon code (optional)",
+        _l("Coupon code (optional)"),
         filters=[strip_text],
-        validators=[Length(max=40, message="优惠码不存在 · Unknown coupon code")],
+        validators=[Length(max=40, message=_l("Unknown coupon code"))],
+        render_kw={"autocomplete": "off", "autocapitalize": "characters"},
     )
 
 
@@ -92,65 +100,61 @@ class JoinForm(FlaskForm):
     channel_optional = False
 
     display_name = StringField(
-        "群昵称 · Display name",
+        _l("Display name"),
         filters=[strip_text],
-        validators=[DataRequired(REQUIRED), Length(max=40, message="最多40个字 · At most 40")],
+        validators=[DataRequired(REQUIRED), Length(max=40, message=_l("At most 40 characters"))],
+        render_kw={"autocomplete": "nickname"},
     )
     wechat_id = StringField(
-        "微信号或群昵称 · WeChat ID or group nickname",
+        _l("WeChat ID or group nickname"),
         filters=[strip_text],
-        validators=[Length(max=64, message="最多64个字 · At most 64")],
+        validators=[Length(max=64, message=_l("At most 64 characters"))],
+        render_kw={"autocomplete": "off", "autocapitalize": "off"},
     )
     contact_kind = RadioField(
-        "接收验证码和通知 · Where we reach you",
-        choices=[
-            SelectChoice(ContactKind.PHONE.value, "手机号 · Phone"),
-            SelectChoice(ContactKind.EMAIL.value, "邮箱 · E-mail"),
-        ],
+        _l("Where we reach you"),
+        choices=CONTACT_CHOICES,
         default=ContactKind.PHONE.value,
         validators=[InputRequired(REQUIRED)],
     )
     contact_value = StringField(
-        "手机号或邮箱 · Phone or e-mail",
+        _l("Phone or e-mail"),
         filters=[strip_text],
-        validators=[Length(max=254, message="太长了 · Too long")],
+        validators=[Length(max=254, message=TOO_LONG)],
     )
     accept_rules = BooleanField(
-        "我已阅读并同意群规 · I accept the rules",
-        validators=[DataRequired("请阅读并同意群规 · Please accept the rules")],
+        _l("I have read and accept the rules"),
+        validators=[DataRequired(_l("Please accept the rules"))],
     )
     coupon = coupon_code_field()
-    provider = RadioField("支付方式 · Pay with", validators=[InputRequired(REQUIRED)])
+    provider = RadioField(_l("Pay with"), validators=[InputRequired(REQUIRED)])
     submission_key = HiddenField(validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")])
 
     def validate_contact_value(self, field: StringField) -> None:
         if not field.data:
             if not getattr(self, "channel_optional", False):
                 raise ValidationError(
-                    "请填写手机号或邮箱，用来接收验证码 · "
-                    "Enter a phone number or an e-mail address: your code goes there"
+                    _("Enter a phone number or an e-mail address: your code goes there")
                 )
             if "wechat_id" in self and not self.wechat_id.data:
-                raise ValidationError(
-                    "请填写手机号、邮箱或微信号 · Enter a phone, an e-mail or a WeChat ID"
-                )
+                raise ValidationError(_("Enter a phone number, an e-mail address or a WeChat ID"))
             return
         kind = self.contact_kind.data
         if kind == ContactKind.EMAIL:
-            Email("邮箱格式不正确 · Not a valid e-mail address")(self, field)
+            Email(_("Not a valid e-mail address"))(self, field)
         elif kind in CONTACT_RULES:
             pattern, message = CONTACT_RULES[ContactKind(kind)]
             value = field.data or ""
             if kind == ContactKind.PHONE:
                 value = value.replace(" ", "").replace("-", "")  # as people type them
             if not pattern.fullmatch(value):
-                raise ValidationError(message)
+                raise ValidationError(str(message))
 
 
 class PayAgainForm(FlaskForm):
     """Pay an application's open order again, after a failure or a cancel."""
 
-    provider = RadioField("支付方式 · Pay with", validators=[InputRequired(REQUIRED)])
+    provider = RadioField(_l("Pay with"), validators=[InputRequired(REQUIRED)])
 
 
 class PayForm(PayAgainForm):
@@ -420,18 +424,15 @@ class MemberLoginForm(FlaskForm):
     """A member asks for a one-time code at their phone number or e-mail address."""
 
     contact_kind = RadioField(
-        "联系方式 · Contact",
-        choices=[
-            SelectChoice(ContactKind.PHONE.value, "手机号 · Phone"),
-            SelectChoice(ContactKind.EMAIL.value, "邮箱 · E-mail"),
-        ],
+        _l("Get the code by"),
+        choices=CONTACT_CHOICES,
         default=ContactKind.PHONE.value,
         validators=[InputRequired(REQUIRED)],
     )
     contact_value = StringField(
-        "加入时填写的手机号或邮箱 · The phone or e-mail you joined with",
+        _l("The phone or e-mail you joined with"),
         filters=[strip_text],
-        validators=[DataRequired(REQUIRED), Length(max=254, message="太长了 · Too long")],
+        validators=[DataRequired(REQUIRED), Length(max=254, message=TOO_LONG)],
     )
 
     validate_contact_value = JoinForm.validate_contact_value
@@ -443,9 +444,9 @@ class ChannelForm(FlaskForm):
     channel_optional = False
     contact_kind = MemberLoginForm.contact_kind
     contact_value = StringField(
-        "手机号或邮箱 · Phone or e-mail",
+        _l("Phone or e-mail"),
         filters=[strip_text],
-        validators=[DataRequired(REQUIRED), Length(max=254, message="太长了 · Too long")],
+        validators=[DataRequired(REQUIRED), Length(max=254, message=TOO_LONG)],
     )
 
     validate_contact_value = JoinForm.validate_contact_value
@@ -453,12 +454,19 @@ class ChannelForm(FlaskForm):
 
 class LoginCodeForm(FlaskForm):
     code = StringField(
-        "验证码 · Code",
+        lazy_pgettext("login", "Code"),
         filters=[strip_text],
         validators=[
             DataRequired(REQUIRED),
-            Regexp(r"^[0-9]{6}$", message="6位数字 · Six digits"),
+            Regexp(r"^[0-9]{6}$", message=_l("Six digits")),
         ],
+        # Phones open the number pad and offer the code that just came by SMS.
+        render_kw={
+            "inputmode": "numeric",
+            "autocomplete": "one-time-code",
+            "pattern": "[0-9]*",
+            "maxlength": "6",
+        },
     )
 
 

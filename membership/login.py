@@ -27,6 +27,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from flask import current_app
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_babel import pgettext
 
 from core import audit, outbox
 from core.clock import utcnow
@@ -80,13 +82,13 @@ JOIN_CODE_CHECKS = (
 )
 #: Contacts a code can be sent to (a WeChat ID cannot receive one).
 SENDABLE = SENDABLE_CONTACTS
-NOT_SENDABLE = "验证码只能发到手机号或邮箱 · Codes go to a phone number or an e-mail address"
+NOT_SENDABLE = _l("Codes go to a phone number or an e-mail address")
 
-TOO_MANY = "请求过于频繁，请15分钟后再试 · Too many tries: try again in 15 minutes"
+TOO_MANY = _l("Too many tries: try again in 15 minutes")
 
 
 class LoginRefused(Exception):
-    """The message says why, Chinese first; nothing was granted."""
+    """The message says why, in the reader's language; nothing was granted."""
 
 
 def _digest(code: str) -> str:
@@ -232,9 +234,9 @@ def claim_code_check(
     :data:`JOIN_CODE_CHECKS`). Flushed; the caller commits it whatever comes next. Raises
     :class:`LoginRefused`."""
     if login.used_at is not None:
-        raise LoginRefused("验证码已使用，请重新获取 · This code was used: ask for a new one")
+        raise LoginRefused(_("This code was used: ask for a new one"))
     if login.expires_at <= now:
-        raise LoginRefused("验证码已过期，请重新获取 · This code has expired: ask for a new one")
+        raise LoginRefused(_("This code has expired: ask for a new one"))
     per_client, overall = limits
     try:
         claim([(per_client, client), (overall, "")], now=now)
@@ -247,7 +249,7 @@ def claim_code_check(
         .returning(LoginCode.attempts)
     ).scalar_one_or_none()
     if attempts is None:
-        raise LoginRefused("尝试次数过多，请重新获取 · Too many tries: ask for a new code")
+        raise LoginRefused(_("Too many tries: ask for a new code"))
 
 
 def _use_code(login: LoginCode, code: str, *, now: datetime) -> None:
@@ -255,14 +257,14 @@ def _use_code(login: LoginCode, code: str, *, now: datetime) -> None:
     :func:`claim_code_check`). A used code never works again: its use is one conditional
     UPDATE, so two parallel right answers succeed once. Raises :class:`LoginRefused`."""
     if not same_secret(_digest(code.strip()), login.code_hash):
-        raise LoginRefused("验证码不正确 · Wrong code")
+        raise LoginRefused(pgettext("login", "Wrong code"))
     used = db.session.execute(
         sa.update(LoginCode)
         .where(LoginCode.id == login.id, LoginCode.used_at.is_(None))
         .values(used_at=now)
     ).rowcount
     if not used:
-        raise LoginRefused("验证码已使用，请重新获取 · This code was used: ask for a new one")
+        raise LoginRefused(_("This code was used: ask for a new one"))
 
 
 def verify_code(login: LoginCode, code: str, *, now: datetime | None = None) -> Member:
@@ -271,7 +273,7 @@ def verify_code(login: LoginCode, code: str, *, now: datetime | None = None) -> 
     module's docstring)."""
     now = now or utcnow()
     if login.member_id is None or login.application_id is not None:
-        raise LoginRefused("验证码不正确 · Wrong code")
+        raise LoginRefused(pgettext("login", "Wrong code"))
     _use_code(login, code, now=now)
     member = db.session.get(Member, login.member_id)
     if member.contact_proven_at is None and (member.contact_kind, member.contact_value) == (
@@ -288,7 +290,7 @@ def verify_application_code(login: LoginCode, code: str, *, now: datetime) -> Ap
     :func:`membership.services.prove_application`)."""
     application = db.session.get(Application, login.application_id or 0)
     if application is None:
-        raise LoginRefused("验证码不正确 · Wrong code")
+        raise LoginRefused(pgettext("login", "Wrong code"))
     _use_code(login, code, now=now)
     if application.status is ApplicationStatus.AWAITING_PROOF:
         prove_application(application, now=now)
@@ -300,10 +302,10 @@ def verify_channel_code(member: Member, login: LoginCode, code: str, *, now: dat
     their contact, proven (see :func:`prove_contact`). A channel that is another member's
     stays theirs. Raises :class:`LoginRefused`."""
     if login.member_id != member.id or login.application_id is not None:
-        raise LoginRefused("验证码不正确 · Wrong code")
+        raise LoginRefused(pgettext("login", "Wrong code"))
     _use_code(login, code, now=now)
     owner = find_member(member.community_id, login.contact_kind, login.contact_value)
     if owner is not None and owner.id != member.id:
-        raise LoginRefused("这个联系方式属于另一位成员 · This contact belongs to another member")
+        raise LoginRefused(_("This contact belongs to another member"))
     member.contact_kind, member.contact_value = login.contact_kind, login.contact_value
     prove_contact(member, now=now)

@@ -7,12 +7,15 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from flask import url_for
+from flask_babel import force_locale, ngettext
+from flask_babel import gettext as _
 
 from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
 from core.outbox import MessageKind
 from core.security import new_token
+from membership.language import reader_locale
 from membership.models import Application, ApplicationStatus, Member
 from membership.services import contact_routes, follow_up_application, member_routes
 from payments.models import Order
@@ -20,7 +23,7 @@ from payments.services import create_order
 
 
 class ScreeningRefused(Exception):
-    """The message says why, Chinese first; nothing changed."""
+    """The message says why, in the reader's language; nothing changed."""
 
 
 def _tell(
@@ -45,9 +48,13 @@ def _tell(
     ).id
 
 
+def _chosen_locale(application: Application) -> str | None:
+    return application.member.locale if application.member is not None else None
+
+
 def _pending(application: Application) -> None:
     if application.status is not ApplicationStatus.PENDING_REVIEW:
-        raise ScreeningRefused("该申请已处理过 · This application was reviewed already")
+        raise ScreeningRefused(_("This application was reviewed already"))
 
 
 def approve(application: Application, *, actor: str, now: datetime | None = None) -> int:
@@ -64,12 +71,20 @@ def approve(application: Application, *, actor: str, now: datetime | None = None
     link = url_for(
         "membership.pay_link", slug=community.slug, token=application.pay_token, _external=True
     )
+    with force_locale(reader_locale(_chosen_locale(application), community)):
+        subject = _("%(community)s: you are approved", community=community.name)
+        body = ngettext(
+            "Welcome to %(community)s! Pay within %(num)s day with your own link: %(link)s",
+            "Welcome to %(community)s! Pay within %(num)s days with your own link: %(link)s",
+            community.pay_link_days,
+            community=community.name,
+            link=link,
+        )
     return _tell(
         application,
         MessageKind.PAY_LINK,
-        f"{community.name}：审核已通过 · You are approved",
-        f"欢迎加入{community.name}！请在{community.pay_link_days}天内用这个专属链接付款："
-        f"{link}\nWelcome! Pay within {community.pay_link_days} days with your own link.",
+        subject,
+        body,
         params={"community": community.name, "link": link},
         now=now,
     )
@@ -94,18 +109,25 @@ def reject(
     now = now or utcnow()
     _pending(application)
     if not reason.strip():
-        raise ScreeningRefused("请填写原因 · Give a reason")
+        raise ScreeningRefused(_("Give a reason"))
     application.status = ApplicationStatus.REJECTED
     application.reviewed_at, application.reviewed_by = now, actor
     application.review_reason = reason.strip()[:300]
     audit.record("application.rejected", application, actor=actor, data={"reason": reason}, now=now)
     community = application.community
+    with force_locale(reader_locale(_chosen_locale(application), community)):
+        subject = _("%(community)s: about your application", community=community.name)
+        body = _(
+            "Thank you for applying to %(community)s. This time we could not accept you: "
+            "%(reason)s",
+            community=community.name,
+            reason=application.review_reason,
+        )
     return _tell(
         application,
         MessageKind.NOTICE,
-        f"{community.name}：申请结果 · About your application",
-        f"感谢你申请加入{community.name}。很遗憾，这次未能通过：{application.review_reason}\n"
-        f"Thank you for applying. This time we could not accept you: {application.review_reason}",
+        subject,
+        body,
         params={
             "community": community.name,
             "link": url_for("membership.community_page", slug=community.slug, _external=True),
@@ -121,13 +143,11 @@ def order_for_pay_link(
     (logged in as the applicant), only until the link expires."""
     now = now or utcnow()
     if application.status not in (ApplicationStatus.APPROVED, ApplicationStatus.AWAITING_PAYMENT):
-        raise ScreeningRefused("该付款链接已失效 · This pay link no longer works")
+        raise ScreeningRefused(_("This pay link no longer works"))
     if member is None or application.member_id != member.id:
-        raise ScreeningRefused(
-            "这是别人的付款链接，请用你自己的链接或先登录 · This is someone else's pay link"
-        )
+        raise ScreeningRefused(_("This is someone else's pay link: use your own, or log in first"))
     if application.pay_link_expires_at <= now:
-        raise ScreeningRefused("付款链接已过期，可以重新申请 · This pay link has expired")
+        raise ScreeningRefused(_("This pay link has expired: you may apply again"))
     if application.order_id is not None:
         return db.session.get(Order, application.order_id)
     tier = application.tier
@@ -154,9 +174,7 @@ def apply_again(application: Application, *, now: datetime | None = None) -> App
         application.status is ApplicationStatus.APPROVED and application.pay_link_expires_at <= now
     )
     if not expired:
-        raise ScreeningRefused(
-            "只有过期的付款链接可以重新申请 · Only an expired link can be renewed"
-        )
+        raise ScreeningRefused(_("Only an expired pay link can be renewed"))
     again = follow_up_application(
         application,
         application.tier,

@@ -22,6 +22,7 @@ from flask import (
     session,
     url_for,
 )
+from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 from wtforms import SelectChoice
 
@@ -101,6 +102,7 @@ from membership.services import (
     prove_application,
     submit_application,
 )
+from membership.share import wechat_share_config
 from membership.visits import count_visit
 from payments.discounts import DiscountRefused, PriceCheck, Purchase, Sale, check_price
 from payments.models import Order, OrderStatus
@@ -117,6 +119,8 @@ from payments.views import (
 )
 
 bp = Blueprint("membership", __name__)
+#: The join pages' WeChat share settings (``templates/join/_share.html``).
+bp.add_app_template_global(wechat_share_config)
 
 #: The session key that holds the member this browser is logged in as: their id, their
 #: credential version, whether the login was proven, and when it was made.
@@ -550,13 +554,13 @@ def verify(slug: str, public_id: str):
     )
     form = LoginCodeForm()
     if pending is not None and form.validate_on_submit():
-        proven, _ = _check_code(
+        proven, _member = _check_code(
             pending, form, verify_application_code, now=utcnow(), limits=JOIN_CODE_CHECKS
         )
         if proven:
             return _proven(application, request.args.get("provider"))
     elif pending is None and form.is_submitted():
-        form.code.errors.append("请先获取验证码 · Ask for a code first")
+        form.code.errors.append(_("Ask for a code first"))
     status = 422 if form.errors else 200
     return render_template(
         "join/verify.html",
@@ -616,7 +620,7 @@ def verify_wechat_return(slug: str):
             request.args.get("code", ""),
         )
     except ProviderError:
-        flash("微信授权失败，请重试 · WeChat authorisation failed, please try again", "error")
+        flash(_("WeChat authorisation failed, please try again"), "error")
         return redirect(
             url_for(".verify", slug=slug, public_id=public_id, provider=state.get("provider"))
         )
@@ -669,7 +673,8 @@ def status(slug: str, public_id: str):
         order=order,
         latest_payment=order.payments[-1] if order and order.payments else None,
         member=member,
-        invitations=invitations,
+        invitations=invitations_to_scan(invitations),
+        group_nickname=group_nickname(member) if member is not None else None,
         whole_member=whole_member,
         made_elsewhere=member is None and application.member_id is not None,
         member_link=_member_link(member) if member and member == logged_in_member() else None,
@@ -679,6 +684,24 @@ def status(slug: str, public_id: str):
         flags=open_flags(order) if order is not None and member is not None else set(),
         pay_form=pay_form,
     )
+
+
+def invitations_to_scan(invitations: list[Invitation]) -> list[Invitation]:
+    """Called by the member's pages before they show how to join: a screened member who
+    waited in the lobby and now holds a main group sees only the main group's invitation
+    (the one to scan now), not both side by side. Changes nothing."""
+    main = [i for i in invitations if i.is_valid and not i.membership.tier.is_lobby]
+    if not main:
+        return invitations
+    return [i for i in invitations if not i.membership.tier.is_lobby]
+
+
+def group_nickname(member: Member) -> str:
+    """The nickname a member is asked to set in the group, their number first so that
+    moderators know them (``0002-小猫``); just their name while they have no number."""
+    if member.number_label:
+        return f"{member.number_label}-{member.display_name}"
+    return member.display_name
 
 
 def _made_by(application: Application, member: Member) -> bool:
@@ -741,8 +764,15 @@ def me():
     member = logged_in_member()
     if member is None:
         known = logged_in_member(proven=False)
+        communities = (
+            [known.community]
+            if known is not None
+            else db.session.scalars(sa.select(Community).order_by(Community.id)).all()
+        )
         return render_template(
-            "me/anonymous.html", community=known.community if known else None
+            "me/anonymous.html",
+            communities=communities,
+            wechat_login=_wechat_oauth_provider() is not None and current_payer().in_wechat,
         ), 401
     return _member_page(member)
 
@@ -764,7 +794,7 @@ def add_channel():
             claim_code_request(kind, form.contact_value.data, client=client_network(), now=now)
         finally:
             db.session.commit()  # the request counts, refused or not
-        pending, _ = request_channel_code(member, kind, form.contact_value.data, now=now)
+        pending, _message_id = request_channel_code(member, kind, form.contact_value.data, now=now)
         db.session.commit()
     except LoginRefused as refusal:
         db.session.rollback()
@@ -784,7 +814,7 @@ def channel_code(public_id: str):
     form = LoginCodeForm()
     if form.validate_on_submit():
         now = utcnow()
-        proven, _ = _check_code(
+        proven, _member = _check_code(
             pending,
             form,
             lambda login, code, *, now: verify_channel_code(member, login, code, now=now),
@@ -793,7 +823,7 @@ def channel_code(public_id: str):
         if proven:
             log_member_in(member, by="code", now=now)  # proving ended the old sessions
             db.session.commit()
-            flash("已验证，以后通知会发到这里 · Proven: we will reach you there", "ok")
+            flash(_("Proven: we will reach you there"), "ok")
             return redirect(url_for(".me"))
     status = 422 if form.errors else 200
     return render_template(
@@ -816,9 +846,9 @@ def bind_wechat():
         member.wechat_openid = bind["openid"]
         audit.record("member.wechat_bound", member, actor=f"member:{member.id}")
         db.session.commit()
-        flash("已绑定微信，以后可在微信内直接登录 · WeChat linked", "ok")
+        flash(_("WeChat linked: from now on it logs you in inside WeChat"), "ok")
     else:
-        flash("这个微信已绑定其他成员 · This WeChat belongs to another member", "error")
+        flash(_("This WeChat belongs to another member"), "error")
     return redirect(url_for(".me"))
 
 
@@ -984,6 +1014,13 @@ def pay_link(slug: str, token: str):
     member = logged_in_member(community, proven=False)
     form = PayForm()
     offer_providers(form, community.id)
+    if application.status is ApplicationStatus.ADMITTED:
+        # Paid: the link says so and leads to the result, and a POST sent again is a GET.
+        if request.method == "POST":
+            return redirect(request.path)
+        return render_template(
+            "join/pay_link.html", community=community, application=application, paid=True
+        )
     refusal, status, limited = None, 200, None
     if request.method == "POST":  # counted before the order can be made
         try:
@@ -1072,7 +1109,7 @@ def new_join_link(token: str):
         queue_platform_task(invitation, TaskAction.GRANT, now=now)
         audit.record("invitation.link_renewed", invitation, actor=f"member:{member.id}", now=now)
         db.session.commit()
-        flash("正在生成新的入群链接，请稍后刷新 · A new join link is on its way", "ok")
+        flash(_("A new join link is on its way; refresh in a moment"), "ok")
     return redirect(url_for(".me"))
 
 
@@ -1146,22 +1183,18 @@ def login_wechat_return(slug: str):
             request.args.get("code", ""),
         )
     except ProviderError:
-        flash("微信授权失败，请重试 · WeChat authorisation failed, please try again", "error")
+        flash(_("WeChat authorisation failed, please try again"), "error")
         return redirect(url_for(".login", slug=slug))
     session[OPENID_SESSION_KEY] = openid
     owner = find_member_by_openid(community.id, openid)
     if binding is not None:
         if owner is not None and owner.id != binding:
-            flash("这个微信已绑定其他成员 · This WeChat belongs to another member", "error")
+            flash(_("This WeChat belongs to another member"), "error")
         elif owner is None:
             session[WECHAT_BIND_SESSION_KEY] = {"member": binding, "openid": openid}
         return redirect(url_for(".me"))
     if owner is None:
-        flash(
-            "没有找到绑定这个微信的成员，请用手机号或邮箱登录 · No member has this WeChat: "
-            "log in with your phone or e-mail",
-            "error",
-        )
+        flash(_("No member has this WeChat: log in with your phone or e-mail"), "error")
         return redirect(url_for(".login", slug=slug, next=state.get("next")))
     log_member_in(owner, by="wechat", now=utcnow())
     db.session.commit()
@@ -1263,6 +1296,7 @@ def _member_page(member: Member, **checked: Any) -> str:
     return render_template(
         "me/member.html",
         member=member,
+        invitations=invitations_to_scan(member.invitations),
         community=member.community,
         pay_form=pay_form,
         confirm_wechat=isinstance(bind, dict) and bind.get("member") == member.id,

@@ -21,6 +21,8 @@ from flask import (
     session,
     url_for,
 )
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from qrcode.image.svg import SvgPathImage
 from sqlalchemy.exc import OperationalError
@@ -150,8 +152,7 @@ def send_to_provider(
         return redirect(register_with_provider(payment, payer, actor=actor))
     except ProviderError:
         flash(
-            "支付渠道暂时不可用，请稍后重试或换一种方式 · The payment service is unavailable; "
-            "please try again or pick another way to pay",
+            _("The payment service is unavailable; please try again or pick another way to pay"),
             "error",
         )
         return redirect(return_url)
@@ -214,9 +215,9 @@ fake_cashier = Blueprint("fake_cashier", __name__)
 
 
 class CashierForm(FlaskForm):
-    pay = SubmitField("确认支付 · Pay")
-    fail = SubmitField("模拟失败 · Simulate a failure")
-    cancel = SubmitField("取消支付 · Cancel")
+    pay = SubmitField(_l("Confirm the payment"))
+    fail = SubmitField(_l("Simulate a failure"))
+    cancel = SubmitField(_l("Cancel the payment"))
 
 
 def _payment(public_id: str, provider_name: str) -> Payment:
@@ -251,7 +252,7 @@ def cashier(payment_public_id: str):
         )
         result = inbox.receive(FakeProvider.name, body, headers)
         if result.http_status >= 500:
-            flash("通知商户失败，请重试 · Could not notify the shop, please try again", "error")
+            flash(_("Could not notify the shop, please try again"), "error")
         else:
             cancelled = kind is EventKind.PAYMENT_CANCELLED
             return redirect(payment.cancel_url if cancelled else payment.return_url)
@@ -275,15 +276,13 @@ def oauth_return():
     try:
         openid = provider.openid_from_code(url_for(".oauth_return", _external=True), code)
     except ProviderError:
-        flash("微信授权失败，请重试 · WeChat authorisation failed, please try again", "error")
+        flash(_("WeChat authorisation failed, please try again"), "error")
         return redirect(payment.return_url)
     session[_openid_key(provider)] = openid
     try:
         return redirect(register_with_provider(payment, _payer_of(provider), actor="prospect"))
     except ProviderError:
-        flash(
-            "微信支付暂时不可用，请稍后重试 · WeChat Pay is unavailable, try again later", "error"
-        )
+        flash(_("WeChat Pay is unavailable, try again later"), "error")
         return redirect(payment.return_url)
 
 

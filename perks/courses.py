@@ -12,12 +12,15 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from flask import url_for
+from flask_babel import force_locale
+from flask_babel import gettext as _
 
 from core import audit, outbox
 from core.db import db
 from core.money import Money
 from core.outbox import OutboxMessage
 from core.security import new_token
+from membership.language import reader_locale
 from membership.models import Member
 from payments.models import Order
 from payments.services import create_order
@@ -142,12 +145,17 @@ def start_purchase(
         return existing
     member = standing.member
     if not course.on_sale or course.community_id != member.community_id:
-        raise CourseRefused("课程未开售 · This course is not on sale")
+        raise CourseRefused(_("This course is not on sale"))
     unmet = [c.text for c in conditions(course, standing) if not c.met]
     if unmet:
-        raise CourseRefused("你暂不符合购买条件：" + "；".join(unmet))
+        raise CourseRefused(
+            _(
+                "You do not meet these conditions yet: %(conditions)s",
+                conditions=_("; ").join(unmet),
+            )
+        )
     if enrolment_of(course, member) is not None:
-        raise CourseRefused("你已购买该课程 · You have this course already")
+        raise CourseRefused(_("You have this course already"))
     quote = price_for(course, standing, now=now)
     actor = f"member:{member.id}"
     order = create_order(
@@ -264,7 +272,6 @@ def launch(course: Course, *, actor: str, now: datetime) -> int:
     )
     offers = _current_offers([course.id], now=now)[course.id]
     link = url_for("perks.course", slug=course.community.slug, code=course.code, _external=True)
-    subject = f"{course.community.name}：新课程《{course.title}》· New course"
     unsubscribe_link = unsubscribe_links()
     rows = []
     for standing in selected_members(course, course.community_id, now=now):
@@ -272,12 +279,35 @@ def launch(course: Course, *, actor: str, now: datetime) -> int:
         if member.id in skipped:
             continue
         quote = _best_price(course, standing, offers)
-        saving = f"（{quote.offer.name}，省{quote.saving}）" if quote.offer else ""
+        # A Recipient (perks.announcements) does not load the member's own choice.
+        with force_locale(reader_locale(getattr(member, "locale", None), course.community)):
+            subject = _(
+                "%(community)s: a new course, %(title)s",
+                community=course.community.name,
+                title=course.title,
+            )
+            body = (
+                _(
+                    "%(title)s is on sale at %(price)s for you (%(offer)s: you save %(saving)s): "
+                    "%(link)s",
+                    title=course.title,
+                    price=quote.price,
+                    offer=quote.offer.name,
+                    saving=quote.saving,
+                    link=link,
+                )
+                if quote.offer
+                else _(
+                    "%(title)s is on sale at %(price)s for you: %(link)s",
+                    title=course.title,
+                    price=quote.price,
+                    link=link,
+                )
+            )
         row = message_row(
             member,
             subject=subject,
-            body=f"《{course.title}》开售，你的价格 {quote.price}{saving}：{link}\n"
-            f"A new course, {course.title}, at {quote.price} for you: {link}",
+            body=body,
             key=message_key("course", course.id, member.id),
             params={
                 "community": course.community.name,

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from flask_babel import gettext as _
+from flask_babel import ngettext
 from sqlalchemy.orm import selectinload
 
 from core.db import db
@@ -18,7 +20,7 @@ from perks.models import EligibilityRule
 @dataclass(frozen=True, slots=True)
 class Condition:
     met: bool
-    #: Chinese first, English second.
+    #: What the member reads, in the language of the request (or the default outside one).
     text: str
 
 
@@ -85,17 +87,21 @@ def community_standings(community_id: int, *, now: datetime) -> list[Standing]:
 def conditions(rule: EligibilityRule, standing: Standing) -> list[Condition]:
     """Each condition of ``rule`` with whether ``standing`` meets it, being a current
     member first."""
-    result = [Condition(standing.is_current, "有效成员 · A current member")]
+    result = [Condition(standing.is_current, _("A current member"))]
     if rule.tier_id is not None:
         name = rule.tier.name
-        result.append(Condition(rule.tier_id in standing.tier_ids, f"持有{name} · Holds {name}"))
+        result.append(Condition(rule.tier_id in standing.tier_ids, _("Holds %(tier)s", tier=name)))
     if rule.min_tenure_days is not None:
         days = rule.min_tenure_days
         result.append(
             Condition(
                 standing.tenure_days >= days,
-                f"入群满{days}天（你已{standing.tenure_days}天）· "
-                f"A member for {days}+ days (you: {standing.tenure_days})",
+                ngettext(
+                    "A member for %(num)s day or more (you: %(yours)s)",
+                    "A member for %(num)s days or more (you: %(yours)s)",
+                    days,
+                    yours=standing.tenure_days,
+                ),
             )
         )
     if rule.max_member_number is not None:
@@ -104,8 +110,13 @@ def conditions(rule: EligibilityRule, standing: Standing) -> list[Condition]:
         result.append(
             Condition(
                 number is not None and number <= top,
-                f"成员编号不大于{top}（你的：{standing.member.number_label or '无'}）· "
-                f"Member number {top} or lower",
+                _(
+                    "Member number %(top)s or lower (yours: %(yours)s)",
+                    top=top,
+                    yours=standing.member.number_label,
+                )
+                if standing.member.number_label
+                else _("Member number %(top)s or lower (you have none)", top=top),
             )
         )
     if rule.min_seasons_paid is not None:
@@ -113,12 +124,16 @@ def conditions(rule: EligibilityRule, standing: Standing) -> list[Condition]:
         result.append(
             Condition(
                 standing.seasons_paid >= seasons,
-                f"已付费{seasons}次以上（你已{standing.seasons_paid}次）· "
-                f"Paid {seasons}+ times (you: {standing.seasons_paid})",
+                ngettext(
+                    "Paid %(num)s time or more (you: %(yours)s)",
+                    "Paid %(num)s times or more (you: %(yours)s)",
+                    seasons,
+                    yours=standing.seasons_paid,
+                ),
             )
         )
     if rule.staff_only:
-        result.append(Condition(standing.is_staff, "工作人员 · Staff"))
+        result.append(Condition(standing.is_staff, _("Staff")))
     return result
 
 

@@ -42,7 +42,7 @@ CODE = Regexp(r"^[A-Za-z0-9][-_A-Za-z0-9]{0,39}$", message=_l("Letters, digits, 
 
 class CourseBuyForm(FlaskForm):
     coupon = coupon_code_field()
-    provider = RadioField("支付方式 · Pay with", validators=[InputRequired(REQUIRED)])
+    provider = RadioField(_l("Pay with"), validators=[InputRequired(REQUIRED)])
     submission_key = HiddenField(validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
@@ -32,7 +33,7 @@ from perks.courses import (
 )
 from perks.eligibility import standing_of
 from perks.forms import CourseBuyForm
-from perks.models import CouponGrant, Course, Enrolment, EnrolmentStatus, Perk
+from perks.models import CouponGrant, Course, Enrolment, EnrolmentStatus, Perk, Unsubscribe
 from perks.services import PerkRefused, perks_for, redeem, redemptions_of
 
 bp = Blueprint("perks", __name__)
@@ -87,7 +88,7 @@ def redeem_perk(perk_id: int):
         db.session.rollback()
         flash(str(refusal), "error")
         return redirect(url_for("membership.me"), 303)
-    flash(f"已领取：{perk.name} · Redeemed", "ok")
+    flash(_("Redeemed: %(perk)s", perk=perk.name), "ok")
     return redirect(url_for("membership.me"), 303)
 
 
@@ -163,17 +164,20 @@ def course(slug: str, code: str):
 
 @bp.route("/unsubscribe/<token>", methods=["GET", "POST"])
 def unsubscribe_page(token: str):
-    """The link in course announcements: a page that asks, then unsubscribes."""
+    """The link in course announcements: a page that asks, then unsubscribes and comes
+    back to itself (post-redirect-get), saying it is done."""
     member_id = unsign("unsubscribe", token)
     member = db.session.get(Member, member_id) if isinstance(member_id, int) else None
     if member is None:
         abort(404)
-    done = False
     if request.method == "POST":
         unsubscribe(member, now=utcnow())
         db.session.commit()
-        done = True
-    return render_template("perks/unsubscribe.html", member=member, done=done, token=token)
+        return redirect(url_for(".unsubscribe_page", token=token), 303)
+    done = db.session.scalar(sa.select(Unsubscribe.id).where(Unsubscribe.member_id == member.id))
+    return render_template(
+        "perks/unsubscribe.html", member=member, done=done is not None, token=token
+    )
 
 
 @bp.post("/courses/<slug>/<code>/price")

@@ -36,6 +36,8 @@ from wechatpy.pay.utils import calculate_signature, dict_to_xml
 
 WECHAT_APP_ID = "wx0123456789abcdef"
 WECHAT_APP_SECRET = "test-app-secret"
+#: The jsapi_ticket the fake official account gives (the JS-SDK's share settings).
+WECHAT_JSAPI_TICKET = "fake-jsapi-ticket-0001"
 WECHAT_MCH_ID = "1900000109"
 WECHAT_API_KEY = "0123456789abcdef0123456789abcdef"
 WECHAT_OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
@@ -205,6 +207,17 @@ def _handler(state: FakeAPIs) -> type[BaseHTTPRequestHandler]:
                 if query.get("secret") != WECHAT_APP_SECRET:
                     return self._json({"errcode": 40001, "errmsg": "invalid credential"})
                 return self._json({"access_token": "fake-access-token", "expires_in": 7200})
+            if url.path == "/cgi-bin/ticket/getticket":  # the JS-SDK's ticket (share settings)
+                if query.get("access_token") != "fake-access-token" or query.get("type") != "jsapi":
+                    return self._json({"errcode": 40001, "errmsg": "invalid credential"})
+                return self._json(
+                    {
+                        "errcode": 0,
+                        "errmsg": "ok",
+                        "ticket": WECHAT_JSAPI_TICKET,
+                        "expires_in": 7200,
+                    }
+                )
             if url.path.startswith("/v1/checkout/sessions/"):
                 session = state.stripe_sessions.get(url.path.rsplit("/", 1)[1])
                 if session is None:

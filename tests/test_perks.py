@@ -339,7 +339,9 @@ def test_a_launch_tells_each_eligible_member_once_and_not_those_who_unsubscribed
     )
     assert "退订" in client.get(path).get_data(as_text=True)
     response = client.post(path, data={"csrf_token": csrf_token(client, path)})
-    assert "已退订" in response.get_data(as_text=True)
+    assert response.status_code == 303  # post-redirect-get: "back" asks nothing again
+    assert response.headers["Location"] == path
+    assert "已退订" in client.get(path).get_data(as_text=True)
     _, third = member_client(app)
     with app.app_context():
         with app.test_request_context():

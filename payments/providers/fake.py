@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from flask import url_for
+from flask_babel import lazy_gettext as _l
 
 from core.money import CURRENCIES, Money
 from core.security import same_secret
@@ -43,7 +44,7 @@ TOLERANCE_SECONDS = 300
 
 class FakeProvider(PaymentProvider):
     name = "fake"
-    label = "模拟支付 · Demo payment"
+    label = _l("Demo payment")
 
     def __init__(self, secret: str) -> None:
         self._secret = secret.encode()
@@ -132,7 +133,7 @@ class FakeProvider(PaymentProvider):
             payment_public_id=data["out_trade_no"],
             payment_external_id=data["transaction_id"],
             amount=Money(amount, currency),
-            reason="模拟失败 · simulated failure" if kind is EventKind.PAYMENT_FAILED else None,
+            reason="simulated failure" if kind is EventKind.PAYMENT_FAILED else None,
         )
 
     def _verify(self, body: bytes, headers: Mapping[str, str], received_at: datetime) -> None:

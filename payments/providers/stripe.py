@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import stripe
+from flask_babel import lazy_gettext as _l
 
 from core.money import CURRENCIES, Money
 from payments.models import Payment, Refund
@@ -61,7 +62,7 @@ def _signed_at(header: str) -> int:
 
 class StripeProvider(PaymentProvider):
     name = "stripe"
-    label = "银行卡等 (Stripe) · Card and more (Stripe)"
+    label = _l("Card and more (Stripe)")
 
     def __init__(self, secret_key: str, webhook_secret: str, api_base: str | None = None):
         self._webhook_secret = webhook_secret

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 import xmltodict
 from flask import Response, url_for
+from flask_babel import lazy_gettext as _l
 from wechatpy.crypto import RefundCrypto, WeChatRefundCrypto
 from wechatpy.exceptions import WeChatClientException, WeChatOAuthException, WeChatPayException
 from wechatpy.oauth import WeChatOAuth
@@ -123,7 +124,7 @@ class WeChatPayBase(PaymentProvider):
     method, and the official account's OAuth that gives a JSAPI payer's openid."""
 
     name = "wechatpay"
-    label = "微信支付 · WeChat Pay"
+    label = _l("WeChat Pay")
 
     def __init__(
         self, *, app_id: str, mch_id: str, app_secret: str | None, oauth_api_base: str | None
@@ -177,7 +178,7 @@ class WeChatPayBase(PaymentProvider):
         """The method ``payer`` pays ``payment`` with; raises :class:`ProviderError` when
         WeChat Pay cannot take it."""
         if payment.currency != "CNY":
-            raise ProviderError("微信支付仅支持人民币 · WeChat Pay takes CNY only")
+            raise ProviderError("WeChat Pay takes CNY only")
         method = self.method_for(payer)
         if method == "jsapi" and not payer.wechat_openid:
             raise ProviderError("JSAPI payment without the payer's openid")
