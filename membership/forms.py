@@ -291,6 +291,17 @@ def url_code_field() -> StringField:
     )
 
 
+def _whole_number(label, *, default: int, low: int, high: int) -> IntegerField:
+    """An optional whole number from ``low`` to ``high`` that reads as ``default`` when it
+    is left out or empty."""
+    return IntegerField(
+        label,
+        default=default,
+        filters=[lambda value: default if value is None else value],
+        validators=[Optional(), NumberRange(min=low, max=high)],
+    )
+
+
 class TierForm(FlaskForm):
     code = url_code_field()
     name = StringField(
@@ -333,35 +344,23 @@ class TierForm(FlaskForm):
         "renewal_late_percent",
         "renewal_window_days",
     )
-    renewal_early_percent = IntegerField(
-        _l("Renewal price before the end (percent)"),
-        default=100,
-        filters=[lambda value: 100 if value is None else value],
-        validators=[Optional(), NumberRange(min=1, max=500)],
+    renewal_early_percent = _whole_number(
+        _l("Renewal price before the end (percent)"), default=100, low=1, high=500
     )
-    renewal_grace_days = IntegerField(
-        _l("Grace days after the end (0: none)"),
-        default=0,
-        filters=[lambda value: 0 if value is None else value],
-        validators=[Optional(), NumberRange(min=0, max=365)],
+    renewal_grace_days = _whole_number(
+        _l("Grace days after the end (0: none)"), default=0, low=0, high=365
     )
-    renewal_grace_percent = IntegerField(
-        _l("Renewal price within the grace days (percent)"),
-        default=100,
-        filters=[lambda value: 100 if value is None else value],
-        validators=[Optional(), NumberRange(min=1, max=500)],
+    renewal_grace_percent = _whole_number(
+        _l("Renewal price within the grace days (percent)"), default=100, low=1, high=500
     )
-    renewal_late_percent = IntegerField(
-        _l("Renewal price later (percent)"),
-        default=100,
-        filters=[lambda value: 100 if value is None else value],
-        validators=[Optional(), NumberRange(min=1, max=500)],
+    renewal_late_percent = _whole_number(
+        _l("Renewal price later (percent)"), default=100, low=1, high=500
     )
-    renewal_window_days = IntegerField(
+    renewal_window_days = _whole_number(
         _l("The renew button appears this many days before the end"),
         default=30,
-        filters=[lambda value: 30 if value is None else value],
-        validators=[Optional(), NumberRange(min=1, max=3650)],
+        low=1,
+        high=3650,
     )
 
 
