@@ -89,10 +89,10 @@ def join(page: Page, server, name: str, phone_number: str) -> None:
     page.check("#accept_rules")
     for answer in page.locator("textarea[name^=q_], input[name^=q_]").all():
         answer.fill("想一起读书")
-    page.locator("form button[type=submit]").first.click()
+    page.locator("form button[type=submit]:not([formaction])").first.click()
     page.wait_for_url("**/verify/**")
     page.fill("#code", server.latest_code())
-    page.locator("form button[type=submit]").first.click()
+    page.locator("form button[type=submit]:not([formaction])").first.click()
     page.wait_for_load_state()
     if "/fake-pay/" in page.url:
         page.locator("input#pay").click()

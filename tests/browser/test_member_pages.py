@@ -33,6 +33,7 @@ WORDS = {
     "zh_CN": {
         "prove": "验证并继续",
         "pay": "去支付 ¥99.00",
+        "price": "¥99.00",
         "confirm": "确认支付",
         "send": "获取验证码",
         "log_in": "登录",
@@ -40,7 +41,8 @@ WORDS = {
     },
     "en": {
         "prove": "Prove and go on",
-        "pay": "Pay ¥99.00",
+        "pay": "Pay CN¥99.00",
+        "price": "CN¥99.00",
         "confirm": "Confirm the payment",
         "send": "Send me a code",
         "log_in": "Log in",
@@ -162,7 +164,7 @@ def test_every_member_page_on_a_phone(live_server, browser, locale):
     check(page, live_server, locale, "04-code-step")
     page.fill("#code", latest_code(live_server))
     page.get_by_role("button", name=words["prove"]).click()
-    expect(page.locator(".price")).to_have_text("¥99.00")
+    expect(page.locator(".price")).to_have_text(words["price"])
     check(page, live_server, locale, "05-cashier")
 
     page.get_by_role("button", name=words["confirm"]).click()
