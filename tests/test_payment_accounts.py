@@ -495,9 +495,10 @@ def test_admin_page_speaks_the_reader_language(app, logged_in, communities):
     zh = logged_in.get(PAGE.format(a)).text
     assert '<html lang="zh-CN">' in zh and "使用本站的密钥" in zh
     # The community's page leads to it.
-    assert f'href="{PAGE.format(a)}" id="payment-accounts"' in logged_in.get(
-        f"/admin/communities/{a}"
-    ).text
+    assert (
+        f'href="{PAGE.format(a)}" id="payment-accounts"'
+        in logged_in.get(f"/admin/communities/{a}").text
+    )
     logged_in.get("/lang/en")
     page = logged_in.get(PAGE.format(a)).text
     assert '<html lang="en">' in page
