@@ -90,13 +90,14 @@ def demo_command(host: str, port: int) -> None:
     # holds the write lock every request and the queue worker wait for.
     db.session.remove()
     base = current_app.config["PUBLIC_BASE_URL"]
+    join_page, admin_page = f"{base}/join/{slug}", f"{base}/admin/"
     click.echo()
     click.secho(_("Qunmen demo"), bold=True)
-    click.echo(_("Join page: %(url)s", url=f"{base}/join/{slug}"))
+    click.echo(_("Join page: %(url)s", url=join_page))
     click.echo(
         _(
             "Admin: %(url)s  (%(email)s / %(password)s)",
-            url=f"{base}/admin/",
+            url=admin_page,
             email=DEMO_ADMIN,
             password=password,
         )

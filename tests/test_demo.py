@@ -49,6 +49,7 @@ def test_a_second_start_sets_nothing_up_again(tmp_path, _api_server, monkeypatch
         email, password = saved.read_text().split()
         assert stat.S_IMODE(saved.stat().st_mode) == 0o600
         assert password in first.output and password in second.output
+        assert "群门演示" in first.output  # in QUNMEN_LOCALE, Chinese by default
         assert served == [(0, app, False), (0, app, False)]
         with app.app_context():
             assert db.session.scalar(sa.select(sa.func.count()).select_from(Community)) == 1
