@@ -70,7 +70,8 @@ def check_command() -> None:
     failed = 0
     marks = {True: _("FAIL"), False: _("ok")}
     for name, findings in run_checks().items():
-        click.echo(f"{marks[bool(findings)]} {name}")
+        # A check's name is a message id too (bin/translations extracts consistency_check).
+        click.echo(f"{marks[bool(findings)]} {_(name)}")
         for finding in findings:
             click.echo(f"     - {finding}")
         failed += bool(findings)
