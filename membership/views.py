@@ -31,7 +31,7 @@ from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
 from core.events import record_event
 from core.i18n import CommunityPreferences, settle_locale_at_login
-from core.limits import TooManyTries, claim, client_network
+from core.limits import Limit, TooManyTries, claim, client_network
 from core.money import Money
 from core.security import (
     new_token,
@@ -61,6 +61,7 @@ from membership.login import (
     LoginRefused,
     claim_code_check,
     claim_code_request,
+    code_request_checks,
     request_application_code,
     request_channel_code,
     request_code,
@@ -265,9 +266,7 @@ def offer_providers(form: JoinForm | PayAgainForm, community_id: int) -> None:
 def _wechat_proves_here() -> bool:
     """Whether this browser's applicant can prove themselves by WeChat's silent OAuth:
     it gave this browser an openid already, or it is WeChat's and OAuth is configured."""
-    return bool(session.get(OPENID_SESSION_KEY)) or (
-        current_payer().in_wechat and _wechat_oauth_provider() is not None
-    )
+    return bool(session.get(OPENID_SESSION_KEY)) or (_wechat_proves_at_join())
 
 
 def _join_form(tier: Tier, member: Member | None) -> JoinForm:
@@ -329,21 +328,25 @@ def join(slug: str, tier_code: str):
             "join/form.html", community=community, tier=tier, form=form, member=member
         ), status
     now = utcnow()
-    try:
-        per_client, overall = JOIN_SUBMISSIONS
-        claim([(per_client, client_network()), (overall, "")], now=now)
-    except TooManyTries:
-        db.session.commit()
-        form.display_name.errors.append(TOO_MANY)
-        return render_template(
-            "join/form.html", community=community, tier=tier, form=form, member=member
-        ), 429
-    db.session.commit()
     contact_kind, contact_value = None, None
     if member is None and form.contact_value.data:
         contact_kind, contact_value = ContactKind(form.contact_kind.data), form.contact_value.data
     elif member is None:  # inside WeChat, which proves them: the WeChat ID names them
         contact_kind, contact_value = ContactKind.WECHAT, form.wechat_id.data
+    code_to = _join_code_contact(member, contact_kind, contact_value, openid)
+    try:
+        claim(_join_checks(community, code_to), now=now)
+        code_refused = False
+    except TooManyTries as refusal:
+        if set(refusal.reached) & set(JOIN_SUBMISSIONS):
+            end_transaction_keeping_objects()  # the tries count
+            form.display_name.errors.append(TOO_MANY)
+            return render_template(
+                "join/form.html", community=community, tier=tier, form=form, member=member
+            ), 429
+        code_refused = True  # the application is made; the code step says why no code came
+    # The tries count whatever comes next; what was read stays loaded, not read again.
+    end_transaction_keeping_objects()
     try:
         claim_discount_code_try(form.coupon.data if "coupon" in form else None)
         sent_before = db.session.scalar(
@@ -384,7 +387,14 @@ def join(slug: str, tier_code: str):
                 else f"{application.contact_kind}:{application.contact_value}",
                 actor=f"member:{member.id}" if member else "prospect",
             )
-        db.session.commit()
+        if (
+            code_to is not None
+            and not code_refused
+            and application.status is ApplicationStatus.AWAITING_PROOF
+        ):
+            # Queued with the application, in its commit: the worker sends it after.
+            request_application_code(application, now=now)
+        end_transaction_keeping_objects()
     except JoinRefused as refusal:
         db.session.rollback()
         (form.display_name if member else form.contact_value).errors.append(str(refusal))
@@ -402,7 +412,8 @@ def join(slug: str, tier_code: str):
             "join/form.html", community=community, tier=tier, form=form, member=member
         ), 422
     except IntegrityError:
-        # The same form, sent twice at once: the other request made the application.
+        # The same form, sent twice at once: the other request made the application (and
+        # sent its code).
         db.session.rollback()
         application = db.session.scalar(
             sa.select(Application).where(Application.submission_key == form.submission_key.data)
@@ -411,8 +422,40 @@ def join(slug: str, tier_code: str):
             raise
     provider = form.provider.data if "provider" in form else None
     if application.status is ApplicationStatus.AWAITING_PROOF:
+        if code_refused:
+            flash(str(TOO_MANY), "error")
         return _start_proof(application, provider)
     return _continue(application, provider)
+
+
+def _join_code_contact(
+    member: Member | None,
+    contact_kind: ContactKind | None,
+    contact_value: str | None,
+    openid: str | None,
+) -> tuple[ContactKind, str] | None:
+    """Called by the join form before it claims its tries: the contact its code step will
+    send a code to (the member's own when one is logged in), or None when the applicant
+    proves themselves otherwise (a proven member, WeChat's OAuth) or cannot be sent one."""
+    if not needs_proof(member, wechat_openid=openid) or _wechat_proves_at_join():
+        return None
+    if member is not None:
+        contact_kind, contact_value = member.contact_kind, member.contact_value
+    return (contact_kind, contact_value) if contact_kind in SENDABLE else None
+
+
+def _join_checks(
+    community: Community, code_to: tuple[ContactKind, str] | None
+) -> list[tuple[Limit, str]]:
+    """The tries one join form claims, all in one statement: the join itself (per client,
+    overall) and, when its code step sends a code to ``code_to``, the code request."""
+    per_client, overall = JOIN_SUBMISSIONS
+    checks = [(per_client, client_network()), (overall, "")]
+    if code_to is not None:
+        checks += code_request_checks(
+            *code_to, community_id=community.id, client=client_network(), limits=JOIN_CODE_REQUESTS
+        )
+    return checks
 
 
 def _remember_application(application: Application) -> None:
@@ -470,6 +513,7 @@ def _send_application_code(application: Application) -> None:
             claim_code_request(
                 application.contact_kind,
                 application.contact_value,
+                community_id=application.community_id,
                 client=client_network(),
                 now=now,
                 limits=JOIN_CODE_REQUESTS,
@@ -483,18 +527,22 @@ def _send_application_code(application: Application) -> None:
         flash(str(refusal), "error")
 
 
+def _wechat_proves_at_join() -> bool:
+    """Whether the join's applicant proves themselves by WeChat's silent OAuth (inside
+    WeChat, with OAuth configured) rather than by a code."""
+    return current_payer().in_wechat and _wechat_oauth_provider() is not None
+
+
 def _start_proof(application: Application, provider: str | None) -> Response:
     """After the join form, an applicant with no proven channel proves one: inside WeChat
-    by the silent OAuth (no prompt), elsewhere by a code sent to their phone or e-mail.
-    The way to pay they picked (``provider``) travels with them."""
+    by the silent OAuth (no prompt), elsewhere by the code the join form queued to their
+    phone or e-mail. The way to pay they picked (``provider``) travels with them."""
     _remember_application(application)
     slug, public_id = application.community.slug, application.public_id
-    if current_payer().in_wechat and _wechat_oauth_provider() is not None:
+    if _wechat_proves_at_join():
         return redirect(
             url_for(".verify_wechat", slug=slug, public_id=public_id, provider=provider)
         )
-    if application.contact_kind in SENDABLE:
-        _send_application_code(application)
     return redirect(url_for(".verify", slug=slug, public_id=public_id, provider=provider))
 
 
@@ -568,7 +616,7 @@ def verify(slug: str, public_id: str):
         application=application,
         form=form,
         sendable=application.contact_kind in SENDABLE,
-        wechat=current_payer().in_wechat and _wechat_oauth_provider() is not None,
+        wechat=_wechat_proves_at_join(),
     ), status
 
 
@@ -791,7 +839,13 @@ def add_channel():
     kind, now = ContactKind(form.contact_kind.data), utcnow()
     try:
         try:
-            claim_code_request(kind, form.contact_value.data, client=client_network(), now=now)
+            claim_code_request(
+                kind,
+                form.contact_value.data,
+                community_id=member.community_id,
+                client=client_network(),
+                now=now,
+            )
         finally:
             db.session.commit()  # the request counts, refused or not
         pending, _message_id = request_channel_code(member, kind, form.contact_value.data, now=now)
@@ -936,7 +990,9 @@ def login(slug: str):
         kind, value, now = ContactKind(form.contact_kind.data), form.contact_value.data, utcnow()
         try:
             try:
-                claim_code_request(kind, value, client=client_network(), now=now)
+                claim_code_request(
+                    kind, value, community_id=community.id, client=client_network(), now=now
+                )
             finally:
                 db.session.commit()  # the request counts, refused or not
             pending, _message_id = request_code(community, kind, value, now=now)
