@@ -70,30 +70,35 @@ def client_network(address: str | None = None) -> str:
 
 
 @cache
-def _upsert(dialect: str, keys: int) -> sa.Insert:
+def _upsert(dialect: str, keys: int) -> sa.TextClause:
     """The statement that claims a try under each of ``keys`` keys (``:key0``, ``:key1``
     …) at ``:now`` and returns each key with its count, a window that began at or before
-    ``:cutoff`` starting over. One statement for all the limits a request claims; built
-    once per dialect and number of keys: it runs on most public requests, and building the
-    construct cost more than running it."""
+    ``:cutoff`` starting over: one statement for all the limits a request claims. Built
+    and compiled once per dialect and number of keys (SQLAlchemy compiles a many-row
+    INSERT again on every run, and it runs on most public requests)."""
     table = AttemptCounter.__table__
     now = sa.bindparam("now", type_=UTCDateTime())
-    expired = table.c.window_start <= sa.bindparam("cutoff", type_=UTCDateTime())
-    rows = [
-        {"key": sa.bindparam(f"key{i}", type_=sa.String()), "window_start": now, "count": 1}
-        for i in range(keys)
-    ]
-    return (
+    cutoff = sa.bindparam("cutoff", type_=UTCDateTime())
+    expired = table.c.window_start <= cutoff
+    names = [sa.bindparam(f"key{i}", type_=sa.String()) for i in range(keys)]
+    one = sa.literal_column("1", sa.Integer)  # not a parameter: the text binds none
+    construct = (
         insert_for(dialect)(table)
-        .values(rows)
+        .values([{"key": name, "window_start": now, "count": one} for name in names])
         .on_conflict_do_update(
             index_elements=[table.c.key],
             set_={
-                "count": sa.case((expired, 1), else_=table.c.count + 1),
+                "count": sa.case((expired, one), else_=table.c.count + one),
                 "window_start": sa.case((expired, now), else_=table.c.window_start),
             },
         )
         .returning(table.c.key, table.c.count)
+    )
+    named = sa.dialects.registry.load(dialect)(paramstyle="named")
+    return (
+        sa.text(str(construct.compile(dialect=named)))
+        .bindparams(now, cutoff, *names)
+        .columns(table.c.key, table.c.count)
     )
 
 
