@@ -134,8 +134,15 @@ def select_time_zone() -> str | None:
 def current_locale() -> str:
     """The locale this request is answered in, as the catalogs name it: ``zh_CN`` (Babel
     spells it ``zh_Hans_CN``)."""
-    locale = get_locale()
-    return next((code for code in LOCALES if Locale.parse(code) == locale), DEFAULT_LOCALE)
+    return _catalog_name(str(get_locale()))
+
+
+@cache
+def _catalog_name(locale: str) -> str:
+    """The catalog's name for Babel's spelling of a locale (parsing one is slow, and every
+    page asks several times)."""
+    parsed = Locale.parse(locale)
+    return next((code for code in LOCALES if Locale.parse(code) == parsed), DEFAULT_LOCALE)
 
 
 def html_lang() -> str:

@@ -156,6 +156,28 @@ _PRIVATE_PAGES = frozenset(
 )
 
 
+#: The join path's lookups, built once (building a statement cost more than running it).
+_COMMUNITY_BY_SLUG = sa.select(Community).where(Community.slug == sa.bindparam("slug"))
+_TIER_BY_CODE = sa.select(Tier).where(
+    Tier.community_id == sa.bindparam("community_id"), Tier.code == sa.bindparam("code")
+)
+_APPLICATION_BY_SUBMISSION = sa.select(Application).where(
+    Application.submission_key == sa.bindparam("key")
+)
+_APPLICATION_SENT_BEFORE = sa.select(Application.id).where(
+    Application.submission_key == sa.bindparam("key")
+)
+_APPLICATION_BY_PUBLIC_ID = sa.select(Application).where(
+    Application.public_id == sa.bindparam("public_id")
+)
+_LATEST_APPLICATION_CODE = (
+    sa.select(LoginCode)
+    .where(LoginCode.application_id == sa.bindparam("application_id"))
+    .order_by(LoginCode.id.desc())
+    .limit(1)
+)
+
+
 @bp.after_request
 def _never_cached(response: Response) -> Response:
     if request.endpoint in _PRIVATE_PAGES:
@@ -165,7 +187,7 @@ def _never_cached(response: Response) -> Response:
 
 def _community(slug: str) -> Community:
     """The community of the page; its language and time zone are the page's defaults."""
-    community = db.session.scalar(sa.select(Community).where(Community.slug == slug))
+    community = db.session.scalar(_COMMUNITY_BY_SLUG, {"slug": slug})
     if community is None:
         abort(404)
     g.community = community
@@ -349,9 +371,7 @@ def join(slug: str, tier_code: str):
     end_transaction_keeping_objects()
     try:
         claim_discount_code_try(form.coupon.data if "coupon" in form else None)
-        sent_before = db.session.scalar(
-            sa.select(Application.id).where(Application.submission_key == form.submission_key.data)
-        )
+        sent_before = db.session.scalar(_APPLICATION_SENT_BEFORE, {"key": form.submission_key.data})
         if member is None and sent_before is None:  # before the application makes a member
             notify_member_of_their_contact(
                 community,
@@ -416,7 +436,7 @@ def join(slug: str, tier_code: str):
         # sent its code).
         db.session.rollback()
         application = db.session.scalar(
-            sa.select(Application).where(Application.submission_key == form.submission_key.data)
+            _APPLICATION_BY_SUBMISSION, {"key": form.submission_key.data}
         )
         if application is None:
             raise
@@ -496,9 +516,7 @@ def _continue(application: Application, provider_name: str | None) -> Response:
 
 
 def _application(slug: str, public_id: str) -> Application:
-    application = db.session.scalar(
-        sa.select(Application).where(Application.public_id == public_id)
-    )
+    application = db.session.scalar(_APPLICATION_BY_PUBLIC_ID, {"public_id": public_id})
     if application is None or application.community.slug != slug:
         abort(404)
     return application
@@ -594,12 +612,7 @@ def verify(slug: str, public_id: str):
     application = _proving_application(slug, public_id)
     if application.status is not ApplicationStatus.AWAITING_PROOF:
         return redirect(url_for(".status", slug=slug, public_id=public_id))
-    pending = db.session.scalar(
-        sa.select(LoginCode)
-        .where(LoginCode.application_id == application.id)
-        .order_by(LoginCode.id.desc())
-        .limit(1)
-    )
+    pending = db.session.scalar(_LATEST_APPLICATION_CODE, {"application_id": application.id})
     form = LoginCodeForm()
     if pending is not None and form.validate_on_submit():
         proven, _member = _check_code(
@@ -1262,9 +1275,7 @@ def login_wechat_return(slug: str):
 
 def _tier(community: Community, tier_code: str) -> Tier:
     """The community's tier of the page, or a 404."""
-    tier = db.session.scalar(
-        sa.select(Tier).where(Tier.community_id == community.id, Tier.code == tier_code)
-    )
+    tier = db.session.scalar(_TIER_BY_CODE, {"community_id": community.id, "code": tier_code})
     if tier is None:
         abort(404)
     return tier
