@@ -18,6 +18,8 @@ from functools import cache
 
 import sqlalchemy as sa
 from flask import request
+from sqlalchemy.dialects.postgresql.base import PGDialect
+from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import UTCDateTime, db, insert_for, session_dialect
@@ -94,7 +96,9 @@ def _upsert(dialect: str, keys: int) -> sa.TextClause:
         )
         .returning(table.c.key, table.c.count)
     )
-    named = sa.dialects.registry.load(dialect)(paramstyle="named")
+    # Compiled by the dialect's base, with named parameters the text can bind (psycopg's
+    # would add casts, ``:now::TIMESTAMP``, that a text does not read as parameters).
+    named = (PGDialect if dialect == "postgresql" else SQLiteDialect)(paramstyle="named")
     return (
         sa.text(str(construct.compile(dialect=named)))
         .bindparams(now, cutoff, *names)
