@@ -355,7 +355,11 @@ def join(slug: str, tier_code: str):
         contact_kind, contact_value = ContactKind(form.contact_kind.data), form.contact_value.data
     elif member is None:  # inside WeChat, which proves them: the WeChat ID names them
         contact_kind, contact_value = ContactKind.WECHAT, form.wechat_id.data
-    code_to = _join_code_contact(member, contact_kind, contact_value, openid)
+    sent_before = db.session.scalar(_APPLICATION_SENT_BEFORE, {"key": form.submission_key.data})
+    # A form sent again (a double click) gets back its application and sends no new code.
+    code_to = None
+    if sent_before is None:
+        code_to = _join_code_contact(member, contact_kind, contact_value, openid)
     try:
         claim(_join_checks(community, code_to), now=now)
         code_refused = False
@@ -371,7 +375,6 @@ def join(slug: str, tier_code: str):
     end_transaction_keeping_objects()
     try:
         claim_discount_code_try(form.coupon.data if "coupon" in form else None)
-        sent_before = db.session.scalar(_APPLICATION_SENT_BEFORE, {"key": form.submission_key.data})
         if member is None and sent_before is None:  # before the application makes a member
             notify_member_of_their_contact(
                 community,
