@@ -288,7 +288,7 @@ def offer_providers(form: JoinForm | PayAgainForm, community_id: int) -> None:
 def _wechat_proves_here() -> bool:
     """Whether this browser's applicant can prove themselves by WeChat's silent OAuth:
     it gave this browser an openid already, or it is WeChat's and OAuth is configured."""
-    return bool(session.get(OPENID_SESSION_KEY)) or (_wechat_proves_at_join())
+    return bool(session.get(OPENID_SESSION_KEY)) or _wechat_proves_at_join()
 
 
 def _join_form(tier: Tier, member: Member | None) -> JoinForm:
@@ -355,8 +355,9 @@ def join(slug: str, tier_code: str):
         contact_kind, contact_value = ContactKind(form.contact_kind.data), form.contact_value.data
     elif member is None:  # inside WeChat, which proves them: the WeChat ID names them
         contact_kind, contact_value = ContactKind.WECHAT, form.wechat_id.data
+    # A form sent again (a double click) gets back its application, and no new code: only
+    # the request that makes the application claims and sends one.
     sent_before = db.session.scalar(_APPLICATION_SENT_BEFORE, {"key": form.submission_key.data})
-    # A form sent again (a double click) gets back its application and sends no new code.
     code_to = None
     if sent_before is None:
         code_to = _join_code_contact(member, contact_kind, contact_value, openid)
@@ -410,8 +411,12 @@ def join(slug: str, tier_code: str):
                 else f"{application.contact_kind}:{application.contact_value}",
                 actor=f"member:{member.id}" if member else "prospect",
             )
+        # The form made before gives back its application; only the request that made it
+        # (stamped with this request's own ``now``) sends a code, whatever the race.
+        made_here = application.created_at is now
         if (
             code_to is not None
+            and made_here
             and not code_refused
             and application.status is ApplicationStatus.AWAITING_PROOF
         ):
@@ -443,9 +448,10 @@ def join(slug: str, tier_code: str):
         )
         if application is None:
             raise
+        made_here = False
     provider = form.provider.data if "provider" in form else None
     if application.status is ApplicationStatus.AWAITING_PROOF:
-        if code_refused:
+        if code_refused and made_here:
             flash(str(TOO_MANY), "error")
         return _start_proof(application, provider)
     return _continue(application, provider)

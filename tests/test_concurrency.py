@@ -281,7 +281,12 @@ def _send_all(base: str, forms: list[tuple[requests.Session, dict[str, str]]]) -
 
 
 @pytest.mark.committing
-def test_a_join_form_sent_ten_times_at_once_makes_one_order_and_one_code(tmp_path, _api_server):
+@pytest.mark.parametrize("sends", [3, 10])
+def test_a_join_form_sent_again_at_once_makes_one_order_and_one_code(tmp_path, _api_server, sends):
+    """One form sent several times at once (a double click, or worse): one application
+    and one order; one code, from the request that made the application. Up to the
+    contact's three code requests that code always goes; past them the request that made
+    the application may be the one refused (it says so), so at most one."""
     with fresh_database(tmp_path, _api_server) as app:
         with app.app_context():
             seed_demo_community()
@@ -289,13 +294,15 @@ def test_a_join_form_sent_ten_times_at_once_makes_one_order_and_one_code(tmp_pat
         server, base = _serve(app)
         try:
             form = _opened_join_form(base, "13900000001")
-            statuses = _send_all(base, [form] * 10)
+            statuses = _send_all(base, [form] * sends)
         finally:
             server.shutdown()
-        assert statuses == [302] * 10
+        assert statuses == [302] * sends
         with app.app_context():
             assert count(Application) == count(Order) == 1
-            assert count(LoginCode) == count(OutboxMessage) == 1
+            codes = count(LoginCode)
+            assert count(OutboxMessage) == codes
+            assert codes == 1 if sends <= 3 else codes <= 1
 
 
 @pytest.mark.committing
