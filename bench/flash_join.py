@@ -7,6 +7,12 @@ from when the prospect arrived. The app runs on 2 gunicorn workers; the prospect
 separate processes on loopback. No worker sends the codes here: each prospect reads theirs
 from the outbox in the database, as a phone would show it.
 
+Prints the whole run's seconds (from before the client processes start: the arrivals
+span ``--over`` of them), how far behind the last arrival the last journey ended, the
+journeys that failed, the member numbers given twice, missing below the highest, and
+whether they are exactly 1..N for N prospects, the tap and journey percentiles in ms, and
+the machine's load average before and after (the machine may be shared).
+
 Prospects arrive evenly over ``--over`` seconds (60: the scenario). ``--over 0`` sends
 them all at once, as fast as 16 clients go: a stress test of throughput, where the
 latencies are mostly time spent queueing.
@@ -127,24 +133,30 @@ def run(kind: str, prospects: int, clients: int, over: float) -> dict[str, float
         with gunicorn(
             "app:create_app()", url, PAYMENT_PROVIDERS="fake", TRUSTED_PROXIES="1"
         ) as base:
+            load_before = os.getloadavg()[0]
             start = time.perf_counter()
             with ProcessPoolExecutor(max_workers=clients) as pool:
                 first = time.time() + 1  # once the client processes are up
                 arrivals = [(base, url, i, first + over * i / prospects) for i in range(prospects)]
                 results = list(pool.map(_prospect, arrivals))
             elapsed = time.perf_counter() - start
+            behind = time.time() - arrivals[-1][3]
+            load_after = os.getloadavg()[0]
         numbers = read(url, "SELECT number FROM members WHERE number IS NOT NULL")
     tap_p50, tap_p99 = _percentiles([tap for _, taps, _ in results for tap in taps])
     journey_p50, journey_p99 = _percentiles([seconds for seconds, _, _ in results])
     return {
         "seconds": elapsed,
+        "behind": behind,
         "errors": sum(1 for *_, ok in results if not ok),
         "duplicates": len(numbers) - len(set(numbers)),
         "gaps": (max(numbers) - len(numbers)) if numbers else 0,
+        "numbers ok": sorted(numbers) == list(range(1, prospects + 1)),
         "p50": tap_p50,
         "p99": tap_p99,
         "journey p50": journey_p50,
         "journey p99": journey_p99,
+        "load": (load_before, load_after),
     }
 
 
@@ -162,15 +174,17 @@ def main() -> None:
         f"{os.cpu_count()} CPUs"
     )
     print(
-        f"{'database':10} {'seconds':>8} {'errors':>7} {'dup nos':>8} {'gaps':>5} "
-        f"{'tap p50':>8} {'tap p99':>8} {'journey p50':>12} {'journey p99':>12}"
+        f"{'database':10} {'seconds':>8} {'behind':>7} {'errors':>7} {'dup nos':>8} "
+        f"{'gaps':>5} {'1..N':>5} {'tap p50':>8} {'tap p99':>8} {'journey p50':>12} "
+        f"{'journey p99':>12} {'load 1 min':>11}"
     )
     for kind in kinds:
         r = run(kind, args.prospects, args.clients, args.over)
         print(
-            f"{kind:10} {r['seconds']:8.1f} {r['errors']:7d} {r['duplicates']:8d} "
-            f"{r['gaps']:5d} {r['p50']:8.1f} {r['p99']:8.1f} {r['journey p50']:12.1f} "
-            f"{r['journey p99']:12.1f}"
+            f"{kind:10} {r['seconds']:8.1f} {r['behind']:7.1f} {r['errors']:7d} "
+            f"{r['duplicates']:8d} {r['gaps']:5d} {'yes' if r['numbers ok'] else 'no':>5} "
+            f"{r['p50']:8.1f} {r['p99']:8.1f} {r['journey p50']:12.1f} "
+            f"{r['journey p99']:12.1f} {r['load'][0]:5.1f}→{r['load'][1]:<5.1f}"
         )
 
 

@@ -1,8 +1,8 @@
 """Order creation under load: prospects send the join form (an application, and a code
 queued to their phone for the join's code step, answered by a redirect to that step; the
 order and its payment attempt follow the proof), against the bare one-INSERT endpoint,
-both on 2 gunicorn workers in the same run. The install takes 1,000 code requests per 15
-minutes (membership.login.CODE_REQUESTS): more forms than that are refused.
+both on 2 gunicorn workers in the same run. A community takes 1,000 code requests per 15
+minutes (membership.login.CODE_REQUESTS): more forms than that get no code.
 
 Each form is opened beforehand in a session of its own, as a phone would have it open:
 the load is the sending alone.

@@ -5,7 +5,8 @@ code step), and members proving a new channel from their page.
 The code is six digits, lives ten minutes, is stored only as an HMAC under the app's
 secret key, and allows five checks, each claimed (one conditional UPDATE) before the code
 is compared, so parallel guesses cannot exceed it. Codes are also limited per contact, per
-client and for the whole install (see :data:`CODE_REQUESTS` and :data:`CODE_CHECKS`).
+client, per community (requests) and for the whole install (checks): see
+:data:`CODE_REQUESTS` and :data:`CODE_CHECKS`.
 Whether a contact belongs to a member is never told: a code is "sent" either way, and one
 for a stranger can never succeed.
 
@@ -56,18 +57,19 @@ from membership.services import (
 
 CODE_LIFETIME = timedelta(minutes=10)
 MAX_ATTEMPTS = 5
-#: Code requests: per contact, per client, for the whole install.
+#: Code requests: per contact, per client, per community (one community's flash join of a
+#: thousand people does not stop the codes of another's).
 CODE_REQUESTS = (
     Limit("code-request:contact", 3, timedelta(minutes=15)),
     Limit("code-request:client", 10, timedelta(minutes=15)),
-    Limit("code-request:all", 1000, timedelta(minutes=15)),
+    Limit("code-request:community", 1000, timedelta(minutes=15)),
 )
 #: Code checks, besides each code's own five: per client, for the whole install.
 CODE_CHECKS = (
     Limit("code-check:client", 30, timedelta(minutes=15)),
     Limit("code-check:all", 3000, timedelta(minutes=15)),
 )
-#: The join's code step counts per contact and for the whole install with the logins, but
+#: The join's code step counts per contact and per community with the logins, but
 #: per client as many as join forms (:data:`membership.services.JOIN_SUBMISSIONS`): a
 #: flash re-entry brings about a hundred people within minutes, many behind one carrier's
 #: address.
@@ -96,22 +98,40 @@ def _digest(code: str) -> str:
     return hmac.new(key, b"qunmen.login-code." + code.encode(), hashlib.sha256).hexdigest()
 
 
+def code_request_checks(
+    kind: ContactKind,
+    value: str,
+    *,
+    community_id: int,
+    client: str,
+    limits: tuple[Limit, Limit, Limit] = CODE_REQUESTS,
+) -> list[tuple[Limit, str]]:
+    """The ``(limit, subject)`` pairs a code request for the contact from ``client`` to
+    ``community_id`` claims (see :func:`core.limits.claim`): per contact, per client, per
+    community, under ``limits`` (:data:`CODE_REQUESTS`, or :data:`JOIN_CODE_REQUESTS` for
+    the join's code step). A page that claims other limits too claims them all at once."""
+    contact = f"{kind.value}:{normalise_contact(kind, value)}"
+    per_contact, per_client, per_community = limits
+    return [(per_contact, contact), (per_client, client), (per_community, str(community_id))]
+
+
 def claim_code_request(
     kind: ContactKind,
     value: str,
     *,
+    community_id: int,
     client: str,
     now: datetime,
     limits: tuple[Limit, Limit, Limit] = CODE_REQUESTS,
 ) -> None:
-    """Count a code request for the contact from ``client`` against ``limits`` (per
-    contact, per client, overall: :data:`CODE_REQUESTS`, or :data:`JOIN_CODE_REQUESTS` for
-    the join's code step), flushed; the caller commits it whatever comes next. Raises
-    :class:`LoginRefused` when one is reached."""
-    contact = f"{kind.value}:{normalise_contact(kind, value)}"
-    per_contact, per_client, overall = limits
+    """Count a code request for the contact from ``client`` to ``community_id`` against
+    ``limits`` (see :func:`code_request_checks`), flushed; the caller commits it whatever
+    comes next. Raises :class:`LoginRefused` when one is reached."""
+    checks = code_request_checks(
+        kind, value, community_id=community_id, client=client, limits=limits
+    )
     try:
-        claim([(per_contact, contact), (per_client, client), (overall, "")], now=now)
+        claim(checks, now=now)
     except TooManyTries as refusal:
         raise LoginRefused(TOO_MANY) from refusal
 

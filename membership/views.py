@@ -31,7 +31,7 @@ from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects
 from core.events import record_event
 from core.i18n import CommunityPreferences, settle_locale_at_login
-from core.limits import TooManyTries, claim, client_network
+from core.limits import Limit, TooManyTries, claim, client_network
 from core.money import Money
 from core.security import (
     new_token,
@@ -61,6 +61,7 @@ from membership.login import (
     LoginRefused,
     claim_code_check,
     claim_code_request,
+    code_request_checks,
     request_application_code,
     request_channel_code,
     request_code,
@@ -155,6 +156,28 @@ _PRIVATE_PAGES = frozenset(
 )
 
 
+#: The join path's lookups, built once (building a statement cost more than running it).
+_COMMUNITY_BY_SLUG = sa.select(Community).where(Community.slug == sa.bindparam("slug"))
+_TIER_BY_CODE = sa.select(Tier).where(
+    Tier.community_id == sa.bindparam("community_id"), Tier.code == sa.bindparam("code")
+)
+_APPLICATION_BY_SUBMISSION = sa.select(Application).where(
+    Application.submission_key == sa.bindparam("key")
+)
+_APPLICATION_SENT_BEFORE = sa.select(Application.id).where(
+    Application.submission_key == sa.bindparam("key")
+)
+_APPLICATION_BY_PUBLIC_ID = sa.select(Application).where(
+    Application.public_id == sa.bindparam("public_id")
+)
+_LATEST_APPLICATION_CODE = (
+    sa.select(LoginCode)
+    .where(LoginCode.application_id == sa.bindparam("application_id"))
+    .order_by(LoginCode.id.desc())
+    .limit(1)
+)
+
+
 @bp.after_request
 def _never_cached(response: Response) -> Response:
     if request.endpoint in _PRIVATE_PAGES:
@@ -164,7 +187,7 @@ def _never_cached(response: Response) -> Response:
 
 def _community(slug: str) -> Community:
     """The community of the page; its language and time zone are the page's defaults."""
-    community = db.session.scalar(sa.select(Community).where(Community.slug == slug))
+    community = db.session.scalar(_COMMUNITY_BY_SLUG, {"slug": slug})
     if community is None:
         abort(404)
     g.community = community
@@ -265,9 +288,7 @@ def offer_providers(form: JoinForm | PayAgainForm, community_id: int) -> None:
 def _wechat_proves_here() -> bool:
     """Whether this browser's applicant can prove themselves by WeChat's silent OAuth:
     it gave this browser an openid already, or it is WeChat's and OAuth is configured."""
-    return bool(session.get(OPENID_SESSION_KEY)) or (
-        current_payer().in_wechat and _wechat_oauth_provider() is not None
-    )
+    return bool(session.get(OPENID_SESSION_KEY)) or _wechat_proves_at_join()
 
 
 def _join_form(tier: Tier, member: Member | None) -> JoinForm:
@@ -329,26 +350,32 @@ def join(slug: str, tier_code: str):
             "join/form.html", community=community, tier=tier, form=form, member=member
         ), status
     now = utcnow()
-    try:
-        per_client, overall = JOIN_SUBMISSIONS
-        claim([(per_client, client_network()), (overall, "")], now=now)
-    except TooManyTries:
-        db.session.commit()
-        form.display_name.errors.append(TOO_MANY)
-        return render_template(
-            "join/form.html", community=community, tier=tier, form=form, member=member
-        ), 429
-    db.session.commit()
     contact_kind, contact_value = None, None
     if member is None and form.contact_value.data:
         contact_kind, contact_value = ContactKind(form.contact_kind.data), form.contact_value.data
     elif member is None:  # inside WeChat, which proves them: the WeChat ID names them
         contact_kind, contact_value = ContactKind.WECHAT, form.wechat_id.data
+    # A form sent again (a double click) gets back its application, and no new code: only
+    # the request that makes the application claims and sends one.
+    sent_before = db.session.scalar(_APPLICATION_SENT_BEFORE, {"key": form.submission_key.data})
+    code_to = None
+    if sent_before is None:
+        code_to = _join_code_contact(member, contact_kind, contact_value, openid)
+    try:
+        claim(_join_checks(community, code_to), now=now)
+        code_refused = False
+    except TooManyTries as refusal:
+        if set(refusal.reached) & set(JOIN_SUBMISSIONS):
+            end_transaction_keeping_objects()  # the tries count
+            form.display_name.errors.append(TOO_MANY)
+            return render_template(
+                "join/form.html", community=community, tier=tier, form=form, member=member
+            ), 429
+        code_refused = True  # the application is made; the code step says why no code came
+    # The tries count whatever comes next; what was read stays loaded, not read again.
+    end_transaction_keeping_objects()
     try:
         claim_discount_code_try(form.coupon.data if "coupon" in form else None)
-        sent_before = db.session.scalar(
-            sa.select(Application.id).where(Application.submission_key == form.submission_key.data)
-        )
         if member is None and sent_before is None:  # before the application makes a member
             notify_member_of_their_contact(
                 community,
@@ -384,7 +411,18 @@ def join(slug: str, tier_code: str):
                 else f"{application.contact_kind}:{application.contact_value}",
                 actor=f"member:{member.id}" if member else "prospect",
             )
-        db.session.commit()
+        # The form made before gives back its application; only the request that made it
+        # (stamped with this request's own ``now``) sends a code, whatever the race.
+        made_here = application.created_at is now
+        if (
+            code_to is not None
+            and made_here
+            and not code_refused
+            and application.status is ApplicationStatus.AWAITING_PROOF
+        ):
+            # Queued with the application, in its commit: the worker sends it after.
+            request_application_code(application, now=now)
+        end_transaction_keeping_objects()
     except JoinRefused as refusal:
         db.session.rollback()
         (form.display_name if member else form.contact_value).errors.append(str(refusal))
@@ -402,17 +440,51 @@ def join(slug: str, tier_code: str):
             "join/form.html", community=community, tier=tier, form=form, member=member
         ), 422
     except IntegrityError:
-        # The same form, sent twice at once: the other request made the application.
+        # The same form, sent twice at once: the other request made the application (and
+        # sent its code).
         db.session.rollback()
         application = db.session.scalar(
-            sa.select(Application).where(Application.submission_key == form.submission_key.data)
+            _APPLICATION_BY_SUBMISSION, {"key": form.submission_key.data}
         )
         if application is None:
             raise
+        made_here = False
     provider = form.provider.data if "provider" in form else None
     if application.status is ApplicationStatus.AWAITING_PROOF:
+        if code_refused and made_here:
+            flash(str(TOO_MANY), "error")
         return _start_proof(application, provider)
     return _continue(application, provider)
+
+
+def _join_code_contact(
+    member: Member | None,
+    contact_kind: ContactKind | None,
+    contact_value: str | None,
+    openid: str | None,
+) -> tuple[ContactKind, str] | None:
+    """Called by the join form before it claims its tries: the contact its code step will
+    send a code to (the member's own when one is logged in), or None when the applicant
+    proves themselves otherwise (a proven member, WeChat's OAuth) or cannot be sent one."""
+    if not needs_proof(member, wechat_openid=openid) or _wechat_proves_at_join():
+        return None
+    if member is not None:
+        contact_kind, contact_value = member.contact_kind, member.contact_value
+    return (contact_kind, contact_value) if contact_kind in SENDABLE else None
+
+
+def _join_checks(
+    community: Community, code_to: tuple[ContactKind, str] | None
+) -> list[tuple[Limit, str]]:
+    """The tries one join form claims, all in one statement: the join itself (per client,
+    overall) and, when its code step sends a code to ``code_to``, the code request."""
+    per_client, overall = JOIN_SUBMISSIONS
+    checks = [(per_client, client_network()), (overall, "")]
+    if code_to is not None:
+        checks += code_request_checks(
+            *code_to, community_id=community.id, client=client_network(), limits=JOIN_CODE_REQUESTS
+        )
+    return checks
 
 
 def _remember_application(application: Application) -> None:
@@ -453,9 +525,7 @@ def _continue(application: Application, provider_name: str | None) -> Response:
 
 
 def _application(slug: str, public_id: str) -> Application:
-    application = db.session.scalar(
-        sa.select(Application).where(Application.public_id == public_id)
-    )
+    application = db.session.scalar(_APPLICATION_BY_PUBLIC_ID, {"public_id": public_id})
     if application is None or application.community.slug != slug:
         abort(404)
     return application
@@ -470,6 +540,7 @@ def _send_application_code(application: Application) -> None:
             claim_code_request(
                 application.contact_kind,
                 application.contact_value,
+                community_id=application.community_id,
                 client=client_network(),
                 now=now,
                 limits=JOIN_CODE_REQUESTS,
@@ -483,18 +554,22 @@ def _send_application_code(application: Application) -> None:
         flash(str(refusal), "error")
 
 
+def _wechat_proves_at_join() -> bool:
+    """Whether the join's applicant proves themselves by WeChat's silent OAuth (inside
+    WeChat, with OAuth configured) rather than by a code."""
+    return current_payer().in_wechat and _wechat_oauth_provider() is not None
+
+
 def _start_proof(application: Application, provider: str | None) -> Response:
     """After the join form, an applicant with no proven channel proves one: inside WeChat
-    by the silent OAuth (no prompt), elsewhere by a code sent to their phone or e-mail.
-    The way to pay they picked (``provider``) travels with them."""
+    by the silent OAuth (no prompt), elsewhere by the code the join form queued to their
+    phone or e-mail. The way to pay they picked (``provider``) travels with them."""
     _remember_application(application)
     slug, public_id = application.community.slug, application.public_id
-    if current_payer().in_wechat and _wechat_oauth_provider() is not None:
+    if _wechat_proves_at_join():
         return redirect(
             url_for(".verify_wechat", slug=slug, public_id=public_id, provider=provider)
         )
-    if application.contact_kind in SENDABLE:
-        _send_application_code(application)
     return redirect(url_for(".verify", slug=slug, public_id=public_id, provider=provider))
 
 
@@ -546,12 +621,7 @@ def verify(slug: str, public_id: str):
     application = _proving_application(slug, public_id)
     if application.status is not ApplicationStatus.AWAITING_PROOF:
         return redirect(url_for(".status", slug=slug, public_id=public_id))
-    pending = db.session.scalar(
-        sa.select(LoginCode)
-        .where(LoginCode.application_id == application.id)
-        .order_by(LoginCode.id.desc())
-        .limit(1)
-    )
+    pending = db.session.scalar(_LATEST_APPLICATION_CODE, {"application_id": application.id})
     form = LoginCodeForm()
     if pending is not None and form.validate_on_submit():
         proven, _member = _check_code(
@@ -568,7 +638,7 @@ def verify(slug: str, public_id: str):
         application=application,
         form=form,
         sendable=application.contact_kind in SENDABLE,
-        wechat=current_payer().in_wechat and _wechat_oauth_provider() is not None,
+        wechat=_wechat_proves_at_join(),
     ), status
 
 
@@ -791,7 +861,13 @@ def add_channel():
     kind, now = ContactKind(form.contact_kind.data), utcnow()
     try:
         try:
-            claim_code_request(kind, form.contact_value.data, client=client_network(), now=now)
+            claim_code_request(
+                kind,
+                form.contact_value.data,
+                community_id=member.community_id,
+                client=client_network(),
+                now=now,
+            )
         finally:
             db.session.commit()  # the request counts, refused or not
         pending, _message_id = request_channel_code(member, kind, form.contact_value.data, now=now)
@@ -936,7 +1012,9 @@ def login(slug: str):
         kind, value, now = ContactKind(form.contact_kind.data), form.contact_value.data, utcnow()
         try:
             try:
-                claim_code_request(kind, value, client=client_network(), now=now)
+                claim_code_request(
+                    kind, value, community_id=community.id, client=client_network(), now=now
+                )
             finally:
                 db.session.commit()  # the request counts, refused or not
             pending, _message_id = request_code(community, kind, value, now=now)
@@ -1206,9 +1284,7 @@ def login_wechat_return(slug: str):
 
 def _tier(community: Community, tier_code: str) -> Tier:
     """The community's tier of the page, or a 404."""
-    tier = db.session.scalar(
-        sa.select(Tier).where(Tier.community_id == community.id, Tier.code == tier_code)
-    )
+    tier = db.session.scalar(_TIER_BY_CODE, {"community_id": community.id, "code": tier_code})
     if tier is None:
         abort(404)
     return tier

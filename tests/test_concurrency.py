@@ -13,16 +13,21 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.serving import make_server
 
 from core.db import db
+from core.limits import AttemptCounter
+from core.outbox import OutboxMessage
 from membership.cli import seed_demo_community
 from membership.models import (
+    Application,
     Group,
     Invitation,
     InvitationStatus,
+    LoginCode,
     Member,
     Membership,
     MembershipStatus,
     Tier,
 )
+from membership.services import JOIN_SUBMISSIONS
 from payments import inbox
 from payments.models import (
     FlagKind,
@@ -39,8 +44,10 @@ from payments.providers import Payer
 from payments.services import start_payment
 from tests.conftest import fresh_database
 from tests.helpers import (
+    PROSPECT,
     checkout_session,
     count,
+    hidden_value,
     open_payment,
     signed_notification,
     stripe_delivery,
@@ -247,3 +254,75 @@ def test_two_payments_of_one_order_confirmed_and_taken_back_at_once(tmp_path, _a
             assert db.session.scalars(sa.select(Invitation.status)).all() == [
                 InvitationStatus.REVOKED
             ]
+
+
+def _opened_join_form(base: str, phone: str) -> tuple[requests.Session, dict[str, str]]:
+    """A prospect's join form, opened in a browser session of its own and filled in."""
+    browser = requests.Session()
+    browser.headers["Host"] = "qunmen.test"
+    page = browser.get(f"{base}/join/demo/main", timeout=60).text
+    hidden = {name: hidden_value(page, name) for name in ("csrf_token", "submission_key")}
+    return browser, {**hidden, **PROSPECT, "contact_value": phone}
+
+
+def _send_all(base: str, forms: list[tuple[requests.Session, dict[str, str]]]) -> list[int]:
+    """Every form sent at once, each on its own connection."""
+    start = threading.Barrier(len(forms))
+
+    def send(form) -> int:
+        browser, fields = form
+        start.wait()
+        return browser.post(
+            f"{base}/join/demo/main", data=fields, allow_redirects=False, timeout=60
+        ).status_code
+
+    with ThreadPoolExecutor(max_workers=len(forms)) as pool:
+        return list(pool.map(send, forms))
+
+
+@pytest.mark.committing
+@pytest.mark.parametrize("sends", [3, 10])
+def test_a_join_form_sent_again_at_once_makes_one_order_and_one_code(tmp_path, _api_server, sends):
+    """One form sent several times at once (a double click, or worse): one application
+    and one order; one code, from the request that made the application. Up to the
+    contact's three code requests that code always goes; past them the request that made
+    the application may be the one refused (it says so), so at most one."""
+    with fresh_database(tmp_path, _api_server) as app:
+        with app.app_context():
+            seed_demo_community()
+            db.session.commit()
+        server, base = _serve(app)
+        try:
+            form = _opened_join_form(base, "13900000001")
+            statuses = _send_all(base, [form] * sends)
+        finally:
+            server.shutdown()
+        assert statuses == [302] * sends
+        with app.app_context():
+            assert count(Application) == count(Order) == 1
+            codes = count(LoginCode)
+            assert count(OutboxMessage) == codes
+            assert codes == 1 if sends <= 3 else codes <= 1
+
+
+@pytest.mark.committing
+def test_parallel_joins_from_one_client_take_no_more_than_its_limit(tmp_path, _api_server):
+    """One client's join forms at once, past its limit: the claims (join and code
+    request, one statement) queue on their counters, so exactly the limit go through."""
+    per_client, _overall = JOIN_SUBMISSIONS
+    tries = per_client.tries + 8
+    with fresh_database(tmp_path, _api_server) as app:
+        with app.app_context():
+            seed_demo_community()
+            db.session.commit()
+        server, base = _serve(app)
+        try:
+            forms = [_opened_join_form(base, f"139{i:08d}") for i in range(tries)]
+            statuses = _send_all(base, forms)
+        finally:
+            server.shutdown()
+        assert sorted(statuses) == [302] * per_client.tries + [429] * 8
+        with app.app_context():
+            assert count(Application) == count(LoginCode) == per_client.tries
+            counter = db.session.get(AttemptCounter, f"{per_client.name}:127.0.0.1")
+            assert counter.count == tries

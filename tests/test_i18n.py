@@ -11,7 +11,15 @@ import sqlalchemy as sa
 from core.auth import StaffUser
 from core.db import db
 from membership.models import Community, Member
-from tests.helpers import ADMIN_EMAIL, join_and_pay, log_in, log_in_member, new_phone
+from tests.helpers import (
+    ADMIN_EMAIL,
+    PROSPECT,
+    join_and_pay,
+    log_in,
+    log_in_member,
+    new_phone,
+    open_join_form,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +79,20 @@ def test_the_switch_is_this_browser_s_choice_and_goes_back(client, demo):
     assert 'href="/lang/zh_CN?next=/join/demo"' in page
     client.get("/lang/zh_CN")
     assert lang_of(client.get("/join/demo").text) == "zh-CN"
+
+
+def test_wtforms_own_messages_follow_each_request_s_language(client, demo):
+    """WTForms' catalog is kept in memory per language (not loaded on every form): each
+    request still gets its own language's."""
+    browsers = {"zh_CN": client, "en": client.application.test_client()}
+    browsers["en"].get("/lang/en")
+    expected = {"zh_CN": "不是有效的选择", "en": "Not a valid choice"}
+    for _round in range(2):
+        for locale, browser in browsers.items():
+            data = {**open_join_form(browser), **PROSPECT, "contact_kind": "fax"}
+            response = browser.post("/join/demo/main", data=data)
+            assert response.status_code == 422
+            assert expected[locale] in response.text, locale
 
 
 def test_the_switch_never_sends_a_browser_elsewhere_and_knows_its_languages(client):

@@ -5,9 +5,21 @@ from __future__ import annotations
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy import event
 
+from core.clock import utcnow
 from core.db import db
-from membership.models import Application, Invitation, InvitationStatus, Member, Tier
+from core.limits import AttemptCounter
+from core.outbox import OutboxMessage
+from membership.login import JOIN_CODE_REQUESTS
+from membership.models import (
+    Application,
+    Invitation,
+    InvitationStatus,
+    LoginCode,
+    Member,
+    Tier,
+)
 from payments.models import LedgerEntry, Order, OrderStatus, Payment, PaymentStatus
 from tests.helpers import (
     PROSPECT,
@@ -174,6 +186,59 @@ def test_double_submit_makes_one_order(app, client, demo):
         assert count(Application) == 1
         assert count(Order) == 1
         assert count(Payment) == 1
+
+
+def test_a_join_claims_its_tries_at_once_and_queues_its_code_with_the_application(
+    app, client, demo
+):
+    """The join's tries (per client, overall) and its code request (per contact, client,
+    community) are one statement; the code's message is queued with the application."""
+    data = {**open_join_form(client), **PROSPECT, "contact_value": new_phone()}
+    claims = []
+
+    def seen(_conn, _cursor, statement, *_args) -> None:
+        if "attempt_counters" in statement:
+            claims.append(statement)
+
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        response = client.post("/join/demo/main", data=data)
+    finally:
+        with app.app_context():
+            event.remove(db.engine, "before_cursor_execute", seen)
+    assert response.status_code == 302 and "/verify/" in response.location
+    assert len(claims) == 1
+    with app.app_context():
+        counted = {c.key.rsplit(":", 1)[0] for c in db.session.scalars(sa.select(AttemptCounter))}
+        assert {"join:client", "code-request:contact:phone", "code-request:join-client"} <= (
+            counted
+        )
+        application = db.session.scalars(sa.select(Application)).one()
+        assert db.session.scalars(sa.select(LoginCode)).one().application_id == application.id
+        assert count(OutboxMessage) == 1
+    assert prove_join(client, response.location).status_code == 302
+
+
+def test_a_join_over_the_code_limit_is_made_and_told_why_no_code_came(app, client, demo):
+    phone = new_phone()
+    with app.app_context():
+        per_contact = JOIN_CODE_REQUESTS[0]
+        db.session.add(
+            AttemptCounter(
+                key=f"{per_contact.name}:phone:{phone}",
+                window_start=utcnow(),
+                count=per_contact.tries,
+            )
+        )
+        db.session.commit()
+    data = {**open_join_form(client), **PROSPECT, "contact_value": phone}
+    response = client.post("/join/demo/main", data=data)
+    assert response.status_code == 302 and "/verify/" in response.location
+    assert "请求过于频繁" in client.get(response.location).get_data(as_text=True)
+    with app.app_context():
+        assert count(Application) == count(Order) == 1
+        assert count(LoginCode) == count(OutboxMessage) == 0
 
 
 def test_failed_payment_can_be_retried(app, client, demo):

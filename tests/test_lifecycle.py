@@ -24,6 +24,7 @@ from membership.lifecycle import (
     send_reminders,
 )
 from membership.login import (
+    CODE_REQUESTS,
     LoginRefused,
     claim_code_check,
     claim_code_request,
@@ -153,13 +154,47 @@ def test_codes_are_rate_limited_per_contact(app, demo):
         now = utcnow()
         for minute in range(3):
             claim_code_request(
-                ContactKind.PHONE, PHONE, client=f"c{minute}", now=now + timedelta(minutes=minute)
+                ContactKind.PHONE,
+                PHONE,
+                community_id=demo.id,
+                client=f"c{minute}",
+                now=now + timedelta(minutes=minute),
             )
         with pytest.raises(LoginRefused, match="请求过于频繁"):
             claim_code_request(
-                ContactKind.PHONE, "+86 138 0013 8000", client="c9", now=now + timedelta(minutes=5)
+                ContactKind.PHONE,
+                "+86 138 0013 8000",
+                community_id=demo.id,
+                client="c9",
+                now=now + timedelta(minutes=5),
             )
-        claim_code_request(ContactKind.PHONE, PHONE, client="c9", now=now + timedelta(minutes=16))
+        claim_code_request(
+            ContactKind.PHONE,
+            PHONE,
+            community_id=demo.id,
+            client="c9",
+            now=now + timedelta(minutes=16),
+        )
+
+
+def test_code_requests_are_limited_per_community_not_per_install(app, demo):
+    """A thousand code requests to one community (its flash join) use up its own budget
+    for the window, not another community's."""
+    with app.app_context():
+        now = utcnow()
+        per_contact, _per_client, per_community = CODE_REQUESTS
+        own = f"{per_community.name}:{demo.id}"
+        db.session.add(AttemptCounter(key=own, window_start=now, count=per_community.tries))
+        db.session.commit()
+        with pytest.raises(LoginRefused, match="请求过于频繁"):
+            claim_code_request(ContactKind.PHONE, PHONE, community_id=demo.id, client="c1", now=now)
+        db.session.commit()
+        other = demo.id + 1
+        claim_code_request(ContactKind.PHONE, PHONE, community_id=other, client="c2", now=now)
+        db.session.commit()
+        assert db.session.get(AttemptCounter, own).count == per_community.tries + 1
+        assert db.session.get(AttemptCounter, f"{per_community.name}:{other}").count == 1
+        assert db.session.get(AttemptCounter, f"{per_contact.name}:phone:{PHONE}").count == 2
 
 
 def test_a_stranger_is_not_told_and_cannot_log_in(app, client, demo):
