@@ -130,9 +130,13 @@ def _loaded(session: Session, model, ids: Iterable[int], names: tuple[str, ...])
 
 
 def _old(obj, name: str):
-    """``obj``'s ``name`` before this flush changed it (its value now when unchanged)."""
+    """``obj``'s ``name`` before this flush changed it (its value now when unchanged; None
+    when it was set without being loaded first: the columns read so are set once, from
+    None, or their change is recomputed anyway; ``Membership.status`` keeps its history)."""
     history = sa.inspect(obj).attrs[name].history
-    return history.deleted[0] if history.deleted else getattr(obj, name)
+    if history.deleted:
+        return history.deleted[0]
+    return None if history.added else getattr(obj, name)
 
 
 def _is_current(status) -> bool:
