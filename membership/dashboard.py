@@ -130,19 +130,34 @@ def _halves(by_day: dict[str, int], period: Period) -> Change:
     )
 
 
+#: The community's daily figures between two days, summed over their slots (built once).
+_DAILY = (
+    sa.select(
+        DailyFigures.day,
+        DailyFigures.currency,
+        *[sa.func.sum(getattr(DailyFigures, name)) for name in FIELDS],
+    )
+    .where(
+        DailyFigures.community_id == sa.bindparam("community_id"),
+        DailyFigures.day >= sa.bindparam("first", type_=sa.Date),
+        DailyFigures.day <= sa.bindparam("last", type_=sa.Date),
+    )
+    .group_by(DailyFigures.day, DailyFigures.currency)
+)
+#: Join-page visits from a day on (built once).
+_VISITS = sa.select(sa.func.coalesce(sa.func.sum(PageVisits.visits), 0)).where(
+    PageVisits.community_id == sa.bindparam("community_id"),
+    PageVisits.day >= sa.bindparam("first", type_=sa.Date),
+)
+
+
 def _daily(period: Period) -> list[tuple[str, str, list[int]]]:
     """The community's daily figures over both periods: (local day as ISO text, currency
-    or "" for the counts, the figures of :data:`membership.figures.FIELDS`), summed over
-    their slots: a few hundred rows whatever the number of members."""
-    sums = [sa.func.sum(getattr(DailyFigures, name)) for name in FIELDS]
+    or "" for the counts, the figures of :data:`membership.figures.FIELDS`): a few hundred
+    rows whatever the number of members."""
     rows = db.session.execute(
-        sa.select(DailyFigures.day, DailyFigures.currency, *sums)
-        .where(
-            DailyFigures.community_id == period.community.id,
-            DailyFigures.day >= period.previous_first,
-            DailyFigures.day <= period.today,
-        )
-        .group_by(DailyFigures.day, DailyFigures.currency)
+        _DAILY,
+        {"community_id": period.community.id, "first": period.previous_first, "last": period.today},
     )
     return [
         (day.isoformat(), currency, [int(v) for v in values]) for day, currency, *values in rows
@@ -177,11 +192,7 @@ def _funnel(period: Period, rows) -> tuple[int, int, int, int]:
     """Join-page visits, applications, those that made an order, those paid (refunded
     later still counts: they paid), of the period's applicants."""
     community = period.community
-    visits = db.session.scalar(
-        sa.select(sa.func.coalesce(sa.func.sum(PageVisits.visits), 0)).where(
-            PageVisits.community_id == community.id, PageVisits.day >= period.first
-        )
-    )
+    visits = db.session.scalar(_VISITS, {"community_id": community.id, "first": period.first})
     first = period.first.isoformat()
     steps = [
         sum(_column([r for r in rows if r[0] >= first], field).values())

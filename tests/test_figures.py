@@ -182,20 +182,15 @@ def test_the_check_finds_figures_that_disagree_and_the_rebuild_puts_them_right(a
     join_and_pay(app.test_client())
     with app.app_context():
         assert list(figures.disagreements(db.session)) == []
-        db.session.execute(
-            sa.update(DailyFigures)
-            .where(DailyFigures.currency != "")
-            .values(revenue=DailyFigures.revenue + 1)
-        )
-        db.session.execute(
-            sa.update(DailyFigures)
-            .where(DailyFigures.currency == "")
-            .values(paying=DailyFigures.paying + 5)
-        )
+        day = date(2026, 1, 1)
+        for currency, figure in (("CNY", {"revenue": 1}), ("", {"paying": 5})):
+            db.session.add(
+                DailyFigures(community_id=demo.id, day=day, currency=currency, slot=0, **figure)
+            )
         db.session.commit()
         found = list(figures.disagreements(db.session))
     assert len(found) == 2, found
-    assert "revenue is 9901 in the daily figures, 9900 in the source rows" in found[0]
+    assert "2026-01-01 CNY: revenue is 1 in the daily figures, 0 in the source rows" in found[0]
     assert "count 6 paying members, the memberships 1" in found[1]
     result = runner.invoke(args=["figures-rebuild", "--community", "demo"])
     assert result.exit_code == 0, result.output
