@@ -23,13 +23,14 @@ recomputation (:func:`recomputed`).
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from core.clock import utcnow
@@ -155,6 +156,7 @@ def _count_flushed(session: Session, _context) -> None:
     ORM; a flush that wrote none of them costs a pass over its objects and nothing else."""
     tally: _Tally | None = None
     memberships: list[tuple[Membership, int]] = []
+    moved: list[tuple[Membership, datetime | None]] = []
     ledger: list[LedgerEntry] = []
     for obj in session.new:
         if isinstance(obj, LedgerEntry):
@@ -180,6 +182,9 @@ def _count_flushed(session: Session, _context) -> None:
             was, now = _is_current(_old(obj, "status")), _is_current(obj.status)
             if was != now:
                 memberships.append((obj, now - was))
+            started = _old(obj, "starts_at")
+            if started != obj.starts_at:  # moved (an import's join date put right)
+                moved.append((obj, started))
         elif isinstance(obj, Order):
             if obj.paid_at is not None and _old(obj, "paid_at") is None:
                 tally = tally or _tally(session)
@@ -195,12 +200,22 @@ def _count_flushed(session: Session, _context) -> None:
         elif isinstance(obj, Tier) and obj.kind != _old(obj, "kind"):
             tally = tally or _tally(session)
             tally.rebuild.add(obj.community_id)
+    if tally is not None and tally.paid_orders:
+        _paid_applications_held(session, tally)
     if ledger:
         tally = tally or _tally(session)
         communities = _loaded(session, Order, {e.order_id for e in ledger}, ("community_id",))
         for entry in ledger:
             (community_id,) = communities[entry.order_id]
             tally.add(community_id, entry.created_at, "revenue", entry.amount, entry.currency)
+    if moved:
+        tally = tally or _tally(session)
+        tiers = _loaded(session, Tier, {m.tier_id for m, _ in moved}, ("community_id", "kind"))
+        for membership, started in moved:
+            community_id, kind = tiers[membership.tier_id]
+            if kind is TierKind.PAID and started is not None:
+                tally.add(community_id, started, "joined", -1)
+                tally.add(community_id, membership.starts_at, "joined")
     if memberships:
         tally = tally or _tally(session)
         tiers = _loaded(
@@ -244,9 +259,9 @@ def _write_tally(session: Session) -> None:
         return
     deltas = _deltas(session, tally)
     rows = [
-        {"community_id": c, "day": d, "currency": cur, **dict(zip(FIELDS, values, strict=True))}
-        for (c, d, cur), values in sorted(deltas.items())
-        if c not in tally.rebuild and any(values)
+        {"community_id": c, "currency": cur, "moment": moment, **dict(zip(FIELDS, v, strict=True))}
+        for (c, cur, moment), v in sorted(deltas.items())
+        if c not in tally.rebuild and any(v)
     ]
     if rows:
         dialect = session.get_bind().dialect.name
@@ -261,38 +276,41 @@ def _drop_tally(session: Session, _transaction) -> None:
     session.info.pop(_TALLY, None)
 
 
-def _deltas(session: Session, tally: _Tally) -> dict[tuple[int, date, str], list[int]]:
-    """The tally's deltas by row key: each moment on its community's calendar."""
+def _deltas(session: Session, tally: _Tally) -> dict[tuple[int, str, datetime], list[int]]:
+    """The tally's deltas by community, currency and moment (the UPSERT finds the moment's
+    day in the community's time zone itself: no look-up of the zone here). In that order,
+    a transaction's rows are locked by currency then day, as every other transaction's."""
     moments = list(tally.moments)
     if tally.paid_orders:
         moments += _paid_applications(session, tally.paid_orders)
     if tally.paying:
         moments += _paying_changes(session, tally)
-    zones = _loaded(session, Community, {m[0] for m in moments}, ("time_zone",))
-    deltas: dict[tuple[int, date, str], list[int]] = defaultdict(lambda: [0] * len(FIELDS))
+    deltas: dict[tuple[int, str, datetime], list[int]] = defaultdict(lambda: [0] * len(FIELDS))
     for community_id, moment, currency, field, by in moments:
-        day = moment.astimezone(ZoneInfo(zones[community_id][0])).date()
-        deltas[community_id, day, currency][field] += by
+        deltas[community_id, currency, moment][field] += by
     return deltas
 
 
-def _paid_applications(session: Session, order_ids: set[int]) -> list[tuple]:
-    """A paid count on the day of each paid order's application (orders for courses have
-    none)."""
-    found = {}
-    for obj in list(session.identity_map.values()):
-        if isinstance(obj, Application) and obj.order_id in order_ids:
-            found[obj.order_id] = (obj.community_id, obj.created_at)
-    missing = order_ids - found.keys()
-    if missing:
-        rows = session.execute(
-            sa.select(Application.order_id, Application.community_id, Application.created_at).where(
-                Application.order_id.in_(missing)
-            )
-        )
-        found.update({order_id: (c, when) for order_id, c, when in rows})
+def _paid_applications_held(session: Session, tally: _Tally) -> None:
+    """A paid count on the day of each paid order's application that the session holds
+    (the admission that follows a payment has it in hand): no statement for those."""
     paid = FIELDS.index("paid")
-    return [(c, when, COUNTS, paid, 1) for c, when in found.values()]
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, Application) and obj.order_id in tally.paid_orders:
+            tally.moments.append((obj.community_id, obj.created_at, COUNTS, paid, 1))
+            tally.paid_orders.discard(obj.order_id)
+
+
+def _paid_applications(session: Session, order_ids: set[int]) -> list[tuple]:
+    """A paid count on the day of each remaining paid order's application (one statement;
+    orders for courses have none)."""
+    rows = session.execute(
+        sa.select(Application.community_id, Application.created_at).where(
+            Application.order_id.in_(order_ids)
+        )
+    )
+    paid = FIELDS.index("paid")
+    return [(c, when, COUNTS, paid, 1) for c, when in rows]
 
 
 def _paying_changes(session: Session, tally: _Tally) -> list[tuple]:
@@ -330,16 +348,40 @@ _UPSERTS: dict[str, sa.Insert] = {}
 
 
 def _upsert(dialect: str) -> sa.Insert:
-    """``INSERT … ON CONFLICT DO UPDATE SET x = x + excluded.x`` for ``dialect``, built
-    once."""
+    """For ``dialect``, built once: ``INSERT … SELECT`` the figures onto the day of
+    ``:moment`` in the community's time zone (read from its row in the same statement),
+    ``ON CONFLICT DO UPDATE SET x = x + excluded.x``."""
     if dialect not in _UPSERTS:
         table = DailyFigures.__table__
-        statement = insert_for(dialect)(table)
+        moment = sa.bindparam("moment", type_=UTCDateTime)
+        if dialect == "postgresql":
+            day = sa.cast(sa.func.timezone(Community.time_zone, moment), sa.Date)
+        else:
+            day = sa.func.figures_local_day(moment, Community.time_zone, type_=sa.Date)
+        source = sa.select(
+            Community.id,
+            day,
+            sa.bindparam("currency", type_=sa.String),
+            sa.bindparam("slot", type_=sa.SmallInteger),
+            *[sa.bindparam(name, type_=table.c[name].type) for name in FIELDS],
+        ).where(Community.id == sa.bindparam("community_id"))
+        statement = insert_for(dialect)(table).from_select(
+            ["community_id", "day", "currency", "slot", *FIELDS], source
+        )
         _UPSERTS[dialect] = statement.on_conflict_do_update(
             index_elements=[table.c.community_id, table.c.day, table.c.currency, table.c.slot],
             set_={name: table.c[name] + statement.excluded[name] for name in FIELDS},
         )
     return _UPSERTS[dialect]
+
+
+@event.listens_for(Engine, "connect")
+def _lend_sqlite_the_zones(dbapi_connection, _record) -> None:
+    """SQLite knows no time zones: ``figures_local_day(moment, zone)`` is Python's."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.create_function(
+            "figures_local_day", 2, _local_day_sqlite, deterministic=True
+        )
 
 
 # Recomputing from the source rows ------------------------------------------------------
@@ -355,13 +397,9 @@ def _local_day_sqlite(moment: str | None, zone: str) -> str | None:
 
 def _local_day(session: Session, column, zone) -> sa.ColumnElement[str]:
     """SQL for the day (``YYYY-MM-DD``) of ``column`` in the time zone ``zone`` (a column):
-    PostgreSQL knows the zones; SQLite is lent Python's for the statement."""
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
+    PostgreSQL knows the zones; SQLite is lent Python's (see :func:`_lend_sqlite_the_zones`)."""
+    if session.get_bind().dialect.name == "postgresql":
         return sa.func.to_char(sa.func.timezone(zone, column), "YYYY-MM-DD")
-    connection.connection.driver_connection.create_function(
-        "figures_local_day", 2, _local_day_sqlite, deterministic=True
-    )
     return sa.func.figures_local_day(column, zone, type_=sa.String)
 
 
