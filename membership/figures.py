@@ -271,9 +271,12 @@ def _write_tally(session: Session) -> None:
         rebuild(session, sorted(tally.rebuild))
 
 
-@event.listens_for(Session, "after_soft_rollback")
-def _drop_tally(session: Session, _transaction) -> None:
-    session.info.pop(_TALLY, None)
+@event.listens_for(Session, "after_transaction_end")
+def _drop_tally(session: Session, transaction) -> None:
+    """A transaction that ended without its commit writing the tally (rolled back, or the
+    session closed) leaves none behind for the next one."""
+    if transaction.parent is None:
+        session.info.pop(_TALLY, None)
 
 
 def _deltas(session: Session, tally: _Tally) -> dict[tuple[int, str, datetime], list[int]]:
