@@ -21,7 +21,7 @@ from membership.cli import seed_demo_community
 from membership.dashboard import dashboard_figures
 from membership.figures import FIELDS, DailyFigures
 from membership.lifecycle import expire_memberships
-from membership.models import Community, Membership, MembershipStatus, Tier
+from membership.models import Community, Membership, MembershipStatus, Tier, TierKind
 from membership.services import end_membership
 from payments import inbox
 from payments.models import LedgerEntry, Payment
@@ -176,6 +176,17 @@ def test_days_are_the_community_s_and_move_with_its_time_zone(app, demo):
         assert usd_days() == [date(2026, 11, 30)]
         community.time_zone = "Asia/Shanghai"
         db.session.commit()
+
+
+def test_a_tier_made_free_no_longer_counts_its_members_as_paying(app, demo):
+    _pay(app, 2)
+    with app.app_context():
+        assert (_kept(demo.id)["joined"], _kept(demo.id)["paying"]) == (2, 2)
+        tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+        tier.kind, tier.price = TierKind.FREE, 0
+        db.session.commit()
+        assert (_kept(demo.id)["joined"], _kept(demo.id)["paying"]) == (0, 0)
+        assert _revenue(demo.id) == {"CNY": 2 * 9900}  # the money came all the same
 
 
 def test_the_check_finds_figures_that_disagree_and_the_rebuild_puts_them_right(app, demo, runner):
