@@ -150,6 +150,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.cli.add_command(membership_cli.worker_command)
     app.cli.add_command(membership_cli.watch_groups_command)
     app.cli.add_command(membership_cli.export_revenue_command)
+    app.cli.add_command(membership_cli.figures_rebuild_command)
     app.cli.add_command(payments_cli)
     app.cli.add_command(perks_cli.seed_demo_perks_command)
     app.cli.add_command(check_command)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -160,7 +161,19 @@ def run(kind: str, members: int, only: list[str]) -> dict[str, dict[str, float]]
                 results[name] = measure(
                     lambda i, path=path: _ok(admin.get(path)), ROUNDS["page"], ours
                 )
+        if wanted("admin dashboard"):
+            _shows_real_figures(admin.get("/admin/"), members)
         return results
+
+
+def _shows_real_figures(response, members: int) -> None:
+    """The dashboard measured drew the seeded members and their payments (its daily
+    figures were filled), not an empty page."""
+    page = response.get_data(as_text=True)
+    paying = re.search(r'id="kpi-paying" data-current="(\d+)"', page)
+    revenue = re.search(r'id="kpi-revenue-CNY" data-current="(\d+)"', page)
+    assert paying and int(paying[1]) >= members, paying
+    assert revenue and int(revenue[1]) > 0, revenue
 
 
 def _ok(response):

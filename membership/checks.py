@@ -1,7 +1,8 @@
 """Membership's consistency checks (see :mod:`core.checks`): member and staff numbers are
 unique in their community and known to its counters (or they would be given out again),
 each group's seat counter agrees with its live invitations and none holds more than its
-seats, and the platform-call queue is not stuck."""
+seats, the daily figures agree with the rows they count, and the platform-call queue is
+not stuck."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 
 from core.checks import STUCK_AFTER, consistency_check
 from core.db import db
+from membership import figures
 from membership.live_codes import seats_of
 from membership.models import (
     LIVE_INVITATION_STATUSES,
@@ -82,6 +84,15 @@ def seats_agree(_now: datetime) -> Iterable[str]:
                 f"group {group.id} ({group.name}) holds {invitations} live invitations "
                 f"for {seats_of(group)} seats"
             )
+
+
+@consistency_check("daily figures agree with the rows they count")
+def figures_agree(_now: datetime) -> Iterable[str]:
+    """Each community's daily figures (revenue, joined, ended, the funnel) are what the
+    ledger, memberships, events and applications say, day by day in its time zone; its
+    paying members are those holding a current paid membership (``flask figures-rebuild``
+    puts them right)."""
+    yield from figures.disagreements(db.session)
 
 
 @consistency_check("platform tasks are not stuck")

@@ -2,8 +2,10 @@
 previous period, and the series its charts draw (revenue by day, week or month per
 currency; members joined and ended; renewals due; seats per group; the join funnel).
 
-Every figure comes from an aggregate query (GROUP BY), bucketed by the community's
-calendar days in SQL: a fixed number of statements, whatever the number of members.
+Revenue, members joined and ended and the funnel come from the community's daily figures
+(:mod:`membership.figures`, kept as payments and memberships are written): a few hundred
+rows a page, whatever the number of members; paying members from their running count
+there, renewals due from an indexed range of memberships, seats from the groups' counters.
 Periods are whole days of the community's calendar ending today; the previous period is
 the same number of days just before.
 """
@@ -21,21 +23,17 @@ from flask_babel import gettext as _
 from core.charts import bar_chart
 from core.clock import local_timestamp_sql
 from core.db import db
-from core.events import Event
 from core.money import Money
 from membership.exports import day_start
+from membership.figures import COUNTS, FIELDS, DailyFigures, paying_members
 from membership.models import (
     CURRENT_MEMBERSHIP_STATUSES,
-    Application,
     Community,
     Group,
     Membership,
-    MembershipStatus,
     PageVisits,
     Tier,
 )
-from payments.exports import LedgerQuery
-from payments.models import LedgerEntry, Order, OrderStatus
 
 #: The periods the dashboard offers, in days.
 PERIODS = (7, 30, 90)
@@ -132,72 +130,44 @@ def _halves(by_day: dict[str, int], period: Period) -> Change:
     )
 
 
-def _revenue(period: Period) -> dict[tuple[str, str], int]:
-    """Net ledger minor units by (local day, currency) over both periods."""
-    query = LedgerQuery(
-        community_id=period.community.id,
-        start=period.previous_start,
-        end=period.end,
-        time_zone=period.community.time_zone,
+#: The community's daily figures between two days, summed over their slots (built once).
+_DAILY = (
+    sa.select(
+        DailyFigures.day,
+        DailyFigures.currency,
+        *[sa.func.sum(getattr(DailyFigures, name)) for name in FIELDS],
     )
-    day = sa.func.substr(query.local_time(), 1, 10).label("day")
+    .where(
+        DailyFigures.community_id == sa.bindparam("community_id"),
+        DailyFigures.day >= sa.bindparam("first", type_=sa.Date),
+        DailyFigures.day <= sa.bindparam("last", type_=sa.Date),
+    )
+    .group_by(DailyFigures.day, DailyFigures.currency)
+)
+#: Join-page visits from a day on (built once).
+_VISITS = sa.select(sa.func.coalesce(sa.func.sum(PageVisits.visits), 0)).where(
+    PageVisits.community_id == sa.bindparam("community_id"),
+    PageVisits.day >= sa.bindparam("first", type_=sa.Date),
+)
+
+
+def _daily(period: Period) -> list[tuple[str, str, list[int]]]:
+    """The community's daily figures over both periods: (local day as ISO text, currency
+    or "" for the counts, the figures of :data:`membership.figures.FIELDS`): a few hundred
+    rows whatever the number of members."""
     rows = db.session.execute(
-        query.select(day, LedgerEntry.currency, sa.func.sum(LedgerEntry.amount)).group_by(
-            "day", LedgerEntry.currency
-        )
+        _DAILY,
+        {"community_id": period.community.id, "first": period.previous_first, "last": period.today},
     )
-    return {(day, currency): amount for day, currency, amount in rows}
+    return [
+        (day.isoformat(), currency, [int(v) for v in values]) for day, currency, *values in rows
+    ]
 
 
-def _joined(period: Period) -> dict[str, int]:
-    """Members whose first paid membership of the community started, by local day."""
-    community = period.community
-    day = _local_day(Membership.starts_at, community, period.previous_start, period.end)
-    rows = db.session.execute(
-        sa.select(day.label("day"), sa.func.count(sa.distinct(Membership.member_id)))
-        .join(Tier, Tier.id == Membership.tier_id)
-        .where(
-            Tier.community_id == community.id,
-            Tier.price > 0,
-            Membership.starts_at >= period.previous_start,
-            Membership.starts_at < period.end,
-        )
-        .group_by("day")
-    )
-    return dict(rows.all())
-
-
-def _ended(period: Period) -> dict[str, int]:
-    """Memberships that ended (refunded, expired, purged, lost a dispute), by local day:
-    the ``membership.ended`` events, which say when, where the membership does not."""
-    community = period.community
-    day = _local_day(Event.created_at, community, period.previous_start, period.end)
-    rows = db.session.execute(
-        sa.select(day.label("day"), sa.func.count())
-        .where(
-            Event.community_id == community.id,
-            Event.type == "membership.ended",
-            Event.data["status"].as_string() != MembershipStatus.SUSPENDED.value,
-            Event.created_at >= period.previous_start,
-            Event.created_at < period.end,
-        )
-        .group_by("day")
-    )
-    return dict(rows.all())
-
-
-def _paying_now(community: Community, now: datetime) -> int:
-    """Members with a current membership of a paid tier."""
-    return db.session.scalar(
-        sa.select(sa.func.count(sa.distinct(Membership.member_id)))
-        .join(Tier, Tier.id == Membership.tier_id)
-        .where(
-            Tier.community_id == community.id,
-            Tier.price > 0,
-            Membership.status.in_(CURRENT_MEMBERSHIP_STATUSES),
-            sa.or_(Membership.ends_at.is_(None), Membership.ends_at > now),
-        )
-    )
+def _column(rows, field: str, currency: str = COUNTS) -> dict[str, int]:
+    """One figure of the daily rows of ``currency``, by day (days with none left out)."""
+    index = FIELDS.index(field)
+    return {day: values[index] for day, cur, values in rows if cur == currency and values[index]}
 
 
 def _renewals(community: Community, now: datetime) -> dict[str, int]:
@@ -218,53 +188,42 @@ def _renewals(community: Community, now: datetime) -> dict[str, int]:
     return dict(rows.all())
 
 
-def _funnel(period: Period) -> tuple[int, int, int, int]:
+def _funnel(period: Period, rows) -> tuple[int, int, int, int]:
     """Join-page visits, applications, those that made an order, those paid (refunded
-    later still counts: they paid), over the period, in one statement."""
+    later still counts: they paid), of the period's applicants."""
     community = period.community
-    visits = (
-        sa.select(sa.func.coalesce(sa.func.sum(PageVisits.visits), 0))
-        .where(PageVisits.community_id == community.id, PageVisits.day >= period.first)
-        .scalar_subquery()
-    )
-    paid = sa.case((Order.status.in_([OrderStatus.PAID, OrderStatus.REFUNDED]), 1), else_=0)
-    row = db.session.execute(
-        sa.select(
-            visits,
-            sa.func.count(Application.id),
-            sa.func.count(Application.order_id),
-            sa.func.coalesce(sa.func.sum(paid), 0),
-        )
-        .select_from(Application)
-        .outerjoin(Order, Order.id == Application.order_id)
-        .where(Application.community_id == community.id, Application.created_at >= period.start)
-    ).one()
-    return tuple(int(n) for n in row)
+    visits = db.session.scalar(_VISITS, {"community_id": community.id, "first": period.first})
+    first = period.first.isoformat()
+    steps = [
+        sum(_column([r for r in rows if r[0] >= first], field).values())
+        for field in ("applications", "orders", "paid")
+    ]
+    return (int(visits), *steps)
 
 
 def dashboard_figures(community: Community, days: int, *, now: datetime) -> Figures:
     """Everything the dashboard shows of ``community`` over the last ``days`` days up to
-    ``now``: eight statements, reading only. The paying members at the start of the
-    period are the ones now, less those who joined since, plus those who left since."""
+    ``now``: five statements, reading only, none of them over every member or payment.
+    The paying members at the start of the period are the ones now, less those who joined
+    since, plus those who left since."""
     today = now.astimezone(ZoneInfo(community.time_zone)).date()
     period = Period(community, days, today)
-    revenue_days = _revenue(period)
+    rows = _daily(period)
     revenue: dict[str, Change] = {}
     by_currency: dict[str, dict[str, int]] = defaultdict(dict)
-    for currency in sorted({key[1] for key in revenue_days}):
-        days_of = {day: n for (day, c), n in revenue_days.items() if c == currency}
+    first = period.first.isoformat()
+    for currency in sorted({cur for _day, cur, _values in rows if cur != COUNTS}):
+        days_of = _column(rows, "revenue", currency)
         revenue[currency] = _halves(days_of, period)
-        first = period.first.isoformat()
         by_currency[currency] = {day: n for day, n in days_of.items() if day >= first}
-    joined, ended = _joined(period), _ended(period)
+    joined, ended = _column(rows, "joined"), _column(rows, "ended")
     new, gone = _halves(joined, period), _halves(ended, period)
-    paying = _paying_now(community, now)
+    paying = paying_members(db.session, community.id, now=now)
     seats = db.session.execute(
         sa.select(Group.name, Group.seats_taken, Group.capacity)
         .where(Group.community_id == community.id)
         .order_by(Group.id)
     ).all()
-    first = period.first.isoformat()
     return Figures(
         period=period,
         paying=Change(paying, paying - new.current + gone.current),
@@ -276,7 +235,7 @@ def dashboard_figures(community: Community, days: int, *, now: datetime) -> Figu
         ended_by_day={day: n for day, n in ended.items() if day >= first},
         renewals_by_day=_renewals(community, now),
         seats=[tuple(row) for row in seats],
-        funnel=_funnel(period),
+        funnel=_funnel(period, rows),
     )
 
 

@@ -388,7 +388,11 @@ class Membership(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
     tier_id: Mapped[int] = mapped_column(sa.ForeignKey("tiers.id"), index=True)
-    status: Mapped[MembershipStatus] = mapped_column(enum_column(MembershipStatus))
+    #: Keeps its old value when changed (``active_history``), for the daily figures' count
+    #: of paying members (see :mod:`membership.figures`).
+    status: Mapped[MembershipStatus] = mapped_column(
+        enum_column(MembershipStatus), active_history=True
+    )
     starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: None: for life.
     ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -399,6 +403,10 @@ class Membership(db.Model):
 
     member: Mapped[Member] = relationship(back_populates="memberships")
     tier: Mapped[Tier] = relationship()
+
+    #: Current memberships past their end (the few the worker has not swept yet) and those
+    #: ending soon, for the dashboard, without reading every membership.
+    __table_args__ = (sa.Index(None, "status", "ends_at"),)
 
 
 class ApplicationStatus(StrEnum):

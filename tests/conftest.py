@@ -32,7 +32,7 @@ from core.auth import StaffUser, create_staff_user
 from core.catalogs import compile_catalogs
 from core.clock import utcnow
 from core.db import db
-from membership.checks import seats_agree
+from membership.checks import figures_agree, seats_agree
 from membership.cli import seed_demo_community
 from membership.models import Community
 from tests import fake_apis
@@ -215,6 +215,7 @@ def _rollback(request, app: Flask) -> Iterator[None]:
     try:
         yield
         _seat_counters_agree(app)
+        _daily_figures_agree(app)
     finally:
         for connection, transaction in held:
             transaction.rollback()
@@ -228,6 +229,15 @@ def _seat_counters_agree(app: Flask) -> None:
     agree on every path the suite walks."""
     with app.app_context():
         findings = [f for f in seats_agree(utcnow()) if "seat counter" in f]
+    assert findings == [], findings
+
+
+def _daily_figures_agree(app: Flask) -> None:
+    """Every community's daily figures equal a recomputation from the rows they count,
+    whatever the test did (the check ``flask check`` runs): the hooks that keep them and
+    the aggregates they stand for agree on every path the suite walks."""
+    with app.app_context():
+        findings = list(figures_agree(utcnow()))
     assert findings == [], findings
 
 

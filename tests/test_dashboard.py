@@ -14,10 +14,10 @@ from bench.seed import seed_members
 from core.clock import utcnow
 from core.db import db
 from core.events import Event
+from core.security import new_token
 from membership import visits
 from membership.dashboard import Change, dashboard_figures
 from membership.models import (
-    Application,
     Community,
     ContactKind,
     Member,
@@ -26,8 +26,11 @@ from membership.models import (
     PageVisits,
     Tier,
 )
-from payments.models import InboxStatus, LedgerEntry, Payment, WebhookEvent
-from tests.helpers import count, join_and_pay, open_payment, submit_join
+from membership.services import submit_application
+from payments.models import InboxStatus, LedgerEntry, Order, Payment, WebhookEvent
+from payments.providers import Payer
+from payments.services import start_payment
+from tests.helpers import count, join_and_pay, submit_join
 
 
 def test_community_page_shows_revenue_members_and_funnel(app, demo, logged_in):
@@ -148,6 +151,27 @@ def _ended(community: Community, when: datetime, status: str = "expired") -> Non
     )
 
 
+def _applied_and_paying(tier: Tier, when: datetime) -> Payment:
+    """Someone applied to ``tier`` at ``when`` and started paying then (app context)."""
+    application = submit_application(
+        tier,
+        display_name="成员0",
+        contact_kind=ContactKind.WECHAT,
+        contact_value="wx_member000000",
+        submission_key=new_token(24),
+        now=when,
+    )
+    return start_payment(
+        db.session.get(Order, application.order_id),
+        "fake",
+        payer=Payer(),
+        return_url="http://qunmen.test/",
+        cancel_url="http://qunmen.test/",
+        actor="prospect",
+        now=when,
+    )
+
+
 def test_figures_of_a_known_week_against_the_week_before(app, demo):
     """Seven days to 2026-12-02 (Shanghai) against the seven before: revenue per currency
     and per local day (a payment at 17:00 UTC counts on the next Shanghai day), members
@@ -156,8 +180,7 @@ def test_figures_of_a_known_week_against_the_week_before(app, demo):
     with app.app_context():
         community = db.session.get(Community, demo.id)
         tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
-        payment = open_payment(tier, "fake", 1)
-        db.session.flush()
+        payment = _applied_and_paying(tier, NOW - day)
         _movement(payment, NOW - day, 9900, "CNY")  # this week, 12-01
         _movement(payment, datetime(2026, 11, 30, 17, tzinfo=UTC), 9900, "CNY")  # 12-01 01:00
         _movement(payment, NOW - day, -2000, "CNY", kind="refund")
@@ -175,12 +198,9 @@ def test_figures_of_a_known_week_against_the_week_before(app, demo):
         _ended(community, NOW - 8 * day)
         db.session.add(PageVisits(community_id=community.id, day=date(2026, 12, 1), visits=40))
         db.session.add(PageVisits(community_id=community.id, day=date(2026, 11, 20), visits=7))
-        db.session.flush()
-        application = db.session.scalar(sa.select(Application))
-        application.created_at = NOW - day
+        db.session.commit()
         figures = dashboard_figures(community, 7, now=NOW)
         groups = [group.name for group in community.groups]
-        db.session.rollback()
     assert figures.period.first == date(2026, 11, 26)
     assert figures.revenue == {"CNY": Change(17800, 9900), "USD": Change(2500, 0)}
     assert figures.revenue_by_day == {

@@ -257,9 +257,10 @@ def test_ledger_entries_cannot_be_changed(app, client, payment_id):
 #: contact already, the member with their number, the membership, the invitation and its
 #: platform call and seat counter, the audit entries in one statement; its events
 #: (payment.confirmed, member.admitted) in one more, after one look for the endpoints that
-#: subscribe. (The inbox row is written once, with its outcome; a provider id is mapped
-#: without a look first.)
-ADMISSION_STATEMENTS = 24
+#: subscribe; the day's figures (revenue, joined, paid, paying) in one UPSERT at the commit.
+#: (The inbox row is written once, with its outcome; a provider id is mapped without a
+#: look first.)
+ADMISSION_STATEMENTS = 25
 
 
 def test_a_paying_delivery_costs_a_fixed_number_of_statements(app, client, payment_id):
