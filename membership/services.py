@@ -331,10 +331,25 @@ def _wait_in_lobby(application: Application, *, now: datetime) -> Member | None:
     return admit(lobby_application, actor="system", now=now)
 
 
+#: Where an order's state keeps the application it pays for (see :func:`application_paid_by`).
+_APPLICATION = "application"
+
+
+def application_paid_by(order: Order) -> Application | None:
+    """The application ``order`` pays for, or None (an order pays for one thing: a tier's
+    application, or a course's enrolment). Each ``order_paid`` receiver may ask; it is
+    looked up once per order and kept on the order's state (an order's application, made
+    with it, never changes)."""
+    info = sa.inspect(order).info
+    if _APPLICATION not in info:
+        with db.session.no_autoflush:  # the application was committed when it was made
+            info[_APPLICATION] = db.session.scalar(_APPLICATION_OF_ORDER, {"order_id": order.id})
+    return info[_APPLICATION]
+
+
 def admit_paid_application(order: Order, *, now: datetime) -> None:
     """``order_paid`` receiver: the application this order paid for becomes a member."""
-    with db.session.no_autoflush:  # the application was committed when it was made
-        application = db.session.scalar(_APPLICATION_OF_ORDER, {"order_id": order.id})
+    application = application_paid_by(order)
     if application is None or application.status is not ApplicationStatus.AWAITING_PAYMENT:
         return
     if application.renews is not None:
@@ -411,11 +426,65 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     and number. A member's first paid tier gives them the next number."""
     tier = application.tier
     member = application.member
-    claimed = member is None and _member_by_contact(application, now=now)
-    if claimed:
-        member = claimed
-    if member is not None and application.order_id is not None and member.holds(tier.id):
+    # What the transaction changed before (a payment, its order) bears on none of these
+    # reads: it is flushed once, with the member, below.
+    with db.session.no_autoflush:
+        claimed = member is None and _member_by_contact(application, now=now)
+        if claimed:
+            member = claimed
+        bought_twice = (
+            member is not None and application.order_id is not None and member.holds(tier.id)
+        )
+        if not bought_twice:
+            member = _admitted_member(application, member, claimed=bool(claimed), now=now)
+    if bought_twice:
         return _bought_twice(application, member, now=now)
+    membership = Membership(
+        member=member,
+        tier=tier,
+        status=MembershipStatus.ACTIVE,
+        starts_at=now,
+        ends_at=now + timedelta(days=tier.duration_days) if tier.duration_days else None,
+        order_id=application.order_id,
+    )
+    db.session.add(membership)
+    application.status = ApplicationStatus.ADMITTED
+    application.member = member
+    # The one flush before the commit's: the member's and membership's ids (for the
+    # event and the order), and the seats the group is chosen by counted with every
+    # invitation written so far.
+    db.session.flush()
+    audit.record(
+        "member.admitted",
+        member,
+        actor=actor,
+        data={"tier": tier.code, "number": member.number_label, "application": application.id},
+        now=now,
+    )
+    record_event(
+        member.community_id,
+        "member.admitted",
+        {
+            "member": member.id,
+            "number": member.number_label,
+            "tier": tier.code,
+            "membership": membership.id,
+        },
+        now=now,
+    )
+    issue_invitation(membership, actor=actor, now=now)
+    if application.order_id is not None:
+        db.session.get(Order, application.order_id).member_id = member.id
+    return member
+
+
+def _admitted_member(
+    application: Application, member: Member | None, *, claimed: bool, now: datetime
+) -> Member:
+    """The member an admission makes or moves on: a newcomer, added with the next number
+    when the tier is paid, or ``member``, numbered now when this is their first paid tier
+    (``claimed``: found by the contact the applicant typed)."""
+    tier = application.tier
     numbered = tier.kind is TierKind.PAID and (member is None or member.number is None)
     # The number before the member: a newcomer is then inserted with it in one statement.
     number, label = allocate_member_number(application.community_id) if numbered else (None, None)
@@ -438,38 +507,6 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
         _link_openid(member, application)
         if member.wechat_id is None:
             member.wechat_id = application.wechat_id
-    membership = Membership(
-        member=member,
-        tier=tier,
-        status=MembershipStatus.ACTIVE,
-        starts_at=now,
-        ends_at=now + timedelta(days=tier.duration_days) if tier.duration_days else None,
-        order_id=application.order_id,
-    )
-    db.session.add(membership)
-    application.status = ApplicationStatus.ADMITTED
-    application.member = member
-    audit.record(  # flushes a newcomer: member.id is known from here
-        "member.admitted",
-        member,
-        actor=actor,
-        data={"tier": tier.code, "number": member.number_label, "application": application.id},
-        now=now,
-    )
-    record_event(
-        member.community_id,
-        "member.admitted",
-        {
-            "member": member.id,
-            "number": member.number_label,
-            "tier": tier.code,
-            "membership": membership.id,
-        },
-        now=now,
-    )
-    issue_invitation(membership, actor=actor, now=now)
-    if application.order_id is not None:
-        db.session.get(Order, application.order_id).member_id = member.id
     return member
 
 

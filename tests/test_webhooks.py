@@ -259,7 +259,7 @@ def test_ledger_entries_cannot_be_changed(app, client, payment_id):
 #: (payment.confirmed, member.admitted) in one more, after one look for the endpoints that
 #: subscribe. (The inbox row is written once, with its outcome; a provider id is mapped
 #: without a look first.)
-ADMISSION_STATEMENTS = 24
+ADMISSION_STATEMENTS = 22
 
 
 def test_a_paying_delivery_costs_a_fixed_number_of_statements(app, client, payment_id):
