@@ -218,7 +218,7 @@ def _reference(payment: Payment, external_id: str, refund: Refund | None = None)
     """Map a provider id to ``payment`` (and ``refund``), once."""
     if refund is not None and refund.id is None:
         db.session.flush()
-    db.session.execute(
+    db.session.connection().execute(
         _map_reference(session_dialect()),
         {
             "provider": payment.provider,
