@@ -112,6 +112,24 @@ _TIER_GROUPS_LOCKED = (
 )
 
 
+_ORDERS = Order.__table__
+_ORDER_BUYER = (
+    _ORDERS.update()
+    .where(_ORDERS.c.id == sa.bindparam("order_id"))
+    .values(member_id=sa.bindparam("member_id"))
+)
+
+
+def _keep_loaded_in_step(model: type[db.Model], row_id: int, **values: Any) -> None:
+    """After a Core statement changed a row: the session's copy of it, if it has one, holds
+    the new ``values`` as committed (nothing left for a flush to write)."""
+    session = db.session()
+    loaded = session.identity_map.get(session.identity_key(model, row_id))
+    if loaded is not None:
+        for name, value in values.items():
+            set_committed_value(loaded, name, value)
+
+
 def find_member(community_id: int, kind: ContactKind, value: str) -> Member | None:
     return db.session.scalar(
         _MEMBER_BY_CONTACT,
@@ -454,10 +472,6 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     db.session.add(membership)
     application.status = ApplicationStatus.ADMITTED
     application.member = member
-    # The one flush before the commit's: the member's and membership's ids (for the
-    # event and the order), and the seats the group is chosen by counted with every
-    # invitation written so far.
-    db.session.flush()
     audit.record(
         "member.admitted",
         member,
@@ -465,6 +479,10 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
         data={"tier": tier.code, "number": member.number_label, "application": application.id},
         now=now,
     )
+    issue_invitation(membership, actor=actor, now=now)
+    # One flush for all the admission wrote (and the payment before it): the ids of the
+    # member and the membership, for the event and the order.
+    db.session.flush()
     record_event(
         member.community_id,
         "member.admitted",
@@ -476,9 +494,12 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
         },
         now=now,
     )
-    issue_invitation(membership, actor=actor, now=now)
     if application.order_id is not None:
-        db.session.get(Order, application.order_id).member_id = member.id
+        # Written at once, not left for a second flush at the commit.
+        db.session.connection().execute(
+            _ORDER_BUYER, {"order_id": application.order_id, "member_id": member.id}
+        )
+        _keep_loaded_in_step(Order, application.order_id, member_id=member.id)
     return member
 
 
@@ -772,13 +793,10 @@ def allocate_member_number(community_id: int) -> tuple[int, str]:
     admissions queue and get consecutive numbers; a rollback gives the number back, so
     there are no gaps.
     """
-    session = db.session()
     number, pattern = (
-        session.connection().execute(_NEXT_MEMBER_NUMBER, {"community_id": community_id}).one()
+        db.session.connection().execute(_NEXT_MEMBER_NUMBER, {"community_id": community_id}).one()
     )
-    loaded = session.identity_map.get(session.identity_key(Community, community_id))
-    if loaded is not None:
-        set_committed_value(loaded, "last_member_number", number)
+    _keep_loaded_in_step(Community, community_id, last_member_number=number)
     return number, format_member_number(pattern, number)
 
 
@@ -792,7 +810,11 @@ def _first_group_with_room(tier_id: int, *, now: datetime) -> Group | None:
     """The tier's group a new member is seated in (see
     :func:`~membership.live_codes.choose_group`), its row locked while we take it: one
     read of the groups' seat counters, however many members they have had."""
-    groups = db.session.scalars(_TIER_GROUPS_LOCKED, {"tier_id": tier_id}).all()
+    session = db.session()
+    if any(isinstance(row, Invitation) for row in (*session.new, *session.dirty)):
+        session.flush()  # the seats are counted as invitations are written
+    with session.no_autoflush:  # nothing else this transaction changed bears on seats
+        groups = session.scalars(_TIER_GROUPS_LOCKED, {"tier_id": tier_id}).all()
     group = choose_group(groups, {g.id: g.seats_taken for g in groups}, now=now)
     if group is not None:
         tell_expired(group, now=now)
