@@ -11,7 +11,8 @@ are called (:func:`register_labels`) and how its actors are named
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -50,8 +51,15 @@ class AuditEntry(db.Model):
     __table_args__ = (sa.Index(None, "target_type", "target_id"),)
 
 
+#: Built once: every transaction that changes anything runs it.
+_INSERT_ENTRIES = AuditEntry.__table__.insert()
 #: Where a session holds the entries of its transaction until it commits.
 _PENDING = "audit_entries"
+#: The key under which an entry about a row not inserted yet holds the row itself: its id
+#: (and its community) are read once the commit's flush has inserted it.
+_TARGET = "target"
+#: Set in a session's info while :func:`ids_at_commit` is in force.
+_IDS_AT_COMMIT = "audit_ids_at_commit"
 
 
 def record(
@@ -64,23 +72,41 @@ def record(
     community_id: int | None = None,
 ) -> None:
     """Append an audit entry for ``action`` on ``target``, written when the session commits.
-    It is filed under ``community_id``, by default the target's community."""
-    if target.id is None:
+    It is filed under ``community_id``, by default the target's community. A target not
+    inserted yet is flushed to learn its id, except inside :func:`ids_at_commit`."""
+    later = target.id is None and db.session.info.get(_IDS_AT_COMMIT, False)
+    if target.id is None and not later:
         db.session.flush()
-    if community_id is None:
+    if community_id is None and not later:
         community_id = community_id_of(target)
-    db.session.info.setdefault(_PENDING, []).append(
-        {
-            "created_at": now or utcnow(),
-            "actor": actor,
-            "action": action,
-            "target_type": target.__tablename__,
-            "target_id": target.id,
-            "data": data or {},
-            "community_id": community_id,
-            "ip": request.remote_addr if has_request_context() else None,
-        }
-    )
+    entry = {
+        "created_at": now or utcnow(),
+        "actor": actor,
+        "action": action,
+        "target_type": target.__tablename__,
+        "target_id": target.id,
+        "data": data or {},
+        "community_id": community_id,
+        "ip": request.remote_addr if has_request_context() else None,
+    }
+    if later:
+        entry[_TARGET] = target
+    db.session.info.setdefault(_PENDING, []).append(entry)
+
+
+@contextmanager
+def ids_at_commit() -> Iterator[None]:
+    """Within this block an entry about a row not inserted yet does not flush to learn the
+    row's id: it is read when the commit's flush has inserted the row. For the money path,
+    where a webhook's flushes cost more than everything else it does; code inside must not
+    count on an entry having flushed (a row's id, its column defaults)."""
+    info = db.session.info
+    outer = info.get(_IDS_AT_COMMIT, False)
+    info[_IDS_AT_COMMIT] = True
+    try:
+        yield
+    finally:
+        info[_IDS_AT_COMMIT] = outer
 
 
 #: The relationships by which an object leads to its community, tried in this order (a
@@ -104,9 +130,19 @@ def community_id_of(obj) -> int | None:
 
 @event.listens_for(Session, "before_commit")
 def _write_entries(session: Session) -> None:
+    """Insert the transaction's entries in one statement, after a flush has given every
+    row they name its id."""
     entries = session.info.pop(_PENDING, None)
-    if entries:
-        session.connection().execute(AuditEntry.__table__.insert(), entries)
+    if not entries:
+        return
+    if any(_TARGET in entry for entry in entries):
+        session.flush()
+        for entry in entries:
+            if (target := entry.pop(_TARGET, None)) is not None:
+                entry["target_id"] = target.id
+                if entry["community_id"] is None:
+                    entry["community_id"] = community_id_of(target)
+    session.connection().execute(_INSERT_ENTRIES, entries)
 
 
 @event.listens_for(Session, "after_soft_rollback")

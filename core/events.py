@@ -158,27 +158,32 @@ def record_event(community_id: int, type: str, data: dict[str, Any], *, now: dat
     )
 
 
+#: Built once: every transaction that records an event runs them.
+_SUBSCRIBERS = sa.select(
+    WebhookEndpoint.id, WebhookEndpoint.community_id, WebhookEndpoint.event_types
+).where(
+    WebhookEndpoint.community_id.in_(sa.bindparam("communities", expanding=True)),
+    WebhookEndpoint.enabled,
+)
+_INSERT_EVENTS = Event.__table__.insert()
+_INSERT_EVENTS_RETURNING_IDS = _INSERT_EVENTS.returning(
+    Event.__table__.c.id, sort_by_parameter_order=True
+)
+_INSERT_DELIVERIES = WebhookDelivery.__table__.insert()
+
+
 @sa.event.listens_for(Session, "before_commit")
 def _write_events(session: Session) -> None:
     events = session.info.pop(_PENDING, None)
     if not events:
         return
     connection = session.connection()
-    endpoints = connection.execute(
-        sa.select(
-            WebhookEndpoint.id, WebhookEndpoint.community_id, WebhookEndpoint.event_types
-        ).where(
-            WebhookEndpoint.community_id.in_({e["community_id"] for e in events}),
-            WebhookEndpoint.enabled,
-        )
-    ).all()
-    table = Event.__table__
+    communities = list({event["community_id"] for event in events})
+    endpoints = connection.execute(_SUBSCRIBERS, {"communities": communities}).all()
     if not endpoints:
-        connection.execute(table.insert(), events)
+        connection.execute(_INSERT_EVENTS, events)
         return
-    ids = connection.execute(
-        table.insert().returning(table.c.id, sort_by_parameter_order=True), events
-    ).scalars()
+    ids = connection.execute(_INSERT_EVENTS_RETURNING_IDS, events).scalars()
     deliveries = [
         {
             "event_id": event_id,
@@ -192,7 +197,7 @@ def _write_events(session: Session) -> None:
         if endpoint.community_id == event["community_id"] and event["type"] in endpoint.event_types
     ]
     if deliveries:
-        connection.execute(WebhookDelivery.__table__.insert(), deliveries)
+        connection.execute(_INSERT_DELIVERIES, deliveries)
 
 
 @sa.event.listens_for(Session, "after_soft_rollback")

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask_babel import gettext as _
 from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core import audit, outbox
 from core.clock import utcnow
@@ -92,11 +93,14 @@ _APPLICATION_OF_ORDER = (
     .where(Application.order_id == sa.bindparam("order_id"))
     .options(joinedload(Application.tier))
 )
+_COMMUNITIES = Community.__table__
+#: On the table, not the class: run on the session's connection, it skips the ORM's
+#: statement handling (a third of its cost); the loaded community is set in step by hand.
 _NEXT_MEMBER_NUMBER = (
-    sa.update(Community)
-    .where(Community.id == sa.bindparam("community_id"))
-    .values(last_member_number=Community.last_member_number + 1)
-    .returning(Community.last_member_number, Community.member_number_pattern)
+    sa.update(_COMMUNITIES)
+    .where(_COMMUNITIES.c.id == sa.bindparam("community_id"))
+    .values(last_member_number=_COMMUNITIES.c.last_member_number + 1)
+    .returning(_COMMUNITIES.c.last_member_number, _COMMUNITIES.c.member_number_pattern)
 )
 _TIER_GROUPS_LOCKED = (
     sa.select(Group)
@@ -106,6 +110,24 @@ _TIER_GROUPS_LOCKED = (
     .with_for_update(of=Group)
     .execution_options(populate_existing=True)
 )
+
+
+_ORDERS = Order.__table__
+_ORDER_BUYER = (
+    _ORDERS.update()
+    .where(_ORDERS.c.id == sa.bindparam("order_id"))
+    .values(member_id=sa.bindparam("member_id"))
+)
+
+
+def _keep_loaded_in_step(model: type[db.Model], row_id: int, **values: Any) -> None:
+    """After a Core statement changed a row: the session's copy of it, if it has one, holds
+    the new ``values`` as committed (nothing left for a flush to write)."""
+    session = db.session()
+    loaded = session.identity_map.get(session.identity_key(model, row_id))
+    if loaded is not None:
+        for name, value in values.items():
+            set_committed_value(loaded, name, value)
 
 
 def find_member(community_id: int, kind: ContactKind, value: str) -> Member | None:
@@ -331,10 +353,25 @@ def _wait_in_lobby(application: Application, *, now: datetime) -> Member | None:
     return admit(lobby_application, actor="system", now=now)
 
 
+#: Where an order's state keeps the application it pays for (see :func:`application_paid_by`).
+_APPLICATION = "application"
+
+
+def application_paid_by(order: Order) -> Application | None:
+    """The application ``order`` pays for, or None (an order pays for one thing: a tier's
+    application, or a course's enrolment). Each ``order_paid`` receiver may ask; it is
+    looked up once per order and kept on the order's state (an order's application, made
+    with it, never changes)."""
+    info = sa.inspect(order).info
+    if _APPLICATION not in info:
+        with db.session.no_autoflush:  # the application was committed when it was made
+            info[_APPLICATION] = db.session.scalar(_APPLICATION_OF_ORDER, {"order_id": order.id})
+    return info[_APPLICATION]
+
+
 def admit_paid_application(order: Order, *, now: datetime) -> None:
     """``order_paid`` receiver: the application this order paid for becomes a member."""
-    with db.session.no_autoflush:  # the application was committed when it was made
-        application = db.session.scalar(_APPLICATION_OF_ORDER, {"order_id": order.id})
+    application = application_paid_by(order)
     if application is None or application.status is not ApplicationStatus.AWAITING_PAYMENT:
         return
     if application.renews is not None:
@@ -411,11 +448,68 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     and number. A member's first paid tier gives them the next number."""
     tier = application.tier
     member = application.member
-    claimed = member is None and _member_by_contact(application, now=now)
-    if claimed:
-        member = claimed
-    if member is not None and application.order_id is not None and member.holds(tier.id):
+    # What the transaction changed before (a payment, its order) bears on none of these
+    # reads: it is flushed once, with the member, below.
+    with db.session.no_autoflush:
+        claimed = member is None and _member_by_contact(application, now=now)
+        if claimed:
+            member = claimed
+        bought_twice = (
+            member is not None and application.order_id is not None and member.holds(tier.id)
+        )
+        if not bought_twice:
+            member = _admitted_member(application, member, claimed=bool(claimed), now=now)
+    if bought_twice:
         return _bought_twice(application, member, now=now)
+    membership = Membership(
+        member=member,
+        tier=tier,
+        status=MembershipStatus.ACTIVE,
+        starts_at=now,
+        ends_at=now + timedelta(days=tier.duration_days) if tier.duration_days else None,
+        order_id=application.order_id,
+    )
+    db.session.add(membership)
+    application.status = ApplicationStatus.ADMITTED
+    application.member = member
+    audit.record(
+        "member.admitted",
+        member,
+        actor=actor,
+        data={"tier": tier.code, "number": member.number_label, "application": application.id},
+        now=now,
+    )
+    issue_invitation(membership, actor=actor, now=now)
+    # One flush for all the admission wrote (and the payment before it): the ids of the
+    # member and the membership, for the event and the order.
+    db.session.flush()
+    record_event(
+        member.community_id,
+        "member.admitted",
+        {
+            "member": member.id,
+            "number": member.number_label,
+            "tier": tier.code,
+            "membership": membership.id,
+        },
+        now=now,
+    )
+    if application.order_id is not None:
+        # Written at once, not left for a second flush at the commit.
+        db.session.connection().execute(
+            _ORDER_BUYER, {"order_id": application.order_id, "member_id": member.id}
+        )
+        _keep_loaded_in_step(Order, application.order_id, member_id=member.id)
+    return member
+
+
+def _admitted_member(
+    application: Application, member: Member | None, *, claimed: bool, now: datetime
+) -> Member:
+    """The member an admission makes or moves on: a newcomer, added with the next number
+    when the tier is paid, or ``member``, numbered now when this is their first paid tier
+    (``claimed``: found by the contact the applicant typed)."""
+    tier = application.tier
     numbered = tier.kind is TierKind.PAID and (member is None or member.number is None)
     # The number before the member: a newcomer is then inserted with it in one statement.
     number, label = allocate_member_number(application.community_id) if numbered else (None, None)
@@ -438,38 +532,6 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
         _link_openid(member, application)
         if member.wechat_id is None:
             member.wechat_id = application.wechat_id
-    membership = Membership(
-        member=member,
-        tier=tier,
-        status=MembershipStatus.ACTIVE,
-        starts_at=now,
-        ends_at=now + timedelta(days=tier.duration_days) if tier.duration_days else None,
-        order_id=application.order_id,
-    )
-    db.session.add(membership)
-    application.status = ApplicationStatus.ADMITTED
-    application.member = member
-    audit.record(  # flushes a newcomer: member.id is known from here
-        "member.admitted",
-        member,
-        actor=actor,
-        data={"tier": tier.code, "number": member.number_label, "application": application.id},
-        now=now,
-    )
-    record_event(
-        member.community_id,
-        "member.admitted",
-        {
-            "member": member.id,
-            "number": member.number_label,
-            "tier": tier.code,
-            "membership": membership.id,
-        },
-        now=now,
-    )
-    issue_invitation(membership, actor=actor, now=now)
-    if application.order_id is not None:
-        db.session.get(Order, application.order_id).member_id = member.id
     return member
 
 
@@ -731,7 +793,10 @@ def allocate_member_number(community_id: int) -> tuple[int, str]:
     admissions queue and get consecutive numbers; a rollback gives the number back, so
     there are no gaps.
     """
-    number, pattern = db.session.execute(_NEXT_MEMBER_NUMBER, {"community_id": community_id}).one()
+    number, pattern = (
+        db.session.connection().execute(_NEXT_MEMBER_NUMBER, {"community_id": community_id}).one()
+    )
+    _keep_loaded_in_step(Community, community_id, last_member_number=number)
     return number, format_member_number(pattern, number)
 
 
@@ -745,7 +810,11 @@ def _first_group_with_room(tier_id: int, *, now: datetime) -> Group | None:
     """The tier's group a new member is seated in (see
     :func:`~membership.live_codes.choose_group`), its row locked while we take it: one
     read of the groups' seat counters, however many members they have had."""
-    groups = db.session.scalars(_TIER_GROUPS_LOCKED, {"tier_id": tier_id}).all()
+    session = db.session()
+    if any(isinstance(row, Invitation) for row in (*session.new, *session.dirty)):
+        session.flush()  # the seats are counted as invitations are written
+    with session.no_autoflush:  # nothing else this transaction changed bears on seats
+        groups = session.scalars(_TIER_GROUPS_LOCKED, {"tier_id": tier_id}).all()
     group = choose_group(groups, {g.id: g.seats_taken for g in groups}, now=now)
     if group is not None:
         tell_expired(group, now=now)

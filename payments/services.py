@@ -16,6 +16,7 @@ from functools import cache
 import sqlalchemy as sa
 from flask import current_app
 from flask_babel import gettext as _
+from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from core import audit
@@ -24,7 +25,6 @@ from core.db import db, end_transaction_keeping_objects, insert_for, session_dia
 from core.events import record_event
 from core.money import Money
 from core.security import new_token
-from payments.accounts import account_of
 from payments.models import (
     Dispute,
     DisputeStatus,
@@ -34,6 +34,7 @@ from payments.models import (
     OrderFlag,
     OrderStatus,
     Payment,
+    PaymentAccount,
     PaymentStatus,
     ProviderReference,
     Refund,
@@ -217,7 +218,7 @@ def _reference(payment: Payment, external_id: str, refund: Refund | None = None)
     """Map a provider id to ``payment`` (and ``refund``), once."""
     if refund is not None and refund.id is None:
         db.session.flush()
-    db.session.execute(
+    db.session.connection().execute(
         _map_reference(session_dialect()),
         {
             "provider": payment.provider,
@@ -235,10 +236,22 @@ _LOCK_PAYMENT = (
     .with_for_update()
     .execution_options(populate_existing=True)
 )
+#: The order, with its payments (the state machine reads them all) and whether its
+#: community has its own account at the provider (see :func:`_resolve_payment`): one
+#: statement. Only the order's row is locked.
 _LOCK_ORDER = (
-    sa.select(Order)
+    sa.select(
+        Order,
+        sa.exists()
+        .where(
+            PaymentAccount.community_id == Order.community_id,
+            PaymentAccount.provider == sa.bindparam("provider"),
+        )
+        .label("own_account"),
+    )
     .where(Order.id == sa.bindparam("order_id"))
-    .with_for_update()
+    .options(joinedload(Order.payments))
+    .with_for_update(of=Order)
     .execution_options(populate_existing=True)
 )
 
@@ -249,14 +262,27 @@ def _lock_payment(public_id: str | None) -> Payment | None:
     Payment first, then order: every path takes them in this order, so two deliveries for
     the same order queue instead of deadlocking.
     """
+    return _lock(public_id)[0]
+
+
+def _lock(public_id: str | None) -> tuple[Payment | None, bool]:
+    """:func:`_lock_payment`, and whether the order's community has an account of its own
+    at the payment's provider (see :mod:`payments.accounts`)."""
     if public_id is None:
-        return None
+        return None, False
     payment = db.session.scalar(_LOCK_PAYMENT, {"public_id": public_id})
-    if payment is not None:
-        order = db.session.scalar(_LOCK_ORDER, {"order_id": payment.order_id})
-        # Held by the payment, so the session's weak identity map keeps it loaded.
-        set_committed_value(payment, "order", order)
-    return payment
+    if payment is None:
+        return None, False
+    order, own_account = (
+        db.session.execute(
+            _LOCK_ORDER, {"order_id": payment.order_id, "provider": payment.provider}
+        )
+        .unique()
+        .one()
+    )
+    # Held by the payment, so the session's weak identity map keeps it loaded.
+    set_committed_value(payment, "order", order)
+    return payment, own_account
 
 
 def identify_payment(
@@ -291,13 +317,13 @@ def _resolve_payment(
     """The payment an identified notification (see :func:`identify_payment`) is about,
     locked. Raises :class:`PaymentMismatch` when the keys that verified it are not the
     ones its community uses (see :func:`apply_notification`)."""
-    payment = _lock_payment(notification.payment_public_id)
+    payment, own_account = _lock(notification.payment_public_id)
     if payment is None or payment.provider != provider_name:
         return None
     owner = payment.order.community_id
     if community_id is not None and community_id != owner:
         raise PaymentMismatch(f"the payment is community {owner}'s, not {community_id}'s")
-    if community_id is None and account_of(owner, provider_name) is not None:
+    if community_id is None and own_account:
         raise PaymentMismatch(
             f"the payment is community {owner}'s, which has its own {provider_name} account"
         )
@@ -326,9 +352,18 @@ def apply_notification(
     does not match our records, or is another community's, or its community has keys of
     its own and it was verified with the install's."""
     now = now or utcnow()
-    kind = notification.kind
-    if kind is EventKind.IGNORED:
+    if notification.kind is EventKind.IGNORED:
         return None, False
+    # What it makes (a member, an invitation …) is flushed once, not once per audit entry.
+    with audit.ids_at_commit():
+        return _apply_notification(notification, provider_name, community_id, now)
+
+
+def _apply_notification(
+    notification: Notification, provider_name: str, community_id: int | None, now: datetime
+) -> tuple[Payment, bool]:
+    """:func:`apply_notification` of an event about a payment."""
+    kind = notification.kind
     payment = _resolve_payment(notification, provider_name, community_id)
     if payment is None:
         raise NotOurPayment("not one of our payments")

@@ -22,6 +22,7 @@ from core.outbox import OutboxMessage
 from core.security import new_token
 from membership.language import reader_locale
 from membership.models import Member
+from membership.services import application_paid_by
 from payments.models import Order
 from payments.services import create_order
 from perks.announcements import (
@@ -208,8 +209,16 @@ def enrol_free(course: Course, member: Member, *, source: str, now: datetime) ->
     return enrolment
 
 
+#: Built once: every paid order runs it.
+_ENROLMENT_OF_ORDER = sa.select(Enrolment).where(Enrolment.order_id == sa.bindparam("order_id"))
+
+
 def _enrolment_for(order: Order) -> Enrolment | None:
-    return db.session.scalar(sa.select(Enrolment).where(Enrolment.order_id == order.id))
+    """The enrolment ``order`` pays for: none when it pays for a tier's application (an
+    order pays for one thing), which needs no query of its own."""
+    if application_paid_by(order) is not None:
+        return None
+    return db.session.scalar(_ENROLMENT_OF_ORDER, {"order_id": order.id})
 
 
 def activate_paid_enrolment(order: Order, *, now: datetime) -> None:

@@ -292,6 +292,50 @@ def test_seed_demo_is_idempotent(app, runner):
     assert prices == {"lobby": 0, "main": 9900, "reentry": 900}
 
 
+def test_inside_ids_at_commit_an_entry_about_a_new_row_waits_for_the_commit_flush(app, demo):
+    """The money path records entries about rows it makes (a member, an invitation) without
+    a flush each: the commit's one flush gives the entry its row's id and community."""
+    flushes = []
+
+    def flushed(_session, _context):
+        flushes.append(1)
+
+    with app.app_context():
+        before = db.session.scalar(sa.select(sa.func.max(AuditEntry.id))) or 0
+        sa.event.listen(db.session(), "after_flush", flushed)
+        try:
+            group = Group(
+                community_id=demo.id,
+                name="新群",
+                platform="wechat",
+                capacity=500,
+                created_at=utcnow(),
+            )
+            db.session.add(group)
+            with audit.ids_at_commit():
+                audit.record("group.created", group, actor="cli")
+            assert group.id is None and flushes == []  # nothing flushed for the entry
+            other = Group(
+                community_id=demo.id,
+                name="另群",
+                platform="wechat",
+                capacity=500,
+                created_at=utcnow(),
+            )
+            db.session.add(other)
+            audit.record("group.created", other, actor="cli")  # outside it: flushed at once
+            assert other.id is not None and len(flushes) == 1
+            db.session.commit()
+        finally:
+            sa.event.remove(db.session(), "after_flush", flushed)
+        entries = db.session.execute(
+            sa.select(AuditEntry.target_id, AuditEntry.community_id)
+            .where(AuditEntry.id > before)
+            .order_by(AuditEntry.id)
+        ).all()
+        assert entries == [(group.id, demo.id), (other.id, demo.id)]
+
+
 def test_audit_entries_are_written_together_when_the_transaction_commits(app, demo):
     inserts = []
 

@@ -260,7 +260,7 @@ def test_ledger_entries_cannot_be_changed(app, client, payment_id):
 #: subscribe; the day's figures (revenue, joined, paid, paying) in one UPSERT at the commit.
 #: (The inbox row is written once, with its outcome; a provider id is mapped without a
 #: look first.)
-ADMISSION_STATEMENTS = 25
+ADMISSION_STATEMENTS = 23
 
 
 def test_a_paying_delivery_costs_a_fixed_number_of_statements(app, client, payment_id):
