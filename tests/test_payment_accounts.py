@@ -300,6 +300,13 @@ def test_an_unknown_community_url_is_not_found(client, communities):
     assert client.post("/webhooks/stripe/no-such-community", data=b"{}").status_code == 404
 
 
+@pytest.mark.parametrize("name", ["9223372036854775808", "99999999999", "0" * 40])
+def test_a_number_too_large_for_an_id_is_not_found(client, communities, name):
+    """Not a database overflow (a 500): more digits than an id has name no community
+    (found by schemathesis on the documented path)."""
+    assert client.post(f"/webhooks/wechatpay/{name}", data=b"<xml/>").status_code == 404
+
+
 # Sealed at rest, and rotation ---------------------------------------------------------------
 
 
