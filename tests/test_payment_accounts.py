@@ -20,7 +20,7 @@ from core.auth import create_staff_user
 from core.clock import utcnow
 from core.db import db
 from core.money import Money
-from membership.models import Community
+from membership.models import Community, Member
 from payments.accounts import account_of, save_account
 from payments.models import (
     InboxStatus,
@@ -47,6 +47,7 @@ from tests.conftest import app_config, dispose_engines, fresh_database
 from tests.helpers import (
     checkout_session,
     csrf_token,
+    join_and_pay,
     log_in,
     money_snapshot,
     stripe_delivery,
@@ -732,3 +733,57 @@ def test_the_reconcile_page_is_refused_to_who_has_nothing_to_reconcile(app, comm
         visitor = app.test_client()
         assert log_in(visitor, email=email, password="pw-staff-12345").status_code == 302
         assert visitor.get("/admin/payments/reconcile").status_code == 403
+
+
+# WeChat login on /me through a community's own official account ---------------------------
+
+
+def give_official_account(app, apis, community_id: int) -> None:
+    """The community's own WeChat Pay merchant with its official account's secret (the
+    fake OAuth knows one secret; the app id is what differs)."""
+    apis.wechat_merchants[A_MCH_ID] = (A_APP_ID, A_API_KEY)
+    with app.test_request_context():
+        save_account(
+            community_id,
+            "wechatpay",
+            plain={"WECHATPAY_APP_ID": A_APP_ID, "WECHATPAY_MCH_ID": A_MCH_ID},
+            secrets={
+                "WECHATPAY_API_KEY": A_API_KEY,
+                "WECHATPAY_APP_SECRET": fake_apis.WECHAT_APP_SECRET,
+            },
+            cleared=set(),
+            actor="test",
+        )
+        db.session.commit()
+
+
+def test_wechat_login_goes_through_the_community_official_account(app, apis, communities):
+    """A member of a community with its own official account logs in with WeChat through
+    that account (its app id in WeChat's authorize URL; the openid kept as that account's,
+    not as the install's); a community without one still goes through the install's."""
+    a, _b = communities
+    give_official_account(app, apis, a)
+    join_and_pay(app.test_client(), "main")
+    openid = fake_apis.openid_for("good-code-a")
+    with app.app_context():
+        member = db.session.scalars(sa.select(Member).where(Member.community_id == a)).one()
+        member.wechat_openid = openid
+        db.session.commit()
+    client = app.test_client()
+    client.environ_base["HTTP_USER_AGENT"] = IN_WECHAT
+    assert "/join/demo/login/wechat" in client.get("/me").text
+    to_wechat = client.get("/join/demo/login/wechat")
+    query = parse_qs(urlsplit(to_wechat.location).query)
+    assert query["appid"] == [A_APP_ID]
+    back = urlsplit(query["redirect_uri"][0]).path
+    answer = client.get(back, query_string={"code": "good-code-a", "state": query["state"][0]})
+    assert (answer.status_code, answer.location) == (302, "/me")
+    assert client.get("/me").status_code == 200
+    with client.session_transaction() as session:
+        assert session[f"{OPENID_SESSION_KEY}:{A_APP_ID}"] == openid
+        assert OPENID_SESSION_KEY not in session
+
+    other = app.test_client()
+    other.environ_base["HTTP_USER_AGENT"] = IN_WECHAT
+    install = parse_qs(urlsplit(other.get("/join/other/login/wechat").location).query)
+    assert install["appid"] == [fake_apis.WECHAT_APP_ID]
