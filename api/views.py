@@ -27,7 +27,7 @@ from flask_smorest import Api, Blueprint
 from flask_smorest.spec.plugins import integerconverter2paramschema
 from flask_smorest.utils import prepare_response
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 from werkzeug.exceptions import HTTPException, default_exceptions
 from werkzeug.routing import IntegerConverter, PathConverter
 
@@ -55,7 +55,7 @@ from membership.services import JoinRefused, find_member, find_member_by_openid
 from payments.models import Order
 from perks.coupons import grant_coupon
 from perks.eligibility import standing_of
-from perks.models import Coupon, Perk
+from perks.models import Coupon, CouponGrant, Perk
 from perks.services import PerkRefused, redeem
 
 PREFIX = "/api/v1"
@@ -356,6 +356,23 @@ class CouponIssued(ma.Schema):
     issued = ma.fields.Boolean(required=True, metadata={"description": "False: held already"})
 
 
+class MemberCouponSchema(ma.Schema):
+    """A coupon issued to a member (by the API, an admin or a perk)."""
+
+    code = ma.fields.Function(lambda g: g.coupon.code, required=True)
+    percent_off = ma.fields.Function(lambda g: g.coupon.percent_off, allow_none=True)
+    amount_off = ma.fields.Function(
+        lambda g: g.coupon.amount_off,
+        allow_none=True,
+        metadata={"description": "Minor units of currency"},
+    )
+    currency = ma.fields.Function(lambda g: g.coupon.currency, required=True)
+    valid_until = ma.fields.Function(
+        lambda g: g.coupon.valid_until, allow_none=True, metadata={"format": "date-time"}
+    )
+    issued_at = ma.fields.AwareDateTime(attribute="created_at", required=True)
+
+
 class EventSchema(ma.Schema):
     cursor = ma.fields.Integer(attribute="id", required=True)
     id = ma.fields.String(attribute="public_id", required=True)
@@ -375,14 +392,41 @@ ERRORS = (400, 401, 403, 429)
 
 
 def documented(*codes: int):
-    """Declare the error answers of a view beyond those of every view."""
+    """Declare the error answers of a view beyond those of every view, and name its
+    operation after the view (what links between operations name)."""
 
     def decorate(view):
         for code in (*ERRORS, *codes):
             view = blp.alt_response(code, response=HTTPStatus(code).name)(view)
-        return view
+        return blp.doc(operationId=view.__name__)(view)
 
     return decorate
+
+
+def links(status: int, **named: tuple[str, dict[str, str]]):
+    """Declare the OpenAPI links of a view's ``status`` answer: each name's operation (a
+    view's name) and its parameters, taken from this answer by runtime expressions
+    (``$response.body#/id``). What a client, or schemathesis' stateful tests, may call
+    next with what this answer gave."""
+    return blp.doc(
+        responses={
+            status: {
+                "links": {
+                    name: {"operationId": operation, "parameters": parameters}
+                    for name, (operation, parameters) in named.items()
+                }
+            }
+        }
+    )
+
+
+def _next_page(operation: str) -> tuple[str, dict[str, str]]:
+    """The link from a page to the next one."""
+    return operation, {"after": "$response.body#/next"}
+
+
+def _of_member(operation: str, member_id: str) -> tuple[str, dict[str, str]]:
+    return operation, {"member_id": f"$response.body#{member_id}"}
 
 
 def _page(rows, limit: int) -> dict:
@@ -401,6 +445,15 @@ def _member(member_id: int) -> Member:
 @scope("members:read")
 @blp.arguments(MemberFilter, location="query", as_kwargs=True, unknown=ma.RAISE)
 @blp.response(200, MemberPage)
+@links(
+    200,
+    NextPage=_next_page("list_members"),
+    Member=_of_member("get_member", "/items/0/id"),
+    Invitations=_of_member("member_invitations", "/items/0/id"),
+    Coupons=_of_member("member_coupons", "/items/0/id"),
+    GrantMembership=_of_member("grant_membership", "/items/0/id"),
+    IssueCoupon=_of_member("issue_coupon", "/items/0/id"),
+)
 @documented()
 def list_members(after: int, limit: int, **filters):
     """Members, in join order, filtered."""
@@ -435,6 +488,14 @@ def list_members(after: int, limit: int, **filters):
 @blp.route("/members/<id:member_id>")
 @scope("members:read")
 @blp.response(200, MemberSchema)
+@links(
+    200,
+    Invitations=_of_member("member_invitations", "/id"),
+    Coupons=_of_member("member_coupons", "/id"),
+    GrantMembership=_of_member("grant_membership", "/id"),
+    EndMembership=("end_membership", {"membership_id": "$response.body#/memberships/0/id"}),
+    IssueCoupon=_of_member("issue_coupon", "/id"),
+)
 @documented(404)
 def get_member(member_id: int):
     """One member, with their memberships."""
@@ -458,6 +519,7 @@ def member_invitations(member_id: int):
 @blp.arguments(GrantArgs)
 @write
 @blp.response(201, MembershipSchema)
+@links(201, End=("end_membership", {"membership_id": "$response.body#/id"}))
 @documented(404, 409)
 def grant_membership(args: dict, member_id: int):
     """Grant a member a tier, without payment, with a reason."""
@@ -497,6 +559,7 @@ def end_membership(args: dict, membership_id: int):
 @scope("orders:read")
 @blp.arguments(PageArgs, location="query", as_kwargs=True, unknown=ma.RAISE)
 @blp.response(200, OrderPage)
+@links(200, NextPage=_next_page("list_orders"))
 @documented()
 def list_orders(after: int, limit: int):
     """Orders, oldest first, each with its payments."""
@@ -513,6 +576,7 @@ def list_orders(after: int, limit: int):
 @blp.route("/perks")
 @scope("perks:read")
 @blp.response(200, PerkSchema(many=True))
+@links(200, Redeem=("redeem_perk", {"perk_id": "$response.body#/0/id"}))
 @documented()
 def list_perks():
     """The community's perks."""
@@ -526,6 +590,7 @@ def list_perks():
 @blp.arguments(RedeemArgs)
 @write
 @blp.response(201, RedemptionSchema)
+@links(201, Member=_of_member("get_member", "/member_id"))
 @documented(404, 409)
 def redeem_perk(args: dict, perk_id: int):
     """Redeem a perk for a member (their eligibility and the stock hold)."""
@@ -551,6 +616,7 @@ def redeem_perk(args: dict, perk_id: int):
 @blp.arguments(CouponArgs)
 @write
 @blp.response(201, CouponIssued)
+@links(201, Coupons=_of_member("member_coupons", "/member_id"))
 @documented(404)
 def issue_coupon(args: dict, member_id: int):
     """Issue a coupon to a member."""
@@ -565,10 +631,26 @@ def issue_coupon(args: dict, member_id: int):
     return {"code": coupon.code, "member_id": member.id, "issued": issued}
 
 
+@blp.route("/members/<id:member_id>/coupons")
+@scope("perks:read")
+@blp.response(200, MemberCouponSchema(many=True))
+@documented(404)
+def member_coupons(member_id: int):
+    """The coupons issued to a member, oldest first."""
+    member = _member(member_id)
+    return db.session.scalars(
+        sa.select(CouponGrant)
+        .where(CouponGrant.member_id == member.id)
+        .options(joinedload(CouponGrant.coupon))
+        .order_by(CouponGrant.id)
+    ).all()
+
+
 @blp.route("/events")
 @scope("events:read")
 @blp.arguments(PageArgs, location="query", as_kwargs=True, unknown=ma.RAISE)
 @blp.response(200, EventPage)
+@links(200, NextPage=_next_page("list_events"))
 @documented()
 def list_events(after: int, limit: int):
     """What happened, in order, after the cursor (each event's ``cursor``)."""
@@ -621,7 +703,7 @@ def init_api(app: Flask) -> None:
     api.register_blueprint(blp)
     for blueprint in (blp, unknown):
         answer_in_accepted_language(blueprint.name, API_LOCALE)
-    describe_machine_endpoints(api.spec)
+    describe_machine_endpoints(api.spec, app.url_map)
     app.register_blueprint(unknown)
     app.extensions["qunmen.api"] = api
     app.register_blueprint(document)

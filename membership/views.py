@@ -118,6 +118,7 @@ from payments.views import (
     refuse_discount_code,
     send_to_provider,
 )
+from payments.views import _openid_key as openid_key
 
 bp = Blueprint("membership", __name__)
 #: The join pages' WeChat share settings (``templates/join/_share.html``).
@@ -842,7 +843,12 @@ def me():
         return render_template(
             "me/anonymous.html",
             communities=communities,
-            wechat_login=_wechat_oauth_provider() is not None and current_payer().in_wechat,
+            # The communities whose official account can log their members in here.
+            wechat_login={
+                c.id
+                for c in communities
+                if current_payer().in_wechat and _wechat_oauth_provider(c.id) is not None
+            },
         ), 401
     return _member_page(member)
 
@@ -1212,9 +1218,15 @@ def mark_joined(token: str):
     return redirect(url_for(".invitation", token=token))
 
 
-def _wechat_oauth_provider() -> WeChatPayBase | None:
-    """WeChat Pay's provider, when it can do OAuth (the app secret is set)."""
-    provider = get_provider(WeChatPayBase.name)
+def _wechat_oauth_provider(community_id: int | None = None) -> WeChatPayBase | None:
+    """WeChat Pay's provider, when it can do OAuth (the app secret is set): for
+    ``community_id``, its own official account when it has one (an openid is an id under
+    one official account: its members' WeChat logins go through the account that gave
+    them), else the install's. None too when the community's keys cannot be read."""
+    try:
+        provider = get_provider(WeChatPayBase.name, community_id)
+    except ProviderError:
+        return None
     return provider if provider is not None and provider.can_oauth else None
 
 
@@ -1224,7 +1236,7 @@ def login_wechat(slug: str):
     a member who proved who they are) link their WeChat. The ``state`` works once, for ten
     minutes, in this browser only, and names the member a link is for."""
     community = _community(slug)
-    provider = _wechat_oauth_provider()
+    provider = _wechat_oauth_provider(community.id)
     if provider is None:
         abort(404)
     member = logged_in_member(community) if request.args.get("bind") else None
@@ -1245,7 +1257,7 @@ def login_wechat_return(slug: str):
     """WeChat sends the browser back with a code for its openid. A link only waits here
     for the member to confirm it on ``/me`` (a POST): a GET never binds."""
     community = _community(slug)
-    provider = _wechat_oauth_provider()
+    provider = _wechat_oauth_provider(community.id)
     state = unsign_for_this_browser("wechat-login", request.args.get("state", ""))
     if provider is None or not isinstance(state, dict) or state.get("community") != community.id:
         abort(400)
@@ -1263,7 +1275,9 @@ def login_wechat_return(slug: str):
     except ProviderError:
         flash(_("WeChat authorisation failed, please try again"), "error")
         return redirect(url_for(".login", slug=slug))
-    session[OPENID_SESSION_KEY] = openid
+    # Kept as the openid under that official account (a JSAPI payment through it needs
+    # no second OAuth).
+    session[openid_key(provider)] = openid
     owner = find_member_by_openid(community.id, openid)
     if binding is not None:
         if owner is not None and owner.id != binding:
@@ -1377,7 +1391,8 @@ def _member_page(member: Member, **checked: Any) -> str:
         pay_form=pay_form,
         confirm_wechat=isinstance(bind, dict) and bind.get("member") == member.id,
         channel_form=None if member.is_reachable else ChannelForm(),
-        wechat_oauth=_wechat_oauth_provider() is not None and current_payer().in_wechat,
+        wechat_oauth=_wechat_oauth_provider(member.community_id) is not None
+        and current_payer().in_wechat,
         renewals=renewal_offers(member, now),
         endings=endings_of(member),
         **checked,

@@ -21,19 +21,28 @@ from flask_babel import lazy_gettext as _l
 from flask_babel import lazy_pgettext
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from flask_wtf.file import FileAllowed, FileField, FileRequired, FileSize
+from flask_wtf.file import FileAllowed, FileField, FileSize
 from sqlalchemy.orm import joinedload
 from wtforms import (
     BooleanField,
+    DateField,
     HiddenField,
     PasswordField,
     RadioField,
     SelectChoice,
+    SelectField,
     StringField,
     SubmitField,
     TextAreaField,
 )
-from wtforms.validators import DataRequired, InputRequired, Length, Optional, Regexp
+from wtforms.validators import (
+    DataRequired,
+    InputRequired,
+    Length,
+    Optional,
+    Regexp,
+    ValidationError,
+)
 
 from core import audit
 from core.auth import in_visible_communities, load_for, requires
@@ -48,12 +57,18 @@ from payments.models import (
     Order,
     OrderFlag,
     Payment,
+    PaymentAccount,
     PaymentStatus,
     Reconciliation,
     RefundStatus,
     WebhookEvent,
 )
-from payments.providers import ProviderError, build_community_provider, notify_url
+from payments.providers import (
+    ProviderError,
+    build_community_provider,
+    get_provider,
+    notify_url,
+)
 from payments.reconciliation import READERS, StatementError, reconcile
 from payments.services import (
     PaymentError,
@@ -100,6 +115,8 @@ def visible_webhook_events() -> sa.ColumnElement[bool]:
 #: The communities' time zones, read by table name: payments imports nothing from
 #: membership, and an order only knows its community's id.
 _communities = sa.table("communities", sa.column("id"), sa.column("time_zone"))
+#: Their names and slugs, for the reconcile and payment accounts pages.
+_COMMUNITIES = sa.table("communities", sa.column("id"), sa.column("name"), sa.column("slug"))
 
 
 def _zones(community_ids: set[int]) -> dict[int, str]:
@@ -260,7 +277,16 @@ def attention():
     return render_template("admin/attention.html", page=rows, form=form, zones=zones)
 
 
+#: The choice of the install's own accounts on the reconcile page.
+INSTALL_ACCOUNT = ""
+
+
 class StatementForm(FlaskForm):
+    """A statement to reconcile: whose account (the install's, or a community's own), which
+    provider, and a file, or the day of WeChat Pay's bill to download with that account's
+    keys."""
+
+    community = SelectField(_l("Whose account"), choices=[], default=INSTALL_ACCOUNT)
     provider = RadioField(
         _l("Provider"),
         choices=[
@@ -273,43 +299,119 @@ class StatementForm(FlaskForm):
     statement = FileField(
         _l("Statement"),
         validators=[
-            FileRequired(_l("Choose a file")),
             FileAllowed(["csv", "txt"], _l("CSV or TXT only")),
             FileSize(20 * 1024 * 1024, message=_l("Too large")),
         ],
+    )
+    day = DateField(_l("Or download WeChat Pay's bill of the day"), validators=[Optional()])
+
+    def validate_day(self, field) -> None:
+        """A file, or a day of WeChat Pay's bill: one of the two."""
+        if (field.data is None) == (not self.statement.data):
+            raise ValidationError(_("Choose a file, or a day of WeChat Pay's bill"))
+        if field.data is not None and self.provider.data != "wechatpay":
+            raise ValidationError(_("Only WeChat Pay's bill can be downloaded"))
+
+
+def _reconcilable_accounts() -> list[SelectChoice]:
+    """Whose statements the logged-in person may reconcile: the install's accounts when
+    they may export every community's revenue (a statement of the install's merchant
+    covers every community without its own), and the own accounts of the communities
+    where they may export revenue (owners and finance)."""
+    choices = []
+    if current_user.can_everywhere("finance.export"):
+        choices.append(SelectChoice(INSTALL_ACCOUNT, _("The install's accounts")))
+    allowed = current_user.community_ids("finance.export")
+    owning = sa.select(PaymentAccount.community_id)
+    if allowed is not None:
+        owning = owning.where(PaymentAccount.community_id.in_(sorted(allowed)))
+    rows = db.session.execute(
+        sa.select(_COMMUNITIES.c.id, _COMMUNITIES.c.name)
+        .where(_COMMUNITIES.c.id.in_(owning))
+        .order_by(_COMMUNITIES.c.id)
+    )
+    choices += [
+        SelectChoice(str(row.id), _("%(community)s's own account", community=row.name))
+        for row in rows
+    ]
+    return choices
+
+
+def _statement_text(form: StatementForm, community_id: int | None) -> tuple[str, str] | None:
+    """The statement the form names, and its file's name: the uploaded file, or WeChat
+    Pay's bill of the day downloaded with the keys of ``community_id``'s own account (the
+    install's when None). None, with the form's error set, when it cannot be had."""
+    if form.day.data is None:
+        upload = form.statement.data
+        try:
+            return upload.read().decode("utf-8-sig"), upload.filename or ""
+        except UnicodeDecodeError:
+            form.statement.errors.append(_("Not UTF-8 text"))
+            return None
+    try:
+        wechat = get_provider("wechatpay", community_id)
+        if wechat is None:
+            raise ProviderError("WeChat Pay is not configured")
+        return wechat.download_bill(form.day.data), f"wechatpay-{form.day.data:%Y%m%d}.txt"
+    except ProviderError as error:
+        form.day.errors.append(_("The bill could not be downloaded: %(error)s", error=str(error)))
+        return None
+
+
+def _visible_reconciliations() -> sa.ColumnElement[bool]:
+    """The earlier imports the logged-in person may see: every one for those who reconcile
+    the install's accounts; else those of the own accounts of their communities (by the
+    community each import's audit entry is filed under)."""
+    if current_user.can_everywhere("finance.export"):
+        return sa.true()
+    return Reconciliation.id.in_(
+        sa.select(audit.AuditEntry.target_id).where(
+            audit.AuditEntry.action == "reconciliation.imported",
+            audit.AuditEntry.target_type == Reconciliation.__tablename__,
+            audit.AuditEntry.community_id.in_(
+                sorted(current_user.community_ids("finance.export") or ())
+            ),
+        )
     )
 
 
 @bp.route("/reconcile", methods=["GET", "POST"])
 @requires("finance.export")
 def reconcile_page():
-    """Upload a provider's statement: what is missing on either side or differs, a line
-    per day, and the fees recorded. A statement is the install's merchant account's and
-    covers every community, so only staff who may export every community's revenue
-    reconcile."""
-    if not current_user.can_everywhere("finance.export"):
-        abort(403)
+    """Reconcile a provider's statement: what is missing on either side or differs, a line
+    per day, and the fees recorded. A statement of the install's accounts covers every
+    community without its own there, so only staff who may export every community's
+    revenue reconcile it; a community's own account's statement is reconciled by those who
+    may export that community's revenue, against its own ledger, its bill downloaded with
+    its own keys. Staff with neither get a 403."""
     form = StatementForm()
+    form.community.choices = _reconcilable_accounts()
+    if not form.community.choices:
+        abort(403)
     report = None
     if form.validate_on_submit():
-        upload = form.statement.data
-        try:
-            lines = READERS[form.provider.data](upload.read().decode("utf-8-sig"))
-        except UnicodeDecodeError:
-            form.statement.errors.append(_("Not UTF-8 text"))
-        except StatementError as error:
-            form.statement.errors.append(str(error))
-        else:
-            report = reconcile(
-                form.provider.data,
-                lines,
-                filename=upload.filename or "",
-                actor=current_user.actor,
-                now=utcnow(),
-            )
-            db.session.commit()
+        community_id = int(form.community.data) if form.community.data else None
+        statement = _statement_text(form, community_id)
+        if statement is not None:
+            try:
+                lines = READERS[form.provider.data](statement[0])
+            except StatementError as error:
+                form.statement.errors.append(str(error))
+            else:
+                report = reconcile(
+                    form.provider.data,
+                    lines,
+                    filename=statement[1],
+                    actor=current_user.actor,
+                    now=utcnow(),
+                    community_id=community_id,
+                )
+                db.session.commit()
     history = db.session.scalars(
-        sa.select(Reconciliation).order_by(Reconciliation.id.desc()).limit(20)
+        sa.select(Reconciliation)
+        .where(_visible_reconciliations())
+        .order_by(Reconciliation.id.desc())
+        .limit(20)
     ).all()
     return render_template(
         "admin/reconcile.html",
@@ -323,8 +425,6 @@ def reconcile_page():
 
 
 # Communities' own payment accounts ------------------------------------------------------
-
-_COMMUNITIES = sa.table("communities", sa.column("id"), sa.column("name"), sa.column("slug"))
 
 
 def _account_form(provider: str) -> FlaskForm:

@@ -279,8 +279,8 @@ def reconcile(
     """Match ``lines`` of ``provider``'s statement (of ``community_id``'s own account,
     or the install's when None or the community has none) with our ledger over the
     statement's days (the provider's calendar), record the fees of matched lines not
-    recorded before, and keep a record of the import (flushed, audited). The caller
-    commits."""
+    recorded before, and keep a record of the import (flushed, audited: filed under the
+    community when it is its own account's statement). The caller commits."""
     zone = PROVIDER_ZONES[provider]
     scope = statement_scope(provider, community_id)
     day_of = {line: line.occurred_at.astimezone(zone).date() for line in lines}
@@ -366,6 +366,7 @@ def reconcile(
         differences.append(
             Difference("missing_theirs", kind, reference, day, entry.amount, None, entry.currency)
         )
+    own = community_id is not None and account_of(community_id, provider) is not None
     record = Reconciliation(
         provider=provider,
         filename=filename[:200],
@@ -390,5 +391,8 @@ def reconcile(
             "problems": len(differences),
         },
         now=now,
+        # Filed under the community whose own account it is (its staff see it), else
+        # under the install.
+        community_id=community_id if own else None,
     )
     return Report(record, [summaries[day] for day in days], differences)

@@ -164,10 +164,15 @@ webhooks = Blueprint("webhooks", __name__)
 _COMMUNITIES = sa.table("communities", sa.column("id"), sa.column("slug"))
 
 
+#: The most digits a community id in a webhook URL has: more cannot be an id (and would
+#: overflow the database's integer), so they are read as a slug only.
+_MAX_ID_DIGITS = 9
+
+
 def _community_named(name: str) -> int | None:
     """The id of the community a webhook URL names by its id or its slug, or None."""
     where = _COMMUNITIES.c.slug == name
-    if name.isascii() and name.isdigit():
+    if name.isascii() and name.isdigit() and len(name) <= _MAX_ID_DIGITS:
         where = sa.or_(_COMMUNITIES.c.id == int(name), where)
     return db.session.scalar(sa.select(_COMMUNITIES.c.id).where(where).limit(1))
 

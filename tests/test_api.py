@@ -17,6 +17,7 @@ from core.catalogs import HAN
 from core.clock import utcnow
 from core.db import db
 from core.events import Event
+from core.limits import AttemptCounter
 from membership.models import Community, Member, Membership, MembershipStatus
 from tests.helpers import add_coupon, join_and_pay, log_in
 
@@ -283,6 +284,28 @@ def test_each_token_is_rate_limited(app, demo, client, monkeypatch):
     codes = [client.get("/api/v1/members", headers=bearer(secret)).status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
     assert client.get("/api/v1/members", headers=bearer(other)).status_code == 200
+
+
+def test_a_busy_token_claims_its_tries_a_block_at_a_time(app, demo, client, monkeypatch):
+    """At 180 a minute a process claims 3 tries at once (one write for three requests),
+    and the blocks still add up to the limit: the 181st request is refused."""
+    monkeypatch.setitem(app.config, "API_REQUESTS_PER_MINUTE", 180)
+    secret = make_token(app, ["members:read"])
+    with app.app_context():
+        token_id = db.session.scalar(sa.select(ApiToken.id).where(ApiToken.name == "bot"))
+
+    def blocks_claimed() -> int:
+        with app.app_context():
+            key = f"api:3:{token_id}"
+            return db.session.scalar(
+                sa.select(AttemptCounter.count).where(AttemptCounter.key == key)
+            )
+
+    codes = [client.get("/api/v1/members", headers=bearer(secret)).status_code for _ in range(3)]
+    assert (codes, blocks_claimed()) == ([200] * 3, 1)
+    codes += [client.get("/api/v1/members", headers=bearer(secret)).status_code for _ in range(178)]
+    assert codes == [200] * 180 + [429]
+    assert blocks_claimed() == 61
 
 
 def test_the_owner_makes_a_token_shown_once_and_kept_hashed(app, demo, admin):

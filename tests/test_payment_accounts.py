@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -19,7 +20,7 @@ from core.auth import create_staff_user
 from core.clock import utcnow
 from core.db import db
 from core.money import Money
-from membership.models import Community
+from membership.models import Community, Member
 from payments.accounts import account_of, save_account
 from payments.models import (
     InboxStatus,
@@ -46,7 +47,9 @@ from tests.conftest import app_config, dispose_engines, fresh_database
 from tests.helpers import (
     checkout_session,
     csrf_token,
+    join_and_pay,
     log_in,
+    money_snapshot,
     stripe_delivery,
     submit_join,
     wechat_notification,
@@ -298,6 +301,13 @@ def test_the_install_url_refuses_a_payment_of_a_community_with_its_own_keys(
 
 def test_an_unknown_community_url_is_not_found(client, communities):
     assert client.post("/webhooks/stripe/no-such-community", data=b"{}").status_code == 404
+
+
+@pytest.mark.parametrize("name", ["9223372036854775808", "99999999999", "0" * 40])
+def test_a_number_too_large_for_an_id_is_not_found(client, communities, name):
+    """Not a database overflow (a 500): more digits than an id has name no community
+    (found by schemathesis on the documented path)."""
+    assert client.post(f"/webhooks/wechatpay/{name}", data=b"<xml/>").status_code == 404
 
 
 # Sealed at rest, and rotation ---------------------------------------------------------------
@@ -641,3 +651,139 @@ def test_a_community_pem_setting_is_never_read_as_a_file(app, logged_in, communi
     assert "WECHATPAY_MCH_PRIVATE_KEY is not PEM text" in response.text
     with app.app_context():
         assert account_of(a, "wechatpay") is None
+
+
+# The reconcile page, for a community's own account ----------------------------------------
+
+
+def reconcile_on_the_page(client, **fields):
+    """Send the reconcile page's form (the day of WeChat Pay's bill, by default)."""
+    return client.post(
+        "/admin/payments/reconcile",
+        data={
+            "csrf_token": csrf_token(client, "/admin/payments/reconcile"),
+            "provider": "wechatpay",
+            **fields,
+        },
+    )
+
+
+def test_the_reconcile_page_downloads_a_community_bill_with_its_keys(
+    app, apis, communities, client
+):
+    """Finance of community A picks A's own account: A's bill is downloaded through A's
+    merchant and matched with A's payments only; the import is in A's history, not in
+    the history of B's finance, who cannot pick A (nor the install's accounts)."""
+    a, b = communities
+    give_wechatpay(app, apis, a)
+    give_stripe(app, apis, b, B_STRIPE_KEY, B_WEBHOOK_SECRET)
+    confirmed(app, a, "wechatpay", "4200000001")
+    confirmed(app, b, "wechatpay", "4200000002")
+    day = utcnow().astimezone(BEIJING).date()
+    apis.wechat_bills[day.strftime("%Y%m%d")] = wechat_bill(wechat_line("4200000001"))
+    with app.app_context():
+        for email, community in (("fin-a@example.com", a), ("fin-b@example.com", b)):
+            create_staff_user(
+                email,
+                "财务",
+                "pw-finance-123",
+                actor="test",
+                role="finance",
+                community_id=community,
+            )
+        db.session.commit()
+    assert log_in(client, email="fin-a@example.com", password="pw-finance-123").status_code == 302
+    page = client.get("/admin/payments/reconcile")
+    assert page.status_code == 200
+    assert f'<option value="{a}"' in page.text
+    assert f'<option value="{b}"' not in page.text and '<option value=""' not in page.text
+
+    answer = reconcile_on_the_page(client, community=str(a), day=str(day))
+    assert answer.status_code == 200, answer.text
+    assert apis.last("/pay/downloadbill").data["mch_id"] == A_MCH_ID
+    days = answer.text[answer.text.index('id="days"') :]
+    # theirs 1, ours 1, matched 1, nothing missing either side: B's payment is not A's
+    assert re.search(rf"<td>{day}</td>(\s*<td>1</td>){{3}}(\s*<td>0</td>){{2}}", days)
+    assert "wechatpay-" in answer.text[answer.text.index('id="history"') :]
+
+    for refused in ({"community": str(b), "day": str(day)}, {"day": str(day)}):
+        before = money_snapshot(app)
+        assert reconcile_on_the_page(client, **refused).status_code == 422
+        assert money_snapshot(app) == before
+
+    other = app.test_client()
+    assert log_in(other, email="fin-b@example.com", password="pw-finance-123").status_code == 302
+    theirs = other.get("/admin/payments/reconcile")
+    assert theirs.status_code == 200
+    assert "wechatpay-" not in theirs.text[theirs.text.index('id="history"') :]
+
+
+def test_the_reconcile_page_is_refused_to_who_has_nothing_to_reconcile(app, communities, client):
+    """Finance of a community without its own account, on an install of several
+    communities, reconciles nothing: a 403 (the install's statements need every
+    community); and a moderator never reaches the page."""
+    a, _b = communities
+    with app.app_context():
+        for email, role in (("fin@example.com", "finance"), ("mod@example.com", "moderator")):
+            create_staff_user(
+                email, role, "pw-staff-12345", actor="test", role=role, community_id=a
+            )
+        db.session.commit()
+    for email in ("fin@example.com", "mod@example.com"):
+        visitor = app.test_client()
+        assert log_in(visitor, email=email, password="pw-staff-12345").status_code == 302
+        assert visitor.get("/admin/payments/reconcile").status_code == 403
+
+
+# WeChat login on /me through a community's own official account ---------------------------
+
+
+def give_official_account(app, apis, community_id: int) -> None:
+    """The community's own WeChat Pay merchant with its official account's secret (the
+    fake OAuth knows one secret; the app id is what differs)."""
+    apis.wechat_merchants[A_MCH_ID] = (A_APP_ID, A_API_KEY)
+    with app.test_request_context():
+        save_account(
+            community_id,
+            "wechatpay",
+            plain={"WECHATPAY_APP_ID": A_APP_ID, "WECHATPAY_MCH_ID": A_MCH_ID},
+            secrets={
+                "WECHATPAY_API_KEY": A_API_KEY,
+                "WECHATPAY_APP_SECRET": fake_apis.WECHAT_APP_SECRET,
+            },
+            cleared=set(),
+            actor="test",
+        )
+        db.session.commit()
+
+
+def test_wechat_login_goes_through_the_community_official_account(app, apis, communities):
+    """A member of a community with its own official account logs in with WeChat through
+    that account (its app id in WeChat's authorize URL; the openid kept as that account's,
+    not as the install's); a community without one still goes through the install's."""
+    a, _b = communities
+    give_official_account(app, apis, a)
+    join_and_pay(app.test_client(), "main")
+    openid = fake_apis.openid_for("good-code-a")
+    with app.app_context():
+        member = db.session.scalars(sa.select(Member).where(Member.community_id == a)).one()
+        member.wechat_openid = openid
+        db.session.commit()
+    client = app.test_client()
+    client.environ_base["HTTP_USER_AGENT"] = IN_WECHAT
+    assert "/join/demo/login/wechat" in client.get("/me").text
+    to_wechat = client.get("/join/demo/login/wechat")
+    query = parse_qs(urlsplit(to_wechat.location).query)
+    assert query["appid"] == [A_APP_ID]
+    back = urlsplit(query["redirect_uri"][0]).path
+    answer = client.get(back, query_string={"code": "good-code-a", "state": query["state"][0]})
+    assert (answer.status_code, answer.location) == (302, "/me")
+    assert client.get("/me").status_code == 200
+    with client.session_transaction() as session:
+        assert session[f"{OPENID_SESSION_KEY}:{A_APP_ID}"] == openid
+        assert OPENID_SESSION_KEY not in session
+
+    other = app.test_client()
+    other.environ_base["HTTP_USER_AGENT"] = IN_WECHAT
+    install = parse_qs(urlsplit(other.get("/join/other/login/wechat").location).query)
+    assert install["appid"] == [fake_apis.WECHAT_APP_ID]

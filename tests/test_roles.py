@@ -40,6 +40,7 @@ from perks.models import Announcement, Coupon, Course, Offer, Perk, PerkKind
 from tests.conftest import fresh_database
 from tests.helpers import ADMIN_PASSWORD as PASSWORD
 from tests.helpers import join_and_pay, log_in
+from tests.test_payment_accounts import give_wechatpay
 
 #: Admin routes that need no permission: logging in and out, and one's own account.
 NO_PERMISSION = {"auth.login", "auth.logout", "auth.change_password", "auth.two_step"}
@@ -380,6 +381,39 @@ def roles_of(app, email: str) -> dict[int, str]:
     with app.app_context():
         user = db.session.scalar(sa.select(StaffUser).where(StaffUser.email == email))
         return {role.community_id: role.role for role in user.roles}
+
+
+@pytest.mark.parametrize("role", list(ROLES))
+def test_a_community_statement_is_reconciled_by_its_own_staff_only(app, community_b, apis, role):
+    """The reconcile page when community A has its own WeChat Pay merchant (and B too): a
+    role of A that may export A's revenue reconciles A's own account and nothing else
+    (neither B's account nor the install's, which spans B); the other roles get a 403.
+    Naming B's account changes nothing and shows nothing of B."""
+    a, b = community_a(app), community_b["community_id"]
+    for community in (a, b):
+        give_wechatpay(app, apis, community)
+    client = logged_in_as(app, staff_of(app, a, role))
+    page = client.get("/admin/payments/reconcile")
+    if "finance.export" not in ROLES[role][1]:
+        assert page.status_code == 403
+        return
+    assert page.status_code == 200
+    choices = re.findall(r'<option value="([^"]*)"', page.text)
+    assert choices == [str(a)]
+    before = everything(app, but_user=f"{role}-{a}@example.com")
+    for account in (str(b), ""):
+        answer = client.post(
+            "/admin/payments/reconcile",
+            data={
+                "csrf_token": page_csrf(client),
+                "community": account,
+                "provider": "wechatpay",
+                "day": "2026-11-24",
+            },
+        )
+        assert answer.status_code == 422, (role, account)
+        assert MARK not in answer.text.lower()
+    assert everything(app, but_user=f"{role}-{a}@example.com") == before
 
 
 def test_the_install_owner_gives_a_new_community_its_first_owner(app, demo, admin):
