@@ -111,14 +111,13 @@ from payments.providers import ProviderError, enabled_providers, get_provider
 from payments.providers.wechatpay import WeChatPayBase
 from payments.services import open_flags
 from payments.views import (
-    OPENID_SESSION_KEY,
     apply_discount_code,
     claim_discount_code_try,
     current_payer,
+    openid_key,
     refuse_discount_code,
     send_to_provider,
 )
-from payments.views import _openid_key as openid_key
 
 bp = Blueprint("membership", __name__)
 #: The join pages' WeChat share settings (``templates/join/_share.html``).
@@ -286,10 +285,19 @@ def offer_providers(form: JoinForm | PayAgainForm, community_id: int) -> None:
         form.provider.data = form.provider.choices[0].value
 
 
-def _wechat_proves_here() -> bool:
+def _wechat_proves_here(community_id: int) -> bool:
     """Whether this browser's applicant can prove themselves by WeChat's silent OAuth:
-    it gave this browser an openid already, or it is WeChat's and OAuth is configured."""
-    return bool(session.get(OPENID_SESSION_KEY)) or _wechat_proves_at_join()
+    it gave this browser an openid under the community's official account already, or it
+    is WeChat's and OAuth is configured."""
+    return bool(_join_openid(community_id)) or _wechat_proves_at_join(community_id)
+
+
+def _join_openid(community_id: int) -> str | None:
+    """The openid this browser was given under the official account the community's WeChat
+    logins go through (see :func:`_wechat_oauth_provider`): an openid under another
+    account is nobody's identity here."""
+    provider = _wechat_oauth_provider(community_id)
+    return session.get(openid_key(provider)) if provider is not None else None
 
 
 def _join_form(tier: Tier, member: Member | None) -> JoinForm:
@@ -297,7 +305,7 @@ def _join_form(tier: Tier, member: Member | None) -> JoinForm:
     if tier.requires_screening:
         form_class = with_questions(JoinForm, tier.community.active_questions)
     form = form_class()
-    form.channel_optional = _wechat_proves_here()
+    form.channel_optional = _wechat_proves_here(tier.community_id)
     if member is not None:
         # A member joins as themselves: their contact is known (and proven, or the code
         # step asks for it).
@@ -327,7 +335,7 @@ def join(slug: str, tier_code: str):
             "join/closed.html", community=community, tier=tier, reason=str(refusal), member=member
         ), 403
     form = _join_form(tier, member)
-    openid = session.get(OPENID_SESSION_KEY)
+    openid = _join_openid(community.id)
     if (
         member is None
         and openid
@@ -361,7 +369,7 @@ def join(slug: str, tier_code: str):
     sent_before = db.session.scalar(_APPLICATION_SENT_BEFORE, {"key": form.submission_key.data})
     code_to = None
     if sent_before is None:
-        code_to = _join_code_contact(member, contact_kind, contact_value, openid)
+        code_to = _join_code_contact(community, member, contact_kind, contact_value, openid)
     try:
         claim(_join_checks(community, code_to), now=now)
         code_refused = False
@@ -459,6 +467,7 @@ def join(slug: str, tier_code: str):
 
 
 def _join_code_contact(
+    community: Community,
     member: Member | None,
     contact_kind: ContactKind | None,
     contact_value: str | None,
@@ -467,7 +476,7 @@ def _join_code_contact(
     """Called by the join form before it claims its tries: the contact its code step will
     send a code to (the member's own when one is logged in), or None when the applicant
     proves themselves otherwise (a proven member, WeChat's OAuth) or cannot be sent one."""
-    if not needs_proof(member, wechat_openid=openid) or _wechat_proves_at_join():
+    if not needs_proof(member, wechat_openid=openid) or _wechat_proves_at_join(community.id):
         return None
     if member is not None:
         contact_kind, contact_value = member.contact_kind, member.contact_value
@@ -555,10 +564,10 @@ def _send_application_code(application: Application) -> None:
         flash(str(refusal), "error")
 
 
-def _wechat_proves_at_join() -> bool:
+def _wechat_proves_at_join(community_id: int) -> bool:
     """Whether the join's applicant proves themselves by WeChat's silent OAuth (inside
-    WeChat, with OAuth configured) rather than by a code."""
-    return current_payer().in_wechat and _wechat_oauth_provider() is not None
+    WeChat, with OAuth configured for the community) rather than by a code."""
+    return current_payer().in_wechat and _wechat_oauth_provider(community_id) is not None
 
 
 def _start_proof(application: Application, provider: str | None) -> Response:
@@ -567,7 +576,7 @@ def _start_proof(application: Application, provider: str | None) -> Response:
     phone or e-mail. The way to pay they picked (``provider``) travels with them."""
     _remember_application(application)
     slug, public_id = application.community.slug, application.public_id
-    if _wechat_proves_at_join():
+    if _wechat_proves_at_join(application.community_id):
         return redirect(
             url_for(".verify_wechat", slug=slug, public_id=public_id, provider=provider)
         )
@@ -639,7 +648,7 @@ def verify(slug: str, public_id: str):
         application=application,
         form=form,
         sendable=application.contact_kind in SENDABLE,
-        wechat=_wechat_proves_at_join(),
+        wechat=_wechat_proves_at_join(application.community_id),
     ), status
 
 
@@ -662,7 +671,7 @@ def verify_wechat(slug: str, public_id: str):
     """Prove the applicant by WeChat's silent OAuth (``snsapi_base``), in this browser
     only, once, within ten minutes (the ``state``)."""
     application = _proving_application(slug, public_id)
-    provider = _wechat_oauth_provider()
+    provider = _wechat_oauth_provider(application.community_id)
     if provider is None or application.status is not ApplicationStatus.AWAITING_PROOF:
         abort(404)
     state = sign_for_this_browser(
@@ -678,7 +687,7 @@ def verify_wechat_return(slug: str):
     """WeChat sends the applicant back with a code for their openid: it proves them, and
     the join goes on. An openid that is a member's already asks them to log in."""
     community = _community(slug)
-    provider = _wechat_oauth_provider()
+    provider = _wechat_oauth_provider(community.id)
     state = unsign_for_this_browser("wechat-join", request.args.get("state", ""))
     if provider is None or not isinstance(state, dict):
         abort(400)
@@ -695,7 +704,7 @@ def verify_wechat_return(slug: str):
         return redirect(
             url_for(".verify", slug=slug, public_id=public_id, provider=state.get("provider"))
         )
-    session[OPENID_SESSION_KEY] = openid
+    session[openid_key(provider)] = openid
     owner = find_member_by_openid(community.id, openid)
     if owner is not None and owner.id != application.member_id:
         flash(str(AlreadyAMember()), "error")
@@ -1038,7 +1047,7 @@ def login(slug: str):
                 )
             )
     status = 422 if form.errors else 200
-    wechat = _wechat_oauth_provider() is not None and current_payer().in_wechat
+    wechat = _wechat_proves_at_join(community.id)
     return render_template(
         "join/login.html", community=community, form=form, wechat_login=wechat
     ), status

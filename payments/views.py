@@ -97,7 +97,7 @@ def current_payer() -> Payer:
     )
 
 
-def _openid_key(provider: WeChatPayBase) -> str:
+def openid_key(provider: WeChatPayBase) -> str:
     """Where this browser's openid under ``provider``'s official account is kept: the
     install's account's under :data:`OPENID_SESSION_KEY` (which the join and the member
     login read as proof of who the payer is), a community's own account's apart (an openid
@@ -113,7 +113,7 @@ def _payer_of(provider: PaymentProvider | None) -> Payer:
     official account, when this browser has one."""
     payer = current_payer()
     if isinstance(provider, WeChatPayBase):
-        payer = replace(payer, wechat_openid=session.get(_openid_key(provider)))
+        payer = replace(payer, wechat_openid=session.get(openid_key(provider)))
     return payer
 
 
@@ -283,7 +283,7 @@ def oauth_return():
     except ProviderError:
         flash(_("WeChat authorisation failed, please try again"), "error")
         return redirect(payment.return_url)
-    session[_openid_key(provider)] = openid
+    session[openid_key(provider)] = openid
     try:
         return redirect(register_with_provider(payment, _payer_of(provider), actor="prospect"))
     except ProviderError:

@@ -45,13 +45,14 @@ from payments.views import OPENID_SESSION_KEY
 from tests import fake_apis
 from tests.conftest import app_config, dispose_engines, fresh_database
 from tests.helpers import (
+    PROSPECT,
     checkout_session,
     csrf_token,
     join_and_pay,
     log_in,
     money_snapshot,
+    open_join_form,
     stripe_delivery,
-    submit_join,
     wechat_notification,
     wechat_paid,
 )
@@ -532,43 +533,36 @@ def test_payment_accounts_are_for_the_owner(app, client, admin, communities):
         assert db.session.scalar(sa.select(sa.func.count(Order.id))) == 0
 
 
-def test_jsapi_with_a_community_official_account_asks_its_own_openid(
+def test_a_community_official_account_proves_the_join_and_gives_the_jsapi_openid(
     app, client, apis, communities
 ):
-    """An openid is an id under one official account: the one the join proved (the
-    install's account) is not sent to a community's own merchant, whose account's OAuth
-    gives the payer's openid under it; the install's stays as the join proved it."""
+    """An openid is an id under one official account: a community with its own proves
+    the join through that account (its app id on WeChat's authorize page, not the
+    install's), and its merchant's JSAPI payment uses the openid that proof gave, with no
+    second OAuth. Nothing is kept as the install's account's openid."""
     a, _b = communities
-    apis.wechat_merchants[A_MCH_ID] = (A_APP_ID, A_API_KEY)
-    with app.test_request_context():
-        save_account(
-            a,
-            "wechatpay",
-            plain={"WECHATPAY_APP_ID": A_APP_ID, "WECHATPAY_MCH_ID": A_MCH_ID},
-            secrets={
-                "WECHATPAY_API_KEY": A_API_KEY,
-                # The fake OAuth knows one secret; the app id is what differs.
-                "WECHATPAY_APP_SECRET": fake_apis.WECHAT_APP_SECRET,
-            },
-            cleared=set(),
-            actor="test",
-        )
-        db.session.commit()
+    give_official_account(app, apis, a)
     client.environ_base["HTTP_USER_AGENT"] = IN_WECHAT
-    response = submit_join(client, "main", provider="wechatpay")
-    assert response.location.startswith("https://open.weixin.qq.com/connect/oauth2/authorize")
-    query = parse_qs(urlsplit(response.location).query)
+    sent = client.post(
+        "/join/demo/main",
+        data={**open_join_form(client, "main", "demo"), **PROSPECT, "provider": "wechatpay"},
+    )
+    assert sent.status_code == 302 and urlsplit(sent.location).path.endswith("/wechat")
+    to_wechat = client.get(sent.location)
+    query = parse_qs(urlsplit(to_wechat.location).query)
     assert query["appid"] == [A_APP_ID]
-    assert not any(r.path == "/pay/unifiedorder" for r in apis.requests)
-
-    callback = urlsplit(query["redirect_uri"][0]).path
-    back = client.get(callback, query_string={"code": "good-code-a", "state": query["state"][0]})
-    assert back.status_code == 302
+    back = urlsplit(query["redirect_uri"][0]).path
+    proven = client.get(back, query_string={"code": "good-code-a", "state": query["state"][0]})
+    assert proven.status_code == 302
+    assert not proven.location.startswith("https://open.weixin.qq.com/")
+    paying = client.get(proven.location)
+    assert paying.status_code == 200
     order = apis.last("/pay/unifiedorder").data
     assert (order["trade_type"], order["appid"], order["mch_id"]) == ("JSAPI", A_APP_ID, A_MCH_ID)
     assert order["openid"] == fake_apis.openid_for("good-code-a")
     with client.session_transaction() as session:
-        assert session[OPENID_SESSION_KEY] == fake_apis.WECHAT_OPENID
+        assert session[f"{OPENID_SESSION_KEY}:{A_APP_ID}"] == fake_apis.openid_for("good-code-a")
+        assert OPENID_SESSION_KEY not in session
 
 
 def confirmed(app, community_id: int, provider: str, reference: str) -> None:
