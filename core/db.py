@@ -132,6 +132,18 @@ def _busy_timeout(seconds: float) -> str:
     return f"PRAGMA busy_timeout = {int(seconds * 1000)}"
 
 
+#: Names of what the migrations build that no model declares: search indexes whose kinds
+#: (an FTS5 virtual table and its shadow tables, a GIN trigram index) a model cannot.
+MIGRATION_ONLY_PREFIX = "search_"
+
+
+def modelled(name: str | None, _type: str, _parent_names: dict) -> bool:
+    """Alembic's ``include_name``: whether a table or index in the database is one the
+    models describe, so that comparing them with the database (``flask db check``,
+    autogenerate) leaves the migrations' own search indexes alone."""
+    return not (name or "").startswith(MIGRATION_ONLY_PREFIX)
+
+
 def init_db(app: Flask) -> None:
     db.init_app(app)
     with app.app_context():
