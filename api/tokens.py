@@ -17,7 +17,7 @@ from flask_babel import gettext as _
 
 from api.models import SCOPES, ApiToken
 from core import audit
-from core.db import db
+from core.db import db, take_write_lock
 from core.limits import Limit, claim
 from core.security import new_token
 
@@ -71,6 +71,7 @@ def revoke_token(token: ApiToken, *, actor: str, now: datetime) -> None:
 def authenticate(header: str | None, *, now: datetime) -> ApiToken | None:
     """The live token an ``Authorization: Bearer qm_…`` header carries, or None. Claims
     one try of its rate limit (raising :class:`core.limits.TooManyTries`) and commits."""
+    take_write_lock()  # in a GET too: the claim and the last use are written
     scheme, _, secret = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not secret.startswith(TOKEN_PREFIX):
         return None

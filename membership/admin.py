@@ -40,6 +40,7 @@ from core.db import (
     db,
     end_transaction_keeping_objects,
     session_dialect,
+    take_write_lock,
 )
 from core.exporters import csv_lines, write_xlsx
 from core.labels import label
@@ -579,6 +580,7 @@ def members(community_id: int):
 @requires("members.manage")
 def members_csv(community_id: int):
     """The members matching the list's filters, as CSV."""
+    take_write_lock()  # for its audit entry
     community = load_for(Community, community_id, "members.manage")
     exporter = MembersExport(_member_search(community), community.time_zone)
     audit.record(
@@ -917,6 +919,7 @@ def export(community_id: int):
         form = ExportForm(request.args, meta={"csrf": False})
     if chosen is not None or not (request.args and form.validate()):
         return render_template("admin/export.html", community=community, form=form, presets=presets)
+    take_write_lock()  # for its audit entry
     audit.record(
         "finance.exported",
         community,
