@@ -25,7 +25,7 @@ from flask_babel import gettext as _
 
 from api.models import SCOPES, ApiToken
 from core import audit
-from core.db import db
+from core.db import db, take_write_lock
 from core.limits import Limit, TooManyTries, claim
 from core.security import new_token
 
@@ -95,6 +95,7 @@ def _take_try(token: ApiToken, *, now: datetime) -> bool:
             held["left"][token.hash] = (left - 1, until)
             return False
     limit = Limit(f"api:{block}", per_minute // block, RATE_WINDOW)
+    take_write_lock()  # in a GET too: the claim is written
     claim([(limit, str(token.id))], now=now)
     with held["lock"]:
         held["left"][token.hash] = (block - 1, now + BLOCK_LIFETIME)
@@ -119,6 +120,7 @@ def authenticate(header: str | None, *, now: datetime) -> ApiToken | None:
         db.session.commit()
         raise
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_PRECISION:
+        take_write_lock()  # in a GET too
         token.last_used_at = now
         wrote = True
     if wrote:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from app import create_app  # noqa: E402
 from bench import bare  # noqa: E402
 from bench.announce import EMAIL, PASSWORD, logged_in_client  # noqa: E402
-from bench.seed import seed_members  # noqa: E402
+from bench.seed import seed_members, settle  # noqa: E402
 from bench.webhook_ingest import SETTINGS, database  # noqa: E402
 from core.auth import create_staff_user  # noqa: E402
 from core.clock import utcnow  # noqa: E402
@@ -102,6 +102,7 @@ def prepare(url: str, members: int):
         create_staff_user(EMAIL, "bench", PASSWORD, actor="bench")
         db.session.commit()
         bare.bare_metadata.create_all(db.engine)
+        settle(db.engine)
     return app, deliveries
 
 

@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, g, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, Engine, MetaData, Select, event
 from sqlalchemy import Enum as EnumType
@@ -86,12 +86,15 @@ SQLITE_LOCK_RETRY_SECONDS = 0.002
 
 
 def _serialise_sqlite_writers(engine: Engine) -> None:
-    """Make SQLite transactions start with ``BEGIN IMMEDIATE``, waiting their turn fairly.
+    """Make SQLite transactions that may write start with ``BEGIN IMMEDIATE``, waiting
+    their turn fairly, and those that only read with a plain (deferred) ``BEGIN``.
 
     pysqlite otherwise begins lazily at the first write, so two requests that read and then
     write (a member number, a seat in a group) can deadlock and fail with "database is
     locked" instead of waiting. Taking the write lock at BEGIN makes them queue; it also
-    makes SAVEPOINTs behave, which the test suite relies on.
+    makes SAVEPOINTs behave, which the test suite relies on. A read-only request (see
+    :func:`reads_only`) needs no lock: in WAL mode it reads its snapshot while another
+    connection writes, instead of queueing behind every writer.
 
     SQLite's own busy handler waits longer and longer between tries (up to 100 ms), so
     under load a transaction that has waited a while keeps losing the lock to newcomers
@@ -111,6 +114,10 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
         sqlite = connection.connection.driver_connection
+        connection.info["deferred"] = reads_only()
+        if connection.info["deferred"]:
+            sqlite.execute("BEGIN")
+            return
         sqlite.execute(_busy_timeout(0))
         try:
             deadline, pause = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS, 0.0005
@@ -132,12 +139,79 @@ def _busy_timeout(seconds: float) -> str:
     return f"PRAGMA busy_timeout = {int(seconds * 1000)}"
 
 
+#: Names of what the migrations build that no model declares: search indexes whose kinds
+#: (an FTS5 virtual table and its shadow tables, a GIN trigram index) a model cannot.
+MIGRATION_ONLY_PREFIX = "search_"
+
+
+def modelled(name: str | None, _type: str, _parent_names: dict) -> bool:
+    """Alembic's ``include_name``: whether a table or index in the database is one the
+    models describe, so that comparing them with the database (``flask db check``,
+    autogenerate) leaves the migrations' own search indexes alone."""
+    return not (name or "").startswith(MIGRATION_ONLY_PREFIX)
+
+
+#: Methods whose requests read only, unless they say otherwise (:func:`take_write_lock`).
+READING_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def reads_only() -> bool:
+    """Whether the work under way only reads: a GET, HEAD or OPTIONS request that has not
+    called :func:`take_write_lock`. CLI commands, the queue worker and other requests
+    may write, so their SQLite transactions take the write lock when they begin."""
+    return has_request_context() and g.get("reads_only", False)
+
+
+def take_write_lock() -> None:
+    """Called by a read-only request (a GET) that is about to write, before it reads what
+    its write depends on: its transactions, from here to the end of the request, hold the
+    write lock on SQLite, as those of a POST do. A read transaction already open is
+    ended first (its loaded objects stay usable), since SQLite cannot turn it into a write
+    once another connection has committed ("database is locked"). Changes nothing on
+    PostgreSQL, whose transactions take no lock up front."""
+    if not reads_only():
+        return
+    session = db.session()
+    if session.in_transaction() and _begun_deferred(session):
+        end_transaction_keeping_objects()
+    g.reads_only = False
+
+
+def _begun_deferred(session) -> bool:
+    """Whether ``session``'s transaction began on SQLite without the write lock."""
+    return session.connection().info.get("deferred", False)
+
+
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+def _check_reads_only(_connection, _cursor, statement: str, *_args) -> None:
+    """In tests: a request marked read-only that writes without :func:`take_write_lock`
+    is a bug that SQLite would show only now and then, under load, as "database is
+    locked"; the suite shows it every time."""
+    if reads_only() and statement.lstrip()[:7].upper().startswith(_WRITES):
+        raise WriteInReadOnlyRequest(
+            f"{request.method} {request.path} writes without take_write_lock(): {statement[:80]}"
+        )
+
+
+class WriteInReadOnlyRequest(RuntimeError):
+    """A GET (or HEAD) wrote without taking the write lock first (tests only)."""
+
+
 def init_db(app: Flask) -> None:
     db.init_app(app)
+
+    @app.before_request
+    def _mark_reading_requests() -> None:
+        g.reads_only = request.method in READING_METHODS
+
     with app.app_context():
         for engine in db.engines.values():
             if engine.dialect.name == "sqlite":
                 _serialise_sqlite_writers(engine)
+            if app.testing:
+                event.listen(engine, "before_cursor_execute", _check_reads_only)
 
 
 def end_transaction_keeping_objects() -> None:
@@ -155,10 +229,12 @@ def end_transaction_keeping_objects() -> None:
 def begin_snapshot() -> None:
     """Commit the session's work so far and begin a transaction whose reads all see the
     same committed data, so that what is read first (an export's totals) and what is read
-    next (its movements) agree: PostgreSQL's REPEATABLE READ; a SQLite transaction holds
-    the write lock and sees nothing change anyway. A session joined to a transaction begun
-    outside it (the test suite's) reads as that transaction does."""
+    next (its movements) agree: PostgreSQL's REPEATABLE READ; on SQLite the transaction
+    takes the write lock, even in a GET, so that nothing commits meanwhile and the worker
+    processes of :func:`read_parts` read what it reads. A session joined to a transaction
+    begun outside it (the test suite's) reads as that transaction does."""
     db.session.commit()
+    take_write_lock()
     if is_postgresql() and _begins_its_own_transactions():
         db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 

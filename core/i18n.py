@@ -172,10 +172,11 @@ def switch(locale: str):
     """The language switch on every page: a link, so it works without JavaScript inside
     WeChat. Keeps the choice in this browser and on the account logged in, then returns
     to the page it was clicked on."""
-    from core.db import db
+    from core.db import db, take_write_lock
 
     if locale not in LOCALES:
         abort(404)
+    take_write_lock()  # the choice is kept on the account
     remember_locale(locale)
     for keeper in _choice_keepers:
         keeper(locale)

@@ -35,8 +35,15 @@ from core.auth import (
     visible_communities,
 )
 from core.clock import utcnow
-from core.db import begin_snapshot, db, end_transaction_keeping_objects
+from core.db import (
+    begin_snapshot,
+    db,
+    end_transaction_keeping_objects,
+    session_dialect,
+    take_write_lock,
+)
 from core.exporters import csv_lines, write_xlsx
+from core.labels import label
 from core.money import Money
 from membership.access import complete_removal, queue_group_task, retry
 from membership.dashboard import BUCKETS, DEFAULT_PERIOD, PERIODS, dashboard_charts
@@ -74,6 +81,8 @@ from membership.lifecycle import (
 from membership.live_codes import group_warnings, seats_of
 from membership.models import (
     LISTED_ORDER,
+    MEMBER_SEARCH,
+    SEARCHED_MEMBER_COLUMNS,
     Application,
     ApplicationStatus,
     Community,
@@ -461,11 +470,39 @@ def _matching(text: str) -> sa.ColumnElement[bool]:
             Member.contact_kind == kind,
             Member.contact_value == normalise_contact(kind, text),
         )
-    return sa.or_(
-        Member.display_name.icontains(text, autoescape=True),
-        Member.contact_value.icontains(text, autoescape=True),
-        Member.wechat_id.icontains(text, autoescape=True),
+    return _name_part(text)
+
+
+#: Characters in a trigram: a shorter text has none, and no trigram index can find it.
+TRIGRAM = 3
+
+
+def _name_part(text: str) -> sa.ColumnElement[bool]:
+    """Members whose nickname, contact or WeChat ID holds ``text``, ASCII letters in
+    either case: what LIKE '%text%' finds, found through the columns' trigram indexes
+    (see :data:`SEARCHED_MEMBER_COLUMNS`) rather than by reading every member.
+
+    PostgreSQL's planner uses its ``pg_trgm`` indexes for the ILIKE itself. On SQLite the
+    FTS5 table gives the candidates, a superset (it folds the case of every letter; LIKE
+    only of ASCII ones), and LIKE keeps those it matches, so the answer is LIKE's to the
+    row. A text of one or two characters has no trigram: it is LIKE over the community's
+    members as before (a page of a common one fills quickly; a rare one reads them all)."""
+    like = sa.or_(
+        *(
+            getattr(Member, column).icontains(text, autoescape=True)
+            for column in SEARCHED_MEMBER_COLUMNS
+        )
     )
+    if len(text) < TRIGRAM or session_dialect() != "sqlite":
+        return like
+    # An FTS5 phrase: the text as one string, its double quotes doubled.
+    phrase = '"' + text.replace('"', '""') + '"'
+    candidates = (
+        sa.select(sa.literal_column("rowid"))
+        .select_from(sa.table(MEMBER_SEARCH))
+        .where(sa.literal_column(MEMBER_SEARCH).op("MATCH")(phrase))
+    )
+    return sa.and_(Member.id.in_(candidates), like)
 
 
 def _member_search(community: Community) -> sa.Select:
@@ -493,22 +530,49 @@ def _member_search(community: Community) -> sa.Select:
     return query.order_by(*LISTED_ORDER)
 
 
+#: How many members a list counts before it says "more than": see :func:`_count_up_to`.
+COUNT_CAP = 10_000
+
+
+def _count_up_to(search: sa.Select, limit: int) -> tuple[int, bool]:
+    """How many members ``search`` finds, counting no further than ``limit``, and whether
+    that is all of them. The list is called for every page and filter; an exact count
+    made the database go through every matching member each time (at 100,000 members
+    most of PostgreSQL's 65 ms a page), however few the page shows. So the count stops
+    at a cap: exact below it, "10000+" above it, and always one past the page shown, so
+    that "Next" is right however deep the admin goes. Chosen over an estimate (the
+    planner's is wrong after a bulk import and SQLite has none) and over keyset pages
+    (admins open page numbers; a capped count keeps them)."""
+    found = search.with_only_columns(Member.id).order_by(None).limit(limit).subquery()
+    counted = db.session.scalar(sa.select(sa.func.count()).select_from(found))
+    return counted, counted < limit
+
+
 @bp.get("/communities/<int:community_id>/members")
 @requires("members.view")
 def members(community_id: int):
     """Search and filter the community's members."""
     community = load_for(Community, community_id, "members.view")
+    search = _member_search(community)
     page = db.paginate(
-        _member_search(community).options(
+        search.options(
             # A page's memberships and invitations in two statements, not two per row.
             selectinload(Member.memberships).joinedload(Membership.tier),
             selectinload(Member.invitations).joinedload(Invitation.group),
         ),
         page=max(request.args.get("page", 1, type=int), 1),
         per_page=PAGE_SIZE,
+        count=False,
     )
+    page.total, counted_all = _count_up_to(search, max(COUNT_CAP, page.page * PAGE_SIZE) + 1)
     return render_template(
-        "admin/members.html", community=community, page=page, states=list(MembershipStatus)
+        "admin/members.html",
+        community=community,
+        page=page,
+        counted_all=counted_all,
+        states=list(MembershipStatus),
+        # Each label translated once a page, not once a row.
+        labels={value: label(value) for kind in (ContactKind, InvitationStatus) for value in kind},
     )
 
 
@@ -516,6 +580,7 @@ def members(community_id: int):
 @requires("members.manage")
 def members_csv(community_id: int):
     """The members matching the list's filters, as CSV."""
+    take_write_lock()  # for its audit entry
     community = load_for(Community, community_id, "members.manage")
     exporter = MembersExport(_member_search(community), community.time_zone)
     audit.record(
@@ -854,6 +919,7 @@ def export(community_id: int):
         form = ExportForm(request.args, meta={"csrf": False})
     if chosen is not None or not (request.args and form.validate()):
         return render_template("admin/export.html", community=community, form=form, presets=presets)
+    take_write_lock()  # for its audit entry
     audit.record(
         "finance.exported",
         community,

@@ -254,6 +254,15 @@ SENDABLE_CONTACTS = (ContactKind.PHONE, ContactKind.EMAIL)
 #: Where members without a number sort in lists: after every numbered one.
 UNNUMBERED = 2_147_483_647
 
+#: The members' columns a search for part of a name reads: nickname, contact, WeChat ID.
+#: Each has a trigram index, which the migrations build (their kinds are beyond what a
+#: model declares; names starting with ``search_`` are theirs, see
+#: :func:`core.db.modelled`): on PostgreSQL a ``pg_trgm`` GIN index per column, on SQLite
+#: the FTS5 table :data:`MEMBER_SEARCH` (``trigram`` tokenizer), kept by triggers on
+#: ``members``.
+SEARCHED_MEMBER_COLUMNS = ("display_name", "contact_value", "wechat_id")
+MEMBER_SEARCH = "search_members"
+
 
 class Member(db.Model):
     """A person admitted to a community. Numbered from their first paid membership on."""
@@ -310,6 +319,8 @@ class Member(db.Model):
         sa.Index(
             "ix_members_listed", "community_id", sa.text(f"coalesce(number, {UNNUMBERED})"), "id"
         ),
+        # A number as the search box takes it (``0042``): one row, not a pass over them all.
+        sa.Index(None, "community_id", "number_label"),
     )
 
     @property

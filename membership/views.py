@@ -28,7 +28,7 @@ from wtforms import SelectChoice
 
 from core import audit
 from core.clock import utcnow
-from core.db import db, end_transaction_keeping_objects
+from core.db import db, end_transaction_keeping_objects, take_write_lock
 from core.events import record_event
 from core.i18n import CommunityPreferences, settle_locale_at_login
 from core.limits import Limit, TooManyTries, claim, client_network
@@ -705,6 +705,7 @@ def verify_wechat_return(slug: str):
             url_for(".verify", slug=slug, public_id=public_id, provider=state.get("provider"))
         )
     session[openid_key(provider)] = openid
+    take_write_lock()  # a GET that proves the application
     owner = find_member_by_openid(community.id, openid)
     if owner is not None and owner.id != application.member_id:
         flash(str(AlreadyAMember()), "error")
@@ -799,6 +800,7 @@ def _status_login(application: Application, member: Member, *, now: datetime) ->
         return
     if logged_in_member(proven=False) == member:
         return
+    take_write_lock()  # a GET: the UPDATE decides, under the lock
     first = db.session.execute(
         sa.update(Application)
         .where(Application.id == application.id, Application.status_login_at.is_(None))
@@ -830,6 +832,7 @@ def pay_again(slug: str, public_id: str):
 @bp.get("/me/link/<token>")
 def member_link(token: str):
     """A member link (see :func:`_member_link`): logs this browser in as the member."""
+    take_write_lock()  # the login is recorded on the member
     signed = unsign("member-link", token, max_age=MEMBER_LINK_LIFETIME)
     member = db.session.get(Member, signed["id"]) if isinstance(signed, dict) else None
     if member is None or member.credential_version != signed.get("version"):
@@ -1102,6 +1105,7 @@ def _approved_application(community: Community, token: str) -> Application:
 @bp.route("/join/<slug>/pay/<token>", methods=["GET", "POST"])
 def pay_link(slug: str, token: str):
     """An approved applicant's personal pay link."""
+    take_write_lock()  # a GET too: it makes the order to pay
     community = _community(slug)
     application = _approved_application(community, token)
     member = logged_in_member(community, proven=False)
@@ -1287,6 +1291,7 @@ def login_wechat_return(slug: str):
     # Kept as the openid under that official account (a JSAPI payment through it needs
     # no second OAuth).
     session[openid_key(provider)] = openid
+    take_write_lock()  # a GET that logs the member in
     owner = find_member_by_openid(community.id, openid)
     if binding is not None:
         if owner is not None and owner.id != binding:

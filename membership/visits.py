@@ -20,7 +20,7 @@ from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.clock import utcnow
-from core.db import db, insert_for
+from core.db import db, insert_for, take_write_lock
 from membership.models import Community, PageVisits
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ class VisitCounter:
 
 def _add(batch: Counter[tuple[int, date]]) -> None:
     """Add the counts to the database and commit (called from a page that changed nothing
-    else)."""
+    else, and had only read: it takes the write lock first, see
+    :func:`core.db.take_write_lock`)."""
+    take_write_lock()
     insert = insert_for(db.engine.dialect.name)
     for (community_id, day), visits in sorted(batch.items()):
         statement = insert(PageVisits).values(community_id=community_id, day=day, visits=visits)

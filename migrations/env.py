@@ -11,7 +11,7 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
-from core.db import UTCDateTime
+from core.db import UTCDateTime, modelled
 
 config = context.config
 if config.config_file_name is not None:
@@ -53,6 +53,7 @@ def run_migrations_online():
             target_metadata=db.metadata,
             render_as_batch=engine.dialect.name == "sqlite",
             compare_type=True,
+            include_name=modelled,
             render_item=render_item,
             process_revision_directives=process_revision_directives,
         )

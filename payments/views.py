@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 from wtforms import SubmitField
 
 from core.clock import utcnow
-from core.db import db, end_transaction_keeping_objects
+from core.db import db, end_transaction_keeping_objects, take_write_lock
 from core.limits import client_network
 from core.security import csrf, new_token, sign_for_this_browser, unsign_for_this_browser
 from payments import inbox
@@ -284,6 +284,7 @@ def oauth_return():
         flash(_("WeChat authorisation failed, please try again"), "error")
         return redirect(payment.return_url)
     session[openid_key(provider)] = openid
+    take_write_lock()  # a GET that registers the payment
     try:
         return redirect(register_with_provider(payment, _payer_of(provider), actor="prospect"))
     except ProviderError:

@@ -24,7 +24,7 @@ from wtforms.validators import DataRequired, Length
 from core import audit
 from core.auth import load_for, requires
 from core.clock import from_local, to_local, utcnow
-from core.db import db
+from core.db import db, take_write_lock
 from core.exporters import Exporter, csv_lines
 from core.money import Money
 from membership.forms import REQUIRED, strip_text
@@ -343,6 +343,7 @@ class CampaignCodes(Exporter):
 @bp.get("/communities/<int:community_id>/campaigns/<campaign>.csv")
 @requires("perks.manage")
 def campaign_csv(community_id: int, campaign: str):
+    take_write_lock()  # for its audit entry
     community = load_for(Community, community_id, "perks.manage")
     exporter = CampaignCodes(community, campaign)
     audit.record(

@@ -268,6 +268,7 @@ def test_csv_reads_as_the_rows_whoever_writes_it(app, demo):
             ("dispute_won", 0, "USD", {"coupon_code": ""}),
             ("refund", -123, "JPY", {}),
             ("payment", 100000007, "CNY", {"discount": 10}),
+            ("refund", -1234567, "KWD", {}),
         ]:
             _ledger_entry(payment, kind=kind, amount=amount, currency=currency, **extra)
         db.session.commit()
@@ -276,7 +277,7 @@ def test_csv_reads_as_the_rows_whoever_writes_it(app, demo):
         rows, _ = community_revenue(community, today - timedelta(days=1), today + timedelta(days=1))
         with force_locale("en"):
             expected = [["" if cell is None else str(cell) for cell in row] for row in rows.rows()]
-            assert len(expected) == 7
+            assert len(expected) == 8
             assert expected[1][1:2] + expected[1][7:11] == [
                 "Provider fee",
                 *["0.00", "0.60", "0.00", "-0.60"],
@@ -292,6 +293,7 @@ def test_csv_reads_as_the_rows_whoever_writes_it(app, demo):
                 "",
                 "0.10",
             ]
+            assert expected[7][7:12] == ["0.000", "0.000", "-1234.567", "-1234.567", "KWD"]
             rows.rows = lambda: pytest.fail("the database writes this CSV")
             text = "".join(csv_lines(rows))
             headers = [str(header) for header in rows.headers]

@@ -8,8 +8,17 @@ import io
 import sqlalchemy as sa
 
 from core.audit import AuditEntry
+from core.clock import utcnow
 from core.db import db
-from membership.models import Community, InvitationStatus, Member, MembershipStatus, Tier
+from membership import admin as admin_views
+from membership.models import (
+    Community,
+    ContactKind,
+    InvitationStatus,
+    Member,
+    MembershipStatus,
+    Tier,
+)
 from tests.helpers import join_and_pay, submit_form, submit_join
 
 
@@ -139,3 +148,50 @@ def test_the_members_list_costs_the_same_statements_for_5_or_25_members(app, dem
     for _ in range(20):
         join_and_pay(app.test_client(), "main")
     assert statements_for_page() == few
+
+
+def test_the_list_counts_up_to_a_cap_and_its_pages_keep_the_search(
+    app, demo, logged_in, monkeypatch
+):
+    """Past the cap the count says "at least", yet every page and its "Next" are right,
+    and paging keeps the search."""
+    monkeypatch.setattr(admin_views, "PAGE_SIZE", 2)
+    monkeypatch.setattr(admin_views, "COUNT_CAP", 3)
+    community_id = _community_id(app)
+    with app.app_context():
+        db.session.add_all(
+            Member(
+                community_id=community_id,
+                display_name=f"同名{i}",
+                contact_kind=ContactKind.WECHAT,
+                contact_value=f"wx_same_{i}",
+                number=i + 1,
+                created_at=utcnow(),
+            )
+            for i in range(7)
+        )
+        db.session.add(
+            Member(
+                community_id=community_id,
+                display_name="别人",
+                contact_kind=ContactKind.WECHAT,
+                contact_value="wx_other",
+                created_at=utcnow(),
+            )
+        )
+        db.session.commit()
+    url = f"/admin/communities/{community_id}/members"
+
+    def page(number: int) -> str:
+        return logged_in.get(url, query_string={"q": "同名", "page": number}).text
+
+    first = page(1)
+    assert "(3+)" in first and "1 / 2+" in first
+    assert "同名0" in first and "同名1" in first and "别人" not in first
+    assert "q=%E5%90%8C%E5%90%8D&amp;page=2" in first  # the search goes along
+    third = page(3)
+    assert "(6+)" in third and "同名4" in third and "page=4" in third
+    last = page(4)
+    assert "(7)" in last and "4 / 4<" in last and "同名6" in last
+    assert "page=5" not in last
+    assert "(8)" in logged_in.get(url, query_string={"page": 4}).text

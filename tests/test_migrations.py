@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from core.db import db
+from core.db import db, modelled
 from tests.conftest import fresh_database
 
 
@@ -21,7 +21,9 @@ def schema_drift() -> list:
     skip them); PostgreSQL's can, and compares them. On SQLite the one there is, is
     checked by name instead."""
     connection = db.session.connection()
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_name": modelled}
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*expression-based index")
         drift = compare_metadata(context, db.metadata)
