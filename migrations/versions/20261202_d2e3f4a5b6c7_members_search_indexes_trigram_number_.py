@@ -30,7 +30,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = 'd2e3f4a5b6c7'
-down_revision = 'b8c7d6e5f4a3'
+down_revision = 'c1d2e3f4a5b6'
 branch_labels = None
 depends_on = None
 
