@@ -30,7 +30,13 @@ from core.clock import utcnow
 from core.db import db
 from core.limits import Limit, TooManyTries, claim
 from payments.models import InboxStatus, WebhookEvent
-from payments.providers import InvalidNotification, Notification, ProviderError, get_provider
+from payments.providers import (
+    InvalidNotification,
+    Notification,
+    PaymentProvider,
+    ProviderError,
+    get_provider,
+)
 from payments.services import (
     NotOurPayment,
     PaymentMismatch,
@@ -100,7 +106,7 @@ def receive(
     if provider is None:
         return refuse(provider_name, headers, "provider not enabled", **refused)
     try:
-        notification = provider.parse_notification(body, headers, received_at=now)
+        notification, own_keys = _verified(provider, community_id, body, headers, now)
     except InvalidNotification as error:
         return refuse(provider_name, headers, str(error), body=body, **refused)
     # Added to the session with its outcome (one INSERT, committed with what it caused),
@@ -113,7 +119,7 @@ def receive(
         body=body,
         status=InboxStatus.RECEIVED,
     )
-    return _apply(event, notification, now)
+    return _apply(event, notification, own_keys, now)
 
 
 def refuse(
@@ -161,12 +167,36 @@ def process(event: WebhookEvent, *, now: datetime | None = None) -> InboxResult:
     if provider is None:
         return _finish(event, InboxStatus.REJECTED, "provider not enabled", now)
     try:
-        notification = provider.parse_notification(
-            event.body, event.headers, received_at=event.received_at
+        notification, own_keys = _verified(
+            provider, event.community_id, event.body, event.headers, event.received_at
         )
     except InvalidNotification as error:
         return _finish(event, InboxStatus.REJECTED, str(error), now)
-    return _apply(event, notification, now)
+    return _apply(event, notification, own_keys, now)
+
+
+def _verified(
+    provider: PaymentProvider,
+    community_id: int | None,
+    body: bytes,
+    headers: Mapping[str, str],
+    received_at: datetime,
+) -> tuple[Notification, bool]:
+    """A delivery to the URL of ``community_id`` verified and parsed by ``provider``, the
+    one that community uses; and whether that was with the community's own keys. At a
+    community's URL the install's keys are tried second: payments the community made with
+    them before it took its own account are still notified, signed by them (the payment
+    must then be one made with the install's keys: see
+    :func:`payments.services.apply_notification`). Raises :class:`InvalidNotification`
+    when neither verifies it."""
+    install = get_provider(provider.name)
+    try:
+        notification = provider.parse_notification(body, headers, received_at=received_at)
+    except InvalidNotification:
+        if community_id is None or install is None or install is provider:
+            raise
+        return install.parse_notification(body, headers, received_at=received_at), False
+    return notification, provider is not install
 
 
 def _stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -184,16 +214,20 @@ _APPLIED_BEFORE = sa.select(_EVENTS.c.id).where(
 )
 
 
-def _apply(event: WebhookEvent, notification: Notification, now: datetime) -> InboxResult:
-    """Apply a verified delivery, ``event`` (new, or stored before and replayed): identify
-    its payment, skip a duplicate, apply it, and store the delivery with how it ended.
-    Commits."""
+def _apply(
+    event: WebhookEvent, notification: Notification, own_keys: bool, now: datetime
+) -> InboxResult:
+    """Apply a verified delivery, ``event`` (new, or stored before and replayed; verified
+    with its community's own keys or not, ``own_keys``): identify its payment, skip a
+    duplicate, apply it, and store the delivery with how it ended. Commits."""
     event.event_id = notification.event_id
     if notification.payment_public_id is None and notification.payment_external_id:
         # The provider may be asked whose payment this is, with the delivery committed.
         db.session.add(event)
     try:
-        notification = identify_payment(notification, event.provider, event.community_id)
+        notification = identify_payment(
+            notification, event.provider, event.community_id if own_keys else None
+        )
     except ProviderError as error:
         log.warning("webhook from %s: payment not identified: %s", event.provider, error)
         return _finish(_rolled_back(event), InboxStatus.FAILED, str(error), now)
@@ -205,7 +239,11 @@ def _apply(event: WebhookEvent, notification: Notification, now: datetime) -> In
         return _finish(event, InboxStatus.DUPLICATE, f"applied as event {applied_before}", now)
     try:
         payment, changed = apply_notification(
-            notification, event.provider, community_id=event.community_id, now=now
+            notification,
+            event.provider,
+            community_id=event.community_id,
+            own_keys=own_keys,
+            now=now,
         )
         event.payment_id = payment.id if payment else None
         if payment is None:

@@ -229,6 +229,11 @@ class Payment(db.Model):
     #: What the payer's next step needs (a QR code's content, JSAPI parameters, a URL),
     #: kept so that a reload does not ask the provider again. Never secrets.
     provider_data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    #: Made with its community's own account at the provider (see
+    #: :mod:`payments.accounts`), not the install's: the keys that verify its
+    #: notifications and make its refunds. A community that takes its own account while
+    #: payments are waiting keeps those on the install's keys.
+    own_account: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     order: Mapped[Order] = relationship(back_populates="payments")
     refunds: Mapped[list[Refund]] = relationship(back_populates="payment", order_by="Refund.id")

@@ -34,7 +34,6 @@ from payments.models import (
     OrderFlag,
     OrderStatus,
     Payment,
-    PaymentAccount,
     PaymentStatus,
     ProviderReference,
     Refund,
@@ -44,6 +43,7 @@ from payments.providers import (
     EventKind,
     Notification,
     Payer,
+    PaymentProvider,
     PaymentStart,
     ProviderError,
     RefundResult,
@@ -133,12 +133,14 @@ def start_payment(
             audit.record("order.expired", order, actor=actor, now=now)
         raise OrderClosed(_("This order has expired: please start again"))
     method = provider.method_for(payer)
+    own_account = provider is not get_provider(provider_name)
     waiting = next(
         (
             p
             for p in order.payments
             if p.provider == provider_name
             and p.method == method
+            and p.own_account == own_account
             and p.status is PaymentStatus.CREATED
         ),
         None,
@@ -157,6 +159,7 @@ def start_payment(
         cancel_url=cancel_url,
         provider_data={},
         created_at=now,
+        own_account=own_account,
     )
     db.session.add(payment)
     audit.record(
@@ -176,7 +179,7 @@ def register_with_provider(payment: Payment, payer: Payer, *, actor: str) -> str
     if payment.provider_data.get("url"):
         return payment.provider_data["url"]
     # The order is loaded now, read by the provider with no transaction open.
-    provider = get_provider(payment.provider, payment.order.community_id)
+    provider = provider_of(payment)
     end_transaction_keeping_objects()
     try:
         start: PaymentStart = provider.start_payment(payment, payer)
@@ -236,19 +239,10 @@ _LOCK_PAYMENT = (
     .with_for_update()
     .execution_options(populate_existing=True)
 )
-#: The order, with its payments (the state machine reads them all) and whether its
-#: community has its own account at the provider (see :func:`_resolve_payment`): one
-#: statement. Only the order's row is locked.
+#: The order, with its payments (the state machine reads them all): one statement. Only
+#: the order's row is locked.
 _LOCK_ORDER = (
-    sa.select(
-        Order,
-        sa.exists()
-        .where(
-            PaymentAccount.community_id == Order.community_id,
-            PaymentAccount.provider == sa.bindparam("provider"),
-        )
-        .label("own_account"),
-    )
+    sa.select(Order)
     .where(Order.id == sa.bindparam("order_id"))
     .options(joinedload(Order.payments))
     .with_for_update(of=Order)
@@ -262,27 +256,24 @@ def _lock_payment(public_id: str | None) -> Payment | None:
     Payment first, then order: every path takes them in this order, so two deliveries for
     the same order queue instead of deadlocking.
     """
-    return _lock(public_id)[0]
-
-
-def _lock(public_id: str | None) -> tuple[Payment | None, bool]:
-    """:func:`_lock_payment`, and whether the order's community has an account of its own
-    at the payment's provider (see :mod:`payments.accounts`)."""
     if public_id is None:
-        return None, False
+        return None
     payment = db.session.scalar(_LOCK_PAYMENT, {"public_id": public_id})
     if payment is None:
-        return None, False
-    order, own_account = (
-        db.session.execute(
-            _LOCK_ORDER, {"order_id": payment.order_id, "provider": payment.provider}
-        )
-        .unique()
-        .one()
-    )
+        return None
+    order = db.session.execute(_LOCK_ORDER, {"order_id": payment.order_id}).unique().scalar_one()
     # Held by the payment, so the session's weak identity map keeps it loaded.
     set_committed_value(payment, "order", order)
-    return payment, own_account
+    return payment
+
+
+def provider_of(payment: Payment) -> PaymentProvider | None:
+    """The provider with the keys ``payment`` was made with: its community's own account
+    (:attr:`~payments.models.Payment.own_account`), else the install's. Its refunds,
+    status queries and next steps go through them, whatever the community uses today.
+    Raises :class:`ProviderError` when the community's secrets cannot be unsealed."""
+    community_id = payment.order.community_id if payment.own_account else None
+    return get_provider(payment.provider, community_id)
 
 
 def identify_payment(
@@ -290,7 +281,7 @@ def identify_payment(
 ) -> Notification:
     """``notification`` naming our payment: an event that names only the provider's id for
     it is looked up in the references table, else asked of the provider (with the keys of
-    ``community_id``, whose URL it came to; None: the install's). The provider is asked
+    ``community_id``'s own account, which verified it; None: the install's). The provider is asked
     with no transaction open (what is pending is committed first: on SQLite an open
     transaction holds the write lock). Raises :class:`ProviderError`."""
     external_id = notification.payment_external_id
@@ -312,20 +303,22 @@ def identify_payment(
 
 
 def _resolve_payment(
-    notification: Notification, provider_name: str, community_id: int | None
+    notification: Notification, provider_name: str, community_id: int | None, own_keys: bool
 ) -> Payment | None:
     """The payment an identified notification (see :func:`identify_payment`) is about,
     locked. Raises :class:`PaymentMismatch` when the keys that verified it are not the
-    ones its community uses (see :func:`apply_notification`)."""
-    payment, own_account = _lock(notification.payment_public_id)
+    ones the payment was made with (see :func:`apply_notification`)."""
+    payment = _lock_payment(notification.payment_public_id)
     if payment is None or payment.provider != provider_name:
         return None
     owner = payment.order.community_id
     if community_id is not None and community_id != owner:
         raise PaymentMismatch(f"the payment is community {owner}'s, not {community_id}'s")
-    if community_id is None and own_account:
+    if own_keys != payment.own_account:
+        made = "its community's own" if payment.own_account else "the install's"
         raise PaymentMismatch(
-            f"the payment is community {owner}'s, which has its own {provider_name} account"
+            f"the payment was made with {made} {provider_name} keys, not the ones that "
+            "verified this"
         )
     return payment
 
@@ -343,28 +336,38 @@ def apply_notification(
     provider_name: str,
     *,
     community_id: int | None = None,
+    own_keys: bool | None = None,
     now: datetime | None = None,
 ) -> tuple[Payment | None, bool]:
-    """Apply a verified notification, verified with the keys of ``community_id`` (the
-    community its URL names; None: the install's). Returns the payment (None for an
-    ignored event) and whether anything changed (False for a redelivery). Raises
+    """Apply a verified notification that came to the URL of ``community_id`` (None: the
+    install's), verified with that community's own keys (``own_keys``; None: whichever
+    the community uses) or the install's. Returns the payment (None for an ignored
+    event) and whether anything changed (False for a redelivery). Raises
     :class:`NotOurPayment` for a payment we never made, :class:`PaymentMismatch` when it
-    does not match our records, or is another community's, or its community has keys of
-    its own and it was verified with the install's."""
+    does not match our records, is another community's, or was made with other keys
+    than the ones that verified it."""
     now = now or utcnow()
     if notification.kind is EventKind.IGNORED:
         return None, False
+    if own_keys is None:
+        own_keys = community_id is not None and get_provider(
+            provider_name, community_id
+        ) is not get_provider(provider_name)
     # What it makes (a member, an invitation …) is flushed once, not once per audit entry.
     with audit.ids_at_commit():
-        return _apply_notification(notification, provider_name, community_id, now)
+        return _apply_notification(notification, provider_name, community_id, own_keys, now)
 
 
 def _apply_notification(
-    notification: Notification, provider_name: str, community_id: int | None, now: datetime
+    notification: Notification,
+    provider_name: str,
+    community_id: int | None,
+    own_keys: bool,
+    now: datetime,
 ) -> tuple[Payment, bool]:
     """:func:`apply_notification` of an event about a payment."""
     kind = notification.kind
-    payment = _resolve_payment(notification, provider_name, community_id)
+    payment = _resolve_payment(notification, provider_name, community_id, own_keys)
     if payment is None:
         raise NotOurPayment("not one of our payments")
     actor = f"webhook:{provider_name}"
@@ -692,7 +695,7 @@ def send_refund(refund: Refund, *, actor: str, now: datetime | None = None) -> R
     before calling the provider and after."""
     now = now or utcnow()
     transaction_id = _transaction_id(refund.payment)
-    provider = get_provider(refund.payment.provider, refund.payment.order.community_id)
+    provider = provider_of(refund.payment)
     end_transaction_keeping_objects()
     try:
         if provider is None:
@@ -933,7 +936,7 @@ def settle_from_provider(payment: Payment, *, now: datetime | None = None) -> bo
     provider when its order expired unpaid. Commits. Returns whether anything changed."""
     now = now or utcnow()
     community_id = payment.order.community_id
-    provider = get_provider(payment.provider, community_id)
+    provider = provider_of(payment)
     if provider is None or payment.status is not PaymentStatus.CREATED:
         return False
     expired = payment.order.expires_at <= now
@@ -950,7 +953,7 @@ def settle_from_provider(payment: Payment, *, now: datetime | None = None) -> bo
     if answer is None:
         return False
     _payment, changed = apply_notification(
-        answer, payment.provider, community_id=community_id, now=now
+        answer, payment.provider, community_id=community_id, own_keys=payment.own_account, now=now
     )
     db.session.commit()
     return changed

@@ -38,7 +38,7 @@ from payments.models import Order, Payment, PaymentStatus
 from payments.providers import EventKind, Payer, PaymentProvider, ProviderError, get_provider
 from payments.providers.fake import FakeProvider
 from payments.providers.wechatpay import WeChatPayBase
-from payments.services import PaymentError, register_with_provider, start_payment
+from payments.services import PaymentError, provider_of, register_with_provider, start_payment
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def send_to_provider(
         return redirect(return_url)
     if payment.method == "jsapi" and not payer.wechat_openid:
         db.session.commit()
-        provider: WeChatPayBase = get_provider(payment.provider, order.community_id)
+        provider: WeChatPayBase = provider_of(payment)
         oauth = provider.oauth(
             url_for("wechatpay.oauth_return", _external=True),
             sign_for_this_browser("wechat-oauth", payment.public_id),
@@ -229,7 +229,7 @@ def _payment(public_id: str, provider_name: str) -> Payment:
     payment = db.session.scalar(sa.select(Payment).where(Payment.public_id == public_id))
     if payment is None or payment.provider != provider_name:
         abort(404)
-    if get_provider(provider_name, payment.order.community_id) is None:
+    if provider_of(payment) is None:
         abort(404)
     return payment
 
@@ -276,7 +276,7 @@ def oauth_return():
     if not isinstance(public_id, str) or not code:
         abort(400)
     payment = _payment(public_id, WeChatPayBase.name)
-    provider: WeChatPayBase = get_provider(WeChatPayBase.name, payment.order.community_id)
+    provider: WeChatPayBase = provider_of(payment)
     end_transaction_keeping_objects()
     try:
         openid = provider.openid_from_code(url_for(".oauth_return", _external=True), code)

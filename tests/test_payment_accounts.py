@@ -288,16 +288,62 @@ def test_a_community_without_keys_uses_the_install_keys(app, client, apis, commu
         assert get_provider("stripe", b) is not get_provider("stripe")
 
 
-def test_the_install_url_refuses_a_payment_of_a_community_with_its_own_keys(
+def test_a_payment_made_before_its_community_took_its_own_keys_stays_on_the_install_s(
     app, client, apis, communities
 ):
+    """Nothing paid for is lost when a community takes its own Stripe account while a
+    payer is at the checkout: the payment was made with the install's keys, so the
+    install's delivery pays it, and its refund goes through the install's account."""
     a, _b = communities
     public_id = started_payment(app, a, "stripe")  # started with the install's keys
     give_stripe(app, apis, a, A_STRIPE_KEY, A_WEBHOOK_SECRET)
     body, headers = stripe_paid(app, public_id, fake_apis.STRIPE_WEBHOOK_SECRET)
+    assert client.post("/webhooks/stripe", data=body, headers=headers).status_code == 200
+    assert payment_status(app, public_id) is PaymentStatus.CONFIRMED
+    assert inbox_rows(app) == [(InboxStatus.PROCESSED, None)]
+    with app.test_request_context():
+        payment = db.session.scalar(sa.select(Payment).where(Payment.public_id == public_id))
+        refund = request_refund(
+            payment, Money(9900, "CNY"), reason="asked", revoke_access=True, actor="test"
+        )
+        db.session.commit()
+        assert send_refund(refund, actor="test").status is RefundStatus.SUCCEEDED
+    call = apis.last("/v1/refunds")
+    assert call.headers["Authorization"] == f"Bearer {fake_apis.STRIPE_SECRET_KEY}"
+
+
+def test_the_install_url_refuses_a_payment_made_with_the_community_s_own_keys(
+    app, client, apis, communities
+):
+    a, _b = communities
+    give_stripe(app, apis, a, A_STRIPE_KEY, A_WEBHOOK_SECRET)
+    public_id = started_payment(app, a, "stripe")  # started with A's own keys
+    body, headers = stripe_paid(app, public_id, fake_apis.STRIPE_WEBHOOK_SECRET)
     assert client.post("/webhooks/stripe", data=body, headers=headers).status_code == 400
     assert payment_status(app, public_id) is PaymentStatus.CREATED
     assert inbox_rows(app) == [(InboxStatus.REJECTED, None)]
+
+
+def test_a_community_url_takes_the_install_s_delivery_only_for_its_payments(
+    app, client, apis, communities
+):
+    """WeChat Pay notifies at the URL naming the community whatever keys a payment was
+    made with: there the install's keys are tried after the community's own, and what they
+    verify must be a payment made with them. One made with the community's own keys is
+    not paid by the install's signature."""
+    a, _b = communities
+    before = started_payment(app, a, "stripe")
+    give_stripe(app, apis, a, A_STRIPE_KEY, A_WEBHOOK_SECRET)
+    after = started_payment(app, a, "stripe")
+    body, headers = stripe_paid(app, before, fake_apis.STRIPE_WEBHOOK_SECRET)
+    assert client.post(f"/webhooks/stripe/{a}", data=body, headers=headers).status_code == 200
+    body, headers = stripe_paid(app, after, fake_apis.STRIPE_WEBHOOK_SECRET)
+    assert client.post(f"/webhooks/stripe/{a}", data=body, headers=headers).status_code == 400
+    assert payment_status(app, before) is PaymentStatus.CONFIRMED
+    assert payment_status(app, after) is PaymentStatus.CREATED
+    body, headers = stripe_paid(app, after, A_WEBHOOK_SECRET)
+    assert client.post(f"/webhooks/stripe/{a}", data=body, headers=headers).status_code == 200
+    assert payment_status(app, after) is PaymentStatus.CONFIRMED
 
 
 def test_an_unknown_community_url_is_not_found(client, communities):
