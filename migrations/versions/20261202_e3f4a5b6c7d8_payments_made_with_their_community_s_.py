@@ -11,8 +11,6 @@ Revises: d2e3f4a5b6c7
 Create Date: 2026-12-02 08:02:52.150512
 
 """
-import warnings
-
 from alembic import op
 import sqlalchemy as sa
 
@@ -44,12 +42,6 @@ def upgrade():
 
 
 def downgrade():
-    # SQLite's batch mode rebuilds payments by reflecting it and the tables its keys reach
-    # (members, through orders, whose expression index SQLAlchemy cannot reflect and says
-    # so): that index is on no table rebuilt here.
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", "Skipped unsupported reflection of expression-based index", sa.exc.SAWarning
-        )
-        with op.batch_alter_table('payments', schema=None) as batch_op:
-            batch_op.drop_column('own_account')
+    # A plain DROP COLUMN on both databases (SQLite 3.35+): a batch rebuild of payments
+    # would drop the table that refunds and ledger entries point at.
+    op.execute("ALTER TABLE payments DROP COLUMN own_account")
