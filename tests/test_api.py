@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from api.models import SCOPES, ApiToken, IdempotentAnswer
 from api.tokens import create_token, token_hash
+from api.views import MemberPage
 from core.audit import AuditEntry
 from core.catalogs import HAN
 from core.clock import utcnow
@@ -190,6 +191,38 @@ def test_members_are_found_by_number_contact_and_openid(app, demo, client):
     assert member["number_label"] == second.number_label
     assert member["memberships"][0]["tier"] == "main"
     assert "contact_value" not in member and "b@example.com" not in str(member)
+
+
+def test_the_members_page_is_what_its_schema_dumps_of_the_members(app, demo, client):
+    """The members list writes its page from columns (see ``api.views._member_page``): it
+    must say what :class:`~api.views.MemberPage` dumps of the members themselves, with
+    several memberships, an ended one, one with no end, and a staff number."""
+    for _ in range(3):
+        join_and_pay(app.test_client(), "main")
+    with app.app_context():
+        first = db.session.scalar(sa.select(Membership).order_by(Membership.id))
+        first.status = MembershipStatus.ENDED
+        first.ends_at = None
+        member = first.member
+        member.staff_number, member.staff_number_label = 1, "S01"
+        db.session.add(
+            Membership(
+                member=member,
+                tier=first.tier,
+                status=MembershipStatus.ACTIVE,
+                starts_at=utcnow(),
+                ends_at=utcnow() + timedelta(days=30),
+            )
+        )
+        db.session.commit()
+    secret = make_token(app, ["members:read"])
+    answer = client.get("/api/v1/members", query_string={"limit": 2}, headers=bearer(secret))
+    assert answer.status_code == 200
+    with app.app_context():
+        members = db.session.scalars(sa.select(Member).order_by(Member.id).limit(3)).all()
+        expected = MemberPage().dump({"items": members[:2], "next": members[1].id})
+    assert answer.json == expected
+    assert [len(m["memberships"]) for m in answer.json["items"]] == [2, 1]
 
 
 def test_pages_follow_the_cursor(app, demo, client):
