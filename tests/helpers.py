@@ -24,6 +24,7 @@ from core.outbox import OutboxMessage
 from core.security import new_token
 from membership.models import Community, ContactKind, Invitation, Member, Membership, Tier
 from membership.services import submit_application
+from payments import inbox
 from payments.models import Dispute, LedgerEntry, Order, Payment, Refund
 from payments.providers import EventKind, Payer, get_provider
 from payments.services import start_payment
@@ -340,6 +341,21 @@ def open_payment(tier: Tier, provider: str, person: int) -> Payment:
         cancel_url="http://qunmen.test/",
         actor="prospect",
     )
+
+
+def pay_through_inbox(app, count: int) -> list[Payment]:
+    """``count`` prospects apply to the main tier and pay with the fake provider, each
+    delivery received by the inbox in a context of its own; every payment, in order."""
+    with app.app_context():
+        tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+        payments = [open_payment(tier, "fake", person) for person in range(count)]
+        db.session.commit()
+        deliveries = [signed_notification(payment) for payment in payments]
+    for delivery in deliveries:
+        with app.app_context():
+            inbox.receive("fake", *delivery)
+    with app.app_context():
+        return db.session.scalars(sa.select(Payment).order_by(Payment.id)).all()
 
 
 def money_snapshot(app) -> dict:

@@ -14,11 +14,10 @@ from core.clock import utcnow
 from core.db import db
 from core.outbox import MessageKind, OutboxMessage, enqueue
 from membership.figures import DailyFigures
-from membership.models import Community, Group, PlatformTask, Tier
-from payments import inbox
-from payments.models import LedgerEntry, Order, OrderStatus, Payment, Refund, RefundStatus
+from membership.models import Community, Group, PlatformTask
+from payments.models import LedgerEntry, Order, OrderStatus, Refund, RefundStatus
 from payments.services import request_refund, send_refund
-from tests.helpers import open_payment, signed_notification
+from tests.helpers import pay_through_inbox
 
 PAYERS = 3
 
@@ -27,16 +26,9 @@ PAYERS = 3
 def paid(app, demo):
     """Three members paid through the inbox; the first payment refunded in full; a
     message queued."""
+    payment = pay_through_inbox(app, PAYERS)[0]
     with app.app_context():
-        tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
-        payments = [open_payment(tier, "fake", person) for person in range(PAYERS)]
-        db.session.commit()
-        deliveries = [signed_notification(payment) for payment in payments]
-    for delivery in deliveries:
-        with app.app_context():
-            inbox.receive("fake", *delivery)
-    with app.app_context():
-        payment = db.session.scalars(sa.select(Payment).order_by(Payment.id)).first()
+        payment = db.session.merge(payment)
         refund = request_refund(
             payment, payment.money, reason="test", revoke_access=True, actor="staff:1"
         )

@@ -23,11 +23,10 @@ from membership.figures import FIELDS, DailyFigures
 from membership.lifecycle import expire_memberships
 from membership.models import Community, Membership, MembershipStatus, Tier, TierKind
 from membership.services import end_membership
-from payments import inbox
 from payments.models import LedgerEntry, Payment
 from payments.services import request_refund, send_refund
 from tests.conftest import fresh_database
-from tests.helpers import join_and_pay, open_payment, signed_notification
+from tests.helpers import join_and_pay, open_payment, pay_through_inbox, signed_notification
 from tests.test_concurrency import _serve
 
 
@@ -50,22 +49,8 @@ def _revenue(community_id: int) -> dict[str, int]:
     return {currency: int(total) for currency, total in rows}
 
 
-def _pay(app, count: int) -> list[Payment]:
-    """``count`` prospects apply to the main tier and pay through the inbox."""
-    with app.app_context():
-        tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
-        payments = [open_payment(tier, "fake", person) for person in range(count)]
-        db.session.commit()
-        deliveries = [signed_notification(payment) for payment in payments]
-    for delivery in deliveries:
-        with app.app_context():
-            inbox.receive("fake", *delivery)
-    with app.app_context():
-        return db.session.scalars(sa.select(Payment).order_by(Payment.id)).all()
-
-
 def test_payments_refunds_and_ends_move_the_figures_as_they_happen(app, demo):
-    _pay(app, 3)
+    pay_through_inbox(app, 3)
     with app.app_context():
         assert _kept(demo.id) | {"revenue": 0} == {
             "revenue": 0,
@@ -122,7 +107,7 @@ def test_a_rollback_leaves_the_figures_as_they_were(app, demo):
 
 
 def test_a_term_run_out_stops_counting_before_and_after_the_sweep(app, demo):
-    payments = _pay(app, 2)
+    payments = pay_through_inbox(app, 2)
     now = utcnow()
     with app.app_context():
         membership = db.session.scalar(
@@ -179,7 +164,7 @@ def test_days_are_the_community_s_and_move_with_its_time_zone(app, demo):
 
 
 def test_a_tier_made_free_no_longer_counts_its_members_as_paying(app, demo):
-    _pay(app, 2)
+    pay_through_inbox(app, 2)
     with app.app_context():
         assert (_kept(demo.id)["joined"], _kept(demo.id)["paying"]) == (2, 2)
         tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
@@ -217,7 +202,7 @@ def test_the_migration_fills_the_figures_from_the_rows_there_are(tmp_path, _api_
         with app.app_context():
             seed_demo_community()
             db.session.commit()
-        payments = _pay(app, 3)
+        payments = pay_through_inbox(app, 3)
         with app.app_context():
             payment = db.session.get(Payment, payments[0].id)
             refund = request_refund(
