@@ -184,7 +184,17 @@ def dashboard():
     90, revenue by ``?by=`` day, week or month. Reads only; only the communities where
     the person may see members."""
     shown = in_visible_communities(Community.id, "members.view")
-    communities = db.session.scalars(sa.select(Community).where(shown).order_by(Community.id)).all()
+    communities = db.session.scalars(
+        sa.select(Community)
+        .where(shown)
+        .order_by(Community.id)
+        # What the group warnings read: one statement each, whatever the number of
+        # communities and tiers.
+        .options(
+            selectinload(Community.groups),
+            selectinload(Community.tiers).selectinload(Tier.groups),
+        )
+    ).all()
     waiting = dict(
         db.session.execute(
             sa.select(Member.community_id, sa.func.count())
@@ -200,14 +210,16 @@ def dashboard():
                 inbox.needs_replay(utcnow()), visible_webhook_events()
             )
         ),
-        "failed_platform_calls": db.session.scalar(
-            sa.select(sa.func.count(PlatformTask.id)).where(
-                PlatformTask.status == TaskStatus.FAILED, _visible_platform_tasks()
-            )
-        ),
-        "queued_platform_calls": db.session.scalar(
-            sa.select(sa.func.count(PlatformTask.id)).where(
-                PlatformTask.status == TaskStatus.PENDING, _visible_platform_tasks()
+        **dict(
+            zip(
+                ("failed_platform_calls", "queued_platform_calls"),
+                db.session.execute(
+                    sa.select(
+                        sa.func.count().filter(PlatformTask.status == TaskStatus.FAILED),
+                        sa.func.count().filter(PlatformTask.status == TaskStatus.PENDING),
+                    ).where(_visible_platform_tasks())
+                ).one(),
+                strict=True,
             )
         ),
         "removals": db.session.scalar(

@@ -29,7 +29,6 @@ from membership.figures import COUNTS, FIELDS, DailyFigures, paying_members
 from membership.models import (
     CURRENT_MEMBERSHIP_STATUSES,
     Community,
-    Group,
     Membership,
     PageVisits,
     Tier,
@@ -203,7 +202,8 @@ def _funnel(period: Period, rows) -> tuple[int, int, int, int]:
 
 def dashboard_figures(community: Community, days: int, *, now: datetime) -> Figures:
     """Everything the dashboard shows of ``community`` over the last ``days`` days up to
-    ``now``: five statements, reading only, none of them over every member or payment.
+    ``now``: four statements (and the community's groups, unless loaded), reading only,
+    none of them over every member or payment.
     The paying members at the start of the period are the ones now, less those who joined
     since, plus those who left since."""
     today = now.astimezone(ZoneInfo(community.time_zone)).date()
@@ -219,11 +219,7 @@ def dashboard_figures(community: Community, days: int, *, now: datetime) -> Figu
     joined, ended = _column(rows, "joined"), _column(rows, "ended")
     new, gone = _halves(joined, period), _halves(ended, period)
     paying = paying_members(db.session, community.id, now=now)
-    seats = db.session.execute(
-        sa.select(Group.name, Group.seats_taken, Group.capacity)
-        .where(Group.community_id == community.id)
-        .order_by(Group.id)
-    ).all()
+    seats = [(group.name, group.seats_taken, group.capacity) for group in community.groups]
     return Figures(
         period=period,
         paying=Change(paying, paying - new.current + gone.current),
@@ -234,7 +230,7 @@ def dashboard_figures(community: Community, days: int, *, now: datetime) -> Figu
         joined_by_day={day: n for day, n in joined.items() if day >= first},
         ended_by_day={day: n for day, n in ended.items() if day >= first},
         renewals_by_day=_renewals(community, now),
-        seats=[tuple(row) for row in seats],
+        seats=seats,
         funnel=_funnel(period, rows),
     )
 

@@ -20,11 +20,14 @@ from membership.dashboard import Change, dashboard_figures
 from membership.models import (
     Community,
     ContactKind,
+    Group,
     Member,
     Membership,
     MembershipStatus,
     PageVisits,
     Tier,
+    TierAudience,
+    TierKind,
 )
 from membership.services import submit_application
 from payments.models import InboxStatus, LedgerEntry, Order, Payment, WebhookEvent
@@ -284,3 +287,40 @@ def test_the_dashboard_costs_the_same_statements_for_5_or_300_members(app, demo,
         assert db.session.scalar(sa.select(sa.func.count(LedgerEntry.id))) == 305
         assert logged_in.get("/admin/").text.count('id="kpi-paying" data-current="305"') == 1
     assert statements[0] == statements[1], statements
+
+
+def test_the_dashboard_costs_the_same_statements_for_more_communities_and_tiers(
+    app, demo, logged_in
+):
+    """The group warnings read every community's groups and tiers: in one statement each,
+    not one per community or per tier."""
+    before = _dashboard_statements(app, logged_in)
+    with app.app_context():
+        for n in range(2):
+            other = Community(
+                name=f"别的社群{n}", slug=f"other-{n}", currency="CNY", created_at=utcnow()
+            )
+            for season in range(3):
+                group = Group(
+                    community=other,
+                    name=f"第{season}季群",
+                    platform="wechat",
+                    capacity=500,
+                    join_link=f"https://example.com/{n}/{season}",
+                    created_at=utcnow(),
+                )
+                db.session.add(
+                    Tier(
+                        community=other,
+                        code=f"season-{season}",
+                        name=f"第{season}季",
+                        kind=TierKind.PAID,
+                        price=1900,
+                        currency="CNY",
+                        audience=TierAudience.MEMBERS,
+                        groups=[group],
+                    )
+                )
+        db.session.commit()
+    assert "别的社群1" in logged_in.get("/admin/").text  # the person sees them all
+    assert _dashboard_statements(app, logged_in) == before
