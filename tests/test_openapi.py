@@ -394,15 +394,18 @@ def test_linked_operations_hold_together(app, demo):
             response = super().call(case, **kwargs)
             operation = case.operation.definition.raw.get("operationId")
             status, ids = response.status_code, case.path_parameters or {}
+            # schemathesis also sends calls with a broken token on purpose (its ignored-auth
+            # check): what the caller sees is checked for the caller's own token.
+            own = (case.headers or {}).get("Authorization") == f"Bearer {token}"
             if operation == "issue_coupon" and status == 201:
                 self.issued.setdefault(ids["member_id"], set()).add(case.body["code"])
-            if operation == "member_coupons" and ids.get("member_id") in self.issued:
+            if operation == "member_coupons" and own and ids.get("member_id") in self.issued:
                 assert status == 200, response.text
                 codes = {coupon["code"] for coupon in response.json()}
                 assert codes >= self.issued[ids["member_id"]]
             if operation == "grant_membership" and status == 201:
                 self.granted.add(response.json()["id"])
-            if operation == "end_membership" and ids.get("membership_id") in self.granted:
+            if operation == "end_membership" and own and ids.get("membership_id") in self.granted:
                 assert status == 200, response.text
                 self.granted.remove(ids["membership_id"])
             return response
