@@ -162,19 +162,29 @@ def reads_only() -> bool:
     return has_request_context() and g.get("reads_only", False)
 
 
-def take_write_lock() -> None:
+def read_first() -> None:
+    """Called by a request that writes (a POST) but often ends having only read, such as a
+    webhook delivered again: its transactions begin as a GET's do, without the write lock
+    on SQLite, until it calls :func:`take_write_lock`."""
+    g.reads_only = True
+
+
+def take_write_lock() -> bool:
     """Called by a read-only request (a GET) that is about to write, before it reads what
     its write depends on: its transactions, from here to the end of the request, hold the
     write lock on SQLite, as those of a POST do. A read transaction already open is
     ended first (its loaded objects stay usable), since SQLite cannot turn it into a write
     once another connection has committed ("database is locked"). Changes nothing on
-    PostgreSQL, whose transactions take no lock up front."""
+    PostgreSQL, whose transactions take no lock up front. Returns whether a read
+    transaction was ended: what was read in it may have changed by the next one."""
     if not reads_only():
-        return
+        return False
     session = db.session()
-    if session.in_transaction() and _begun_deferred(session):
+    ended = session.in_transaction() and _begun_deferred(session)
+    if ended:
         end_transaction_keeping_objects()
     g.reads_only = False
+    return ended
 
 
 def _begun_deferred(session) -> bool:

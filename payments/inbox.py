@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy import inspect
 
 from core.clock import utcnow
-from core.db import db
+from core.db import db, take_write_lock
 from core.limits import Limit, TooManyTries, claim
 from payments.models import InboxStatus, WebhookEvent
 from payments.providers import (
@@ -95,6 +95,7 @@ def receive(
     except ProviderError as error:
         # The community's keys are broken on our side: kept whole, to replay once fixed.
         log.error("webhook from %s for community %s: %s", provider_name, community_id, error)
+        take_write_lock()
         event = WebhookEvent(
             provider=provider_name,
             community_id=community_id,
@@ -109,8 +110,17 @@ def receive(
         notification, own_keys = _verified(provider, community_id, body, headers, now)
     except InvalidNotification as error:
         return refuse(provider_name, headers, str(error), body=body, **refused)
-    # Added to the session with its outcome (one INSERT, committed with what it caused),
-    # or before the provider is asked about it (see _apply).
+    applied_before = db.session.connection().scalar(
+        _APPLIED_BEFORE,
+        {"provider": provider_name, "event_id": notification.event_id, "this": 0},
+    )
+    if applied_before:
+        # Delivered again (our answer was lost, or the provider retries): answered from
+        # that one read, and nothing is stored; the delivery that was applied is kept.
+        log.info("webhook from %s: event %s again", provider_name, notification.event_id)
+        return InboxResult(InboxStatus.DUPLICATE, f"applied as event {applied_before}")
+    # A read transaction (SQLite, a web request) ended here: look again under the lock.
+    look_again = take_write_lock()
     event = WebhookEvent(
         provider=provider_name,
         community_id=community_id,
@@ -119,7 +129,7 @@ def receive(
         body=body,
         status=InboxStatus.RECEIVED,
     )
-    return _apply(event, notification, own_keys, now)
+    return _apply(event, notification, own_keys, now, looked=not look_again)
 
 
 def refuse(
@@ -138,6 +148,7 @@ def refuse(
     had more than :data:`REFUSED_RECORDED` refused already; then it is only counted.
     Commits."""
     now = now or utcnow()
+    take_write_lock()
     try:
         claim([(REFUSED_RECORDED, client)], now=now)
     except TooManyTries:
@@ -215,11 +226,17 @@ _APPLIED_BEFORE = sa.select(_EVENTS.c.id).where(
 
 
 def _apply(
-    event: WebhookEvent, notification: Notification, own_keys: bool, now: datetime
+    event: WebhookEvent,
+    notification: Notification,
+    own_keys: bool,
+    now: datetime,
+    *,
+    looked: bool = False,
 ) -> InboxResult:
     """Apply a verified delivery, ``event`` (new, or stored before and replayed; verified
     with its community's own keys or not, ``own_keys``): identify its payment, skip a
-    duplicate, apply it, and store the delivery with how it ended. Commits."""
+    duplicate (unless the caller ``looked`` for one in this transaction), apply it, and
+    store the delivery with how it ended. Commits."""
     event.event_id = notification.event_id
     if notification.payment_public_id is None and notification.payment_external_id:
         # The provider may be asked whose payment this is, with the delivery committed.
@@ -231,7 +248,7 @@ def _apply(
     except ProviderError as error:
         log.warning("webhook from %s: payment not identified: %s", event.provider, error)
         return _finish(_rolled_back(event), InboxStatus.FAILED, str(error), now)
-    applied_before = db.session.connection().scalar(
+    applied_before = not looked and db.session.connection().scalar(
         _APPLIED_BEFORE,
         {"provider": event.provider, "event_id": notification.event_id, "this": event.id or 0},
     )

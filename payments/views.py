@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 from wtforms import SubmitField
 
 from core.clock import utcnow
-from core.db import db, end_transaction_keeping_objects, take_write_lock
+from core.db import db, end_transaction_keeping_objects, read_first, take_write_lock
 from core.limits import client_network
 from core.security import csrf, new_token, sign_for_this_browser, unsign_for_this_browser
 from payments import inbox
@@ -184,7 +184,9 @@ def receive(provider_name: str, community: str | None):
     """A provider's notification: verified, then applied (see :mod:`payments.inbox`). The
     URL names the community (by id or slug) whose keys verify it, or none for the
     install's keys. A body over :data:`MAX_NOTIFICATION_BYTES` is refused after reading
-    at most that much."""
+    at most that much. Reads first: a delivery of an event applied before writes nothing
+    (on SQLite it does not wait for the write lock)."""
+    read_first()
     community_id = None
     if community is not None:
         community_id = _community_named(community)

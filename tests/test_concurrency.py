@@ -159,8 +159,10 @@ def test_fifty_concurrent_deliveries_of_one_event(tmp_path, _api_server, provide
             assert count(Invitation) == 1
             assert count(LedgerEntry) == 1
             inbox_statuses = db.session.scalars(sa.select(WebhookEvent.status)).all()
-            assert sorted(inbox_statuses).count(InboxStatus.PROCESSED) == 1
-            assert len(inbox_statuses) == 50
+            assert inbox_statuses.count(InboxStatus.PROCESSED) == 1
+            # Those that came after it was applied were answered from a read, unstored;
+            # those that raced it were stored as duplicates.
+            assert set(inbox_statuses) <= {InboxStatus.PROCESSED, InboxStatus.DUPLICATE}
 
 
 @pytest.mark.committing

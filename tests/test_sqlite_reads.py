@@ -20,8 +20,9 @@ from core.clock import utcnow
 from core.db import db
 from membership.cli import seed_demo_community
 from membership.models import Community, ContactKind, Member, PageVisits
+from payments.models import Payment
 from tests.conftest import fresh_database
-from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, log_in
+from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, log_in, signed_notification, submit_join
 from tests.test_concurrency import _serve
 
 pytestmark = [
@@ -78,6 +79,35 @@ def test_a_read_only_page_is_served_while_another_connection_holds_the_write_loc
             writer.close()
     assert page.status_code == 200
     assert "读者" in page.text and "写了一半" not in page.text  # what was committed
+    assert elapsed < 0.9  # it did not wait for the lock
+
+
+def test_a_webhook_delivered_again_is_answered_while_another_connection_writes(
+    tmp_path, _api_server, monkeypatch
+):
+    """A provider delivering an applied event again (our answer was lost) is answered from
+    a read: it does not queue for the write lock behind the payments coming in."""
+    monkeypatch.setattr(core_db, "SQLITE_LOCK_WAIT_SECONDS", 1.0)
+    with fresh_database(tmp_path, _api_server) as app:
+        _seed(app)
+        client = app.test_client()
+        assert submit_join(client, "main").status_code == 302
+        with app.app_context():
+            payment = db.session.scalars(sa.select(Payment)).one()
+            body, headers = signed_notification(payment, event_id="evt_lost_answer")
+        assert client.post("/webhooks/fake", data=body, headers=headers).status_code == 200
+        writer = sqlite3.connect(_database_file(app), isolation_level=None)
+        try:
+            writer.execute("BEGIN IMMEDIATE")
+            writer.execute("UPDATE communities SET pitch = pitch")
+            started = time.monotonic()
+            again = client.post("/webhooks/fake", data=body, headers=headers)
+            elapsed = time.monotonic() - started
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+    assert again.status_code == 200
+    assert again.json["message"].startswith("applied as event ")
     assert elapsed < 0.9  # it did not wait for the lock
 
 
