@@ -79,19 +79,48 @@ def record(
         db.session.flush()
     if community_id is None and not later:
         community_id = community_id_of(target)
-    entry = {
+    entry = _entry(action, target.__tablename__, target.id, actor, data, now, community_id)
+    if later:
+        entry[_TARGET] = target
+    db.session.info.setdefault(_PENDING, []).append(entry)
+
+
+def record_row(
+    action: str,
+    table: str,
+    row_id: int,
+    *,
+    actor: str,
+    community_id: int | None,
+    data: dict[str, Any] | None = None,
+    now: datetime,
+) -> None:
+    """:func:`record` for a row written by a Core statement, ``row_id`` of ``table``: there
+    is no object to read the id and the community from, so the caller gives them. Written
+    when the session commits, with the other entries."""
+    entry = _entry(action, table, row_id, actor, data, now, community_id)
+    db.session.info.setdefault(_PENDING, []).append(entry)
+
+
+def _entry(
+    action: str,
+    table: str,
+    row_id: int | None,
+    actor: str,
+    data: dict[str, Any] | None,
+    now: datetime | None,
+    community_id: int | None,
+) -> dict[str, Any]:
+    return {
         "created_at": now or utcnow(),
         "actor": actor,
         "action": action,
-        "target_type": target.__tablename__,
-        "target_id": target.id,
+        "target_type": table,
+        "target_id": row_id,
         "data": data or {},
         "community_id": community_id,
         "ip": request.remote_addr if has_request_context() else None,
     }
-    if later:
-        entry[_TARGET] = target
-    db.session.info.setdefault(_PENDING, []).append(entry)
 
 
 @contextmanager
