@@ -288,7 +288,7 @@ def _write_tally(session: Session) -> None:
     if rows:
         dialect = session.get_bind().dialect.name
         slot = random.randrange(SLOTS) if dialect == "postgresql" else 0  # noqa: S311
-        session.execute(_upsert(dialect), [row | {"slot": slot} for row in rows])
+        session.connection().execute(_upsert(dialect), [row | {"slot": slot} for row in rows])
     if tally.rebuild:
         rebuild(session, sorted(tally.rebuild))
 
