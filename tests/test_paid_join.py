@@ -12,7 +12,10 @@ import base64
 import itertools
 import secrets
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import pytest
 import sqlalchemy as sa
@@ -24,10 +27,10 @@ from core.events import EVENT_TYPES, WebhookEndpoint
 from membership import figures
 from membership.checks import figures_agree, seats_agree
 from membership.cli import seed_demo_community
-from membership.models import ContactKind, Group, Tier
+from membership.models import ContactKind, Group, Invitation, InvitationStatus, Member, Tier
 from membership.services import submit_application
-from payments import services
-from payments.models import Order, Payment
+from payments import inbox, services
+from payments.models import InboxStatus, Order, Payment
 from payments.providers import EventKind, Payer
 from payments.services import start_payment
 from tests import fake_apis
@@ -37,6 +40,7 @@ from tests.helpers import (
     ADMIN_PASSWORD,
     charge,
     checkout_session,
+    open_payment,
     signed_notification,
     stripe_delivery,
     wechat_paid,
@@ -240,3 +244,54 @@ def test_the_fast_path_writes_every_row_the_orm_path_writes(
         assert runs[True][table] == runs[False][table], table
     assert runs[True]["members"] and runs[True]["webhook_deliveries"]
     assert runs[True]["outbox_messages"]  # the admin told of the expired QR code
+
+
+#: Payers at once, and the seats their tier's one group has.
+RUSH, SEATS = 20, 5
+
+
+@pytest.mark.committing
+def test_payers_at_once_take_the_seats_there_are_and_numbers_1_to_n(tmp_path, _api_server):
+    """Twenty newcomers' payments delivered at once on parallel connections, for a group
+    of five seats: all admitted by the fast path, numbered 1 to 20 with no gap, five
+    seated and fifteen waiting, the seat counter at five."""
+    with fresh_database(tmp_path, _api_server) as app:
+        with app.app_context():
+            seed_demo_community()
+            tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+            (group,) = tier.groups
+            group.capacity = SEATS
+            payments = [open_payment(tier, "fake", person) for person in range(RUSH)]
+            db.session.commit()
+            deliveries = [signed_notification(payment) for payment in payments]
+            group_id = group.id
+        (registered,) = services._FAST_PATHS
+        applied = []
+
+        def counting(*args):
+            payment_id = registered(*args)
+            applied.append(payment_id)
+            return payment_id
+
+        start = threading.Barrier(RUSH)
+
+        def deliver(delivery):
+            start.wait()
+            with app.app_context():
+                return inbox.receive("fake", *delivery).status
+
+        with (
+            mock.patch.object(services, "_FAST_PATHS", [counting]),
+            ThreadPoolExecutor(max_workers=RUSH) as pool,
+        ):
+            results = list(pool.map(deliver, deliveries))
+        assert results == [InboxStatus.PROCESSED] * RUSH
+        assert None not in applied and len(applied) == RUSH
+        with app.app_context():
+            numbers = db.session.scalars(sa.select(Member.number)).all()
+            assert sorted(numbers) == list(range(1, RUSH + 1))
+            statuses = db.session.scalars(sa.select(Invitation.status)).all()
+            assert statuses.count(InvitationStatus.ISSUED) == SEATS
+            assert statuses.count(InvitationStatus.WAITING) == RUSH - SEATS
+            assert db.session.get(Group, group_id).seats_taken == SEATS
+            assert list(figures_agree(clock.utcnow())) == []
