@@ -11,6 +11,11 @@ the new member, numbered; their membership, invitation (with its platform task a
 and application admitted; the audit entries, events and daily figures the ORM path would
 have written or tallied.
 
+It stands in for the ``order_paid`` receivers, which it does not call: this package's
+admission, and those of :mod:`perks`, which have nothing to do for such an order (no coupon
+was used; an order that pays for an application pays for no course). A receiver added to
+``order_paid`` must be added here too, or the case it acts on left to the ORM path.
+
 Only that case: anything else (another event, a payment confirmed or failed before, an
 order paid before, with a coupon or more than one payment, a renewal, a screened tier, a
 returning or known member, another community's keys, an amount that does not match, no
@@ -208,7 +213,7 @@ def apply_paid_join(
     order of a new member's join (see the module's docstring), confirm it and admit the
     payer; returns the payment's id. Otherwise returns None, having written nothing (it
     may have locked the payment and its order, as the usual path does next)."""
-    if notification.kind is not EventKind.PAYMENT_SUCCEEDED:
+    if notification.kind is not EventKind.PAYMENT_SUCCEEDED or not notification.payment_public_id:
         return None
     connection = db.session.connection()
     payment = connection.execute(

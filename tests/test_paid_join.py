@@ -33,6 +33,7 @@ from payments import inbox, services
 from payments.models import InboxStatus, Order, Payment
 from payments.providers import EventKind, Payer
 from payments.services import start_payment
+from payments.signals import order_paid
 from tests import fake_apis
 from tests.conftest import fresh_database
 from tests.helpers import (
@@ -295,3 +296,14 @@ def test_payers_at_once_take_the_seats_there_are_and_numbers_1_to_n(tmp_path, _a
             assert statuses.count(InvitationStatus.WAITING) == RUSH - SEATS
             assert db.session.get(Group, group_id).seats_taken == SEATS
             assert list(figures_agree(clock.utcnow())) == []
+
+
+def test_the_fast_path_stands_in_for_every_order_paid_receiver(app):
+    """The fast path does what the ``order_paid`` receivers would do without calling them:
+    a receiver added must be weighed there first (see membership/paid_join.py)."""
+    receivers = {receiver.__qualname__ for receiver in order_paid.receivers_for(object())}
+    assert receivers == {
+        "admit_paid_application",
+        "consume_paid_coupon",
+        "activate_paid_enrolment",
+    }
