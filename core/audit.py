@@ -51,8 +51,10 @@ class AuditEntry(db.Model):
     __table_args__ = (sa.Index(None, "target_type", "target_id"),)
 
 
-#: Built once: every transaction that changes anything runs it.
-_INSERT_ENTRIES = AuditEntry.__table__.insert()
+#: Built once: every transaction that changes anything runs it. With RETURNING, SQLAlchemy
+#: sends a transaction's entries as one multi-row INSERT (its "insertmanyvalues"), where
+#: psycopg would send one INSERT per entry in a pipeline.
+_INSERT_ENTRIES = AuditEntry.__table__.insert().returning(AuditEntry.__table__.c.id)
 #: Where a session holds the entries of its transaction until it commits.
 _PENDING = "audit_entries"
 #: The key under which an entry about a row not inserted yet holds the row itself: its id
