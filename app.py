@@ -36,6 +36,7 @@ from membership import telegram as membership_telegram
 from membership import views as membership_views
 from membership import wecom as membership_wecom
 from membership.access import start_in_process_worker
+from membership.paid_join import apply_paid_join
 from membership.services import (
     admit_paid_application,
     restore_paid_access,
@@ -47,6 +48,7 @@ from payments import checks as payments_checks  # noqa: F401 (registers its chec
 from payments.cli import payments_cli
 from payments.discounts import register_discount_quote, register_discount_rule
 from payments.providers import check_community_secrets, init_providers
+from payments.services import register_fast_path
 from payments.signals import access_restored, access_withdrawn, order_paid
 from payments.views import fake_cashier, webhooks, wechatpay
 from perks import admin as perks_admin
@@ -167,6 +169,8 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     access_withdrawn.connect(withdraw_enrolment)
     access_restored.connect(restore_paid_access)
     access_restored.connect(restore_enrolment)
+    # A new member's paid join, by statements built once (the rest through order_paid).
+    register_fast_path(apply_paid_join)
 
     app.add_template_filter(local_time, "localtime")
     _register_error_pages(app)

@@ -239,6 +239,10 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # ``flask`` commands and the worker's own text (``zh_CN`` or ``en``). Messages to a
         # person are in that person's language whatever this says.
         "QUNMEN_LOCALE": os.environ.get("QUNMEN_LOCALE") or "zh_CN",
+        # A new member's paid join applied by statements built once (membership/paid_join.py)
+        # rather than through the ORM; off, every notification takes the ORM path (the two
+        # are tested to write the same rows).
+        "PAID_JOIN_FAST_PATH": _flag("PAID_JOIN_FAST_PATH", True),
     }
 
 

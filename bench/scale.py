@@ -9,7 +9,9 @@ as cheap as the baseline) and how much it grew from the small size to the large 
     bench/run scale --only dashboard      # the dashboard's scenarios and their baseline
 
 "join POST" opens the join form and sends it (both measured); "join POST alone" sends a
-form opened beforehand, the order creation by itself.
+form opened beforehand, the order creation by itself. "webhook, fresh, ORM" delivers as
+"webhook, fresh" does with the paid join's fast path off (``PAID_JOIN_FAST_PATH``): the ORM
+path it stands beside, in the same run.
 """
 
 from __future__ import annotations
@@ -143,6 +145,20 @@ def run(kind: str, members: int, only: list[str]) -> dict[str, dict[str, float]]
         for name, send in writes.items():
             if wanted(name) or (name == "webhook, duplicate" and wanted("webhook, fresh")):
                 results[name] = measure(send, ROUNDS["write"], ours)
+        if wanted("webhook, fresh, ORM"):
+            # The same deliveries as "webhook, fresh", with the paid join's fast path off.
+            more = _more_deliveries(app, members + len(deliveries))
+            app.config["PAID_JOIN_FAST_PATH"] = False
+            try:
+                results["webhook, fresh, ORM"] = measure(
+                    lambda i: _ok(
+                        client.post("/webhooks/stripe", data=more[i][0], headers=more[i][1])
+                    ),
+                    ROUNDS["write"],
+                    ours,
+                )
+            finally:
+                app.config["PAID_JOIN_FAST_PATH"] = True
         if wanted("join POST alone"):
             forms = _opened_join_forms(app, WARM + ROUNDS["write"])
             results["join POST alone"] = measure(
@@ -165,6 +181,22 @@ def run(kind: str, members: int, only: list[str]) -> dict[str, dict[str, float]]
         if wanted("admin dashboard"):
             _shows_real_figures(admin.get("/admin/"), members)
         return results
+
+
+def _more_deliveries(app, first_person: int) -> list[tuple[bytes, dict[str, str]]]:
+    """Stripe deliveries for as many new payments as :func:`prepare` made, of people
+    numbered from ``first_person`` on (committed, not measured)."""
+    with app.app_context():
+        tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+        deliveries = []
+        for i in range(WARM + ROUNDS["write"]):
+            payment = open_payment(tier, "stripe", first_person + i)
+            db.session.flush()
+            deliveries.append(
+                stripe_delivery("checkout.session.completed", checkout_session(payment))
+            )
+        db.session.commit()
+    return deliveries
 
 
 def _shows_real_figures(response, members: int) -> None:
@@ -235,6 +267,7 @@ def _send_join(client, fields: dict[str, str]) -> None:
 BASELINE = {
     "webhook, fresh": "bare INSERT",
     "webhook, duplicate": "bare INSERT",
+    "webhook, fresh, ORM": "bare INSERT",
     "join POST": "bare INSERT",
     "join POST alone": "bare INSERT",
     "join page": "bare indexed SELECT",

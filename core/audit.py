@@ -51,8 +51,10 @@ class AuditEntry(db.Model):
     __table_args__ = (sa.Index(None, "target_type", "target_id"),)
 
 
-#: Built once: every transaction that changes anything runs it.
-_INSERT_ENTRIES = AuditEntry.__table__.insert()
+#: Built once: every transaction that changes anything runs it. With RETURNING, SQLAlchemy
+#: sends a transaction's entries as one multi-row INSERT (its "insertmanyvalues"), where
+#: psycopg would send one INSERT per entry in a pipeline.
+_INSERT_ENTRIES = AuditEntry.__table__.insert().returning(AuditEntry.__table__.c.id)
 #: Where a session holds the entries of its transaction until it commits.
 _PENDING = "audit_entries"
 #: The key under which an entry about a row not inserted yet holds the row itself: its id
@@ -79,19 +81,48 @@ def record(
         db.session.flush()
     if community_id is None and not later:
         community_id = community_id_of(target)
-    entry = {
+    entry = _entry(action, target.__tablename__, target.id, actor, data, now, community_id)
+    if later:
+        entry[_TARGET] = target
+    db.session.info.setdefault(_PENDING, []).append(entry)
+
+
+def record_row(
+    action: str,
+    table: str,
+    row_id: int,
+    *,
+    actor: str,
+    community_id: int | None,
+    data: dict[str, Any] | None = None,
+    now: datetime,
+) -> None:
+    """:func:`record` for a row written by a Core statement, ``row_id`` of ``table``: there
+    is no object to read the id and the community from, so the caller gives them. Written
+    when the session commits, with the other entries."""
+    entry = _entry(action, table, row_id, actor, data, now, community_id)
+    db.session.info.setdefault(_PENDING, []).append(entry)
+
+
+def _entry(
+    action: str,
+    table: str,
+    row_id: int | None,
+    actor: str,
+    data: dict[str, Any] | None,
+    now: datetime | None,
+    community_id: int | None,
+) -> dict[str, Any]:
+    return {
         "created_at": now or utcnow(),
         "actor": actor,
         "action": action,
-        "target_type": target.__tablename__,
-        "target_id": target.id,
+        "target_type": table,
+        "target_id": row_id,
         "data": data or {},
         "community_id": community_id,
         "ip": request.remote_addr if has_request_context() else None,
     }
-    if later:
-        entry[_TARGET] = target
-    db.session.info.setdefault(_PENDING, []).append(entry)
 
 
 @contextmanager

@@ -113,6 +113,28 @@ def _tally(session: Session) -> _Tally:
     return tally
 
 
+def count_paid_admission(
+    session: Session,
+    community_id: int,
+    *,
+    amount: int,
+    currency: str,
+    applied_at: datetime,
+    now: datetime,
+) -> None:
+    """Called by :mod:`membership.paid_join`, which writes a paid admission with Core
+    statements the flush hook never sees: tally what :func:`_count_flushed` would have
+    counted for it. Its payment's ledger entry of ``amount`` (revenue, now), its order
+    becoming paid (one more paid on the day of the application, made ``applied_at``), a
+    membership of a paid tier starting now (joined) and held by a member created in this
+    transaction, who held none before (one more paying)."""
+    tally = _tally(session)
+    tally.add(community_id, now, "revenue", amount, currency)
+    tally.add(community_id, applied_at, "paid")
+    tally.add(community_id, now, "joined")
+    tally.add(community_id, now, "paying")
+
+
 def _loaded(session: Session, model, ids: Iterable[int], names: tuple[str, ...]) -> dict:
     """``names`` of the ``model`` rows ``ids``: from objects the session holds, else one
     SELECT for the rest."""
@@ -266,7 +288,7 @@ def _write_tally(session: Session) -> None:
     if rows:
         dialect = session.get_bind().dialect.name
         slot = random.randrange(SLOTS) if dialect == "postgresql" else 0  # noqa: S311
-        session.execute(_upsert(dialect), [row | {"slot": slot} for row in rows])
+        session.connection().execute(_upsert(dialect), [row | {"slot": slot} for row in rows])
     if tally.rebuild:
         rebuild(session, sorted(tally.rebuild))
 

@@ -124,6 +124,8 @@ def _keep_loaded_in_step(model: type[db.Model], row_id: int, **values: Any) -> N
     """After a Core statement changed a row: the session's copy of it, if it has one, holds
     the new ``values`` as committed (nothing left for a flush to write)."""
     session = db.session()
+    if not session.identity_map:  # a webhook's fast path loads nothing
+        return
     loaded = session.identity_map.get(session.identity_key(model, row_id))
     if loaded is not None:
         for name, value in values.items():

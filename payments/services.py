@@ -9,6 +9,7 @@ commits, so no database lock is held while a provider answers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import cache
@@ -195,7 +196,7 @@ def register_with_provider(payment: Payment, payer: Payer, *, actor: str) -> str
     locked.method = start.method
     locked.provider_data = {**start.provider_data, "url": start.url}
     for external_id in start.external_ids:
-        _reference(locked, external_id)
+        map_reference(locked, external_id)
     db.session.commit()
     return start.url
 
@@ -217,8 +218,9 @@ def _map_reference(dialect: str) -> sa.Insert:
     )
 
 
-def _reference(payment: Payment, external_id: str, refund: Refund | None = None) -> None:
-    """Map a provider id to ``payment`` (and ``refund``), once."""
+def map_reference(payment: Payment, external_id: str, refund: Refund | None = None) -> None:
+    """Map a provider id to ``payment`` (and ``refund``), once. ``payment`` may be a row a
+    Core statement read (its ``provider`` and ``id`` are all this reads)."""
     if refund is not None and refund.id is None:
         db.session.flush()
     db.session.connection().execute(
@@ -358,6 +360,38 @@ def apply_notification(
         return _apply_notification(notification, provider_name, community_id, own_keys, now)
 
 
+#: What applies a notification faster than :func:`apply_notification`, when the package
+#: that reacts to the payment registered it (:func:`register_fast_path`): called with the
+#: notification, the provider's name, the community whose URL it came to, whether its own
+#: keys verified it and ``now``; it returns the payment's id having applied it, or None
+#: having changed nothing (it is not the case it handles).
+FastPath = Callable[[Notification, str, int | None, bool, datetime], int | None]
+_FAST_PATHS: list[FastPath] = []
+
+
+def register_fast_path(fast_path: FastPath) -> None:
+    """Called once by the app, for the one common case a package above payments applies
+    itself, by statements built once (see :mod:`membership.paid_join`)."""
+    _FAST_PATHS[:] = [fast_path]
+
+
+def apply_notification_fast(
+    notification: Notification,
+    provider_name: str,
+    *,
+    community_id: int | None,
+    own_keys: bool,
+    now: datetime,
+) -> int | None:
+    """Called by the inbox before :func:`apply_notification`: the id of the payment the
+    registered fast path (if any, and unless ``PAID_JOIN_FAST_PATH`` is off) applied
+    ``notification`` to, or None when it changed nothing and the notification takes the
+    usual path."""
+    if not _FAST_PATHS or not current_app.config.get("PAID_JOIN_FAST_PATH", True):
+        return None
+    return _FAST_PATHS[0](notification, provider_name, community_id, own_keys, now)
+
+
 def _apply_notification(
     notification: Notification,
     provider_name: str,
@@ -438,7 +472,7 @@ def confirm_payment(
     paid_before = order.status in (OrderStatus.PAID, OrderStatus.REFUNDED)
     pays_order = not paid_before and payment.amount >= order.amount
     if external_id:
-        _reference(payment, external_id)
+        map_reference(payment, external_id)
     payment.status = PaymentStatus.CONFIRMED
     payment.confirmed_at = now
     _ledger(
@@ -706,7 +740,7 @@ def send_refund(refund: Refund, *, actor: str, now: datetime | None = None) -> R
     payment = _lock_payment(refund.payment.public_id)
     refund = db.session.get(Refund, refund.id)
     if result.external_id:
-        _reference(payment, result.external_id, refund)
+        map_reference(payment, result.external_id, refund)
     if refund.status is RefundStatus.REQUESTED:
         if result.succeeded:
             _succeed_refund(refund, result.external_id, actor=actor, now=now)
@@ -806,7 +840,7 @@ def _succeed_refund(refund: Refund, external_id: str | None, *, actor: str, now:
     refund.completed_at = now
     db.session.flush()
     if external_id:
-        _reference(payment, external_id, refund)
+        map_reference(payment, external_id, refund)
     _ledger(payment, "refund", -refund.amount, now=now, transaction_id=external_id, refund=refund)
     audit.record(
         "refund.succeeded", refund, actor=actor, data={"amount": str(refund.money)}, now=now

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
+import membership.paid_join
 import membership.services
 from core.clock import utcnow
 from core.db import db
@@ -41,11 +42,17 @@ def _payment(app):
         return db.session.scalars(sa.select(Payment)).one()
 
 
-@pytest.fixture
-def broken_admission(monkeypatch):
-    """The database fails once in the middle of admitting a payer."""
+@pytest.fixture(params=["fast path", "ORM path"])
+def broken_admission(request, app, monkeypatch):
+    """The database fails once in the middle of admitting a payer: on the paid join's
+    fast path (membership/paid_join.py), or on the ORM path (the fast path off)."""
     calls = {"n": 0}
-    original = membership.services.issue_invitation
+    if request.param == "fast path":
+        module, name = membership.paid_join, "_invite"
+    else:
+        monkeypatch.setitem(app.config, "PAID_JOIN_FAST_PATH", False)
+        module, name = membership.services, "issue_invitation"
+    original = getattr(module, name)
 
     def fail_once(*args, **kwargs):
         calls["n"] += 1
@@ -53,7 +60,7 @@ def broken_admission(monkeypatch):
             raise OperationalError("INSERT INTO invitations", {}, Exception("disk I/O error"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(membership.services, "issue_invitation", fail_once)
+    monkeypatch.setattr(module, name, fail_once)
     return calls
 
 

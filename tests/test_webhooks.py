@@ -276,15 +276,16 @@ def test_ledger_entries_cannot_be_changed(app, client, payment_id):
         db.session.rollback()
 
 
-#: What a delivery that confirms a payment and admits a newcomer may cost: the inbox row,
-#: the locks, the payment, order, ledger and reference, the look for a member who has the
-#: contact already, the member with their number, the membership, the invitation and its
-#: platform call and seat counter, the audit entries in one statement; its events
-#: (payment.confirmed, member.admitted) in one more, after one look for the endpoints that
-#: subscribe; the day's figures (revenue, joined, paid, paying) in one UPSERT at the commit.
-#: (The inbox row is written once, with its outcome; a provider id is mapped without a
-#: look first.)
-ADMISSION_STATEMENTS = 23
+#: What a delivery that confirms a payment and admits a newcomer may cost (the fast path,
+#: membership/paid_join.py): the inbox's look for the event applied before, then its row
+#: with the outcome; the payment locked; the order locked, read with its application, tier
+#: and the look for a member who has the contact already (one statement); the reference,
+#: the payment, its ledger entry; the member number, the member, the membership, the
+#: application; the groups locked, the invitation, its platform call and seat counter; the
+#: order paid. At the commit: the audit entries in one statement, the events
+#: (payment.confirmed, member.admitted) in one more after one look for the endpoints that
+#: subscribe, the day's figures (revenue, joined, paid, paying) in one UPSERT.
+ADMISSION_STATEMENTS = 20
 
 
 def test_a_paying_delivery_costs_a_fixed_number_of_statements(app, client, payment_id):
