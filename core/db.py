@@ -264,9 +264,9 @@ def insert_for(dialect: str) -> Callable[..., Any]:
 COPY_CHUNK_BYTES = 64 * 1024
 
 
-def copy_csv(select: Select) -> Iterator[tuple[str, int]]:
+def copy_csv(select: Select) -> Iterator[tuple[bytes, int]]:
     """``select``'s rows as CSV, written by PostgreSQL itself (``COPY … TO STDOUT``) in the
-    session's transaction: chunks of whole lines and how many rows each holds. Bound
+    session's transaction: chunks of whole lines (UTF-8) and how many rows each holds. Bound
     values go to the driver as they are: pass plain ones."""
     connection = db.session.connection()
     statement = select.compile(
@@ -280,10 +280,10 @@ def copy_csv(select: Select) -> Iterator[tuple[str, int]]:
                 chunk += line
                 rows += 1
                 if len(chunk) >= COPY_CHUNK_BYTES:
-                    yield chunk.decode(), rows
+                    yield bytes(chunk), rows
                     chunk, rows = bytearray(), 0
             if rows:
-                yield chunk.decode(), rows
+                yield bytes(chunk), rows
 
 
 def read_parts(selects: Iterable[Select], *, jobs: int = 1) -> Iterator[list[tuple]]:

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
 from flask_babel import lazy_gettext as _l
 
-from core.clock import local_timestamp_sql
+from core.clock import local_timestamp_sql, utc_offsets
 from core.db import db, is_postgresql, read_parts
-from core.exporters import ColumnTotal, Exporter, defused
+from core.exporters import ColumnTotal, Exporter, Printed, csv_line_sql, defused
 from core.money import CURRENCIES
 from payments.models import LedgerEntry, Order
 
@@ -37,7 +37,7 @@ KIND_LABELS = {
     "dispute_won": _l("Chargeback won"),
     "fee": _l("Provider fee"),
 }
-#: Ledger ids per part of an export that SQLite writes (:meth:`RevenueRows.text_parts`).
+#: Ledger ids per part of an export that SQLite writes (:meth:`RevenueRows.line_parts`).
 PART_IDS = 20_000
 
 
@@ -56,20 +56,25 @@ def major_sql(amount: sa.ColumnElement[int], currency: sa.ColumnElement[str]) ->
         units = {code: Decimal(1).scaleb(-exponent) for code, exponent in CURRENCIES.items()}
         unit = sa.case({code: sa.literal(value) for code, value in units.items()}, value=currency)
         return sa.cast(amount, sa.Numeric) * unit
-    size = sa.func.abs(amount)
-    sign = sa.case((amount < 0, "-"), else_="")
     branches = []
     # A test per number of decimals (three), not per currency (138, each row trying them
     # in turn up to its own: CNY was the 26th, five amounts a row); the most common first.
     for exponent, codes in _CODES_BY_EXPONENT:
-        scale = 10**exponent  # SQLite's / of integers is integer division
-        text = (
-            sa.func.printf(f"%s%d.%0{exponent}d", sign, size.op("/")(scale), size % scale)
-            if exponent
-            else amount
-        )
-        branches.append((currency.in_(codes), text))
+        text = printed_major(amount, exponent)
+        branches.append((currency.in_(codes), sa.func.printf(text.format, *text.values)))
     return sa.case(*branches)
+
+
+def printed_major(amount: sa.ColumnElement[int], exponent: int) -> Printed:
+    """SQLite's printf of :func:`major`'s text for a currency with ``exponent`` decimals:
+    the integer's digits either side of the point (SQLite's / of integers is integer
+    division, and would give a float of anything else)."""
+    if not exponent:
+        return Printed("%d", (amount,))
+    scale = 10**exponent
+    size = sa.func.abs(amount)
+    sign = sa.case((amount < 0, "-"), else_="")
+    return Printed(f"%s%d.%0{exponent}d", (sign, size.op("/")(scale), size % scale))
 
 
 def _codes_by_exponent() -> list[tuple[int, list[str]]]:
@@ -130,6 +135,27 @@ class LedgerQuery:
     def local_time(self) -> sa.ColumnElement[str]:
         """A movement's time on the community's clock, ``YYYY-MM-DD HH:MM:SS``."""
         return local_timestamp_sql(LedgerEntry.created_at, self.time_zone, self.start, self.end)
+
+    def day_group(self) -> tuple[sa.ColumnElement[str], Callable[[str], str]]:
+        """What to group the movements by for sums by day, and the community's day
+        (``YYYY-MM-DD``) of a group. On SQLite, when the zone's offsets, and the moments
+        they change, are whole hours from :attr:`start` to :attr:`end`: the hour on UTC's
+        clock, a prefix of the stored text (the local time, a date-time computed per row,
+        was a quarter of the totals' cost). Otherwise the local day itself."""
+        spans = utc_offsets(self.time_zone, self.start, self.end)
+        whole_hours = all(offset % 3600 == 0 for _, offset in spans) and all(
+            until.minute == until.second == until.microsecond == 0 for until, _ in spans[:-1]
+        )
+        if is_postgresql() or not whole_hours:
+            return sa.func.substr(self.local_time(), 1, 10), lambda day: day
+
+        @functools.cache
+        def day(hour: str) -> str:
+            moment = datetime.fromisoformat(f"{hour}:00+00:00")
+            offset = next(offset for until, offset in spans if moment < until)
+            return (moment + timedelta(seconds=offset)).date().isoformat()
+
+        return sa.func.substr(LedgerEntry.created_at, 1, 13), day
 
 
 def kind_label_sql() -> sa.ColumnElement[str]:
@@ -247,10 +273,56 @@ class RevenueRows(Exporter):
             ids=ids,
         )
 
-    def text_parts(self) -> Iterator[sa.Select]:
-        """The text query by ranges of :data:`PART_IDS` ledger ids."""
+    def line_parts(self) -> Iterator[sa.Select]:
+        """SQLite: the rows' CSV lines, by ranges of :data:`PART_IDS` ledger ids."""
+        line = self._line_sql().label("line")
         for ids in self.query.id_ranges:
-            yield self.text_query(ids)
+            yield self._select(line, ids=ids)
+
+    def _line_sql(self) -> sa.ColumnElement[str]:
+        """SQLite: a movement's CSV line, as :meth:`text_query`'s cells would be joined.
+        One printf a row with the amounts written into it, from a line format per number
+        of decimals and kind of movement: a row tests its currency and its kind once, and
+        the split's zeros are text of the format (a printf per amount, each testing the
+        currency and the kind, was two fifths of a line's cost)."""
+        kind, amount = LedgerEntry.kind, LedgerEntry.amount
+        in_currency = []
+        for exponent, codes in _CODES_BY_EXPONENT:
+            net = printed_major(amount, exponent)
+            zero = Printed(str(major(0, codes[0])))
+            by_kind = sa.case(
+                (kind == "payment", self._line_of(net, zero, zero, net, exponent)),
+                (
+                    kind == "fee",
+                    self._line_of(zero, printed_major(-amount, exponent), zero, net, exponent),
+                ),
+                else_=self._line_of(zero, zero, net, net, exponent),
+            )
+            in_currency.append((LedgerEntry.currency.in_(codes), by_kind))
+        # A currency it does not know: the amounts left empty, as major_sql leaves them.
+        empty = Printed("")
+        return sa.case(*in_currency, else_=self._line_of(empty, empty, empty, empty, None))
+
+    def _line_of(
+        self, gross: Printed, fee: Printed, refunds: Printed, net: Printed, exponent: int | None
+    ) -> sa.ColumnElement[str]:
+        """SQLite: the CSV line of a movement with these amounts and a currency of
+        ``exponent`` decimals (None: amounts unknown)."""
+        discount = (
+            Printed("") if exponent is None else printed_major(LedgerEntry.discount, exponent)
+        )
+        return csv_line_sql(
+            [
+                *self._described(),
+                gross,
+                fee,
+                refunds,
+                net,
+                LedgerEntry.currency,
+                defused(LedgerEntry.coupon_code),
+                discount,
+            ]
+        )
 
 
 def _split_sql() -> tuple[sa.ColumnElement[int], ...]:
@@ -305,19 +377,25 @@ class RevenueTotals(Exporter):
     def _sums(self) -> list[tuple]:
         """Amount (minor units) and count of movements by day × product × provider ×
         currency × kind, summed by the database; with ``jobs`` > 1 by parts of the ledger
-        side by side (see :func:`core.db.read_parts`), so a key may come once per part:
-        every use adds them up."""
-        day = sa.func.substr(self.query.local_time(), 1, 10).label("day")
-        keys = (day, Order.product, LedgerEntry.provider, LedgerEntry.currency, LedgerEntry.kind)
+        side by side (see :func:`core.db.read_parts`). A key may come more than once (a
+        part each, an hour each: see :meth:`LedgerQuery.day_group`): every use adds them
+        up."""
+        group, day_of = self.query.day_group()
+        group = group.label("day")
+        keys = (group, Order.product, LedgerEntry.provider, LedgerEntry.currency, LedgerEntry.kind)
         sums = (sa.func.sum(LedgerEntry.amount), sa.func.count(LedgerEntry.id))
         if self.jobs == 1 or is_postgresql():
             select = self.query.select(*keys, *sums).group_by("day", *keys[1:])
-            return db.session.execute(select).all()
-        parts = [
-            self.query.select(*keys, *sums, ids=ids).group_by("day", *keys[1:])
-            for ids in self.query.id_ranges
-        ]
-        return [row for rows in read_parts(parts, jobs=self.jobs) for row in rows]
+            parts: Iterable[Sequence[tuple]] = [db.session.execute(select).all()]
+        else:
+            parts = read_parts(
+                [
+                    self.query.select(*keys, *sums, ids=ids).group_by("day", *keys[1:])
+                    for ids in self.query.id_ranges
+                ],
+                jobs=self.jobs,
+            )
+        return [(day_of(group), *sums) for rows in parts for group, *sums in rows]
 
     @property
     def movements(self) -> int:
