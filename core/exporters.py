@@ -58,13 +58,14 @@ class Exporter(ABC):
         a quote, a line break) are typed :class:`FreeText`; the others never do."""
         return None
 
-    def line_parts(self) -> Iterator[sa.Select]:
-        """SQLite: queries of one column, the CSV lines of :meth:`text_query`'s rows (no
-        line end), whose rows, one part after another, are its rows, to be written in
-        parallel. One part, its cells joined by :func:`csv_line_sql`, unless an exporter
-        knows better."""
-        if (query := self.text_query()) is not None:
-            yield query.with_only_columns(csv_line_sql(query.selected_columns).label("line"))
+    def line_parts(self) -> tuple[sa.Select, list[dict[str, object]]]:
+        """SQLite, for an exporter with a :meth:`text_query`: a query of one column, the
+        CSV lines of its rows (no line end), and the values of its parts (see
+        :func:`core.db.read_parts`), whose rows, one part after another, are its rows, to
+        be written in parallel. One part, its cells joined by :func:`csv_line_sql`, unless
+        an exporter knows better."""
+        query = self.text_query()
+        return query.with_only_columns(csv_line_sql(query.selected_columns).label("line")), [{}]
 
 
 class FreeText(TypeDecorator):
@@ -170,8 +171,8 @@ def csv_lines(
             yield lines
         return
     if text_query is not None:
-        parts = map(_sqlite_csv_part, exporter.line_parts())
-        for [(lines, rows)] in read_parts(parts, jobs=jobs):
+        lines_query, parts = exporter.line_parts()
+        for [(lines, rows)] in read_parts(_sqlite_csv_part(lines_query), parts, jobs=jobs):
             if rows:
                 progress(rows)
                 yield lines

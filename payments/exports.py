@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from flask_babel import lazy_gettext as _l
 
 from core.clock import local_timestamp_sql, utc_offsets
-from core.db import db, is_postgresql, read_parts
+from core.db import db, is_postgresql, part_value, read_parts
 from core.exporters import ColumnTotal, Exporter, Printed, csv_line_sql, defused
 from core.money import CURRENCIES
 from payments.models import LedgerEntry, Order
@@ -38,7 +38,7 @@ KIND_LABELS = {
     "dispute_won": _l("Chargeback won"),
     "fee": _l("Provider fee"),
 }
-#: Ledger ids per part of an export that SQLite writes (:meth:`RevenueRows.line_parts`).
+#: Ledger ids per part of an export that SQLite writes (:attr:`LedgerQuery.parts`).
 PART_IDS = 20_000
 
 
@@ -104,27 +104,29 @@ class LedgerQuery:
     #: Extra joins from ``orders`` for those columns.
     joins: Callable[[sa.Select], sa.Select] = lambda select: select
 
-    def select(self, *columns, ids: range | None = None) -> sa.Select:
+    def select(self, *columns, parted: bool = False) -> sa.Select:
         """``columns`` of these movements, joined with their orders (:attr:`joins` adds the
-        details' tables); only those whose ledger ids are in ``ids`` if given."""
+        details' tables); if ``parted``, only those of a part's ledger ids (a query for
+        :func:`core.db.read_parts` with :attr:`parts`)."""
         select = (
             sa.select(*columns)
             .join(Order, Order.id == LedgerEntry.order_id)
             .where(LedgerEntry.created_at >= self.start, LedgerEntry.created_at < self.end)
         )
-        if ids is None:
+        if not parted:
             return select.where(Order.community_id == self.community_id)
         # The community as an expression, not the bare column: the id range, not the
         # community's index, is what the database should start from.
         return select.where(
-            LedgerEntry.id >= ids.start,
-            LedgerEntry.id < ids.stop,
+            LedgerEntry.id >= part_value("first"),
+            LedgerEntry.id < part_value("stop"),
             Order.community_id + 0 == self.community_id,
         )
 
     @functools.cached_property
-    def id_ranges(self) -> list[range]:
-        """The movements' ledger ids in ranges of :data:`PART_IDS`, for reading in parts."""
+    def parts(self) -> list[dict[str, object]]:
+        """The movements' ledger ids in ranges of :data:`PART_IDS` (first and stop), for
+        reading in parts."""
         first, last = db.session.execute(
             sa.select(sa.func.min(LedgerEntry.id), sa.func.max(LedgerEntry.id)).where(
                 LedgerEntry.created_at >= self.start, LedgerEntry.created_at < self.end
@@ -132,7 +134,9 @@ class LedgerQuery:
         ).one()
         if first is None:
             return []
-        return [range(start, start + PART_IDS) for start in range(first, last + 1, PART_IDS)]
+        return [
+            {"first": start, "stop": start + PART_IDS} for start in range(first, last + 1, PART_IDS)
+        ]
 
     def local_time(self) -> sa.ColumnElement[str]:
         """A movement's time on the community's clock, ``YYYY-MM-DD HH:MM:SS``."""
@@ -208,9 +212,9 @@ class RevenueRows(Exporter):
         """How many movements the export has (for a progress bar)."""
         return self.totals.movements
 
-    def _select(self, *columns, ids: range | None = None) -> sa.Select:
+    def _select(self, *columns, parted: bool = False) -> sa.Select:
         """``columns`` of the movements with their details, in the ledger's order."""
-        select = self.query.select(*columns, ids=ids)
+        select = self.query.select(*columns, parted=parted)
         return self.query.joins(select).order_by(LedgerEntry.id)
 
     def _described(self) -> list[sa.ColumnElement]:
@@ -262,9 +266,8 @@ class RevenueRows(Exporter):
             row[self.currency_column] = currency
             yield row
 
-    def text_query(self, ids: range | None = None) -> sa.Select:
-        """The rows as text, as :meth:`rows` gives them, for the database to write; those
-        of the ledger ids in ``ids`` if given."""
+    def text_query(self) -> sa.Select:
+        """The rows as text, as :meth:`rows` gives them, for the database to write."""
         gross, fee, refunds = _split_sql()
         currency = LedgerEntry.currency
         return self._select(
@@ -276,14 +279,11 @@ class RevenueRows(Exporter):
             currency,
             defused(LedgerEntry.coupon_code),
             major_sql(LedgerEntry.discount, currency),
-            ids=ids,
         )
 
-    def line_parts(self) -> Iterator[sa.Select]:
+    def line_parts(self) -> tuple[sa.Select, list[dict[str, object]]]:
         """SQLite: the rows' CSV lines, by ranges of :data:`PART_IDS` ledger ids."""
-        line = self._line_sql().label("line")
-        for ids in self.query.id_ranges:
-            yield self._select(line, ids=ids)
+        return self._select(self._line_sql().label("line"), parted=True), self.query.parts
 
     def _line_sql(self) -> sa.ColumnElement[str]:
         """SQLite: a movement's CSV line, as :meth:`text_query`'s cells would be joined.
@@ -394,13 +394,8 @@ class RevenueTotals(Exporter):
             select = self.query.select(*keys, *sums).group_by("day", *keys[1:])
             parts: Iterable[Sequence[tuple]] = [db.session.execute(select).all()]
         else:
-            parts = read_parts(
-                [
-                    self.query.select(*keys, *sums, ids=ids).group_by("day", *keys[1:])
-                    for ids in self.query.id_ranges
-                ],
-                jobs=self.jobs,
-            )
+            select = self.query.select(*keys, *sums, parted=True).group_by("day", *keys[1:])
+            parts = read_parts(select, self.query.parts, jobs=self.jobs)
         return [(day_of(group), *sums) for rows in parts for group, *sums in rows]
 
     @property
