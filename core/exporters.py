@@ -58,11 +58,14 @@ class Exporter(ABC):
         a quote, a line break) are typed :class:`FreeText`; the others never do."""
         return None
 
-    def text_parts(self) -> Iterator[sa.Select]:
-        """:meth:`text_query` split into queries whose rows, one part after another, are
-        its rows, to be written in parallel. One part unless an exporter knows better."""
-        if (query := self.text_query()) is not None:
-            yield query
+    def line_parts(self) -> tuple[sa.Select, list[dict[str, object]]]:
+        """SQLite, for an exporter with a :meth:`text_query`: a query of one column, the
+        CSV lines of its rows (no line end), and the values of its parts (see
+        :func:`core.db.read_parts`), whose rows, one part after another, are its rows, to
+        be written in parallel. One part, its cells joined by :func:`csv_line_sql`, unless
+        an exporter knows better."""
+        query = self.text_query()
+        return query.with_only_columns(csv_line_sql(query.selected_columns).label("line")), [{}]
 
 
 class FreeText(TypeDecorator):
@@ -93,23 +96,44 @@ def defused(column: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
     return sa.type_coerce(cell, FreeText)
 
 
-def _csv_line_sql(cells: Sequence[sa.ColumnElement]) -> sa.ColumnElement[str]:
+@dataclass(frozen=True)
+class Printed:
+    """A CSV cell that the line's own ``printf`` writes (see :func:`csv_line_sql`): a
+    format of SQLite's printf (never quoted, so no comma, quote or line break in what it
+    writes) and the values it takes. One printf for the line instead of one per cell."""
+
+    format: str
+    values: tuple[sa.ColumnElement, ...] = ()
+
+
+def csv_line_sql(cells: Sequence[sa.ColumnElement | Printed]) -> sa.ColumnElement[str]:
     """SQLite joining ``cells`` into a CSV line (no line end) in one ``printf``, which
     builds it once instead of a copy per cell: :class:`FreeText` cells are quoted, their
-    quotes doubled (``%w``), as the csv module would write them; NULL is empty."""
-    formats = ['"%w"' if isinstance(cell.type, FreeText) else "%s" for cell in cells]
-    values = [
-        sa.func.coalesce(cell, "") if isinstance(cell.type, FreeText) else cell for cell in cells
-    ]
+    quotes doubled (``%w``), as the csv module would write them; NULL is empty;
+    :class:`Printed` cells are written by their own format."""
+    formats: list[str] = []
+    values: list[sa.ColumnElement] = []
+    for cell in cells:
+        if isinstance(cell, Printed):
+            formats.append(cell.format)
+            values.extend(cell.values)
+        elif isinstance(cell.type, FreeText):
+            formats.append('"%w"')
+            values.append(sa.func.coalesce(cell, ""))
+        else:
+            formats.append("%s")
+            values.append(cell)
     return sa.func.printf(",".join(formats), *values, type_=sa.String)
 
 
-def _sqlite_csv_part(part: sa.Select) -> sa.Select:
-    """A query of ``part``'s rows as CSV text (CRLF between lines) and their count."""
-    lines = part.with_only_columns(_csv_line_sql(part.selected_columns).label("line")).subquery()
+def _sqlite_csv_part(lines: sa.Select) -> sa.Select:
+    """A query of the CSV text of a part's lines (CRLF between them) as UTF-8 bytes (a
+    BLOB: read as it is, not decoded), and their count."""
     # A subquery ordered by ORDER BY is fed to an aggregate in that order (SQLite does not
     # flatten it), so the lines keep the rows' order.
-    return sa.select(sa.func.group_concat(lines.c.line, "\r\n"), sa.func.count())
+    line = lines.subquery().c.line
+    text = sa.cast(sa.func.group_concat(line, "\r\n"), sa.LargeBinary)
+    return sa.select(text, sa.func.count())
 
 
 def safe_row(row: Sequence[object]) -> list[object]:
@@ -129,28 +153,30 @@ Progress = Callable[[int], object]
 
 def csv_lines(
     exporter: Exporter, progress: Progress = lambda rows: None, *, jobs: int = 1
-) -> Iterator[str]:
-    """The export as CSV text, a chunk of lines at a time (UTF-8 with a BOM, for Excel).
-    Lines end in CRLF, or in LF when PostgreSQL writes them; a cell holding either is
-    quoted both ways. On SQLite, ``jobs`` processes write the parts of an exporter's text
-    query side by side (see :func:`core.db.read_parts`)."""
+) -> Iterator[bytes]:
+    """The export as CSV, a chunk of lines at a time, encoded as UTF-8 with a BOM (for
+    Excel). Lines end in CRLF, or in LF when PostgreSQL writes them; a cell holding either
+    is quoted both ways. On SQLite, ``jobs`` processes write the parts of an exporter's
+    lines side by side (see :func:`core.db.read_parts`). The database's text comes as it
+    is written, bytes never decoded here."""
     text_query = exporter.text_query()
     copying = text_query is not None and is_postgresql()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n" if copying else "\r\n")
     writer.writerow(safe_row([str(header) for header in exporter.headers]))
-    yield "\ufeff" + buffer.getvalue()
+    yield ("\ufeff" + buffer.getvalue()).encode()
     if copying:
         for lines, rows in copy_csv(text_query):
             progress(rows)
             yield lines
         return
     if text_query is not None:
-        parts = map(_sqlite_csv_part, exporter.text_parts())
-        for [(lines, rows)] in read_parts(parts, jobs=jobs):
+        lines_query, parts = exporter.line_parts()
+        for [(lines, rows)] in read_parts(_sqlite_csv_part(lines_query), parts, jobs=jobs):
             if rows:
                 progress(rows)
-                yield lines + "\r\n"
+                yield lines
+                yield b"\r\n"
         return
     buffer.seek(0)
     buffer.truncate()
@@ -158,7 +184,7 @@ def csv_lines(
     while chunk := list(islice(rows, CSV_CHUNK_ROWS)):
         writer.writerows(chunk)
         progress(len(chunk))
-        yield buffer.getvalue()
+        yield buffer.getvalue().encode()
         buffer.seek(0)
         buffer.truncate()
 

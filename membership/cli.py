@@ -225,10 +225,10 @@ def export_revenue_command(
         if out.suffix == ".xlsx":
             write_xlsx(out, rows, totals, progress=bar.update)
         else:
-            with out.open("w", encoding="utf-8", newline="") as file:
+            with out.open("wb") as file:
                 file.writelines(csv_lines(rows, bar.update, jobs=jobs))
             totals_path = out.with_name(f"{out.stem}-totals.csv")
-            with totals_path.open("w", encoding="utf-8", newline="") as file:
+            with totals_path.open("wb") as file:
                 file.writelines(csv_lines(totals))
     click.echo(f"Wrote {out}")
 

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from flask_babel import lazy_gettext as _l
 
-from core.clock import local_timestamp_sql
-from core.db import db, is_postgresql, read_parts
-from core.exporters import ColumnTotal, Exporter, defused
+from core.clock import local_timestamp_sql, utc_offsets
+from core.db import db, is_postgresql, part_value, read_parts
+from core.exporters import ColumnTotal, Exporter, Printed, csv_line_sql, defused
 from core.money import CURRENCIES
 from payments.models import LedgerEntry, Order
 
@@ -37,7 +38,7 @@ KIND_LABELS = {
     "dispute_won": _l("Chargeback won"),
     "fee": _l("Provider fee"),
 }
-#: Ledger ids per part of an export that SQLite writes (:meth:`RevenueRows.text_parts`).
+#: Ledger ids per part of an export that SQLite writes (:attr:`LedgerQuery.parts`).
 PART_IDS = 20_000
 
 
@@ -52,24 +53,30 @@ def major_sql(amount: sa.ColumnElement[int], currency: sa.ColumnElement[str]) ->
     """SQL for :func:`major`, shown as :func:`major`'s text: PostgreSQL's numeric keeps the
     scale (9900 × 0.01 is 99.00); SQLite, which would give a float, prints the integer's
     digits either side of the point."""
-    if is_postgresql():
-        units = {code: Decimal(1).scaleb(-exponent) for code, exponent in CURRENCIES.items()}
-        unit = sa.case({code: sa.literal(value) for code, value in units.items()}, value=currency)
-        return sa.cast(amount, sa.Numeric) * unit
-    size = sa.func.abs(amount)
-    sign = sa.case((amount < 0, "-"), else_="")
-    branches = []
     # A test per number of decimals (three), not per currency (138, each row trying them
-    # in turn up to its own: CNY was the 26th, five amounts a row); the most common first.
+    # in turn up to its own: CNY was the 26th, five amounts a row; on PostgreSQL that was
+    # two thirds of the movements' query); the most common first.
+    branches = []
     for exponent, codes in _CODES_BY_EXPONENT:
-        scale = 10**exponent  # SQLite's / of integers is integer division
-        text = (
-            sa.func.printf(f"%s%d.%0{exponent}d", sign, size.op("/")(scale), size % scale)
-            if exponent
-            else amount
-        )
+        if is_postgresql():
+            text = sa.cast(amount, sa.Numeric) * sa.literal(Decimal(1).scaleb(-exponent))
+        else:
+            printed = printed_major(amount, exponent)
+            text = sa.func.printf(printed.format, *printed.values)
         branches.append((currency.in_(codes), text))
     return sa.case(*branches)
+
+
+def printed_major(amount: sa.ColumnElement[int], exponent: int) -> Printed:
+    """SQLite's printf of :func:`major`'s text for a currency with ``exponent`` decimals:
+    the integer's digits either side of the point (SQLite's / of integers is integer
+    division, and would give a float of anything else)."""
+    if not exponent:
+        return Printed("%d", (amount,))
+    scale = 10**exponent
+    size = sa.func.abs(amount)
+    sign = sa.case((amount < 0, "-"), else_="")
+    return Printed(f"%s%d.%0{exponent}d", (sign, size.op("/")(scale), size % scale))
 
 
 def _codes_by_exponent() -> list[tuple[int, list[str]]]:
@@ -97,27 +104,29 @@ class LedgerQuery:
     #: Extra joins from ``orders`` for those columns.
     joins: Callable[[sa.Select], sa.Select] = lambda select: select
 
-    def select(self, *columns, ids: range | None = None) -> sa.Select:
+    def select(self, *columns, parted: bool = False) -> sa.Select:
         """``columns`` of these movements, joined with their orders (:attr:`joins` adds the
-        details' tables); only those whose ledger ids are in ``ids`` if given."""
+        details' tables); if ``parted``, only those of a part's ledger ids (a query for
+        :func:`core.db.read_parts` with :attr:`parts`)."""
         select = (
             sa.select(*columns)
             .join(Order, Order.id == LedgerEntry.order_id)
             .where(LedgerEntry.created_at >= self.start, LedgerEntry.created_at < self.end)
         )
-        if ids is None:
+        if not parted:
             return select.where(Order.community_id == self.community_id)
         # The community as an expression, not the bare column: the id range, not the
         # community's index, is what the database should start from.
         return select.where(
-            LedgerEntry.id >= ids.start,
-            LedgerEntry.id < ids.stop,
+            LedgerEntry.id >= part_value("first"),
+            LedgerEntry.id < part_value("stop"),
             Order.community_id + 0 == self.community_id,
         )
 
     @functools.cached_property
-    def id_ranges(self) -> list[range]:
-        """The movements' ledger ids in ranges of :data:`PART_IDS`, for reading in parts."""
+    def parts(self) -> list[dict[str, object]]:
+        """The movements' ledger ids in ranges of :data:`PART_IDS` (first and stop), for
+        reading in parts."""
         first, last = db.session.execute(
             sa.select(sa.func.min(LedgerEntry.id), sa.func.max(LedgerEntry.id)).where(
                 LedgerEntry.created_at >= self.start, LedgerEntry.created_at < self.end
@@ -125,11 +134,38 @@ class LedgerQuery:
         ).one()
         if first is None:
             return []
-        return [range(start, start + PART_IDS) for start in range(first, last + 1, PART_IDS)]
+        return [
+            {"first": start, "stop": start + PART_IDS} for start in range(first, last + 1, PART_IDS)
+        ]
 
     def local_time(self) -> sa.ColumnElement[str]:
         """A movement's time on the community's clock, ``YYYY-MM-DD HH:MM:SS``."""
         return local_timestamp_sql(LedgerEntry.created_at, self.time_zone, self.start, self.end)
+
+    def day_group(self) -> tuple[sa.ColumnElement, Callable[[Any], str]]:
+        """What to group the movements by for sums by day, and the community's day
+        (``YYYY-MM-DD``) of a group's value. PostgreSQL: the local date (as a date: to_char
+        was a third of the totals' query). SQLite, when the zone's offsets and the moments
+        they change are whole hours from :attr:`start` to :attr:`end`: the hour on UTC's
+        clock, a prefix of the stored text (the local time, a date-time computed per row,
+        was a quarter of the totals' cost); otherwise the local day itself."""
+        if is_postgresql():
+            local = sa.func.timezone(self.time_zone, LedgerEntry.created_at)
+            return sa.cast(local, sa.Date), date.isoformat
+        spans = utc_offsets(self.time_zone, self.start, self.end)
+        whole_hours = all(offset % 3600 == 0 for _, offset in spans) and all(
+            until.minute == until.second == until.microsecond == 0 for until, _ in spans[:-1]
+        )
+        if not whole_hours:
+            return sa.func.substr(self.local_time(), 1, 10), str
+
+        @functools.cache
+        def day(hour: str) -> str:
+            moment = datetime.fromisoformat(f"{hour}:00+00:00")
+            offset = next(offset for until, offset in spans if moment < until)
+            return (moment + timedelta(seconds=offset)).date().isoformat()
+
+        return sa.func.substr(LedgerEntry.created_at, 1, 13), day
 
 
 def kind_label_sql() -> sa.ColumnElement[str]:
@@ -176,9 +212,9 @@ class RevenueRows(Exporter):
         """How many movements the export has (for a progress bar)."""
         return self.totals.movements
 
-    def _select(self, *columns, ids: range | None = None) -> sa.Select:
+    def _select(self, *columns, parted: bool = False) -> sa.Select:
         """``columns`` of the movements with their details, in the ledger's order."""
-        select = self.query.select(*columns, ids=ids)
+        select = self.query.select(*columns, parted=parted)
         return self.query.joins(select).order_by(LedgerEntry.id)
 
     def _described(self) -> list[sa.ColumnElement]:
@@ -230,9 +266,8 @@ class RevenueRows(Exporter):
             row[self.currency_column] = currency
             yield row
 
-    def text_query(self, ids: range | None = None) -> sa.Select:
-        """The rows as text, as :meth:`rows` gives them, for the database to write; those
-        of the ledger ids in ``ids`` if given."""
+    def text_query(self) -> sa.Select:
+        """The rows as text, as :meth:`rows` gives them, for the database to write."""
         gross, fee, refunds = _split_sql()
         currency = LedgerEntry.currency
         return self._select(
@@ -244,13 +279,56 @@ class RevenueRows(Exporter):
             currency,
             defused(LedgerEntry.coupon_code),
             major_sql(LedgerEntry.discount, currency),
-            ids=ids,
         )
 
-    def text_parts(self) -> Iterator[sa.Select]:
-        """The text query by ranges of :data:`PART_IDS` ledger ids."""
-        for ids in self.query.id_ranges:
-            yield self.text_query(ids)
+    def line_parts(self) -> tuple[sa.Select, list[dict[str, object]]]:
+        """SQLite: the rows' CSV lines, by ranges of :data:`PART_IDS` ledger ids."""
+        return self._select(self._line_sql().label("line"), parted=True), self.query.parts
+
+    def _line_sql(self) -> sa.ColumnElement[str]:
+        """SQLite: a movement's CSV line, as :meth:`text_query`'s cells would be joined.
+        One printf a row with the amounts written into it, from a line format per number
+        of decimals and kind of movement: a row tests its currency and its kind once, and
+        the split's zeros are text of the format (a printf per amount, each testing the
+        currency and the kind, was two fifths of a line's cost)."""
+        kind, amount = LedgerEntry.kind, LedgerEntry.amount
+        in_currency = []
+        for exponent, codes in _CODES_BY_EXPONENT:
+            net = printed_major(amount, exponent)
+            zero = Printed(str(major(0, codes[0])))
+            by_kind = sa.case(
+                (kind == "payment", self._line_of(net, zero, zero, net, exponent)),
+                (
+                    kind == "fee",
+                    self._line_of(zero, printed_major(-amount, exponent), zero, net, exponent),
+                ),
+                else_=self._line_of(zero, zero, net, net, exponent),
+            )
+            in_currency.append((LedgerEntry.currency.in_(codes), by_kind))
+        # A currency it does not know: the amounts left empty, as major_sql leaves them.
+        empty = Printed("")
+        return sa.case(*in_currency, else_=self._line_of(empty, empty, empty, empty, None))
+
+    def _line_of(
+        self, gross: Printed, fee: Printed, refunds: Printed, net: Printed, exponent: int | None
+    ) -> sa.ColumnElement[str]:
+        """SQLite: the CSV line of a movement with these amounts and a currency of
+        ``exponent`` decimals (None: amounts unknown)."""
+        discount = (
+            Printed("") if exponent is None else printed_major(LedgerEntry.discount, exponent)
+        )
+        return csv_line_sql(
+            [
+                *self._described(),
+                gross,
+                fee,
+                refunds,
+                net,
+                LedgerEntry.currency,
+                defused(LedgerEntry.coupon_code),
+                discount,
+            ]
+        )
 
 
 def _split_sql() -> tuple[sa.ColumnElement[int], ...]:
@@ -305,19 +383,20 @@ class RevenueTotals(Exporter):
     def _sums(self) -> list[tuple]:
         """Amount (minor units) and count of movements by day × product × provider ×
         currency × kind, summed by the database; with ``jobs`` > 1 by parts of the ledger
-        side by side (see :func:`core.db.read_parts`), so a key may come once per part:
-        every use adds them up."""
-        day = sa.func.substr(self.query.local_time(), 1, 10).label("day")
-        keys = (day, Order.product, LedgerEntry.provider, LedgerEntry.currency, LedgerEntry.kind)
+        side by side (see :func:`core.db.read_parts`). A key may come more than once (a
+        part each, an hour each: see :meth:`LedgerQuery.day_group`): every use adds them
+        up."""
+        group, day_of = self.query.day_group()
+        group = group.label("day")
+        keys = (group, Order.product, LedgerEntry.provider, LedgerEntry.currency, LedgerEntry.kind)
         sums = (sa.func.sum(LedgerEntry.amount), sa.func.count(LedgerEntry.id))
         if self.jobs == 1 or is_postgresql():
             select = self.query.select(*keys, *sums).group_by("day", *keys[1:])
-            return db.session.execute(select).all()
-        parts = [
-            self.query.select(*keys, *sums, ids=ids).group_by("day", *keys[1:])
-            for ids in self.query.id_ranges
-        ]
-        return [row for rows in read_parts(parts, jobs=self.jobs) for row in rows]
+            parts: Iterable[Sequence[tuple]] = [db.session.execute(select).all()]
+        else:
+            select = self.query.select(*keys, *sums, parted=True).group_by("day", *keys[1:])
+            parts = read_parts(select, self.query.parts, jobs=self.jobs)
+        return [(day_of(group), *sums) for rows in parts for group, *sums in rows]
 
     @property
     def movements(self) -> int:

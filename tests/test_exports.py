@@ -295,7 +295,7 @@ def test_csv_reads_as_the_rows_whoever_writes_it(app, demo):
             ]
             assert expected[7][7:12] == ["0.000", "0.000", "-1234.567", "-1234.567", "KWD"]
             rows.rows = lambda: pytest.fail("the database writes this CSV")
-            text = "".join(csv_lines(rows))
+            text = b"".join(csv_lines(rows)).decode()
             headers = [str(header) for header in rows.headers]
     written = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
     assert written[0] == headers
@@ -333,7 +333,7 @@ def test_sqlite_writes_the_parts_side_by_side(tmp_path, _api_server, monkeypatch
         rows, totals = community_revenue(community, *days, jobs=2)
         assert totals.movements == 7
         with force_locale("zh_CN"):
-            text = "".join(csv_lines(rows, jobs=2))
+            text = b"".join(csv_lines(rows, jobs=2)).decode()
         db.session.rollback()
     assert len(submitted) == 6  # ledger ids 1–7, three at a time: the totals, then the rows
     assert len(expected) == 7
@@ -373,7 +373,7 @@ def test_totals_and_movements_read_the_same_ledger(tmp_path, _api_server):
                     _ledger_entry(db.session.scalar(sa.select(Payment)))
                     db.session.commit()
             with force_locale("zh_CN"):
-                lines = list(csv.reader(io.StringIO("".join(csv_lines(rows)))))
+                lines = list(csv.reader(io.StringIO(b"".join(csv_lines(rows)).decode())))
             assert [line[10] for line in lines[1:]] == ["99.00"]
             assert [row[4] for row in totals.rows()] == [Decimal("99.00")] * 2
         with app.app_context():
