@@ -105,6 +105,7 @@ from membership.services import (
 )
 from membership.share import wechat_share_config
 from membership.visits import count_visit
+from payments.accounts import holds_accounts, holds_none
 from payments.discounts import DiscountRefused, PriceCheck, Purchase, Sale, check_price
 from payments.models import Order, OrderStatus
 from payments.providers import ProviderError, enabled_providers, get_provider
@@ -157,14 +158,15 @@ _PRIVATE_PAGES = frozenset(
 
 
 #: The join path's lookups, built once (building a statement cost more than running it).
-_COMMUNITY_BY_SLUG = sa.select(Community).where(Community.slug == sa.bindparam("slug"))
+#: The community, and whether it holds payment accounts of its own (most hold none: then
+#: its payment pages ask nothing more about them).
+_COMMUNITY_BY_SLUG = sa.select(Community, holds_accounts(Community.id)).where(
+    Community.slug == sa.bindparam("slug")
+)
 _TIER_BY_CODE = sa.select(Tier).where(
     Tier.community_id == sa.bindparam("community_id"), Tier.code == sa.bindparam("code")
 )
 _APPLICATION_BY_SUBMISSION = sa.select(Application).where(
-    Application.submission_key == sa.bindparam("key")
-)
-_APPLICATION_SENT_BEFORE = sa.select(Application.id).where(
     Application.submission_key == sa.bindparam("key")
 )
 _APPLICATION_BY_PUBLIC_ID = sa.select(Application).where(
@@ -187,9 +189,12 @@ def _never_cached(response: Response) -> Response:
 
 def _community(slug: str) -> Community:
     """The community of the page; its language and time zone are the page's defaults."""
-    community = db.session.scalar(_COMMUNITY_BY_SLUG, {"slug": slug})
-    if community is None:
+    found = db.session.execute(_COMMUNITY_BY_SLUG, {"slug": slug}).first()
+    if found is None:
         abort(404)
+    community, held = found
+    if not held:
+        holds_none(community.id)
     g.community = community
     return community
 
@@ -366,7 +371,7 @@ def join(slug: str, tier_code: str):
         contact_kind, contact_value = ContactKind.WECHAT, form.wechat_id.data
     # A form sent again (a double click) gets back its application, and no new code: only
     # the request that makes the application claims and sends one.
-    sent_before = db.session.scalar(_APPLICATION_SENT_BEFORE, {"key": form.submission_key.data})
+    sent_before = db.session.scalar(_APPLICATION_BY_SUBMISSION, {"key": form.submission_key.data})
     code_to = None
     if sent_before is None:
         code_to = _join_code_contact(community, member, contact_kind, contact_value, openid)
@@ -393,7 +398,7 @@ def join(slug: str, tier_code: str):
                 login_url=url_for(".login", slug=slug, _external=True),
                 now=now,
             )
-        application = submit_application(
+        application = sent_before or submit_application(
             tier,
             display_name=form.display_name.data,
             contact_kind=contact_kind,
@@ -406,6 +411,7 @@ def join(slug: str, tier_code: str):
             answers=answers_of(form, community.active_questions)
             if tier.requires_screening
             else None,
+            checked_new=True,
             now=now,
         )
         if tier.requires_screening:
@@ -505,9 +511,12 @@ def _remember_application(application: Application) -> None:
         session[APPLICATIONS_SESSION_KEY] = [*made_here, application.public_id][-10:]
 
 
-def _continue(application: Application, provider_name: str | None) -> Response:
+def _continue(
+    application: Application, provider_name: str | None, order: Order | None = None
+) -> Response:
     """Send the applicant on: to the code step while their channel is unproven, to the
-    provider if their order awaits payment, else to their status page."""
+    provider if their order awaits payment (``order``, when the caller loaded it), else
+    to their status page."""
     _remember_application(application)
     if application.status is ApplicationStatus.AWAITING_PROOF:
         return redirect(
@@ -526,7 +535,7 @@ def _continue(application: Application, provider_name: str | None) -> Response:
     if application.status is not ApplicationStatus.AWAITING_PAYMENT:
         return redirect(status_url)
     return send_to_provider(
-        db.session.get(Order, application.order_id),
+        order or db.session.get(Order, application.order_id),
         provider_name,
         return_url=status_url,
         cancel_url=status_url,
@@ -591,13 +600,15 @@ def _proving_application(slug: str, public_id: str) -> Application:
     return application
 
 
-def _proven(application: Application, provider: str | None) -> Response:
+def _proven(application: Application, provider: str | None, order: Order | None = None) -> Response:
     """The applicant proved a channel (flushed by the caller): a screened application may
-    be approved at once, then the applicant goes on to pay with ``provider``. Commits."""
+    be approved at once, then the applicant goes on to pay with ``provider`` (for its
+    ``order``, when the caller loaded it). Commits."""
     if application.tier.requires_screening:
         auto_approve(application)
-    db.session.commit()
-    return _continue(application, provider)
+    # What this request loaded stays usable: the next steps read nothing it changed.
+    end_transaction_keeping_objects()
+    return _continue(application, provider, order)
 
 
 def _check_code(
@@ -616,7 +627,9 @@ def _check_code(
         try:
             claim_code_check(pending, client=client_network(), now=now, **limits)
         finally:
-            db.session.commit()
+            # The code and what it proves are written by conditional UPDATEs: nothing
+            # loaded needs reading again.
+            end_transaction_keeping_objects()
         return True, verify(pending, form.code.data, now=now)
     except LoginRefused as refusal:
         db.session.rollback()
@@ -634,11 +647,13 @@ def verify(slug: str, public_id: str):
     pending = db.session.scalar(_LATEST_APPLICATION_CODE, {"application_id": application.id})
     form = LoginCodeForm()
     if pending is not None and form.validate_on_submit():
+        # Loaded once, before the proof reads it: the payment then starts from it.
+        order = db.session.get(Order, application.order_id) if application.order_id else None
         proven, _member = _check_code(
             pending, form, verify_application_code, now=utcnow(), limits=JOIN_CODE_CHECKS
         )
         if proven:
-            return _proven(application, request.args.get("provider"))
+            return _proven(application, request.args.get("provider"), order)
     elif pending is None and form.is_submitted():
         form.code.errors.append(_("Ask for a code first"))
     status = 422 if form.errors else 200
@@ -745,23 +760,28 @@ def status(slug: str, public_id: str):
                 for i in member.invitations
                 if application.order_id and i.membership.order_id == application.order_id
             ]
+    order_open = (
+        order is not None
+        and order.status is OrderStatus.OPEN
+        and application.status is not ApplicationStatus.AWAITING_PROOF
+    )
+    # Only an open order shows its last payment and the form to pay again.
     pay_form = PayAgainForm()
-    offer_providers(pay_form, application.community_id)
+    if order_open:
+        offer_providers(pay_form, application.community_id)
     return render_template(
         "join/status.html",
         application=application,
         community=application.community,
         order=order,
-        latest_payment=order.payments[-1] if order and order.payments else None,
+        latest_payment=order.payments[-1] if order_open and order.payments else None,
         member=member,
         invitations=invitations_to_scan(invitations),
         group_nickname=group_nickname(member) if member is not None else None,
         whole_member=whole_member,
         made_elsewhere=member is None and application.member_id is not None,
         member_link=_member_link(member) if member and member == logged_in_member() else None,
-        order_open=order is not None
-        and order.status is OrderStatus.OPEN
-        and application.status is not ApplicationStatus.AWAITING_PROOF,
+        order_open=order_open,
         flags=open_flags(order) if order is not None and member is not None else set(),
         pay_form=pay_form,
     )
@@ -808,7 +828,7 @@ def _status_login(application: Application, member: Member, *, now: datetime) ->
     ).rowcount
     if first:
         log_member_in(member, by="status", now=now)
-        db.session.commit()
+        end_transaction_keeping_objects()  # the page goes on with what it loaded
 
 
 def _member_link(member: Member) -> str:
