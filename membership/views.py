@@ -24,6 +24,7 @@ from flask import (
 )
 from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
 from wtforms import SelectChoice
 
 from core import audit
@@ -169,8 +170,12 @@ _TIER_BY_CODE = sa.select(Tier).where(
 _APPLICATION_BY_SUBMISSION = sa.select(Application).where(
     Application.submission_key == sa.bindparam("key")
 )
-_APPLICATION_BY_PUBLIC_ID = sa.select(Application).where(
-    Application.public_id == sa.bindparam("public_id")
+#: The application with its community (its pages check the slug and show its name), and
+#: whether the community holds payment accounts (see ``_COMMUNITY_BY_SLUG``).
+_APPLICATION_BY_PUBLIC_ID = (
+    sa.select(Application, holds_accounts(Application.community_id))
+    .where(Application.public_id == sa.bindparam("public_id"))
+    .options(joinedload(Application.community))
 )
 _LATEST_APPLICATION_CODE = (
     sa.select(LoginCode)
@@ -544,9 +549,12 @@ def _continue(
 
 
 def _application(slug: str, public_id: str) -> Application:
-    application = db.session.scalar(_APPLICATION_BY_PUBLIC_ID, {"public_id": public_id})
-    if application is None or application.community.slug != slug:
+    found = db.session.execute(_APPLICATION_BY_PUBLIC_ID, {"public_id": public_id}).first()
+    if found is None or found[0].community.slug != slug:
         abort(404)
+    application, held = found
+    if not held:
+        holds_none(application.community_id)
     return application
 
 
@@ -766,8 +774,8 @@ def status(slug: str, public_id: str):
         and application.status is not ApplicationStatus.AWAITING_PROOF
     )
     # Only an open order shows its last payment and the form to pay again.
-    pay_form = PayAgainForm()
-    if order_open:
+    pay_form = PayAgainForm() if order_open else None
+    if pay_form is not None:
         offer_providers(pay_form, application.community_id)
     return render_template(
         "join/status.html",
