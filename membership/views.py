@@ -25,6 +25,7 @@ from flask import (
 from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 from wtforms import SelectChoice
 
 from core import audit
@@ -176,6 +177,16 @@ _APPLICATION_BY_PUBLIC_ID = (
     sa.select(Application, holds_accounts(Application.community_id))
     .where(Application.public_id == sa.bindparam("public_id"))
     .options(joinedload(Application.community))
+)
+_APPLICATIONS = Application.__table__
+#: On the table (no ORM statement handling; the loaded application is kept in step by hand).
+_FIRST_STATUS_LOGIN = (
+    _APPLICATIONS.update()
+    .where(
+        _APPLICATIONS.c.id == sa.bindparam("application_id"),
+        _APPLICATIONS.c.status_login_at.is_(None),
+    )
+    .values(status_login_at=sa.bindparam("now", type_=_APPLICATIONS.c.status_login_at.type))
 )
 _LATEST_APPLICATION_CODE = (
     sa.select(LoginCode)
@@ -829,12 +840,13 @@ def _status_login(application: Application, member: Member, *, now: datetime) ->
     if logged_in_member(proven=False) == member:
         return
     take_write_lock()  # a GET: the UPDATE decides, under the lock
-    first = db.session.execute(
-        sa.update(Application)
-        .where(Application.id == application.id, Application.status_login_at.is_(None))
-        .values(status_login_at=now)
-    ).rowcount
+    first = (
+        db.session.connection()
+        .execute(_FIRST_STATUS_LOGIN, {"application_id": application.id, "now": now})
+        .rowcount
+    )
     if first:
+        set_committed_value(application, "status_login_at", now)
         log_member_in(member, by="status", now=now)
         end_transaction_keeping_objects()  # the page goes on with what it loaded
 
