@@ -6,6 +6,7 @@ Mobile first, no JavaScript needed. One commit per request, after the services r
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -391,19 +392,8 @@ def join(slug: str, tier_code: str):
     code_to = None
     if sent_before is None:
         code_to = _join_code_contact(community, member, contact_kind, contact_value, openid)
-    try:
-        claim(_join_checks(community, code_to), now=now)
-        code_refused = False
-    except TooManyTries as refusal:
-        if set(refusal.reached) & set(JOIN_SUBMISSIONS):
-            end_transaction_keeping_objects()  # the tries count
-            form.display_name.errors.append(TOO_MANY)
-            return render_template(
-                "join/form.html", community=community, tier=tier, form=form, member=member
-            ), 429
-        code_refused = True  # the application is made; the code step says why no code came
-    # The tries count whatever comes next; what was read stays loaded, not read again.
-    end_transaction_keeping_objects()
+    checks = _join_checks(community, code_to)
+    code_refused = False
     try:
         claim_discount_code_try(form.coupon.data if "coupon" in form else None)
         if member is None and sent_before is None:  # before the application makes a member
@@ -442,6 +432,20 @@ def join(slug: str, tier_code: str):
                 else f"{application.contact_kind}:{application.contact_value}",
                 actor=f"member:{member.id}" if member else "prospect",
             )
+        # The tries are claimed last, in the application's transaction (one commit, not
+        # two): each counter stays locked from here to the commit only, so parallel joins
+        # queue on the install's counter briefly. Any refusal rolls the request back and
+        # counts its tries by themselves (see :func:`_count_tries`).
+        try:
+            claim(checks, now=now)
+        except TooManyTries as refusal:
+            if set(refusal.reached) & set(JOIN_SUBMISSIONS):
+                _count_tries(checks, now=now)
+                form.display_name.errors.append(TOO_MANY)
+                return render_template(
+                    "join/form.html", community=community, tier=tier, form=form, member=member
+                ), 429
+            code_refused = True  # the application is made; the code step says why no code came
         # The form made before gives back its application; only the request that made it
         # (stamped with this request's own ``now``) sends a code, whatever the race.
         made_here = application.created_at is now
@@ -455,7 +459,7 @@ def join(slug: str, tier_code: str):
             request_application_code(application, now=now)
         end_transaction_keeping_objects()
     except JoinRefused as refusal:
-        db.session.rollback()
+        _count_tries(checks, now=now)
         (form.display_name if member else form.contact_value).errors.append(str(refusal))
         return render_template(
             "join/form.html",
@@ -467,13 +471,14 @@ def join(slug: str, tier_code: str):
         ), 422
     except DiscountRefused as refusal:
         form.coupon.errors.append(refuse_discount_code(refusal))
+        _count_tries(checks, now=now)
         return render_template(
             "join/form.html", community=community, tier=tier, form=form, member=member
         ), 422
     except IntegrityError:
         # The same form, sent twice at once: the other request made the application (and
         # sent its code).
-        db.session.rollback()
+        _count_tries(checks, now=now)
         application = db.session.scalar(
             _APPLICATION_BY_SUBMISSION, {"key": form.submission_key.data}
         )
@@ -486,6 +491,17 @@ def join(slug: str, tier_code: str):
             flash(str(TOO_MANY), "error")
         return _start_proof(application, provider)
     return _continue(application, provider)
+
+
+def _count_tries(checks: list[tuple[Limit, str]], *, now: datetime) -> None:
+    """Called when a join form is refused after its tries were claimed with what it made:
+    the request is rolled back, and its tries are claimed again by themselves and
+    committed, so that a refused form counts as any other (over a limit or not)."""
+    db.session.rollback()
+    # Over a limit or not, they are counted; the refusal being answered says more.
+    with suppress(TooManyTries):
+        claim(checks, now=now)
+    db.session.commit()
 
 
 def _join_code_contact(

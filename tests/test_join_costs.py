@@ -16,11 +16,15 @@ from app import create_app
 from core.clock import utcnow
 from core.db import db
 from core.events import Event, WebhookDelivery, record_event
+from core.limits import AttemptCounter
 from core.webhooks_out import create_endpoint
 from membership.cli import seed_demo_community
+from membership.models import Application
 from payments.accounts import account_of, remove_account, save_account
+from payments.models import Order
 from payments.providers import get_provider
 from tests.conftest import app_config, dispose_engines, fresh_database
+from tests.helpers import PROSPECT, count, new_phone, open_join_form
 
 #: An endpoint's address; nothing is sent to it here.
 HOOK = "http://127.0.0.1:9/hook"
@@ -154,3 +158,33 @@ def test_accounts_held_are_read_again_in_the_next_transaction(app, demo):
         with statements(app) as seen:
             assert account_of(demo.id, "stripe") is not None
         assert len(account_reads(seen)) == 1
+
+
+def join_tries(app) -> int:
+    """The join forms this client (the test client's address) sent in the window."""
+    with app.app_context():
+        counted = db.session.get(AttemptCounter, "join:client:127.0.0.1")
+        return counted.count if counted is not None else 0
+
+
+def test_join_tries_are_claimed_with_the_application_and_a_refused_form_counts_too(
+    app, client, demo
+):
+    """The join's tries are claimed in its own transaction, not committed apart first: a
+    form refused after it made its application (a wrong coupon) is rolled back, and its
+    try is counted all the same."""
+    made = rows(app)
+    data = {**open_join_form(client), **PROSPECT, "contact_value": new_phone()}
+    response = client.post("/join/demo/main", data={**data, "coupon": "NO-SUCH-CODE"})
+    assert response.status_code == 422
+    assert rows(app) == made
+    assert join_tries(app) == 1
+    data = {**open_join_form(client), **PROSPECT, "contact_value": new_phone()}
+    assert client.post("/join/demo/main", data=data).status_code == 302
+    assert rows(app) == (made[0] + 1, made[1] + 1)
+    assert join_tries(app) == 2
+
+
+def rows(app) -> tuple[int, int]:
+    with app.app_context():
+        return count(Application), count(Order)
