@@ -144,7 +144,7 @@ def record_event(community_id: int, type: str, data: dict[str, Any], *, now: dat
     """Add an event of ``type`` to the caller's transaction. Called next to the audit entry
     of the change; written when the session commits, with a delivery for each endpoint
     that subscribes to it (like the audit log's entries, the transaction's events cost
-    two statements in all, three with subscribers)."""
+    one statement in all, three with subscribers)."""
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type!r}")
     db.session.info.setdefault(_PENDING, []).append(
@@ -165,9 +165,21 @@ _SUBSCRIBERS = sa.select(
     WebhookEndpoint.community_id.in_(sa.bindparam("communities", expanding=True)),
     WebhookEndpoint.enabled,
 )
-_INSERT_EVENTS = Event.__table__.insert()
-_INSERT_EVENTS_RETURNING_IDS = _INSERT_EVENTS.returning(
-    Event.__table__.c.id, sort_by_parameter_order=True
+_EVENTS = Event.__table__
+#: The events inserted, each answering whether its community has an enabled endpoint:
+#: most have none, and then the INSERT is the only statement. The answer is read in the
+#: transaction, like a SELECT of the endpoints: an endpoint added by any process or
+#: instance is seen by the next event. Written as SQL text because SQLAlchemy renders a
+#: subquery of RETURNING unqualified on SQLite (``community_id = community_id``); the
+#: same text runs on PostgreSQL.
+_INSERT_EVENTS_SEEING_SUBSCRIBERS = _EVENTS.insert().returning(
+    _EVENTS.c.id,
+    _EVENTS.c.public_id,
+    sa.literal_column(
+        "EXISTS (SELECT 1 FROM webhook_endpoints AS subscriber"
+        " WHERE subscriber.community_id = events.community_id AND subscriber.enabled)",
+        sa.Boolean,
+    ),
 )
 _INSERT_DELIVERIES = WebhookDelivery.__table__.insert()
 
@@ -178,21 +190,21 @@ def _write_events(session: Session) -> None:
     if not events:
         return
     connection = session.connection()
+    inserted = connection.execute(_INSERT_EVENTS_SEEING_SUBSCRIBERS, events).all()
+    if not any(subscribed for _id, _public_id, subscribed in inserted):
+        return
+    ids = {public_id: event_id for event_id, public_id, _subscribed in inserted}
     communities = list({event["community_id"] for event in events})
     endpoints = connection.execute(_SUBSCRIBERS, {"communities": communities}).all()
-    if not endpoints:
-        connection.execute(_INSERT_EVENTS, events)
-        return
-    ids = connection.execute(_INSERT_EVENTS_RETURNING_IDS, events).scalars()
     deliveries = [
         {
-            "event_id": event_id,
+            "event_id": ids[event["public_id"]],
             "endpoint_id": endpoint.id,
             "status": DeliveryStatus.PENDING,
             "attempts": 0,
             "next_at": event["created_at"],
         }
-        for event_id, event in zip(ids, events, strict=True)
+        for event in events
         for endpoint in endpoints
         if endpoint.community_id == event["community_id"] and event["type"] in endpoint.event_types
     ]

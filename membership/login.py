@@ -30,6 +30,7 @@ from flask import current_app
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_babel import pgettext
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core import audit, outbox
 from core.clock import utcnow
@@ -241,6 +242,22 @@ def request_channel_code(
     return pending, send_code(member.community, kind, value, code, now=now)
 
 
+_LOGIN_CODES = LoginCode.__table__
+#: Built once, on the table (no ORM statement handling; the loaded code is kept in step by
+#: hand): every code checked runs them.
+_COUNT_CHECK = (
+    _LOGIN_CODES.update()
+    .where(_LOGIN_CODES.c.id == sa.bindparam("login_id"), _LOGIN_CODES.c.attempts < MAX_ATTEMPTS)
+    .values(attempts=_LOGIN_CODES.c.attempts + 1)
+    .returning(_LOGIN_CODES.c.attempts)
+)
+_USE_CODE = (
+    _LOGIN_CODES.update()
+    .where(_LOGIN_CODES.c.id == sa.bindparam("login_id"), _LOGIN_CODES.c.used_at.is_(None))
+    .values(used_at=sa.bindparam("now", type_=_LOGIN_CODES.c.used_at.type))
+)
+
+
 def claim_code_check(
     login: LoginCode,
     *,
@@ -262,14 +279,12 @@ def claim_code_check(
         claim([(per_client, client), (overall, "")], now=now)
     except TooManyTries as refusal:
         raise LoginRefused(TOO_MANY) from refusal
-    attempts = db.session.execute(
-        sa.update(LoginCode)
-        .where(LoginCode.id == login.id, LoginCode.attempts < MAX_ATTEMPTS)
-        .values(attempts=LoginCode.attempts + 1)
-        .returning(LoginCode.attempts)
-    ).scalar_one_or_none()
+    attempts = (
+        db.session.connection().execute(_COUNT_CHECK, {"login_id": login.id}).scalar_one_or_none()
+    )
     if attempts is None:
         raise LoginRefused(_("Too many tries: ask for a new code"))
+    set_committed_value(login, "attempts", attempts)
 
 
 def _use_code(login: LoginCode, code: str, *, now: datetime) -> None:
@@ -278,13 +293,10 @@ def _use_code(login: LoginCode, code: str, *, now: datetime) -> None:
     UPDATE, so two parallel right answers succeed once. Raises :class:`LoginRefused`."""
     if not same_secret(_digest(code.strip()), login.code_hash):
         raise LoginRefused(pgettext("login", "Wrong code"))
-    used = db.session.execute(
-        sa.update(LoginCode)
-        .where(LoginCode.id == login.id, LoginCode.used_at.is_(None))
-        .values(used_at=now)
-    ).rowcount
+    used = db.session.connection().execute(_USE_CODE, {"login_id": login.id, "now": now}).rowcount
     if not used:
         raise LoginRefused(_("This code was used: ask for a new one"))
+    set_committed_value(login, "used_at", now)
 
 
 def verify_code(login: LoginCode, code: str, *, now: datetime | None = None) -> Member:

@@ -161,6 +161,12 @@ def check_tier_open(tier: Tier, member: Member | None = None) -> None:
         raise JoinRefused(_("You are a member of this tier already"))
 
 
+#: Built once: every join form sent runs it (building it cost more than running it).
+_APPLICATION_BY_SUBMISSION = sa.select(Application).where(
+    Application.submission_key == sa.bindparam("key")
+)
+
+
 def submit_application(
     tier: Tier,
     *,
@@ -173,6 +179,7 @@ def submit_application(
     wechat_id: str | None = None,
     wechat_openid: str | None = None,
     awaiting_proof: bool = False,
+    checked_new: bool = False,
     now: datetime | None = None,
 ) -> Application:
     """Record an application to ``tier`` (flushed), by a prospect or by a logged-in
@@ -186,16 +193,17 @@ def submit_application(
     waits in ``awaiting_proof``, a paid tier's order made but not payable. ``wechat_openid``
     is the openid WeChat's OAuth gave this browser (a proof in itself). The same
     ``submission_key`` (one rendering of the join form) always gives back the first
-    application, so a form sent twice makes one order. A prospect giving a member's contact
-    goes on like anyone else (see :func:`admit`); the page never tells them whose contact
-    it is.
+    application, so a form sent twice makes one order; with ``checked_new`` the caller
+    looked for the key already in this request and found none, and a form sent twice at
+    once fails at the flush on the key's unique index (an ``IntegrityError`` the caller
+    answers). A prospect giving a member's contact goes on like anyone else (see
+    :func:`admit`); the page never tells them whose contact it is.
     """
     now = now or utcnow()
-    existing = db.session.scalar(
-        sa.select(Application).where(Application.submission_key == submission_key)
-    )
-    if existing is not None:
-        return existing
+    if not checked_new:
+        existing = db.session.scalar(_APPLICATION_BY_SUBMISSION, {"key": submission_key})
+        if existing is not None:
+            return existing
     check_tier_open(tier, member)
     if member is None:
         contact_value = normalise_contact(contact_kind, contact_value)

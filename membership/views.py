@@ -6,6 +6,7 @@ Mobile first, no JavaScript needed. One commit per request, after the services r
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,8 @@ from flask import (
 )
 from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 from wtforms import SelectChoice
 
 from core import audit
@@ -105,6 +108,7 @@ from membership.services import (
 )
 from membership.share import wechat_share_config
 from membership.visits import count_visit
+from payments.accounts import holds_accounts, holds_none
 from payments.discounts import DiscountRefused, PriceCheck, Purchase, Sale, check_price
 from payments.models import Order, OrderStatus
 from payments.providers import ProviderError, enabled_providers, get_provider
@@ -157,18 +161,33 @@ _PRIVATE_PAGES = frozenset(
 
 
 #: The join path's lookups, built once (building a statement cost more than running it).
-_COMMUNITY_BY_SLUG = sa.select(Community).where(Community.slug == sa.bindparam("slug"))
+#: The community, and whether it holds payment accounts of its own (most hold none: then
+#: its payment pages ask nothing more about them).
+_COMMUNITY_BY_SLUG = sa.select(Community, holds_accounts(Community.id)).where(
+    Community.slug == sa.bindparam("slug")
+)
 _TIER_BY_CODE = sa.select(Tier).where(
     Tier.community_id == sa.bindparam("community_id"), Tier.code == sa.bindparam("code")
 )
 _APPLICATION_BY_SUBMISSION = sa.select(Application).where(
     Application.submission_key == sa.bindparam("key")
 )
-_APPLICATION_SENT_BEFORE = sa.select(Application.id).where(
-    Application.submission_key == sa.bindparam("key")
+#: The application with its community (its pages check the slug and show its name), and
+#: whether the community holds payment accounts (see ``_COMMUNITY_BY_SLUG``).
+_APPLICATION_BY_PUBLIC_ID = (
+    sa.select(Application, holds_accounts(Application.community_id))
+    .where(Application.public_id == sa.bindparam("public_id"))
+    .options(joinedload(Application.community))
 )
-_APPLICATION_BY_PUBLIC_ID = sa.select(Application).where(
-    Application.public_id == sa.bindparam("public_id")
+_APPLICATIONS = Application.__table__
+#: On the table (no ORM statement handling; the loaded application is kept in step by hand).
+_FIRST_STATUS_LOGIN = (
+    _APPLICATIONS.update()
+    .where(
+        _APPLICATIONS.c.id == sa.bindparam("application_id"),
+        _APPLICATIONS.c.status_login_at.is_(None),
+    )
+    .values(status_login_at=sa.bindparam("now", type_=_APPLICATIONS.c.status_login_at.type))
 )
 _LATEST_APPLICATION_CODE = (
     sa.select(LoginCode)
@@ -187,9 +206,12 @@ def _never_cached(response: Response) -> Response:
 
 def _community(slug: str) -> Community:
     """The community of the page; its language and time zone are the page's defaults."""
-    community = db.session.scalar(_COMMUNITY_BY_SLUG, {"slug": slug})
-    if community is None:
+    found = db.session.execute(_COMMUNITY_BY_SLUG, {"slug": slug}).first()
+    if found is None:
         abort(404)
+    community, held = found
+    if not held:
+        holds_none(community.id)
     g.community = community
     return community
 
@@ -366,23 +388,12 @@ def join(slug: str, tier_code: str):
         contact_kind, contact_value = ContactKind.WECHAT, form.wechat_id.data
     # A form sent again (a double click) gets back its application, and no new code: only
     # the request that makes the application claims and sends one.
-    sent_before = db.session.scalar(_APPLICATION_SENT_BEFORE, {"key": form.submission_key.data})
+    sent_before = db.session.scalar(_APPLICATION_BY_SUBMISSION, {"key": form.submission_key.data})
     code_to = None
     if sent_before is None:
         code_to = _join_code_contact(community, member, contact_kind, contact_value, openid)
-    try:
-        claim(_join_checks(community, code_to), now=now)
-        code_refused = False
-    except TooManyTries as refusal:
-        if set(refusal.reached) & set(JOIN_SUBMISSIONS):
-            end_transaction_keeping_objects()  # the tries count
-            form.display_name.errors.append(TOO_MANY)
-            return render_template(
-                "join/form.html", community=community, tier=tier, form=form, member=member
-            ), 429
-        code_refused = True  # the application is made; the code step says why no code came
-    # The tries count whatever comes next; what was read stays loaded, not read again.
-    end_transaction_keeping_objects()
+    checks = _join_checks(community, code_to)
+    code_refused = False
     try:
         claim_discount_code_try(form.coupon.data if "coupon" in form else None)
         if member is None and sent_before is None:  # before the application makes a member
@@ -393,7 +404,7 @@ def join(slug: str, tier_code: str):
                 login_url=url_for(".login", slug=slug, _external=True),
                 now=now,
             )
-        application = submit_application(
+        application = sent_before or submit_application(
             tier,
             display_name=form.display_name.data,
             contact_kind=contact_kind,
@@ -406,6 +417,7 @@ def join(slug: str, tier_code: str):
             answers=answers_of(form, community.active_questions)
             if tier.requires_screening
             else None,
+            checked_new=True,
             now=now,
         )
         if tier.requires_screening:
@@ -420,6 +432,20 @@ def join(slug: str, tier_code: str):
                 else f"{application.contact_kind}:{application.contact_value}",
                 actor=f"member:{member.id}" if member else "prospect",
             )
+        # The tries are claimed last, in the application's transaction (one commit, not
+        # two): each counter stays locked from here to the commit only, so parallel joins
+        # queue on the install's counter briefly. Any refusal rolls the request back and
+        # counts its tries by themselves (see :func:`_count_tries`).
+        try:
+            claim(checks, now=now)
+        except TooManyTries as refusal:
+            if set(refusal.reached) & set(JOIN_SUBMISSIONS):
+                _count_tries(checks, now=now)
+                form.display_name.errors.append(TOO_MANY)
+                return render_template(
+                    "join/form.html", community=community, tier=tier, form=form, member=member
+                ), 429
+            code_refused = True  # the application is made; the code step says why no code came
         # The form made before gives back its application; only the request that made it
         # (stamped with this request's own ``now``) sends a code, whatever the race.
         made_here = application.created_at is now
@@ -433,7 +459,7 @@ def join(slug: str, tier_code: str):
             request_application_code(application, now=now)
         end_transaction_keeping_objects()
     except JoinRefused as refusal:
-        db.session.rollback()
+        _count_tries(checks, now=now)
         (form.display_name if member else form.contact_value).errors.append(str(refusal))
         return render_template(
             "join/form.html",
@@ -445,13 +471,14 @@ def join(slug: str, tier_code: str):
         ), 422
     except DiscountRefused as refusal:
         form.coupon.errors.append(refuse_discount_code(refusal))
+        _count_tries(checks, now=now)
         return render_template(
             "join/form.html", community=community, tier=tier, form=form, member=member
         ), 422
     except IntegrityError:
         # The same form, sent twice at once: the other request made the application (and
         # sent its code).
-        db.session.rollback()
+        _count_tries(checks, now=now)
         application = db.session.scalar(
             _APPLICATION_BY_SUBMISSION, {"key": form.submission_key.data}
         )
@@ -464,6 +491,17 @@ def join(slug: str, tier_code: str):
             flash(str(TOO_MANY), "error")
         return _start_proof(application, provider)
     return _continue(application, provider)
+
+
+def _count_tries(checks: list[tuple[Limit, str]], *, now: datetime) -> None:
+    """Called when a join form is refused after its tries were claimed with what it made:
+    the request is rolled back, and its tries are claimed again by themselves and
+    committed, so that a refused form counts as any other (over a limit or not)."""
+    db.session.rollback()
+    # Over a limit or not, they are counted; the refusal being answered says more.
+    with suppress(TooManyTries):
+        claim(checks, now=now)
+    db.session.commit()
 
 
 def _join_code_contact(
@@ -505,9 +543,12 @@ def _remember_application(application: Application) -> None:
         session[APPLICATIONS_SESSION_KEY] = [*made_here, application.public_id][-10:]
 
 
-def _continue(application: Application, provider_name: str | None) -> Response:
+def _continue(
+    application: Application, provider_name: str | None, order: Order | None = None
+) -> Response:
     """Send the applicant on: to the code step while their channel is unproven, to the
-    provider if their order awaits payment, else to their status page."""
+    provider if their order awaits payment (``order``, when the caller loaded it), else
+    to their status page."""
     _remember_application(application)
     if application.status is ApplicationStatus.AWAITING_PROOF:
         return redirect(
@@ -526,7 +567,7 @@ def _continue(application: Application, provider_name: str | None) -> Response:
     if application.status is not ApplicationStatus.AWAITING_PAYMENT:
         return redirect(status_url)
     return send_to_provider(
-        db.session.get(Order, application.order_id),
+        order or db.session.get(Order, application.order_id),
         provider_name,
         return_url=status_url,
         cancel_url=status_url,
@@ -535,9 +576,12 @@ def _continue(application: Application, provider_name: str | None) -> Response:
 
 
 def _application(slug: str, public_id: str) -> Application:
-    application = db.session.scalar(_APPLICATION_BY_PUBLIC_ID, {"public_id": public_id})
-    if application is None or application.community.slug != slug:
+    found = db.session.execute(_APPLICATION_BY_PUBLIC_ID, {"public_id": public_id}).first()
+    if found is None or found[0].community.slug != slug:
         abort(404)
+    application, held = found
+    if not held:
+        holds_none(application.community_id)
     return application
 
 
@@ -591,13 +635,15 @@ def _proving_application(slug: str, public_id: str) -> Application:
     return application
 
 
-def _proven(application: Application, provider: str | None) -> Response:
+def _proven(application: Application, provider: str | None, order: Order | None = None) -> Response:
     """The applicant proved a channel (flushed by the caller): a screened application may
-    be approved at once, then the applicant goes on to pay with ``provider``. Commits."""
+    be approved at once, then the applicant goes on to pay with ``provider`` (for its
+    ``order``, when the caller loaded it). Commits."""
     if application.tier.requires_screening:
         auto_approve(application)
-    db.session.commit()
-    return _continue(application, provider)
+    # What this request loaded stays usable: the next steps read nothing it changed.
+    end_transaction_keeping_objects()
+    return _continue(application, provider, order)
 
 
 def _check_code(
@@ -616,7 +662,9 @@ def _check_code(
         try:
             claim_code_check(pending, client=client_network(), now=now, **limits)
         finally:
-            db.session.commit()
+            # The code and what it proves are written by conditional UPDATEs: nothing
+            # loaded needs reading again.
+            end_transaction_keeping_objects()
         return True, verify(pending, form.code.data, now=now)
     except LoginRefused as refusal:
         db.session.rollback()
@@ -634,11 +682,13 @@ def verify(slug: str, public_id: str):
     pending = db.session.scalar(_LATEST_APPLICATION_CODE, {"application_id": application.id})
     form = LoginCodeForm()
     if pending is not None and form.validate_on_submit():
+        # Loaded once, before the proof reads it: the payment then starts from it.
+        order = db.session.get(Order, application.order_id) if application.order_id else None
         proven, _member = _check_code(
             pending, form, verify_application_code, now=utcnow(), limits=JOIN_CODE_CHECKS
         )
         if proven:
-            return _proven(application, request.args.get("provider"))
+            return _proven(application, request.args.get("provider"), order)
     elif pending is None and form.is_submitted():
         form.code.errors.append(_("Ask for a code first"))
     status = 422 if form.errors else 200
@@ -745,23 +795,28 @@ def status(slug: str, public_id: str):
                 for i in member.invitations
                 if application.order_id and i.membership.order_id == application.order_id
             ]
-    pay_form = PayAgainForm()
-    offer_providers(pay_form, application.community_id)
+    order_open = (
+        order is not None
+        and order.status is OrderStatus.OPEN
+        and application.status is not ApplicationStatus.AWAITING_PROOF
+    )
+    # Only an open order shows its last payment and the form to pay again.
+    pay_form = PayAgainForm() if order_open else None
+    if pay_form is not None:
+        offer_providers(pay_form, application.community_id)
     return render_template(
         "join/status.html",
         application=application,
         community=application.community,
         order=order,
-        latest_payment=order.payments[-1] if order and order.payments else None,
+        latest_payment=order.payments[-1] if order_open and order.payments else None,
         member=member,
         invitations=invitations_to_scan(invitations),
         group_nickname=group_nickname(member) if member is not None else None,
         whole_member=whole_member,
         made_elsewhere=member is None and application.member_id is not None,
         member_link=_member_link(member) if member and member == logged_in_member() else None,
-        order_open=order is not None
-        and order.status is OrderStatus.OPEN
-        and application.status is not ApplicationStatus.AWAITING_PROOF,
+        order_open=order_open,
         flags=open_flags(order) if order is not None and member is not None else set(),
         pay_form=pay_form,
     )
@@ -801,14 +856,15 @@ def _status_login(application: Application, member: Member, *, now: datetime) ->
     if logged_in_member(proven=False) == member:
         return
     take_write_lock()  # a GET: the UPDATE decides, under the lock
-    first = db.session.execute(
-        sa.update(Application)
-        .where(Application.id == application.id, Application.status_login_at.is_(None))
-        .values(status_login_at=now)
-    ).rowcount
+    first = (
+        db.session.connection()
+        .execute(_FIRST_STATUS_LOGIN, {"application_id": application.id, "now": now})
+        .rowcount
+    )
     if first:
+        set_committed_value(application, "status_login_at", now)
         log_member_in(member, by="status", now=now)
-        db.session.commit()
+        end_transaction_keeping_objects()  # the page goes on with what it loaded
 
 
 def _member_link(member: Member) -> str:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from flask import current_app
+from flask import current_app, has_request_context, request
 from flask_babel import lazy_gettext as _l
 
 from config import SettingError
@@ -67,16 +67,63 @@ _SHARED_SETTINGS = (
 )
 
 
+#: Built once: every payment page of a community runs it.
+_ACCOUNTS_OF_COMMUNITY = sa.select(PaymentAccount).where(
+    PaymentAccount.community_id == sa.bindparam("community_id")
+)
+#: Where a request keeps what it read of communities' accounts (see :func:`accounts_of`).
+_READ = "qunmen.payment_accounts"
+
+
+def accounts_of(community_id: int) -> dict[str, PaymentAccount]:
+    """The community's own accounts, by provider: one SELECT for every provider, kept for
+    the rest of the request. That it has none holds for the whole request (as if read when
+    it began); accounts held are kept for the request's current transaction only, so that
+    one deleted meanwhile is never refreshed. Outside a request (the worker, a command)
+    nothing is kept: each call reads."""
+    read = _read_in_this_request()
+    kept = read.get(community_id) if read is not None else None
+    if kept is not None and kept[0] in (None, db.session().get_transaction()):
+        return kept[1]
+    accounts = {
+        account.provider: account
+        for account in db.session.scalars(_ACCOUNTS_OF_COMMUNITY, {"community_id": community_id})
+    }
+    if read is not None:
+        read[community_id] = (db.session().get_transaction() if accounts else None, accounts)
+    return accounts
+
+
+def holds_accounts(community_id: sa.ColumnElement[int]) -> sa.Exists:
+    """Whether the community whose id is ``community_id`` (a column of a page's own
+    SELECT of its community) holds an account: read with the community, at no statement
+    of its own; a page that reads False says so with :func:`holds_none`."""
+    return sa.exists().where(PaymentAccount.community_id == community_id)
+
+
+def holds_none(community_id: int) -> None:
+    """Called by a page that read with its community that the community holds no account
+    (see :func:`holds_accounts`): the request asks nothing more about them."""
+    if (read := _read_in_this_request()) is not None:
+        read[community_id] = (None, {})
+
+
+def _read_in_this_request() -> dict[int, tuple[Any, dict[str, PaymentAccount]]] | None:
+    return request.environ.setdefault(_READ, {}) if has_request_context() else None
+
+
+def _forget_read(community_id: int) -> None:
+    """Called when the request changes the community's accounts: read them again."""
+    if (read := _read_in_this_request()) is not None:
+        read.pop(community_id, None)
+
+
 def account_of(community_id: int, provider: str) -> PaymentAccount | None:
     """The community's own account at ``provider``, or None (it uses the install's;
     always for a provider that takes no accounts, like ``fake``: nothing is asked)."""
     if provider not in FIELDS:
         return None
-    return db.session.scalar(
-        sa.select(PaymentAccount).where(
-            PaymentAccount.community_id == community_id, PaymentAccount.provider == provider
-        )
-    )
+    return accounts_of(community_id).get(provider)
 
 
 def fingerprint(account: PaymentAccount) -> str:
@@ -131,6 +178,7 @@ def save_account(
             community_id=community_id, provider=provider, settings={}, sealed={}, hints={}
         )
         db.session.add(account)
+        _forget_read(community_id)
         action = "payment_account.created"
     else:
         action = "payment_account.updated"
@@ -164,6 +212,7 @@ def remove_account(account: PaymentAccount, *, actor: str, now: datetime | None 
         now=now,
     )
     db.session.delete(account)
+    _forget_read(account.community_id)
 
 
 def reseal_all(*, actor: str, now: datetime | None = None) -> int:

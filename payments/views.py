@@ -227,8 +227,12 @@ class CashierForm(FlaskForm):
     cancel = SubmitField(_l("Cancel the payment"))
 
 
+#: Built once: every step of a payer at a provider's page runs it.
+_PAYMENT_BY_PUBLIC_ID = sa.select(Payment).where(Payment.public_id == sa.bindparam("public_id"))
+
+
 def _payment(public_id: str, provider_name: str) -> Payment:
-    payment = db.session.scalar(sa.select(Payment).where(Payment.public_id == public_id))
+    payment = db.session.scalar(_PAYMENT_BY_PUBLIC_ID, {"public_id": public_id})
     if payment is None or payment.provider != provider_name:
         abort(404)
     if provider_of(payment) is None:
