@@ -283,9 +283,9 @@ def test_ledger_entries_cannot_be_changed(app, client, payment_id):
 #: the payment, its ledger entry; the member number, the member, the membership, the
 #: application; the groups locked, the invitation, its platform call and seat counter; the
 #: order paid. At the commit: the audit entries in one statement, the events
-#: (payment.confirmed, member.admitted) in one more after one look for the endpoints that
-#: subscribe, the day's figures (revenue, joined, paid, paying) in one UPSERT.
-ADMISSION_STATEMENTS = 20
+#: (payment.confirmed, member.admitted) in one more, which says whether any endpoint
+#: subscribes (none here), the day's figures (revenue, joined, paid, paying) in one UPSERT.
+ADMISSION_STATEMENTS = 19
 
 
 def test_a_paying_delivery_costs_a_fixed_number_of_statements(app, client, payment_id):
