@@ -47,9 +47,37 @@ HIDDEN = re.compile(r'name="(csrf_token|submission_key)" type="hidden" value="([
 CODE = re.compile(r"\b(\d{6})\b")
 
 
+#: The latest message queued to an address (``:to``, a LIKE pattern): where a code went.
+LATEST_CODE = sa.text(
+    "SELECT body FROM outbox_messages WHERE CAST(routes AS TEXT) LIKE :to ORDER BY id DESC LIMIT 1"
+)
+
+
 def prospect_email(person: int) -> str:
     """Prospect number ``person``'s e-mail address, where their code goes."""
     return f"flash{person:06d}@example.com"
+
+
+def join_form(page: str, person: int) -> dict[str, str]:
+    """The join form of ``page`` as prospect number ``person`` fills it in (paying with
+    ``fake``, their code sent to :func:`prospect_email`)."""
+    form = dict(HIDDEN.findall(page))
+    form.update(
+        display_name=f"快闪{person}",
+        wechat_id=f"wxflash{person:06d}",
+        contact_kind="email",
+        contact_value=prospect_email(person),
+        accept_rules="y",
+        provider="fake",
+    )
+    return form
+
+
+def path_of(location: str) -> str:
+    """The path (and query) of a redirect's ``Location``: the app's links are on
+    PUBLIC_BASE_URL, which may not be where it is measured."""
+    parts = urlsplit(location)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 @cache
@@ -62,13 +90,7 @@ def _phone(url: str) -> sa.Engine:
 def code_from_outbox(url: str, email: str) -> str:
     """The code in the latest message queued to ``email`` in the database at ``url``."""
     with _phone(url).connect() as connection:
-        body = connection.execute(
-            sa.text(
-                "SELECT body FROM outbox_messages WHERE CAST(routes AS TEXT) LIKE :to "
-                "ORDER BY id DESC LIMIT 1"
-            ),
-            {"to": f"%{email}%"},
-        ).scalar_one()
+        body = connection.execute(LATEST_CODE, {"to": f"%{email}%"}).scalar_one()
     return CODE.search(body).group(1)
 
 
@@ -100,27 +122,15 @@ def journey(
             return response
         raise requests.ConnectionError(f"no instance answered {path}")
 
-    def path_of(response: requests.Response) -> str:
-        location = urlsplit(response.headers["Location"])
-        return location.path + (f"?{location.query}" if location.query else "")
-
     try:
-        form = dict(HIDDEN.findall(tap("GET", "/join/demo/main").text))
-        form.update(
-            display_name=f"快闪{person}",
-            wechat_id=f"wxflash{person:06d}",
-            contact_kind="email",
-            contact_value=email,
-            accept_rules="y",
-            provider="fake",
-        )
-        verify = path_of(tap("POST", "/join/demo/main", data=form))
+        form = join_form(tap("GET", "/join/demo/main").text, person)
+        verify = path_of(tap("POST", "/join/demo/main", data=form).headers["Location"])
         token = dict(HIDDEN.findall(tap("GET", verify).text))["csrf_token"]
         proven = tap("POST", verify, data={"csrf_token": token, "code": read_code(email)})
-        cashier = path_of(proven)
+        cashier = path_of(proven.headers["Location"])
         token = dict(HIDDEN.findall(tap("GET", cashier).text))["csrf_token"]
         paid = tap("POST", cashier, data={"csrf_token": token, "pay": "y"})
-        done = tap("GET", path_of(paid))
+        done = tap("GET", path_of(paid.headers["Location"]))
         ok = done.ok and 'id="member-number"' in done.text
     except (requests.RequestException, KeyError, IndexError, AttributeError):
         ok = False

@@ -19,13 +19,11 @@ import argparse
 import cProfile
 import os
 import pstats
-import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import flask_migrate
 import sqlalchemy as sa
@@ -34,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import create_app  # noqa: E402
+from bench.flash_join import CODE, HIDDEN, LATEST_CODE, join_form, path_of, prospect_email  # noqa: E402
 from bench.scale import Statements  # noqa: E402
 from bench.seed import seed_members, settle  # noqa: E402
 from bench.webhook_ingest import SETTINGS, database  # noqa: E402
@@ -44,11 +43,6 @@ from membership.models import Tier  # noqa: E402
 
 STEPS = ("GET join", "POST join", "GET code", "POST code", "GET cashier", "POST pay", "GET status")
 WARM = 10
-HIDDEN = re.compile(r'name="(csrf_token|submission_key)" type="hidden" value="([^"]*)"')
-CODE = re.compile(r"\b(\d{6})\b")
-_LATEST_CODE = sa.text(
-    "SELECT body FROM outbox_messages WHERE CAST(routes AS TEXT) LIKE :to ORDER BY id DESC LIMIT 1"
-)
 
 
 def prepare(url: str, members: int):
@@ -80,14 +74,14 @@ class Journeys:
 
     def code_sent_to(self, email: str) -> str:
         with self.app.app_context():
-            body = db.session.scalar(_LATEST_CODE, {"to": f"%{email}%"})
+            body = db.session.scalar(LATEST_CODE, {"to": f"%{email}%"})
             db.session.remove()
         return CODE.search(body).group(1)
 
     def walk(self, person: int, *, counted: bool) -> None:
         client = self.app.test_client()
         client.environ_base["REMOTE_ADDR"] = f"10.9.{person // 250}.{person % 250 + 1}"
-        email = f"flash{person:06d}@example.com"
+        email = prospect_email(person)
 
         def tap(step: str, path: str, data: dict | None = None):
             profiles = [self.profile] if counted and step == self.profile_step else []
@@ -104,15 +98,7 @@ class Journeys:
                 self.costs[step].append((cpu, self.statements.count - before))
             return response
 
-        form = dict(HIDDEN.findall(tap("GET join", "/join/demo/main").text))
-        form.update(
-            display_name=f"快闪{person}",
-            wechat_id=f"wxflash{person:06d}",
-            contact_kind="email",
-            contact_value=email,
-            accept_rules="y",
-            provider="fake",
-        )
+        form = join_form(tap("GET join", "/join/demo/main").text, person)
         verify = _path_of(tap("POST join", "/join/demo/main", form))
         token = dict(HIDDEN.findall(tap("GET code", verify).text))["csrf_token"]
         code = self.code_sent_to(email)
@@ -138,8 +124,7 @@ class Journeys:
 
 def _path_of(response) -> str:
     assert response.status_code == 302, response.status_code
-    location = urlsplit(response.headers["Location"])
-    return location.path + (f"?{location.query}" if location.query else "")
+    return path_of(response.headers["Location"])
 
 
 def main() -> None:
