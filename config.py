@@ -11,6 +11,7 @@ the ``fake`` payment provider, links on ``http://127.0.0.1:5000``.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -243,6 +244,11 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # rather than through the ORM; off, every notification takes the ORM path (the two
         # are tested to write the same rows).
         "PAID_JOIN_FAST_PATH": _flag("PAID_JOIN_FAST_PATH", True),
+        # PostgreSQL: the memory each sort and hash of an export's queries may take (its
+        # ``work_mem``, for the export's transaction only), so that a month of a large
+        # community's movements is sorted and joined in memory, not in temporary files.
+        # Empty: the server's own setting.
+        "EXPORT_WORK_MEM": os.environ.get("EXPORT_WORK_MEM", "64MB").strip(),
     }
 
 
@@ -281,6 +287,14 @@ def complete(config: MutableMapping[str, object], instance_path: str | Path) -> 
     _check_secrets_keys(config)
     _through_pgbouncer(config)
     _check_locale(config)
+    _check_export_work_mem(config)
+
+
+def _check_export_work_mem(config: MutableMapping[str, object]) -> None:
+    """``EXPORT_WORK_MEM`` is empty or an amount of memory as PostgreSQL writes it."""
+    value = str(config.get("EXPORT_WORK_MEM") or "")
+    if value and not re.fullmatch(r"[1-9][0-9]*(kB|MB|GB)", value):
+        raise SettingError(f"EXPORT_WORK_MEM={value!r} is not an amount such as 64MB or 512kB")
 
 
 def _check_secrets_keys(config: MutableMapping[str, object]) -> None:

@@ -31,6 +31,7 @@ SETTINGS = (
     "QUEUE_IN_PROCESS",
     "DATABASE_URL",
     "LOG_LEVEL",
+    "EXPORT_WORK_MEM",
 )
 
 
@@ -148,6 +149,13 @@ def test_a_boolean_that_is_not_one_stops_startup(environment, name):
 def test_a_malformed_number_stops_startup_with_its_name(environment):
     environment.setenv("TRUSTED_PROXIES", "one")
     with pytest.raises(SettingError, match="TRUSTED_PROXIES"):
+        create_app()
+
+
+@pytest.mark.parametrize("value", ["64 MB", "64", "0MB", "lots"])
+def test_a_malformed_export_memory_stops_startup(environment, value):
+    environment.setenv("EXPORT_WORK_MEM", value)
+    with pytest.raises(SettingError, match="EXPORT_WORK_MEM"):
         create_app()
 
 
