@@ -21,15 +21,23 @@ order paid before, with a coupon or more than one payment, a renewal, a screened
 returning or known member, another community's keys, an amount that does not match, no
 application) is left to the ORM path, before anything is written.
 ``tests/test_paid_join.py`` runs the same deliveries both ways and compares every row.
+
+On PostgreSQL the writes are joined into two statements of data-modifying CTEs, which read
+the new rows' ids from one another: the payment's, the member's and those that name the
+member (once its number is drawn); the invitation's, its task's and its seat's (once its
+group is chosen among those locked). A statement costs more there (its round trip and the
+driver's handling) than on SQLite, where every write is one of its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
+from sqlalchemy.sql import visitors
 
 from core import audit
 from core.db import db
@@ -57,7 +65,7 @@ from membership.models import (
 from membership.services import _keep_loaded_in_step, allocate_member_number
 from payments.models import LedgerEntry, Order, OrderStatus, Payment, PaymentStatus
 from payments.providers import EventKind, Notification
-from payments.services import map_reference
+from payments.services import reference_mapping
 
 _PAYMENTS = Payment.__table__
 _ORDERS = Order.__table__
@@ -158,20 +166,78 @@ _LOCK_GROUPS = (
     .order_by(_GROUPS.c.id)
     .with_for_update(of=_GROUPS)
 )
+#: The admission's writes, their values bound by name: made one by one on SQLite, and on
+#: PostgreSQL in two statements (see :func:`_admission_at_once` and :data:`_SEAT_AT_ONCE`).
 _CONFIRM_PAYMENT = (
     _PAYMENTS.update()
     .where(_PAYMENTS.c.id == sa.bindparam("payment_id"))
     .values(status=PaymentStatus.CONFIRMED, confirmed_at=sa.bindparam("now"))
 )
-_PAY_ORDER = (
-    _ORDERS.update()
-    .where(_ORDERS.c.id == sa.bindparam("order_id"))
-    .values(status=OrderStatus.PAID, paid_at=sa.bindparam("now"), member_id=sa.bindparam("member"))
+_INSERT_LEDGER = LedgerEntry.__table__.insert().values(
+    created_at=sa.bindparam("now"),
+    kind="payment",
+    amount=sa.bindparam("amount"),
+    currency=sa.bindparam("currency"),
+    order_id=sa.bindparam("order_id"),
+    payment_id=sa.bindparam("payment_id"),
+    provider=sa.bindparam("provider"),
+    provider_transaction_id=sa.bindparam("external_id"),
+    discount=sa.bindparam("discount"),
+    coupon_code=None,
+)
+_INSERT_MEMBER = _MEMBERS.insert().values(
+    community_id=sa.bindparam("community_id"),
+    display_name=sa.bindparam("display_name"),
+    contact_kind=sa.bindparam("contact_kind"),
+    contact_value=sa.bindparam("contact_value"),
+    wechat_id=sa.bindparam("wechat_id"),
+    contact_proven_at=sa.bindparam("contact_proven_at"),
+    wechat_openid=sa.bindparam("wechat_openid"),
+    created_at=sa.bindparam("now"),
+    number=sa.bindparam("number"),
+    number_label=sa.bindparam("number_label"),
+    # Given here: SQLAlchemy fills in a column's Python default in a statement of its own,
+    # not in one nested in a CTE.
+    credential_version=_MEMBERS.c.credential_version.default.arg,
+)
+_MEMBERSHIPS = Membership.__table__
+_INSERT_MEMBERSHIP = _MEMBERSHIPS.insert().values(
+    member_id=sa.bindparam("member_id"),
+    tier_id=sa.bindparam("tier_id"),
+    status=MembershipStatus.ACTIVE,
+    starts_at=sa.bindparam("now"),
+    ends_at=sa.bindparam("ends_at"),
+    order_id=sa.bindparam("order_id"),
 )
 _ADMIT_APPLICATION = (
     _APPLICATIONS.update()
     .where(_APPLICATIONS.c.id == sa.bindparam("application_id"))
-    .values(status=ApplicationStatus.ADMITTED, member_id=sa.bindparam("member"))
+    .values(status=ApplicationStatus.ADMITTED, member_id=sa.bindparam("member_id"))
+)
+_PAY_ORDER = (
+    _ORDERS.update()
+    .where(_ORDERS.c.id == sa.bindparam("order_id"))
+    .values(
+        status=OrderStatus.PAID, paid_at=sa.bindparam("now"), member_id=sa.bindparam("member_id")
+    )
+)
+_INVITATIONS = Invitation.__table__
+_INSERT_INVITATION = _INVITATIONS.insert().values(
+    token=sa.bindparam("token"),
+    member_id=sa.bindparam("member_id"),
+    membership_id=sa.bindparam("membership_id"),
+    group_id=sa.bindparam("group_id"),
+    status=sa.bindparam("status"),
+    created_at=sa.bindparam("now"),
+    issued_at=sa.bindparam("issued_at"),
+)
+_INSERT_TASK = PlatformTask.__table__.insert().values(
+    invitation_id=sa.bindparam("invitation_id"),
+    action=TaskAction.GRANT,
+    status=TaskStatus.PENDING,
+    attempts=0,
+    next_attempt_at=sa.bindparam("now"),
+    created_at=sa.bindparam("now"),
 )
 _TAKE_SEAT = (
     _GROUPS.update()
@@ -179,11 +245,68 @@ _TAKE_SEAT = (
     .values(seats_taken=_GROUPS.c.seats_taken + 1)
     .returning(_GROUPS.c.seats_taken)
 )
-_INSERT_LEDGER = LedgerEntry.__table__.insert()
-_INSERT_MEMBER = _MEMBERS.insert()
-_INSERT_MEMBERSHIP = Membership.__table__.insert()
-_INSERT_INVITATION = Invitation.__table__.insert()
-_INSERT_TASK = PlatformTask.__table__.insert()
+
+
+def _apart(statement: sa.Executable, **read: sa.ColumnElement) -> sa.Executable:
+    """``statement`` for :func:`_at_once`: each value it binds by name bound as
+    ``_<name>`` instead, a name no column has, except those ``read`` gives, by name, as
+    SQL (the id of a row inserted by the same statement). Executed with a value named
+    like a column of a table it writes, SQLAlchemy writes that column too (it adds it to
+    an INSERT's or an UPDATE's values), in statements nested in a CTE as well: a statement
+    that writes several tables names its values apart from all their columns."""
+
+    def renamed(element):
+        if isinstance(element, sa.BindParameter) and not element.unique:
+            if element.key in read:
+                return read[element.key]
+            return sa.bindparam(f"_{element.key}", type_=element.type)
+        return None
+
+    return visitors.replacement_traverse(statement, {}, renamed)
+
+
+def _at_once(values: dict) -> dict:
+    """``values`` by the names the statements of :func:`_apart` bind them."""
+    return {f"_{name}": value for name, value in values.items()}
+
+
+def _inserted(cte: sa.CTE) -> sa.ScalarSelect:
+    """The id of the row the INSERT ``cte`` (of one row, returning its id) inserts."""
+    return sa.select(cte.c.id).scalar_subquery()
+
+
+@cache
+def _admission_at_once(referenced: bool) -> sa.Select:
+    """PostgreSQL: the writes :func:`_write_admission` makes one by one on SQLite, in one
+    statement of data-modifying CTEs, which read the new member's id from its INSERT; it
+    answers the member's and the membership's ids. The payment's provider id is mapped
+    when ``referenced``."""
+    member = _apart(_INSERT_MEMBER.returning(_MEMBERS.c.id)).cte("new_member")
+    membership = _apart(
+        _INSERT_MEMBERSHIP.returning(_MEMBERSHIPS.c.member_id, _MEMBERSHIPS.c.id),
+        member_id=_inserted(member),
+    ).cte("new_membership")
+    writes = [_CONFIRM_PAYMENT, _INSERT_LEDGER]
+    if referenced:
+        writes.append(reference_mapping("postgresql"))
+    writes += [_ADMIT_APPLICATION, _PAY_ORDER]
+    ctes = [
+        _apart(write, member_id=_inserted(member)).cte(f"write_{i}")
+        for i, write in enumerate(writes)
+    ]
+    return sa.select(membership.c.member_id, membership.c.id).add_cte(*ctes)
+
+
+_NEW_INVITATION = _apart(_INSERT_INVITATION.returning(_INVITATIONS.c.id)).cte("new_invitation")
+_TAKEN_SEAT = _apart(_TAKE_SEAT).cte("seat")
+#: PostgreSQL: an invitation to a group, its grant queued and its seat taken, in one
+#: statement (see :func:`_apart`); it answers the invitation's id and the seats the group
+#: has taken now.
+_SEAT_AT_ONCE = (
+    sa.select(_NEW_INVITATION.c.id, _TAKEN_SEAT.c.seats_taken)
+    .join_from(_NEW_INVITATION, _TAKEN_SEAT, sa.true())
+    .add_cte(_apart(_INSERT_TASK, invitation_id=_inserted(_NEW_INVITATION)).cte("new_task"))
+)
 
 
 @dataclass(slots=True)
@@ -278,23 +401,52 @@ def _admit(
 ) -> None:
     """Write the payment confirmed and its payer admitted (see the module's docstring)."""
     community_id, actor = join.community_id, f"webhook:{payment.provider}"
-    if external_id:
-        map_reference(payment, external_id)
-    connection.execute(_CONFIRM_PAYMENT, {"payment_id": payment.id, "now": now})
-    connection.execute(
-        _INSERT_LEDGER,
-        {
-            "created_at": now,
-            "kind": "payment",
+    number, label = allocate_member_number(community_id)
+    days = join.duration_days
+    member_id, membership_id = _write_admission(
+        connection,
+        payment={"payment_id": payment.id, "now": now},
+        ledger={
+            "now": now,
             "amount": payment.amount,
             "currency": payment.currency,
             "order_id": payment.order_id,
             "payment_id": payment.id,
             "provider": payment.provider,
-            "provider_transaction_id": external_id,
+            "external_id": external_id,
             "discount": join.list_amount - join.amount,
-            "coupon_code": None,
         },
+        reference={
+            "provider": payment.provider,
+            "external_id": external_id,
+            "payment_id": payment.id,
+            "refund_id": None,
+        }
+        if external_id
+        else None,
+        member={
+            "community_id": community_id,
+            "display_name": join.display_name,
+            "contact_kind": join.contact_kind,
+            "contact_value": join.contact_value,
+            "wechat_id": join.wechat_id,
+            "contact_proven_at": join.contact_proven_at,
+            # The payer's WeChat, unless it is someone else's (see services._link_openid).
+            "wechat_openid": (join.wechat_openid or openid)
+            if join.member_by_openid is None
+            else None,
+            "now": now,
+            "number": number,
+            "number_label": label,
+        },
+        membership={
+            "tier_id": join.tier_id,
+            "now": now,
+            "ends_at": now + timedelta(days=days) if days else None,
+            "order_id": payment.order_id,
+        },
+        application={"application_id": join.application_id},
+        order={"order_id": payment.order_id, "now": now},
     )
     money = Money(payment.amount, payment.currency)
     audit.record_row(
@@ -320,40 +472,6 @@ def _admit(
     audit.record_row(
         "order.paid", "orders", payment.order_id, actor=actor, community_id=community_id, now=now
     )
-    number, label = allocate_member_number(community_id)
-    member_id = connection.execute(
-        _INSERT_MEMBER,
-        {
-            "community_id": community_id,
-            "display_name": join.display_name,
-            "contact_kind": join.contact_kind,
-            "contact_value": join.contact_value,
-            "wechat_id": join.wechat_id,
-            "contact_proven_at": join.contact_proven_at,
-            # The payer's WeChat, unless it is someone else's (see services._link_openid).
-            "wechat_openid": (join.wechat_openid or openid)
-            if join.member_by_openid is None
-            else None,
-            "created_at": now,
-            "number": number,
-            "number_label": label,
-        },
-    ).inserted_primary_key[0]
-    days = join.duration_days
-    membership_id = connection.execute(
-        _INSERT_MEMBERSHIP,
-        {
-            "member_id": member_id,
-            "tier_id": join.tier_id,
-            "status": MembershipStatus.ACTIVE,
-            "starts_at": now,
-            "ends_at": now + timedelta(days=days) if days else None,
-            "order_id": payment.order_id,
-        },
-    ).inserted_primary_key[0]
-    connection.execute(
-        _ADMIT_APPLICATION, {"application_id": join.application_id, "member": member_id}
-    )
     audit.record_row(
         "member.admitted",
         "members",
@@ -370,7 +488,6 @@ def _admit(
         {"member": member_id, "number": label, "tier": join.code, "membership": membership_id},
         now=now,
     )
-    connection.execute(_PAY_ORDER, {"order_id": payment.order_id, "now": now, "member": member_id})
     count_paid_admission(
         db.session(),
         community_id,
@@ -386,6 +503,39 @@ def _admit(
     _keep_loaded_in_step(
         Application, join.application_id, status=ApplicationStatus.ADMITTED, member_id=member_id
     )
+
+
+def _write_admission(
+    connection: sa.Connection,
+    *,
+    payment: dict,
+    ledger: dict,
+    reference: dict | None,
+    member: dict,
+    membership: dict,
+    application: dict,
+    order: dict,
+) -> tuple[int, int]:
+    """The admission's writes, given the values of each: the payment confirmed, its ledger
+    entry, its provider id mapped (unless ``reference`` is None), the member inserted, and
+    its membership, application and order that name it. Returns the member's and the
+    membership's ids. On PostgreSQL one statement (:func:`_admission_at_once`); on
+    SQLite, where a statement writes one table, one each."""
+    if connection.dialect.name == "postgresql":
+        at_once = _admission_at_once(reference is not None)
+        values = payment | ledger | (reference or {}) | member | membership | application | order
+        member_id, membership_id = connection.execute(at_once, _at_once(values)).one()
+        return member_id, membership_id
+    connection.execute(_CONFIRM_PAYMENT, payment)
+    connection.execute(_INSERT_LEDGER, ledger)
+    if reference is not None:
+        connection.execute(reference_mapping("sqlite"), reference)
+    member_id = connection.execute(_INSERT_MEMBER, member).inserted_primary_key[0]
+    named = {"member_id": member_id}
+    inserted = connection.execute(_INSERT_MEMBERSHIP, membership | named)
+    connection.execute(_ADMIT_APPLICATION, application | named)
+    connection.execute(_PAY_ORDER, order | named)
+    return member_id, inserted.inserted_primary_key[0]
 
 
 def _invite(
@@ -404,31 +554,24 @@ def _invite(
     if group is not None and not group.qr_valid(now) and group.qr_mime is not None:
         tell_expired(db.session.get(Group, group.id), now=now)
     status = InvitationStatus.ISSUED if group else InvitationStatus.WAITING
-    invitation_id = connection.execute(
-        _INSERT_INVITATION,
-        {
-            "token": new_token(24),
-            "member_id": member_id,
-            "membership_id": membership_id,
-            "group_id": group.id if group else None,
-            "status": status,
-            "created_at": now,
-            "issued_at": now if group else None,
-        },
-    ).inserted_primary_key[0]
-    if group is not None:
-        connection.execute(
-            _INSERT_TASK,
-            {
-                "invitation_id": invitation_id,
-                "action": TaskAction.GRANT,
-                "status": TaskStatus.PENDING,
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            },
-        )
+    invitation = {
+        "token": new_token(24),
+        "member_id": member_id,
+        "membership_id": membership_id,
+        "group_id": group.id if group else None,
+        "status": status,
+        "now": now,
+        "issued_at": now if group else None,
+    }
+    if group is None:
+        invitation_id = connection.execute(_INSERT_INVITATION, invitation).inserted_primary_key[0]
+    elif connection.dialect.name == "postgresql":
+        invitation_id, taken = connection.execute(_SEAT_AT_ONCE, _at_once(invitation)).one()
+    else:
+        invitation_id = connection.execute(_INSERT_INVITATION, invitation).inserted_primary_key[0]
+        connection.execute(_INSERT_TASK, {"invitation_id": invitation_id, "now": now})
         taken = connection.execute(_TAKE_SEAT, {"group_id": group.id}).scalar_one()
+    if group is not None:
         _keep_loaded_in_step(Group, group.id, seats_taken=taken)
     audit.record_row(
         f"invitation.{status}",

@@ -202,9 +202,10 @@ def register_with_provider(payment: Payment, payer: Payer, *, actor: str) -> str
 
 
 @cache
-def _map_reference(dialect: str) -> sa.Insert:
+def reference_mapping(dialect: str) -> sa.Insert:
     """The statement that maps a provider id to a payment (and refund), once: a second
-    mapping of the same id changes nothing. Built once per dialect (the money path)."""
+    mapping of the same id changes nothing. Built once per dialect (the money path); its
+    values are bound as ``provider``, ``external_id``, ``payment_id`` and ``refund_id``."""
     table = ProviderReference.__table__
     return (
         insert_for(dialect)(table)
@@ -224,7 +225,7 @@ def map_reference(payment: Payment, external_id: str, refund: Refund | None = No
     if refund is not None and refund.id is None:
         db.session.flush()
     db.session.connection().execute(
-        _map_reference(session_dialect()),
+        reference_mapping(session_dialect()),
         {
             "provider": payment.provider,
             "external_id": external_id,
