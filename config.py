@@ -243,6 +243,10 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # rather than through the ORM; off, every notification takes the ORM path (the two
         # are tested to write the same rows).
         "PAID_JOIN_FAST_PATH": _flag("PAID_JOIN_FAST_PATH", True),
+        # A new prospect's join form (a paid tier, a code to send) written by statements
+        # built once (membership/fresh_application.py) rather than through the ORM; off,
+        # every join form takes the ORM path (the two are tested to write the same rows).
+        "JOIN_FAST_PATH": _flag("JOIN_FAST_PATH", True),
     }
 
 

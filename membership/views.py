@@ -55,6 +55,7 @@ from membership.forms import (
     answers_of,
     with_questions,
 )
+from membership.fresh_application import submit_fresh_application, takes
 from membership.lifecycle import RenewalRefused, start_renewal
 from membership.login import (
     JOIN_CODE_CHECKS,
@@ -393,9 +394,11 @@ def join(slug: str, tier_code: str):
     if sent_before is None:
         code_to = _join_code_contact(community, member, contact_kind, contact_value, openid)
     checks = _join_checks(community, code_to)
+    coupon = form.coupon.data if "coupon" in form else None
+    fresh = takes(tier, member, code_sent=code_to is not None, coupon=coupon)
     code_refused = False
     try:
-        claim_discount_code_try(form.coupon.data if "coupon" in form else None)
+        claim_discount_code_try(coupon)
         if member is None and sent_before is None:  # before the application makes a member
             notify_member_of_their_contact(
                 community,
@@ -404,22 +407,36 @@ def join(slug: str, tier_code: str):
                 login_url=url_for(".login", slug=slug, _external=True),
                 now=now,
             )
-        application = sent_before or submit_application(
-            tier,
-            display_name=form.display_name.data,
-            contact_kind=contact_kind,
-            contact_value=contact_value,
-            wechat_id=form.wechat_id.data if "wechat_id" in form else None,
-            wechat_openid=openid,
-            awaiting_proof=needs_proof(member, wechat_openid=openid),
-            submission_key=form.submission_key.data,
-            member=member,
-            answers=answers_of(form, community.active_questions)
-            if tier.requires_screening
-            else None,
-            checked_new=True,
-            now=now,
-        )
+        if sent_before is not None:
+            application = sent_before
+        elif fresh:
+            application = submit_fresh_application(
+                tier,
+                community,
+                display_name=form.display_name.data,
+                contact_kind=contact_kind,
+                contact_value=contact_value,
+                wechat_id=form.wechat_id.data,
+                submission_key=form.submission_key.data,
+                now=now,
+            )
+        else:
+            application = submit_application(
+                tier,
+                display_name=form.display_name.data,
+                contact_kind=contact_kind,
+                contact_value=contact_value,
+                wechat_id=form.wechat_id.data if "wechat_id" in form else None,
+                wechat_openid=openid,
+                awaiting_proof=needs_proof(member, wechat_openid=openid),
+                submission_key=form.submission_key.data,
+                member=member,
+                answers=answers_of(form, community.active_questions)
+                if tier.requires_screening
+                else None,
+                checked_new=True,
+                now=now,
+            )
         if tier.requires_screening:
             auto_approve(application)
         if "coupon" in form and form.coupon.data and application.order_id:
