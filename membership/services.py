@@ -197,7 +197,9 @@ def submit_application(
     looked for the key already in this request and found none, and a form sent twice at
     once fails at the flush on the key's unique index (an ``IntegrityError`` the caller
     answers). A prospect giving a member's contact goes on like anyone else (see
-    :func:`admit`); the page never tells them whose contact it is.
+    :func:`admit`); the page never tells them whose contact it is. The join view writes
+    its commonest case (a new prospect, a paid tier, a code to send) with
+    :mod:`membership.fresh_application` instead: the same rows, by statements built once.
     """
     now = now or utcnow()
     if not checked_new:
