@@ -249,6 +249,10 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # community's movements is sorted and joined in memory, not in temporary files.
         # Empty: the server's own setting.
         "EXPORT_WORK_MEM": os.environ.get("EXPORT_WORK_MEM", "64MB").strip(),
+        # A new prospect's join form (a paid tier, a code to send) written by statements
+        # built once (membership/fresh_application.py) rather than through the ORM; off,
+        # every join form takes the ORM path (the two are tested to write the same rows).
+        "JOIN_FAST_PATH": _flag("JOIN_FAST_PATH", True),
     }
 
 

@@ -159,6 +159,33 @@ def written_in(locale: str | None) -> Iterator[None]:
         yield
 
 
+def _message(
+    kind: MessageKind,
+    routes: list[list[str]],
+    subject: str,
+    body: str,
+    *,
+    params: dict[str, str] | None,
+    secret: bool,
+    member_id: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The row of a message queued at ``now`` (see :func:`enqueue`)."""
+    return {
+        "kind": kind,
+        "routes": routes,
+        "subject": subject,
+        "body": body,
+        "params": params or {},
+        "secret": secret,
+        "member_id": member_id,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
 def enqueue(
     kind: MessageKind,
     routes: list[list[str]],
@@ -172,23 +199,44 @@ def enqueue(
 ) -> OutboxMessage:
     """Queue a message (flushed, not committed): it leaves only if the transaction commits,
     and only through the worker."""
-    now = now or utcnow()
     message = OutboxMessage(
-        kind=kind,
-        routes=routes,
-        subject=subject,
-        body=body,
-        params=params or {},
-        secret=secret,
-        member_id=member_id,
-        status=OutboxStatus.PENDING,
-        attempts=0,
-        next_attempt_at=now,
-        created_at=now,
+        **_message(
+            kind,
+            routes,
+            subject,
+            body,
+            params=params,
+            secret=secret,
+            member_id=member_id,
+            now=now or utcnow(),
+        )
     )
     db.session.add(message)
     db.session.flush()
     return message
+
+
+#: Built once: the join form queues a code with it on every application.
+_INSERT_MESSAGE = OutboxMessage.__table__.insert()
+
+
+def enqueue_row(
+    kind: MessageKind,
+    routes: list[list[str]],
+    subject: str,
+    body: str,
+    *,
+    params: dict[str, str] | None = None,
+    secret: bool = False,
+    member_id: int | None = None,
+    now: datetime,
+) -> int:
+    """:func:`enqueue` by a statement built once, for a caller that needs the message's id
+    only (no object, no flush): the same row, in the session's transaction. Its id."""
+    row = _message(
+        kind, routes, subject, body, params=params, secret=secret, member_id=member_id, now=now
+    )
+    return db.session.connection().execute(_INSERT_MESSAGE, row).inserted_primary_key[0]
 
 
 def enqueue_many(rows: list[dict[str, Any]], *, now: datetime) -> int:

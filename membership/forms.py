@@ -128,7 +128,9 @@ class JoinForm(FlaskForm):
     )
     coupon = coupon_code_field()
     provider = RadioField(_l("Pay with"), validators=[InputRequired(REQUIRED)])
-    submission_key = HiddenField(validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")])
+    #: Never shown, so labelled with nothing: a field without a label has WTForms load its
+    #: own catalog from disk to translate one made from its name, on every form made.
+    submission_key = HiddenField("", validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")])
 
     def validate_contact_value(self, field: StringField) -> None:
         if not field.data:

@@ -146,14 +146,15 @@ def send_code(
     member_id: int | None = None,
     now: datetime,
 ) -> int:
-    """Queue the message carrying ``code`` to the contact (flushed; the worker sends it,
-    and blanks it once sent); its outbox id. Every code message goes through here."""
+    """Queue the message carrying ``code`` to the contact (written by one statement; the
+    worker sends it, and blanks it once sent); its outbox id. Every code message goes
+    through here."""
     member = db.session.get(Member, member_id) if member_id is not None else None
     # To a member in their language; to someone not yet one, in the page's they asked on.
     with speaking_to(member) if member is not None else nullcontext():
         subject = _("%(community)s: your code", community=community.name)
         body = _("Your code is %(code)s; it works for 10 minutes.", code=code)
-    return outbox.enqueue(
+    return outbox.enqueue_row(
         MessageKind.LOGIN_CODE,
         contact_routes(kind, value),
         subject,
@@ -162,32 +163,48 @@ def send_code(
         secret=True,
         member_id=member_id,
         now=now,
-    ).id
+    )
 
 
-def _pending_code(
-    community: Community,
+#: Built once: every join form sent writes its code with it.
+_INSERT_CODE = LoginCode.__table__.insert()
+
+
+def _code_row(
+    community_id: int,
     kind: ContactKind,
     value: str,
     *,
-    member: Member | None,
-    application: Application | None = None,
+    member_id: int | None = None,
+    application_id: int | None = None,
     now: datetime,
+) -> tuple[dict, str]:
+    """A new code for the contact: the row that keeps it (its HMAC only), and the code
+    itself, to send."""
+    code = f"{secrets.randbelow(10**6):06d}"
+    row = {
+        "public_id": new_token(16),
+        "community_id": community_id,
+        "member_id": member_id,
+        "application_id": application_id,
+        "contact_kind": kind,
+        "contact_value": value,
+        "code_hash": _digest(code),
+        "created_at": now,
+        "expires_at": now + CODE_LIFETIME,
+        "attempts": 0,
+    }
+    return row, code
+
+
+def _pending_code(
+    community: Community, kind: ContactKind, value: str, *, member: Member | None, now: datetime
 ) -> tuple[LoginCode, str]:
     """A new code for the contact (added) and the code itself, to send."""
-    code = f"{secrets.randbelow(10**6):06d}"
-    pending = LoginCode(
-        public_id=new_token(16),
-        community_id=community.id,
-        member_id=member.id if member else None,
-        application_id=application.id if application else None,
-        contact_kind=kind,
-        contact_value=value,
-        code_hash=_digest(code),
-        created_at=now,
-        expires_at=now + CODE_LIFETIME,
-        attempts=0,
+    row, code = _code_row(
+        community.id, kind, value, member_id=member.id if member else None, now=now
     )
+    pending = LoginCode(**row)
     db.session.add(pending)
     return pending, code
 
@@ -211,21 +228,21 @@ def request_code(
     return login, message_id
 
 
-def request_application_code(
-    application: Application, *, now: datetime | None = None
-) -> tuple[LoginCode, int]:
+def request_application_code(application: Application, *, now: datetime | None = None) -> int:
     """A code proving the channel ``application`` was made with (the join's code step),
     and the outbox message carrying it: sent whoever the contact belongs to, so the page
-    answers a member's contact like anyone's. Flushed, not committed. The request was
-    counted by :func:`claim_code_request` first."""
+    answers a member's contact like anyone's. Both written by statements built once (every
+    join form runs them; nothing here needs the code as an object), not committed; the id
+    of the message. The request was counted by :func:`claim_code_request` first."""
     now = now or utcnow()
     kind, value = application.contact_kind, application.contact_value
     if kind not in SENDABLE:
         raise LoginRefused(NOT_SENDABLE)
-    pending, code = _pending_code(
-        application.community, kind, value, member=None, application=application, now=now
+    row, code = _code_row(
+        application.community_id, kind, value, application_id=application.id, now=now
     )
-    return pending, send_code(application.community, kind, value, code, now=now)
+    db.session.connection().execute(_INSERT_CODE, row)
+    return send_code(application.community, kind, value, code, now=now)
 
 
 def request_channel_code(

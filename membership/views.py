@@ -55,6 +55,7 @@ from membership.forms import (
     answers_of,
     with_questions,
 )
+from membership.fresh_application import submit_fresh_application, takes
 from membership.lifecycle import RenewalRefused, start_renewal
 from membership.login import (
     JOIN_CODE_CHECKS,
@@ -104,6 +105,7 @@ from membership.services import (
     normalise_contact,
     notify_member_of_their_contact,
     prove_application,
+    sent_before_and_whose,
     submit_application,
 )
 from membership.share import wechat_share_config
@@ -166,8 +168,11 @@ _PRIVATE_PAGES = frozenset(
 _COMMUNITY_BY_SLUG = sa.select(Community, holds_accounts(Community.id)).where(
     Community.slug == sa.bindparam("slug")
 )
-_TIER_BY_CODE = sa.select(Tier).where(
-    Tier.community_id == sa.bindparam("community_id"), Tier.code == sa.bindparam("code")
+#: A tier's pages: the community and the tier in one statement (see ``_COMMUNITY_BY_SLUG``).
+_TIER_PAGE = (
+    sa.select(Community, Tier, holds_accounts(Community.id))
+    .join(Tier, Tier.community_id == Community.id)
+    .where(Community.slug == sa.bindparam("slug"), Tier.code == sa.bindparam("code"))
 )
 _APPLICATION_BY_SUBMISSION = sa.select(Application).where(
     Application.submission_key == sa.bindparam("key")
@@ -347,8 +352,7 @@ def _join_form(tier: Tier, member: Member | None) -> JoinForm:
 
 @bp.route("/join/<slug>/<tier_code>", methods=["GET", "POST"])
 def join(slug: str, tier_code: str):
-    community = _community(slug)
-    tier = _tier(community, tier_code)
+    community, tier = _community_and_tier(slug, tier_code)
     member = logged_in_member(community, proven=False)
     try:
         check_tier_open(tier, member)
@@ -388,38 +392,57 @@ def join(slug: str, tier_code: str):
         contact_kind, contact_value = ContactKind.WECHAT, form.wechat_id.data
     # A form sent again (a double click) gets back its application, and no new code: only
     # the request that makes the application claims and sends one.
-    sent_before = db.session.scalar(_APPLICATION_BY_SUBMISSION, {"key": form.submission_key.data})
+    sent_before, whose = sent_before_and_whose(
+        form.submission_key.data, community.id, contact_kind, contact_value
+    )
     code_to = None
     if sent_before is None:
         code_to = _join_code_contact(community, member, contact_kind, contact_value, openid)
     checks = _join_checks(community, code_to)
+    coupon = form.coupon.data if "coupon" in form else None
+    fresh = takes(tier, member, code_sent=code_to is not None, coupon=coupon)
     code_refused = False
     try:
-        claim_discount_code_try(form.coupon.data if "coupon" in form else None)
-        if member is None and sent_before is None:  # before the application makes a member
+        claim_discount_code_try(coupon)
+        if whose is not None and member is None and sent_before is None:
+            # Before the application makes a member (see :func:`admit`).
             notify_member_of_their_contact(
                 community,
+                whose,
                 contact_kind,
-                contact_value,
                 login_url=url_for(".login", slug=slug, _external=True),
                 now=now,
             )
-        application = sent_before or submit_application(
-            tier,
-            display_name=form.display_name.data,
-            contact_kind=contact_kind,
-            contact_value=contact_value,
-            wechat_id=form.wechat_id.data if "wechat_id" in form else None,
-            wechat_openid=openid,
-            awaiting_proof=needs_proof(member, wechat_openid=openid),
-            submission_key=form.submission_key.data,
-            member=member,
-            answers=answers_of(form, community.active_questions)
-            if tier.requires_screening
-            else None,
-            checked_new=True,
-            now=now,
-        )
+        if sent_before is not None:
+            application = sent_before
+        elif fresh:
+            application = submit_fresh_application(
+                tier,
+                community,
+                display_name=form.display_name.data,
+                contact_kind=contact_kind,
+                contact_value=contact_value,
+                wechat_id=form.wechat_id.data,
+                submission_key=form.submission_key.data,
+                now=now,
+            )
+        else:
+            application = submit_application(
+                tier,
+                display_name=form.display_name.data,
+                contact_kind=contact_kind,
+                contact_value=contact_value,
+                wechat_id=form.wechat_id.data if "wechat_id" in form else None,
+                wechat_openid=openid,
+                awaiting_proof=needs_proof(member, wechat_openid=openid),
+                submission_key=form.submission_key.data,
+                member=member,
+                answers=answers_of(form, community.active_questions)
+                if tier.requires_screening
+                else None,
+                checked_new=True,
+                now=now,
+            )
         if tier.requires_screening:
             auto_approve(application)
         if "coupon" in form and form.coupon.data and application.order_id:
@@ -1366,12 +1389,18 @@ def login_wechat_return(slug: str):
 # The price before paying, and renewal by band ---------------------------------------------
 
 
-def _tier(community: Community, tier_code: str) -> Tier:
-    """The community's tier of the page, or a 404."""
-    tier = db.session.scalar(_TIER_BY_CODE, {"community_id": community.id, "code": tier_code})
-    if tier is None:
+def _community_and_tier(slug: str, tier_code: str) -> tuple[Community, Tier]:
+    """The community and the tier of a tier's page (read together), or a 404 (in the
+    community's language when the community is found); see :func:`_community`."""
+    found = db.session.execute(_TIER_PAGE, {"slug": slug, "code": tier_code}).first()
+    if found is None:
+        _community(slug)
         abort(404)
-    return tier
+    community, tier, held = found
+    if not held:
+        holds_none(community.id)
+    g.community = community
+    return community, tier
 
 
 def check_typed_price(
@@ -1413,8 +1442,7 @@ def join_price(slug: str, tier_code: str):
     """The join form's "check price" button: the same form again, as it was typed, with
     the price the coupon code gives ("You save ¥X, you pay ¥Y") or its refusal beside it.
     Nothing is made (no application, no order); the other fields are not checked yet."""
-    community = _community(slug)
-    tier = _tier(community, tier_code)
+    community, tier = _community_and_tier(slug, tier_code)
     member = logged_in_member(community, proven=False)
     try:
         check_tier_open(tier, member)

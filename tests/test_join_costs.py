@@ -188,3 +188,32 @@ def test_join_tries_are_claimed_with_the_application_and_a_refused_form_counts_t
 def rows(app) -> tuple[int, int]:
     with app.app_context():
         return count(Application), count(Order)
+
+
+#: What a new prospect's join form runs, in order (the order and the application written
+#: by membership/fresh_application.py; audit entries, event and figures at the commit).
+NEW_PROSPECT_JOIN = [
+    "SELECT communities.id",  # the community and the tier, together
+    "SELECT (SELECT applications.id",  # the form sent before? the contact a member's?
+    "INSERT INTO orders",
+    "INSERT INTO applications",
+    "INSERT INTO attempt_counters",  # the tries, all in one
+    "INSERT INTO login_codes",
+    "INSERT INTO outbox_messages",
+    "INSERT INTO audit_entries",
+    "INSERT INTO events",
+    "INSERT INTO daily_figures",
+]
+
+
+def test_a_new_prospects_join_form_reads_twice_and_writes_each_row_once(app, client, demo):
+    """The join POST of the commonest case: the community and tier read in one statement,
+    the submission key and the contact looked up in another, then one statement per row
+    written; nothing read again, nothing flushed apart."""
+    data = {**open_join_form(client), **PROSPECT, "contact_value": new_phone()}
+    with statements(app) as seen:
+        assert client.post("/join/demo/main", data=data).status_code == 302
+    assert [s for s in seen if not s.startswith(tuple(NEW_PROSPECT_JOIN))] == []
+    assert [next(p for p in NEW_PROSPECT_JOIN if s.startswith(p)) for s in seen] == (
+        NEW_PROSPECT_JOIN
+    )
