@@ -135,6 +135,16 @@ def count_paid_admission(
     tally.add(community_id, now, "paying")
 
 
+def count_application(session: Session, community_id: int, *, made_at: datetime) -> None:
+    """Called by :mod:`membership.fresh_application`, which writes a join form's application
+    and its order with Core statements the flush hook never sees: tally what
+    :func:`_count_flushed` would have counted for them (one more application, and one more
+    order, on the day they were made)."""
+    tally = _tally(session)
+    tally.add(community_id, made_at, "applications")
+    tally.add(community_id, made_at, "orders")
+
+
 def _loaded(session: Session, model, ids: Iterable[int], names: tuple[str, ...]) -> dict:
     """``names`` of the ``model`` rows ``ids``: from objects the session holds, else one
     SELECT for the rest."""

@@ -145,17 +145,8 @@ def submit_fresh_application(
         {"application": public_id, "tier": tier.code},
         now=now,
     )
-    _count_application(community.id, made_at=now)
+    figures.count_application(db.session(), community.id, made_at=now)
     return _as_loaded(Application(id=application_id, **values), community, tier)
-
-
-def _count_application(community_id: int, *, made_at: datetime) -> None:
-    """Tally what the flush hook of :mod:`membership.figures` counts for a new application
-    with an order (one more of each on the day it was made), which it cannot see here.
-    Its place is beside :func:`membership.figures.count_paid_admission`, in that module."""
-    tally = figures._tally(db.session())
-    tally.add(community_id, made_at, "applications")
-    tally.add(community_id, made_at, "orders")
 
 
 def _as_loaded(application: Application, community: Community, tier: Tier) -> Application:

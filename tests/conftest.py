@@ -10,7 +10,11 @@ several threads.
 
 from __future__ import annotations
 
+import base64
+import itertools
 import os
+import secrets
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +32,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from core import clock
 from core.auth import StaffUser, create_staff_user
 from core.catalogs import compile_catalogs
 from core.clock import utcnow
@@ -277,3 +282,27 @@ def admin(app: Flask) -> StaffUser:
 def logged_in(client: FlaskClient, admin: StaffUser) -> FlaskClient:
     assert log_in(client).status_code == 302
     return client
+
+
+@pytest.fixture
+def repeatable(monkeypatch):
+    """One instant for every ``utcnow()`` and tokens counted, not drawn: two runs of the
+    same steps write the same values."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    real = clock.utcnow
+    for module in list(sys.modules.values()):
+        if getattr(module, "utcnow", None) is real:
+            monkeypatch.setattr(module, "utcnow", lambda: now)
+
+    def counted(nbytes=None):
+        nbytes = nbytes or 32
+        number = next(counter).to_bytes(nbytes, "big")
+        return base64.urlsafe_b64encode(number).rstrip(b"=").decode()
+
+    def reset():
+        nonlocal counter
+        counter = itertools.count(1)
+
+    counter = itertools.count(1)
+    monkeypatch.setattr(secrets, "token_urlsafe", counted)
+    return now, reset

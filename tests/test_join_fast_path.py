@@ -3,7 +3,7 @@ writes.
 
 The same join forms, on the same clock, tokens and codes, go into two fresh databases: one
 with the fast path, one with ``JOIN_FAST_PATH`` off. Every row of every table must come out
-the same, ids included (see tests/test_paid_join.py, whose comparison this reuses)."""
+the same, ids included (``tests.helpers.every_row``, as tests/test_paid_join.py compares)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from membership import views
 from membership.cli import seed_demo_community
 from membership.models import ContactKind, Member
 from tests.conftest import fresh_database
-from tests.helpers import PROSPECT, add_coupon, open_join_form
-from tests.test_paid_join import _rows, repeatable  # noqa: F401 (the fixture, used by name)
+from tests.helpers import PROSPECT, add_coupon, every_row, open_join_form
 
 #: A member's phone: a prospect who types it is told nothing, and the member is told.
 MEMBER_PHONE = "13700000001"
@@ -98,7 +97,7 @@ def test_the_fast_path_writes_every_row_the_orm_path_writes(
         with fresh_database(folder, _api_server, JOIN_FAST_PATH=fast) as app:
             _prepare(app)
             assert _send_forms(app) == [302] * (len(FORMS) + 1)
-            runs[fast] = _rows(app)
+            runs[fast] = every_row(app)
         if fast:
             assert len(taken) == sum(fast for _tier, _fields, fast in FORMS)
     assert len(taken) == sum(fast for _tier, _fields, fast in FORMS)  # none with it off

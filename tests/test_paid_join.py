@@ -8,13 +8,9 @@ providers' own nonces and timestamps; password hashes, salted) is compared by sh
 
 from __future__ import annotations
 
-import base64
-import itertools
-import secrets
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from unittest import mock
 
 import pytest
@@ -24,8 +20,7 @@ from core import clock
 from core.auth import create_staff_user
 from core.db import db
 from core.events import EVENT_TYPES, WebhookEndpoint
-from membership import figures
-from membership.checks import figures_agree, seats_agree
+from membership.checks import figures_agree
 from membership.cli import seed_demo_community
 from membership.models import ContactKind, Group, Invitation, InvitationStatus, Member, Tier
 from membership.services import submit_application
@@ -41,6 +36,7 @@ from tests.helpers import (
     ADMIN_PASSWORD,
     charge,
     checkout_session,
+    every_row,
     open_payment,
     signed_notification,
     stripe_delivery,
@@ -48,12 +44,6 @@ from tests.helpers import (
     wechat_v3_paid,
 )
 
-#: Compared by shape: they cannot repeat from one run to the next.
-BY_SHAPE = {
-    ("webhook_events", "body"),
-    ("webhook_events", "headers"),
-    ("staff_users", "password_hash"),
-}
 #: Who pays with what, by the settings of the run: (provider, webhook path).
 PAYERS = {
     "v2": [
@@ -66,30 +56,6 @@ PAYERS = {
 }
 #: A payer in each run paid by JSAPI: the openid the payment was made with.
 JSAPI_OPENID = "o_jsapi_payer_0001"
-
-
-@pytest.fixture
-def repeatable(monkeypatch):
-    """One instant for every ``utcnow()`` and tokens counted, not drawn: two runs of the
-    same steps write the same values."""
-    now = datetime.now(UTC).replace(microsecond=0)
-    real = clock.utcnow
-    for module in list(sys.modules.values()):
-        if getattr(module, "utcnow", None) is real:
-            monkeypatch.setattr(module, "utcnow", lambda: now)
-
-    def counted(nbytes=None):
-        nbytes = nbytes or 32
-        number = next(counter).to_bytes(nbytes, "big")
-        return base64.urlsafe_b64encode(number).rstrip(b"=").decode()
-
-    def reset():
-        nonlocal counter
-        counter = itertools.count(1)
-
-    counter = itertools.count(1)
-    monkeypatch.setattr(secrets, "token_urlsafe", counted)
-    return now, reset
 
 
 def _prepare(app, providers, now, *, v3: bool):
@@ -183,29 +149,6 @@ def _deliver(app, deliveries) -> None:
         assert response.status_code in (200, 204), response.get_data(as_text=True)
 
 
-def _rows(app) -> dict[str, list[dict]]:
-    """Every table's rows in key order (the daily figures summed over their slots, which
-    PostgreSQL picks at random), and that the checks ``flask check`` runs find nothing."""
-    with app.app_context():
-        assert list(figures_agree(clock.utcnow())) == []
-        assert [f for f in seats_agree(clock.utcnow()) if "seat counter" in f] == []
-        tables = {}
-        for table in db.metadata.sorted_tables:
-            if table.name == "daily_figures":
-                kept = figures.kept(db.session)
-                tables[table.name] = sorted((list(key), values) for key, values in kept.items())
-                continue
-            select = sa.select(table).order_by(*table.primary_key.columns)
-            tables[table.name] = [
-                {
-                    name: type(value).__name__ if (table.name, name) in BY_SHAPE else value
-                    for name, value in row.items()
-                }
-                for row in db.session.execute(select).mappings()
-            ]
-        return tables
-
-
 @pytest.mark.committing
 @pytest.mark.parametrize("version", ["v2", "v3"])
 def test_the_fast_path_writes_every_row_the_orm_path_writes(
@@ -236,7 +179,7 @@ def test_the_fast_path_writes_every_row_the_orm_path_writes(
 
             monkeypatch.setattr(services, "_FAST_PATHS", [counting])
             _deliver(app, _prepare(app, providers, now, v3=version == "v3"))
-            runs[fast] = _rows(app)
+            runs[fast] = every_row(app)
     # Every newcomer took the fast path; the rest (a member already, the duplicate
     # delivery never reached it, the refund) the usual one.
     assert len([p for p in fast_applied if p is not None]) == len(providers)
