@@ -124,6 +124,12 @@ class Money:
         whole, minor = divmod(abs(self.amount), 10**exponent)
         return f"{sign}{whole}.{minor:0{exponent}d}" if exponent else f"{sign}{whole}"
 
+    def iso_str(self) -> str:
+        """The amount and its ISO 4217 code, the same for every reader: 9900 CNY → "99.00
+        CNY". What records keep (audit entries): :meth:`format` is for a reader, and an
+        entry written in one admin's language would read in it for every other."""
+        return f"{self.major_str()} {self.currency}"
+
     def format(self, locale: str | Locale | None = None) -> str:
         """How a reader of ``locale`` (default: the request's, else zh_CN) reads it, by
         CLDR: 9900 CNY is "¥99.00" in zh_CN and "CN¥99.00" in en; 100 JPY is "JP¥100" in

@@ -386,7 +386,7 @@ def tier_form(community_id: int | None = None, tier_id: int | None = None):
                 ],
             )
             if (tier.price, tier.currency) != (price.amount, price.currency):
-                changed["price"] = str(price)
+                changed["price"] = price.iso_str()
             tier.price, tier.currency = price.amount, price.currency
             tier.renewal_price = renewal.amount if renewal else None
             tier.groups = [g for g in community.groups if g.id in set(form.groups.data or [])]

@@ -101,7 +101,7 @@ def submit_fresh_application(
         order_id,
         actor="prospect",
         community_id=community.id,
-        data={"amount": str(price)},
+        data={"amount": price.iso_str()},
         now=now,
     )
     values = {

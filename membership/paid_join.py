@@ -448,14 +448,13 @@ def _admit(
         application={"application_id": join.application_id},
         order={"order_id": payment.order_id, "now": now},
     )
-    money = Money(payment.amount, payment.currency)
     audit.record_row(
         "payment.confirmed",
         "payments",
         payment.id,
         actor=actor,
         community_id=community_id,
-        data={"amount": str(money)},
+        data={"amount": Money(payment.amount, payment.currency).iso_str()},
         now=now,
     )
     record_event(

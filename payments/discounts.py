@@ -160,7 +160,7 @@ def discount_order(
         "order.discounted",
         order,
         actor=actor,
-        data={"code": code, "discount": str(discount), "amount": str(order.price)},
+        data={"code": code, "discount": discount.iso_str(), "amount": order.price.iso_str()},
         now=now,
     )
     if order.amount == 0:

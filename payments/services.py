@@ -102,7 +102,7 @@ def create_order(
         expires_at=now + timedelta(minutes=current_app.config["ORDER_TTL_MINUTES"]),
     )
     db.session.add(order)
-    audit.record("order.created", order, actor=actor, data={"amount": str(price)}, now=now)
+    audit.record("order.created", order, actor=actor, data={"amount": price.iso_str()}, now=now)
     return order
 
 
@@ -487,7 +487,7 @@ def confirm_payment(
         coupon_code=order.coupon_code if pays_order else None,
     )
     audit.record(
-        "payment.confirmed", payment, actor=actor, data={"amount": str(payment.money)}, now=now
+        "payment.confirmed", payment, actor=actor, data={"amount": payment.money.iso_str()}, now=now
     )
     record_event(
         order.community_id,
@@ -719,7 +719,7 @@ def request_refund(
         "refund.requested",
         refund,
         actor=actor,
-        data={"amount": str(amount), "payment": payment.id, "revoke_access": revoke_access},
+        data={"amount": amount.iso_str(), "payment": payment.id, "revoke_access": revoke_access},
         now=now,
     )
     return refund
@@ -844,7 +844,7 @@ def _succeed_refund(refund: Refund, external_id: str | None, *, actor: str, now:
         map_reference(payment, external_id, refund)
     _ledger(payment, "refund", -refund.amount, now=now, transaction_id=external_id, refund=refund)
     audit.record(
-        "refund.succeeded", refund, actor=actor, data={"amount": str(refund.money)}, now=now
+        "refund.succeeded", refund, actor=actor, data={"amount": refund.money.iso_str()}, now=now
     )
     record_event(
         payment.order.community_id,

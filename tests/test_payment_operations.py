@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 import membership.paid_join
 import membership.services
+from core.audit import AuditEntry
 from core.clock import utcnow
 from core.db import db
 from membership.models import Member, Membership, MembershipStatus
@@ -210,6 +211,30 @@ def test_stripe_refund_from_the_admin_page(app, client, demo, apis, logged_in):
         assert request.headers["Idempotency-Key"] == f"refund-{refund.public_id}"
         assert db.session.scalars(sa.select(Membership.status)).one() is MembershipStatus.ENDED
     assert "已退款" in logged_in.get(url).get_data(as_text=True)
+
+
+def test_audit_entries_keep_amounts_the_same_for_every_reader(
+    app, client, demo, apis, logged_in
+):
+    """An amount in an audit entry is a record, not a page: the same text whichever language
+    the admin (or the provider's request) asked for, not "CN¥99.00" for one and "¥99.00"
+    for the next."""
+    english = {"Accept-Language": "en"}
+    payment_id = _stripe_paid(app, client)
+    url = f"/admin/payments/payments/{payment_id}/refund"
+    logged_in.get("/lang/en")
+    response = submit_form(logged_in, url, {"amount": "99", "reason": "重复购买"}, headers=english)
+    assert response.status_code == 302
+    assert "Refunded" in logged_in.get(url, headers=english).get_data(as_text=True)
+    with app.app_context():
+        entries = db.session.execute(sa.select(AuditEntry.action, AuditEntry.data)).all()
+        amounts = {action: data["amount"] for action, data in entries if "amount" in data}
+    assert amounts == {
+        "order.created": "99.00 CNY",
+        "payment.confirmed": "99.00 CNY",
+        "refund.requested": "99.00 CNY",
+        "refund.succeeded": "99.00 CNY",
+    }
 
 
 @pytest.mark.parametrize(
