@@ -62,7 +62,7 @@ from membership.models import (
     TierKind,
     tier_groups,
 )
-from membership.services import _keep_loaded_in_step, allocate_member_number
+from membership.services import _keep_loaded_in_step, allocate_member_number, hold_admissions
 from payments.models import LedgerEntry, Order, OrderStatus, Payment, PaymentStatus
 from payments.providers import EventKind, Notification
 from payments.services import reference_mapping
@@ -345,11 +345,17 @@ def apply_paid_join(
     if payment is None or not _payment_waits(payment, notification, provider_name, own_keys):
         return None
     openid = (payment.provider_data or {}).get("openid")
-    join = connection.execute(
-        _LOCK_ORDER, {"order_id": payment.order_id, "payment_openid": openid}
-    ).first()
+    reading = {"order_id": payment.order_id, "payment_openid": openid}
+    join = connection.execute(_LOCK_ORDER, reading).first()
     if join is None or not _join_waits(join, payment, community_id):
         return None
+    if connection.dialect.name == "postgresql":
+        # Read again under the community's lock (see hold_admissions): the same person's
+        # other order, paid at this moment, may have made them a member since.
+        hold_admissions(join.community_id)
+        join = connection.execute(_LOCK_ORDER, reading).one()
+        if not _join_waits(join, payment, community_id):
+            return None
     _admit(connection, payment, join, openid, notification.payment_external_id, now)
     return payment.id
 

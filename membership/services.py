@@ -102,6 +102,12 @@ _NEXT_MEMBER_NUMBER = (
     .values(last_member_number=_COMMUNITIES.c.last_member_number + 1)
     .returning(_COMMUNITIES.c.last_member_number, _COMMUNITIES.c.member_number_pattern)
 )
+#: The community's row locked as the number's draw locks it (see :func:`hold_admissions`).
+_HOLD_ADMISSIONS = (
+    sa.select(_COMMUNITIES.c.id)
+    .where(_COMMUNITIES.c.id == sa.bindparam("community_id"))
+    .with_for_update()
+)
 _TIER_GROUPS_LOCKED = (
     sa.select(Group)
     .join(tier_groups, tier_groups.c.group_id == Group.id)
@@ -462,6 +468,8 @@ def admit(application: Application, *, actor: str, now: datetime) -> Member:
     member = application.member
     # What the transaction changed before (a payment, its order) bears on none of these
     # reads: it is flushed once, with the member, below.
+    if member is None:
+        hold_admissions(application.community_id)
     with db.session.no_autoflush:
         claimed = member is None and _member_by_contact(application, now=now)
         if claimed:
@@ -834,6 +842,16 @@ def give_staff_number(member: Member, *, actor: str, now: datetime | None = None
         now=now,
     )
     return member.staff_number_label
+
+
+def hold_admissions(community_id: int) -> None:
+    """Take the community's row lock, the one the member number's draw takes, before
+    reading whether an applicant is a member already: two applications of one person paid
+    at once then make one member (the second finds the first), not two with two numbers.
+    On PostgreSQL; SQLite's writers hold its write lock for their whole transaction."""
+    connection = db.session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(_HOLD_ADMISSIONS, {"community_id": community_id})
 
 
 def allocate_member_number(community_id: int) -> tuple[int, str]:

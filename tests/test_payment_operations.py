@@ -213,9 +213,7 @@ def test_stripe_refund_from_the_admin_page(app, client, demo, apis, logged_in):
     assert "已退款" in logged_in.get(url).get_data(as_text=True)
 
 
-def test_audit_entries_keep_amounts_the_same_for_every_reader(
-    app, client, demo, apis, logged_in
-):
+def test_audit_entries_keep_amounts_the_same_for_every_reader(app, client, demo, apis, logged_in):
     """An amount in an audit entry is a record, not a page: the same text whichever language
     the admin (or the provider's request) asked for, not "CN¥99.00" for one and "¥99.00"
     for the next."""
