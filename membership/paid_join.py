@@ -5,7 +5,7 @@ for the open order of a join application, which admits the payer as a new member
 through the ORM, for every case; their unit of work (one flush of nine kinds of rows) and
 the building of each statement cost more than everything else a delivery does. Here the
 same rows are written by prebuilt Core statements, in the order and under the locks the ORM
-path takes them (payment, order, the community's member number, the tier's groups): the
+path takes them (payment, order, the community's row, the tier's groups): the
 payment confirmed, its provider id mapped, its ledger entry, the order paid and bought by
 the new member, numbered; their membership, invitation (with its platform task and seat)
 and application admitted; the audit entries, events and daily figures the ORM path would
