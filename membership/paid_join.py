@@ -100,10 +100,23 @@ def _member_where(*conditions) -> sa.ScalarSelect:
     )
 
 
+#: The members the applicant might be already: by the contact typed; by the openid WeChat
+#: gave, or the one the payment was made with.
+_MEMBER_BY_CONTACT = _member_where(
+    _MEMBERS.c.contact_kind == _APPLICATIONS.c.contact_kind,
+    _MEMBERS.c.contact_value == _APPLICATIONS.c.contact_value,
+).label("member_by_contact")
+_MEMBER_BY_OPENID = _member_where(
+    _MEMBERS.c.wechat_openid
+    == sa.func.coalesce(_APPLICATIONS.c.wechat_openid, sa.bindparam("payment_openid"))
+).label("member_by_openid")
+#: The same, read again under the community's lock (see :func:`apply_paid_join`).
+_APPLICANT_MEMBERS = sa.select(_MEMBER_BY_CONTACT, _MEMBER_BY_OPENID).where(
+    _APPLICATIONS.c.id == sa.bindparam("application_id")
+)
 _TIERS = Application.tier.property.mapper.local_table
 #: The order, locked second, with what admitting its payer reads: its application and
-#: tier, how many payments it has, and the members the applicant might be already (by the
-#: contact typed; by the openid WeChat gave, or the one the payment was made with).
+#: tier, how many payments it has, and the members the applicant might be already.
 _LOCK_ORDER = (
     sa.select(
         _ORDERS.c.status.label("order_status"),
@@ -132,14 +145,8 @@ _LOCK_ORDER = (
         .where(_PAYMENTS.c.order_id == _ORDERS.c.id)
         .scalar_subquery()
         .label("payments"),
-        _member_where(
-            _MEMBERS.c.contact_kind == _APPLICATIONS.c.contact_kind,
-            _MEMBERS.c.contact_value == _APPLICATIONS.c.contact_value,
-        ).label("member_by_contact"),
-        _member_where(
-            _MEMBERS.c.wechat_openid
-            == sa.func.coalesce(_APPLICATIONS.c.wechat_openid, sa.bindparam("payment_openid"))
-        ).label("member_by_openid"),
+        _MEMBER_BY_CONTACT,
+        _MEMBER_BY_OPENID,
     )
     .select_from(
         _ORDERS.join(_APPLICATIONS, _APPLICATIONS.c.order_id == _ORDERS.c.id).join(
@@ -345,16 +352,19 @@ def apply_paid_join(
     if payment is None or not _payment_waits(payment, notification, provider_name, own_keys):
         return None
     openid = (payment.provider_data or {}).get("openid")
-    reading = {"order_id": payment.order_id, "payment_openid": openid}
-    join = connection.execute(_LOCK_ORDER, reading).first()
+    join = connection.execute(
+        _LOCK_ORDER, {"order_id": payment.order_id, "payment_openid": openid}
+    ).first()
     if join is None or not _join_waits(join, payment, community_id):
         return None
     if connection.dialect.name == "postgresql":
         # Read again under the community's lock (see hold_admissions): the same person's
         # other order, paid at this moment, may have made them a member since.
         hold_admissions(join.community_id)
-        join = connection.execute(_LOCK_ORDER, reading).one()
-        if not _join_waits(join, payment, community_id):
+        members = connection.execute(
+            _APPLICANT_MEMBERS, {"application_id": join.application_id, "payment_openid": openid}
+        ).one()
+        if _claimed(join, members) is not None:
             return None
     _admit(connection, payment, join, openid, notification.payment_external_id, now)
     return payment.id
@@ -377,11 +387,6 @@ def _join_waits(join: Row, payment: Row, community_id: int | None) -> bool:
     """Whether the order is open, paid whole by its one payment, with no coupon, for a
     new applicant's paid, unscreened tier (nobody's renewal), in the community whose URL
     the notification came to."""
-    claimed = (
-        join.member_by_openid
-        if join.wechat_openid and join.contact_kind not in SENDABLE_CONTACTS
-        else join.member_by_contact
-    )
     return (
         (community_id is None or community_id == join.community_id)
         and join.order_status is OrderStatus.OPEN
@@ -393,8 +398,17 @@ def _join_waits(join: Row, payment: Row, community_id: int | None) -> bool:
         and join.member_id is None
         and join.kind is TierKind.PAID
         and not join.requires_screening
-        and claimed is None
+        and _claimed(join, join) is None
     )
+
+
+def _claimed(join: Row, members: Row) -> int | None:
+    """The id of the member the applicant of ``join`` is already, of those read in
+    ``members``: by their WeChat when it proved them and they typed no contact we can send
+    to, else by the contact typed (see :func:`membership.services._member_by_contact`)."""
+    if join.wechat_openid and join.contact_kind not in SENDABLE_CONTACTS:
+        return members.member_by_openid
+    return members.member_by_contact
 
 
 def _admit(
