@@ -124,7 +124,8 @@ def from_environment(instance_path: str | Path) -> dict[str, object]:
         # return URLs, links in messages. The request's Host header is never used for them.
         "PUBLIC_BASE_URL": os.environ.get("PUBLIC_BASE_URL") or None,
         "SQLALCHEMY_DATABASE_URI": _database_url(instance_path),
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # Filled in for the database by complete() (see _engine_options).
+        "SQLALCHEMY_ENGINE_OPTIONS": {},
         # PostgreSQL is reached through PgBouncer in transaction mode (see complete()).
         "DATABASE_PGBOUNCER": _flag("DATABASE_PGBOUNCER", False),
         # Payment providers offered on the join page, in order. Empty: every real provider
@@ -289,7 +290,7 @@ def complete(config: MutableMapping[str, object], instance_path: str | Path) -> 
         )
     _check_sms(config)
     _check_secrets_keys(config)
-    _through_pgbouncer(config)
+    _engine_options(config)
     _check_locale(config)
     _check_export_work_mem(config)
 
@@ -309,16 +310,19 @@ def _check_secrets_keys(config: MutableMapping[str, object]) -> None:
         raise SettingError(f"SECRETS_KEYS: {error}") from None
 
 
-def _through_pgbouncer(config: MutableMapping[str, object]) -> None:
-    """Behind PgBouncer in transaction mode, a connection's consecutive transactions may
-    run on different server connections, so psycopg must not prepare statements (it
-    prepares a query once it ran five times; the next server would not know it)."""
-    if config.get("DATABASE_PGBOUNCER") and str(config["SQLALCHEMY_DATABASE_URI"]).startswith(
-        "postgresql"
-    ):
-        options = {**config["SQLALCHEMY_ENGINE_OPTIONS"]}
+def _engine_options(config: MutableMapping[str, object]) -> None:
+    """On PostgreSQL a connection taken from the pool is pinged first (one round trip): the
+    server, or PgBouncer, may have closed it since. A SQLite connection is a file, never
+    closed under us: nothing to ping. Behind PgBouncer in transaction mode, a connection's
+    consecutive transactions may run on different server connections, so psycopg must not
+    prepare statements (it prepares a query once it ran five times; the next server would
+    not know it)."""
+    if not str(config["SQLALCHEMY_DATABASE_URI"]).startswith("postgresql"):
+        return
+    options = {"pool_pre_ping": True, **config["SQLALCHEMY_ENGINE_OPTIONS"]}
+    if config.get("DATABASE_PGBOUNCER"):
         options["connect_args"] = {**options.get("connect_args", {}), "prepare_threshold": None}
-        config["SQLALCHEMY_ENGINE_OPTIONS"] = options
+    config["SQLALCHEMY_ENGINE_OPTIONS"] = options
 
 
 def _check_sms(config: MutableMapping[str, object]) -> None:

@@ -181,3 +181,16 @@ def test_production_refuses_webhooks_to_private_addresses(environment):
     environment.setenv("WEBHOOKS_ALLOW_PRIVATE_URLS", "1")
     with pytest.raises(SettingError, match="WEBHOOKS_ALLOW_PRIVATE_URLS"):
         create_app()
+
+
+@pytest.mark.parametrize(
+    ("url", "pinged"),
+    [("postgresql+psycopg://qunmen@db.internal/qunmen", True), ("sqlite:///qunmen.db", False)],
+    ids=["PostgreSQL", "SQLite"],
+)
+def test_pooled_connections_are_pinged_where_a_server_can_drop_them(environment, url, pinged):
+    """A PostgreSQL connection from the pool is checked before use (the server or PgBouncer
+    may have closed it); a SQLite file is not, which cost a statement a transaction."""
+    environment.setenv("DATABASE_URL", url)
+    app = create_app()
+    assert app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_pre_ping", False) is pinged
