@@ -97,6 +97,7 @@ def bar_chart(
     for i, category in enumerate(categories):
         for s, values in enumerate(series):
             value = values[i]
+            shown = text(value)
             height = float(max(value, 0)) / float(axis_top) * plot_height
             title = f"{category} {titles[s] if s < len(titles) else ''}".strip()
             bars.append(
@@ -106,8 +107,8 @@ def bar_chart(
                     width=round(width, 2),
                     height=round(height, 2),
                     series=s,
-                    text=text(value),
-                    title=f"{title}: {text(value)}",
+                    text=shown,
+                    title=f"{title}: {shown}",
                 )
             )
     ticks = [

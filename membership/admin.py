@@ -25,6 +25,7 @@ from flask_babel import lazy_gettext as _l
 from flask_babel import ngettext
 from flask_login import current_user, login_required
 from sqlalchemy.orm import selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 from wtforms import SelectChoice
 
 from core import audit
@@ -103,6 +104,7 @@ from membership.models import (
     Tier,
     TierAudience,
     TierKind,
+    tier_groups,
 )
 from membership.platforms import PLATFORMS, WECOM, PlatformError
 from membership.screening import ScreeningRefused, approve, reject
@@ -176,6 +178,41 @@ def _changes(obj, form, fields: list[str]) -> dict[str, str]:
     return audit.apply_changes(obj, {name: getattr(form, name).data for name in fields})
 
 
+def _communities_with_groups(shown: sa.ColumnElement[bool]) -> list[Community]:
+    """The communities ``shown``, in order, with their groups and their tiers' groups loaded
+    (what the group warnings and the seats read): four statements whatever their number,
+    as ``selectinload`` makes, without its loaders' cost (their building was a sixth of the
+    dashboard's CPU, twice the statements' own)."""
+    communities = db.session.scalars(sa.select(Community).where(shown).order_by(Community.id)).all()
+    if not communities:
+        return []
+    ids = [community.id for community in communities]
+    groups = db.session.scalars(
+        sa.select(Group).where(Group.community_id.in_(ids)).order_by(Group.id)
+    ).all()
+    tiers = db.session.scalars(
+        sa.select(Tier).where(Tier.community_id.in_(ids)).order_by(Tier.sort_order, Tier.id)
+    ).all()
+    groups_of_tier: dict[int, list[Group]] = {tier.id: [] for tier in tiers}
+    for tier_id, group in db.session.execute(
+        sa.select(tier_groups.c.tier_id, Group)
+        .join(Group, Group.id == tier_groups.c.group_id)
+        .where(tier_groups.c.tier_id.in_(list(groups_of_tier)))
+        .order_by(Group.id)
+    ):
+        groups_of_tier[tier_id].append(group)
+    for community in communities:
+        set_committed_value(
+            community, "groups", [g for g in groups if g.community_id == community.id]
+        )
+        set_committed_value(
+            community, "tiers", [t for t in tiers if t.community_id == community.id]
+        )
+    for tier in tiers:
+        set_committed_value(tier, "groups", groups_of_tier[tier.id])
+    return communities
+
+
 @bp.get("/")
 @requires("members.view")
 def dashboard():
@@ -183,18 +220,7 @@ def dashboard():
     community's figures (``?community=``, the first by default) over ``?days=`` 7, 30 or
     90, revenue by ``?by=`` day, week or month. Reads only; only the communities where
     the person may see members."""
-    shown = in_visible_communities(Community.id, "members.view")
-    communities = db.session.scalars(
-        sa.select(Community)
-        .where(shown)
-        .order_by(Community.id)
-        # What the group warnings read: one statement each, whatever the number of
-        # communities and tiers.
-        .options(
-            selectinload(Community.groups),
-            selectinload(Community.tiers).selectinload(Tier.groups),
-        )
-    ).all()
+    communities = _communities_with_groups(in_visible_communities(Community.id, "members.view"))
     waiting = dict(
         db.session.execute(
             sa.select(Member.community_id, sa.func.count())
@@ -204,33 +230,38 @@ def dashboard():
             .group_by(Member.community_id)
         ).all()
     )
-    attention = {
-        "failed_webhooks": db.session.scalar(
-            sa.select(sa.func.count(WebhookEvent.id)).where(
-                inbox.needs_replay(utcnow()), visible_webhook_events()
-            )
-        ),
-        **dict(
-            zip(
-                ("failed_platform_calls", "queued_platform_calls"),
-                db.session.execute(
-                    sa.select(
-                        sa.func.count().filter(PlatformTask.status == TaskStatus.FAILED),
-                        sa.func.count().filter(PlatformTask.status == TaskStatus.PENDING),
-                    ).where(_visible_platform_tasks())
-                ).one(),
-                strict=True,
-            )
-        ),
-        "removals": db.session.scalar(
+    tasks = (
+        sa.select(
+            sa.func.count().filter(PlatformTask.status == TaskStatus.FAILED).label("failed"),
+            sa.func.count().filter(PlatformTask.status == TaskStatus.PENDING).label("queued"),
+        )
+        .where(_visible_platform_tasks())
+        .subquery()
+    )
+    # The four counts in one statement: one round trip, not three.
+    counts = db.session.execute(
+        sa.select(
+            sa.select(sa.func.count(WebhookEvent.id))
+            .where(inbox.needs_replay(utcnow()), visible_webhook_events())
+            .scalar_subquery(),
+            tasks.c.failed,
+            tasks.c.queued,
             sa.select(sa.func.count(RemovalTask.id))
             .join(Group)
             .where(
                 RemovalTask.done_at.is_(None),
                 in_visible_communities(Group.community_id, "members.removals"),
             )
-        ),
-    }
+            .scalar_subquery(),
+        ).select_from(tasks)
+    ).one()
+    attention = dict(
+        zip(
+            ("failed_webhooks", "failed_platform_calls", "queued_platform_calls", "removals"),
+            counts,
+            strict=True,
+        )
+    )
     now = utcnow()
     taken = {g.id: g.seats_taken for c in communities for g in c.groups}
     group_alerts = [w for c in communities for w in group_warnings(c, taken, now=now)]

@@ -18,12 +18,13 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from flask_babel import get_locale
 from flask_babel import gettext as _
 
 from core.charts import bar_chart
 from core.clock import local_timestamp_sql
 from core.db import db
-from core.money import Money
+from core.money import DEFAULT_LOCALE, Money
 from membership.exports import day_start
 from membership.figures import COUNTS, FIELDS, DailyFigures, paying_members
 from membership.models import (
@@ -293,11 +294,13 @@ def dashboard_charts(
     groups = buckets(period, by)
     labels = [label for label, _days in groups]
     revenue = []
+    # The reader's locale named once, not looked up for each of the hundred amounts.
+    reader = str(get_locale() or DEFAULT_LOCALE)
     if money:
         for currency, change in figures.revenue.items():
 
             def text(amount, currency=currency):
-                return str(Money(int(amount), currency))
+                return Money(int(amount), currency).format(reader)
 
             cards.append(
                 _card(
