@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import flask_wtf.csrf
 import pytest
 import sqlalchemy as sa
 
@@ -24,7 +25,7 @@ from payments.accounts import account_of, remove_account, save_account
 from payments.models import Order
 from payments.providers import get_provider
 from tests.conftest import app_config, dispose_engines, fresh_database
-from tests.helpers import PROSPECT, count, new_phone, open_join_form
+from tests.helpers import PROSPECT, count, hidden_value, new_phone, open_join_form
 
 #: An endpoint's address; nothing is sent to it here.
 HOOK = "http://127.0.0.1:9/hook"
@@ -217,3 +218,27 @@ def test_a_new_prospects_join_form_reads_twice_and_writes_each_row_once(app, cli
     assert [next(p for p in NEW_PROSPECT_JOIN if s.startswith(p)) for s in seen] == (
         NEW_PROSPECT_JOIN
     )
+
+
+def test_a_join_form_signs_a_csrf_token_only_for_a_page_that_shows_it(
+    app, client, demo, monkeypatch
+):
+    """The token a join form sends is checked, and a form answered with a redirect signs
+    no new one; a form shown again (refused) carries a new token, which works."""
+    signed = []
+    real = flask_wtf.csrf.generate_csrf
+
+    def signing(*args, **kwargs):
+        signed.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flask_wtf.csrf, "generate_csrf", signing)
+    data = {**open_join_form(client), **PROSPECT, "contact_value": new_phone()}
+    assert len(signed) == 1  # the page shown
+    assert client.post("/join/demo/main", data={**data, "csrf_token": "forged"}).status_code == 400
+    assert client.post("/join/demo/main", data=data).status_code == 302
+    assert len(signed) == 1
+    refused = client.post("/join/demo/main", data={**data, "accept_rules": ""})
+    assert refused.status_code == 422 and len(signed) == 2
+    again = {**data, "csrf_token": hidden_value(refused.text, "csrf_token")}
+    assert client.post("/join/demo/main", data=again).status_code == 302
