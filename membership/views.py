@@ -633,8 +633,14 @@ def _send_application_code(application: Application) -> None:
 
 def _wechat_proves_at_join(community_id: int) -> bool:
     """Whether the join's applicant proves themselves by WeChat's silent OAuth (inside
-    WeChat, with OAuth configured for the community) rather than by a code."""
-    return current_payer().in_wechat and _wechat_oauth_provider(community_id) is not None
+    WeChat, with OAuth configured for the community) rather than by a code. Answered once
+    a request (the join POST asks three times: its form, its code, its next step)."""
+    answers = g.setdefault("wechat_proves_at_join", {})
+    if community_id not in answers:
+        answers[community_id] = (
+            current_payer().in_wechat and _wechat_oauth_provider(community_id) is not None
+        )
+    return answers[community_id]
 
 
 def _start_proof(application: Application, provider: str | None) -> Response:
