@@ -550,10 +550,11 @@ def _join_checks(
     """The tries one join form claims, all in one statement: the join itself (per client,
     overall) and, when its code step sends a code to ``code_to``, the code request."""
     per_client, overall = JOIN_SUBMISSIONS
-    checks = [(per_client, client_network()), (overall, "")]
+    client = client_network()
+    checks = [(per_client, client), (overall, "")]
     if code_to is not None:
         checks += code_request_checks(
-            *code_to, community_id=community.id, client=client_network(), limits=JOIN_CODE_REQUESTS
+            *code_to, community_id=community.id, client=client, limits=JOIN_CODE_REQUESTS
         )
     return checks
 
