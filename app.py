@@ -26,7 +26,7 @@ from core.checks import check_command
 from core.clock import local_time
 from core.db import db, init_db
 from core.observability import init_observability
-from core.security import csrf, init_security_headers
+from core.security import SignedCookieSessions, csrf, init_security_headers
 from core.static_files import init_static_files
 from demo import demo_command
 from membership import admin as membership_admin
@@ -108,6 +108,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app = Qunmen(
         __name__, instance_relative_config=True, instance_path=os.environ.get("INSTANCE_PATH")
     )
+    app.session_interface = SignedCookieSessions()
     app.config.from_mapping(settings.from_environment(app.instance_path))
     if config:
         app.config.from_mapping(config)

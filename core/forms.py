@@ -1,4 +1,5 @@
-"""Form fields every package's forms share: an amount of money typed by an admin.
+"""What every package's forms share: an amount of money typed by an admin, and a CSRF
+token signed only when a page shows it.
 
 Forms are declared before their currency is known (it is the community's, the payment's),
 so a :class:`MoneyField` is told its currency by the view before the form is validated.
@@ -6,10 +7,22 @@ so a :class:`MoneyField` is told its currency by the view before the form is val
 
 from __future__ import annotations
 
+from flask_babel.speaklater import LazyString
+from flask_wtf.csrf import _FlaskFormCSRF
 from wtforms import StringField
 from wtforms.validators import ValidationError
 
 from core.money import AmountError, Money
+
+
+class TokenWhenShown(_FlaskFormCSRF):
+    """Flask-WTF's CSRF for a form (``csrf_class`` of its ``Meta``), whose new token is
+    signed when the form is drawn, not when it is made: a form sent and answered with a
+    redirect never signs one (the token sent was checked by :data:`core.security.csrf`
+    before the view ran; a token signed for nobody cost a tenth of the join POST's form)."""
+
+    def generate_csrf_token(self, csrf_token_field) -> LazyString:
+        return LazyString(super().generate_csrf_token, csrf_token_field)
 
 
 class MoneyField(StringField):

@@ -1,4 +1,5 @@
-"""Tokens and signatures: unguessable ids, signed links, constant-time comparison."""
+"""Tokens and signatures: unguessable ids, signed links, constant-time comparison, the
+signed session cookie."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, g, session
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
@@ -86,6 +88,20 @@ def unsign_for_this_browser(purpose: str, token: str) -> Any | None:
     if not same_secret(str(signed.get("nonce", "")), expected):
         return None
     return signed.get("value")
+
+
+class SignedCookieSessions(SecureCookieSessionInterface):
+    """Flask's signed session cookie, whose serializer is made once for the app's keys:
+    Flask makes one for every request twice, to open the session and to save it (a
+    serializer holds no state of a request; a new key or fallback makes a new one)."""
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        made = app.extensions.get("qunmen.session_serializer")
+        if made is None or made[0] != keys:
+            made = (keys, super().get_signing_serializer(app))
+            app.extensions["qunmen.session_serializer"] = made
+        return made[1]
 
 
 #: CSRF protection for every form; webhook endpoints are exempted where they are defined.

@@ -38,7 +38,7 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from core.forms import MoneyField
+from core.forms import MoneyField, TokenWhenShown
 from core.i18n import LOCALES
 from core.money import CURRENCIES
 from membership.models import (
@@ -95,6 +95,9 @@ class JoinForm(FlaskForm):
     an e-mail address, proven by a code before the join goes on). Inside WeChat, where the
     silent OAuth proves the applicant, the view sets :attr:`channel_optional`: a WeChat ID
     alone will do."""
+
+    class Meta:
+        csrf_class = TokenWhenShown
 
     #: Set by the view inside WeChat (see the class's docstring).
     channel_optional = False

@@ -550,10 +550,11 @@ def _join_checks(
     """The tries one join form claims, all in one statement: the join itself (per client,
     overall) and, when its code step sends a code to ``code_to``, the code request."""
     per_client, overall = JOIN_SUBMISSIONS
-    checks = [(per_client, client_network()), (overall, "")]
+    client = client_network()
+    checks = [(per_client, client), (overall, "")]
     if code_to is not None:
         checks += code_request_checks(
-            *code_to, community_id=community.id, client=client_network(), limits=JOIN_CODE_REQUESTS
+            *code_to, community_id=community.id, client=client, limits=JOIN_CODE_REQUESTS
         )
     return checks
 
@@ -633,8 +634,14 @@ def _send_application_code(application: Application) -> None:
 
 def _wechat_proves_at_join(community_id: int) -> bool:
     """Whether the join's applicant proves themselves by WeChat's silent OAuth (inside
-    WeChat, with OAuth configured for the community) rather than by a code."""
-    return current_payer().in_wechat and _wechat_oauth_provider(community_id) is not None
+    WeChat, with OAuth configured for the community) rather than by a code. Answered once
+    a request (the join POST asks three times: its form, its code, its next step)."""
+    answers = g.setdefault("wechat_proves_at_join", {})
+    if community_id not in answers:
+        answers[community_id] = (
+            current_payer().in_wechat and _wechat_oauth_provider(community_id) is not None
+        )
+    return answers[community_id]
 
 
 def _start_proof(application: Application, provider: str | None) -> Response:
