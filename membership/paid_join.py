@@ -62,7 +62,11 @@ from membership.models import (
     TierKind,
     tier_groups,
 )
-from membership.services import _keep_loaded_in_step, allocate_member_number, hold_admissions
+from membership.services import (
+    _keep_loaded_in_step,
+    allocate_member_number,
+    give_back_member_number,
+)
 from payments.models import LedgerEntry, Order, OrderStatus, Payment, PaymentStatus
 from payments.providers import EventKind, Notification
 from payments.services import reference_mapping
@@ -342,7 +346,8 @@ def apply_paid_join(
     for a verified notification not applied before. When it is a payment of the open
     order of a new member's join (see the module's docstring), confirm it and admit the
     payer; returns the payment's id. Otherwise returns None, having written nothing (it
-    may have locked the payment and its order, as the usual path does next)."""
+    may have locked the payment, its order and its community's row, as the usual path does
+    next, and drawn a member number and given it back)."""
     if notification.kind is not EventKind.PAYMENT_SUCCEEDED or not notification.payment_public_id:
         return None
     connection = db.session.connection()
@@ -357,16 +362,18 @@ def apply_paid_join(
     ).first()
     if join is None or not _join_waits(join, payment, community_id):
         return None
+    # The draw locks the community's row (as hold_admissions does on the ORM path).
+    number = allocate_member_number(join.community_id)
     if connection.dialect.name == "postgresql":
-        # Read again under the community's lock (see hold_admissions): the same person's
-        # other order, paid at this moment, may have made them a member since.
-        hold_admissions(join.community_id)
+        # Read again under that lock: the same person's other order, paid at this moment,
+        # may have made them a member since the order was read.
         members = connection.execute(
             _APPLICANT_MEMBERS, {"application_id": join.application_id, "payment_openid": openid}
         ).one()
         if _claimed(join, members) is not None:
+            give_back_member_number(join.community_id)
             return None
-    _admit(connection, payment, join, openid, notification.payment_external_id, now)
+    _admit(connection, payment, join, number, openid, notification.payment_external_id, now)
     return payment.id
 
 
@@ -415,13 +422,14 @@ def _admit(
     connection: sa.Connection,
     payment: Row,
     join: Row,
+    number: tuple[int, str],
     openid: str | None,
     external_id: str | None,
     now: datetime,
 ) -> None:
     """Write the payment confirmed and its payer admitted (see the module's docstring)."""
     community_id, actor = join.community_id, f"webhook:{payment.provider}"
-    number, label = allocate_member_number(community_id)
+    number, label = number
     days = join.duration_days
     member_id, membership_id = _write_admission(
         connection,

@@ -102,6 +102,12 @@ _NEXT_MEMBER_NUMBER = (
     .values(last_member_number=_COMMUNITIES.c.last_member_number + 1)
     .returning(_COMMUNITIES.c.last_member_number, _COMMUNITIES.c.member_number_pattern)
 )
+_MEMBER_NUMBER_BACK = (
+    sa.update(_COMMUNITIES)
+    .where(_COMMUNITIES.c.id == sa.bindparam("community_id"))
+    .values(last_member_number=_COMMUNITIES.c.last_member_number - 1)
+    .returning(_COMMUNITIES.c.last_member_number)
+)
 #: The community's row locked as the number's draw locks it (see :func:`hold_admissions`).
 _HOLD_ADMISSIONS = (
     sa.select(_COMMUNITIES.c.id)
@@ -866,6 +872,17 @@ def allocate_member_number(community_id: int) -> tuple[int, str]:
     )
     _keep_loaded_in_step(Community, community_id, last_member_number=number)
     return number, format_member_number(pattern, number)
+
+
+def give_back_member_number(community_id: int) -> None:
+    """Give back the number :func:`allocate_member_number` drew in this transaction, found
+    not to be needed (the payer was a member already). The row is still locked by the
+    draw: nobody drew another since, so the next admission gets this one and no gap is
+    left."""
+    (number,) = (
+        db.session.connection().execute(_MEMBER_NUMBER_BACK, {"community_id": community_id}).one()
+    )
+    _keep_loaded_in_step(Community, community_id, last_member_number=number)
 
 
 def seats_taken(group_ids: list[int]) -> dict[int, int]:

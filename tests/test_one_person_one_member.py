@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from core.db import db
 from membership.cli import seed_demo_community
-from membership.models import Member, Membership, Tier
+from membership.models import Community, Member, Membership, Tier
 from payments import inbox
 from payments.models import FlagKind, InboxStatus, OrderFlag, Payment, PaymentStatus
 from tests.conftest import fresh_database
@@ -48,6 +48,8 @@ def test_two_paid_applications_of_one_contact_make_one_member(
         assert results == [InboxStatus.PROCESSED] * 2
         with app.app_context():
             assert db.session.execute(sa.select(Member.number)).scalars().all() == [1]
+            # A number drawn for the second payer and not needed was given back.
+            assert db.session.scalar(sa.select(Community.last_member_number)) == 1
             assert len(db.session.scalars(sa.select(Membership)).all()) == 1
             statuses = db.session.scalars(sa.select(Payment.status)).all()
             assert statuses == [PaymentStatus.CONFIRMED] * 2
