@@ -7,6 +7,8 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
@@ -24,7 +26,17 @@ from core.outbox import OutboxMessage
 from core.security import new_token
 from membership import figures
 from membership.checks import figures_agree, seats_agree
-from membership.models import Community, ContactKind, Invitation, Member, Membership, Tier
+from membership.models import (
+    Community,
+    ContactKind,
+    Group,
+    Invitation,
+    Member,
+    Membership,
+    Tier,
+    TierAudience,
+    TierKind,
+)
 from membership.services import submit_application
 from payments import inbox
 from payments.models import Dispute, LedgerEntry, Order, Payment, Refund
@@ -49,6 +61,64 @@ PROSPECT = {
 def count(model) -> int:
     """How many rows ``model`` has (app context needed)."""
     return db.session.scalar(sa.select(sa.func.count()).select_from(model))
+
+
+#: The statements of the test's own transaction around each test, which a request does not
+#: run outside the suite.
+_THE_TESTS_OWN = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
+
+
+@contextmanager
+def statements(app) -> Iterator[list[str]]:
+    """The SQL statements the app runs inside the block, one line each, as they run (not
+    the test's savepoints)."""
+    seen: list[str] = []
+    with app.app_context():
+        engine = db.engine
+
+    def watch(_conn, _cursor, statement, *_args) -> None:
+        if not statement.startswith(_THE_TESTS_OWN):
+            seen.append(" ".join(statement.split()))
+
+    sa.event.listen(engine, "before_cursor_execute", watch)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", watch)
+
+
+def add_communities(how_many: int, tiers: int, *, group_each_tier: bool) -> None:
+    """``how_many`` more communities (别的社群0, 别的社群1 …), each with ``tiers`` paid tiers
+    for members, in a group of their own each (``group_each_tier``) or all in one. In an
+    app context; commits."""
+    now = utcnow()
+    for n in range(how_many):
+        other = Community(name=f"别的社群{n}", slug=f"other-{n}", currency="CNY", created_at=now)
+        groups = [
+            Group(
+                community=other,
+                name=f"群{n}-{k}",
+                platform="wechat",
+                capacity=500,
+                join_link=f"https://example.com/{n}/{k}",
+                created_at=now,
+            )
+            for k in range(tiers if group_each_tier else 1)
+        ]
+        db.session.add_all(
+            Tier(
+                community=other,
+                code=f"tier-{k}",
+                name=f"档{k}",
+                kind=TierKind.PAID,
+                price=1900,
+                currency="CNY",
+                audience=TierAudience.MEMBERS,
+                groups=[groups[k if group_each_tier else 0]],
+            )
+            for k in range(tiers)
+        )
+    db.session.commit()
 
 
 def hidden_value(html: str, name: str) -> str:

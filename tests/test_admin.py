@@ -14,7 +14,7 @@ from core.clock import utcnow
 from core.db import db
 from membership.cli import _qr_png
 from membership.models import Community, Group, Tier, TierKind
-from tests.helpers import ADMIN_PASSWORD, count, join_and_pay, log_in, submit_form
+from tests.helpers import ADMIN_PASSWORD, count, join_and_pay, log_in, statements, submit_form
 
 ADMIN_PAGES = [
     "/admin/",
@@ -337,38 +337,32 @@ def test_inside_ids_at_commit_an_entry_about_a_new_row_waits_for_the_commit_flus
 
 
 def test_audit_entries_are_written_together_when_the_transaction_commits(app, demo):
-    inserts = []
+    with app.app_context(), statements(app) as seen:
 
-    def watch(_connection, _cursor, statement, *_):
-        if statement.startswith("INSERT INTO audit_entries"):
-            inserts.append(statement)
+        def inserts() -> list[str]:
+            return [s for s in seen if s.startswith("INSERT INTO audit_entries")]
 
-    with app.app_context():
-        sa.event.listen(db.engine, "before_cursor_execute", watch)
         before = db.session.scalar(sa.select(sa.func.max(AuditEntry.id))) or 0
-        try:
-            community = db.session.get(Community, demo.id)
-            audit.record("community.checked", community, actor="cli", data={"n": 1})
-            audit.record("community.checked", community, actor="cli", data={"n": 2})
-            group = Group(
-                community_id=demo.id,
-                name="新群",
-                platform="wechat",
-                capacity=500,
-                created_at=utcnow(),
-            )
-            db.session.add(group)
-            audit.record("group.created", group, actor="cli")  # a new row: flushed for its id
-            assert inserts == []
-            db.session.commit()
-            assert len(inserts) == 1  # one statement for the three entries
+        community = db.session.get(Community, demo.id)
+        audit.record("community.checked", community, actor="cli", data={"n": 1})
+        audit.record("community.checked", community, actor="cli", data={"n": 2})
+        group = Group(
+            community_id=demo.id,
+            name="新群",
+            platform="wechat",
+            capacity=500,
+            created_at=utcnow(),
+        )
+        db.session.add(group)
+        audit.record("group.created", group, actor="cli")  # a new row: flushed for its id
+        assert inserts() == []
+        db.session.commit()
+        assert len(inserts()) == 1  # one statement for the three entries
 
-            audit.record("community.checked", community, actor="cli", data={"n": 3})
-            db.session.rollback()  # the change it described is undone: so is the entry
-            db.session.commit()
-            assert len(inserts) == 1
-        finally:
-            sa.event.remove(db.engine, "before_cursor_execute", watch)
+        audit.record("community.checked", community, actor="cli", data={"n": 3})
+        db.session.rollback()  # the change it described is undone: so is the entry
+        db.session.commit()
+        assert len(inserts()) == 1
         entries = db.session.execute(
             sa.select(AuditEntry.action, AuditEntry.target_id, AuditEntry.data)
             .where(AuditEntry.id > before)

@@ -20,20 +20,17 @@ from membership.dashboard import Change, dashboard_figures
 from membership.models import (
     Community,
     ContactKind,
-    Group,
     Member,
     Membership,
     MembershipStatus,
     PageVisits,
     Tier,
-    TierAudience,
-    TierKind,
 )
 from membership.services import submit_application
 from payments.models import InboxStatus, LedgerEntry, Order, Payment, WebhookEvent
 from payments.providers import Payer
 from payments.services import start_payment
-from tests.helpers import count, join_and_pay, submit_join
+from tests.helpers import add_communities, count, join_and_pay, statements, submit_join
 
 
 def test_community_page_shows_revenue_members_and_funnel(app, demo, logged_in):
@@ -252,20 +249,9 @@ def test_the_dashboard_shows_cards_charts_and_each_currency_apart(app, demo, log
 
 
 def _dashboard_statements(app, client) -> int:
-    with app.app_context():
-        engine = db.engine
-    statements = []
-
-    def watch(_connection, _cursor, statement, *_):
-        if not statement.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
-            statements.append(statement)
-
-    sa.event.listen(engine, "before_cursor_execute", watch)
-    try:
+    with statements(app) as seen:
         assert client.get("/admin/?days=90&by=month").status_code == 200
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", watch)
-    return len(statements)
+    return len(seen)
 
 
 def test_the_dashboard_costs_the_same_statements_for_5_or_300_members(app, demo, logged_in):
@@ -296,31 +282,6 @@ def test_the_dashboard_costs_the_same_statements_for_more_communities_and_tiers(
     not one per community or per tier."""
     before = _dashboard_statements(app, logged_in)
     with app.app_context():
-        for n in range(2):
-            other = Community(
-                name=f"别的社群{n}", slug=f"other-{n}", currency="CNY", created_at=utcnow()
-            )
-            for season in range(3):
-                group = Group(
-                    community=other,
-                    name=f"第{season}季群",
-                    platform="wechat",
-                    capacity=500,
-                    join_link=f"https://example.com/{n}/{season}",
-                    created_at=utcnow(),
-                )
-                db.session.add(
-                    Tier(
-                        community=other,
-                        code=f"season-{season}",
-                        name=f"第{season}季",
-                        kind=TierKind.PAID,
-                        price=1900,
-                        currency="CNY",
-                        audience=TierAudience.MEMBERS,
-                        groups=[group],
-                    )
-                )
-        db.session.commit()
+        add_communities(2, tiers=3, group_each_tier=True)
     assert "别的社群1" in logged_in.get("/admin/").text  # the person sees them all
     assert _dashboard_statements(app, logged_in) == before

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import sqlalchemy as sa
-from sqlalchemy import event
 
 from core.clock import utcnow
 from core.db import db
@@ -31,6 +30,7 @@ from tests.helpers import (
     new_phone,
     open_join_form,
     prove_join,
+    statements,
     submit_join,
 )
 
@@ -194,21 +194,10 @@ def test_a_join_claims_its_tries_at_once_and_queues_its_code_with_the_applicatio
     """The join's tries (per client, overall) and its code request (per contact, client,
     community) are one statement; the code's message is queued with the application."""
     data = {**open_join_form(client), **PROSPECT, "contact_value": new_phone()}
-    claims = []
-
-    def seen(_conn, _cursor, statement, *_args) -> None:
-        if "attempt_counters" in statement:
-            claims.append(statement)
-
-    with app.app_context():
-        event.listen(db.engine, "before_cursor_execute", seen)
-    try:
+    with statements(app) as seen:
         response = client.post("/join/demo/main", data=data)
-    finally:
-        with app.app_context():
-            event.remove(db.engine, "before_cursor_execute", seen)
     assert response.status_code == 302 and "/verify/" in response.location
-    assert len(claims) == 1
+    assert len([s for s in seen if "attempt_counters" in s]) == 1
     with app.app_context():
         counted = {c.key.rsplit(":", 1)[0] for c in db.session.scalars(sa.select(AttemptCounter))}
         assert {"join:client", "code-request:contact:phone", "code-request:join-client"} <= (

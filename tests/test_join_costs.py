@@ -7,7 +7,6 @@ instance is seen by the next request or event there."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import flask_wtf.csrf
 import pytest
@@ -25,30 +24,11 @@ from payments.accounts import account_of, remove_account, save_account
 from payments.models import Order
 from payments.providers import get_provider
 from tests.conftest import app_config, dispose_engines, fresh_database
-from tests.helpers import PROSPECT, count, hidden_value, new_phone, open_join_form
+from tests.helpers import PROSPECT, count, hidden_value, new_phone, open_join_form, statements
 
 #: An endpoint's address; nothing is sent to it here.
 HOOK = "http://127.0.0.1:9/hook"
 STRIPE_SECRETS = {"STRIPE_SECRET_KEY": "sk_test_own_0001", "STRIPE_WEBHOOK_SECRET": "whsec_own"}
-
-
-@contextmanager
-def statements(app) -> Iterator[list[str]]:
-    """The SQL statements the app runs inside the block, one line each (not the test's
-    savepoints)."""
-    seen: list[str] = []
-    with app.app_context():
-        engine = db.engine
-
-    def watch(_conn, _cursor, statement, *_args) -> None:
-        if not statement.startswith(("SAVEPOINT", "RELEASE SAVEPOINT")):
-            seen.append(" ".join(statement.split()))
-
-    sa.event.listen(engine, "before_cursor_execute", watch)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", watch)
 
 
 def give_stripe(community_id: int) -> None:

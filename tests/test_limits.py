@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event
 
 from core.clock import utcnow
 from core.db import db
 from core.limits import AttemptCounter, Limit, TooManyTries, claim
+from tests.helpers import statements
 
 PER_CLIENT = Limit("test-limits:client", 2, timedelta(minutes=15))
 OVERALL = Limit("test-limits:all", 3, timedelta(minutes=15))
@@ -19,22 +19,14 @@ HOURLY = Limit("test-limits:hourly", 5, timedelta(hours=1))
 
 def _claims_counted(app, checks, now) -> tuple[int, TooManyTries | None]:
     """Claim ``checks``; the statements that wrote the counters, and the refusal if any."""
-    statements = []
-
-    def seen(_conn, _cursor, statement, *_args) -> None:
-        if "attempt_counters" in statement:
-            statements.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", seen)
-    try:
-        claim(checks, now=now)
-        refusal = None
-    except TooManyTries as refused:
-        refusal = refused
-    finally:
-        event.remove(db.engine, "before_cursor_execute", seen)
+    with statements(app) as seen:
+        try:
+            claim(checks, now=now)
+            refusal = None
+        except TooManyTries as refused:
+            refusal = refused
     db.session.commit()
-    return len(statements), refusal
+    return len([s for s in seen if "attempt_counters" in s]), refusal
 
 
 def _count(key: str) -> int | None:

@@ -19,7 +19,7 @@ from membership.models import (
     MembershipStatus,
     Tier,
 )
-from tests.helpers import join_and_pay, submit_form, submit_join
+from tests.helpers import join_and_pay, statements, submit_form, submit_join
 
 
 def _community_id(app) -> int:
@@ -128,18 +128,8 @@ def test_the_members_list_costs_the_same_statements_for_5_or_25_members(app, dem
     url = f"/admin/communities/{_community_id(app)}/members"
 
     def statements_for_page() -> int:
-        with app.app_context():
-            engine = db.engine
-        seen = []
-
-        def watch(*_args) -> None:
-            seen.append(1)
-
-        sa.event.listen(engine, "before_cursor_execute", watch)
-        try:
+        with statements(app) as seen:
             assert logged_in.get(url).status_code == 200
-        finally:
-            sa.event.remove(engine, "before_cursor_execute", watch)
         return len(seen)
 
     for _ in range(5):

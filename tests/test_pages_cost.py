@@ -7,18 +7,14 @@ from __future__ import annotations
 
 from flask_babel import Domain, force_locale, gettext
 
-from core.clock import utcnow
-from core.db import db
-from membership.models import Community, Group, Tier, TierAudience, TierKind
-from tests.helpers import log_in
-from tests.test_join_costs import statements
+from tests.helpers import add_communities, log_in, statements
 
 
 def dashboard_statements(client, url: str = "/admin/") -> list[str]:
-    """The statements of one dashboard page (not the test's rollback to its savepoint)."""
+    """The statements of one dashboard page."""
     with statements(client.application) as seen:
         assert client.get(url).status_code == 200
-    return [statement for statement in seen if not statement.startswith("ROLLBACK")]
+    return seen
 
 
 def test_the_dashboard_reads_in_twelve_statements(app, demo, logged_in):
@@ -31,32 +27,7 @@ def test_the_dashboard_reads_in_twelve_statements(app, demo, logged_in):
 
 def test_more_communities_tiers_and_groups_cost_no_statement_more(app, demo, logged_in):
     with app.app_context():
-        for n in range(3):
-            other = Community(
-                name=f"别的社群{n}", slug=f"other-{n}", currency="CNY", created_at=utcnow()
-            )
-            group = Group(
-                community=other,
-                name=f"群{n}",
-                platform="wechat",
-                capacity=500,
-                join_link=f"https://example.com/{n}",
-                created_at=utcnow(),
-            )
-            db.session.add_all(
-                Tier(
-                    community=other,
-                    code=f"tier-{k}",
-                    name=f"档{k}",
-                    kind=TierKind.PAID,
-                    price=1900,
-                    currency="CNY",
-                    audience=TierAudience.MEMBERS,
-                    groups=[group],
-                )
-                for k in range(2)
-            )
-        db.session.commit()
+        add_communities(3, tiers=2, group_each_tier=False)
     assert "别的社群2" in logged_in.get("/admin/").text
     seen = dashboard_statements(logged_in)
     assert len(seen) == 12, "\n".join(seen)

@@ -48,6 +48,7 @@ from tests.helpers import (
     join_and_pay,
     log_in_member,
     new_phone,
+    statements,
     submit_form,
 )
 
@@ -488,18 +489,9 @@ def test_issuing_a_coupon_reaches_each_eligible_member_once(app, demo):
 
 def selects_during(app, action) -> int:
     """How many SELECT statements ``action`` makes."""
-    statements = []
-
-    def count_select(_conn, _cursor, statement, *_):
-        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
-            statements.append(statement)
-
-    sa.event.listen(db.engine, "before_cursor_execute", count_select)
-    try:
+    with statements(app) as seen:
         action()
-    finally:
-        sa.event.remove(db.engine, "before_cursor_execute", count_select)
-    return len(statements)
+    return len([s for s in seen if s.upper().startswith(("SELECT", "WITH"))])
 
 
 def test_a_launch_reads_the_members_in_a_fixed_number_of_queries(app, demo):

@@ -24,7 +24,7 @@ from payments.models import (
 )
 from payments.providers import EventKind
 from payments.providers.fake import FakeProvider
-from tests.helpers import count, signed_notification, submit_join
+from tests.helpers import count, signed_notification, statements, submit_join
 
 
 @pytest.fixture
@@ -293,17 +293,6 @@ def test_a_paying_delivery_costs_a_fixed_number_of_statements(app, client, payme
 
 def _statements_of(app, client, body, headers) -> list[str]:
     """The kind (SELECT, INSERT…) of each statement a delivery runs, answered 200."""
-    with app.app_context():
-        engine = db.engine
-    statements = []
-
-    def watch(_connection, _cursor, statement, *_):
-        if not statement.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):  # the test's
-            statements.append(statement.split()[0])
-
-    sa.event.listen(engine, "before_cursor_execute", watch)
-    try:
+    with statements(app) as seen:
         assert client.post("/webhooks/fake", data=body, headers=headers).status_code == 200
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", watch)
-    return statements
+    return [statement.split()[0] for statement in seen]
