@@ -38,6 +38,10 @@ bare_stock = sa.Table(
 def create_app() -> Flask:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+    if os.environ.get("DATABASE_PGBOUNCER") == "1":
+        # Behind PgBouncer (bin/with-postgres --pgbouncer), as the product does: psycopg
+        # must not prepare statements there (see config._engine_options).
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"connect_args": {"prepare_threshold": None}}
     init_db(app)
 
     filler = "群门" * (int(os.environ.get("BARE_PAGE_BYTES", "6000")) // 6)
