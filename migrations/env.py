@@ -6,7 +6,6 @@ type is written into revisions as the plain ``DateTime(timezone=True)`` it store
 """
 
 import logging
-from logging.config import fileConfig
 
 from alembic import context
 from flask import current_app
@@ -14,9 +13,8 @@ from flask import current_app
 from core.db import UTCDateTime, modelled
 
 config = context.config
-if config.config_file_name is not None:
-    # Keep the app's loggers (and pytest's capture) working when run from tests.
-    fileConfig(config.config_file_name, disable_existing_loggers=False)
+# Logged as the app logs (core.observability): alembic.ini sets no logging, which would
+# replace the app's handler and level in the process that migrates (the demo's console).
 logger = logging.getLogger("alembic.env")
 
 db = current_app.extensions["migrate"].db

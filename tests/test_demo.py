@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import stat
 from pathlib import Path
@@ -55,3 +56,24 @@ def test_a_second_start_sets_nothing_up_again(tmp_path, _api_server, monkeypatch
             assert db.session.scalar(sa.select(sa.func.count()).select_from(Community)) == 1
             admin = db.session.scalar(sa.select(StaffUser).where(StaffUser.email == email))
             assert admin.check_password(password)
+
+
+@pytest.mark.committing
+def test_the_console_still_shows_login_codes_after_the_migrations(
+    tmp_path, _api_server, monkeypatch
+):
+    """The demo prints login codes to its console (``OUTBOX_TO_LOG``, at INFO) after it
+    has migrated in the same process: the migrations leave the app's logging as it was
+    (alembic.ini's logging setup once put the root logger at WARN with a handler of its
+    own, and no code reached the console)."""
+    monkeypatch.setattr(demo, "run_simple", lambda *args, **kwargs: None)
+    root = logging.getLogger()
+    console = logging.StreamHandler()
+    monkeypatch.setattr(root, "handlers", [*root.handlers, console])
+    monkeypatch.setattr(root, "level", logging.INFO)
+    with fresh_database(tmp_path, _api_server) as app:
+        app.instance_path = str(tmp_path)
+        result = app.test_cli_runner().invoke(demo.demo_command, ["--port", "0"])
+    assert result.exit_code == 0, result.output
+    assert console in root.handlers
+    assert logging.getLogger("core.outbox").isEnabledFor(logging.INFO)
