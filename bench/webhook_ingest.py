@@ -58,6 +58,8 @@ SETTINGS = {
     "PUBLIC_BASE_URL": "http://qunmen.test",
     # Plain-http cookies, and the fake provider for the scenarios that pay with it.
     "QUNMEN_DEMO": "1",
+    # The work measured, not a log line a request: in process as under gunicorn.
+    "LOG_LEVEL": "warning",
 }
 #: The v3 scenarios' app: WeChat Pay v3 credentials too (public-key mode; ingesting makes
 #: no call to the API, so its address is a closed port).
@@ -140,7 +142,6 @@ def gunicorn(app_spec: str, url: str, **settings: str):
         **SETTINGS,
         "DATABASE_URL": url,
         "PYTHONPATH": str(ROOT),
-        "LOG_LEVEL": "warning",
         # As in production: platform calls are a separate worker's job, not the web's.
         "QUEUE_IN_PROCESS": "0",
         **settings,
