@@ -798,6 +798,13 @@ LISTED_ORDER = (
     sa.func.coalesce(Member.number, sa.literal_column(str(UNNUMBERED))),
     Member.id,
 )
+#: The same order, written so that no index serves it (``number + 0``): for the few members
+#: a search finds, sorted once found. In LISTED_ORDER, SQLite walks the community's whole
+#: list by the index to find them (11 ms for a rare name at 100,000 members, against 0.2).
+SORTED_ORDER = (
+    sa.func.coalesce(Member.number + 0, sa.literal_column(str(UNNUMBERED))),
+    Member.id,
+)
 
 
 def _seat(group_id: int | None, status: InvitationStatus | None) -> int | None:
