@@ -657,10 +657,18 @@ def _start_proof(application: Application, provider: str | None) -> Response:
     return redirect(url_for(".verify", slug=slug, public_id=public_id, provider=provider))
 
 
-def _proving_application(slug: str, public_id: str) -> Application:
-    """An application of this browser's (see :func:`_remember_application`), or a 404."""
+def _made_here(public_id: str) -> bool:
+    """Whether this browser made the application ``public_id`` (see
+    :func:`_remember_application`)."""
+    return public_id in session.get(APPLICATIONS_SESSION_KEY, [])
+
+
+def _this_browsers_application(slug: str, public_id: str) -> Application:
+    """An application of this browser's, or a 404: only it proves the application's
+    channel or pays its order (its public id travels in URLs, to providers and browser
+    histories)."""
     application = _application(slug, public_id)
-    if public_id not in session.get(APPLICATIONS_SESSION_KEY, []):
+    if not _made_here(public_id):
         abort(404)
     return application
 
@@ -706,7 +714,7 @@ def _check_code(
 def verify(slug: str, public_id: str):
     """The join's code step: the applicant types the code sent to their phone or e-mail
     before they pay (or, for a free tier, before they are admitted)."""
-    application = _proving_application(slug, public_id)
+    application = _this_browsers_application(slug, public_id)
     if application.status is not ApplicationStatus.AWAITING_PROOF:
         return redirect(url_for(".status", slug=slug, public_id=public_id))
     pending = db.session.scalar(_LATEST_APPLICATION_CODE, {"application_id": application.id})
@@ -735,7 +743,7 @@ def verify(slug: str, public_id: str):
 @bp.post("/join/<slug>/verify/<public_id>/resend")
 def verify_resend(slug: str, public_id: str):
     """Another code to the application's contact (within the code limits)."""
-    application = _proving_application(slug, public_id)
+    application = _this_browsers_application(slug, public_id)
     if (
         application.status is ApplicationStatus.AWAITING_PROOF
         and application.contact_kind in SENDABLE
@@ -750,7 +758,7 @@ def verify_resend(slug: str, public_id: str):
 def verify_wechat(slug: str, public_id: str):
     """Prove the applicant by WeChat's silent OAuth (``snsapi_base``), in this browser
     only, once, within ten minutes (the ``state``)."""
-    application = _proving_application(slug, public_id)
+    application = _this_browsers_application(slug, public_id)
     provider = _wechat_oauth_provider(application.community_id)
     if provider is None or application.status is not ApplicationStatus.AWAITING_PROOF:
         abort(404)
@@ -772,7 +780,7 @@ def verify_wechat_return(slug: str):
     if provider is None or not isinstance(state, dict):
         abort(400)
     public_id = state.get("application", "")
-    application = _proving_application(slug, public_id)
+    application = _this_browsers_application(slug, public_id)
     end_transaction_keeping_objects()
     try:
         openid = provider.openid_from_code(
@@ -812,7 +820,8 @@ def status(slug: str, public_id: str):
     application = _application(slug, public_id)
     order = db.session.get(Order, application.order_id) if application.order_id else None
     member, invitations, whole_member = None, [], False
-    if public_id in session.get(APPLICATIONS_SESSION_KEY, []):
+    made_here = _made_here(public_id)
+    if made_here:
         member = application.member
     if member is not None:
         _status_login(application, member, now=utcnow())
@@ -830,6 +839,9 @@ def status(slug: str, public_id: str):
         and order.status is OrderStatus.OPEN
         and application.status is not ApplicationStatus.AWAITING_PROOF
     )
+    # Elsewhere the page says where to look instead: what was bought, or how to pay.
+    made_elsewhere = not made_here and (application.member_id is not None or order_open)
+    order_open = order_open and made_here
     # Only an open order shows its last payment and the form to pay again.
     pay_form = PayAgainForm() if order_open else None
     if pay_form is not None:
@@ -844,7 +856,7 @@ def status(slug: str, public_id: str):
         invitations=invitations_to_scan(invitations),
         group_nickname=group_nickname(member) if member is not None else None,
         whole_member=whole_member,
-        made_elsewhere=member is None and application.member_id is not None,
+        made_elsewhere=made_elsewhere,
         member_link=_member_link(member) if member and member == logged_in_member() else None,
         order_open=order_open,
         flags=open_flags(order) if order is not None and member is not None else set(),
@@ -906,8 +918,9 @@ def _member_link(member: Member) -> str:
 
 @bp.post("/join/<slug>/status/<public_id>/pay")
 def pay_again(slug: str, public_id: str):
-    """Try paying the application's order again, after a failure or a cancel."""
-    application = _application(slug, public_id)
+    """Try paying the application's order again, after a failure or a cancel: in the
+    browser that made the application only."""
+    application = _this_browsers_application(slug, public_id)
     form = PayAgainForm()
     offer_providers(form, application.community_id)
     if not form.validate_on_submit():

@@ -144,6 +144,45 @@ def test_the_status_page_shows_the_number_only_in_its_browser_and_logs_in_once(a
         assert db.session.scalar(sa.select(Application.status_login_at)) is not None
 
 
+def test_a_stranger_with_the_status_url_cannot_make_the_application_theirs(app, demo):
+    """The status URL goes to payment providers and browser history. Sending its "pay
+    again" form from another browser once made the application that browser's: it saw
+    the member's number and invitation, and took their one status-page login."""
+    payer = app.test_client()
+    status = join_and_pay(payer, "main", display_name="原主")
+    stranger = app.test_client()
+    token = csrf_token(stranger, "/join/demo/main")
+    taken = stranger.post(f"{status}/pay", data={"csrf_token": token, "provider": "fake"})
+    assert taken.status_code == 404
+    page = stranger.get(status).text
+    assert "0001" not in page and "/invitations/" not in page and "原主" not in page
+    assert "原主" not in stranger.get("/join/demo").text  # not logged in as them
+    assert 'id="member-number">0001<' in payer.get(status).text
+    assert "原主" in payer.get("/join/demo").text  # their one status-page login is theirs
+
+
+def test_only_the_applicants_browser_is_offered_to_pay_their_open_order(app, demo):
+    applicant = app.test_client()
+    cashier = submit_join(applicant, "main").location
+    cashier_action(applicant, cashier, "cancel")
+    with app.app_context():
+        public_id = db.session.scalar(sa.select(Application.public_id))
+    status = f"/join/demo/status/{public_id}"
+    assert f"{status}/pay" in applicant.get(status).text
+    stranger = app.test_client()
+    page = stranger.get(status).text
+    assert f"{status}/pay" not in page and 'id="made-elsewhere"' in page
+    token = csrf_token(stranger, "/join/demo/main")
+    refused = stranger.post(f"{status}/pay", data={"csrf_token": token, "provider": "fake"})
+    assert refused.status_code == 404
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Payment)) == 1
+    again = applicant.post(
+        f"{status}/pay", data={"csrf_token": csrf_token(applicant, status), "provider": "fake"}
+    )
+    assert again.location.startswith("/fake-pay/")
+
+
 def test_a_late_status_page_logs_nobody_in(app, demo):
     payer = app.test_client()
     status = join_and_pay(payer, "main")
