@@ -39,7 +39,7 @@ from core.auth import (
     visible_communities,
 )
 from core.clock import utcnow
-from core.db import db
+from core.db import db, row_id, row_ids
 from core.labels import label
 from core.outbox import CHANNEL_LABELS, OutboxMessage, OutboxStatus, retry_message
 
@@ -241,14 +241,14 @@ def audit_log():
     }
     if filters["target_type"]:
         query = query.where(AuditEntry.target_type == filters["target_type"])
-    if filters["target_id"].isdigit():
-        query = query.where(AuditEntry.target_id == int(filters["target_id"]))
+    if target_id := row_ids([filters["target_id"]]):
+        query = query.where(AuditEntry.target_id == target_id[0])
     if filters["actor"]:
         query = query.where(AuditEntry.actor == filters["actor"])
     if filters["action"]:
         query = query.where(AuditEntry.action.startswith(filters["action"]))
     page = db.paginate(
-        query, page=max(request.args.get("page", 1, type=int), 1), per_page=PAGE_SIZE
+        query, page=max(request.args.get("page", 1, type=row_id), 1), per_page=PAGE_SIZE
     )
     return render_template(
         "admin/audit.html",
@@ -273,7 +273,7 @@ def failed_messages():
     if request.method == "POST":
         message = db.session.scalar(
             sa.select(OutboxMessage).where(
-                OutboxMessage.id == request.form.get("message", type=int), visible
+                OutboxMessage.id == request.form.get("message", type=row_id), visible
             )
         )
         if message is None or message.status is not OutboxStatus.FAILED:
@@ -335,7 +335,7 @@ audit.register_labels(
 
 def _staff_names(ids: list[str]) -> dict[str, str]:
     """The audit log's names for ``staff:<id>`` actors: the staff member's name."""
-    wanted = [int(staff_id) for staff_id in ids if staff_id.isdigit()]
+    wanted = row_ids(ids)
     rows = db.session.execute(
         sa.select(StaffUser.id, StaffUser.name).where(StaffUser.id.in_(wanted))
     )

@@ -47,7 +47,7 @@ from wtforms.validators import DataRequired, Email, EqualTo, Length, Optional
 from core import audit
 from core.audit import community_id_of
 from core.clock import utcnow
-from core.db import UTCDateTime, db
+from core.db import UTCDateTime, db, row_id
 from core.i18n import settle_locale_at_login
 from core.limits import AttemptCounter, Limit, TooManyTries, claim, client_network
 from core.security import new_token, same_secret, same_site_path
@@ -733,7 +733,7 @@ def _pick_community():
         return
     if not current_user.is_authenticated:
         return
-    picked = request.args.get("community", type=int)
+    picked = request.args.get("community", type=row_id)
     if picked is None:
         session.pop(PICKED_COMMUNITY, None)
     elif current_user.install_owner or current_user.role_in(picked) is not None:

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import suppress
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -37,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+from werkzeug.routing import IntegerConverter
 
 #: Constraint names are stable across databases so migrations can drop them by name.
 NAMING_CONVENTION = {
@@ -222,7 +224,41 @@ class WriteInReadOnlyRequest(RuntimeError):
     """A GET (or HEAD) wrote without taking the write lock first (tests only)."""
 
 
+#: The largest id a row can have (ids are 32-bit INTEGER columns on PostgreSQL). A larger
+#: number names no row, and neither database takes it in a comparison: SQLite's driver
+#: cannot bind one past 64 bits (OverflowError), PostgreSQL says "integer out of range".
+LARGEST_ID = 2**31 - 1
+
+
+def row_id(text: str) -> int:
+    """``text`` as a row's id, a page's number or another count a request gives: a whole
+    number from 0 to :data:`LARGEST_ID`, else ValueError (so that
+    ``request.args.get(key, type=row_id)`` answers its default)."""
+    number = int(text)
+    if not 0 <= number <= LARGEST_ID:
+        raise ValueError(f"{text} is out of range")
+    return number
+
+
+def row_ids(texts: Iterable[str]) -> list[int]:
+    """The ids among ``texts`` (see :func:`row_id`); the others left out."""
+    ids = []
+    for text in texts:
+        with suppress(ValueError):
+            ids.append(row_id(text))
+    return ids
+
+
+class RowIdConverter(IntegerConverter):
+    """The routes' ``<int:…>``: a number past :data:`LARGEST_ID` matches no route (404)."""
+
+    def __init__(self, url_map, *args, **kwargs) -> None:
+        kwargs.setdefault("max", LARGEST_ID)
+        super().__init__(url_map, *args, **kwargs)
+
+
 def init_db(app: Flask) -> None:
+    app.url_map.converters["int"] = RowIdConverter
     db.init_app(app)
 
     @app.before_request

@@ -40,6 +40,8 @@ from core.db import (
     begin_snapshot,
     db,
     end_transaction_keeping_objects,
+    row_id,
+    row_ids,
     session_dialect,
     take_write_lock,
 )
@@ -270,7 +272,7 @@ def dashboard():
         (c for c in communities if str(c.id) == request.args.get("community")),
         communities[0] if communities else None,
     )
-    days = request.args.get("days", type=int)
+    days = request.args.get("days", type=row_id)
     days = days if days in PERIODS else DEFAULT_PERIOD
     by = request.args.get("by") if request.args.get("by") in BUCKETS else "day"
     return render_template(
@@ -560,7 +562,7 @@ def _member_search(community: Community) -> sa.Select:
         query = query.where(_matching(text))
     if request.args.get("reach") == "none":
         query = query.where(~Member.reachable())
-    tier_id = request.args.get("tier", type=int)
+    tier_id = request.args.get("tier", type=row_id)
     state = request.args.get("state", "")
     if state == "none":
         query = query.where(~sa.exists().where(Membership.member_id == Member.id))
@@ -611,7 +613,7 @@ def members(community_id: int):
     """Search and filter the community's members."""
     community = load_for(Community, community_id, "members.view")
     search = _member_search(community)
-    number = max(request.args.get("page", 1, type=int), 1)
+    number = max(request.args.get("page", 1, type=row_id), 1)
     found, counted_all = _count_up_to(search, max(COUNT_CAP, number * PAGE_SIZE) + 1)
     page = db.paginate(
         _listed(search, found).options(
@@ -789,9 +791,8 @@ def _review_decision(posted) -> tuple[str | None, list[int]]:
     (``action``) for every ticked ``application``."""
     verdict, _sep, one = posted.get("decide", "").partition(":")
     if verdict:
-        return verdict, [int(one)] if one.isdigit() else []
-    chosen = [int(i) for i in posted.getlist("application") if i.isdigit()]
-    return posted.get("action"), chosen
+        return verdict, row_ids([one])
+    return posted.get("action"), row_ids(posted.getlist("application"))
 
 
 @bp.route("/communities/<int:community_id>/applications", methods=["GET", "POST"])
@@ -853,7 +854,7 @@ def removals(community_id: int):
             sa.select(RemovalTask)
             .join(Group)
             .where(
-                RemovalTask.id == request.form.get("task", type=int),
+                RemovalTask.id == request.form.get("task", type=row_id),
                 Group.community_id == community.id,
             )
         )
@@ -922,7 +923,7 @@ def platform_tasks():
     if request.method == "POST":
         task = db.session.scalar(
             sa.select(PlatformTask).where(
-                PlatformTask.id == request.form.get("task", type=int), _visible_platform_tasks()
+                PlatformTask.id == request.form.get("task", type=row_id), _visible_platform_tasks()
             )
         )
         if task is None or task.status is not TaskStatus.FAILED:
@@ -1060,7 +1061,7 @@ def platform_label(key: str) -> str:
 def _member_names(ids: list[str]) -> dict[str, str]:
     """The audit log's names for ``member:<id>`` actors: "member 0042", or the member's
     name before they have a number."""
-    wanted = [int(member_id) for member_id in ids if member_id.isdigit()]
+    wanted = row_ids(ids)
     rows = db.session.execute(
         sa.select(Member.id, Member.number_label, Member.display_name).where(Member.id.in_(wanted))
     )

@@ -35,7 +35,7 @@ from wechatpy.exceptions import WeChatException
 
 from core import audit
 from core.clock import utcnow
-from core.db import db, end_transaction_keeping_objects
+from core.db import db, end_transaction_keeping_objects, row_ids
 from core.limits import client_network
 from core.security import csrf
 from membership.access import queue_group_task
@@ -81,8 +81,7 @@ def invitation_id_of(state: str | None) -> int | None:
     """The invitation a join way's ``state`` names, or None for a state not ours."""
     if not state or not state.startswith(STATE_PREFIX):
         return None
-    number = state.removeprefix(STATE_PREFIX)
-    return int(number) if number.isdigit() else None
+    return next(iter(row_ids([state.removeprefix(STATE_PREFIX)])), None)
 
 
 class WeComClient(WeChatClient):

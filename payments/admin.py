@@ -47,7 +47,7 @@ from wtforms.validators import (
 from core import audit
 from core.auth import in_visible_communities, load_for, requires
 from core.clock import utcnow
-from core.db import db
+from core.db import db, row_id
 from core.forms import MoneyField
 from core.secrets import SecretsUnavailable
 from payments.accounts import FIELDS, account_of, remove_account, save_account
@@ -90,7 +90,7 @@ def _staff_only() -> None:
 
 
 def _page() -> int:
-    return max(request.args.get("page", 1, type=int), 1)
+    return max(request.args.get("page", 1, type=row_id), 1)
 
 
 def _in_visible_orders(order_id, permission: str = "payments.view") -> sa.ColumnElement[bool]:

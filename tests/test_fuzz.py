@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from core.db import db
 from membership.models import Application, Member
 from payments.models import LedgerEntry, Order, Payment, Refund
-from tests.helpers import PROSPECT, open_join_form, submit_join
+from tests.helpers import PROSPECT, csrf_token, open_join_form, submit_join
 
 FUZZ = settings(
     max_examples=1000,
@@ -150,3 +150,48 @@ def test_join_form_never_fails_and_refusals_change_nothing(app, client, demo):
     run()
     # A well-formed form still works afterwards.
     assert submit_join(client, "main", **PROSPECT).status_code == 302
+
+
+#: A number past any row's id: SQLite's driver cannot bind it (OverflowError) and
+#: PostgreSQL's 32-bit ids refuse it ("integer out of range").
+HUGE = "99999999999999999999999"
+
+
+def test_a_number_too_large_for_an_id_is_a_404_or_ignored_never_a_500(
+    app, demo, logged_in, monkeypatch
+):
+    """Every route with a number in its path, sent that number (logged in as an admin, and
+    not logged in), and every admin page sent it in each number its query reads."""
+    monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", False)
+    stranger = app.test_client()
+    tokens = {
+        logged_in: csrf_token(logged_in, "/admin/"),
+        stranger: csrf_token(stranger, "/join/demo/main"),
+    }
+    tried = 0
+    for rule in app.url_map.iter_rules():
+        numbers = [name for name, kind in rule._converters.items() if kind.regex == r"\d+"]
+        if not numbers:
+            continue
+        url = rule.rule
+        for name in rule.arguments:
+            url = url.replace(f"<int:{name}>", HUGE).replace(f"<{name}>", "demo")
+        for client, token in tokens.items():
+            for method in rule.methods & {"GET", "POST"}:
+                response = client.open(url, method=method, data={"csrf_token": token})
+                assert response.status_code < 500, (method, url, response.status_code)
+                tried += 1
+    assert tried > 50
+    query = {
+        "page": HUGE,
+        "community": HUGE,
+        "tier": HUGE,
+        "days": HUGE,
+        "target_id": HUGE,
+        "actor": f"staff:{HUGE}",
+    }
+    pages = [r.rule for r in app.url_map.iter_rules() if "GET" in r.methods and not r.arguments]
+    pages += ["/admin/communities/1/members"]
+    for page in (p for p in pages if p.startswith("/admin")):
+        response = logged_in.get(page, query_string=query)
+        assert response.status_code < 500, (page, response.status_code)
