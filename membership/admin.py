@@ -665,7 +665,7 @@ def member(member_id: int):
     form = AccessForm()
     form.tier.choices = [SelectChoice(t.id, t.name) for t in community.tiers]
     form.membership.choices = [
-        SelectChoice(m.id, f"{m.tier.name} · {m.status}") for m in member.memberships
+        SelectChoice(m.id, f"{m.tier.name} · {label(m.status)}") for m in member.memberships
     ]
     if form.validate_on_submit():
         try:

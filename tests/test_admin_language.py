@@ -136,6 +136,10 @@ def test_money_and_member_pages_show_labels_not_codes(app, demo, logged_in):
     assert 'data-status="issued">已邀请' in members
     assert ">issued" not in members and "wechat:" not in members and "phone:" not in members
     assert re.search(r'data-label="联系方式">手机: 1[3-9]\d{9}', members)
+    with app.app_context():
+        member_id = db.session.scalar(sa.select(Member.id))
+    member = logged_in.get(f"/admin/members/{member_id}").text
+    assert ">正式成员 · 有效</option>" in member and "· active" not in member
     logged_in.get("/lang/en")
     assert 'data-status="paid">Paid<' in logged_in.get("/admin/payments/orders").text
     english = logged_in.get(f"/admin/communities/{cid}/members").text
