@@ -7,7 +7,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from urllib.parse import parse_qs, urlsplit
@@ -85,6 +85,27 @@ def statements(app) -> Iterator[list[str]]:
         yield seen
     finally:
         sa.event.remove(engine, "before_cursor_execute", watch)
+
+
+def add_members(app, numbers: Mapping[str, int | None]) -> int:
+    """Members of the (only) community, named as ``numbers``' keys, each with its number
+    (None: none yet), their contact a WeChat ID (``wx_`` and the name); commits. The
+    community's id."""
+    with app.app_context():
+        community_id = db.session.scalar(sa.select(Community.id))
+        db.session.add_all(
+            Member(
+                community_id=community_id,
+                display_name=name,
+                contact_kind=ContactKind.WECHAT,
+                contact_value=f"wx_{name}",
+                number=number,
+                created_at=utcnow(),
+            )
+            for name, number in numbers.items()
+        )
+        db.session.commit()
+    return community_id
 
 
 def add_communities(how_many: int, tiers: int, *, group_each_tier: bool) -> None:

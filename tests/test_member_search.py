@@ -13,6 +13,7 @@ from core.db import db
 from membership import admin as admin_views
 from membership.admin import FEW_TO_SORT, PAGE_SIZE, TRIGRAM, _listed, _member_search, _name_part
 from membership.models import SEARCHED_MEMBER_COLUMNS, Community, ContactKind, Member
+from tests.helpers import add_members
 
 #: Few characters, so that parts of names repeat across members.
 HAN = "张王李赵刘陈杨黄成员老师小明华"
@@ -173,20 +174,7 @@ def test_the_list_is_in_number_order_whether_sorted_or_walked(
     app, demo, logged_in, monkeypatch, few_to_sort
 ):
     monkeypatch.setattr(admin_views, "FEW_TO_SORT", few_to_sort)
-    with app.app_context():
-        community_id = db.session.scalar(sa.select(Community.id))
-        db.session.add_all(
-            Member(
-                community_id=community_id,
-                display_name=f"排序{name}",
-                contact_kind=ContactKind.WECHAT,
-                contact_value=f"wx_order_{name}",
-                number=number,
-                created_at=utcnow(),
-            )
-            for name, number in (("丙", 3), ("无", None), ("甲", 1), ("乙", 2))
-        )
-        db.session.commit()
+    community_id = add_members(app, {"排序丙": 3, "排序无": None, "排序甲": 1, "排序乙": 2})
     page = logged_in.get(
         f"/admin/communities/{community_id}/members", query_string={"q": "排序"}
     ).text

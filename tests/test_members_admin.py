@@ -8,18 +8,16 @@ import io
 import sqlalchemy as sa
 
 from core.audit import AuditEntry
-from core.clock import utcnow
 from core.db import db
 from membership import admin as admin_views
 from membership.models import (
     Community,
-    ContactKind,
     InvitationStatus,
     Member,
     MembershipStatus,
     Tier,
 )
-from tests.helpers import join_and_pay, statements, submit_form, submit_join
+from tests.helpers import add_members, join_and_pay, statements, submit_form, submit_join
 
 
 def _community_id(app) -> int:
@@ -147,29 +145,7 @@ def test_the_list_counts_up_to_a_cap_and_its_pages_keep_the_search(
     and paging keeps the search."""
     monkeypatch.setattr(admin_views, "PAGE_SIZE", 2)
     monkeypatch.setattr(admin_views, "COUNT_CAP", 3)
-    community_id = _community_id(app)
-    with app.app_context():
-        db.session.add_all(
-            Member(
-                community_id=community_id,
-                display_name=f"同名{i}",
-                contact_kind=ContactKind.WECHAT,
-                contact_value=f"wx_same_{i}",
-                number=i + 1,
-                created_at=utcnow(),
-            )
-            for i in range(7)
-        )
-        db.session.add(
-            Member(
-                community_id=community_id,
-                display_name="别人",
-                contact_kind=ContactKind.WECHAT,
-                contact_value="wx_other",
-                created_at=utcnow(),
-            )
-        )
-        db.session.commit()
+    community_id = add_members(app, {f"同名{i}": i + 1 for i in range(7)} | {"别人": None})
     url = f"/admin/communities/{community_id}/members"
 
     def page(number: int) -> str:
