@@ -30,7 +30,8 @@ from flask import (
     request,
     session,
 )
-from flask_babel import Babel, Domain, _get_current_context, get_locale
+from flask_babel import Babel, Domain, _get_current_context, get_locale, lazy_ngettext
+from flask_babel import lazy_gettext as _l
 from wtforms.i18n import messages_path
 
 from core.security import same_site_path
@@ -210,10 +211,28 @@ def switch(locale: str):
     return redirect(same_site_path(request.args.get("next")) or "/")
 
 
+#: WTForms' messages that its own Chinese catalog leaves untranslated (marked fuzzy there,
+#: so they are not in its compiled catalog): named here so that ours carries them.
+WTFORMS_GAPS = (
+    _l("This field cannot be edited."),
+    _l("This field is disabled and cannot have a value."),
+    _l("Not a valid week value."),
+    lazy_ngettext(
+        "'%(value)s' is not a valid choice for this field.",
+        "'%(value)s' are not valid choices for this field.",
+        1,
+    ),
+)
+
+
 @cache
-def _wtforms_catalog(locale: str) -> support.Translations:
-    """WTForms' own catalog (its validators' messages) for ``locale``, loaded once."""
-    return support.Translations.load(messages_path(), [locale], domain="wtforms")
+def _wtforms_catalog(locale: str, ours: str) -> support.NullTranslations:
+    """WTForms' own catalog (its validators' messages) for ``locale``, loaded once, with
+    ours (in the folder ``ours``) behind it for the messages it leaves untranslated
+    (:data:`WTFORMS_GAPS`)."""
+    catalog = support.Translations.load(messages_path(), [locale], domain="wtforms")
+    catalog.add_fallback(support.Translations.load(ours, [locale]))
+    return catalog
 
 
 class LocalizedRequest(Request):
@@ -222,8 +241,10 @@ class LocalizedRequest(Request):
     of a join form's time): the catalog of the request's locale comes from memory."""
 
     @property
-    def wtforms_translations(self) -> support.Translations:
-        return _wtforms_catalog(str(get_locale()))
+    def wtforms_translations(self) -> support.NullTranslations:
+        return _wtforms_catalog(
+            str(get_locale()), current_app.config["BABEL_TRANSLATION_DIRECTORIES"]
+        )
 
 
 def init_i18n(app: Flask) -> None:
