@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, has_request_context, render_template, request
 from flask_migrate import Migrate
+from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import OperationalError
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import MapAdapter
@@ -198,6 +199,17 @@ def _register_error_pages(app: Flask) -> None:
             return render_template("errors/error.html", code=code, message=message), code
 
         app.register_error_handler(code, handler)
+
+    @app.errorhandler(CSRFError)
+    def form_not_from_its_page(error):
+        """A form sent without the token of the page that drew it: the page was drawn for
+        another session (which has ended, or whose cookie the browser did not keep) or by
+        another site. The reader is told to open the page again, with a link when it has
+        one."""
+        rule = request.url_rule
+        again = request.full_path.rstrip("?") if rule and "GET" in rule.methods else None
+        message = _l("This form has expired: open its page again and send it from there")
+        return render_template("errors/error.html", code=400, message=message, again=again), 400
 
     @app.errorhandler(OperationalError)
     def database_unreachable(error):

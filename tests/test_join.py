@@ -171,8 +171,18 @@ def test_join_form_without_csrf_token_is_refused(app, client, demo):
     del data["csrf_token"]
     response = client.post("/join/demo/main", data=data)
     assert response.status_code == 400
+    # Said plainly, with the way back to the form.
+    assert "表单已失效" in response.text
+    assert '<a class="button" href="/join/demo/main">重新打开这一页</a>' in response.text
+    # A session that ended since the form was drawn (its token is the old session's).
+    fresh = client.application.test_client()
+    response = fresh.post("/join/demo/main", data={**open_join_form(client), **PROSPECT})
+    assert response.status_code == 400 and "表单已失效" in response.text
     with app.app_context():
         assert count(Order) == 0
+    # A form with no page of its own to open again is offered the home page only.
+    response = client.post("/join/demo/status/1/pay")
+    assert response.status_code == 400 and "重新打开这一页</a>" not in response.text
 
 
 def test_double_submit_makes_one_order(app, client, demo):
