@@ -15,7 +15,16 @@ from flask_babel import lazy_pgettext
 from core.clock import utcnow
 from core.db import db
 from core.exporters import Exporter
-from membership.models import Application, Community, Member, Membership, PageVisits, Tier
+from core.labels import label
+from membership.models import (
+    CONTACT_KIND_WORDS,
+    Application,
+    Community,
+    Member,
+    Membership,
+    PageVisits,
+    Tier,
+)
 from payments.exports import LedgerQuery, RevenueRows, RevenueTotals, major
 from payments.models import Order, OrderStatus
 
@@ -58,7 +67,8 @@ def community_revenue(
 
 
 class MembersExport(Exporter):
-    """Members as the admin list filters them: number, name, contact, memberships."""
+    """Members as the admin list filters them: number, name, contact, memberships, in the
+    reader's language (contact kinds as the import reads them back)."""
 
     title = _l("Members")
     headers = (
@@ -79,9 +89,9 @@ class MembersExport(Exporter):
             yield [
                 member.number_label or "",
                 member.display_name,
-                member.contact_kind.value,
+                str(CONTACT_KIND_WORDS[member.contact_kind]),
                 member.contact_value,
-                "; ".join(f"{m.tier.name}:{m.status}" for m in member.memberships),
+                "; ".join(f"{m.tier.name}:{label(m.status)}" for m in member.memberships),
                 member.created_at.astimezone(self.zone).strftime("%Y-%m-%d %H:%M"),
                 member.last_active_at.astimezone(self.zone).strftime("%Y-%m-%d %H:%M")
                 if member.last_active_at

@@ -29,6 +29,7 @@ from core.i18n import LOCALES
 from membership.exports import day_start
 from membership.forms import CONTACT_RULES
 from membership.models import (
+    CONTACT_KIND_WORDS,
     Community,
     ContactKind,
     InvitationStatus,
@@ -49,12 +50,6 @@ HEADERS = {
     "contact_value": lazy_pgettext("import column", "contact_value"),
     "joined": lazy_pgettext("import column", "joined"),
     "tier": lazy_pgettext("import column", "tier"),
-}
-#: Contact kinds as a file may spell them, in the catalogs' languages (or the values).
-KIND_NAMES = {
-    ContactKind.WECHAT: lazy_pgettext("import contact kind", "wechat"),
-    ContactKind.PHONE: lazy_pgettext("import contact kind", "phone"),
-    ContactKind.EMAIL: lazy_pgettext("import contact kind", "email"),
 }
 MAX_ROWS = 20_000
 
@@ -97,7 +92,7 @@ def check_import(community: Community, data: bytes) -> ImportCheck:
         return check
     reader.fieldnames = columns
     tiers = {t.code: t for t in community.tiers}
-    kinds = _in_every_language(KIND_NAMES)
+    kinds = _in_every_language(CONTACT_KIND_WORDS)
     taken_numbers = set(
         db.session.scalars(
             sa.select(Member.number).where(
@@ -162,7 +157,10 @@ def sample_csv() -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow([str(HEADERS[column]) for column in COLUMNS])
-    phone, wechat = str(KIND_NAMES[ContactKind.PHONE]), str(KIND_NAMES[ContactKind.WECHAT])
+    phone, wechat = (
+        str(CONTACT_KIND_WORDS[ContactKind.PHONE]),
+        str(CONTACT_KIND_WORDS[ContactKind.WECHAT]),
+    )
     writer.writerow(["1", _("Reader"), phone, "13800000001", "2024-01-15", "main"])
     writer.writerow(["2", _("Bookworm"), wechat, "bookworm_2", "2024-02-01", "main"])
     return "\ufeff" + buffer.getvalue()
@@ -180,7 +178,7 @@ def _read(
         problems.append(_("The name must be 1–40 characters."))
     kind = kinds.get(values["contact_kind"].casefold())
     if kind is None:
-        kinds = ", ".join(str(name) for name in KIND_NAMES.values())
+        kinds = ", ".join(str(name) for name in CONTACT_KIND_WORDS.values())
         problems.append(_("The contact kind must be one of: %(kinds)s.", kinds=kinds))
     contact = values["contact_value"]
     if kind is ContactKind.EMAIL:

@@ -247,6 +247,14 @@ CONTACT_KIND_LABELS = enum_labels(
     },
 )
 
+#: Contact kinds as a file spells them, in the catalogs' languages: the members export
+#: writes them, the import reads them back (in any language, or the values).
+CONTACT_KIND_WORDS = {
+    ContactKind.WECHAT: lazy_pgettext("import contact kind", "wechat"),
+    ContactKind.PHONE: lazy_pgettext("import contact kind", "phone"),
+    ContactKind.EMAIL: lazy_pgettext("import contact kind", "email"),
+}
+
 #: Contacts a code or a message can be sent to (a WeChat ID cannot receive one).
 SENDABLE_CONTACTS = (ContactKind.PHONE, ContactKind.EMAIL)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from unittest.mock import ANY
 
 import sqlalchemy as sa
 
@@ -89,7 +90,10 @@ def test_members_csv_export(app, demo, logged_in):
     assert rows[0][:2] == ["编号", "昵称"]
     assert rows[1][0] == "0001"
     assert rows[1][1].startswith("'=")  # defused
-    assert "正式成员:active" in rows[1][4]
+    assert rows[1][2:] == ["手机", ANY, "正式成员:有效", ANY, ANY]  # words, not codes
+    logged_in.get("/lang/en")
+    rows = list(csv.reader(io.StringIO(logged_in.get(url).get_data(as_text=True))))
+    assert rows[1][2] == "phone" and rows[1][4] == "正式成员:Active"  # the tier's own name
 
 
 def test_staff_are_numbered_in_their_own_series(app, demo, logged_in):
