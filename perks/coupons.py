@@ -128,18 +128,19 @@ def reserve_coupon(order: Order, code: str, purchase: Purchase, *, now: datetime
         created_at=now,
     )
     db.session.add(use)
+    money = Money(discount, order.currency)
     audit.record(
         "coupon.reserved",
         coupon,
         actor=purchase.buyer,
         data={
             "order": order.public_id,
-            "discount": discount,
+            "discount": money.iso_str(),
             "kind": purchase.product.partition(":")[0],
         },
         now=now,
     )
-    return Money(discount, order.currency)
+    return money
 
 
 def _granted(coupon: Coupon, member_id: int | None) -> bool:
