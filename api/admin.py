@@ -210,3 +210,4 @@ audit.register_labels(
         "api_tokens": _l("API token"),
     },
 )
+audit.register_details({"scopes": _l("Scopes")})

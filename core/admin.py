@@ -40,7 +40,8 @@ from core.auth import (
 )
 from core.clock import utcnow
 from core.db import db, row_id, row_ids
-from core.labels import label
+from core.i18n import LOCALES
+from core.labels import code_reader, label
 from core.outbox import CHANNEL_LABELS, OutboxMessage, OutboxStatus, retry_message
 
 bp = Blueprint("core_admin", __name__, url_prefix="/admin")
@@ -58,11 +59,15 @@ def _staff_only() -> None:
     """Every page here is for logged-in staff."""
 
 
+#: What each role is called.
+ROLE_NAMES = {role: name for role, (name, _permissions) in ROLES.items()}
+
+
 class StaffForm(FlaskForm):
     email = EmailField(_l("E-mail"), validators=[DataRequired(), Email(), Length(max=254)])
     name = StringField(lazy_pgettext("staff", "Name"), validators=[Optional(), Length(max=80)])
     community = SelectField(_l("Community"), coerce=int)
-    role = SelectField(_l("Role"), choices=[SelectChoice(k, v[0]) for k, v in ROLES.items()])
+    role = SelectField(_l("Role"), choices=[SelectChoice(*role) for role in ROLE_NAMES.items()])
     password = PasswordField(
         _l(
             "First password (%(least)s–%(most)s characters, changed at the first login; "
@@ -80,7 +85,7 @@ class RoleForm(FlaskForm):
     role = SelectField(
         _l("Role"),
         choices=[SelectChoice("", _l("No role"))]
-        + [SelectChoice(k, v[0]) for k, v in ROLES.items()],
+        + [SelectChoice(*role) for role in ROLE_NAMES.items()],
     )
 
 
@@ -329,6 +334,43 @@ audit.register_labels(
         "outbox_messages": _l("Message"),
         "webhook_endpoints": _l("Webhook endpoint"),
         "events": _l("Event"),
+    },
+)
+
+#: What the details of entries are called, for the keys core records and those every
+#: package's entries share; the roles a role change names, and languages, by their names.
+audit.register_details(
+    {
+        "name": _l("Name"),
+        "code": _l("Code"),
+        "kind": _l("Kind"),
+        "count": _l("Count"),
+        "reason": _l("Reason"),
+        "error": _l("Error"),
+        "detail": _l("Details"),
+        "from": _l("From"),
+        "to": _l("To"),
+        "amount": _l("Amount"),
+        "description": _l("Description"),
+        "title": _l("Title"),
+        "active": _l("Turned on"),
+        "currency": _l("Currency"),
+        "locale": _l("Language"),
+        "email": _l("E-mail"),
+        "install_owner": _l("Install owner"),
+        "must_change_password": _l("Must change the password"),
+        "totp_removed": _l("Two-step login removed"),
+        "limit": _l("Limit reached"),
+        "community": _l("Community"),
+        "url": _l("URL"),
+        "event_types": _l("Event types"),
+        "deliveries": _l("Deliveries"),
+        "failing_since": _l("Failing since"),
+    },
+    {
+        "from": code_reader(ROLE_NAMES),
+        "to": code_reader(ROLE_NAMES),
+        "locale": code_reader(LOCALES),
     },
 )
 

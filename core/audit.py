@@ -5,12 +5,14 @@ webhook's five entries cost one statement, not five); a rollback drops them with
 changes they describe.
 
 The log is read by people: each package registers what its actions and the rows they touch
-are called (:func:`register_labels`) and how its actors are named
+are called (:func:`register_labels`), what the details its entries record are called and
+how their codes read (:func:`register_details`), and how its actors are named
 (:func:`register_actor_names`), as it registers its checks with :mod:`core.checks`."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -23,7 +25,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from core.clock import utcnow
+from core.clock import local_time, utcnow
 from core.db import UTCDateTime, db
 
 
@@ -181,21 +183,34 @@ def _drop_entries(session: Session, _transaction) -> None:
     session.info.pop(_PENDING, None)
 
 
-def apply_changes(target: db.Model, values: dict[str, Any]) -> dict[str, str]:
-    """Set ``values`` on ``target`` (an edit form's fields); returns those that changed, as
-    text for the audit entry's data (lists of rows by their ids)."""
+def apply_changes(target: db.Model, values: dict[str, Any]) -> dict[str, str | bool | None]:
+    """Set ``values`` on ``target`` (an edit form's fields); returns those that changed, for
+    the audit entry's data (see :func:`_as_detail`)."""
     changed = {}
     for name, value in values.items():
         if getattr(target, name) != value:
-            changed[name] = str([v.id for v in value] if isinstance(value, list) else value)
+            changed[name] = _as_detail(value)
             setattr(target, name, value)
     return changed
+
+
+def _as_detail(value: Any) -> str | bool | None:
+    """An edited field's new value as an entry keeps it: flags and nothing as themselves,
+    rows by their ids, anything else as text."""
+    if value is None or isinstance(value, bool):
+        return value
+    return str([v.id for v in value] if isinstance(value, list) else value)
 
 
 #: What each action is called on the audit log (lazy strings), by action.
 _ACTION_LABELS: dict[str, object] = {}
 #: What the rows actions touch are called, by table name.
 _TARGET_LABELS: dict[str, object] = {}
+#: What the keys of entries' details are called, by key.
+_DETAIL_LABELS: dict[str, object] = {}
+#: How to read the values of the keys whose values are codes, by key: each package's way,
+#: tried in turn (``kind`` is a tier's kind, a flag's, a perk's …).
+_VALUE_READERS: dict[str, list[Callable[[str], str | None]]] = {}
 #: For each kind of actor (``staff`` in ``staff:1``), how to name those of a page at once:
 #: given their ids, a name for each id it knows.
 _ACTOR_NAMERS: dict[str, Callable[[list[str]], Mapping[str, str]]] = {}
@@ -216,6 +231,21 @@ def register_labels(
     owns: each with its label (a lazy string), shown on the audit log."""
     _ACTION_LABELS.update(actions)
     _TARGET_LABELS.update(targets or {})
+
+
+def register_details(
+    labels: Mapping[str, object], values: Mapping[str, Callable[[str], str | None]] | None = None
+) -> None:
+    """Called once at import by a package, for the details its entries record: the label of
+    each key (a lazy string), and for the keys whose values are codes, how to read one
+    (None for a code it does not know: the next package's reader is tried, and a code no
+    reader knows is shown as it is). A key named before keeps its label: core names first
+    the keys every package's entries share (``name``, ``kind``, ``active`` …), which an
+    edit form's field labels would name for one form only."""
+    for key, label in labels.items():
+        _DETAIL_LABELS.setdefault(key, label)
+    for key, reader in (values or {}).items():
+        _VALUE_READERS.setdefault(key, []).append(reader)
 
 
 def register_actor_names(kind: str, namer: Callable[[list[str]], Mapping[str, str]]) -> None:
@@ -269,17 +299,44 @@ def actor_names(actors: Iterable[str]) -> dict[str, str]:
     return names
 
 
-def detail_lines(data: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """An entry's details as (key, value) lines a person can read: words for keys, text
-    with its own characters (never ``\\uXXXX`` escapes), lists joined with commas."""
+def detail_label(key: str) -> str:
+    """What the detail ``key`` is called in the reader's language; a key nobody registered
+    (the tests refuse to record one) shows as it is, its underscores as spaces."""
+    label = _DETAIL_LABELS.get(key)
+    return str(label) if label is not None else key.replace("_", " ")
+
+
+#: A moment as entries keep it (``datetime.isoformat()`` of an aware time).
+_MOMENT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?[+-]\d\d:\d\d")
+
+
+def detail_lines(data: Mapping[str, Any], zone: str) -> list[tuple[str, str]]:
+    """An entry's details as (label, value) lines a person can read, in their language:
+    the keys' labels, codes read by their key's reader, yes or no for a flag, moments in
+    ``zone`` (the page's), text with its own characters (never ``\\uXXXX`` escapes),
+    lists joined with commas."""
 
     def text(value: Any) -> str:
         if isinstance(value, list | tuple):
             return ", ".join(text(item) for item in value)
         if isinstance(value, dict):
             return json.dumps(value, ensure_ascii=False, sort_keys=True)
-        if value is None:
+        # Also as text: edits recorded them so before flags were kept as flags.
+        if value is None or value == "None":
             return "—"
+        if value is True or value == "True":
+            return _("Yes")
+        if value is False or value == "False":
+            return _("No")
+        if isinstance(value, str) and _MOMENT.fullmatch(value):
+            return local_time(datetime.fromisoformat(value), zone)
         return str(value)
 
-    return [(key.replace("_", " "), text(value)) for key, value in data.items()]
+    def read(key: str, value: Any) -> str:
+        if isinstance(value, str):
+            for reader in _VALUE_READERS.get(key, ()):
+                if (said := reader(value)) is not None:
+                    return said
+        return text(value)
+
+    return [(detail_label(key), read(key, value)) for key, value in data.items()]

@@ -1,5 +1,5 @@
-"""What every package's forms share: an amount of money typed by an admin, and a CSRF
-token signed only when a page shows it.
+"""What every package's forms share: an amount of money typed by an admin, a CSRF token
+signed only when a page shows it, and their fields' labels for the audit log.
 
 Forms are declared before their currency is known (it is the community's, the payment's),
 so a :class:`MoneyField` is told its currency by the view before the form is validated.
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from flask_babel.speaklater import LazyString
 from flask_wtf.csrf import _FlaskFormCSRF
-from wtforms import StringField
+from wtforms import Form, StringField
+from wtforms.fields.core import UnboundField
 from wtforms.validators import ValidationError
 
 from core.money import AmountError, Money
@@ -55,3 +56,18 @@ class MoneyField(StringField):
             self.money = Money.parse_major(self.data or "0", self.currency)
         except AmountError as refused:
             raise ValidationError(str(refused.message)) from refused
+
+
+def field_labels(*forms: type[Form]) -> dict[str, object]:
+    """The label of each field of ``forms``, by the field's name: what the audit log calls
+    the fields an edit changed (:func:`core.audit.register_details`), as the form did."""
+    labels = {}
+    for form in forms:
+        for name in dir(form):
+            field = getattr(form, name)
+            if not isinstance(field, UnboundField):
+                continue
+            label = field.kwargs.get("label") or next(iter(field.args), None)
+            if label is not None:
+                labels[name] = label
+    return labels

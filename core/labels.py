@@ -5,7 +5,7 @@ raw value."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import TypeVar
 
@@ -31,3 +31,17 @@ def label(value: object) -> str:
     language; other values as they are. The ``label`` template filter."""
     table = _TABLES.get(type(value)) if isinstance(value, Enum) else None
     return str(table[value]) if table is not None else ("" if value is None else str(value))
+
+
+def code_reader(*tables: Mapping[str, object]) -> Callable[[str], str | None]:
+    """How to read a code kept as text (an audit entry's detail): its label in the first of
+    ``tables`` that has it (an enum's label table, whose members are their codes, or a
+    table of codes), or None for a code none of them has."""
+
+    def read(code: str) -> str | None:
+        for table in tables:
+            if (text := table.get(code)) is not None:
+                return str(text)
+        return None
+
+    return read

@@ -46,7 +46,8 @@ from core.db import (
     take_write_lock,
 )
 from core.exporters import csv_lines, write_xlsx
-from core.labels import label
+from core.forms import field_labels
+from core.labels import code_reader, label
 from core.money import Money
 from membership.access import complete_removal, queue_group_task, retry
 from membership.dashboard import BUCKETS, DEFAULT_PERIOD, PERIODS, dashboard_charts
@@ -83,10 +84,13 @@ from membership.lifecycle import (
 )
 from membership.live_codes import group_warnings, seats_of
 from membership.models import (
+    CONTACT_KIND_LABELS,
     LISTED_ORDER,
     MEMBER_SEARCH,
     SEARCHED_MEMBER_COLUMNS,
     SORTED_ORDER,
+    TIER_AUDIENCE_LABELS,
+    TIER_KIND_LABELS,
     Application,
     ApplicationStatus,
     Community,
@@ -110,6 +114,7 @@ from membership.models import (
     tier_groups,
 )
 from membership.platforms import PLATFORMS, WECOM, PlatformError
+from membership.renewal import RenewalBand
 from membership.screening import ScreeningRefused, approve, reject
 from membership.services import (
     JoinRefused,
@@ -176,7 +181,7 @@ def _visible_platform_tasks() -> sa.ColumnElement[bool]:
     return sa.or_(PlatformTask.invitation_id.in_(invitations), PlatformTask.chat_id.in_(chats))
 
 
-def _changes(obj, form, fields: list[str]) -> dict[str, str]:
+def _changes(obj, form, fields: list[str]) -> dict[str, str | bool | None]:
     """Copy ``fields`` from the form to ``obj``; the ones that changed, for the audit log."""
     return audit.apply_changes(obj, {name: getattr(form, name).data for name in fields})
 
@@ -1139,5 +1144,64 @@ audit.register_labels(
         "platform_tasks": _l("Platform call"),
         "removal_tasks": _l("Removal"),
         "purges": _l("Purge"),
+    },
+)
+
+#: What the details of this package's entries are called: an edit's fields as its form
+#: names them, and the rest; tiers' kinds, platforms, renewal bands, ways of logging in
+#: and reasons a membership ended by their names.
+audit.register_details(
+    {
+        **field_labels(CommunityForm, TierForm, GroupForm),
+        "application": _l("Application"),
+        "again": _l("Earlier application"),
+        "band": _l("Renewal band"),
+        "by": _l("Through"),
+        "contact": _l("Contact kind"),
+        "wechat_unbound": _l("WeChat unlinked"),
+        "chat_id": _l("WeCom group ID"),
+        "user_id": _l("Platform user ID"),
+        "ends_at": _l("Ends"),
+        "format": _l("Format"),
+        "free": _l("Free"),
+        "from_tier": _l("From tier"),
+        "group": _l("Group"),
+        "highest_number": _l("Highest number"),
+        "inactive_since": _l("Inactive since"),
+        "invited": _l("Invited"),
+        "member": _l("Member"),
+        "members": _l("Members"),
+        "number": _l("Number"),
+        "percent": _l("Percent"),
+        "price": _l("Price"),
+        "prompt": _l("Question"),
+        "qr_image": _l("Group QR code"),
+        "restored": _l("Restored"),
+        "staff_number": _l("Staff number"),
+        "tier": _l("Tier"),
+        "unmatched": _l("Not matched"),
+    },
+    {
+        "kind": code_reader(TIER_KIND_LABELS),
+        "audience": code_reader(TIER_AUDIENCE_LABELS),
+        "platform": code_reader({key: platform.label for key, platform in PLATFORMS.items()}),
+        "band": code_reader(
+            {
+                RenewalBand.EARLY: _l("Before the end"),
+                RenewalBand.GRACE: _l("Within the grace days"),
+                RenewalBand.LATE: _l("After the grace days"),
+            }
+        ),
+        "by": code_reader(
+            CONTACT_KIND_LABELS,
+            {
+                "code": _l("Login code"),
+                "link": _l("Login link"),
+                "status": _l("Status page"),
+                "wechat": _l("WeChat"),
+            },
+        ),
+        "contact": code_reader(CONTACT_KIND_LABELS),
+        "reason": code_reader({"purge": _l("Purged as inactive"), "term": _l("Term over")}),
     },
 )

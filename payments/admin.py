@@ -49,10 +49,12 @@ from core.auth import in_visible_communities, load_for, requires
 from core.clock import utcnow
 from core.db import db, row_id
 from core.forms import MoneyField
+from core.labels import code_reader
 from core.secrets import SecretsUnavailable
 from payments.accounts import FIELDS, account_of, remove_account, save_account
 from payments.exports import major
 from payments.models import (
+    FLAG_KIND_LABELS,
     PROVIDER_LABELS,
     Order,
     OrderFlag,
@@ -574,5 +576,45 @@ audit.register_labels(
         "order_flags": _l("Needs attention"),
         "reconciliations": _l("Reconciliation"),
         "payment_accounts": _l("Payment account"),
+    },
+)
+
+#: What the details of this package's entries are called; providers, payment methods,
+#: flags and the reasons access was withdrawn by their names.
+audit.register_details(
+    {
+        "provider": _l("Provider"),
+        "method": _l("Payment method"),
+        "payment": lazy_pgettext("object", "Payment"),
+        "order": lazy_pgettext("object", "Order"),
+        "known": _l("Transaction on record"),
+        "reported": _l("Transaction reported"),
+        "flag": _l("Needs attention"),
+        "changed": _l("Settings changed"),
+        "secrets": _l("Secrets"),
+        "lines": _l("Lines"),
+        "problems": _l("Problems"),
+        "revoke_access": _l("Access withdrawn"),
+        "discount": _l("Discount"),
+    },
+    {
+        "provider": code_reader(PROVIDER_LABELS),
+        "method": code_reader(
+            {
+                "cashier": _l("Provider's cashier page"),
+                "checkout": _l("Stripe Checkout"),
+                "jsapi": _l("WeChat Pay inside WeChat"),
+                "mweb": _l("WeChat Pay on a phone's browser"),
+                "native": _l("WeChat Pay QR code"),
+            }
+        ),
+        "kind": code_reader(FLAG_KIND_LABELS),
+        "reason": code_reader(
+            {
+                "refunded": _l("Refunded"),
+                "disputed": _l("Payment disputed"),
+                "dispute_lost": _l("Dispute lost"),
+            }
+        ),
     },
 )

@@ -26,6 +26,8 @@ from core.auth import load_for, requires
 from core.clock import from_local, to_local, utcnow
 from core.db import db, take_write_lock
 from core.exporters import Exporter, csv_lines
+from core.forms import field_labels
+from core.labels import code_reader
 from core.money import Money
 from membership.forms import REQUIRED, strip_text
 from membership.models import Community
@@ -34,6 +36,7 @@ from perks.coupons import generate_codes, issue_to_eligible, use_counts
 from perks.courses import launch, offer_price
 from perks.forms import CampaignForm, CouponForm, CourseForm, EligibilityForm, OfferForm, PerkForm
 from perks.models import (
+    PERK_KIND_LABELS,
     Announcement,
     Coupon,
     CouponUse,
@@ -586,5 +589,25 @@ audit.register_labels(
         "courses": _l("Course"),
         "enrolments": _l("Course place"),
         "announcements": _l("Announcement"),
+    },
+)
+
+#: What the details of this package's entries are called: an edit's fields as its form
+#: names them, and the rest; what a coupon was reserved for and perks' kinds by their names.
+audit.register_details(
+    {
+        **field_labels(PerkForm, CouponForm, CampaignForm, CourseForm, OfferForm, AnnouncementForm),
+        "campaign": _l("Campaign"),
+        "course": _l("Course"),
+        "offer": _l("Offer"),
+        "redeemed_count": _l("Claimed so far"),
+        "selected": _l("Selected"),
+        "queued": _l("Messages queued"),
+        "told": _l("Members told"),
+        "use": _l("Coupon use"),
+    },
+    {
+        "kind": code_reader({"tier": _l("Tier"), "course": _l("Course")}, PERK_KIND_LABELS),
+        "reason": code_reader({"order_expired": _l("Order expired")}),
     },
 )

@@ -32,7 +32,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from core import clock
+from core import audit, clock
 from core.auth import StaffUser, create_staff_user
 from core.catalogs import compile_catalogs
 from core.clock import utcnow
@@ -195,6 +195,21 @@ def app(tmp_path_factory, _api_server) -> Iterator[Flask]:
         db.session.configure(join_transaction_mode="create_savepoint")
     yield app
     dispose_engines(app)
+
+
+@pytest.fixture(autouse=True)
+def _audit_details_have_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In every test, each detail an audit entry records has a label on the audit log
+    (:func:`core.audit.register_details`): a key without one would reach the page as it
+    is, a code in English on a Chinese page."""
+    entry = audit._entry
+
+    def labelled(action, table, row_id, actor, data, *rest):
+        unlabelled = sorted(set(data or ()) - set(audit._DETAIL_LABELS))
+        assert not unlabelled, f"{action} records details with no label: {unlabelled}"
+        return entry(action, table, row_id, actor, data, *rest)
+
+    monkeypatch.setattr(audit, "_entry", labelled)
 
 
 @pytest.fixture(autouse=True)

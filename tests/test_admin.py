@@ -344,8 +344,8 @@ def test_audit_entries_are_written_together_when_the_transaction_commits(app, de
 
         before = db.session.scalar(sa.select(sa.func.max(AuditEntry.id))) or 0
         community = db.session.get(Community, demo.id)
-        audit.record("community.checked", community, actor="cli", data={"n": 1})
-        audit.record("community.checked", community, actor="cli", data={"n": 2})
+        audit.record("community.checked", community, actor="cli", data={"count": 1})
+        audit.record("community.checked", community, actor="cli", data={"count": 2})
         group = Group(
             community_id=demo.id,
             name="新群",
@@ -359,7 +359,7 @@ def test_audit_entries_are_written_together_when_the_transaction_commits(app, de
         db.session.commit()
         assert len(inserts()) == 1  # one statement for the three entries
 
-        audit.record("community.checked", community, actor="cli", data={"n": 3})
+        audit.record("community.checked", community, actor="cli", data={"count": 3})
         db.session.rollback()  # the change it described is undone: so is the entry
         db.session.commit()
         assert len(inserts()) == 1
@@ -369,7 +369,7 @@ def test_audit_entries_are_written_together_when_the_transaction_commits(app, de
             .order_by(AuditEntry.id)
         ).all()
         assert entries == [
-            ("community.checked", demo.id, {"n": 1}),
-            ("community.checked", demo.id, {"n": 2}),
+            ("community.checked", demo.id, {"count": 1}),
+            ("community.checked", demo.id, {"count": 2}),
             ("group.created", group.id, {}),
         ]

@@ -23,6 +23,7 @@ from membership.models import (
     InvitationStatus,
     Member,
     MembershipStatus,
+    Tier,
 )
 from payments.models import DisputeStatus, Order, Payment, PaymentStatus
 from perks.models import EnrolmentStatus
@@ -101,8 +102,14 @@ def test_the_audit_log_names_who_and_what_with_readable_details(app, demo, admin
         )
         db.session.commit()
         member = db.session.scalar(sa.select(Member))
-        audit.record("member.logged_in", member, actor=f"member:{member.id}")
+        audit.record("member.logged_in", member, actor=f"member:{member.id}", data={"by": "code"})
         audit.record("order.paid", order, actor="webhook:fake")
+        tier = db.session.scalar(sa.select(Tier).where(Tier.code == "main"))
+        # A flag kept as a flag, and one an edit kept as text before flags were flags.
+        data = {"requires_screening": True, "is_lobby": "False", "audience": "returning"}
+        audit.record("tier.saved", tier, actor=admin.actor, data=data)
+        ends = {"ends_at": "2027-02-01T08:20:45.090089+00:00"}
+        audit.record("membership.renewed", member, actor="system", data=ends)
         db.session.commit()
     page = logged_in.get("/admin/audit").text
     seen = visible(page)
@@ -113,13 +120,21 @@ def test_the_audit_log_names_who_and_what_with_readable_details(app, demo, admin
     assert ">测试支付</a>" in page
     assert "保存社群" in page and "创建订单" in page
     assert 'data-action="order.created"' in page
-    assert "<dt>name</dt><dd>群门读书会</dd>" in page
-    assert "<dt>groups</dt><dd>1, 2</dd>" in page
+    # Details in words: the keys' labels, and codes, flags and lists read.
+    assert "<dt>名称</dt><dd>群门读书会</dd>" in page
+    assert "<dt>群</dt><dd>1, 2</dd>" in page
+    assert "<dt>方式</dt><dd>登录验证码</dd>" in page
+    assert "<dt>需回答问题并审核</dt><dd>是</dd>" in page
+    assert "<dd>否</dd>" in page and ">False<" not in page
+    assert "<dt>面向</dt><dd>回归老成员</dd>" in page
+    assert "<dt>到期</dt><dd>2027-02-01 16:20</dd>" in page  # in the zone the page names
     assert f"订单 #{order_id}" in page
     assert "时间为 Asia/Shanghai 时区" in page  # the audit spans communities: zone named
     logged_in.get("/lang/en")
     english = logged_in.get("/admin/audit").text
     assert "Community saved" in english and "Order created" in english
+    assert "<dt>Through</dt><dd>Login code</dd>" in english
+    assert "<dt>Applicants are screened</dt><dd>Yes</dd>" in english
     assert ">member 0001</a>" in english
 
 
