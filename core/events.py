@@ -32,6 +32,7 @@ from core.security import new_token
 EVENT_TYPES = {
     "member.admitted": _l("A member was admitted"),
     "membership.renewed": _l("A membership was renewed"),
+    "membership.renewal_taken_back": _l("A renewal's days were taken back (its money went back)"),
     "membership.ended": _l("A membership ended or was suspended"),
     "invitation.joined": _l("An invitation was used to join"),
     "payment.confirmed": _l("A payment was confirmed"),

@@ -1117,6 +1117,7 @@ audit.register_labels(
         "member.wechat_bound": _l("WeChat linked"),
         "membership.granted": _l("Access granted by hand"),
         "membership.renewed": _l("Membership renewed"),
+        "membership.renewal_taken_back": _l("Renewal taken back"),
         "membership.renewal_started": _l("Renewal started"),
         "membership.reminded": _l("Renewal reminder sent"),
         "membership.restored": _l("Membership restored"),
@@ -1202,6 +1203,12 @@ audit.register_details(
             },
         ),
         "contact": code_reader(CONTACT_KIND_LABELS),
-        "reason": code_reader({"purge": _l("Purged as inactive"), "term": _l("Term over")}),
+        "reason": code_reader(
+            {
+                "purge": _l("Purged as inactive"),
+                "term": _l("Term over"),
+                "dispute_won": _l("Dispute won"),
+            }
+        ),
     },
 )

@@ -437,6 +437,9 @@ class ApplicationStatus(StrEnum):
     AWAITING_PROOF = "awaiting_proof"
     AWAITING_PAYMENT = "awaiting_payment"
     ADMITTED = "admitted"
+    #: a paid renewal whose money went back (a refund, a chargeback): the days it added
+    #: were taken back (given again if a dispute is won)
+    TAKEN_BACK = "taken_back"
 
 
 APPLICATION_STATUS_LABELS = enum_labels(
@@ -448,6 +451,7 @@ APPLICATION_STATUS_LABELS = enum_labels(
         ApplicationStatus.AWAITING_PROOF: lazy_pgettext("status", "Contact to prove"),
         ApplicationStatus.AWAITING_PAYMENT: lazy_pgettext("status", "Waiting for payment"),
         ApplicationStatus.ADMITTED: lazy_pgettext("status", "Admitted"),
+        ApplicationStatus.TAKEN_BACK: lazy_pgettext("status", "Renewal taken back"),
     },
 )
 
@@ -487,6 +491,9 @@ class Application(db.Model):
     review_reason: Mapped[str | None] = mapped_column(sa.String(300))
     #: A renewal: the membership it extends once paid (instead of a new membership).
     renews_membership_id: Mapped[int | None] = mapped_column(sa.ForeignKey("memberships.id"))
+    #: A paid renewal: the days it added to the membership (what its refund takes back).
+    #: None before it is paid, and for one that added none (put before the admins instead).
+    renewal_days: Mapped[int | None] = mapped_column(sa.Integer)
     #: The approved applicant's personal pay link, and until when it works.
     pay_token: Mapped[str | None] = mapped_column(sa.String(48), unique=True)
     pay_link_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

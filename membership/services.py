@@ -432,6 +432,7 @@ def extend_membership(application: Application, *, now: datetime) -> Membership:
         return membership
     restored = membership.status in LAPSED_MEMBERSHIP_STATUSES
     membership.ends_at = max(membership.ends_at or now, now) + days
+    application.renewal_days = days.days or None
     if restored:
         membership.status = MembershipStatus.ACTIVE
     audit.record(
@@ -741,19 +742,75 @@ def end_membership(
 
 def withdraw_paid_access(order: Order, *, now: datetime, reason: str) -> None:
     """``access_withdrawn`` receiver: the membership the order paid for is suspended or
-    ended and its invitations revoked. Idempotent."""
+    ended and its invitations revoked; the days a renewal order added are taken back.
+    Idempotent."""
     membership = db.session.scalar(sa.select(Membership).where(Membership.order_id == order.id))
     if membership is not None:
         end_membership(
             membership, _WITHDRAWN_STATUS[reason], reason=reason, actor="system", now=now
         )
+        return
+    application = application_paid_by(order)
+    if (
+        application is not None
+        and application.status is ApplicationStatus.ADMITTED
+        and application.renewal_days
+    ):
+        _take_back_renewal(application, reason=reason, now=now)
+
+
+def _take_back_renewal(application: Application, *, reason: str, now: datetime) -> None:
+    """A renewal whose money went back: the days it added come off the membership, which
+    keeps what its other payments bought. Past its end then, it expires now (its
+    invitations revoked)."""
+    membership = application.renews
+    application.status = ApplicationStatus.TAKEN_BACK
+    membership.ends_at -= timedelta(days=application.renewal_days)
+    _renewal_changed(membership, application, "membership.renewal_taken_back", reason, now)
+    if membership.status is MembershipStatus.ACTIVE and membership.ends_at <= now:
+        end_membership(membership, MembershipStatus.EXPIRED, reason=reason, actor="system", now=now)
+
+
+def _give_back_renewal(application: Application, *, now: datetime) -> None:
+    """A renewal taken back for a dispute that was then won: its days are the member's
+    again, and a membership that expired meanwhile is active again, with a new invitation
+    (the old one's seat may have gone to someone else)."""
+    membership = application.renews
+    application.status = ApplicationStatus.ADMITTED
+    membership.ends_at += timedelta(days=application.renewal_days)
+    _renewal_changed(membership, application, "membership.renewed", "dispute_won", now)
+    if membership.status is MembershipStatus.EXPIRED and membership.ends_at > now:
+        membership.status = MembershipStatus.ACTIVE
+        issue_invitation(membership, actor="system", now=now)
+
+
+def _renewal_changed(
+    membership: Membership, application: Application, what: str, reason: str | None, now
+) -> None:
+    """Audit a renewal's days taken back (``what``: ``membership.renewal_taken_back``) or
+    given again (``membership.renewed``), and tell the event stream the new end."""
+    ends_at = membership.ends_at.isoformat()
+    data = {"ends_at": ends_at, "application": application.id}
+    audit.record(what, membership, actor="system", data=data | {"reason": reason}, now=now)
+    record_event(
+        membership.member.community_id,
+        what,
+        {"membership": membership.id, "member": membership.member_id, "ends_at": ends_at},
+        now=now,
+    )
 
 
 def restore_paid_access(order: Order, *, now: datetime) -> None:
     """``access_restored`` receiver: a suspended membership is active again, with a new
-    invitation (the old one's seat may have gone to someone else)."""
+    invitation (the old one's seat may have gone to someone else); a renewal taken back
+    gives its days again."""
     membership = db.session.scalar(sa.select(Membership).where(Membership.order_id == order.id))
-    if membership is None or membership.status is not MembershipStatus.SUSPENDED:
+    if membership is None:
+        application = application_paid_by(order)
+        if application is not None and application.status is ApplicationStatus.TAKEN_BACK:
+            _give_back_renewal(application, now=now)
+        return
+    if membership.status is not MembershipStatus.SUSPENDED:
         return
     membership.status = MembershipStatus.ACTIVE
     audit.record("membership.restored", membership, actor="system", now=now)

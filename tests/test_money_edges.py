@@ -4,7 +4,7 @@ provider would send it, against the running app (SQLite here, PostgreSQL in CI).
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -12,8 +12,18 @@ import sqlalchemy as sa
 from core.audit import AuditEntry
 from core.clock import utcnow
 from core.db import db
+from core.events import Event
 from membership.lifecycle import expire_memberships, start_renewal
-from membership.models import Invitation, InvitationStatus, Membership, MembershipStatus, Tier
+from membership.models import (
+    Application,
+    ApplicationStatus,
+    Invitation,
+    InvitationStatus,
+    Membership,
+    MembershipStatus,
+    Tier,
+)
+from membership.services import withdraw_paid_access
 from payments.models import (
     FlagKind,
     InboxStatus,
@@ -27,7 +37,7 @@ from payments.models import (
 )
 from payments.providers import InvalidNotification, Payer
 from payments.providers.stripe import StripeProvider
-from payments.services import start_payment, surplus_payments
+from payments.services import request_refund, send_refund, start_payment, surplus_payments
 from perks.models import CouponUse, CouponUseStatus
 from tests import fake_apis
 from tests.helpers import (
@@ -39,7 +49,9 @@ from tests.helpers import (
     dispute,
     join_and_pay,
     log_in,
+    log_in_member,
     money_snapshot,
+    new_phone,
     signed_notification,
     stripe_delivery,
     submit_form,
@@ -47,6 +59,7 @@ from tests.helpers import (
     wechat_paid,
     wechat_refunded,
 )
+from tests.test_lifecycle import _renew as renew_from_my_page
 from tests.test_wechat_login import IN_WECHAT
 
 DESKTOP = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
@@ -477,3 +490,125 @@ def test_a_refund_naming_another_total_is_refused_after_the_payment_too(
     wrong = charge(stripe_payment, amount=100, amount_refunded=100)
     assert _stripe(client, "charge.refunded", wrong).status_code == 400
     assert money_snapshot(app) == before
+
+
+# 10. A renewal whose money went back ----------------------------------------------------
+
+
+def _renewed(app, client, provider: str = "fake") -> tuple[datetime, int]:
+    """A member joined a 30-day tier and renewed it (from their page, or through Stripe),
+    both paid. Returns the end their join gave them and the renewal's payment."""
+    phone = new_phone()
+    join_and_pay(app.test_client(), "main", contact_value=phone)
+    with app.app_context():
+        membership = db.session.scalars(sa.select(Membership)).one()
+        first_end = membership.ends_at
+    if provider == "fake":
+        log_in_member(app, client, phone)
+        cashier_action(client, renew_from_my_page(app, client).location, "pay")
+    else:
+        with app.app_context():
+            membership = db.session.scalars(sa.select(Membership)).one()
+            order = db.session.get(Order, start_renewal(membership).order_id)
+            payment = start_payment(
+                order,
+                provider,
+                payer=Payer(),
+                return_url="http://qunmen.test/",
+                cancel_url="http://qunmen.test/",
+                actor="member",
+            )
+            db.session.commit()
+            paid = checkout_session(payment)
+        assert _stripe(client, "checkout.session.completed", paid).status_code == 200
+    with app.app_context():
+        assert db.session.scalar(sa.select(Membership.ends_at)) == first_end + timedelta(days=30)
+        return first_end, db.session.scalar(sa.select(sa.func.max(Payment.id)))
+
+
+def _refund(payment_id: int, *, revoke_access: bool = False) -> None:
+    payment = db.session.get(Payment, payment_id)
+    refund = request_refund(
+        payment, payment.money, reason="test", revoke_access=revoke_access, actor="staff:1"
+    )
+    db.session.commit()
+    send_refund(refund, actor="staff:1")
+    db.session.commit()
+
+
+def _renewal_application() -> Application:
+    return db.session.scalar(sa.select(Application).where(Application.renews.has()))
+
+
+@pytest.mark.parametrize("revoke_access", [False, True])
+def test_refunding_a_renewal_takes_back_its_days_and_keeps_what_the_join_paid_for(
+    app, client, thirty_days, revoke_access
+):
+    first_end, payment_id = _renewed(app, client)
+    with app.app_context():
+        _refund(payment_id, revoke_access=revoke_access)
+        membership = db.session.scalars(sa.select(Membership)).one()
+        assert (membership.status, membership.ends_at) == (MembershipStatus.ACTIVE, first_end)
+        assert _renewal_application().status is ApplicationStatus.TAKEN_BACK
+        assert db.session.scalar(sa.select(Invitation.status)) is InvitationStatus.ISSUED
+        # Told again (a later refund, a redelivery), it takes nothing more.
+        order = db.session.get(Payment, payment_id).order
+        withdraw_paid_access(order, now=utcnow(), reason="refunded")
+        assert membership.ends_at == first_end
+        events = db.session.scalars(sa.select(Event.type)).all()
+        assert events.count("membership.renewal_taken_back") == 1
+        status_page = f"/join/demo/status/{_renewal_application().public_id}"
+    assert 'id="renewal-taken-back"' in client.get(status_page).text  # the member is told
+
+
+def test_a_renewal_refunded_once_its_days_were_all_that_was_left_ends_access(
+    app, client, thirty_days
+):
+    """Paid after the term ran out, the renewal was all the membership had: refunded, the
+    membership expires now and its new invitation is revoked."""
+    _renewal_paid_after(app, client, _expire)
+    with app.app_context():
+        renewal_payment = db.session.scalars(sa.select(Payment.id).order_by(Payment.id)).all()[-1]
+        _refund(renewal_payment)
+        membership = db.session.scalars(sa.select(Membership)).one()
+        assert membership.status is MembershipStatus.EXPIRED
+        assert membership.ends_at <= utcnow()
+        invitations = db.session.scalars(sa.select(Invitation.status).order_by(Invitation.id))
+        assert invitations.all() == [InvitationStatus.REVOKED, InvitationStatus.REVOKED]
+
+
+def test_a_chargeback_on_a_renewal_takes_its_days_and_a_won_one_gives_them_back(
+    app, client, thirty_days, apis
+):
+    first_end, payment_id = _renewed(app, client, "stripe")
+    for delivery, end, status in (
+        (("charge.dispute.created", {}), first_end, ApplicationStatus.TAKEN_BACK),
+        (
+            ("charge.dispute.closed", {"status": "won"}),
+            first_end + timedelta(days=30),
+            ApplicationStatus.ADMITTED,
+        ),
+    ):
+        event_type, fields = delivery
+        with app.app_context():
+            obj = dispute(db.session.get(Payment, payment_id), **fields)
+        assert _stripe(client, event_type, obj).status_code == 200
+        with app.app_context():
+            assert db.session.scalar(sa.select(Membership.ends_at)) == end, event_type
+            assert _renewal_application().status is status, event_type
+
+
+def test_refunding_a_renewal_that_added_no_days_leaves_the_membership_as_it_is(
+    app, client, thirty_days
+):
+    """A renewal paid after a refund ended the membership was put before the admins, not
+    applied: refunding it, as they are asked to, takes nothing back."""
+    _renewal_paid_after(app, client, _refund_ended)
+    with app.app_context():
+        membership = db.session.scalars(sa.select(Membership)).one()
+        before = (membership.status, membership.ends_at)
+        renewal_payment = db.session.scalars(sa.select(Payment.id).order_by(Payment.id)).all()[-1]
+        _refund(renewal_payment)
+        db.session.refresh(membership)
+        assert (membership.status, membership.ends_at) == before
+        assert _renewal_application().status is ApplicationStatus.ADMITTED
