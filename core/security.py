@@ -109,16 +109,19 @@ csrf = CSRFProtect()
 
 
 def init_security_headers(app: Flask) -> None:
-    """Headers every response carries. Pages load nothing from elsewhere; the one inline
-    script (WeChat's JSAPI payment) carries the request's nonce."""
+    """Headers every response carries. Pages load nothing from elsewhere; their few inline
+    scripts (WeChat's JSAPI payment, a contact field's keyboard, copying a link) carry the
+    request's nonce."""
 
     @app.before_request
     def _nonce() -> None:
         g.csp_nonce = new_token(16)
 
-    @app.context_processor
-    def _nonce_in_templates() -> dict[str, str]:
-        return {"csp_nonce": g.get("csp_nonce", "")}
+    @app.template_global()
+    def csp_nonce() -> str:
+        """The request's nonce, for an inline script: a function, so that macros imported
+        without the page's context (``{% from … import … %}``) have it too."""
+        return g.get("csp_nonce", "")
 
     @app.after_request
     def _headers(response):

@@ -646,3 +646,15 @@ def test_pages_carry_security_headers(client, demo):
     assert "default-src 'self'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_every_inline_script_carries_the_nonce_its_page_allows(client, demo):
+    """The join form's and the login page's contact scripts come from a macro imported
+    without the page's context: they carry the request's nonce too, or the browser blocks
+    them (an e-mail would be typed on a phone's number pad)."""
+    for url in ("/join/demo/main", "/join/demo/login"):
+        response = client.get(url)
+        allowed = re.search(r"'nonce-([^']+)'", response.headers["Content-Security-Policy"])
+        nonces = re.findall(r"<script nonce=\"([^\"]*)\"", response.text)
+        assert nonces, url
+        assert set(nonces) == {allowed.group(1)}, url
