@@ -196,6 +196,10 @@ def _register_error_pages(app: Flask) -> None:
     for code, message in messages.items():
 
         def handler(error, code=code, message=message):
+            if code == 500:
+                # What failed may have left the session unusable (a flush refused by the
+                # database): the page's own reads start afresh.
+                db.session.rollback()
             return render_template("errors/error.html", code=code, message=message), code
 
         app.register_error_handler(code, handler)

@@ -1,5 +1,6 @@
-"""What every package's forms share: an amount of money typed by an admin, a CSRF token
-signed only when a page shows it, and their fields' labels for the audit log.
+"""What every package's forms share: an amount of money typed by an admin, whole numbers
+and days within what the database and the calendar hold, a CSRF token signed only when a
+page shows it, and their fields' labels for the audit log.
 
 Forms are declared before their currency is known (it is the community's, the payment's),
 so a :class:`MoneyField` is told its currency by the view before the form is validated.
@@ -7,13 +8,22 @@ so a :class:`MoneyField` is told its currency by the view before the form is val
 
 from __future__ import annotations
 
+from datetime import date, datetime
+
+import wtforms
+from flask_babel import lazy_gettext as _l
 from flask_babel.speaklater import LazyString
 from flask_wtf.csrf import _FlaskFormCSRF
 from wtforms import Form, StringField
 from wtforms.fields.core import UnboundField
 from wtforms.validators import ValidationError
 
+from core.db import LARGEST_ID
 from core.money import AmountError, Money
+
+#: The days a form takes: any a community could mean, and none whose local midnight, or
+#: the day after, falls outside what Python's dates hold.
+FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(9000, 12, 31)
 
 
 class TokenWhenShown(_FlaskFormCSRF):
@@ -71,3 +81,36 @@ def field_labels(*forms: type[Form]) -> dict[str, object]:
             if label is not None:
                 labels[name] = label
     return labels
+
+
+class IntegerField(wtforms.IntegerField):
+    """A whole number that fits the database's integer columns (PostgreSQL's are 32-bit;
+    SQLite's driver cannot bind a larger one): a larger one is refused on the form, never
+    given to a statement."""
+
+    def process_formdata(self, valuelist: list) -> None:
+        super().process_formdata(valuelist)
+        if self.data is not None and not -LARGEST_ID <= self.data <= LARGEST_ID:
+            self.data = None
+            raise ValueError(_l("That number is too large"))
+
+
+class _DaysWeKnow:
+    """A day, or a moment, from :data:`FIRST_DAY` to :data:`LAST_DAY`."""
+
+    def process_formdata(self, valuelist: list) -> None:
+        super().process_formdata(valuelist)
+        day = self.data.date() if isinstance(self.data, datetime) else self.data
+        if day is not None and not FIRST_DAY <= day <= LAST_DAY:
+            self.data = None
+            raise ValueError(
+                _l("Choose a day from %(first)s to %(last)s", first=FIRST_DAY, last=LAST_DAY)
+            )
+
+
+class DateField(_DaysWeKnow, wtforms.DateField):
+    pass
+
+
+class DateTimeLocalField(_DaysWeKnow, wtforms.DateTimeLocalField):
+    pass

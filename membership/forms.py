@@ -14,9 +14,7 @@ from flask_wtf.file import FileAllowed, FileField, FileRequired, FileSize
 from werkzeug.datastructures import FileStorage
 from wtforms import (
     BooleanField,
-    DateField,
     HiddenField,
-    IntegerField,
     RadioField,
     SelectChoice,
     SelectField,
@@ -38,7 +36,7 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from core.forms import MoneyField, TokenWhenShown
+from core.forms import DateField, IntegerField, MoneyField, TokenWhenShown
 from core.i18n import LOCALES
 from core.money import CURRENCIES
 from membership.models import (

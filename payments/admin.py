@@ -25,7 +25,6 @@ from flask_wtf.file import FileAllowed, FileField, FileSize
 from sqlalchemy.orm import joinedload
 from wtforms import (
     BooleanField,
-    DateField,
     HiddenField,
     PasswordField,
     RadioField,
@@ -48,7 +47,7 @@ from core import audit
 from core.auth import in_visible_communities, load_for, requires
 from core.clock import utcnow
 from core.db import db, row_id
-from core.forms import MoneyField
+from core.forms import DateField, MoneyField
 from core.labels import code_reader
 from core.secrets import SecretsUnavailable
 from payments.accounts import FIELDS, account_of, remove_account, save_account

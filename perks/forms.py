@@ -7,9 +7,7 @@ from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
-    DateTimeLocalField,
     HiddenField,
-    IntegerField,
     RadioField,
     SelectChoice,
     SelectField,
@@ -27,7 +25,7 @@ from wtforms.validators import (
     ValidationError,
 )
 
-from core.forms import MoneyField
+from core.forms import DateTimeLocalField, IntegerField, MoneyField
 from membership.forms import (
     REQUIRED,
     checkbox_list,

@@ -4,14 +4,29 @@ the public join form. Never a 500; never a change from a request that was refuse
 from __future__ import annotations
 
 import json
+import re
 
+import pytest
 import sqlalchemy as sa
+import wtforms
+from flask_wtf import FlaskForm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from werkzeug.datastructures import MultiDict
+from wtforms import Form
+from wtforms.fields.core import UnboundField
 
+from core import admin as core_admin
+from core import auth as core_auth
 from core.db import db
-from membership.models import Application, Member
+from core.forms import DateField, DateTimeLocalField, IntegerField
+from membership import admin as membership_admin
+from membership import forms as membership_forms
+from membership.models import Application, Member, Tier
+from payments import admin as payments_admin
 from payments.models import LedgerEntry, Order, Payment, Refund
+from perks import admin as perks_admin
+from perks import forms as perks_forms
 from tests.helpers import PROSPECT, csrf_token, open_join_form, submit_join
 
 FUZZ = settings(
@@ -195,3 +210,101 @@ def test_a_number_too_large_for_an_id_is_a_404_or_ignored_never_a_500(
     for page in (p for p in pages if p.startswith("/admin")):
         response = logged_in.get(page, query_string=query)
         assert response.status_code < 500, (page, response.status_code)
+
+
+def _form_classes() -> list[type[FlaskForm]]:
+    """Every form the product declares."""
+    modules = (core_admin, core_auth, membership_forms, payments_admin, perks_admin, perks_forms)
+    return [
+        form
+        for module in modules
+        for form in vars(module).values()
+        if isinstance(form, type)
+        and issubclass(form, FlaskForm)
+        and form.__module__ == module.__name__
+    ]
+
+
+def test_every_number_and_day_a_form_takes_is_bounded():
+    """A number past the database's integers, or a day past Python's calendar once moved
+    to a community's zone, is refused by the field, never given to a statement."""
+    bounded = {
+        wtforms.IntegerField: IntegerField,
+        wtforms.DateField: DateField,
+        wtforms.DateTimeLocalField: DateTimeLocalField,
+    }
+    seen = 0
+    for form in _form_classes():
+        for name in dir(form):
+            field = getattr(form, name)
+            if not isinstance(field, UnboundField):
+                continue
+            for plain, ours in bounded.items():
+                if issubclass(field.field_class, plain):
+                    assert issubclass(field.field_class, ours), f"{form.__name__}.{name}"
+                    seen += 1
+    assert seen > 20  # the scan found the forms' numbers and days
+
+
+class _Bounded(Form):
+    number = IntegerField()
+    day = DateField()
+    moment = DateTimeLocalField()
+
+
+@pytest.mark.parametrize(
+    ("field", "typed", "accepted"),
+    [
+        ("number", "2147483647", True),
+        ("number", "-2147483647", True),
+        ("number", HUGE, False),
+        ("number", "-" + HUGE, False),
+        ("day", "2026-12-03", True),
+        ("day", "0001-01-01", False),
+        ("day", "9999-12-31", False),
+        ("moment", "9999-12-31T23:59", False),
+        ("moment", "2030-01-01T08:00", True),
+    ],
+)
+def test_bounded_fields_refuse_what_the_database_or_the_calendar_cannot_hold(
+    app, field, typed, accepted
+):
+    with app.test_request_context():
+        form = _Bounded(MultiDict({field: typed}))
+        form.validate()
+        assert not form[field].errors if accepted else form[field].errors, form[field].errors
+        assert (form[field].data is not None) is accepted
+
+
+def test_a_number_or_day_too_large_on_an_admin_form_is_an_error_on_the_field(app, demo, logged_in):
+    with app.app_context():
+        tier_id = db.session.scalar(sa.select(Tier.id).where(Tier.code == "main"))
+    url = f"/admin/tiers/{tier_id}/edit"
+    page = logged_in.get(url).text
+    fields = dict(re.findall(r'<input[^>]*?name="(\w+)"[^>]*?value="([^"]*)"', page))
+    response = logged_in.post(url, data={**fields, "sort_order": HUGE})
+    assert response.status_code == 200 and "数字太大" in response.text
+    export = f"/admin/communities/{demo.id}/export"
+    for first, last in (("0001-01-01", "2026-12-31"), ("2026-01-01", "9999-12-31")):
+        response = logged_in.get(export, query_string={"first_day": first, "last_day": last})
+        assert response.status_code == 200 and "请选择 1900-01-01 到 9000-12-31 之间的日期" in (
+            response.text
+        )
+
+
+def test_a_failure_that_spoils_the_session_still_gets_the_error_page(
+    app, demo, logged_in, monkeypatch
+):
+    """A statement the database refused leaves the session needing a rollback: the error
+    page (whose frame reads the admin's communities) is still drawn, in the reader's
+    language, not Werkzeug's bare English one."""
+    monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", False)
+
+    def spoiled(*_args, **_kwargs):
+        db.session.add(Member(community_id=demo.id))  # its required columns left out
+        db.session.flush()
+
+    monkeypatch.setattr(membership_admin, "load_for", spoiled)
+    response = logged_in.get(f"/admin/communities/{demo.id}/members")
+    assert response.status_code == 500
+    assert "服务器出错了" in response.text and "Internal Server Error" not in response.text
