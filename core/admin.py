@@ -17,7 +17,6 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_babel import lazy_pgettext
 from flask_login import current_user, login_required
-from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, Email, Length, Optional
 
@@ -40,6 +39,7 @@ from core.auth import (
 )
 from core.clock import utcnow
 from core.db import db, row_id, row_ids
+from core.forms import Form
 from core.i18n import LOCALES
 from core.labels import code_reader, label
 from core.outbox import CHANNEL_LABELS, OutboxMessage, OutboxStatus, retry_message
@@ -63,7 +63,7 @@ def _staff_only() -> None:
 ROLE_NAMES = {role: name for role, (name, _permissions) in ROLES.items()}
 
 
-class StaffForm(FlaskForm):
+class StaffForm(Form):
     email = EmailField(_l("E-mail"), validators=[DataRequired(), Email(), Length(max=254)])
     name = StringField(lazy_pgettext("staff", "Name"), validators=[Optional(), Length(max=80)])
     community = SelectField(_l("Community"), coerce=int)
@@ -79,7 +79,7 @@ class StaffForm(FlaskForm):
     )
 
 
-class RoleForm(FlaskForm):
+class RoleForm(Form):
     community = SelectField(_l("Community"), coerce=int)
     #: Empty: the role is taken away.
     role = SelectField(
@@ -208,14 +208,14 @@ def change_staff(user_id: int):
             user, form.community.data, form.role.data or None, actor=current_user.actor, now=now
         )
         db.session.commit()
-    elif action in ("install_owner", "not_install_owner") and FlaskForm().validate_on_submit():
+    elif action in ("install_owner", "not_install_owner") and Form().validate_on_submit():
         if not current_user.install_owner:
             abort(403)
         set_install_owner(user, action == "install_owner", actor=current_user.actor, now=now)
         db.session.commit()
     elif action in ("disable", "enable", "reset_password") and not _may_manage_account(user):
         abort(403)
-    elif action in ("disable", "enable") and FlaskForm().validate_on_submit():
+    elif action in ("disable", "enable") and Form().validate_on_submit():
         user.active = action == "enable"
         if not user.active:
             end_sessions(user)

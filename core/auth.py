@@ -37,7 +37,6 @@ from flask_login import (
     login_user,
     logout_user,
 )
-from flask_wtf import FlaskForm
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.orm.attributes import set_committed_value
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -48,6 +47,7 @@ from core import audit
 from core.audit import community_id_of
 from core.clock import utcnow
 from core.db import UTCDateTime, db, row_id
+from core.forms import Form
 from core.i18n import settle_locale_at_login
 from core.limits import AttemptCounter, Limit, TooManyTries, claim, client_network
 from core.security import new_token, same_secret, same_site_path
@@ -609,7 +609,7 @@ def keep_locale_choice(locale: str) -> None:
         db.session.get(StaffUser, current_user.id).locale = locale
 
 
-class LoginForm(FlaskForm):
+class LoginForm(Form):
     email = EmailField(_l("E-mail"), validators=[DataRequired(), Email(), Length(max=254)])
     password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=PASSWORD_MAX)])
     code = StringField(
@@ -635,7 +635,7 @@ class NewPasswordMixin:
     )
 
 
-class ChangePasswordForm(NewPasswordMixin, FlaskForm):
+class ChangePasswordForm(NewPasswordMixin, Form):
     current = PasswordField(
         _l("Current password"),
         validators=[DataRequired(), Length(max=PASSWORD_MAX)],
@@ -643,7 +643,7 @@ class ChangePasswordForm(NewPasswordMixin, FlaskForm):
     )
 
 
-class EnableTotpForm(FlaskForm):
+class EnableTotpForm(Form):
     code = StringField(
         _l("Code from the app"),
         validators=[DataRequired(), Length(max=12)],
@@ -651,7 +651,7 @@ class EnableTotpForm(FlaskForm):
     )
 
 
-class DisableTotpForm(FlaskForm):
+class DisableTotpForm(Form):
     current = PasswordField(
         _l("Current password"),
         validators=[DataRequired(), Length(max=PASSWORD_MAX)],

@@ -13,8 +13,10 @@ from datetime import date, datetime
 import wtforms
 from flask_babel import lazy_gettext as _l
 from flask_babel.speaklater import LazyString
+from flask_wtf import FlaskForm
 from flask_wtf.csrf import _FlaskFormCSRF
-from wtforms import Form, StringField
+from werkzeug.datastructures import CombinedMultiDict, MultiDict
+from wtforms import StringField
 from wtforms.fields.core import UnboundField
 from wtforms.validators import ValidationError
 
@@ -24,6 +26,24 @@ from core.money import AmountError, Money
 #: The days a form takes: any a community could mean, and none whose local midnight, or
 #: the day after, falls outside what Python's dates hold.
 FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(9000, 12, 31)
+
+
+class Form(FlaskForm):
+    """The product's forms: Flask-WTF's, except that a file sent in a request goes to a
+    file field only. Flask-WTF looks a name up in the files first, so a file part named as
+    a text field (a forged request) reached that field's validators as a file: a 500."""
+
+    class Meta(FlaskForm.Meta):
+        def wrap_formdata(self, form: FlaskForm, formdata):
+            formdata = super().wrap_formdata(form, formdata)
+            if not isinstance(formdata, CombinedMultiDict):
+                return formdata
+            files, fields = formdata.dicts
+            takes_files = {
+                name for name, field in form._fields.items() if isinstance(field, wtforms.FileField)
+            }
+            kept = MultiDict((k, v) for k, v in files.items(multi=True) if k in takes_files)
+            return CombinedMultiDict((kept, fields))
 
 
 class TokenWhenShown(_FlaskFormCSRF):
@@ -68,7 +88,7 @@ class MoneyField(StringField):
             raise ValidationError(str(refused.message)) from refused
 
 
-def field_labels(*forms: type[Form]) -> dict[str, object]:
+def field_labels(*forms: type[wtforms.Form]) -> dict[str, object]:
     """The label of each field of ``forms``, by the field's name: what the audit log calls
     the fields an edit changed (:func:`core.audit.register_details`), as the form did."""
     labels = {}

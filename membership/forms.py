@@ -9,7 +9,6 @@ from zoneinfo import available_timezones
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_babel import lazy_pgettext
-from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired, FileSize
 from werkzeug.datastructures import FileStorage
 from wtforms import (
@@ -36,7 +35,7 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from core.forms import DateField, IntegerField, MoneyField, TokenWhenShown
+from core.forms import DateField, Form, IntegerField, MoneyField, TokenWhenShown
 from core.i18n import LOCALES
 from core.money import CURRENCIES
 from membership.models import (
@@ -87,7 +86,7 @@ def coupon_code_field() -> StringField:
     )
 
 
-class JoinForm(FlaskForm):
+class JoinForm(Form):
     """The join page's form. What moderators recognise someone by (``wechat_id``) is asked
     apart from the channel we send to (``contact_kind`` and ``contact_value``: a phone or
     an e-mail address, proven by a code before the join goes on). Inside WeChat, where the
@@ -154,7 +153,7 @@ class JoinForm(FlaskForm):
                 raise ValidationError(str(message))
 
 
-class PayAgainForm(FlaskForm):
+class PayAgainForm(Form):
     """Pay an application's open order again, after a failure or a cancel."""
 
     provider = RadioField(_l("Pay with"), validators=[InputRequired(REQUIRED)])
@@ -212,7 +211,7 @@ def time_zone_choices() -> dict[str, list[SelectChoice]]:
     }
 
 
-class CommunityForm(FlaskForm):
+class CommunityForm(Form):
     name = StringField(
         _l("Name"), filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
     )
@@ -305,7 +304,7 @@ def _whole_number(label, *, default: int, low: int, high: int) -> IntegerField:
     )
 
 
-class TierForm(FlaskForm):
+class TierForm(Form):
     code = url_code_field()
     name = StringField(
         _l("Name"), filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
@@ -381,7 +380,7 @@ class ImageUploadField(FileField):
         super().process_formdata(valuelist)
 
 
-class GroupForm(FlaskForm):
+class GroupForm(Form):
     name = StringField(
         _l("Name"), filters=[strip_text], validators=[DataRequired(REQUIRED), Length(max=60)]
     )
@@ -422,7 +421,7 @@ class GroupForm(FlaskForm):
             raise ValidationError(_("At most %(limit)s on this platform", limit=limit))
 
 
-class MemberLoginForm(FlaskForm):
+class MemberLoginForm(Form):
     """A member asks for a one-time code at their phone number or e-mail address."""
 
     contact_kind = RadioField(
@@ -440,7 +439,7 @@ class MemberLoginForm(FlaskForm):
     validate_contact_value = JoinForm.validate_contact_value
 
 
-class ChannelForm(FlaskForm):
+class ChannelForm(Form):
     """A member adds a channel we can reach them on: a code goes to it (``/me``)."""
 
     channel_optional = False
@@ -454,7 +453,7 @@ class ChannelForm(FlaskForm):
     validate_contact_value = JoinForm.validate_contact_value
 
 
-class LoginCodeForm(FlaskForm):
+class LoginCodeForm(Form):
     code = StringField(
         lazy_pgettext("login", "Code"),
         filters=[strip_text],
@@ -472,7 +471,7 @@ class LoginCodeForm(FlaskForm):
     )
 
 
-class ActivityForm(FlaskForm):
+class ActivityForm(Form):
     """Members seen taking part: numbers or nicknames, typed or in a CSV's first column."""
 
     identifiers = TextAreaField(
@@ -485,14 +484,14 @@ class ActivityForm(FlaskForm):
     )
 
 
-class PurgeForm(FlaskForm):
+class PurgeForm(Form):
     inactive_since = DateField(
         _l("Purge members not active since"),
         validators=[InputRequired(REQUIRED)],
     )
 
 
-def with_questions(form_class: type[FlaskForm], questions: list[ScreeningQuestion]):
+def with_questions(form_class: type[Form], questions: list[ScreeningQuestion]):
     """``form_class`` with one field per screening question, named ``q_<id>``."""
     fields = {}
     for question in questions:
@@ -515,11 +514,11 @@ def with_questions(form_class: type[FlaskForm], questions: list[ScreeningQuestio
     return type(f"{form_class.__name__}WithQuestions", (form_class,), fields)
 
 
-def answers_of(form: FlaskForm, questions: list[ScreeningQuestion]) -> dict[str, object]:
+def answers_of(form: Form, questions: list[ScreeningQuestion]) -> dict[str, object]:
     return {str(q.id): form[f"q_{q.id}"].data for q in questions}
 
 
-class QuestionForm(FlaskForm):
+class QuestionForm(Form):
     prompt = StringField(
         _l("Question"),
         filters=[strip_text],
@@ -552,13 +551,13 @@ class QuestionForm(FlaskForm):
             raise ValidationError(_("A choice question needs two choices"))
 
 
-class ReviewForm(FlaskForm):
+class ReviewForm(Form):
     """Approve or reject one or more applications."""
 
     reason = StringField(_l("Reason, to reject"), validators=[Length(max=300)])
 
 
-class SeasonForm(FlaskForm):
+class SeasonForm(Form):
     """Invite the members of one tier to this tier's groups: a new season."""
 
     from_tier = SelectField(_l("Members of"), coerce=int)
@@ -573,7 +572,7 @@ class SeasonForm(FlaskForm):
     )
 
 
-class ExportForm(FlaskForm):
+class ExportForm(Form):
     first_day = DateField(_l("From"), validators=[InputRequired(_l("Choose the first day."))])
     last_day = DateField(
         _l("To (inclusive)"), validators=[InputRequired(_l("Choose the last day."))]
@@ -589,7 +588,7 @@ class ExportForm(FlaskForm):
             raise ValidationError(_l("The range ends before it starts."))
 
 
-class AccessForm(FlaskForm):
+class AccessForm(Form):
     """Grant a tier to a member by hand, or end one of their memberships."""
 
     action = RadioField(
@@ -610,7 +609,7 @@ class AccessForm(FlaskForm):
     )
 
 
-class ImportForm(FlaskForm):
+class ImportForm(Form):
     csv_file = FileField(
         _l("Members CSV"),
         validators=[

@@ -20,7 +20,6 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_babel import lazy_pgettext
 from flask_login import current_user, login_required
-from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileSize
 from sqlalchemy.orm import joinedload
 from wtforms import (
@@ -47,7 +46,7 @@ from core import audit
 from core.auth import in_visible_communities, load_for, requires
 from core.clock import utcnow
 from core.db import db, row_id
-from core.forms import DateField, MoneyField
+from core.forms import DateField, Form, MoneyField
 from core.labels import code_reader
 from core.secrets import SecretsUnavailable
 from payments.accounts import FIELDS, account_of, remove_account, save_account
@@ -191,7 +190,7 @@ def inbox():
     return render_template("admin/inbox.html", page=rows, zone=_default_zone())
 
 
-class RefundForm(FlaskForm):
+class RefundForm(Form):
     amount = MoneyField(_l("Amount"), validators=[DataRequired(_l("Required"))])
     reason = StringField(_l("Reason"), validators=[DataRequired(_l("Required")), Length(max=200)])
     revoke_access = BooleanField(_l("Also end access (for a partial refund)"))
@@ -246,7 +245,7 @@ def refund(payment_id: int):
     )
 
 
-class ResolveForm(FlaskForm):
+class ResolveForm(Form):
     flag = HiddenField(validators=[DataRequired(), Regexp(r"^\d{1,18}$")])
 
 
@@ -282,7 +281,7 @@ def attention():
 INSTALL_ACCOUNT = ""
 
 
-class StatementForm(FlaskForm):
+class StatementForm(Form):
     """A statement to reconcile: whose account (the install's, or a community's own), which
     provider, and a file, or the day of WeChat Pay's bill to download with that account's
     keys."""
@@ -428,7 +427,7 @@ def reconcile_page():
 # Communities' own payment accounts ------------------------------------------------------
 
 
-def _account_form(provider: str) -> FlaskForm:
+def _account_form(provider: str) -> Form:
     """The form for a community's account at ``provider``: a field per setting of
     :data:`~payments.accounts.FIELDS`, and for each secret a box to clear it. Secret
     fields are never filled in from what was saved."""
@@ -444,7 +443,7 @@ def _account_form(provider: str) -> FlaskForm:
             fields[setting.name] = kind(setting.label, validators=[Optional(), limit])
     fields["save"] = SubmitField(_l("Save"))
     fields["remove"] = SubmitField(_l("Remove this account"))
-    return type(f"{provider.title()}AccountForm", (FlaskForm,), fields)(prefix=provider)
+    return type(f"{provider.title()}AccountForm", (Form,), fields)(prefix=provider)
 
 
 def _community_row(community_id: int) -> sa.Row:
@@ -458,7 +457,7 @@ def _community_row(community_id: int) -> sa.Row:
     return row
 
 
-def _render_accounts(community: sa.Row, forms: dict[str, FlaskForm], status: int = 200):
+def _render_accounts(community: sa.Row, forms: dict[str, Form], status: int = 200):
     """The page, with every secret field emptied: a secret is never sent back."""
     for provider, form in forms.items():
         for setting in FIELDS[provider]:
@@ -525,7 +524,7 @@ def accounts(community_id: int):
     return redirect(url_for(".accounts", community_id=community_id))
 
 
-def _saved_forms(community_id: int) -> dict[str, FlaskForm]:
+def _saved_forms(community_id: int) -> dict[str, Form]:
     """A form per provider, filled in with the community's saved plain settings."""
     forms = {}
     for provider in FIELDS:

@@ -23,13 +23,13 @@ from flask import (
 )
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
-from flask_wtf import FlaskForm
 from qrcode.image.svg import SvgPathImage
 from sqlalchemy.exc import OperationalError
 from wtforms import SubmitField
 
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects, read_first, take_write_lock
+from core.forms import Form
 from core.limits import client_network
 from core.security import csrf, new_token, sign_for_this_browser, unsign_for_this_browser
 from payments import inbox
@@ -221,7 +221,7 @@ def receive(provider_name: str, community: str | None):
 fake_cashier = Blueprint("fake_cashier", __name__)
 
 
-class CashierForm(FlaskForm):
+class CashierForm(Form):
     pay = SubmitField(_l("Confirm the payment"))
     fail = SubmitField(_l("Simulate a failure"))
     cancel = SubmitField(_l("Cancel the payment"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
-from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
     HiddenField,
@@ -25,7 +24,7 @@ from wtforms.validators import (
     ValidationError,
 )
 
-from core.forms import DateTimeLocalField, IntegerField, MoneyField
+from core.forms import DateTimeLocalField, Form, IntegerField, MoneyField
 from membership.forms import (
     REQUIRED,
     checkbox_list,
@@ -38,13 +37,13 @@ from perks.models import PerkKind
 CODE = Regexp(r"^[A-Za-z0-9][-_A-Za-z0-9]{0,39}$", message=_l("Letters, digits, - or _"))
 
 
-class CourseBuyForm(FlaskForm):
+class CourseBuyForm(Form):
     coupon = coupon_code_field()
     provider = RadioField(_l("Pay with"), validators=[InputRequired(REQUIRED)])
     submission_key = HiddenField(validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")])
 
 
-class EligibilityForm(FlaskForm):
+class EligibilityForm(Form):
     """The conditions of an :class:`~perks.models.EligibilityRule`; blank ones do not count."""
 
     tier_id = SelectField(_l("Holds tier"), coerce=int, default=0)

@@ -3,6 +3,7 @@ the public join form. Never a 500; never a change from a request that was refuse
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -13,13 +14,13 @@ from flask_wtf import FlaskForm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.datastructures import MultiDict
-from wtforms import Form
 from wtforms.fields.core import UnboundField
 
 from core import admin as core_admin
 from core import auth as core_auth
 from core.db import db
-from core.forms import DateField, DateTimeLocalField, IntegerField
+from core.forms import DateField, DateTimeLocalField, Form, IntegerField
+from core.outbox import OutboxMessage
 from membership import admin as membership_admin
 from membership import forms as membership_forms
 from membership.models import Application, Member, Tier
@@ -246,7 +247,7 @@ def test_every_number_and_day_a_form_takes_is_bounded():
     assert seen > 20  # the scan found the forms' numbers and days
 
 
-class _Bounded(Form):
+class _Bounded(wtforms.Form):
     number = IntegerField()
     day = DateField()
     moment = DateTimeLocalField()
@@ -308,3 +309,21 @@ def test_a_failure_that_spoils_the_session_still_gets_the_error_page(
     response = logged_in.get(f"/admin/communities/{demo.id}/members")
     assert response.status_code == 500
     assert "服务器出错了" in response.text and "Internal Server Error" not in response.text
+
+
+def test_a_file_sent_as_a_text_field_is_an_error_on_the_form_not_a_500(app, client, demo):
+    """Flask-WTF looks a field up in the request's files first: a forged file part named
+    like a text field reached its validators as a file."""
+    login = "/join/demo/login"
+    data = {
+        "csrf_token": csrf_token(client, login),
+        "contact_kind": "phone",
+        "contact_value": (io.BytesIO(b"13812345678"), "a.txt"),
+    }
+    response = client.post(login, data=data, content_type="multipart/form-data")
+    assert response.status_code == 422 and "field-error" in response.text
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(OutboxMessage)) == 0
+    # Every form of the product is one of these (file fields still get their files: the
+    # imports' tests upload theirs).
+    assert all(issubclass(form, Form) for form in _form_classes())
