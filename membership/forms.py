@@ -59,8 +59,22 @@ CONTACT_CHOICES = [
 TOO_LONG = _l("Too long")
 
 
+#: What a typed name never needs and a forged one abuses: control characters (a NUL in a
+#: page or a CSV) and the marks that turn the direction of the text after them (a name
+#: that reads backwards). Tabs and line breaks stay, for the text areas.
+_UNSEEN = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+#: Spaces nobody sees, which ``str.strip`` keeps.
+_ZERO_WIDTH = "\u200b\u2060\ufeff"
+
+
 def strip_text(value: str | None) -> str | None:
-    return value.strip() if isinstance(value, str) else value
+    """Typed text as it is kept: without :data:`_UNSEEN` characters, and without space,
+    seen or not, at either end (a name of zero-width spaces is then empty: required)."""
+    if not isinstance(value, str):
+        return value
+    return _UNSEEN.sub("", value).strip().strip(_ZERO_WIDTH).strip()
 
 
 #: How each kind of contact must look.

@@ -27,7 +27,7 @@ from core.clock import utcnow
 from core.db import db
 from core.i18n import LOCALES
 from membership.exports import day_start
-from membership.forms import CONTACT_RULES
+from membership.forms import CONTACT_RULES, strip_text
 from membership.models import (
     CONTACT_KIND_WORDS,
     Community,
@@ -169,7 +169,7 @@ def sample_csv() -> str:
 def _read(
     record: dict[str, str | None], tiers: dict, kinds: dict
 ) -> tuple[ImportRow | None, list[str]]:
-    values = {key: (record.get(key) or "").strip() for key in COLUMNS}
+    values = {key: strip_text(record.get(key) or "") for key in COLUMNS}
     problems: list[str] = []
     number = values["number"].lstrip("#")
     if not (number.isascii() and number.isdigit() and 0 < int(number) < 10**8):

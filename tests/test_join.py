@@ -146,6 +146,7 @@ def test_returning_only_tier_is_not_open_to_prospects(client, demo):
 def test_bad_fields_rerender_with_errors_and_create_nothing(app, client, demo):
     cases = {
         "display_name": ({"display_name": "  "}, "必填"),
+        "unseen display_name": ({"display_name": " \u200b\u2060 \ufeff"}, "必填"),
         "no channel": ({"contact_value": ""}, "请填写手机号或邮箱"),
         "phone": ({"contact_kind": "phone", "contact_value": "12345"}, "11位手机号"),
         "email": ({"contact_kind": "email", "contact_value": "not-mail"}, "邮箱格式不正确"),
@@ -164,6 +165,24 @@ def test_bad_fields_rerender_with_errors_and_create_nothing(app, client, demo):
     with app.app_context():
         assert count(Application) == 0
         assert count(Order) == 0
+
+
+def test_names_are_kept_without_control_characters_or_direction_marks(app, client, demo):
+    """A name that would read backwards (RLO), carry a NUL into pages and CSVs, or hide
+    behind zero-width spaces is kept as the name it shows; an emoji's joiners stay."""
+    for typed, kept in (
+        ("\u202e三张", "三张"),
+        ("x\x00y\x1b", "xy"),
+        ("\u200b小王\u200b", "小王"),
+        ("👨\u200d👩\u200d👧 一家", "👨\u200d👩\u200d👧 一家"),
+    ):
+        browser = app.test_client()
+        assert submit_join(browser, "main", display_name=typed).status_code == 302, typed
+        with app.app_context():
+            name = db.session.scalar(
+                sa.select(Application.display_name).order_by(Application.id.desc()).limit(1)
+            )
+        assert name == kept, typed
 
 
 def test_join_form_without_csrf_token_is_refused(app, client, demo):
