@@ -298,3 +298,26 @@ def test_auto_approve_answer_must_be_a_choice(app, screened, logged_in):
     assert "须为选择题的一个选项" in response.text
     with app.app_context():
         assert count(ScreeningQuestion) == 2
+
+
+def test_a_failed_payment_from_a_pay_link_says_so_and_offers_to_pay_again(
+    app, client, screened, logged_in
+):
+    """The approved applicant is already a lobby member: their status page showed the
+    lobby invitation and nothing of the payment that failed."""
+    apply(client, screened)
+    review(app, logged_in, screened, "approve", pending_ids(app))
+    link = pay_link(app)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', client.get(link).text)
+    to_cashier = client.post(link, data={"csrf_token": token.group(1), "provider": "fake"})
+    status = cashier_action(client, to_cashier.location, "fail").location
+    page = client.get(status).text
+    assert "支付失败，未扣款，可以重试" in page
+    assert "重新支付 ¥99.00" in page
+    assert "大厅群" in page  # the lobby invitation still shows
+    again = re.search(r'action="([^"]+/pay)"', page).group(1)
+    form_token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    retried = client.post(again, data={"csrf_token": form_token, "provider": "fake"})
+    assert retried.location.startswith("/fake-pay/")
+    status = cashier_action(client, retried.location, "pay").location
+    assert 'id="member-number">0001<' in client.get(status).text
