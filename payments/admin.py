@@ -21,7 +21,7 @@ from flask_babel import lazy_gettext as _l
 from flask_babel import lazy_pgettext
 from flask_login import current_user, login_required
 from flask_wtf.file import FileAllowed, FileField, FileSize
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import joinedload, selectinload
 from wtforms import (
     BooleanField,
     HiddenField,
@@ -58,7 +58,6 @@ from payments.models import (
     OrderFlag,
     Payment,
     PaymentAccount,
-    PaymentStatus,
     Reconciliation,
     RefundStatus,
     WebhookEvent,
@@ -171,7 +170,11 @@ def payments():
         sa.select(Payment)
         .where(_in_visible_orders(Payment.order_id))
         .order_by(Payment.id.desc())
-        .options(joinedload(Payment.order)),
+        .options(
+            joinedload(Payment.order),
+            selectinload(Payment.refunds),
+            selectinload(Payment.disputes),
+        ),
         page=_page(),
         per_page=PAGE_SIZE,
     )
@@ -206,7 +209,7 @@ def refund(payment_id: int):
     form.amount.currency = payment.currency
     if request.method == "GET":
         form.amount.data = payment.kept().major_str()
-    if payment.status is PaymentStatus.CONFIRMED and form.validate_on_submit():
+    if payment.refundable and form.validate_on_submit():
         try:
             refund = request_refund(
                 payment,

@@ -124,6 +124,8 @@ PROVIDER_LABELS = {
     "fake": _l("Test payments"),
     "stripe": _l("Stripe"),
     "wechatpay": _l("WeChat Pay"),
+    #: payments.discounts.DISCOUNT_PROVIDER: the zero payment of an order a coupon made free
+    "coupon": _l("Coupon (nothing to pay)"),
 }
 
 
@@ -259,6 +261,12 @@ class Payment(db.Model):
 
     def kept(self) -> Money:
         return Money(self.kept_total(), self.currency)
+
+    @property
+    def refundable(self) -> bool:
+        """Whether some of it is ours to give back: not after a full refund, nor ever for
+        the zero payment that settles an order a coupon made free."""
+        return self.kept_total() > 0
 
 
 class OrderFlag(db.Model):

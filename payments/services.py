@@ -628,7 +628,7 @@ def surplus_payments(order: Order) -> list[Payment]:
     ):
         if needed > 0:
             needed -= payment.amount
-        else:
+        elif payment.amount:  # the zero payment of a free order is never more than it
             surplus.append(payment)
     return surplus
 

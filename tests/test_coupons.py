@@ -154,3 +154,33 @@ def test_guessing_codes_is_rate_limited_per_client(app, client, demo):
             counter.window_start -= timedelta(minutes=16)
         db.session.commit()
     assert join_with(client, "REAL").status_code == 302  # the window has passed
+
+
+def test_nothing_is_offered_for_refund_that_has_nothing_left_to_refund(app, demo, logged_in):
+    """A free order's zero payment (named as the coupon that settled it), and a payment
+    refunded in full: no refund link, no refund form, and no "surplus" notice."""
+    add_coupon(app, "GIFT", percent_off=None, amount_off=20000)
+    assert join_with(app.test_client(), "GIFT").status_code == 302
+    add_coupon(app, "VIP20", tiers=["main"])
+    browser = app.test_client()
+    assert cashier_action(browser, join_with(browser, "VIP20").location).status_code == 302
+    with app.app_context():
+        paid = db.session.scalar(sa.select(Payment).where(Payment.provider == "fake"))
+        paid_id = paid.id
+    page = logged_in.get("/admin/payments/payments").text
+    assert page.count("/refund") == 1 and f"/payments/{paid_id}/refund" in page
+    assert "优惠券抵扣（无需付款）" in page and ">coupon<" not in page
+    with app.app_context():
+        free = db.session.scalar(sa.select(Payment.id).where(Payment.provider == "coupon"))
+        paid = db.session.get(Payment, paid_id)
+        refund = request_refund(
+            paid, paid.money, reason="test", revoke_access=False, actor="staff:1"
+        )
+        db.session.commit()
+        send_refund(refund, actor="staff:1")
+        db.session.commit()
+    page = logged_in.get("/admin/payments/payments").text
+    assert "/refund" not in page and "已无可退金额" in page
+    for payment_id in (free, paid_id):
+        page = logged_in.get(f"/admin/payments/payments/{payment_id}/refund").text
+        assert 'name="amount"' not in page and 'id="surplus"' not in page, payment_id
