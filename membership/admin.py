@@ -725,8 +725,10 @@ def purge(community_id: int):
         request.form if request.method == "POST" else request.args,
         meta={"csrf": request.method == "POST"},
     )
+    form.today = utcnow().astimezone(ZoneInfo(community.time_zone)).date()
     candidates = None
-    if form.inactive_since.data and form.validate():
+    submitted = request.method == "POST" or "inactive_since" in request.args
+    if submitted and form.validate():
         inactive_since = day_start(community, form.inactive_since.data)
         if request.method == "POST":
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from functools import cache
 from zoneinfo import available_timezones
 
@@ -503,6 +504,12 @@ class PurgeForm(Form):
         _l("Purge members not active since"),
         validators=[InputRequired(REQUIRED)],
     )
+    #: The community's today, set by the view: a later day would purge members active now.
+    today: date
+
+    def validate_inactive_since(self, field: DateField) -> None:
+        if field.data is not None and field.data > self.today:
+            raise ValidationError(_l("Choose today or a day before it."))
 
 
 def with_questions(form_class: type[Form], questions: list[ScreeningQuestion]):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -329,19 +330,37 @@ def test_purge_preview_run_and_run_again(app, demo, logged_in):
     assert "已标记 1 位成员为活跃" in marked
     assert "9999" in marked
 
-    # Dates are days in the community's time zone (Asia/Shanghai): a cut-off three days
-    # ahead catches everyone, even the member marked active just now.
-    later = (utcnow() + timedelta(days=3)).date().isoformat()
+    # A week passes: both were last seen five days ago.
+    with app.app_context():
+        for member in db.session.scalars(sa.select(Member)):
+            member.created_at -= timedelta(days=5)
+            if member.last_active_at:
+                member.last_active_at -= timedelta(days=5)
+        db.session.commit()
+    # Dates are days in the community's time zone (Asia/Shanghai): a cut-off of today
+    # catches everyone not seen today; one of a week ago, no one.
+    local_today = utcnow().astimezone(ZoneInfo("Asia/Shanghai")).date()
+    later = local_today.isoformat()
     purge_url = f"/admin/communities/{community_id}/purge"
     preview = logged_in.get(purge_url, query_string={"inactive_since": later}).get_data(
         as_text=True
     )
     assert "将被清退 (2)" in preview
-    yesterday = (utcnow() - timedelta(days=1)).date().isoformat()
-    preview = logged_in.get(purge_url, query_string={"inactive_since": yesterday}).get_data(
+    week_ago = (local_today - timedelta(days=7)).isoformat()
+    preview = logged_in.get(purge_url, query_string={"inactive_since": week_ago}).get_data(
         as_text=True
     )
     assert "将被清退 (0)" in preview
+    # A day to come would purge members active now; a day that is no day is said to be so.
+    for day, refusal in (
+        ((local_today + timedelta(days=1)).isoformat(), "请选择今天或更早的日期"),
+        ("2026-13-45", "不是有效的日期值"),
+    ):
+        preview = logged_in.get(purge_url, query_string={"inactive_since": day}).text
+        assert "将被清退" not in preview and refusal in preview, day
+    refused = {"csrf_token": csrf_token(logged_in, purge_url)}
+    refused["inactive_since"] = (local_today + timedelta(days=1)).isoformat()
+    assert logged_in.post(purge_url, data=refused).status_code == 200
 
     data = {"csrf_token": csrf_token(logged_in, purge_url), "inactive_since": later}
     assert logged_in.post(purge_url, data=data).status_code == 302
