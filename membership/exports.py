@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -16,6 +15,7 @@ from core.clock import utcnow
 from core.db import db
 from core.exporters import Exporter
 from core.labels import label
+from core.money import Money
 from membership.models import (
     CONTACT_KIND_WORDS,
     Application,
@@ -25,7 +25,7 @@ from membership.models import (
     PageVisits,
     Tier,
 )
-from payments.exports import LedgerQuery, RevenueRows, RevenueTotals, major
+from payments.exports import LedgerQuery, RevenueRows, RevenueTotals
 from payments.models import Order, OrderStatus
 
 
@@ -111,17 +111,17 @@ def community_stats(community: Community, *, today: date | None = None) -> dict:
     first = today - timedelta(days=CHART_DAYS - 1)
     _, totals = community_revenue(community, first, today)
     by_day = {
-        day: major(amount, currency)
+        day: amount
         for (day, currency), amount in totals.by_day().items()
         if currency == community.currency
     }
     days = [first + timedelta(days=i) for i in range(CHART_DAYS)]
-    values = [by_day.get(day.isoformat(), Decimal(0)) for day in days]
-    top = max([*values, Decimal(1)])
+    values = [Money(by_day.get(day.isoformat(), 0), community.currency) for day in days]
+    top = max([*(value.amount for value in values), 1])
     bars = [
         {
             "x": i * 10,
-            "height": float(max(value, 0) / top * 100),
+            "height": max(value.amount, 0) / top * 100,
             "label": f"{day.isoformat()} {value}",
         }
         for i, (day, value) in enumerate(zip(days, values, strict=True))
@@ -148,8 +148,7 @@ def community_stats(community: Community, *, today: date | None = None) -> dict:
     )
     return {
         "bars": bars,
-        "total": sum(values),
-        "currency": community.currency,
+        "total": Money(sum(by_day.values()), community.currency),
         "by_tier": by_tier,
         "funnel": [visits, *(db.session.scalar(q) for q in (applied, ordered, paid))],
     }

@@ -40,7 +40,7 @@ def test_community_page_shows_revenue_members_and_funnel(app, demo, logged_in):
     with app.app_context():
         community_id = db.session.scalar(sa.select(Community.id))
     page = logged_in.get(f"/admin/communities/{community_id}").text
-    assert re.search(r'id="revenue"><span class="muted">近30天收入</span><strong>198.00 CNY<', page)
+    assert re.search(r'id="revenue"><span class="muted">近30天收入</span><strong>¥198.00<', page)
     heights = [
         float(h) for h in re.findall(r'<rect x="\d+" y="[\d.]+" width="8" height="([\d.]+)"', page)
     ]
