@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from core.clock import utcnow
 from core.db import db
 from core.limits import AttemptCounter
+from core.money import Money
 from membership.lifecycle import expire_memberships
 from membership.models import Application, Membership, Tier
 from payments.discounts import CODE_TRIES_PER_CLIENT
@@ -68,6 +69,7 @@ def test_the_join_form_shows_the_price_with_the_coupon_and_creates_nothing(app, 
     html = response.text
     assert price_shown(html) == {"list": 9900, "discount": 1980, "price": 7920}
     assert "已优惠 ¥19.80，实付 ¥79.20" in html
+    assert "去支付 ¥79.20</button>" in html  # the button says what paying charges
     assert 'value=" vip20 "' in html or 'value="vip20"' in html  # kept as typed
     assert 'value="小王"' in html  # the rest of the form too
     assert 'action="/join/demo/main"' in html  # paying goes on from here
@@ -179,6 +181,8 @@ def test_the_renewal_price_check_equals_what_the_order_charges(
     assert checked.status_code == 200
     shown = price_shown(checked.text)
     assert shown["price"] == (discounted if code else price)
+    button = re.search(rf'id="renew-{membership_id}">([^<]+)<', checked.text).group(1)
+    assert button.endswith(str(Money(shown["price"], "CNY")))
     assert re.search(rf'id="coupon-{membership_id}"[^>]*value="{code}"', checked.text)
     with app.app_context():
         assert count(Order) == orders_before and count(CouponUse) == 0
