@@ -48,8 +48,10 @@ def create_token(
     """Make a token; returns it and its secret, which is not kept. Raises ValueError for
     an unknown scope or an empty name."""
     unknown = set(scopes) - SCOPES.keys()
-    if unknown or not scopes:
+    if unknown:
         raise ValueError(_("Unknown scopes: %(scopes)s", scopes=", ".join(sorted(unknown))))
+    if not scopes:
+        raise ValueError(_("Tick at least one scope"))
     if not name.strip():
         raise ValueError(_("A name is needed"))
     secret = TOKEN_PREFIX + new_token(32)

@@ -358,7 +358,9 @@ def test_the_owner_makes_a_token_shown_once_and_kept_hashed(app, demo, admin):
         assert token.hash == token_hash(secret) and secret not in (token.prefix + token.hash)
         assert token.scopes == ["members:read", "orders:read"]
     bad = staff.post(url, data={"csrf_token": csrf, "name": "x", "scopes": ["root"]})
-    assert "未知的权限" in bad.text
+    assert "未知的权限：root" in bad.text
+    none = staff.post(url, data={"csrf_token": csrf, "name": "x"})
+    assert "请至少勾选一项权限" in none.text and "未知的权限" not in none.text
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count(ApiToken.id))) == 1
 
