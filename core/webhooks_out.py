@@ -104,7 +104,10 @@ def check_url(url: str, *, allow_private: bool) -> None:
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
     except (socket.gaierror, UnicodeError) as error:
-        raise UnsafeURL(_l("The name does not resolve: %(error)s", error=error)) from error
+        # The resolver's own words ("[Errno -2] Name or service not known") are English.
+        raise UnsafeURL(
+            _l("%(host)s cannot be found: check the address", host=parts.hostname)
+        ) from error
     for address in addresses:
         if not ipaddress.ip_address(address.split("%")[0]).is_global:
             raise UnsafeURL(_l("Private and local addresses are refused"))

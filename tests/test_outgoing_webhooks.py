@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -213,6 +214,21 @@ def test_private_addresses_are_refused_unless_allowed(
         assert delivery.status is DeliveryStatus.PENDING
         assert "内网" in delivery.last_answer
     assert state.requests == []
+
+
+def test_an_address_that_resolves_to_nothing_is_named_in_the_reader_s_language(
+    app, demo, monkeypatch
+):
+    def not_found(*_args, **_kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", not_found)
+    with app.test_request_context():
+        with pytest.raises(UnsafeURL) as refused:
+            create_endpoint(
+                demo.id, "https://hooks.example.cn/q", ["member.admitted"], actor="t", now=utcnow()
+            )
+        assert str(refused.value) == "找不到 hooks.example.cn，请检查地址"
 
 
 def test_an_event_goes_with_its_transaction(app, demo, receiver, private_urls):
