@@ -288,6 +288,9 @@ def test_purged_member_comes_back_at_the_reentry_price_keeping_the_number(app, d
         assert count(Member) == 2
     # Back in: the re-entry price is not offered again.
     assert browser.get("/join/demo/reentry").status_code == 403
+    # Their page shows the new invitation; the purged one's leaves no empty card.
+    page = browser.get("/me").text
+    assert page.count('class="card invitation"') == 1
 
 
 def test_reentry_price_is_refused_to_those_who_were_never_purged(app, demo):

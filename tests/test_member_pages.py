@@ -82,6 +82,8 @@ def test_a_screened_member_sees_one_qr_the_main_group_s(app, client, screened, l
     log_in_member(app, client, "13800138000")  # the phone the application gave
     me = client.get("/me").text
     assert me.count('<img class="qr"') == 1 and "大厅群" not in me
+    # The lobby's invitation, revoked, leaves no empty card behind.
+    assert page.count('class="card invitation"') == me.count('class="card invitation"') == 1
 
 
 def test_a_paid_pay_link_says_paid_and_leads_to_the_result(app, client, screened, logged_in):
