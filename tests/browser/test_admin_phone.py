@@ -1,5 +1,6 @@
 """The admin on a phone, in a real headless Chromium at 360×640 with WeChat's user agent:
-the members list, the applications to review and the orders, in Chinese and in English.
+the members list, the applications to review, the orders and the team, in Chinese and in
+English.
 The menu folds away, tables become cards, nothing scrolls sideways, and axe-core finds no
 serious or critical accessibility violation. Screenshots go to test-output/screenshots/."""
 
@@ -69,6 +70,7 @@ def prepare(server) -> int:
     """A staff owner, a screened tier with one paid member and one applicant waiting."""
     with server.app.app_context():
         create_staff_user(ADMIN_EMAIL, "班长", ADMIN_PASSWORD, actor="test")
+        create_staff_user("moderator@example.com", "组委", ADMIN_PASSWORD, actor="test")
         community = db.session.scalar(sa.select(Community))
         db.session.add(
             ScreeningQuestion(
@@ -147,3 +149,10 @@ def test_the_admin_on_a_phone(live_server, browser, locale):  # noqa: F811
     expect(page.locator("h1")).to_contain_text(words["orders"])
     expect(page.locator('#orders [data-status="paid"]').first).to_have_text(words["paid"])
     check(page, f"admin-{locale}-04-orders")
+
+    # The team: another member's roles, a select per community, as wide as a thumb needs.
+    page.goto(f"{live_server}/admin/staff")
+    select = page.locator("#team select").first
+    expect(select).to_be_visible()
+    assert select.bounding_box()["width"] >= 120
+    check(page, f"admin-{locale}-05-team")
