@@ -41,7 +41,7 @@ from membership.services import submit_application
 from payments import inbox
 from payments.models import Dispute, LedgerEntry, Order, Payment, Refund
 from payments.providers import EventKind, Payer, get_provider
-from payments.services import start_payment
+from payments.services import request_refund, send_refund, start_payment
 from perks.models import Coupon
 from tests import fake_apis
 
@@ -426,14 +426,30 @@ def open_payment(tier: Tier, provider: str, person: int) -> Payment:
         contact_value=f"wx_member{person:06d}",
         submission_key=new_token(24),
     )
+    return start_test_payment(db.session.get(Order, application.order_id), provider)
+
+
+def start_test_payment(order: Order, provider: str = "fake", *, actor: str = "prospect") -> Payment:
+    """Start paying ``order`` at ``provider`` from a browser (app context; the caller
+    commits)."""
     return start_payment(
-        db.session.get(Order, application.order_id),
+        order,
         provider,
         payer=Payer(),
         return_url="http://qunmen.test/",
         cancel_url="http://qunmen.test/",
-        actor="prospect",
+        actor=actor,
     )
+
+
+def refund_in_full(payment: Payment, *, revoke_access: bool = False) -> None:
+    """An admin refunds all of ``payment`` and the provider agrees (app context; commits)."""
+    refund = request_refund(
+        payment, payment.money, reason="test", revoke_access=revoke_access, actor="staff:1"
+    )
+    db.session.commit()
+    send_refund(refund, actor="staff:1")
+    db.session.commit()
 
 
 def pay_through_inbox(app, count: int) -> list[Payment]:

@@ -14,9 +14,8 @@ from core.db import db
 from core.limits import AttemptCounter
 from membership.models import Application, Community, Member
 from payments.models import LedgerEntry, Order, OrderStatus, Payment
-from payments.services import request_refund, send_refund
 from perks.models import CouponUse, CouponUseStatus
-from tests.helpers import add_coupon, cashier_action, count, submit_join
+from tests.helpers import add_coupon, cashier_action, count, refund_in_full, submit_join
 
 
 def join_with(client, code: str, **fields):
@@ -124,13 +123,7 @@ def test_a_refund_gives_the_coupon_back_only_where_the_community_says(
     response = join_with(client, "ONLY1")
     cashier_action(client, response.location)
     with app.app_context():
-        payment = db.session.scalar(sa.select(Payment))
-        refund = request_refund(
-            payment, payment.money, reason="test", revoke_access=True, actor="staff:1"
-        )
-        db.session.commit()
-        send_refund(refund, actor="staff:1")
-        db.session.commit()
+        refund_in_full(db.session.scalar(sa.select(Payment)), revoke_access=True)
         use = db.session.scalar(sa.select(CouponUse))
         expected = CouponUseStatus.RELEASED if back_on_refund else CouponUseStatus.CONSUMED
         assert use.status is expected
@@ -172,13 +165,7 @@ def test_nothing_is_offered_for_refund_that_has_nothing_left_to_refund(app, demo
     assert "优惠券抵扣（无需付款）" in page and ">coupon<" not in page
     with app.app_context():
         free = db.session.scalar(sa.select(Payment.id).where(Payment.provider == "coupon"))
-        paid = db.session.get(Payment, paid_id)
-        refund = request_refund(
-            paid, paid.money, reason="test", revoke_access=False, actor="staff:1"
-        )
-        db.session.commit()
-        send_refund(refund, actor="staff:1")
-        db.session.commit()
+        refund_in_full(db.session.get(Payment, paid_id))
     page = logged_in.get("/admin/payments/payments").text
     assert "/refund" not in page and "已无可退金额" in page
     for payment_id in (free, paid_id):

@@ -35,9 +35,9 @@ from payments.models import (
     PaymentStatus,
     WebhookEvent,
 )
-from payments.providers import InvalidNotification, Payer
+from payments.providers import InvalidNotification
 from payments.providers.stripe import StripeProvider
-from payments.services import request_refund, send_refund, start_payment, surplus_payments
+from payments.services import surplus_payments
 from perks.models import CouponUse, CouponUseStatus
 from tests import fake_apis
 from tests.helpers import (
@@ -52,7 +52,9 @@ from tests.helpers import (
     log_in_member,
     money_snapshot,
     new_phone,
+    refund_in_full,
     signed_notification,
+    start_test_payment,
     stripe_delivery,
     submit_form,
     submit_join,
@@ -101,14 +103,7 @@ def paid_twice(app, client, demo, apis):
     assert submit_join(client, "main", provider="wechatpay").status_code == 302
     with app.app_context():
         order = db.session.scalars(sa.select(Order)).one()
-        start_payment(
-            order,
-            "stripe",
-            payer=Payer(),
-            return_url="http://qunmen.test/",
-            cancel_url="http://qunmen.test/",
-            actor="prospect",
-        )
+        start_test_payment(order, "stripe")
         db.session.commit()
     wechat, card = _payments(app)
     assert _wechat(client, wechat_paid(wechat)).status_code == 200
@@ -423,14 +418,7 @@ def _renewal_paid_after(app, client, end_by):
     with app.app_context():
         membership = db.session.scalars(sa.select(Membership)).one()
         renewal = start_renewal(membership)
-        payment = start_payment(
-            db.session.get(Order, renewal.order_id),
-            "fake",
-            payer=Payer(),
-            return_url="http://qunmen.test/",
-            cancel_url="http://qunmen.test/",
-            actor="member",
-        )
+        payment = start_test_payment(db.session.get(Order, renewal.order_id), actor="member")
         db.session.commit()
         end_by(membership)
         db.session.commit()
@@ -510,30 +498,13 @@ def _renewed(app, client, provider: str = "fake") -> tuple[datetime, int]:
         with app.app_context():
             membership = db.session.scalars(sa.select(Membership)).one()
             order = db.session.get(Order, start_renewal(membership).order_id)
-            payment = start_payment(
-                order,
-                provider,
-                payer=Payer(),
-                return_url="http://qunmen.test/",
-                cancel_url="http://qunmen.test/",
-                actor="member",
-            )
+            payment = start_test_payment(order, provider, actor="member")
             db.session.commit()
             paid = checkout_session(payment)
         assert _stripe(client, "checkout.session.completed", paid).status_code == 200
     with app.app_context():
         assert db.session.scalar(sa.select(Membership.ends_at)) == first_end + timedelta(days=30)
         return first_end, db.session.scalar(sa.select(sa.func.max(Payment.id)))
-
-
-def _refund(payment_id: int, *, revoke_access: bool = False) -> None:
-    payment = db.session.get(Payment, payment_id)
-    refund = request_refund(
-        payment, payment.money, reason="test", revoke_access=revoke_access, actor="staff:1"
-    )
-    db.session.commit()
-    send_refund(refund, actor="staff:1")
-    db.session.commit()
 
 
 def _renewal_application() -> Application:
@@ -546,7 +517,7 @@ def test_refunding_a_renewal_takes_back_its_days_and_keeps_what_the_join_paid_fo
 ):
     first_end, payment_id = _renewed(app, client)
     with app.app_context():
-        _refund(payment_id, revoke_access=revoke_access)
+        refund_in_full(db.session.get(Payment, payment_id), revoke_access=revoke_access)
         membership = db.session.scalars(sa.select(Membership)).one()
         assert (membership.status, membership.ends_at) == (MembershipStatus.ACTIVE, first_end)
         assert _renewal_application().status is ApplicationStatus.TAKEN_BACK
@@ -569,7 +540,7 @@ def test_a_renewal_refunded_once_its_days_were_all_that_was_left_ends_access(
     _renewal_paid_after(app, client, _expire)
     with app.app_context():
         renewal_payment = db.session.scalars(sa.select(Payment.id).order_by(Payment.id)).all()[-1]
-        _refund(renewal_payment)
+        refund_in_full(db.session.get(Payment, renewal_payment))
         membership = db.session.scalars(sa.select(Membership)).one()
         assert membership.status is MembershipStatus.EXPIRED
         assert membership.ends_at <= utcnow()
@@ -608,7 +579,7 @@ def test_refunding_a_renewal_that_added_no_days_leaves_the_membership_as_it_is(
         membership = db.session.scalars(sa.select(Membership)).one()
         before = (membership.status, membership.ends_at)
         renewal_payment = db.session.scalars(sa.select(Payment.id).order_by(Payment.id)).all()[-1]
-        _refund(renewal_payment)
+        refund_in_full(db.session.get(Payment, renewal_payment))
         db.session.refresh(membership)
         assert (membership.status, membership.ends_at) == before
         assert _renewal_application().status is ApplicationStatus.ADMITTED

@@ -52,6 +52,7 @@ from tests.helpers import (
     log_in,
     money_snapshot,
     open_join_form,
+    start_test_payment,
     stripe_delivery,
     wechat_notification,
     wechat_paid,
@@ -618,14 +619,7 @@ def confirmed(app, community_id: int, provider: str, reference: str) -> None:
         order = create_order(
             Money(9900, "CNY"), "Test", community_id=community_id, product="test", actor="test"
         )
-        payment = start_payment(
-            order,
-            provider,
-            payer=Payer(),
-            return_url="http://qunmen.test/",
-            cancel_url="http://qunmen.test/",
-            actor="test",
-        )
+        payment = start_test_payment(order, provider, actor="test")
         db.session.flush()
         confirm_payment(payment, reference, actor="test", now=utcnow())
         db.session.commit()
