@@ -1100,6 +1100,7 @@ audit.register_labels(
         "question.toggled": _l("Question turned on or off"),
         "application.submitted": _l("Application sent"),
         "application.channel_proven": _l("Applicant's contact proven"),
+        "application.coupon_refused": _l("Coupon no longer applied once the contact was proven"),
         "application.approved": _l("Application approved"),
         "application.rejected": _l("Application rejected"),
         "invitation.issued": _l("Invited to a group"),

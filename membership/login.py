@@ -47,6 +47,7 @@ from membership.models import (
     Member,
 )
 from membership.services import (
+    Proof,
     contact_routes,
     find_member,
     normalise_contact,
@@ -336,17 +337,17 @@ def verify_code(login: LoginCode, code: str, *, now: datetime | None = None) -> 
     return member
 
 
-def verify_application_code(login: LoginCode, code: str, *, now: datetime) -> Application:
-    """The application whose channel ``code`` proves (the join's code step; the check was
-    claimed by :func:`claim_code_check`): it goes on to payment, review or admission (see
-    :func:`membership.services.prove_application`)."""
+def verify_application_code(login: LoginCode, code: str, *, now: datetime) -> Proof:
+    """Prove the channel of the application ``code`` was sent for (the join's code step;
+    the check was claimed by :func:`claim_code_check`): it goes on to payment, review or
+    admission (see :func:`membership.services.prove_application`)."""
     application = db.session.get(Application, login.application_id or 0)
     if application is None:
         raise LoginRefused(pgettext("login", "Wrong code"))
     _use_code(login, code, now=now)
-    if application.status is ApplicationStatus.AWAITING_PROOF:
-        prove_application(application, now=now)
-    return application
+    if application.status is not ApplicationStatus.AWAITING_PROOF:
+        return Proof(went_on=False)
+    return prove_application(application, now=now)
 
 
 def verify_channel_code(member: Member, login: LoginCode, code: str, *, now: datetime) -> None:

@@ -494,6 +494,10 @@ class Application(db.Model):
     #: A paid renewal: the days it added to the membership (what its refund takes back).
     #: None before it is paid, and for one that added none (put before the admins instead).
     renewal_days: Mapped[int | None] = mapped_column(sa.Integer)
+    #: The coupon code a prospect typed with an application whose channel was not proven
+    #: yet: checked then, applied to its order (its use reserved) once the channel is
+    #: proven, so a stranger's unproven applications hold no coupon's uses.
+    coupon_code: Mapped[str | None] = mapped_column(sa.String(40))
     #: The approved applicant's personal pay link, and until when it works.
     pay_token: Mapped[str | None] = mapped_column(sa.String(48), unique=True)
     pay_link_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

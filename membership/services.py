@@ -6,6 +6,7 @@ Functions here flush but never commit; the request or command that calls them co
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +44,14 @@ from membership.models import (
     TierKind,
     format_member_number,
     tier_groups,
+)
+from payments.discounts import (
+    DiscountRefused,
+    Purchase,
+    Sale,
+    check_price,
+    discount_order,
+    normalise_code,
 )
 from payments.models import FlagKind, Order, OrderStatus, PaymentStatus
 from payments.services import create_order, flag_order
@@ -292,13 +301,69 @@ def needs_proof(member: Member | None, *, wechat_openid: str | None) -> bool:
     return member is None or not member.is_reachable
 
 
+def coupon_buyer(application: Application) -> str:
+    """Whom a coupon's per-person limit counts for an application: its member, or the
+    contact it was made with."""
+    if application.member_id is not None:
+        return f"member:{application.member_id}"
+    return f"{application.contact_kind}:{application.contact_value}"
+
+
+def keep_coupon_for_proof(application: Application, order: Order, code: str, *, now: datetime):
+    """The coupon ``code`` a prospect typed with ``application``, whose channel is not
+    proven yet: checked now by the coupon's rules (an unknown or spent code is refused at
+    once, :class:`DiscountRefused`), kept on the application, and applied to ``order`` by
+    :func:`prove_application`. Until then it holds none of the coupon's uses: anyone may
+    type anyone's phone number, and a one-use coupon must not be kept from the members it
+    was meant for by applications nobody proves."""
+    code = normalise_code(code)
+    purchase = Purchase(product=f"tier:{application.tier_id}", buyer=coupon_buyer(application))
+    checked = check_price(Sale.of(order), code, purchase, now=now)
+    if checked.refusal is not None:
+        raise DiscountRefused(checked.refusal)
+    application.coupon_code = code
+
+
+def _apply_kept_coupon(application: Application, *, actor: str, now: datetime) -> str | None:
+    """The coupon code kept by :func:`keep_coupon_for_proof`, applied to the application's
+    order now that its channel is proven (its use reserved, under the coupon's lock).
+    Returns why it no longer applies (used up meanwhile, expired…): the order keeps its
+    price, and the refusal is recorded. None when it applied, or none was kept."""
+    if application.coupon_code is None or application.order_id is None:
+        return None
+    order = db.session.get(Order, application.order_id)
+    purchase = Purchase(product=f"tier:{application.tier_id}", buyer=coupon_buyer(application))
+    try:
+        discount_order(order, application.coupon_code, purchase, actor=actor, now=now)
+    except DiscountRefused as refusal:
+        audit.record(
+            "application.coupon_refused",
+            application,
+            actor="system",
+            data={"code": application.coupon_code},
+            now=now,
+        )
+        return str(refusal)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """What :func:`prove_application` did: whether the application went on (False: it had
+    gone on already), and why the coupon code kept for it was refused, if it was."""
+
+    went_on: bool
+    coupon_refused: str | None = None
+
+
 def prove_application(
     application: Application, *, wechat_openid: str | None = None, now: datetime
-) -> bool:
+) -> Proof:
     """The applicant proved a channel: the code sent to the application's contact came
-    back, or (``wechat_openid``) WeChat's OAuth named them. The application goes on (see
+    back, or (``wechat_openid``) WeChat's OAuth named them. The coupon code kept for it is
+    applied (see :func:`keep_coupon_for_proof`) and the application goes on (see
     :func:`_go_on`); the proof is the member's at admission. One conditional UPDATE, so two
-    proofs at once go on once. Returns False when it had gone on already. Flushed."""
+    proofs at once go on once. Flushed."""
     moved = db.session.execute(
         sa.update(Application)
         .where(
@@ -309,7 +374,7 @@ def prove_application(
         .execution_options(synchronize_session=False)
     ).rowcount
     if not moved:
-        return False
+        return Proof(went_on=False)
     if wechat_openid:
         application.wechat_openid = wechat_openid
     else:
@@ -322,8 +387,9 @@ def prove_application(
         data={"by": "wechat" if wechat_openid else application.contact_kind.value},
         now=now,
     )
+    refused = _apply_kept_coupon(application, actor=actor, now=now)
     _go_on(application, actor=actor, now=now)
-    return True
+    return Proof(went_on=True, coupon_refused=refused)
 
 
 def follow_up_application(

@@ -99,8 +99,11 @@ from membership.services import (
     JOIN_SUBMISSIONS,
     AlreadyAMember,
     JoinRefused,
+    Proof,
     check_tier_open,
+    coupon_buyer,
     find_member_by_openid,
+    keep_coupon_for_proof,
     needs_proof,
     normalise_contact,
     notify_member_of_their_contact,
@@ -446,15 +449,17 @@ def join(slug: str, tier_code: str):
         if tier.requires_screening:
             auto_approve(application)
         if "coupon" in form and form.coupon.data and application.order_id:
-            apply_discount_code(
-                db.session.get(Order, application.order_id),
-                form.coupon.data,
-                product=f"tier:{tier.id}",
-                buyer=f"member:{member.id}"
-                if member
-                else f"{application.contact_kind}:{application.contact_value}",
-                actor=f"member:{member.id}" if member else "prospect",
-            )
+            order = db.session.get(Order, application.order_id)
+            if application.status is ApplicationStatus.AWAITING_PROOF:
+                keep_coupon_for_proof(application, order, form.coupon.data, now=now)
+            else:
+                apply_discount_code(
+                    order,
+                    form.coupon.data,
+                    product=f"tier:{tier.id}",
+                    buyer=coupon_buyer(application),
+                    actor=f"member:{member.id}" if member else "prospect",
+                )
         # The tries are claimed last, in the application's transaction (one commit, not
         # two): each counter stays locked from here to the commit only, so parallel joins
         # queue on the install's counter briefly. Any refusal rolls the request back and
@@ -673,14 +678,32 @@ def _this_browsers_application(slug: str, public_id: str) -> Application:
     return application
 
 
-def _proven(application: Application, provider: str | None, order: Order | None = None) -> Response:
+def _proven(
+    application: Application, proof: Proof, provider: str | None, order: Order | None = None
+) -> Response:
     """The applicant proved a channel (flushed by the caller): a screened application may
     be approved at once, then the applicant goes on to pay with ``provider`` (for its
-    ``order``, when the caller loaded it). Commits."""
+    ``order``, when the caller loaded it); to their status page instead, told why, when
+    the coupon code they typed no longer applies (the price is not what they expected).
+    Commits."""
     if application.tier.requires_screening:
         auto_approve(application)
     # What this request loaded stays usable: the next steps read nothing it changed.
     end_transaction_keeping_objects()
+    if proof.coupon_refused is not None:
+        flash(
+            _(
+                "Your coupon %(code)s could not be used: %(reason)s. The order is at its "
+                "full price.",
+                code=application.coupon_code,
+                reason=proof.coupon_refused,
+            ),
+            "error",
+        )
+        _remember_application(application)
+        return redirect(
+            url_for(".status", slug=application.community.slug, public_id=application.public_id)
+        )
     return _continue(application, provider, order)
 
 
@@ -722,11 +745,11 @@ def verify(slug: str, public_id: str):
     if pending is not None and form.validate_on_submit():
         # Loaded once, before the proof reads it: the payment then starts from it.
         order = db.session.get(Order, application.order_id) if application.order_id else None
-        proven, _member = _check_code(
+        checked, proof = _check_code(
             pending, form, verify_application_code, now=utcnow(), limits=JOIN_CODE_CHECKS
         )
-        if proven:
-            return _proven(application, request.args.get("provider"), order)
+        if checked:
+            return _proven(application, proof, request.args.get("provider"), order)
     elif pending is None and form.is_submitted():
         form.code.errors.append(_("Ask for a code first"))
     status = 422 if form.errors else 200
@@ -804,10 +827,11 @@ def verify_wechat_return(slug: str):
                 next=url_for(".join", slug=slug, tier_code=application.tier.code),
             )
         )
-    if not prove_application(application, wechat_openid=openid, now=utcnow()):
+    proof = prove_application(application, wechat_openid=openid, now=utcnow())
+    if not proof.went_on:
         db.session.rollback()
         return redirect(url_for(".status", slug=slug, public_id=public_id))
-    return _proven(application, state.get("provider"))
+    return _proven(application, proof, state.get("provider"))
 
 
 @bp.get("/join/<slug>/status/<public_id>")

@@ -15,7 +15,15 @@ from core.limits import AttemptCounter
 from membership.models import Application, Community, Member
 from payments.models import LedgerEntry, Order, OrderStatus, Payment
 from perks.models import CouponUse, CouponUseStatus
-from tests.helpers import add_coupon, cashier_action, count, refund_in_full, submit_join
+from tests.helpers import (
+    add_coupon,
+    cashier_action,
+    count,
+    latest_code,
+    prove_join,
+    refund_in_full,
+    submit_join,
+)
 
 
 def join_with(client, code: str, **fields):
@@ -171,3 +179,69 @@ def test_nothing_is_offered_for_refund_that_has_nothing_left_to_refund(app, demo
     for payment_id in (free, paid_id):
         page = logged_in.get(f"/admin/payments/payments/{payment_id}/refund").text
         assert 'name="amount"' not in page and 'id="surplus"' not in page, payment_id
+
+
+def test_an_unproven_application_holds_none_of_a_coupons_uses(app, client, demo):
+    """Anyone may type anyone's phone: a one-use coupon typed with an application whose
+    contact is never proven must not keep it from the next applicant. The code is checked
+    at once, applied when the contact is proven, and refused then if it went meanwhile."""
+    add_coupon(app, "ONLY1", max_uses=1)
+    stranger = app.test_client()
+    held = join_with(stranger, "ONLY1", prove=False)
+    assert held.status_code == 302 and "/verify/" in held.location
+    code = latest_code(app)
+    page = stranger.get(held.location).get_data(as_text=True)
+    assert "验证联系方式后，将为你使用优惠码 ONLY1。" in page
+    with app.app_context():
+        assert count(CouponUse) == 0
+        assert db.session.scalar(sa.select(Order.amount)) == 9900
+    # Someone else takes the one use, proving their contact.
+    taken = join_with(client, "ONLY1")
+    assert taken.status_code == 302 and "/fake-pay/" in taken.location
+    # The stranger's proof comes late: the order stays at its price, and they are told.
+    late = prove_join(stranger, held.location, code)
+    assert late.status_code == 302 and "/status/" in late.location  # not the cashier
+    page = stranger.get(late.location).get_data(as_text=True)
+    assert "优惠码 ONLY1 没能用上：优惠券已被领完。订单按原价支付。" in page
+    assert "去支付 ¥99.00" in page
+    with app.app_context():
+        amounts = db.session.execute(
+            sa.select(Order.amount, Order.coupon_code).order_by(Order.id)
+        ).all()
+        assert amounts == [(9900, None), (7920, "ONLY1")]
+        assert count(CouponUse) == 1
+        refused = db.session.scalar(
+            sa.select(AuditEntry).where(AuditEntry.action == "application.coupon_refused")
+        )
+        assert refused.data == {"code": "ONLY1"}
+
+
+def test_a_strangers_unproven_application_uses_none_of_a_persons_own_limit(app, client, demo):
+    """One use per person: a stranger typing someone's phone with the code takes none of
+    that person's use."""
+    add_coupon(app, "ONCE", max_uses=None)
+    stranger = app.test_client()
+    assert join_with(stranger, "ONCE", contact_value="13700002222", prove=False).status_code == 302
+    own = join_with(client, "ONCE", contact_value="13700002222")
+    assert own.status_code == 302 and "/fake-pay/" in own.location
+    with app.app_context():
+        assert db.session.scalars(sa.select(Order.amount).order_by(Order.id)).all() == [
+            9900,
+            7920,
+        ]
+
+
+def test_a_free_coupon_is_not_spent_until_the_contact_is_proven(app, client, demo):
+    add_coupon(app, "GIFT", percent_off=None, amount_off=20000, max_uses=1)
+    held = join_with(client, "GIFT", prove=False)
+    with app.app_context():
+        # Not settled: no zero payment, no use consumed, nobody admitted.
+        assert count(Payment) == count(CouponUse) == count(Member) == 0
+        assert db.session.scalar(sa.select(Order.status)) is OrderStatus.OPEN
+    proven = prove_join(client, held.location)
+    assert proven.status_code == 302 and "/status/" in proven.location
+    with app.app_context():
+        order = db.session.scalar(sa.select(Order))
+        assert (order.amount, order.status, order.coupon_code) == (0, OrderStatus.PAID, "GIFT")
+        assert db.session.scalar(sa.select(CouponUse.status)) is CouponUseStatus.CONSUMED
+        assert db.session.scalar(sa.select(Member.number)) == 1
