@@ -8,6 +8,7 @@ so a :class:`MoneyField` is told its currency by the view before the form is val
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import date, datetime
 
 import wtforms
@@ -26,6 +27,15 @@ from core.money import AmountError, Money
 #: The days a form takes: any a community could mean, and none whose local midnight, or
 #: the day after, falls outside what Python's dates hold.
 FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(9000, 12, 31)
+
+
+def half_width(value: str | None) -> str | None:
+    """Typed text with full-width digits, letters and signs (a Chinese keyboard's
+    "１３８…", "ＶＩＰ２０", "＠") as their ASCII twins (Unicode's NFKC): a filter for what
+    must be read as ASCII (a phone number, an e-mail, a code)."""
+    if not isinstance(value, str):
+        return value
+    return unicodedata.normalize("NFKC", value)
 
 
 class Form(FlaskForm):

@@ -36,7 +36,7 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from core.forms import DateField, Form, IntegerField, MoneyField, TokenWhenShown
+from core.forms import DateField, Form, IntegerField, MoneyField, TokenWhenShown, half_width
 from core.i18n import LOCALES
 from core.money import CURRENCIES
 from membership.models import (
@@ -95,7 +95,7 @@ def coupon_code_field() -> StringField:
     """The optional coupon code a payer types before paying (see :mod:`payments.discounts`)."""
     return StringField(
         _l("Coupon code (optional)"),
-        filters=[strip_text],
+        filters=[strip_text, half_width],
         validators=[Length(max=40, message=_l("Unknown coupon code"))],
         render_kw={"autocomplete": "off", "autocapitalize": "characters"},
     )
@@ -122,7 +122,7 @@ class JoinForm(Form):
     )
     wechat_id = StringField(
         _l("WeChat ID or group nickname"),
-        filters=[strip_text],
+        filters=[strip_text, half_width],
         validators=[Length(max=64, message=_l("At most 64 characters"))],
         render_kw={"autocomplete": "off", "autocapitalize": "off"},
     )
@@ -134,7 +134,7 @@ class JoinForm(Form):
     )
     contact_value = StringField(
         _l("Phone or e-mail"),
-        filters=[strip_text],
+        filters=[strip_text, half_width],
         validators=[Length(max=254, message=TOO_LONG)],
     )
     accept_rules = BooleanField(
@@ -447,7 +447,7 @@ class MemberLoginForm(Form):
     )
     contact_value = StringField(
         _l("The phone or e-mail you joined with"),
-        filters=[strip_text],
+        filters=[strip_text, half_width],
         validators=[DataRequired(REQUIRED), Length(max=254, message=TOO_LONG)],
     )
 
@@ -461,7 +461,7 @@ class ChannelForm(Form):
     contact_kind = MemberLoginForm.contact_kind
     contact_value = StringField(
         _l("Phone or e-mail"),
-        filters=[strip_text],
+        filters=[strip_text, half_width],
         validators=[DataRequired(REQUIRED), Length(max=254, message=TOO_LONG)],
     )
 
@@ -471,7 +471,7 @@ class ChannelForm(Form):
 class LoginCodeForm(Form):
     code = StringField(
         lazy_pgettext("login", "Code"),
-        filters=[strip_text],
+        filters=[strip_text, half_width],
         validators=[
             DataRequired(REQUIRED),
             Regexp(r"^[0-9]{6}$", message=_l("Six digits")),

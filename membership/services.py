@@ -19,6 +19,7 @@ from core import audit, outbox
 from core.clock import utcnow
 from core.db import db
 from core.events import record_event
+from core.forms import half_width
 from core.limits import Limit, TooManyTries, claim
 from core.outbox import Channel, MessageKind
 from core.security import new_token
@@ -79,9 +80,10 @@ class AlreadyAMember(JoinRefused):
 
 
 def normalise_contact(kind: ContactKind, value: str) -> str:
-    """One spelling per contact, so that the same person is found again: e-mail and WeChat
-    IDs in lower case, mainland phone numbers without the +86."""
-    value = value.strip()
+    """One spelling per contact, so that the same person is found again: in half-width
+    characters, e-mail and WeChat IDs in lower case, mainland phone numbers without the
+    +86."""
+    value = half_width(value).strip()
     if kind is ContactKind.PHONE:
         value = value.replace(" ", "").replace("-", "")
         for prefix in ("+86", "86"):

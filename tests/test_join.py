@@ -22,10 +22,12 @@ from membership.models import (
 from payments.models import LedgerEntry, Order, OrderStatus, Payment, PaymentStatus
 from tests.helpers import (
     PROSPECT,
+    add_coupon,
     cashier_action,
     count,
     csrf_token,
     join_and_pay,
+    latest_code,
     log_in_member,
     new_phone,
     open_join_form,
@@ -339,3 +341,26 @@ def test_payment_confirmed_after_expiry_still_counts(app, client, demo):
     _expire_order(app)
     status_path = cashier_action(client, cashier_url, "pay").location
     assert 'id="member-number">0001<' in client.get(status_path).get_data(as_text=True)
+
+
+def test_full_width_digits_and_letters_from_a_chinese_keyboard_are_read_as_typed(
+    app, client, demo
+):
+    """A Chinese keyboard in full-width mode types "１３８…", "ＶＩＰ２０", "＠": the phone,
+    the code and the coupon are read as their half-width twins, not refused."""
+    add_coupon(app, "VIP20")
+    data = {
+        **open_join_form(client),
+        **PROSPECT,
+        "contact_value": "１３９ ００１３ ９０００",
+        "coupon": "ｖｉｐ２０",
+    }
+    sent = client.post("/join/demo/main", data=data)
+    assert sent.status_code == 302 and "/verify/" in sent.location
+    code = latest_code(app).translate(str.maketrans("0123456789", "０１２３４５６７８９"))
+    proven = prove_join(client, sent.location, code)
+    assert proven.status_code == 302 and "/fake-pay/" in proven.location
+    with app.app_context():
+        application = db.session.scalar(sa.select(Application))
+        assert application.contact_value == "13900139000"
+        assert db.session.scalar(sa.select(Order.coupon_code)) == "VIP20"
