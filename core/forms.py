@@ -8,6 +8,7 @@ so a :class:`MoneyField` is told its currency by the view before the form is val
 
 from __future__ import annotations
 
+import codecs
 import unicodedata
 from datetime import date, datetime
 
@@ -36,6 +37,35 @@ def half_width(value: str | None) -> str | None:
     if not isinstance(value, str):
         return value
     return unicodedata.normalize("NFKC", value)
+
+
+class UnreadableFile(ValueError):
+    """An uploaded file that is not CSV text; the message says why, in the reader's
+    language."""
+
+
+def uploaded_text(data: bytes) -> str:
+    """The text of an uploaded CSV, in the encodings spreadsheets save it in: UTF-8 (with
+    or without Excel's byte-order mark), UTF-16 with its mark (Excel's "Unicode text"),
+    else GB18030, the superset of GBK that Excel on a Chinese Windows saves "CSV" in (read
+    as UTF-8 it was mojibake, or refused). Raises :class:`UnreadableFile` for a workbook
+    or bytes that are none of these."""
+    if data.startswith(b"PK\x03\x04"):
+        raise UnreadableFile(
+            _l("This is an Excel workbook, not a CSV: save it from Excel as CSV first.")
+        )
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("gb18030")
+    except UnicodeDecodeError:
+        raise UnreadableFile(
+            _l("The file is not text in UTF-8, UTF-16 or GBK: save it as CSV.")
+        ) from None
 
 
 class Form(FlaskForm):

@@ -46,7 +46,7 @@ from core.db import (
     take_write_lock,
 )
 from core.exporters import csv_lines, write_xlsx
-from core.forms import field_labels
+from core.forms import UnreadableFile, field_labels
 from core.labels import code_reader, label
 from core.money import Money
 from membership.access import complete_removal, queue_group_task, retry
@@ -708,7 +708,13 @@ def activity(community_id: int):
     if form.validate_on_submit():
         identifiers = [line.strip() for line in (form.identifiers.data or "").splitlines()]
         if form.csv_file.data:
-            identifiers += identifiers_from_csv(form.csv_file.data.read())
+            try:
+                identifiers += identifiers_from_csv(form.csv_file.data.read())
+            except UnreadableFile as unreadable:
+                form.csv_file.errors.append(str(unreadable))
+                return render_template(
+                    "admin/activity.html", community=community, form=form, result=None
+                ), 422
         identifiers = [i for i in identifiers if i]
         marked, unmatched = mark_active(community, identifiers, actor=current_user.actor)
         db.session.commit()

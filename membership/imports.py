@@ -25,6 +25,7 @@ from flask_babel import gettext as _
 from core import audit
 from core.clock import utcnow
 from core.db import db
+from core.forms import UnreadableFile, uploaded_text
 from core.i18n import LOCALES
 from membership.exports import day_start
 from membership.forms import CONTACT_RULES, strip_text
@@ -80,9 +81,9 @@ def check_import(community: Community, data: bytes) -> ImportCheck:
     """Read and check a CSV against the community (a dry run: nothing changes)."""
     check = ImportCheck()
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        check.problems.append((0, _("The file is not UTF-8 text.")))
+        text = uploaded_text(data)
+    except UnreadableFile as unreadable:
+        check.problems.append((0, str(unreadable)))
         return check
     reader = csv.DictReader(io.StringIO(text))
     columns = _columns(reader.fieldnames or ())

@@ -18,6 +18,7 @@ from sqlalchemy.orm import joinedload, selectinload
 from core import audit
 from core.clock import utcnow
 from core.db import db
+from core.forms import uploaded_text
 from core.outbox import MessageKind
 from membership.models import (
     LISTED_ORDER,
@@ -51,8 +52,9 @@ class PurgeRefused(Exception):
 
 def identifiers_from_csv(data: bytes) -> list[str]:
     """The first column of each row of an uploaded CSV (a header row is harmless: it
-    matches nobody and is listed as unmatched)."""
-    text = data.decode("utf-8-sig", errors="replace")
+    matches nobody and is listed as unmatched). Raises
+    :class:`~core.forms.UnreadableFile`."""
+    text = uploaded_text(data)
     return [row[0].strip() for row in csv.reader(io.StringIO(text)) if row and row[0].strip()]
 
 

@@ -46,7 +46,7 @@ from core import audit
 from core.auth import in_visible_communities, load_for, requires
 from core.clock import utcnow
 from core.db import db, row_id
-from core.forms import DateField, Form, MoneyField
+from core.forms import DateField, Form, MoneyField, UnreadableFile, uploaded_text
 from core.labels import code_reader
 from core.secrets import SecretsUnavailable
 from payments.accounts import FIELDS, account_of, remove_account, save_account
@@ -347,9 +347,9 @@ def _statement_text(form: StatementForm, community_id: int | None) -> tuple[str,
     if form.day.data is None:
         upload = form.statement.data
         try:
-            return upload.read().decode("utf-8-sig"), upload.filename or ""
-        except UnicodeDecodeError:
-            form.statement.errors.append(_("Not UTF-8 text"))
+            return uploaded_text(upload.read()), upload.filename or ""
+        except UnreadableFile as unreadable:
+            form.statement.errors.append(str(unreadable))
             return None
     try:
         wechat = get_provider("wechatpay", community_id)

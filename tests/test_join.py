@@ -343,9 +343,7 @@ def test_payment_confirmed_after_expiry_still_counts(app, client, demo):
     assert 'id="member-number">0001<' in client.get(status_path).get_data(as_text=True)
 
 
-def test_full_width_digits_and_letters_from_a_chinese_keyboard_are_read_as_typed(
-    app, client, demo
-):
+def test_full_width_digits_and_letters_from_a_chinese_keyboard_are_read_as_typed(app, client, demo):
     """A Chinese keyboard in full-width mode types "１３８…", "ＶＩＰ２０", "＠": the phone,
     the code and the coupon are read as their half-width twins, not refused."""
     add_coupon(app, "VIP20")

@@ -327,7 +327,11 @@ def test_purge_preview_run_and_run_again(app, demo, logged_in):
     marked = submit_form(
         logged_in,
         url,
-        {"identifiers": "", "csv_file": (io.BytesIO("编号\n0002\n9999\n".encode()), "a.csv")},
+        # Saved by Excel on a Chinese Windows: GBK, and the name read as it was written.
+        {
+            "identifiers": "",
+            "csv_file": (io.BytesIO("昵称\n活跃的小张\n9999\n".encode("gbk")), "a.csv"),
+        },
         content_type="multipart/form-data",
     ).get_data(as_text=True)
     assert "已标记 1 位成员为活跃" in marked

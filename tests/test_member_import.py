@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import sqlalchemy as sa
 
 from core.db import db
@@ -118,3 +119,46 @@ def test_the_sample_file_speaks_the_page_language_and_imports_as_it_is(app, demo
     assert english.splitlines()[1].split(",")[1:3] == ["Reader", "phone"]
     assert send(app, logged_in, text, "run").status_code == 302  # the sample imports
     assert members(app) == [("0001", "读书人"), ("0002", "书虫")]
+
+
+CHINESE = (
+    "档位,编号,昵称,联系方式类型,联系方式,加入日期\n"
+    "main,5,老会员甲,手机,13800138005,2024-03-01\n"
+    "main,42,老会员乙,邮箱,Old.Member@Example.com,2025-01-15\n"
+)
+
+
+def send_bytes(app, logged_in, content: bytes, button: str):
+    with app.app_context():
+        community_id = db.session.scalar(sa.select(Community.id))
+    return submit_form(
+        logged_in,
+        f"/admin/communities/{community_id}/import",
+        {"csv_file": (io.BytesIO(content), "members.csv"), button: "y"},
+        content_type="multipart/form-data",
+    )
+
+
+@pytest.mark.parametrize("encoding", ["gbk", "utf-16", "utf-8-sig"])
+def test_a_file_saved_by_excel_in_china_imports_as_it_reads(app, demo, logged_in, encoding):
+    """Excel on a Chinese Windows saves "CSV" in GBK, "Unicode text" in UTF-16: the names
+    come in as they read, not as mojibake or a refusal."""
+    content = CHINESE.encode(encoding)
+    assert "试运行通过：可导入 2 位成员" in send_bytes(app, logged_in, content, "dry_run").text
+    assert send_bytes(app, logged_in, content, "run").status_code == 302
+    assert members(app) == [("0005", "老会员甲"), ("0042", "老会员乙")]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"PK\x03\x04\x14\x00\x06\x00", "这是 Excel 工作簿，不是 CSV：请先在 Excel 中另存为 CSV。"),
+        (b"number\n\x80\xff\xfe\n", "文件不是 UTF-8、UTF-16 或 GBK 编码的文本：请存为 CSV。"),
+    ],
+)
+def test_a_workbook_or_unreadable_bytes_are_refused_saying_what_to_do(
+    app, demo, logged_in, content, message
+):
+    page = send_bytes(app, logged_in, content, "dry_run").text
+    assert message in page
+    assert members(app) == []
