@@ -362,3 +362,17 @@ def test_full_width_digits_and_letters_from_a_chinese_keyboard_are_read_as_typed
         application = db.session.scalar(sa.select(Application))
         assert application.contact_value == "13900139000"
         assert db.session.scalar(sa.select(Order.coupon_code)) == "VIP20"
+
+
+def test_the_join_page_does_not_offer_a_member_the_tier_they_hold(app, client, demo):
+    """A member back on the join page sees the tier they hold as theirs, with the way to
+    renew, not a "choose" button that leads to a refusal."""
+    join_and_pay(client, "main", contact_value="13600136000")
+    page = app.test_client()
+    log_in_member(app, page, phone="13600136000")
+    html = page.get("/join/demo").text
+    held = html.split('id="tier-main"')[1].split("</section>")[0]
+    assert "你已是该档位成员" in held and 'href="/me"' in held
+    assert 'href="/join/demo/main"' not in held
+    lobby = html.split('id="tier-lobby"')[1].split("</section>")[0]
+    assert 'href="/join/demo/lobby"' in lobby  # another tier is still offered
