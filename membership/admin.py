@@ -505,22 +505,42 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
 
 #: A member number as admins type it: ``42``, ``0042`` or ``#0042``.
 _NUMBER = re.compile(r"#?(\d{1,6})")
+#: A nickname in the group, copied from it: the number first (``0002-小猫``, see
+#: :func:`membership.views.group_nickname`).
+_GROUP_NICKNAME = re.compile(r"#?(\d{1,6})\s*[-_·.、\s]\s*\S.*")
+#: A staff number (``LS-07``): letters, then its number.
+_STAFF_NUMBER = re.compile(r"[^\W\d_]+[-_\s]?(\d{1,6})")
 #: A whole mainland phone number or e-mail address.
 _WHOLE_CONTACT = re.compile(r"(\+?86)?1\d{10}|[^@\s]+@[^@\s]+\.\w+")
 
 
+def _numbered(number: str) -> sa.ColumnElement[bool]:
+    """The member numbered ``number`` (``42`` or ``0042``), by its index."""
+    return sa.or_(Member.number == int(number), Member.number_label == number)
+
+
 def _matching(text: str) -> sa.ColumnElement[bool]:
-    """What a search box's ``text`` finds. A number, or a whole phone number or e-mail
-    address, is looked up by its index (one row among 100,000); anything else is a part
-    of a name, contact or WeChat ID, read through the community's members."""
+    """What a search box's ``text`` finds. A number, a group nickname (by its number), a
+    staff number, or a whole phone number or e-mail address, is looked up by its index
+    (one row among 100,000); anything else is a part of a name, contact or WeChat ID, read
+    through the community's members (a nickname or staff number is also read as a part of
+    a name: a name may look like one)."""
     if number := _NUMBER.fullmatch(text):
-        return sa.or_(Member.number == int(number.group(1)), Member.number_label == number.group(1))
+        return _numbered(number.group(1))
     if _WHOLE_CONTACT.fullmatch(text):
         kind = ContactKind.EMAIL if "@" in text else ContactKind.PHONE
         return sa.and_(
             Member.contact_kind == kind,
             Member.contact_value == normalise_contact(kind, text),
         )
+    if nickname := _GROUP_NICKNAME.fullmatch(text):
+        return sa.or_(_numbered(nickname.group(1)), _name_part(text))
+    if staff := _STAFF_NUMBER.fullmatch(text):
+        by_staff_number = sa.and_(
+            Member.staff_number == int(staff.group(1)),
+            sa.func.upper(Member.staff_number_label) == text.upper(),
+        )
+        return sa.or_(by_staff_number, _name_part(text))
     return _name_part(text)
 
 

@@ -13,6 +13,7 @@ from core.db import db
 from membership import admin as admin_views
 from membership.admin import FEW_TO_SORT, PAGE_SIZE, TRIGRAM, _listed, _member_search, _name_part
 from membership.models import SEARCHED_MEMBER_COLUMNS, Community, ContactKind, Member
+from membership.services import give_staff_number
 from tests.helpers import add_members
 
 #: Few characters, so that parts of names repeat across members.
@@ -180,3 +181,26 @@ def test_the_list_is_in_number_order_whether_sorted_or_walked(
     ).text
     shown = [page.index(f"排序{name}") for name in "甲乙丙无"]
     assert shown == sorted(shown)
+
+
+def test_a_group_nickname_or_a_staff_number_finds_its_member(app, demo, logged_in):
+    """Admins copy names from the group, where a member's nickname starts with their
+    number (``0002-李四``), and teachers go by their staff number (``LS-01``): both find
+    the member, as does a name that only looks like one."""
+    community_id = add_members(app, {"张三": 1, "李四": 2, "2024-读书会": None, "王老师": None})
+    with app.app_context():
+        teacher = db.session.scalar(sa.select(Member).where(Member.display_name == "王老师"))
+        label = give_staff_number(teacher, actor="test")
+        db.session.commit()
+    url = f"/admin/communities/{community_id}/members"
+
+    def found(text: str) -> set[str]:
+        page = logged_in.get(url, query_string={"q": text}).text
+        return {name for name in ("张三", "李四", "2024-读书会", "王老师") if name in page}
+
+    assert found("0002-李四") == {"李四"}
+    assert found("#0002 李四") == {"李四"}
+    assert found("0002-改了名") == {"李四"}  # renamed since: the number still finds them
+    assert found(label) == {"王老师"}
+    assert found(label.lower()) == {"王老师"}
+    assert found("2024-读书会") == {"2024-读书会"}  # a name that looks like a nickname
