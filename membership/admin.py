@@ -507,7 +507,7 @@ def group_form(community_id: int | None = None, group_id: int | None = None):
 _NUMBER = re.compile(r"#?(\d{1,6})")
 #: A nickname in the group, copied from it: the number first (``0002-小猫``, see
 #: :func:`membership.views.group_nickname`).
-_GROUP_NICKNAME = re.compile(r"#?(\d{1,6})\s*[-_·.、\s]\s*\S.*")
+_GROUP_NICKNAME = re.compile(r"#?(\d{1,6})\s*[-_\u00b7.\u3001\s]\s*\S.*")
 #: A staff number (``LS-07``): letters, then its number.
 _STAFF_NUMBER = re.compile(r"[^\W\d_]+[-_\s]?(\d{1,6})")
 #: A whole mainland phone number or e-mail address.
