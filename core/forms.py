@@ -68,6 +68,13 @@ def uploaded_text(data: bytes) -> str:
         ) from None
 
 
+def csv_delimiter(text: str) -> str:
+    """The delimiter of the CSV ``text``: a tab when its first line has tabs and no comma
+    (Excel's "Unicode text"), else a comma."""
+    first = text.partition("\n")[0]
+    return "\t" if "\t" in first and "," not in first else ","
+
+
 class Form(FlaskForm):
     """The product's forms: Flask-WTF's, except that a file sent in a request goes to a
     file field only. Flask-WTF looks a name up in the files first, so a file part named as

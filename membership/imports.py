@@ -25,7 +25,7 @@ from flask_babel import gettext as _
 from core import audit
 from core.clock import utcnow
 from core.db import db
-from core.forms import UnreadableFile, uploaded_text
+from core.forms import UnreadableFile, csv_delimiter, uploaded_text
 from core.i18n import LOCALES
 from membership.exports import day_start
 from membership.forms import CONTACT_RULES, strip_text
@@ -85,7 +85,7 @@ def check_import(community: Community, data: bytes) -> ImportCheck:
     except UnreadableFile as unreadable:
         check.problems.append((0, str(unreadable)))
         return check
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text), delimiter=csv_delimiter(text))
     columns = _columns(reader.fieldnames or ())
     if columns is None:
         names = ", ".join(str(name) for name in HEADERS.values())

@@ -18,7 +18,7 @@ from sqlalchemy.orm import joinedload, selectinload
 from core import audit
 from core.clock import utcnow
 from core.db import db
-from core.forms import uploaded_text
+from core.forms import csv_delimiter, uploaded_text
 from core.outbox import MessageKind
 from membership.models import (
     LISTED_ORDER,
@@ -55,7 +55,8 @@ def identifiers_from_csv(data: bytes) -> list[str]:
     matches nobody and is listed as unmatched). Raises
     :class:`~core.forms.UnreadableFile`."""
     text = uploaded_text(data)
-    return [row[0].strip() for row in csv.reader(io.StringIO(text)) if row and row[0].strip()]
+    rows = csv.reader(io.StringIO(text), delimiter=csv_delimiter(text))
+    return [row[0].strip() for row in rows if row and row[0].strip()]
 
 
 def mark_active(

@@ -139,11 +139,15 @@ def send_bytes(app, logged_in, content: bytes, button: str):
     )
 
 
-@pytest.mark.parametrize("encoding", ["gbk", "utf-16", "utf-8-sig"])
-def test_a_file_saved_by_excel_in_china_imports_as_it_reads(app, demo, logged_in, encoding):
-    """Excel on a Chinese Windows saves "CSV" in GBK, "Unicode text" in UTF-16: the names
-    come in as they read, not as mojibake or a refusal."""
-    content = CHINESE.encode(encoding)
+@pytest.mark.parametrize(
+    ("encoding", "delimiter"), [("gbk", ","), ("utf-16", "\t"), ("utf-8-sig", ",")]
+)
+def test_a_file_saved_by_excel_in_china_imports_as_it_reads(
+    app, demo, logged_in, encoding, delimiter
+):
+    """Excel on a Chinese Windows saves "CSV" in GBK, "Unicode text" in UTF-16 with tabs:
+    the names come in as they read, not as mojibake or a refusal."""
+    content = CHINESE.replace(",", delimiter).encode(encoding)
     assert "试运行通过：可导入 2 位成员" in send_bytes(app, logged_in, content, "dry_run").text
     assert send_bytes(app, logged_in, content, "run").status_code == 302
     assert members(app) == [("0005", "老会员甲"), ("0042", "老会员乙")]
