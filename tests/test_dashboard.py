@@ -5,6 +5,7 @@ and the community page's chart."""
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
@@ -285,3 +286,23 @@ def test_the_dashboard_costs_the_same_statements_for_more_communities_and_tiers(
         add_communities(2, tiers=3, group_each_tier=True)
     assert "别的社群1" in logged_in.get("/admin/").text  # the person sees them all
     assert _dashboard_statements(app, logged_in) == before
+
+
+def test_visits_held_in_the_process_are_written_when_no_visit_comes_after(app, demo):
+    """Two visits, then none: a timer writes them within ``VISIT_FLUSH_SECONDS``, not the
+    next visit (which may come tomorrow, or never)."""
+    app.config["VISIT_FLUSH_SECONDS"] = 0.3
+    try:
+        visits.init_visits(app)  # a counter that wrote just now: the next visits are held
+        for _ in range(2):
+            assert app.test_client().get("/join/demo").status_code == 200
+        written = None
+        for _ in range(50):
+            with app.app_context():
+                written = db.session.scalar(sa.select(sa.func.sum(PageVisits.visits)))
+            if written:
+                break
+            time.sleep(0.1)
+    finally:
+        app.config["VISIT_FLUSH_SECONDS"] = 0
+    assert written == 2
