@@ -1,6 +1,6 @@
 """Charts drawn on the server as inline SVG: the geometry of bar charts (bars, a value
-axis with round ticks, the category labels to show), which ``templates/_charts.html``
-turns into markup. No JavaScript and no files from elsewhere: a chart is part of the
+axis with round ticks, the category labels to show) and their markup
+(:meth:`BarChart.svg`). No JavaScript and no files from elsewhere: a chart is part of the
 page, readable at 360 px, with its values as text for screen readers and for people.
 """
 
@@ -10,6 +10,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+
+from markupsafe import Markup, escape
 
 #: The drawing's size in SVG units; it is scaled to the width of its box.
 WIDTH, HEIGHT = 320, 160
@@ -59,6 +61,47 @@ class BarChart:
     labels: list[Label]
     #: Whether the bars carry their values written above them.
     values_shown: bool
+
+    def svg(self, title: str, element_id: str) -> Markup:
+        """The chart as inline SVG, ``role="img"`` titled ``title``: an axis with its
+        values, the categories along the bottom, each bar's value in its tooltip and, when
+        there are few bars, written above it. Written here rather than in a template: a
+        month's chart is a hundred elements, and a template's cost per element was a tenth
+        of the dashboard's. Text is escaped; the rest are numbers."""
+        w, h, left, base = self.width, self.height, self.left, self.base
+        chart_id = escape(element_id)
+        parts = [
+            f'<svg viewBox="0 0 {w} {h}" role="img" aria-labelledby="{chart_id}-title"'
+            f' class="chart bars" id="{chart_id}">',
+            f'<title id="{chart_id}-title">{escape(title)}</title>',
+        ]
+        for tick in self.ticks:
+            parts.append(
+                f'<line class="grid" x1="{left}" y1="{tick.y}" x2="{w}" y2="{tick.y}"></line>'
+                f'<text class="tick" x="{left - 3}" y="{tick.y + 3}" text-anchor="end">'
+                f"{escape(tick.text)}</text>"
+            )
+        for bar in self.bars:
+            text = escape(bar.text)
+            parts.append(
+                f'<rect class="series-{bar.series}" x="{bar.x}" y="{bar.y}" width="{bar.width}"'
+                f' height="{bar.height}" data-value="{text}"><title>{escape(bar.title)}</title>'
+                "</rect>"
+            )
+            if self.values_shown and bar.height > 0:
+                parts.append(
+                    f'<text class="value" x="{round(bar.x + bar.width / 2, 2)}" y="{bar.y - 2}"'
+                    f' text-anchor="middle">{text}</text>'
+                )
+        parts.append(f'<line class="axis" x1="{left}" y1="{base}" x2="{w}" y2="{base}"></line>')
+        parts += [
+            f'<text class="category" x="{label.x}" y="{h - 6}" text-anchor="middle">'
+            f"{escape(label.text)}</text>"
+            for label in self.labels
+        ]
+        parts.append("</svg>")
+        # Safe: every text above went through escape(); the rest are numbers.
+        return Markup("\n".join(parts))  # noqa: S704
 
 
 def nice_step(top: Number, count: int = 4) -> Number:

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
 from bench.seed import seed_members
+from core.charts import bar_chart
 from core.clock import utcnow
 from core.db import db
 from core.events import Event
@@ -306,3 +307,15 @@ def test_visits_held_in_the_process_are_written_when_no_visit_comes_after(app, d
     finally:
         app.config["VISIT_FLUSH_SECONDS"] = 0
     assert written == 2
+
+
+def test_a_charts_text_is_escaped_in_its_markup():
+    """Categories, series names, values and titles are text (a group's name, an amount):
+    written into the SVG escaped, never as markup."""
+    chart = bar_chart(["<b>日</b>"], [[3]], text=lambda v: f"{v} & more", titles=['"x"'])
+    svg = str(chart.svg("标题 <script>", 'id"x'))
+    assert "<script>" not in svg and "<b>" not in svg
+    assert "标题 &lt;script&gt;" in svg and 'id="id&#34;x"' in svg
+    assert 'data-value="3 &amp; more"' in svg
+    assert "<title>&lt;b&gt;日&lt;/b&gt; &#34;x&#34;: 3 &amp; more</title>" in svg
+    assert svg.count("<rect ") == 1 and svg.startswith("<svg ") and svg.endswith("</svg>")
