@@ -5,9 +5,10 @@ a few times faster than reading the rows into Python: PostgreSQL with ``COPY``, 
 joining the cells into lines, a part of the rows per query, parts in parallel if asked.
 
 CSV cells that a spreadsheet would read as a formula (starting with = + - @, a tab or a
-carriage return) are prefixed with an apostrophe: an exported nickname never runs. An
-exporter whose query does that itself (:func:`defused`) says so, and its rows are written
-as they come.
+carriage return) are prefixed with an apostrophe: an exported nickname never runs. A query
+that writes the CSV does that itself (:func:`defused`). A workbook's cells are written as
+they are: its strings are string cells, which no spreadsheet runs, so an order number that
+starts with "-" reads as the provider's.
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ class Exporter(ABC):
 
     title: str
     headers: Sequence[str]
-    #: Whether every text cell ``rows()`` yields comes defused from the query.
-    defused_in_query: bool = False
     #: Column widths in a workbook, in characters (the rest keep the default).
     widths: Sequence[int] = ()
 
@@ -180,7 +179,7 @@ def csv_lines(
         return
     buffer.seek(0)
     buffer.truncate()
-    rows = exporter.rows() if exporter.defused_in_query else map(safe_row, exporter.rows())
+    rows = map(safe_row, exporter.rows())
     while chunk := list(islice(rows, CSV_CHUNK_ROWS)):
         writer.writerows(chunk)
         progress(len(chunk))
@@ -212,9 +211,9 @@ def write_xlsx(path: Path, *exporters: Exporter, progress: Progress = lambda row
         headers = [str(header) for header in exporter.headers]
         sheet.write_row(0, 0, headers, bold)
         sheet.freeze_panes(1, 0)
-        rows = exporter.rows() if exporter.defused_in_query else map(safe_row, exporter.rows())
         number = 0
-        for number, row in enumerate(rows, start=1):
+        # Strings are written as string cells ("strings_to_formulas" off): nothing to defuse.
+        for number, row in enumerate(exporter.rows(), start=1):
             for column, cell in enumerate(row):
                 if isinstance(cell, Decimal):
                     sheet.write_number(number, column, float(cell), money)

@@ -30,8 +30,12 @@ def same_site_path(target: str | None) -> str | None:
 
 
 def new_token(nbytes: int = 24) -> str:
-    """An unguessable URL-safe token (``nbytes`` of randomness)."""
-    return secrets.token_urlsafe(nbytes)
+    """An unguessable URL-safe token (``nbytes`` of randomness, less the one in 64 drawn
+    again): never starting with "-", which a spreadsheet reads as a formula and a command
+    line as an option (order and payment numbers are such tokens)."""
+    while (token := secrets.token_urlsafe(nbytes)).startswith("-"):
+        pass
+    return token
 
 
 def same_secret(a: str | bytes, b: str | bytes) -> bool:

@@ -180,7 +180,6 @@ class RevenueRows(Exporter):
     total row per currency under the rows of a workbook."""
 
     title = _l("Movements")
-    defused_in_query = True
     #: Where the amounts are, for the totals under them.
     AMOUNTS = ("gross", "fee", "refunds", "net")
 
@@ -217,25 +216,28 @@ class RevenueRows(Exporter):
         select = self.query.select(*columns, parted=parted)
         return self.query.joins(select).order_by(LedgerEntry.id)
 
-    def _described(self) -> list[sa.ColumnElement]:
-        """The text columns before the amounts, formula injection defused."""
+    def _described(self, safe: Callable = defused) -> list[sa.ColumnElement]:
+        """The text columns before the amounts, each through ``safe`` (formula injection
+        defused, for the CSV)."""
         return [
             self.query.local_time(),
             kind_label_sql(),
-            defused(Order.public_id),
-            *[defused(column) for _, column in self.query.details],
-            defused(Order.product),
+            safe(Order.public_id),
+            *[safe(column) for _, column in self.query.details],
+            safe(Order.product),
             LedgerEntry.provider,
-            defused(LedgerEntry.provider_transaction_id),
+            safe(LedgerEntry.provider_transaction_id),
         ]
 
     def rows(self) -> Iterator[tuple[object, ...]]:
+        """The movements as the workbook's cells (the CSV is written by the database, from
+        :meth:`text_query`): texts as they are."""
         select = self._select(
-            *self._described(),
+            *self._described(safe=lambda column: column),
             LedgerEntry.kind,
             LedgerEntry.amount,
             LedgerEntry.currency,
-            defused(LedgerEntry.coupon_code),
+            LedgerEntry.coupon_code,
             LedgerEntry.discount,
         )
         # Plain rows through the session's connection, times formatted by the database:
