@@ -1,6 +1,6 @@
 """The admin on a phone, in a real headless Chromium at 360×640 with WeChat's user agent:
-the members list, the applications to review, the orders and the team, in Chinese and in
-English.
+the members list, the applications to review, the orders, the team, the payment accounts
+and the outgoing webhooks, in Chinese and in English.
 The menu folds away, tables become cards, nothing scrolls sideways, and axe-core finds no
 serious or critical accessibility violation. Screenshots go to test-output/screenshots/."""
 
@@ -12,7 +12,9 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
 from core.auth import create_staff_user
+from core.clock import utcnow
 from core.db import db
+from core.events import WebhookEndpoint
 from membership.models import Community, QuestionKind, ScreeningQuestion, Tier
 from tests.browser.test_h5_journey import (  # noqa: F401
     browser,
@@ -156,3 +158,21 @@ def test_the_admin_on_a_phone(live_server, browser, locale):  # noqa: F811
     expect(select).to_be_visible()
     assert select.bounding_box()["width"] >= 120
     check(page, f"admin-{locale}-05-team")
+
+    # Pages with long addresses: the community's payment accounts (the URLs to give the
+    # providers) and its outgoing webhooks (an endpoint's URL).
+    with live_server.app.app_context():
+        db.session.add(
+            WebhookEndpoint(
+                community_id=community_id,
+                url="https://hooks.example-bookclub-community.cn/qunmen/events/receive-all",
+                secret="s" * 32,
+                event_types=[],
+                created_at=utcnow(),
+            )
+        )
+        db.session.commit()
+    page.goto(f"{live_server}/admin/payments/accounts/{community_id}")
+    check(page, f"admin-{locale}-06-payment-accounts")
+    page.goto(f"{live_server}/admin/communities/{community_id}/webhooks")
+    check(page, f"admin-{locale}-07-webhooks")

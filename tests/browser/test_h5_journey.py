@@ -121,8 +121,12 @@ def shot(page: Page, name: str) -> None:
 
 
 def fits_the_screen(page: Page) -> bool:
-    """No sideways scrolling at 360 px."""
-    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    """No sideways scrolling at 360 px: the page is no wider than the layout viewport
+    (``clientWidth``). Not ``window.innerWidth``: a phone zooms out to show a page wider
+    than it, and ``innerWidth`` grows with the page (649 px for a 649 px page)."""
+    return page.evaluate(
+        "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    )
 
 
 @pytest.mark.committing
@@ -303,3 +307,22 @@ def test_a_coupon_perks_and_a_course_offer_on_a_phone(live_server, browser):
     page.get_by_role("button", name="确认支付").click()
     expect(page.locator("#course-link")).to_be_visible()
     shot(page, "15-course-bought")
+
+
+@pytest.mark.committing
+def test_long_addresses_and_names_wrap_on_a_phone(live_server, browser):
+    """An ordinary long e-mail address on the code page and a long Latin nickname on the
+    member's page break where they must: nothing scrolls sideways at 360 px."""
+    page = phone(browser)
+    page.goto(f"{live_server}/join/demo/main")
+    page.fill("#display_name", "W" * 40)
+    page.check("input[name=contact_kind][value=email]")
+    page.fill("#contact_value", "zhangxiaoming.bookclub2024@foxmail.com")
+    page.check("#accept_rules")
+    page.get_by_role("button", name="去支付 ¥99.00").click()
+    expect(page.locator("#code-sent")).to_contain_text("zhangxiaoming.bookclub2024@foxmail.com")
+    assert fits_the_screen(page), "the code page scrolls sideways"
+    prove_the_phone(page, live_server.latest_code)
+    page.get_by_role("button", name="确认支付").click()
+    expect(page.locator("#group-nickname")).to_contain_text("0001-" + "W" * 40)
+    assert fits_the_screen(page), "the member's page scrolls sideways"
