@@ -43,7 +43,7 @@ from membership.services import (
     speaking_to,
 )
 from payments.models import Order, OrderStatus
-from payments.services import create_order
+from payments.services import create_order, withdraw_order
 
 
 class PurgeRefused(Exception):
@@ -163,10 +163,16 @@ class RenewalRefused(Exception):
     """The message says why, in the reader's language; nothing changed."""
 
 
-def start_renewal(membership: Membership, *, now: datetime | None = None) -> Application:
+def start_renewal(
+    membership: Membership, *, now: datetime | None = None, with_coupon: bool = False
+) -> Application:
     """The renewal a member pays to extend ``membership``: its order is at the price of the
     band ``now`` falls in (:func:`membership.renewal.renewal_price`), which it keeps however
-    late it is paid. Asking again while one waits for payment gives that one back.
+    late it is paid. Asking again while one waits for payment gives that one back (a
+    double click opens one order), unless its price is no longer the band's (the term
+    ended meanwhile, the admins changed the price) or a coupon is typed (``with_coupon``)
+    while a payment attempt is open on it: that order is withdrawn and a new one made, so
+    the member pays what the page said.
 
     Refused before the tier's renewal window opens, and for a membership that is neither
     current nor expired (see :func:`membership.renewal.renewable`). A tier that costs
@@ -184,16 +190,26 @@ def start_renewal(membership: Membership, *, now: datetime | None = None) -> App
             raise RenewalRefused(_l("Renewal opens on %(date)s", date=opens.strftime("%Y-%m-%d")))
         raise RenewalRefused(_l("This membership can no longer be renewed"))
     waiting = db.session.scalar(
-        sa.select(Application).where(
+        sa.select(Application)
+        .where(
             Application.renews_membership_id == membership.id,
             Application.status == ApplicationStatus.AWAITING_PAYMENT,
         )
+        .order_by(Application.id.desc())  # the latest: those before it were given up
+        .limit(1)
     )
-    if waiting is not None and db.session.get(Order, waiting.order_id).status is OrderStatus.OPEN:
-        return waiting
     member = membership.member
     actor = f"member:{member.id}"
     band = renewal_price(membership, now)
+    if waiting is not None:
+        order = db.session.get(Order, waiting.order_id)
+        if order.status is OrderStatus.OPEN and order.expires_at > now:
+            if order.list_amount != band.price.amount:
+                withdraw_order(order, reason="price_changed", actor=actor, now=now)
+            elif with_coupon and order.payments:
+                withdraw_order(order, reason="coupon", actor=actor, now=now)
+            else:
+                return waiting
     with speaking_to(member):
         description = _(
             "%(community)s · %(tier)s renewal", community=tier.community.name, tier=tier.name

@@ -1098,7 +1098,7 @@ def renew(membership_id: int):
         return redirect(url_for(".me"))
     try:
         claim_discount_code_try(form.coupon.data)
-        renewal = start_renewal(membership)
+        renewal = start_renewal(membership, with_coupon=bool(form.coupon.data))
         if form.coupon.data:
             apply_discount_code(
                 db.session.get(Order, renewal.order_id),

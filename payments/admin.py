@@ -544,6 +544,7 @@ audit.register_labels(
     {
         "order.created": _l("Order created"),
         "order.expired": _l("Order expired"),
+        "order.withdrawn": _l("Order replaced by a new one before it was paid"),
         "order.paid": _l("Order paid"),
         "order.paid_again": _l("Order paid again"),
         "order.refunded": _l("Order refunded"),
@@ -615,6 +616,8 @@ audit.register_details(
                 "refunded": _l("Refunded"),
                 "disputed": _l("Payment disputed"),
                 "dispute_lost": _l("Dispute lost"),
+                "price_changed": _l("Its price was no longer the current one"),
+                "coupon": _l("A coupon was typed while a payment was open"),
             }
         ),
     },

@@ -454,6 +454,15 @@ def _end_attempt(
     return True
 
 
+def withdraw_order(order: Order, *, reason: str, actor: str, now: datetime) -> None:
+    """An open order replaced by a new one before it was paid (its price moved on, or a
+    coupon came for it while a payment attempt was open): it expires now. A payment
+    that still arrives for it is money received, as for any expired order."""
+    order.status = OrderStatus.EXPIRED
+    order.expires_at = min(order.expires_at, now)
+    audit.record("order.withdrawn", order, actor=actor, data={"reason": reason}, now=now)
+
+
 def confirm_payment(
     payment: Payment, external_id: str | None, *, actor: str, now: datetime
 ) -> bool:

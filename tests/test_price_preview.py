@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from core.audit import AuditEntry
 from core.clock import utcnow
 from core.db import db
 from core.limits import AttemptCounter
@@ -17,7 +18,7 @@ from core.money import Money
 from membership.lifecycle import expire_memberships
 from membership.models import Application, Membership, Tier
 from payments.discounts import CODE_TRIES_PER_CLIENT
-from payments.models import Order, Payment
+from payments.models import Order, OrderStatus, Payment
 from perks.models import Coupon, CouponUse, Course
 from tests.helpers import (
     PROSPECT,
@@ -240,3 +241,50 @@ def test_the_course_price_check_equals_what_the_order_charges(app, demo):
     with app.app_context():
         order = db.session.scalars(sa.select(Order).order_by(Order.id.desc())).first()
         assert order.amount == 13930
+
+
+def test_a_renewal_left_at_the_cashier_is_replaced_when_its_price_moved_or_a_coupon_comes(
+    app, banded
+):
+    """The member opens the cashier for a renewal at ¥40.00 (early) and leaves it; the
+    term runs out (¥50.00 now) and they renew again: a new order at ¥50.00, not the stale
+    ¥40.00 one. Then, with that one at the cashier, they type a coupon: the price check's
+    ¥45.00 is what the next order charges, not "the order is being paid"."""
+    add_coupon(app, "RENEW10", percent_off=10, tiers=["main"])
+    phone = new_phone()
+    join_and_pay(app.test_client(), "main", contact_kind="phone", contact_value=phone)
+    browser = app.test_client()
+    log_in_member(app, browser, phone)
+    with app.app_context():
+        membership_id = db.session.scalar(sa.select(Membership.id))
+    form = {"csrf_token": hidden_value(browser.get("/me").text, "csrf_token"), "provider": "fake"}
+    first = browser.post(f"/me/renew/{membership_id}", data=form | {"coupon": ""})
+    assert first.location.startswith("/fake-pay/")
+    assert browser.post(f"/me/renew/{membership_id}", data=form | {"coupon": ""}).location == (
+        first.location  # a double click: the same order
+    )
+    with app.app_context():
+        membership = db.session.get(Membership, membership_id)
+        membership.ends_at = utcnow() - timedelta(days=2)
+        expire_memberships(now=utcnow())
+        db.session.commit()
+    assert "续费 ¥50.00" in browser.get("/me").text
+    second = browser.post(f"/me/renew/{membership_id}", data=form | {"coupon": ""})
+    assert second.location.startswith("/fake-pay/") and second.location != first.location
+    checked = browser.post(f"/me/renew/{membership_id}/price", data=form | {"coupon": "RENEW10"})
+    assert price_shown(checked.text)["price"] == 4500
+    third = browser.post(f"/me/renew/{membership_id}", data=form | {"coupon": "RENEW10"})
+    assert third.location.startswith("/fake-pay/"), third.get_data(as_text=True)[:300]
+    with app.app_context():
+        orders = db.session.execute(
+            sa.select(Order.list_amount, Order.amount, Order.status).order_by(Order.id)
+        ).all()[1:]  # the join's order first
+        assert orders == [
+            (4000, 4000, OrderStatus.EXPIRED),
+            (5000, 5000, OrderStatus.EXPIRED),
+            (5000, 4500, OrderStatus.OPEN),
+        ]
+        reasons = db.session.scalars(
+            sa.select(AuditEntry.data).where(AuditEntry.action == "order.withdrawn")
+        ).all()
+        assert reasons == [{"reason": "price_changed"}, {"reason": "coupon"}]
