@@ -98,7 +98,10 @@ def _applicable(
     uses, buyer_uses = count_uses(coupon, purchase.buyer, now=now)
     if coupon.max_uses is not None and uses >= coupon.max_uses:
         raise DiscountRefused(_("This coupon has been used up"))
-    if buyer_uses >= coupon.max_uses_per_buyer:
+    # A prospect's price check (no member, no proof) is not told: whether a phone has
+    # used a coupon would tell anyone who typed it whether its owner bought here. The
+    # reservation, once the contact is proven, checks it.
+    if buyer_uses >= coupon.max_uses_per_buyer and (reserving or sale.member_id is not None):
         raise DiscountRefused(_("You have used this coupon already"))
     discount = discount_for(coupon, sale.list_price.amount)
     if discount <= 0:

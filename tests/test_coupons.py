@@ -16,10 +16,12 @@ from membership.models import Application, Community, Member
 from payments.models import LedgerEntry, Order, OrderStatus, Payment
 from perks.models import CouponUse, CouponUseStatus
 from tests.helpers import (
+    PROSPECT,
     add_coupon,
     cashier_action,
     count,
     latest_code,
+    open_join_form,
     prove_join,
     refund_in_full,
     submit_join,
@@ -96,15 +98,17 @@ def test_one_buyer_cannot_use_a_coupon_twice_and_a_used_up_coupon_is_refused(app
     add_coupon(app, "ONCE", max_uses=2)
     first = join_with(client, "ONCE", contact_value="13700001111")
     assert first.status_code == 302
+    # The same person again: told once they have proven the phone (a stranger typing it
+    # is not told whether its owner used the coupon), the order at its full price.
     again = join_with(client, "ONCE", contact_value="13700001111")
-    assert again.status_code == 422
-    assert "你已使用过该优惠券" in again.get_data(as_text=True)
+    assert again.status_code == 302 and "/status/" in again.location
+    assert "优惠码 ONCE 没能用上：你已使用过该优惠券" in client.get(again.location).text
     assert join_with(client, "ONCE").status_code == 302  # a second buyer: the last use
     exhausted = join_with(client, "ONCE")
     assert exhausted.status_code == 422
     assert "优惠券已被领完" in exhausted.get_data(as_text=True)
     with app.app_context():
-        assert count(CouponUse) == 2 and count(Order) == 2
+        assert count(CouponUse) == 2 and count(Order) == 3
 
 
 def test_a_reservation_is_released_when_its_order_expires(app, client, demo):
@@ -245,3 +249,15 @@ def test_a_free_coupon_is_not_spent_until_the_contact_is_proven(app, client, dem
         assert (order.amount, order.status, order.coupon_code) == (0, OrderStatus.PAID, "GIFT")
         assert db.session.scalar(sa.select(CouponUse.status)) is CouponUseStatus.CONSUMED
         assert db.session.scalar(sa.select(Member.number)) == 1
+
+
+def test_a_price_check_does_not_tell_a_stranger_whether_a_phone_used_a_coupon(app, client, demo):
+    """Whether a phone has used a coupon says whether its owner bought here: a price check
+    without a proven contact is not told (the reservation, after the proof, is)."""
+    add_coupon(app, "ONCE", max_uses=None)
+    assert join_with(client, "ONCE", contact_value="13700003333").status_code == 302
+    stranger = app.test_client()
+    data = {**open_join_form(stranger), **PROSPECT, "contact_value": "13700003333"}
+    checked = stranger.post("/join/demo/main/price", data=data | {"coupon": "ONCE"})
+    assert checked.status_code == 200
+    assert "你已使用过该优惠券" not in checked.text and "已优惠 ¥19.80" in checked.text
