@@ -70,12 +70,13 @@ CODE_CHECKS = (
     Limit("code-check:client", 30, timedelta(minutes=15)),
     Limit("code-check:all", 3000, timedelta(minutes=15)),
 )
-#: The join's code step counts per contact and per community with the logins, but
-#: per client as many as join forms (:data:`membership.services.JOIN_SUBMISSIONS`): a
-#: flash re-entry brings about a hundred people within minutes, many behind one carrier's
-#: address.
+#: The join's code step counts per community with the logins, per client as many as join
+#: forms (:data:`membership.services.JOIN_SUBMISSIONS`: a flash re-entry brings about a
+#: hundred people within minutes, many behind one carrier's address), and per contact
+#: apart from the logins: anyone may type a member's phone into join forms, and that must
+#: not use up the member's own login codes.
 JOIN_CODE_REQUESTS = (
-    CODE_REQUESTS[0],
+    Limit("code-request:join-contact", 3, timedelta(minutes=15)),
     Limit("code-request:join-client", 60, timedelta(minutes=15)),
     CODE_REQUESTS[2],
 )

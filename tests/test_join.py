@@ -33,6 +33,7 @@ from tests.helpers import (
     open_join_form,
     prove_join,
     statements,
+    submit_form,
     submit_join,
 )
 
@@ -231,7 +232,7 @@ def test_a_join_claims_its_tries_at_once_and_queues_its_code_with_the_applicatio
     assert len([s for s in seen if "attempt_counters" in s]) == 1
     with app.app_context():
         counted = {c.key.rsplit(":", 1)[0] for c in db.session.scalars(sa.select(AttemptCounter))}
-        assert {"join:client", "code-request:contact:phone", "code-request:join-client"} <= (
+        assert {"join:client", "code-request:join-contact:phone", "code-request:join-client"} <= (
             counted
         )
         application = db.session.scalars(sa.select(Application)).one()
@@ -376,3 +377,20 @@ def test_the_join_page_does_not_offer_a_member_the_tier_they_hold(app, client, d
     assert 'href="/join/demo/main"' not in held
     lobby = html.split('id="tier-lobby"')[1].split("</section>")[0]
     assert 'href="/join/demo/lobby"' in lobby  # another tier is still offered
+
+
+def test_join_forms_with_a_members_phone_do_not_use_up_their_login_codes(app, client, demo):
+    """Anyone may type a member's phone into join forms, from as many browsers as they
+    like: the member can still have a login code sent to them."""
+    phone = "13500135000"
+    join_and_pay(client, "main", contact_value=phone)
+    for _ in range(4):
+        stranger = app.test_client()
+        data = {**open_join_form(stranger, "lobby"), **PROSPECT, "contact_value": phone}
+        stranger.post("/join/demo/lobby", data=data)
+    member = app.test_client()
+    asked = submit_form(
+        member, "/join/demo/login", {"contact_kind": "phone", "contact_value": phone}
+    )
+    assert asked.status_code == 302, asked.get_data(as_text=True)[-400:]
+    assert "请求过于频繁" not in member.get(asked.location).text
