@@ -8,7 +8,9 @@ The locale of a request is, in order: the choice made with the switch in this br
 (kept in the session, and copied from the member's or staff member's account when they
 log in), the default of the community the page belongs to, the browser's
 ``Accept-Language``, and ``zh_CN``. Packages say which community a request belongs to
-through :func:`register_community_source`; ``core`` knows no communities.
+through :func:`register_community_source`; ``core`` knows no communities. A page found by
+what it shows rather than by its address (a cashier, a course, a member's page) names its
+community with :func:`belongs_to_community`, so one journey speaks one language.
 """
 
 from __future__ import annotations
@@ -92,6 +94,19 @@ def register_community_source(source: Callable[[], CommunityPreferences | None])
     """Called once at start-up by a package whose pages belong to a community."""
     if source not in _community_sources:
         _community_sources.append(source)
+
+
+def belongs_to_community(community_id: int) -> None:
+    """Called by a page that belongs to a community it knows from what it shows (an order,
+    a member), not from its address: the community sources (:func:`page_community_id`)
+    answer for it, so that a journey through several pages stays in one language. Before
+    any text of the request is translated."""
+    g.page_community_id = community_id
+
+
+def page_community_id() -> int | None:
+    """The community :func:`belongs_to_community` named for this request, if any."""
+    return g.get("page_community_id")
 
 
 def register_choice_keeper(keeper: Callable[[str], None]) -> None:

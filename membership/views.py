@@ -33,7 +33,7 @@ from core import audit
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects, take_write_lock
 from core.events import record_event
-from core.i18n import CommunityPreferences, settle_locale_at_login
+from core.i18n import CommunityPreferences, page_community_id, settle_locale_at_login
 from core.limits import Limit, TooManyTries, claim, client_network
 from core.money import Money
 from core.security import (
@@ -225,8 +225,12 @@ def _community(slug: str) -> Community:
 
 
 def community_preferences() -> CommunityPreferences | None:
-    """For ``core.i18n``: the language and time zone of the community whose page this is."""
+    """For ``core.i18n``: the language and time zone of the community whose page this is:
+    found by its address, by the application or member it shows, or named by another
+    package's page (:func:`core.i18n.belongs_to_community`)."""
     community = g.get("community")
+    if community is None and (community_id := page_community_id()) is not None:
+        community = db.session.get(Community, community_id)
     return (
         None if community is None else CommunityPreferences(community.locale, community.time_zone)
     )
@@ -271,6 +275,8 @@ def logged_in_member(community: Community | None = None, *, proven: bool = True)
         return None
     if community is not None and member.community_id != community.id:
         return None
+    # A member's pages are their community's: its language and time zone by default.
+    g.setdefault("community", member.community)
     return member
 
 
@@ -611,6 +617,7 @@ def _application(slug: str, public_id: str) -> Application:
     application, held = found
     if not held:
         holds_none(application.community_id)
+    g.community = application.community
     return application
 
 

@@ -30,6 +30,7 @@ from wtforms import SubmitField
 from core.clock import utcnow
 from core.db import db, end_transaction_keeping_objects, read_first, take_write_lock
 from core.forms import Form
+from core.i18n import belongs_to_community
 from core.limits import client_network
 from core.security import csrf, new_token, sign_for_this_browser, unsign_for_this_browser
 from payments import inbox
@@ -245,6 +246,7 @@ def cashier(payment_public_id: str):
     """The fake provider's payment page. Paying sends a signed notification to the inbox,
     as the provider's server would, then returns the payer to us."""
     payment = _payment(payment_public_id, FakeProvider.name)
+    belongs_to_community(payment.order.community_id)
     form = CashierForm()
     if payment.status is PaymentStatus.CREATED and form.validate_on_submit():
         kind = (

@@ -11,6 +11,7 @@ from sqlalchemy.orm import selectinload
 
 from core.clock import utcnow
 from core.db import db
+from core.i18n import belongs_to_community
 from core.security import new_token, unsign
 from membership.models import Community, Member
 from membership.views import check_typed_price, logged_in_member, offer_providers
@@ -100,6 +101,7 @@ def _course(slug: str, code: str) -> Course:
     )
     if course is None or not course.active:
         abort(404)
+    belongs_to_community(course.community_id)
     return course
 
 
@@ -170,6 +172,7 @@ def unsubscribe_page(token: str):
     member = db.session.get(Member, member_id) if isinstance(member_id, int) else None
     if member is None:
         abort(404)
+    belongs_to_community(member.community_id)
     if request.method == "POST":
         unsubscribe(member, now=utcnow())
         db.session.commit()

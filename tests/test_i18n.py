@@ -14,15 +14,18 @@ from flask import request
 from core.auth import StaffUser
 from core.db import db
 from membership.models import Community, Member
+from perks.cli import seed_demo_perks
 from tests.helpers import (
     ADMIN_EMAIL,
     PROSPECT,
+    cashier_action,
     join_and_pay,
     log_in,
     log_in_member,
     new_phone,
     open_join_form,
     submit_form,
+    submit_join,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,3 +177,25 @@ def test_a_forged_choice_among_checkboxes_is_refused_in_the_page_s_language(clie
     client.get("/lang/en")
     page = submit_form(client, f"{base}/coupons/new", data).text
     assert "&#39;999&#39; is not a valid choice for this field." in page
+
+
+def test_a_whole_journey_stays_in_the_community_language(app, client, demo):
+    """A browser asking for English on a Chinese community: the join page, the code page,
+    the cashier, the status page, the member's page and a course page all speak Chinese
+    (the community's default), not Chinese on some and English on the others."""
+    with app.app_context():
+        seed_demo_perks()
+        db.session.commit()
+    client.environ_base["HTTP_ACCEPT_LANGUAGE"] = "en-US,en;q=0.9"
+    assert lang_of(client.get("/join/demo").text) == "zh-CN"
+    sent = submit_join(client, contact_value="13600136001", prove=False)
+    assert lang_of(client.get(sent.location).text) == "zh-CN"  # the code page
+    cashier = submit_join(client, contact_value="13600136002")
+    assert lang_of(client.get(cashier.location).text) == "zh-CN"  # the fake cashier
+    status = cashier_action(client, cashier.location).location
+    assert lang_of(client.get(status).text) == "zh-CN"
+    member = app.test_client()
+    member.environ_base["HTTP_ACCEPT_LANGUAGE"] = "en-US,en;q=0.9"
+    log_in_member(app, member, "13600136002")
+    assert lang_of(member.get("/me").text) == "zh-CN"
+    assert lang_of(member.get("/courses/demo/writing").text) == "zh-CN"
