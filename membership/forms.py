@@ -146,6 +146,9 @@ class JoinForm(Form):
     #: Never shown, so labelled with nothing: a field without a label has WTForms load its
     #: own catalog from disk to translate one made from its name, on every form made.
     submission_key = HiddenField("", validators=[DataRequired(), Regexp(r"^[A-Za-z0-9_-]{16,64}$")])
+    #: The tier's price in minor units when the form was shown: a price changed since
+    #: (an admin's edit) is shown to the payer before any order is made.
+    shown_price = HiddenField("", validators=[Optional(), Regexp(r"^[0-9]{1,12}$")])
 
     def validate_contact_value(self, field: StringField) -> None:
         if not field.data:

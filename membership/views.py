@@ -356,7 +356,24 @@ def _join_form(tier: Tier, member: Member | None) -> JoinForm:
         offer_providers(form, tier.community_id)
     if not form.submission_key.data:
         form.submission_key.data = new_token(24)
+    if not form.shown_price.data:
+        form.shown_price.data = str(tier.price)
     return form
+
+
+def _price_moved(form: JoinForm, tier: Tier) -> bool:
+    """Whether the tier's price is no longer the one the form showed (an admin changed it
+    while the payer had it open). Then the form says so, showing the new price, and
+    nothing is made: the payer pays what they last saw."""
+    if tier.kind is TierKind.FREE or tier.requires_screening or not form.shown_price.data:
+        return False
+    if int(form.shown_price.data) == tier.price:
+        return False
+    form.shown_price.data = str(tier.price)
+    form.provider.errors.append(
+        _("The price is now %(price)s: check it, then pay", price=tier.price_money)
+    )
+    return True
 
 
 @bp.route("/join/<slug>/<tier_code>", methods=["GET", "POST"])
@@ -388,7 +405,7 @@ def join(slug: str, tier_code: str):
             member=None,
             login_needed=True,
         ), 422
-    if not form.validate_on_submit():
+    if not form.validate_on_submit() or _price_moved(form, tier):
         status = 422 if form.is_submitted() else 200
         return render_template(
             "join/form.html", community=community, tier=tier, form=form, member=member

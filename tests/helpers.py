@@ -182,6 +182,7 @@ def open_join_form(client: FlaskClient, tier: str = "main", slug: str = "demo") 
     return {
         "csrf_token": hidden_value(html, "csrf_token"),
         "submission_key": hidden_value(html, "submission_key"),
+        "shown_price": hidden_value(html, "shown_price"),
     }
 
 

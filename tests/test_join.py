@@ -394,3 +394,21 @@ def test_join_forms_with_a_members_phone_do_not_use_up_their_login_codes(app, cl
     )
     assert asked.status_code == 302, asked.get_data(as_text=True)[-400:]
     assert "请求过于频繁" not in member.get(asked.location).text
+
+
+def test_a_price_changed_while_the_form_was_open_is_shown_before_any_order(app, client, demo):
+    """The form said ¥99.00; the admin raised the price to ¥120.00 meanwhile: sending it
+    makes nothing and shows the new price; sent again, the order is at ¥120.00."""
+    data = {**open_join_form(client), **PROSPECT, "contact_value": new_phone()}
+    with app.app_context():
+        db.session.scalar(sa.select(Tier).where(Tier.code == "main")).price = 12000
+        db.session.commit()
+    told = client.post("/join/demo/main", data=data)
+    assert told.status_code == 422
+    assert "价格已变为 ¥120.00：请确认后再支付" in told.text
+    with app.app_context():
+        assert count(Application) == count(Order) == 0
+    again = client.post("/join/demo/main", data=data | {"shown_price": "12000"})
+    assert again.status_code == 302 and prove_join(client, again.location).status_code == 302
+    with app.app_context():
+        assert db.session.scalar(sa.select(Order.amount)) == 12000
