@@ -858,7 +858,12 @@ def applications(community_id: int):
             flash(str(refusal), "error")
         else:
             db.session.commit()
-            flash(_("%(count)s applications reviewed", count=len(messages)), "ok")
+            flash(
+                ngettext(
+                    "%(num)d application reviewed", "%(num)d applications reviewed", len(messages)
+                ),
+                "ok",
+            )
         return redirect(url_for(".applications", community_id=community.id))
     queue = db.session.scalars(
         sa.select(Application)
@@ -989,7 +994,7 @@ def season(tier_id: int):
             tier, from_tier, free=form.mode.data == "free", actor=current_user.actor
         )
         db.session.commit()
-        flash(_("%(count)s members invited", count=invited), "ok")
+        flash(ngettext("%(num)d member invited", "%(num)d members invited", invited), "ok")
         return redirect(url_for(".community", community_id=community.id))
     return render_template("admin/season.html", form=form, tier=tier, community=community)
 

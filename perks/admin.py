@@ -17,6 +17,7 @@ from flask import (
 )
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_babel import ngettext
 from flask_login import current_user, login_required
 from wtforms import SelectChoice, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
@@ -557,7 +558,7 @@ def send_announcement(announcement_id: int):
     item = load_for(Announcement, announcement_id, "perks.manage")
     queued = announcements.send(item, actor=current_user.actor, now=utcnow())
     db.session.commit()
-    flash(_("%(count)s messages queued", count=queued), "ok")
+    flash(ngettext("%(num)d message queued", "%(num)d messages queued", queued), "ok")
     return redirect(url_for(".announcement", announcement_id=item.id))
 
 

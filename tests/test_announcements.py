@@ -177,14 +177,16 @@ def test_sending_twice_queues_nothing_new_but_reaches_members_selected_since(
 ):
     everyone = write(logged_in, community_id(app))
     send(logged_in, everyone)
-    send(logged_in, everyone)
+    nothing_new = send(logged_in, everyone)
+    assert "已排队 0 条消息" in logged_in.get(nothing_new.location).text
     with app.app_context():
         assert len(queued_for(everyone)) == 3
         assert db.session.get(Announcement, everyone).recipients == 3
         db.session.delete(db.session.scalar(sa.select(Unsubscribe)))  # 丙 subscribes again
         db.session.commit()
+    logged_in.get("/lang/en")
     response = send(logged_in, everyone)
-    assert "已排队 1 条消息" in logged_in.get(response.location).text
+    assert "1 message queued" in logged_in.get(response.location).text  # not "1 messages"
     with app.app_context():
         assert [m.member_id for m in queued_for(everyone)].count(people["丙"]) == 1
         assert db.session.get(Announcement, everyone).recipients == 4
